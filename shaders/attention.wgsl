@@ -1,0 +1,96 @@
+// Multi-head softmax attention, flash style: one pass over the keys with an online softmax,
+// so the N×N score matrix is never stored. Q, K, V and the output are token-major
+// (B, N, C) with C = heads · head_dim; head h owns columns [h·D, (h+1)·D).
+//
+// A workgroup serves one (batch, head) and a block of queries. Each query's head vector is
+// split in CHUNK-wide slices over `chunks` threads (chunks = ceil(D / CHUNK)), so per-thread
+// state stays CHUNK floats whatever D is. Keys and values are staged through workgroup
+// memory a tile at a time and shared by all queries of the block.
+
+struct Params {
+    tokens: u32,     // N (queries = keys)
+    channels: u32,   // C
+    heads: u32,
+    head_dim: u32,   // D
+    chunks: u32,     // threads per query
+    tile_keys: u32,  // keys per staged tile (≤ MAX_TILE_KEYS, tile_keys·D ≤ KV_CAP)
+    scale: f32,      // usually 1/sqrt(D)
+}
+
+const WG: u32 = 64u;
+const CHUNK: u32 = 64u;
+const MAX_TILE_KEYS: u32 = 16u;
+const KV_CAP: u32 = 1536u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> q: array<f32>;
+@group(0) @binding(2) var<storage, read> k: array<f32>;
+@group(0) @binding(3) var<storage, read> v: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+
+var<workgroup> k_tile: array<f32, KV_CAP>;
+var<workgroup> v_tile: array<f32, KV_CAP>;
+var<workgroup> partial: array<f32, WG * MAX_TILE_KEYS>;
+
+@compute @workgroup_size(WG)
+fn attention(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let queries_per_group = WG / p.chunks;
+    let slot = lid / p.chunks;
+    let chunk = lid % p.chunks;
+    let first_thread = slot * p.chunks;
+    let b = wid.y / p.heads;
+    let h = wid.y % p.heads;
+    let query = wid.x * queries_per_group + slot;
+    let live = slot < queries_per_group && query < p.tokens;
+    let d0 = chunk * CHUNK;
+    let width = select(0u, min(CHUNK, p.head_dim - min(d0, p.head_dim)), live);
+    let head_col = h * p.head_dim;
+
+    var qv: array<f32, CHUNK>;
+    var acc: array<f32, CHUNK>;
+    for (var d = 0u; d < width; d++) {
+        qv[d] = q[(b * p.tokens + query) * p.channels + head_col + d0 + d] * p.scale;
+        acc[d] = 0.0;
+    }
+    var running_max = -3.4e38;
+    var running_sum = 0.0;
+
+    for (var key0 = 0u; key0 < p.tokens; key0 += p.tile_keys) {
+        let n_keys = min(p.tile_keys, p.tokens - key0);
+        for (var e = lid; e < n_keys * p.head_dim; e += WG) {
+            let row = (b * p.tokens + key0 + e / p.head_dim) * p.channels + head_col + e % p.head_dim;
+            k_tile[e] = k[row];
+            v_tile[e] = v[row];
+        }
+        workgroupBarrier();
+        for (var j = 0u; j < n_keys; j++) {
+            var s = 0.0;
+            for (var d = 0u; d < width; d++) {
+                s += qv[d] * k_tile[j * p.head_dim + d0 + d];
+            }
+            partial[lid * MAX_TILE_KEYS + j] = s;
+        }
+        workgroupBarrier();
+        if live {
+            for (var j = 0u; j < n_keys; j++) {
+                var score = 0.0;
+                for (var c = 0u; c < p.chunks; c++) {
+                    score += partial[(first_thread + c) * MAX_TILE_KEYS + j];
+                }
+                let new_max = max(running_max, score);
+                let correction = exp(running_max - new_max);
+                let weight = exp(score - new_max);
+                running_sum = running_sum * correction + weight;
+                for (var d = 0u; d < width; d++) {
+                    acc[d] = acc[d] * correction + weight * v_tile[j * p.head_dim + d0 + d];
+                }
+                running_max = new_max;
+            }
+        }
+        workgroupBarrier();
+    }
+
+    for (var d = 0u; d < width; d++) {
+        out[(b * p.tokens + query) * p.channels + head_col + d0 + d] = acc[d] / running_sum;
+    }
+}

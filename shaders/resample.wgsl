@@ -1,0 +1,47 @@
+// Spatial resampling over NCHW planes: nearest ×2 upsampling and 2×2 average pooling.
+// One thread per output element; 1-D grid folded into y when large.
+
+struct Params {
+    total: u32,  // output elements
+    h_in: u32,
+    w_in: u32,
+}
+
+const WG: u32 = 256u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+
+fn linear_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return gid.x + gid.y * nwg.x * WG;
+}
+
+@compute @workgroup_size(WG)
+fn upsample_nearest2x(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_index(gid, nwg);
+    if i >= p.total {
+        return;
+    }
+    let w_out = p.w_in * 2u;
+    let plane = i / (p.h_in * 2u * w_out);
+    let oy = (i / w_out) % (p.h_in * 2u);
+    let ox = i % w_out;
+    out[i] = x[(plane * p.h_in + oy / 2u) * p.w_in + ox / 2u];
+}
+
+// Floor semantics like torch's avg_pool2d(kernel 2, stride 2): an odd last row/column is dropped.
+@compute @workgroup_size(WG)
+fn avg_pool2x(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_index(gid, nwg);
+    if i >= p.total {
+        return;
+    }
+    let h_out = p.h_in / 2u;
+    let w_out = p.w_in / 2u;
+    let plane = i / (h_out * w_out);
+    let oy = (i / w_out) % h_out;
+    let ox = i % w_out;
+    let base = (plane * p.h_in + oy * 2u) * p.w_in + ox * 2u;
+    out[i] = 0.25 * (x[base] + x[base + 1u] + x[base + p.w_in] + x[base + p.w_in + 1u]);
+}

@@ -1,0 +1,240 @@
+//! The GPU engine: one device, a buffer pool, a pipeline cache and one open command encoder.
+//!
+//! Every op records its dispatches into the open encoder; nothing reaches the GPU until
+//! [`Gpu::flush`] (one submit per sampling step) or a read-back, which flushes first. Tensors
+//! stay in GPU memory; only [`Gpu::read`] brings data back.
+
+mod kernel;
+mod tensor;
+
+pub use kernel::{shaders, Kernel, Params, Shader};
+pub use tensor::{Shape, Tensor};
+
+use crate::error::{Error, Result};
+use kernel::{ParamArena, PipelineCache};
+use std::sync::{Arc, Mutex};
+use tensor::BufferPool;
+
+/// Which adapter to open: by index in [`Gpu::adapters`] order, or the first whose name contains a string.
+#[derive(Clone, Debug, Default)]
+pub enum AdapterChoice {
+    #[default]
+    Default,
+    Index(usize),
+    Name(String),
+}
+
+impl std::str::FromStr for AdapterChoice {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Ok(match s.parse::<usize>() {
+            Ok(i) => AdapterChoice::Index(i),
+            Err(_) => AdapterChoice::Name(s.to_string()),
+        })
+    }
+}
+
+/// Optional device features, detected on the adapter rather than assumed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Capabilities {
+    pub shader_f16: bool,
+    pub subgroups: bool,
+    pub timestamps: bool,
+}
+
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub caps: Capabilities,
+    pool: Arc<BufferPool>,
+    pipelines: PipelineCache,
+    state: Mutex<Recording>,
+}
+
+/// The command encoder being recorded and the uniform parameters its dispatches use.
+struct Recording {
+    encoder: Option<wgpu::CommandEncoder>,
+    params: ParamArena,
+    dispatches: usize,
+}
+
+fn instance() -> wgpu::Instance {
+    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+}
+
+impl Gpu {
+    /// Every adapter the instance sees (honours `WGPU_BACKEND`).
+    pub fn adapters() -> Vec<wgpu::Adapter> {
+        pollster::block_on(instance().enumerate_adapters(wgpu::Backends::all()))
+    }
+
+    /// Opens the chosen adapter with all of its limits and the optional features it has.
+    pub fn new(choice: &AdapterChoice) -> Result<Gpu> {
+        let adapter = match choice {
+            AdapterChoice::Default => {
+                pollster::block_on(instance().request_adapter(&wgpu::RequestAdapterOptions {
+                    power_preference: wgpu::PowerPreference::HighPerformance,
+                    ..Default::default()
+                }))
+                .map_err(|e| Error::NoAdapter(format!(": {e}")))?
+            }
+            AdapterChoice::Index(i) => Self::adapters()
+                .into_iter()
+                .nth(*i)
+                .ok_or_else(|| Error::NoAdapter(format!(" at index {i} (see `wgsl-diff info`)")))?,
+            AdapterChoice::Name(name) => {
+                let needle = name.to_lowercase();
+                Self::adapters()
+                    .into_iter()
+                    .find(|a| a.get_info().name.to_lowercase().contains(&needle))
+                    .ok_or_else(|| {
+                        Error::NoAdapter(format!(" named like {name:?} (see `wgsl-diff info`)"))
+                    })?
+            }
+        };
+        Self::from_adapter(adapter)
+    }
+
+    pub fn from_adapter(adapter: wgpu::Adapter) -> Result<Gpu> {
+        let info = adapter.get_info();
+        let available = adapter.features();
+        let wanted = wgpu::Features::SHADER_F16
+            | wgpu::Features::SUBGROUP
+            | wgpu::Features::TIMESTAMP_QUERY
+            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
+        let features = available & wanted;
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("wgsl-diff"),
+            required_features: features,
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| Error::Device(e.to_string()))?;
+        let caps = Capabilities {
+            shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
+            timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+        };
+        let params = ParamArena::new(limits.min_uniform_buffer_offset_alignment);
+        Ok(Gpu {
+            device,
+            queue,
+            info,
+            limits,
+            caps,
+            pool: Arc::new(BufferPool::default()),
+            pipelines: PipelineCache::default(),
+            state: Mutex::new(Recording {
+                encoder: None,
+                params,
+                dispatches: 0,
+            }),
+        })
+    }
+
+    /// The largest buffer one tensor may occupy: a storage binding must cover it whole.
+    pub fn max_tensor_bytes(&self) -> u64 {
+        (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size)
+    }
+
+    /// Submits everything recorded so far as one command buffer.
+    pub fn flush(&self) {
+        let mut rec = self.state.lock().unwrap();
+        if let Some(encoder) = rec.encoder.take() {
+            rec.params.upload(&self.queue);
+            self.queue.submit([encoder.finish()]);
+            rec.params.reset();
+            rec.dispatches = 0;
+        }
+    }
+
+    /// Flushes and blocks until the GPU has finished all submitted work.
+    pub fn sync(&self) -> Result<()> {
+        self.flush();
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| Error::ReadBack(e.to_string()))
+    }
+
+    /// Number of dispatches recorded into the open encoder (for tests and benchmarks).
+    pub fn pending_dispatches(&self) -> usize {
+        self.state.lock().unwrap().dispatches
+    }
+
+    /// Records `f` into the open encoder, creating one if needed.
+    fn with_encoder<R>(
+        &self,
+        f: impl FnOnce(&mut wgpu::CommandEncoder, &mut ParamArena) -> R,
+    ) -> R {
+        let mut rec = self.state.lock().unwrap();
+        let rec = &mut *rec;
+        let encoder = rec.encoder.get_or_insert_with(|| {
+            self.device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("step"),
+                })
+        });
+        rec.dispatches += 1;
+        f(encoder, &mut rec.params)
+    }
+
+    /// Copies a tensor's contents back to the CPU (flushing pending work first).
+    pub fn read(&self, t: &Tensor) -> Result<Vec<f32>> {
+        let bytes = t.byte_len();
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("read-back"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.with_encoder(|enc, _| enc.copy_buffer_to_buffer(t.buffer(), 0, &staging, 0, bytes));
+        self.flush();
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::ReadBack(e.to_string()))?;
+        rx.recv()
+            .map_err(|e| Error::ReadBack(e.to_string()))?
+            .map_err(|e| Error::ReadBack(e.to_string()))?;
+        let view = staging
+            .get_mapped_range(..)
+            .map_err(|e| Error::ReadBack(format!("{e:?}")))?;
+        let out = bytemuck::cast_slice::<u8, f32>(&view)[..t.numel()].to_vec();
+        drop(view);
+        staging.unmap();
+        Ok(out)
+    }
+
+    /// A human-readable description of the adapter, its features and key limits.
+    pub fn describe(&self) -> String {
+        let l = &self.limits;
+        format!(
+            "{} ({:?}, {:?}, driver {} {})\n  features: shader-f16={} subgroups={} timestamps={}\n  \
+             limits: max_storage_buffer_binding_size={} max_buffer_size={} \
+             max_compute_workgroup_storage_size={} max_compute_invocations_per_workgroup={} \
+             max_compute_workgroups_per_dimension={} subgroup_size={}..={}",
+            self.info.name,
+            self.info.backend,
+            self.info.device_type,
+            self.info.driver,
+            self.info.driver_info,
+            self.caps.shader_f16,
+            self.caps.subgroups,
+            self.caps.timestamps,
+            l.max_storage_buffer_binding_size,
+            l.max_buffer_size,
+            l.max_compute_workgroup_storage_size,
+            l.max_compute_invocations_per_workgroup,
+            l.max_compute_workgroups_per_dimension,
+            self.info.subgroup_min_size,
+            self.info.subgroup_max_size,
+        )
+    }
+}

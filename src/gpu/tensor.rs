@@ -1,0 +1,194 @@
+//! GPU-resident f32 tensors whose buffers return to a pool when the last handle drops.
+//!
+//! Reusing a pooled buffer inside the same open encoder is safe: dispatches execute in the
+//! order they were recorded, so a later writer runs after every earlier reader. Uploads never
+//! take pooled buffers (a queued `write_buffer` would run before already-recorded dispatches).
+
+use super::Gpu;
+use crate::error::{Error, Result};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+pub type Shape = Vec<usize>;
+
+const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
+
+/// Free buffers by exact byte size (sizes repeat layer after layer, so exact reuse hits).
+#[derive(Default)]
+pub(crate) struct BufferPool {
+    free: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
+}
+
+impl BufferPool {
+    fn take(&self, size: u64) -> Option<wgpu::Buffer> {
+        self.free.lock().unwrap().get_mut(&size)?.pop()
+    }
+    fn give(&self, buffer: wgpu::Buffer) {
+        let mut free = self.free.lock().unwrap();
+        free.entry(buffer.size()).or_default().push(buffer);
+    }
+    pub(crate) fn clear(&self) {
+        self.free.lock().unwrap().clear();
+    }
+}
+
+struct Storage {
+    buffer: Option<wgpu::Buffer>,
+    pool: Arc<BufferPool>,
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        if let Some(b) = self.buffer.take() {
+            self.pool.give(b);
+        }
+    }
+}
+
+/// A dense row-major (NCHW for images) f32 tensor in GPU memory. Cloning shares the buffer.
+#[derive(Clone)]
+pub struct Tensor {
+    storage: Arc<Storage>,
+    shape: Shape,
+}
+
+/// Buffer sizes are rounded so vec4 loads past the logical end stay inside the buffer.
+fn padded_bytes(numel: usize) -> u64 {
+    ((numel.max(1) * 4) as u64).div_ceil(16) * 16
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor{:?}", self.shape)
+    }
+}
+
+impl Tensor {
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn byte_len(&self) -> u64 {
+        (self.numel() * 4) as u64
+    }
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        self.storage
+            .buffer
+            .as_ref()
+            .expect("live tensor has a buffer")
+    }
+    pub fn dim(&self, i: usize) -> usize {
+        self.shape[i]
+    }
+    /// The same buffer seen with another shape of equal element count.
+    pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        crate::error::ensure(n == self.numel(), "reshape", || {
+            format!(
+                "{:?} has {} elements, {shape:?} has {n}",
+                self.shape,
+                self.numel()
+            )
+        })?;
+        Ok(Tensor {
+            storage: self.storage.clone(),
+            shape: shape.to_vec(),
+        })
+    }
+    /// True when both handles share one buffer.
+    pub fn same_buffer(&self, other: &Tensor) -> bool {
+        Arc::ptr_eq(&self.storage, &other.storage)
+    }
+}
+
+impl Gpu {
+    fn check_size(&self, shape: &[usize]) -> Result<u64> {
+        let numel = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| Error::Invalid(format!("tensor shape {shape:?} overflows")))?;
+        let bytes = padded_bytes(numel);
+        if bytes > self.max_tensor_bytes() {
+            return Err(Error::TooLarge {
+                what: format!("a tensor of shape {shape:?}"),
+                bytes,
+                limit: self.max_tensor_bytes(),
+            });
+        }
+        Ok(bytes)
+    }
+
+    fn wrap(&self, buffer: wgpu::Buffer, shape: &[usize]) -> Tensor {
+        Tensor {
+            storage: Arc::new(Storage {
+                buffer: Some(buffer),
+                pool: self.pool.clone(),
+            }),
+            shape: shape.to_vec(),
+        }
+    }
+
+    /// An uninitialised tensor, reusing a pooled buffer when one of the right size is free.
+    pub fn empty(&self, shape: &[usize]) -> Result<Tensor> {
+        let bytes = self.check_size(shape)?;
+        let buffer = self.pool.take(bytes).unwrap_or_else(|| {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size: bytes,
+                usage: USAGE,
+                mapped_at_creation: false,
+            })
+        });
+        Ok(self.wrap(buffer, shape))
+    }
+
+    /// A new tensor holding `data` (a fresh buffer, filled at creation, so ordering is trivially right).
+    pub fn upload(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
+        let bytes = self.check_size(shape)?;
+        crate::error::ensure(
+            data.len() == shape.iter().product::<usize>(),
+            "upload",
+            || format!("{} values for shape {shape:?}", data.len()),
+        )?;
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: bytes,
+            usage: USAGE,
+            mapped_at_creation: true,
+        });
+        let mut padded = bytemuck::cast_slice::<f32, u8>(data).to_vec();
+        padded.resize(bytes as usize, 0);
+        buffer
+            .slice(..)
+            .get_mapped_range_mut()
+            .map_err(|e| Error::Device(format!("mapping an upload buffer: {e:?}")))?
+            .copy_from_slice(&padded);
+        buffer.unmap();
+        Ok(self.wrap(buffer, shape))
+    }
+
+    /// A zero-filled tensor (cleared inside the open encoder, so it is ordered with other work).
+    pub fn zeros(&self, shape: &[usize]) -> Result<Tensor> {
+        let t = self.empty(shape)?;
+        self.with_encoder(|enc, _| enc.clear_buffer(t.buffer(), 0, None));
+        Ok(t)
+    }
+
+    /// Copies `src` into a new tensor (recorded, not immediate).
+    pub fn copy(&self, src: &Tensor) -> Result<Tensor> {
+        let dst = self.empty(src.shape())?;
+        self.with_encoder(|enc, _| {
+            enc.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, src.byte_len())
+        });
+        Ok(dst)
+    }
+
+    /// Drops every pooled (currently unused) buffer.
+    pub fn trim_pool(&self) {
+        self.pool.clear();
+    }
+}

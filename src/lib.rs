@@ -1,0 +1,11 @@
+//! wgsl-diff: diffusion sampling with pixel-wise aleatoric uncertainty (De Vita & Belagiannis,
+//! WACV 2025) on hand-written WGSL kernels.
+//!
+//! Layers, each depending only on those below: `gpu` (device, buffers, pipelines) → `ops`
+//! (typed kernel wrappers).
+
+pub mod error;
+pub mod gpu;
+pub mod ops;
+
+pub use error::{Error, Result};

@@ -1,0 +1,112 @@
+use super::{dims, ensure};
+use crate::error::Result;
+use crate::gpu::{shaders, Gpu, Kernel, Params, Tensor};
+
+const TILE: usize = 64;
+
+/// Geometry and fused epilogue of a [`conv2d`].
+#[derive(Clone, Copy, Debug)]
+pub struct Conv2dArgs<'a> {
+    pub stride: usize,
+    pub padding: usize,
+    /// Fused `(conv + bias + residual) * out_scale`; `residual` has the output's shape.
+    pub residual: Option<&'a Tensor>,
+    pub out_scale: f32,
+}
+
+impl Default for Conv2dArgs<'_> {
+    fn default() -> Self {
+        Conv2dArgs {
+            stride: 1,
+            padding: 0,
+            residual: None,
+            out_scale: 1.0,
+        }
+    }
+}
+
+impl<'a> Conv2dArgs<'a> {
+    pub fn padded(padding: usize) -> Self {
+        Conv2dArgs {
+            padding,
+            ..Default::default()
+        }
+    }
+}
+
+/// 2-D convolution: x (B, C_in, H, W), weight (C_out, C_in, KH, KW), bias (C_out).
+pub fn conv2d(
+    gpu: &Gpu,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    args: Conv2dArgs,
+) -> Result<Tensor> {
+    const OP: &str = "conv2d";
+    let [b, c_in, h, w] = dims::<4>(x, OP, "input")?;
+    let [c_out, wc_in, kh, kw] = dims::<4>(weight, OP, "weight")?;
+    ensure(wc_in == c_in, OP, || {
+        format!(
+            "weight {:?} expects {wc_in} input channels, input {:?} has {c_in}",
+            weight.shape(),
+            x.shape()
+        )
+    })?;
+    ensure(args.stride >= 1, OP, || "stride must be ≥ 1".into())?;
+    ensure(
+        h + 2 * args.padding >= kh && w + 2 * args.padding >= kw,
+        OP,
+        || {
+            format!(
+                "kernel {kh}x{kw} larger than padded input {h}x{w} (padding {})",
+                args.padding
+            )
+        },
+    )?;
+    if let Some(bias) = bias {
+        ensure(bias.shape() == [c_out], OP, || {
+            format!("bias {:?} must be [{c_out}]", bias.shape())
+        })?;
+    }
+    let h_out = (h + 2 * args.padding - kh) / args.stride + 1;
+    let w_out = (w + 2 * args.padding - kw) / args.stride + 1;
+    if let Some(r) = args.residual {
+        ensure(r.shape() == [b, c_out, h_out, w_out], OP, || {
+            format!(
+                "residual {:?} must match the output [{b}, {c_out}, {h_out}, {w_out}]",
+                r.shape()
+            )
+        })?;
+    }
+    let out = gpu.empty(&[b, c_out, h_out, w_out])?;
+    let kernel = Kernel::new(&shaders::CONV2D, "conv2d")
+        .with("KH", kh as u32)
+        .with("KW", kw as u32)
+        .with("STRIDE", args.stride as u32)
+        .with("PAD", args.padding as u32)
+        .with("HAS_BIAS", bias.is_some() as u32)
+        .with("HAS_RESIDUAL", args.residual.is_some() as u32);
+    let params = Params::new()
+        .u(b)
+        .u(c_in)
+        .u(h)
+        .u(w)
+        .u(c_out)
+        .u(h_out)
+        .u(w_out)
+        .f(args.out_scale);
+    let n = b * h_out * w_out;
+    gpu.dispatch(
+        &kernel,
+        &params,
+        &[
+            x,
+            weight,
+            bias.unwrap_or(weight),
+            args.residual.unwrap_or(x),
+        ],
+        &[&out],
+        [n.div_ceil(TILE) as u32, c_out.div_ceil(TILE) as u32, 1],
+    )?;
+    Ok(out)
+}

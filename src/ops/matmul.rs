@@ -1,0 +1,88 @@
+use super::{dims, ensure};
+use crate::error::Result;
+use crate::gpu::{shaders, Gpu, Kernel, Params, Tensor};
+
+const TILE: usize = 64;
+
+/// C = A · op(B) (+ bias) over a batch: A (batch, M, K); B (N, K) when `trans_b` else (K, N),
+/// optionally with a leading batch dimension of its own (else shared by all batch items).
+fn matmul_impl(
+    gpu: &Gpu,
+    a: &Tensor,
+    b: &Tensor,
+    bias: Option<&Tensor>,
+    trans_b: bool,
+) -> Result<Tensor> {
+    const OP: &str = "matmul";
+    let [batch, m, k] = dims::<3>(a, OP, "A")?;
+    let (b_batched, rows, cols) = match b.shape() {
+        &[r, c] => (false, r, c),
+        &[bb, r, c] => {
+            ensure(bb == batch, OP, || {
+                format!("B batch {bb} != A batch {batch}")
+            })?;
+            (true, r, c)
+        }
+        s => {
+            return Err(super::shape_err(
+                OP,
+                format!("B must have rank 2 or 3, got {s:?}"),
+            ))
+        }
+    };
+    let (n, kb) = if trans_b { (rows, cols) } else { (cols, rows) };
+    ensure(kb == k, OP, || {
+        format!(
+            "inner dimensions differ: A {:?}, B {:?} (trans_b={trans_b})",
+            a.shape(),
+            b.shape()
+        )
+    })?;
+    if let Some(bias) = bias {
+        ensure(bias.shape() == [n], OP, || {
+            format!("bias {:?} must be [{n}]", bias.shape())
+        })?;
+    }
+    let out = gpu.empty(&[batch, m, n])?;
+    let kernel = Kernel::new(&shaders::MATMUL, "matmul")
+        .with("TRANS_B", trans_b as u32)
+        .with("HAS_BIAS", bias.is_some() as u32);
+    let params = Params::new()
+        .u(m)
+        .u(n)
+        .u(k)
+        .u(m * k)
+        .u(if b_batched { n * k } else { 0 })
+        .u(m * n);
+    gpu.dispatch(
+        &kernel,
+        &params,
+        &[a, b, bias.unwrap_or(b)],
+        &[&out],
+        [
+            n.div_ceil(TILE) as u32,
+            m.div_ceil(TILE) as u32,
+            batch as u32,
+        ],
+    )?;
+    Ok(out)
+}
+
+/// Batched matrix product A (batch, M, K) · B (K, N) or (batch, K, N).
+pub fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    matmul_impl(gpu, a, b, None, false)
+}
+
+/// PyTorch `Linear`: x (…, K) · Wᵀ + bias with W (N, K); leading dimensions are kept.
+pub fn linear(gpu: &Gpu, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let shape = x.shape();
+    ensure(!shape.is_empty(), "linear", || {
+        "x must have rank ≥ 1".into()
+    })?;
+    let k = shape[shape.len() - 1];
+    let rows = x.numel() / k.max(1);
+    let y = matmul_impl(gpu, &x.reshape(&[1, rows, k])?, weight, bias, true)?;
+    let mut out_shape = shape.to_vec();
+    *out_shape.last_mut().unwrap() = y.dim(2);
+    y.reshape(&out_shape)
+}

@@ -1,0 +1,81 @@
+//! Shared test support: the GPU under test, seeded random data and f64 reference kernels.
+#![allow(dead_code)]
+
+pub mod reference;
+
+use std::sync::OnceLock;
+use wgsl_diff::gpu::{AdapterChoice, Gpu, Tensor};
+
+/// The adapter chosen by `WGPU_BACKEND` (CI: vulkan → lavapipe). No adapter is a test failure.
+pub fn gpu() -> &'static Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| {
+        let gpu = Gpu::new(&AdapterChoice::Default).unwrap_or_else(|e| {
+            panic!("tests need a GPU adapter (install mesa-vulkan-drivers): {e}")
+        });
+        if std::env::var("WGPU_BACKEND").is_ok_and(|b| b.eq_ignore_ascii_case("vulkan")) {
+            assert_eq!(
+                gpu.info.backend,
+                wgpu::Backend::Vulkan,
+                "WGPU_BACKEND=vulkan but got {:?}",
+                gpu.info
+            );
+        }
+        gpu
+    })
+}
+
+/// SplitMix64: a tiny, seedable generator so fixtures are reproducible without extra crates.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [-1, 1).
+    pub fn uniform(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f64 / (1u64 << 24) as f64 * 2.0 - 1.0) as f32
+    }
+    pub fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.uniform()).collect()
+    }
+}
+
+pub fn upload(data: &[f32], shape: &[usize]) -> Tensor {
+    gpu().upload(shape, data).expect("upload")
+}
+
+pub fn read(t: &Tensor) -> Vec<f32> {
+    gpu().read(t).expect("read back")
+}
+
+pub fn to_f64(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+/// Asserts |got − want| ≤ atol + rtol·|want| everywhere, reporting the worst errors.
+pub fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut max_abs = 0f64;
+    let mut max_rel = 0f64;
+    let mut worst = None;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (g as f64 - w).abs();
+        max_abs = max_abs.max(err);
+        max_rel = max_rel.max(err / w.abs().max(1e-12));
+        if !(err <= atol + rtol * w.abs()) && worst.is_none() {
+            worst = Some((i, g, w));
+        }
+    }
+    if let Some((i, g, w)) = worst {
+        panic!("{what}: element {i} is {g}, want {w}; max abs err {max_abs:.3e}, max rel err {max_rel:.3e} (atol {atol:.0e}, rtol {rtol:.0e})");
+    }
+    eprintln!("{what}: max abs err {max_abs:.3e}, max rel err {max_rel:.3e}");
+}

@@ -1,0 +1,192 @@
+//! Straightforward f64 implementations of every kernel, written from the definitions.
+
+pub fn conv2d(
+    x: &[f64],
+    (b, ci, h, w): (usize, usize, usize, usize),
+    wt: &[f64],
+    (co, kh, kw): (usize, usize, usize),
+    bias: Option<&[f64]>,
+    stride: usize,
+    pad: usize,
+) -> (Vec<f64>, usize, usize) {
+    let ho = (h + 2 * pad - kh) / stride + 1;
+    let wo = (w + 2 * pad - kw) / stride + 1;
+    let mut out = vec![0.0; b * co * ho * wo];
+    for n in 0..b {
+        for o in 0..co {
+            for y in 0..ho {
+                for xo in 0..wo {
+                    let mut s = bias.map_or(0.0, |b| b[o]);
+                    for c in 0..ci {
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let iy = (y * stride + ky) as isize - pad as isize;
+                                let ix = (xo * stride + kx) as isize - pad as isize;
+                                if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                                    s += wt[((o * ci + c) * kh + ky) * kw + kx]
+                                        * x[((n * ci + c) * h + iy as usize) * w + ix as usize];
+                                }
+                            }
+                        }
+                    }
+                    out[((n * co + o) * ho + y) * wo + xo] = s;
+                }
+            }
+        }
+    }
+    (out, ho, wo)
+}
+
+/// C (batch, m, n) = A (batch, m, k) · B, with B (n, k) if trans_b else (k, n); B shared over batch.
+pub fn matmul(
+    a: &[f64],
+    b: &[f64],
+    batch: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    trans_b: bool,
+    bias: Option<&[f64]>,
+) -> Vec<f64> {
+    let mut c = vec![0.0; batch * m * n];
+    for z in 0..batch {
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = bias.map_or(0.0, |b| b[j]);
+                for l in 0..k {
+                    let bv = if trans_b { b[j * k + l] } else { b[l * n + j] };
+                    s += a[(z * m + i) * k + l] * bv;
+                }
+                c[(z * m + i) * n + j] = s;
+            }
+        }
+    }
+    c
+}
+
+pub fn silu(x: f64) -> f64 {
+    x / (1.0 + (-x).exp())
+}
+
+pub fn group_norm(
+    x: &[f64],
+    b: usize,
+    c: usize,
+    hw: usize,
+    groups: usize,
+    eps: f64,
+    gamma: &[f64],
+    beta: &[f64],
+    fuse_silu: bool,
+) -> Vec<f64> {
+    let mut out = vec![0.0; x.len()];
+    let cg = c / groups;
+    for n in 0..b {
+        for g in 0..groups {
+            let start = (n * c + g * cg) * hw;
+            let seg = &x[start..start + cg * hw];
+            let mean = seg.iter().sum::<f64>() / seg.len() as f64;
+            let var = seg.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / seg.len() as f64;
+            for (i, v) in seg.iter().enumerate() {
+                let ch = g * cg + i / hw;
+                let y = (v - mean) / (var + eps).sqrt() * gamma[ch] + beta[ch];
+                out[start + i] = if fuse_silu { silu(y) } else { y };
+            }
+        }
+    }
+    out
+}
+
+/// Token-major (B, N, heads·D) multi-head softmax attention.
+pub fn attention(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    b: usize,
+    n: usize,
+    c: usize,
+    heads: usize,
+    scale: f64,
+) -> Vec<f64> {
+    let d = c / heads;
+    let mut out = vec![0.0; q.len()];
+    for z in 0..b {
+        for h in 0..heads {
+            for i in 0..n {
+                let qi = &q[(z * n + i) * c + h * d..][..d];
+                let scores: Vec<f64> = (0..n)
+                    .map(|j| {
+                        qi.iter()
+                            .zip(&k[(z * n + j) * c + h * d..][..d])
+                            .map(|(a, b)| a * b)
+                            .sum::<f64>()
+                            * scale
+                    })
+                    .collect();
+                let m = scores.iter().cloned().fold(f64::MIN, f64::max);
+                let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+                let total: f64 = e.iter().sum();
+                for dd in 0..d {
+                    out[(z * n + i) * c + h * d + dd] = (0..n)
+                        .map(|j| e[j] * v[(z * n + j) * c + h * d + dd])
+                        .sum::<f64>()
+                        / total;
+                }
+            }
+        }
+    }
+    out
+}
+
+pub fn timestep_embedding(t: &[f64], dim: usize, flip: bool, shift: f64) -> Vec<f64> {
+    let half = dim / 2;
+    let mut out = vec![0.0; t.len() * dim];
+    for (b, &tb) in t.iter().enumerate() {
+        for i in 0..half {
+            let freq = (-(10000f64.ln()) * i as f64 / (half as f64 - shift)).exp();
+            let (s, c) = (tb * freq).sin_cos();
+            let (first, second) = if flip { (c, s) } else { (s, c) };
+            out[b * dim + i] = first;
+            out[b * dim + half + i] = second;
+        }
+    }
+    out
+}
+
+/// Philox4x32-10 exactly as specified by Salmon et al. (Random123), with native u64 products.
+pub fn philox4x32_10(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
+    let (mut c, mut k) = (counter, key);
+    for _ in 0..10 {
+        let p0 = 0xD2511F53u64 * c[0] as u64;
+        let p1 = 0xCD9E8D57u64 * c[2] as u64;
+        c = [
+            (p1 >> 32) as u32 ^ c[1] ^ k[0],
+            p1 as u32,
+            (p0 >> 32) as u32 ^ c[3] ^ k[1],
+            p0 as u32,
+        ];
+        k = [k[0].wrapping_add(0x9E3779B9), k[1].wrapping_add(0xBB67AE85)];
+    }
+    c
+}
+
+/// The normal deviates the rng kernel must produce for one row.
+pub fn normal_row(seed: u64, tag: u64, sample: u32, len: usize) -> Vec<f64> {
+    let unit = |x: u32| ((x >> 8) as f64 + 0.5) / 16777216.0;
+    let mut out = Vec::with_capacity(len + 3);
+    for block in 0..len.div_ceil(4) as u32 {
+        let r = philox4x32_10(
+            [block, sample, tag as u32, (tag >> 32) as u32],
+            [seed as u32, (seed >> 32) as u32],
+        );
+        let tau = std::f64::consts::TAU;
+        let (r0, r1) = (
+            (-2.0 * unit(r[0]).ln()).sqrt(),
+            (-2.0 * unit(r[2]).ln()).sqrt(),
+        );
+        let (t0, t1) = (tau * unit(r[1]), tau * unit(r[3]));
+        out.extend([r0 * t0.cos(), r0 * t0.sin(), r1 * t1.cos(), r1 * t1.sin()]);
+    }
+    out.truncate(len);
+    out
+}

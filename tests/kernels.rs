@@ -1,0 +1,532 @@
+//! Every kernel against its f64 reference on awkward shapes (sizes 1, odd, off-tile, batch > 1).
+
+mod common;
+
+use common::{assert_close, gpu, read, reference as r, to_f64, upload, Rng};
+use wgsl_diff::ops::{self, Conv2dArgs};
+
+#[test]
+fn adapter_is_vulkan_when_requested() {
+    let g = gpu();
+    eprintln!("{}", g.describe());
+    if std::env::var("WGPU_BACKEND").is_ok_and(|b| b.eq_ignore_ascii_case("vulkan")) {
+        assert_eq!(g.info.backend, wgpu::Backend::Vulkan);
+    }
+}
+
+#[test]
+fn conv2d_matches_reference() {
+    let mut rng = Rng::new(1);
+    // (batch, c_in, h, w, c_out, k, stride, pad)
+    let cases = [
+        (1, 1, 1, 1, 1, 1, 1, 0),
+        (2, 3, 7, 5, 5, 3, 1, 1),
+        (3, 5, 9, 11, 67, 3, 2, 1),
+        (1, 17, 6, 6, 3, 1, 1, 0),
+        (2, 4, 8, 8, 70, 3, 1, 1),
+        (1, 2, 5, 7, 4, 5, 1, 2),
+    ];
+    for (b, ci, h, w, co, k, stride, pad) in cases {
+        let x = rng.vec(b * ci * h * w);
+        let wt = rng.vec(co * ci * k * k);
+        let bias = rng.vec(co);
+        let (want, ho, wo) = r::conv2d(
+            &to_f64(&x),
+            (b, ci, h, w),
+            &to_f64(&wt),
+            (co, k, k),
+            Some(&to_f64(&bias)),
+            stride,
+            pad,
+        );
+        let args = Conv2dArgs {
+            stride,
+            padding: pad,
+            ..Default::default()
+        };
+        let y = ops::conv2d(
+            gpu(),
+            &upload(&x, &[b, ci, h, w]),
+            &upload(&wt, &[co, ci, k, k]),
+            Some(&upload(&bias, &[co])),
+            args,
+        )
+        .unwrap();
+        assert_eq!(y.shape(), [b, co, ho, wo]);
+        assert_close(
+            &format!("conv2d {:?}", (b, ci, h, w, co, k, stride, pad)),
+            &read(&y),
+            &want,
+            1e-5,
+            1e-4,
+        );
+    }
+}
+
+#[test]
+fn conv2d_fused_residual_and_no_bias() {
+    let mut rng = Rng::new(2);
+    let (b, ci, h, w, co) = (2, 6, 5, 9, 7);
+    let x = rng.vec(b * ci * h * w);
+    let wt = rng.vec(co * ci * 9);
+    let res = rng.vec(b * co * h * w);
+    let (conv, _, _) = r::conv2d(
+        &to_f64(&x),
+        (b, ci, h, w),
+        &to_f64(&wt),
+        (co, 3, 3),
+        None,
+        1,
+        1,
+    );
+    let want: Vec<f64> = conv
+        .iter()
+        .zip(&res)
+        .map(|(c, r)| (c + *r as f64) * 0.5)
+        .collect();
+    let residual = upload(&res, &[b, co, h, w]);
+    let args = Conv2dArgs {
+        stride: 1,
+        padding: 1,
+        residual: Some(&residual),
+        out_scale: 0.5,
+    };
+    let y = ops::conv2d(
+        gpu(),
+        &upload(&x, &[b, ci, h, w]),
+        &upload(&wt, &[co, ci, 3, 3]),
+        None,
+        args,
+    )
+    .unwrap();
+    assert_close("conv2d residual", &read(&y), &want, 1e-5, 1e-4);
+}
+
+#[test]
+fn conv2d_rejects_bad_shapes() {
+    let x = upload(&[0.0; 2 * 3 * 4 * 4], &[2, 3, 4, 4]);
+    let w = upload(&[0.0; 5 * 2 * 9], &[5, 2, 3, 3]);
+    let err = ops::conv2d(gpu(), &x, &w, None, Conv2dArgs::padded(1)).unwrap_err();
+    assert!(err.to_string().contains("input channels"), "{err}");
+}
+
+#[test]
+fn matmul_and_linear_match_reference() {
+    let mut rng = Rng::new(3);
+    for (batch, m, k, n) in [
+        (1, 1, 1, 1),
+        (2, 7, 13, 5),
+        (3, 65, 33, 70),
+        (1, 130, 17, 64),
+    ] {
+        let a = rng.vec(batch * m * k);
+        let b = rng.vec(k * n);
+        let want = r::matmul(&to_f64(&a), &to_f64(&b), batch, m, k, n, false, None);
+        let y = ops::matmul(gpu(), &upload(&a, &[batch, m, k]), &upload(&b, &[k, n])).unwrap();
+        assert_close(
+            &format!("matmul {:?}", (batch, m, k, n)),
+            &read(&y),
+            &want,
+            1e-5,
+            1e-4,
+        );
+
+        let wt = rng.vec(n * k);
+        let bias = rng.vec(n);
+        let want = r::matmul(
+            &to_f64(&a),
+            &to_f64(&wt),
+            batch,
+            m,
+            k,
+            n,
+            true,
+            Some(&to_f64(&bias)),
+        );
+        let y = ops::linear(
+            gpu(),
+            &upload(&a, &[batch, m, k]),
+            &upload(&wt, &[n, k]),
+            Some(&upload(&bias, &[n])),
+        )
+        .unwrap();
+        assert_eq!(y.shape(), [batch, m, n]);
+        assert_close(
+            &format!("linear {:?}", (batch, m, k, n)),
+            &read(&y),
+            &want,
+            1e-5,
+            1e-4,
+        );
+    }
+}
+
+#[test]
+fn group_norm_matches_reference() {
+    let mut rng = Rng::new(4);
+    // The 64×64×8-channel case spans several statistics workgroups per group.
+    for (b, c, h, w, groups, silu) in [
+        (1, 1, 1, 1, 1, false),
+        (2, 6, 5, 3, 3, true),
+        (3, 8, 64, 64, 2, false),
+        (2, 32, 7, 9, 32, true),
+    ] {
+        let x: Vec<f32> = rng
+            .vec(b * c * h * w)
+            .iter()
+            .map(|v| v * 3.0 + 1.5)
+            .collect();
+        let gamma = rng.vec(c);
+        let beta = rng.vec(c);
+        let want = r::group_norm(
+            &to_f64(&x),
+            b,
+            c,
+            h * w,
+            groups,
+            1e-5,
+            &to_f64(&gamma),
+            &to_f64(&beta),
+            silu,
+        );
+        let y = ops::group_norm(
+            gpu(),
+            &upload(&x, &[b, c, h, w]),
+            groups,
+            1e-5,
+            &upload(&gamma, &[c]),
+            &upload(&beta, &[c]),
+            silu,
+        )
+        .unwrap();
+        assert_close(
+            &format!("group_norm {:?}", (b, c, h, w, groups, silu)),
+            &read(&y),
+            &want,
+            1e-5,
+            1e-4,
+        );
+    }
+}
+
+#[test]
+fn elementwise_ops_match_reference() {
+    let g = gpu();
+    let mut rng = Rng::new(5);
+    let (b, c, h, w) = (3, 5, 7, 3);
+    let n = b * c * h * w;
+    let (xa, xb) = (rng.vec(n), rng.vec(n));
+    let shape = [b, c, h, w];
+    let (a, bt) = (upload(&xa, &shape), upload(&xb, &shape));
+    let fa = to_f64(&xa);
+    let fb = to_f64(&xb);
+
+    let want: Vec<f64> = fa.iter().map(|&v| r::silu(v)).collect();
+    assert_close("silu", &read(&ops::silu(g, &a).unwrap()), &want, 1e-6, 1e-5);
+    let want: Vec<f64> = fa.iter().zip(&fb).map(|(x, y)| 0.3 * x - 1.7 * y).collect();
+    assert_close(
+        "lincomb",
+        &read(&ops::lincomb(g, 0.3, &a, -1.7, &bt).unwrap()),
+        &want,
+        1e-6,
+        1e-5,
+    );
+    let want: Vec<f64> = fa.iter().zip(&fb).map(|(x, y)| x * y).collect();
+    assert_close(
+        "mul",
+        &read(&ops::mul(g, &a, &bt).unwrap()),
+        &want,
+        1e-6,
+        1e-5,
+    );
+    let want: Vec<f64> = fa.iter().map(|x| 2.5 * x + 0.25).collect();
+    assert_close(
+        "affine",
+        &read(&ops::affine(g, &a, 2.5, 0.25).unwrap()),
+        &want,
+        1e-6,
+        1e-5,
+    );
+
+    let v = rng.vec(b * c);
+    let want: Vec<f64> = fa
+        .iter()
+        .enumerate()
+        .map(|(i, x)| x + v[i / (h * w)] as f64)
+        .collect();
+    assert_close(
+        "add_channel_vec (B,C)",
+        &read(&ops::add_channel_vec(g, &a, &upload(&v, &[b, c])).unwrap()),
+        &want,
+        1e-6,
+        1e-5,
+    );
+    let want: Vec<f64> = fa
+        .iter()
+        .enumerate()
+        .map(|(i, x)| x * v[(i / (h * w)) % c] as f64)
+        .collect();
+    assert_close(
+        "mul_channel_vec (C)",
+        &read(&ops::mul_channel_vec(g, &a, &upload(&v[..c], &[c])).unwrap()),
+        &want,
+        1e-6,
+        1e-5,
+    );
+
+    let emb = rng.vec(b * 2 * c);
+    let want: Vec<f64> = fa
+        .iter()
+        .enumerate()
+        .map(|(i, x)| {
+            let (bb, cc) = (i / (c * h * w), (i / (h * w)) % c);
+            x * (1.0 + emb[bb * 2 * c + cc] as f64) + emb[bb * 2 * c + c + cc] as f64
+        })
+        .collect();
+    assert_close(
+        "scale_shift",
+        &read(&ops::scale_shift(g, &a, &upload(&emb, &[b, 2 * c])).unwrap()),
+        &want,
+        1e-6,
+        1e-5,
+    );
+}
+
+#[test]
+fn layout_ops_are_exact() {
+    let g = gpu();
+    let mut rng = Rng::new(6);
+    let (b, h, w) = (2, 3, 5);
+    let (c1, c2) = (3, 4);
+    let x1 = rng.vec(b * c1 * h * w);
+    let x2 = rng.vec(b * c2 * h * w);
+    let cat = read(
+        &ops::concat_channels(
+            g,
+            &[&upload(&x1, &[b, c1, h, w]), &upload(&x2, &[b, c2, h, w])],
+        )
+        .unwrap(),
+    );
+    for n in 0..b {
+        for c in 0..c1 + c2 {
+            for p in 0..h * w {
+                let want = if c < c1 {
+                    x1[(n * c1 + c) * h * w + p]
+                } else {
+                    x2[(n * c2 + c - c1) * h * w + p]
+                };
+                assert_eq!(cat[(n * (c1 + c2) + c) * h * w + p], want);
+            }
+        }
+    }
+
+    let (rows, cols) = (7, 3);
+    let x = rng.vec(b * rows * cols);
+    let t = read(&ops::transpose_last2(g, &upload(&x, &[b, rows, cols])).unwrap());
+    for n in 0..b {
+        for i in 0..rows {
+            for j in 0..cols {
+                assert_eq!(t[(n * cols + j) * rows + i], x[(n * rows + i) * cols + j]);
+            }
+        }
+    }
+
+    let x = rng.vec(b * 2 * h * w);
+    let up = read(&ops::upsample_nearest2x(g, &upload(&x, &[b, 2, h, w])).unwrap());
+    for plane in 0..b * 2 {
+        for y in 0..2 * h {
+            for xx in 0..2 * w {
+                assert_eq!(
+                    up[(plane * 2 * h + y) * 2 * w + xx],
+                    x[(plane * h + y / 2) * w + xx / 2]
+                );
+            }
+        }
+    }
+
+    let pooled = read(&ops::avg_pool2x(g, &upload(&x, &[b, 2, h, w])).unwrap());
+    let want: Vec<f64> = (0..b * 2)
+        .flat_map(|plane| (0..h / 2).flat_map(move |y| (0..w / 2).map(move |xx| (plane, y, xx))))
+        .map(|(plane, y, xx)| {
+            let at = |dy: usize, dx: usize| x[(plane * h + 2 * y + dy) * w + 2 * xx + dx] as f64;
+            (at(0, 0) + at(0, 1) + at(1, 0) + at(1, 1)) / 4.0
+        })
+        .collect();
+    assert_close("avg_pool2x", &pooled, &want, 1e-6, 1e-6);
+}
+
+#[test]
+fn timestep_embedding_matches_diffusers_definition() {
+    let t = [0.0f32, 1.0, 17.0, 999.0, 500.0];
+    for (dim, flip, shift) in [(32, true, 0.0), (33, false, 1.0), (128, false, 1.0)] {
+        let want = r::timestep_embedding(&to_f64(&t), dim, flip, shift);
+        let y = ops::timestep_embedding(gpu(), &upload(&t, &[t.len()]), dim, flip, shift as f32)
+            .unwrap();
+        // sin/cos of arguments up to ~1000 in f32: the argument's own rounding is ~6e-5.
+        assert_close(
+            &format!("timestep_embedding dim={dim} flip={flip}"),
+            &read(&y),
+            &want,
+            2e-4,
+            0.0,
+        );
+    }
+}
+
+#[test]
+fn embedding_lookup_gathers_rows() {
+    let mut rng = Rng::new(7);
+    let table = rng.vec(10 * 6);
+    let ids = [3.0f32, 0.0, 9.0];
+    let y = read(
+        &ops::embedding_lookup(gpu(), &upload(&table, &[10, 6]), &upload(&ids, &[3])).unwrap(),
+    );
+    for (b, &id) in ids.iter().enumerate() {
+        assert_eq!(
+            &y[b * 6..b * 6 + 6],
+            &table[id as usize * 6..id as usize * 6 + 6]
+        );
+    }
+}
+
+#[test]
+fn attention_matches_reference() {
+    let mut rng = Rng::new(8);
+    // (batch, tokens, channels, heads): one key tile, ragged tiles, head dims over one 64-wide chunk.
+    for (b, n, c, heads) in [
+        (1, 1, 4, 1),
+        (2, 37, 16, 2),
+        (1, 70, 8, 1),
+        (2, 19, 96, 1),
+        (1, 33, 256, 1),
+        (3, 64, 64, 8),
+    ] {
+        let (q, k, v) = (rng.vec(b * n * c), rng.vec(b * n * c), rng.vec(b * n * c));
+        let scale = 1.0 / ((c / heads) as f64).sqrt();
+        let want = r::attention(&to_f64(&q), &to_f64(&k), &to_f64(&v), b, n, c, heads, scale);
+        let s = [b, n, c];
+        let y = ops::attention(
+            gpu(),
+            &upload(&q, &s),
+            &upload(&k, &s),
+            &upload(&v, &s),
+            heads,
+            scale as f32,
+        )
+        .unwrap();
+        assert_close(
+            &format!("attention {:?}", (b, n, c, heads)),
+            &read(&y),
+            &want,
+            1e-5,
+            1e-4,
+        );
+    }
+}
+
+#[test]
+fn philox_reference_matches_random123_known_answers() {
+    assert_eq!(
+        r::philox4x32_10([0; 4], [0; 2]),
+        [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]
+    );
+    assert_eq!(
+        r::philox4x32_10([u32::MAX; 4], [u32::MAX; 2]),
+        [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd]
+    );
+    assert_eq!(
+        r::philox4x32_10(
+            [0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344],
+            [0xa4093822, 0x299f31d0]
+        ),
+        [0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1]
+    );
+}
+
+#[test]
+fn rng_matches_reference_and_is_batch_invariant() {
+    let g = gpu();
+    let key = ops::NoiseKey {
+        seed: 0x1234_5678_9abc_def0,
+        tag: (7 << 32) | 3,
+    };
+    let row_len = 3 * 5 * 7; // not a multiple of 4
+    let all = read(&ops::normal(g, &[6, 3, 5, 7], key, 10).unwrap());
+    let want: Vec<f64> = (10..16)
+        .flat_map(|s| r::normal_row(key.seed, key.tag, s, row_len))
+        .collect();
+    assert_close("normal vs f64 Philox + Box-Muller", &all, &want, 2e-5, 1e-5);
+
+    // Same seed and counter → same bits; rows drawn in another split → same values.
+    assert_eq!(all, read(&ops::normal(g, &[6, 3, 5, 7], key, 10).unwrap()));
+    let tail = read(&ops::normal(g, &[2, 3, 5, 7], key, 14).unwrap());
+    assert_eq!(&all[4 * row_len..], &tail[..]);
+    let other = read(
+        &ops::normal(
+            g,
+            &[6, 3, 5, 7],
+            ops::NoiseKey {
+                tag: key.tag + 1,
+                ..key
+            },
+            10,
+        )
+        .unwrap(),
+    );
+    assert_ne!(all, other);
+}
+
+#[test]
+fn rng_statistics_are_standard_normal() {
+    let n = 1 << 20;
+    let z = read(&ops::normal(gpu(), &[4, n / 4], ops::NoiseKey { seed: 42, tag: 0 }, 0).unwrap());
+    let mean = z.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
+    let var = z.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n as f64;
+    let lag1 = z.windows(2).map(|w| w[0] as f64 * w[1] as f64).sum::<f64>() / (n - 1) as f64;
+    let kurt = z.iter().map(|&v| (v as f64).powi(4)).sum::<f64>() / n as f64;
+    // Standard errors at n = 2^20: mean 1e-3, variance 1.4e-3, lag-1 product 1e-3, 4th moment 9.4e-3.
+    assert!(mean.abs() < 5e-3, "mean {mean}");
+    assert!((var - 1.0).abs() < 7e-3, "variance {var}");
+    assert!(lag1.abs() < 5e-3, "lag-1 correlation {lag1}");
+    assert!((kurt - 3.0).abs() < 0.05, "fourth moment {kurt}");
+    let within_1sd = z.iter().filter(|v| v.abs() < 1.0).count() as f64 / n as f64;
+    assert!(
+        (within_1sd - 0.682_689).abs() < 3e-3,
+        "P(|z|<1) = {within_1sd}"
+    );
+}
+
+#[test]
+fn oversized_tensors_are_rejected_with_a_clear_error() {
+    let g = gpu();
+    let too_many = (g.max_tensor_bytes() / 4 + 1) as usize;
+    let err = g.empty(&[too_many]).unwrap_err();
+    assert!(
+        err.to_string().contains("bytes per storage binding"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_step_is_one_encoder_and_buffers_are_reused() {
+    let g = gpu();
+    g.flush();
+    let x = upload(&[1.0; 64], &[1, 1, 8, 8]);
+    let y = ops::silu(g, &x).unwrap();
+    let z = ops::affine(g, &y, 2.0, 0.0).unwrap();
+    assert_eq!(
+        g.pending_dispatches(),
+        2,
+        "both ops recorded into the open encoder"
+    );
+    let z_buffer = z.buffer().clone();
+    drop(z);
+    let again = g.empty(&[1, 1, 8, 8]).unwrap();
+    assert_eq!(
+        again.buffer(),
+        &z_buffer,
+        "a freed buffer of the same size is reused"
+    );
+    drop(y);
+    g.sync().unwrap();
+}
