@@ -1,0 +1,60 @@
+//! Per-kernel throughput: conv2d 3×3 and matmul in FLOP/s, group norm in bytes/s.
+//! Each iteration records the op, submits and waits, so the figure includes submit overhead.
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use wgsl_diff::gpu::{AdapterChoice, Gpu, Tensor};
+use wgsl_diff::ops::{self, Conv2dArgs};
+
+fn filled(gpu: &Gpu, shape: &[usize]) -> Tensor {
+    let n: usize = shape.iter().product();
+    let data: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+    gpu.upload(shape, &data).unwrap()
+}
+
+fn kernels(c: &mut Criterion) {
+    let gpu = Gpu::new(&AdapterChoice::Default).expect("a GPU adapter");
+    eprintln!("{}", gpu.describe());
+    let mut group = c.benchmark_group("kernels");
+    group.sample_size(10);
+
+    let (b, ch, hw) = (8, 128, 32);
+    let x = filled(&gpu, &[b, ch, hw, hw]);
+    let w = filled(&gpu, &[ch, ch, 3, 3]);
+    let bias = filled(&gpu, &[ch]);
+    group.throughput(Throughput::Elements((2 * b * ch * ch * 9 * hw * hw) as u64));
+    group.bench_function("conv2d_3x3_b8_128to128_32x32 (FLOP)", |it| {
+        it.iter(|| {
+            let y = ops::conv2d(&gpu, &x, &w, Some(&bias), Conv2dArgs::padded(1)).unwrap();
+            gpu.sync().unwrap();
+            y
+        })
+    });
+
+    let n = 1024;
+    let a = filled(&gpu, &[1, n, n]);
+    let m = filled(&gpu, &[n, n]);
+    group.throughput(Throughput::Elements((2 * n * n * n) as u64));
+    group.bench_function("matmul_1024 (FLOP)", |it| {
+        it.iter(|| {
+            let y = ops::matmul(&gpu, &a, &m).unwrap();
+            gpu.sync().unwrap();
+            y
+        })
+    });
+
+    let x = filled(&gpu, &[8, 256, 32, 32]);
+    let gamma = filled(&gpu, &[256]);
+    // Two reads (statistics, normalisation) and one write of the activation.
+    group.throughput(Throughput::Bytes(3 * x.byte_len()));
+    group.bench_function("group_norm_b8_256ch_32x32_g32 (bytes)", |it| {
+        it.iter(|| {
+            let y = ops::group_norm(&gpu, &x, 32, 1e-5, &gamma, &gamma, true).unwrap();
+            gpu.sync().unwrap();
+            y
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, kernels);
+criterion_main!(benches);

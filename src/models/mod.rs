@@ -1,0 +1,8 @@
+//! Networks ported from PyTorch, mirroring their module trees and parameter names.
+
+pub mod layers;
+pub mod unet2d;
+pub mod weights;
+
+pub use unet2d::{UNet2DConfig, UNet2DModel};
+pub use weights::WeightFile;

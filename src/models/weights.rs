@@ -1,0 +1,190 @@
+//! Reading wgsl-diff weight files: one safetensors file (written by `tools/convert.py`) whose
+//! tensor names are the PyTorch module tree's and whose metadata carries the architecture.
+//!
+//! Models ask a [`VarBuilder`] for each parameter with the shape their config implies; every
+//! missing, misshapen or unsupported tensor is collected, and [`VarBuilder::finish`] reports
+//! all of them (and any tensor the model never asked for) in one error.
+
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Tensor};
+use safetensors::{Dtype, SafeTensors};
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+pub const FORMAT: &str = "wgsl-diff";
+pub const FORMAT_VERSION: &str = "1";
+
+/// A weight file held in memory (memory-mapped) with its metadata parsed.
+pub struct WeightFile {
+    path: PathBuf,
+    mmap: memmap2::Mmap,
+    pub metadata: HashMap<String, String>,
+}
+
+impl WeightFile {
+    pub fn open(path: &Path) -> Result<WeightFile> {
+        let file = std::fs::File::open(path)
+            .map_err(|e| Error::Weights(format!("cannot open {}: {e}", path.display())))?;
+        // SAFETY: the file is opened read-only; concurrent truncation by another process is
+        // outside what this tool can defend against, as with any memory-mapped reader.
+        let mmap = unsafe { memmap2::Mmap::map(&file) }
+            .map_err(|e| Error::Weights(format!("cannot map {}: {e}", path.display())))?;
+        let (_, header) = SafeTensors::read_metadata(&mmap).map_err(|e| {
+            Error::Weights(format!("{} is not a valid safetensors file: {e}", path.display()))
+        })?;
+        // Validates every tensor's offsets against the file length (catches truncation).
+        SafeTensors::deserialize(&mmap).map_err(|e| {
+            Error::Weights(format!("{} is corrupt or truncated: {e}", path.display()))
+        })?;
+        let metadata = header.metadata().clone().unwrap_or_default();
+        Ok(WeightFile {
+            path: path.to_path_buf(),
+            mmap,
+            metadata,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The metadata value `key`, or an error naming the file and key.
+    pub fn meta(&self, key: &str) -> Result<&str> {
+        self.metadata.get(key).map(String::as_str).ok_or_else(|| {
+            Error::Weights(format!(
+                "{} has no `{key}` metadata: convert the checkpoint with tools/convert.py",
+                self.path.display()
+            ))
+        })
+    }
+
+    /// Checks the format marker and the architecture name.
+    pub fn expect_arch(&self, arch: &str) -> Result<()> {
+        let format = self.meta("format")?;
+        let version = self.meta("format_version")?;
+        if format != FORMAT || version != FORMAT_VERSION {
+            return Err(Error::Weights(format!(
+                "{}: format {format:?} version {version:?}, expected {FORMAT:?} version {FORMAT_VERSION:?}",
+                self.path.display()
+            )));
+        }
+        let found = self.meta("arch")?;
+        if found != arch {
+            return Err(Error::Weights(format!(
+                "{} holds a {found:?} model, not a {arch:?}",
+                self.path.display()
+            )));
+        }
+        Ok(())
+    }
+
+    fn tensors(&self) -> SafeTensors<'_> {
+        SafeTensors::deserialize(&self.mmap).expect("validated in open")
+    }
+
+    /// Builds the root [`VarBuilder`] for constructing a model on `gpu`.
+    pub fn var_builder<'a>(&'a self, gpu: &'a Gpu) -> VarBuilder<'a> {
+        VarBuilder {
+            shared: std::rc::Rc::new(Shared {
+                gpu,
+                file: self,
+                tensors: self.tensors(),
+                problems: RefCell::new(Vec::new()),
+                used: RefCell::new(BTreeSet::new()),
+            }),
+            prefix: String::new(),
+        }
+    }
+}
+
+struct Shared<'a> {
+    gpu: &'a Gpu,
+    file: &'a WeightFile,
+    tensors: SafeTensors<'a>,
+    problems: RefCell<Vec<String>>,
+    used: RefCell<BTreeSet<String>>,
+}
+
+/// Hands out parameters by dotted path, mirroring PyTorch's module names.
+#[derive(Clone)]
+pub struct VarBuilder<'a> {
+    shared: std::rc::Rc<Shared<'a>>,
+    prefix: String,
+}
+
+impl<'a> VarBuilder<'a> {
+    /// The builder for a child module (`pp("down_blocks").pp(0)` → `down_blocks.0.`).
+    pub fn pp(&self, name: impl std::fmt::Display) -> VarBuilder<'a> {
+        VarBuilder {
+            shared: self.shared.clone(),
+            prefix: format!("{}{name}.", self.prefix),
+        }
+    }
+
+    pub fn gpu(&self) -> &'a Gpu {
+        self.shared.gpu
+    }
+
+    /// The parameter `name` with the given shape, as f32 on the GPU. On a mismatch the problem
+    /// is recorded and a stand-in returned, so one pass finds every mismatch.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let full = format!("{}{name}", self.prefix);
+        match self.load(&full, shape) {
+            Ok(t) => Ok(t),
+            Err(problem) => {
+                self.shared.problems.borrow_mut().push(problem);
+                self.shared.gpu.empty(shape)
+            }
+        }
+    }
+
+    fn load(&self, full: &str, shape: &[usize]) -> std::result::Result<Tensor, String> {
+        self.shared.used.borrow_mut().insert(full.to_string());
+        let view = self
+            .shared
+            .tensors
+            .tensor(full)
+            .map_err(|_| format!("missing tensor `{full}` (expected shape {shape:?})"))?;
+        if view.shape() != shape {
+            return Err(format!("`{full}` has shape {:?}, the config implies {shape:?}", view.shape()));
+        }
+        let data: Vec<f32> = match view.dtype() {
+            Dtype::F32 => bytemuck::pod_collect_to_vec(view.data()),
+            Dtype::F16 => bytemuck::pod_collect_to_vec::<u8, half::f16>(view.data())
+                .into_iter()
+                .map(f32::from)
+                .collect(),
+            Dtype::BF16 => bytemuck::pod_collect_to_vec::<u8, half::bf16>(view.data())
+                .into_iter()
+                .map(f32::from)
+                .collect(),
+            other => return Err(format!("`{full}` has dtype {other:?}; only F32, F16 and BF16 are supported")),
+        };
+        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+            return Err(format!("`{full}` holds a non-finite value at element {i}"));
+        }
+        self.shared.gpu.upload(shape, &data).map_err(|e| e.to_string())
+    }
+
+    /// Succeeds only if every requested tensor was found with the right shape and the file
+    /// holds nothing the model did not ask for.
+    pub fn finish(self) -> Result<()> {
+        let s = &self.shared;
+        let mut problems = s.problems.borrow().clone();
+        let used = s.used.borrow();
+        let mut unexpected: Vec<&String> = s.tensors.names().into_iter().filter(|n| !used.contains(*n)).collect();
+        unexpected.sort();
+        problems.extend(unexpected.into_iter().map(|n| format!("unexpected tensor `{n}` (not part of this architecture)")));
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Weights(format!(
+                "{} does not match its config ({} problems):\n  {}",
+                s.file.path.display(),
+                problems.len(),
+                problems.join("\n  ")
+            )))
+        }
+    }
+}
