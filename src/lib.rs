@@ -6,7 +6,11 @@
 
 pub mod error;
 pub mod gpu;
+pub mod images;
+pub mod io;
 pub mod models;
+pub mod npy;
 pub mod ops;
+pub mod sampling;
 
 pub use error::{Error, Result};

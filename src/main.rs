@@ -1,5 +1,7 @@
 //! The `wgsl-diff` command line.
 
+mod cli;
+
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use wgsl_diff::gpu::{AdapterChoice, Gpu};
@@ -22,6 +24,8 @@ struct Cli {
 enum Command {
     /// List the adapters wgpu sees (honours WGPU_BACKEND) and describe the one that would be used.
     Info,
+    /// Generate samples: one PNG per sample, a grid and a samples.json manifest.
+    Sample(cli::sample::SampleArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -48,6 +52,7 @@ fn run(cli: Cli) -> Result<()> {
             let gpu = Gpu::new(&choice)?;
             println!("selected: {}", gpu.describe());
         }
+        Command::Sample(args) => cli::sample::run(&Gpu::new(&choice)?, &args)?,
     }
     Ok(())
 }

@@ -17,16 +17,17 @@ fn adapter_is_vulkan_when_requested() {
 #[test]
 fn conv2d_matches_reference() {
     let mut rng = Rng::new(1);
-    // (batch, c_in, h, w, c_out, k, stride, pad)
+    // (batch, c_in, h, w, c_out, k, stride, pad, extra bottom/right pad)
     let cases = [
-        (1, 1, 1, 1, 1, 1, 1, 0),
-        (2, 3, 7, 5, 5, 3, 1, 1),
-        (3, 5, 9, 11, 67, 3, 2, 1),
-        (1, 17, 6, 6, 3, 1, 1, 0),
-        (2, 4, 8, 8, 70, 3, 1, 1),
-        (1, 2, 5, 7, 4, 5, 1, 2),
+        (1, 1, 1, 1, 1, 1, 1, 0, 0),
+        (2, 3, 7, 5, 5, 3, 1, 1, 0),
+        (3, 5, 9, 11, 67, 3, 2, 1, 0),
+        (1, 17, 6, 6, 3, 1, 1, 0, 0),
+        (2, 4, 8, 8, 70, 3, 1, 1, 0),
+        (1, 2, 5, 7, 4, 5, 1, 2, 0),
+        (2, 3, 8, 7, 5, 3, 2, 0, 1),
     ];
-    for (b, ci, h, w, co, k, stride, pad) in cases {
+    for (b, ci, h, w, co, k, stride, pad, extra) in cases {
         let x = rng.vec(b * ci * h * w);
         let wt = rng.vec(co * ci * k * k);
         let bias = rng.vec(co);
@@ -38,10 +39,12 @@ fn conv2d_matches_reference() {
             Some(&to_f64(&bias)),
             stride,
             pad,
+            extra,
         );
         let args = Conv2dArgs {
             stride,
             padding: pad,
+            pad_bottom_right: extra,
             ..Default::default()
         };
         let y = ops::conv2d(
@@ -54,7 +57,7 @@ fn conv2d_matches_reference() {
         .unwrap();
         assert_eq!(y.shape(), [b, co, ho, wo]);
         assert_close(
-            &format!("conv2d {:?}", (b, ci, h, w, co, k, stride, pad)),
+            &format!("conv2d {:?}", (b, ci, h, w, co, k, stride, pad, extra)),
             &read(&y),
             &want,
             1e-5,
@@ -78,6 +81,7 @@ fn conv2d_fused_residual_and_no_bias() {
         None,
         1,
         1,
+        0,
     );
     let want: Vec<f64> = conv
         .iter()
@@ -86,10 +90,10 @@ fn conv2d_fused_residual_and_no_bias() {
         .collect();
     let residual = upload(&res, &[b, co, h, w]);
     let args = Conv2dArgs {
-        stride: 1,
         padding: 1,
         residual: Some(&residual),
         out_scale: 0.5,
+        ..Default::default()
     };
     let y = ops::conv2d(
         gpu(),

@@ -36,6 +36,7 @@ pub mod shaders {
     shader!(EMBEDDING, "embedding");
     shader!(ATTENTION, "attention");
     shader!(RNG, "rng");
+    shader!(SAMPLER, "sampler");
 
     pub const ALL: &[&Shader] = &[
         &MATMUL,
@@ -46,6 +47,7 @@ pub mod shaders {
         &EMBEDDING,
         &ATTENTION,
         &RNG,
+        &SAMPLER,
     ];
 }
 

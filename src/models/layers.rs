@@ -10,6 +10,7 @@ pub struct Conv2d {
     bias: Tensor,
     stride: usize,
     padding: usize,
+    pad_bottom_right: usize,
 }
 
 impl Conv2d {
@@ -19,7 +20,15 @@ impl Conv2d {
             bias: vb.get("bias", &[c_out])?,
             stride,
             padding,
+            pad_bottom_right: 0,
         })
+    }
+
+    /// diffusers' Downsample2D convolution: 3×3, stride 2; padding 0 means pad (0, 1, 0, 1).
+    pub fn load_downsample(vb: &VarBuilder, channels: usize, padding: usize) -> Result<Conv2d> {
+        let mut conv = Conv2d::load(vb, channels, channels, 3, 2, padding)?;
+        conv.pad_bottom_right = usize::from(padding == 0);
+        Ok(conv)
     }
 
     pub fn forward(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
@@ -31,6 +40,7 @@ impl Conv2d {
         let args = Conv2dArgs {
             stride: self.stride,
             padding: self.padding,
+            pad_bottom_right: self.pad_bottom_right,
             residual,
             out_scale,
         };

@@ -98,7 +98,7 @@ impl UNet2DConfig {
         if self.downsample_type != "conv" || self.upsample_type != "conv" {
             return unsupported(format!("down/upsample types {:?}/{:?} (only conv)", self.downsample_type, self.upsample_type));
         }
-        if self.downsample_padding != 1 {
+        if self.downsample_padding > 1 {
             return unsupported(format!("downsample_padding {}", self.downsample_padding));
         }
         if self.center_input_sample {
@@ -206,7 +206,7 @@ impl UNet2DModel {
             let downsampler = if last {
                 None
             } else {
-                Some(Conv2d::load(&vb.pp("downsamplers").pp(0).pp("conv"), out_c, out_c, 3, 2, config.downsample_padding)?)
+                Some(Conv2d::load_downsample(&vb.pp("downsamplers").pp(0).pp("conv"), out_c, config.downsample_padding)?)
             };
             down_blocks.push(DownBlock { resnets, attentions, downsampler });
         }

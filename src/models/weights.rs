@@ -30,13 +30,12 @@ impl WeightFile {
         // outside what this tool can defend against, as with any memory-mapped reader.
         let mmap = unsafe { memmap2::Mmap::map(&file) }
             .map_err(|e| Error::Weights(format!("cannot map {}: {e}", path.display())))?;
-        let (_, header) = SafeTensors::read_metadata(&mmap).map_err(|e| {
-            Error::Weights(format!("{} is not a valid safetensors file: {e}", path.display()))
-        })?;
-        // Validates every tensor's offsets against the file length (catches truncation).
-        SafeTensors::deserialize(&mmap).map_err(|e| {
-            Error::Weights(format!("{} is corrupt or truncated: {e}", path.display()))
-        })?;
+        let invalid = |e: safetensors::SafeTensorError| {
+            Error::Weights(format!("{} is not a valid safetensors file (corrupt or truncated?): {e}", path.display()))
+        };
+        let (_, header) = SafeTensors::read_metadata(&mmap).map_err(invalid)?;
+        // Also validates every tensor's offsets against the file length.
+        SafeTensors::deserialize(&mmap).map_err(invalid)?;
         let metadata = header.metadata().clone().unwrap_or_default();
         Ok(WeightFile {
             path: path.to_path_buf(),

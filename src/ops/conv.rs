@@ -9,6 +9,9 @@ const TILE: usize = 64;
 pub struct Conv2dArgs<'a> {
     pub stride: usize,
     pub padding: usize,
+    /// Extra zero padding on the bottom and right only (diffusers' Downsample2D with padding 0
+    /// pads (0, 1, 0, 1) before a stride-2 convolution).
+    pub pad_bottom_right: usize,
     /// Fused `(conv + bias + residual) * out_scale`; `residual` has the output's shape.
     pub residual: Option<&'a Tensor>,
     pub out_scale: f32,
@@ -19,6 +22,7 @@ impl Default for Conv2dArgs<'_> {
         Conv2dArgs {
             stride: 1,
             padding: 0,
+            pad_bottom_right: 0,
             residual: None,
             out_scale: 1.0,
         }
@@ -53,23 +57,18 @@ pub fn conv2d(
         )
     })?;
     ensure(args.stride >= 1, OP, || "stride must be ≥ 1".into())?;
-    ensure(
-        h + 2 * args.padding >= kh && w + 2 * args.padding >= kw,
-        OP,
-        || {
-            format!(
-                "kernel {kh}x{kw} larger than padded input {h}x{w} (padding {})",
-                args.padding
-            )
-        },
-    )?;
+    let pad = 2 * args.padding + args.pad_bottom_right;
+    let (h_padded, w_padded) = (h + pad, w + pad);
+    ensure(h_padded >= kh && w_padded >= kw, OP, || {
+        format!("kernel {kh}x{kw} larger than padded input {h_padded}x{w_padded}")
+    })?;
     if let Some(bias) = bias {
         ensure(bias.shape() == [c_out], OP, || {
             format!("bias {:?} must be [{c_out}]", bias.shape())
         })?;
     }
-    let h_out = (h + 2 * args.padding - kh) / args.stride + 1;
-    let w_out = (w + 2 * args.padding - kw) / args.stride + 1;
+    let h_out = (h_padded - kh) / args.stride + 1;
+    let w_out = (w_padded - kw) / args.stride + 1;
     if let Some(r) = args.residual {
         ensure(r.shape() == [b, c_out, h_out, w_out], OP, || {
             format!(

@@ -8,6 +8,7 @@ mod embedding;
 mod matmul;
 mod norm;
 mod rng;
+mod sampler;
 
 pub use attention::attention;
 pub use conv::{conv2d, Conv2dArgs};
@@ -19,6 +20,7 @@ pub use embedding::{embedding_lookup, timestep_embedding};
 pub use matmul::{linear, matmul};
 pub use norm::group_norm;
 pub use rng::{normal, NoiseKey};
+pub use sampler::{sampler_step, StepCoeffs};
 
 use crate::error::{Error, Result};
 

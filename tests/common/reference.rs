@@ -8,9 +8,10 @@ pub fn conv2d(
     bias: Option<&[f64]>,
     stride: usize,
     pad: usize,
+    pad_bottom_right: usize,
 ) -> (Vec<f64>, usize, usize) {
-    let ho = (h + 2 * pad - kh) / stride + 1;
-    let wo = (w + 2 * pad - kw) / stride + 1;
+    let ho = (h + 2 * pad + pad_bottom_right - kh) / stride + 1;
+    let wo = (w + 2 * pad + pad_bottom_right - kw) / stride + 1;
     let mut out = vec![0.0; b * co * ho * wo];
     for n in 0..b {
         for o in 0..co {

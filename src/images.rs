@@ -1,0 +1,83 @@
+//! Turning model outputs in [−1, 1] into 8-bit PNGs (with their parameters embedded) and grids.
+
+use crate::error::{Error, Result};
+use std::path::Path;
+
+/// One image as 8-bit interleaved pixels (1 or 3 channels).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Image8 {
+    pub width: usize,
+    pub height: usize,
+    pub channels: usize,
+    pub pixels: Vec<u8>,
+}
+
+/// diffusers' quantisation: round(clamp(x/2 + 0.5, 0, 1)·255), CHW planes → HWC pixels.
+pub fn quantize(chw: &[f32], channels: usize, height: usize, width: usize) -> Image8 {
+    let plane = height * width;
+    let mut pixels = vec![0u8; plane * channels];
+    for c in 0..channels {
+        for p in 0..plane {
+            let v = (chw[c * plane + p] / 2.0 + 0.5).clamp(0.0, 1.0);
+            pixels[p * channels + c] = (v * 255.0).round() as u8;
+        }
+    }
+    Image8 { width, height, channels, pixels }
+}
+
+fn color_type(channels: usize) -> Result<png::ColorType> {
+    match channels {
+        1 => Ok(png::ColorType::Grayscale),
+        3 => Ok(png::ColorType::Rgb),
+        n => Err(Error::Invalid(format!("cannot write a {n}-channel image as PNG"))),
+    }
+}
+
+/// Encodes a PNG with optional tEXt chunks (keyword, text).
+pub fn encode_png(img: &Image8, text: &[(&str, String)]) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    let err = |e: png::EncodingError| Error::Invalid(format!("PNG encoding: {e}"));
+    let mut enc = png::Encoder::new(&mut bytes, img.width as u32, img.height as u32);
+    enc.set_color(color_type(img.channels)?);
+    enc.set_depth(png::BitDepth::Eight);
+    for (k, v) in text {
+        enc.add_text_chunk(k.to_string(), v.clone()).map_err(err)?;
+    }
+    let mut w = enc.write_header().map_err(err)?;
+    w.write_image_data(&img.pixels).map_err(err)?;
+    w.finish().map_err(err)?;
+    Ok(bytes)
+}
+
+pub fn write_png(path: &Path, img: &Image8, text: &[(&str, String)]) -> Result<()> {
+    crate::io::write_atomic(path, &encode_png(img, text)?)
+}
+
+pub fn read_png(path: &Path) -> Result<Image8> {
+    let img = image::open(path).map_err(|e| Error::Invalid(format!("cannot read {}: {e}", path.display())))?;
+    let (width, height) = (img.width() as usize, img.height() as usize);
+    let (channels, pixels) = match img.color().channel_count() {
+        1 => (1, img.into_luma8().into_raw()),
+        _ => (3, img.into_rgb8().into_raw()),
+    };
+    Ok(Image8 { width, height, channels, pixels })
+}
+
+/// Tiles equally sized images into a grid `cols` wide with a `gap`-pixel white border.
+pub fn grid(images: &[Image8], cols: usize, gap: usize) -> Option<Image8> {
+    let first = images.first()?;
+    let (w, h, ch) = (first.width, first.height, first.channels);
+    let cols = cols.clamp(1, images.len());
+    let rows = images.len().div_ceil(cols);
+    let (gw, gh) = (cols * (w + gap) + gap, rows * (h + gap) + gap);
+    let mut pixels = vec![255u8; gw * gh * ch];
+    for (i, img) in images.iter().enumerate() {
+        let (x0, y0) = (gap + (i % cols) * (w + gap), gap + (i / cols) * (h + gap));
+        for y in 0..h {
+            let src = &img.pixels[y * w * ch..(y + 1) * w * ch];
+            let dst = ((y0 + y) * gw + x0) * ch;
+            pixels[dst..dst + w * ch].copy_from_slice(src);
+        }
+    }
+    Some(Image8 { width: gw, height: gh, channels: ch, pixels })
+}

@@ -1,0 +1,80 @@
+//! Minimal NumPy `.npy` reading and writing for little-endian float32 C-order arrays, so
+//! noise, maps and images can be exchanged with Python and other implementations.
+
+use crate::error::{Error, Result};
+use std::path::Path;
+
+const MAGIC: &[u8] = b"\x93NUMPY";
+
+pub fn write(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
+    assert_eq!(shape.iter().product::<usize>(), data.len(), "npy shape/data mismatch");
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape_txt = if shape.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_txt}, }}");
+    // Pad so that the data starts on a 64-byte boundary, header ending in '\n'.
+    let unpadded = MAGIC.len() + 2 + 2 + header.len() + 1;
+    header.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
+    header.push('\n');
+    let mut bytes = Vec::with_capacity(64 + data.len() * 4);
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(&[1, 0]);
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(bytemuck::cast_slice(data));
+    crate::io::write_atomic(path, &bytes)
+}
+
+/// Reads a float32 (little-endian, C-order) array: (shape, data).
+pub fn read(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::Invalid(format!("cannot read {}: {e}", path.display())))?;
+    let bad = |why: &str| Error::Invalid(format!("{} is not a float32 .npy file: {why}", path.display()));
+    if bytes.len() < 10 || &bytes[..6] != MAGIC {
+        return Err(bad("missing NUMPY magic"));
+    }
+    let (header_len, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize, 12),
+        v => return Err(bad(&format!("unsupported version {v}"))),
+    };
+    let header = std::str::from_utf8(bytes.get(start..start + header_len).ok_or_else(|| bad("truncated header"))?)
+        .map_err(|_| bad("header is not text"))?;
+    if !header.contains("'descr': '<f4'") {
+        return Err(bad("dtype must be '<f4' (float32)"));
+    }
+    if header.contains("'fortran_order': True") {
+        return Err(bad("Fortran order is not supported"));
+    }
+    let shape_txt = header
+        .split("'shape':")
+        .nth(1)
+        .and_then(|s| s.split('(').nth(1))
+        .and_then(|s| s.split(')').next())
+        .ok_or_else(|| bad("no shape"))?;
+    let shape = shape_txt
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<usize>().map_err(|_| bad("bad shape")))
+        .collect::<Result<Vec<_>>>()?;
+    let payload = &bytes[start + header_len..];
+    let n: usize = shape.iter().product();
+    if payload.len() != n * 4 {
+        return Err(bad(&format!("shape {shape:?} needs {} data bytes, found {}", n * 4, payload.len())));
+    }
+    Ok((shape, bytemuck::pod_collect_to_vec(payload)))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn round_trip() {
+        let dir = std::env::temp_dir().join(format!("npy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.npy");
+        let data: Vec<f32> = (0..24).map(|i| i as f32 * 0.5 - 3.0).collect();
+        super::write(&path, &[2, 3, 4], &data).unwrap();
+        assert_eq!(super::read(&path).unwrap(), (vec![2, 3, 4], data));
+        std::fs::write(&path, b"garbage").unwrap();
+        assert!(super::read(&path).is_err());
+    }
+}

@@ -1,0 +1,194 @@
+//! Samplers with diffusers' semantics, reduced to per-step scalar coefficients for the fused
+//! GPU update (`ops::sampler_step`): DDIM (DDIMScheduler), DDPM ancestral (DDPMScheduler,
+//! fixed_small variance) and DPM-Solver++(2M) (DPMSolverMultistepScheduler, midpoint,
+//! lower_order_final, final sigma zero).
+
+use super::schedule::NoiseSchedule;
+use crate::error::{Error, Result};
+use crate::ops::StepCoeffs;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SamplerKind {
+    Ddim,
+    Ddpm,
+    Dpmpp2m,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Spacing {
+    Leading,
+    Trailing,
+    Linspace,
+}
+
+#[derive(Clone, Debug)]
+pub struct SamplerConfig {
+    pub kind: SamplerKind,
+    pub steps: usize,
+    /// DDIM's η (0 = deterministic); ignored by the other samplers.
+    pub eta: f64,
+    pub spacing: Spacing,
+    pub steps_offset: usize,
+    /// DDIM: ᾱ after the last step is 1 (else ᾱ_0).
+    pub set_alpha_to_one: bool,
+    /// Clamp x̂0 to ±range (DDIM, DDPM); None disables.
+    pub clip_sample: Option<f64>,
+}
+
+/// A configured sampler: the timesteps to visit and the update coefficients for each.
+#[derive(Clone, Debug)]
+pub struct Scheduler {
+    pub config: SamplerConfig,
+    pub schedule: NoiseSchedule,
+    pub timesteps: Vec<usize>,
+    /// DPM-Solver: σ_i = sqrt((1 − ᾱ)/ᾱ) at each timestep, then 0.
+    sigmas: Vec<f64>,
+}
+
+fn round_half_even(x: f64) -> f64 {
+    let r = x.round();
+    if (x - x.trunc()).abs() == 0.5 && r % 2.0 != 0.0 {
+        r - x.signum()
+    } else {
+        r
+    }
+}
+
+impl Scheduler {
+    pub fn new(config: SamplerConfig, schedule: NoiseSchedule) -> Result<Scheduler> {
+        let t_train = schedule.len();
+        let n = config.steps;
+        if n == 0 || n > t_train {
+            return Err(Error::Invalid(format!("steps must be in 1..={t_train}, got {n}")));
+        }
+        if !(config.eta >= 0.0) {
+            return Err(Error::Invalid(format!("eta must be ≥ 0, got {}", config.eta)));
+        }
+        let spacing = match config.kind {
+            // DPMSolverMultistepScheduler's default spacing; its grid drops the final point.
+            SamplerKind::Dpmpp2m => Spacing::Linspace,
+            _ => config.spacing,
+        };
+        let timesteps: Vec<usize> = match (config.kind, spacing) {
+            (SamplerKind::Dpmpp2m, _) => {
+                let last = (t_train - 1) as f64;
+                (0..=n).rev().map(|i| round_half_even(last * i as f64 / n as f64) as usize).take(n).collect()
+            }
+            (_, Spacing::Leading) => {
+                let ratio = t_train / n;
+                (0..n).rev().map(|i| i * ratio + config.steps_offset).collect()
+            }
+            (_, Spacing::Trailing) => {
+                let ratio = t_train as f64 / n as f64;
+                (0..n).map(|i| round_half_even(t_train as f64 - i as f64 * ratio) as usize - 1).collect()
+            }
+            (_, Spacing::Linspace) => {
+                let last = (t_train - 1) as f64;
+                (0..n).rev().map(|i| round_half_even(last * i as f64 / (n - 1).max(1) as f64) as usize).collect()
+            }
+        };
+        if let Some(&t) = timesteps.iter().find(|&&t| t >= t_train) {
+            return Err(Error::Invalid(format!("timestep {t} (steps_offset {}) exceeds the schedule", config.steps_offset)));
+        }
+        let ac = &schedule.alphas_cumprod;
+        let mut sigmas: Vec<f64> = timesteps.iter().map(|&t| ((1.0 - ac[t]) / ac[t]).sqrt()).collect();
+        sigmas.push(0.0);
+        Ok(Scheduler { config, schedule, timesteps, sigmas })
+    }
+
+    pub fn alpha_bar(&self, t: usize) -> f64 {
+        self.schedule.alphas_cumprod[t]
+    }
+
+    /// ᾱ at the timestep after step `i` (diffusers' prev_timestep = t − T/N).
+    fn alpha_bar_prev(&self, i: usize) -> f64 {
+        let ratio = (self.schedule.len() / self.config.steps) as isize;
+        let prev = self.timesteps[i] as isize - ratio;
+        if prev >= 0 {
+            self.schedule.alphas_cumprod[prev as usize]
+        } else if self.config.kind == SamplerKind::Ddim && !self.config.set_alpha_to_one {
+            self.schedule.alphas_cumprod[0]
+        } else {
+            1.0
+        }
+    }
+
+    /// Whether step `i` draws fresh noise z.
+    pub fn needs_noise(&self, i: usize) -> bool {
+        self.coeffs(i).c != 0.0
+    }
+
+    /// The update coefficients of step `i` (0-based, in sampling order).
+    pub fn coeffs(&self, i: usize) -> StepCoeffs {
+        let t = self.timesteps[i];
+        let a_t = self.alpha_bar(t);
+        let x0 = |clip: Option<f64>| StepCoeffs {
+            p: 1.0 / a_t.sqrt(),
+            q: -(1.0 - a_t).sqrt() / a_t.sqrt(),
+            clip,
+            ..Default::default()
+        };
+        match self.config.kind {
+            SamplerKind::Ddim => {
+                let a_prev = self.alpha_bar_prev(i);
+                let variance = (1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev);
+                let std = self.config.eta * variance.sqrt();
+                StepCoeffs {
+                    a: a_prev.sqrt(),
+                    b: (1.0 - a_prev - std * std).max(0.0).sqrt(),
+                    c: std,
+                    ..x0(self.config.clip_sample)
+                }
+            }
+            SamplerKind::Ddpm => {
+                let a_prev = self.alpha_bar_prev(i);
+                let alpha = a_t / a_prev;
+                let beta = 1.0 - alpha;
+                let variance = ((1.0 - a_prev) / (1.0 - a_t) * beta).max(1e-20);
+                StepCoeffs {
+                    a: a_prev.sqrt() * beta / (1.0 - a_t),
+                    d: alpha.sqrt() * (1.0 - a_prev) / (1.0 - a_t),
+                    c: if t > 0 { variance.sqrt() } else { 0.0 },
+                    ..x0(self.config.clip_sample)
+                }
+            }
+            SamplerKind::Dpmpp2m => self.dpm_coeffs(i),
+        }
+    }
+
+    fn dpm_coeffs(&self, i: usize) -> StepCoeffs {
+        let n = self.timesteps.len();
+        let alpha_sigma = |s: f64| {
+            let alpha = 1.0 / (s * s + 1.0).sqrt();
+            (alpha, s * alpha)
+        };
+        let lambda = |s: f64| {
+            let (a, sg) = alpha_sigma(s);
+            a.ln() - sg.ln()
+        };
+        let (s0, s_next) = (self.sigmas[i], self.sigmas[i + 1]);
+        let (alpha0, sigma0) = alpha_sigma(s0);
+        let (alpha_t, sigma_t) = alpha_sigma(s_next);
+        // x̂0 from ε at σ_i: (x − σ·ε)/α in the scaled parametrisation.
+        let base = StepCoeffs { p: 1.0 / alpha0, q: -sigma0 / alpha0, ..Default::default() };
+        // exp(−h) − 1 with h = λ_t − λ_s; the final σ = 0 gives h = ∞, so the update returns x̂0.
+        let (ratio, em1) = if s_next == 0.0 {
+            (0.0, -1.0)
+        } else {
+            (sigma_t / sigma0, (-(lambda(s_next) - lambda(s0))).exp() - 1.0)
+        };
+        // Second order needs one step of history; the last step is first order
+        // (lower_order_final with a zero final sigma).
+        if i == 0 || i + 1 == n {
+            StepCoeffs { a: -alpha_t * em1, d: ratio, ..base }
+        } else {
+            let h = lambda(s_next) - lambda(s0);
+            let h0 = lambda(s0) - lambda(self.sigmas[i - 1]);
+            let r0 = h0 / h;
+            let c = -0.5 * alpha_t * em1 / r0;
+            StepCoeffs { a: -alpha_t * em1 + c, d: ratio, e: -c, ..base }
+        }
+    }
+}
