@@ -57,6 +57,11 @@ fn class_conditional_unet_matches_pytorch() {
     check_against_pytorch(&fixture("unet_tiny_class.safetensors"), &fixture("unet_tiny_class_io.safetensors"));
 }
 
+#[test]
+fn scale_shift_unet_matches_pytorch() {
+    check_against_pytorch(&fixture("unet_tiny_scale_shift.safetensors"), &fixture("unet_tiny_scale_shift_io.safetensors"));
+}
+
 /// The full google/ddpm-cifar10-32 architecture with random weights (~143 MB fixture, not
 /// committed: `python tools/make_fixtures.py --full-cifar` writes it).
 #[test]

@@ -163,10 +163,10 @@ impl ResnetBlock2D {
 }
 
 /// diffusers `Attention` as used in UNet2DModel blocks (`_from_deprecated_attn_block`):
-/// group norm, per-token q/k/v projections, softmax attention, output projection, residual,
+/// optional group norm, per-token q/k/v projections, softmax attention, output projection, residual,
 /// division by `rescale_output_factor`.
 pub struct SpatialAttention {
-    group_norm: GroupNorm,
+    group_norm: Option<GroupNorm>,
     to_q: Linear,
     to_k: Linear,
     to_v: Linear,
@@ -181,14 +181,17 @@ impl SpatialAttention {
         vb: &VarBuilder,
         channels: usize,
         head_dim: usize,
-        groups: usize,
+        groups: Option<usize>,
         eps: f32,
         rescale_output_factor: f32,
     ) -> Result<SpatialAttention> {
         let heads = (channels / head_dim).max(1);
         let inner = heads * head_dim;
         Ok(SpatialAttention {
-            group_norm: GroupNorm::load(&vb.pp("group_norm"), groups, channels, eps)?,
+            group_norm: match groups {
+                Some(g) => Some(GroupNorm::load(&vb.pp("group_norm"), g, channels, eps)?),
+                None => None,
+            },
             to_q: Linear::load(&vb.pp("to_q"), channels, inner)?,
             to_k: Linear::load(&vb.pp("to_k"), channels, inner)?,
             to_v: Linear::load(&vb.pp("to_v"), channels, inner)?,
@@ -203,7 +206,10 @@ impl SpatialAttention {
         let &[b, c, h, w] = x.shape() else {
             return Err(crate::Error::Shape { op: "attention block", msg: format!("input {:?} is not NCHW", x.shape()) });
         };
-        let normed = self.group_norm.forward(gpu, x, false)?;
+        let normed = match &self.group_norm {
+            Some(norm) => norm.forward(gpu, x, false)?,
+            None => x.clone(),
+        };
         let tokens = ops::transpose_last2(gpu, &normed.reshape(&[b, c, h * w])?)?;
         let q = self.to_q.forward(gpu, &tokens)?;
         let k = self.to_k.forward(gpu, &tokens)?;

@@ -183,7 +183,7 @@ impl UNet2DModel {
         };
         let head_dim = |channels: usize| config.attention_head_dim.unwrap_or(channels);
         let attention = |vb: &VarBuilder, channels: usize, scale: f32| {
-            SpatialAttention::load(vb, channels, head_dim(channels), groups, eps, scale)
+            SpatialAttention::load(vb, channels, head_dim(channels), Some(groups), eps, scale)
         };
 
         let mut down_blocks = Vec::new();
@@ -214,7 +214,9 @@ impl UNet2DModel {
         let mid_c = *ch.last().unwrap();
         let mid_vb = vb.pp("mid_block");
         let mid_scale = config.mid_block_scale_factor;
-        let mid_attn_groups = config.attn_norm_num_groups.unwrap_or(groups);
+        // diffusers' UNetMidBlock2D: without attn_norm_num_groups the attention is normalised
+        // only under the default time-embedding norm.
+        let mid_attn_groups = config.attn_norm_num_groups.or((config.resnet_time_scale_shift == "default").then_some(groups));
         let mid_block = MidBlock {
             resnets: vec![
                 ResnetBlock2D::load(&mid_vb.pp("resnets").pp(0), mid_c, mid_c, &resnet(mid_scale))?,
