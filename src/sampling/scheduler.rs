@@ -56,6 +56,26 @@ fn round_half_even(x: f64) -> f64 {
     }
 }
 
+/// diffusers' `set_timesteps`. DPM-Solver's grids have one more point, the last (t = 0) dropped.
+fn spaced_timesteps(kind: SamplerKind, spacing: Spacing, t_train: usize, n: usize, offset: usize) -> Vec<usize> {
+    let points = if kind == SamplerKind::Dpmpp2m { n + 1 } else { n };
+    match spacing {
+        Spacing::Leading => {
+            let ratio = t_train / points;
+            (points - n..points).rev().map(|i| i * ratio + offset).collect()
+        }
+        Spacing::Trailing => {
+            let ratio = t_train as f64 / n as f64;
+            (0..n).map(|i| round_half_even(t_train as f64 - i as f64 * ratio) as usize - 1).collect()
+        }
+        Spacing::Linspace => {
+            let last = (t_train - 1) as f64;
+            let intervals = (points - 1).max(1) as f64;
+            (points - n..points).rev().map(|i| round_half_even(last * i as f64 / intervals) as usize).collect()
+        }
+    }
+}
+
 impl Scheduler {
     pub fn new(config: SamplerConfig, schedule: NoiseSchedule) -> Result<Scheduler> {
         let t_train = schedule.len();
@@ -66,29 +86,7 @@ impl Scheduler {
         if !(config.eta >= 0.0) {
             return Err(Error::Invalid(format!("eta must be ≥ 0, got {}", config.eta)));
         }
-        let spacing = match config.kind {
-            // DPMSolverMultistepScheduler's default spacing; its grid drops the final point.
-            SamplerKind::Dpmpp2m => Spacing::Linspace,
-            _ => config.spacing,
-        };
-        let timesteps: Vec<usize> = match (config.kind, spacing) {
-            (SamplerKind::Dpmpp2m, _) => {
-                let last = (t_train - 1) as f64;
-                (0..=n).rev().map(|i| round_half_even(last * i as f64 / n as f64) as usize).take(n).collect()
-            }
-            (_, Spacing::Leading) => {
-                let ratio = t_train / n;
-                (0..n).rev().map(|i| i * ratio + config.steps_offset).collect()
-            }
-            (_, Spacing::Trailing) => {
-                let ratio = t_train as f64 / n as f64;
-                (0..n).map(|i| round_half_even(t_train as f64 - i as f64 * ratio) as usize - 1).collect()
-            }
-            (_, Spacing::Linspace) => {
-                let last = (t_train - 1) as f64;
-                (0..n).rev().map(|i| round_half_even(last * i as f64 / (n - 1).max(1) as f64) as usize).collect()
-            }
-        };
+        let timesteps = spaced_timesteps(config.kind, config.spacing, t_train, n, config.steps_offset);
         if let Some(&t) = timesteps.iter().find(|&&t| t >= t_train) {
             return Err(Error::Invalid(format!("timestep {t} (steps_offset {}) exceeds the schedule", config.steps_offset)));
         }
