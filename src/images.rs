@@ -22,14 +22,21 @@ pub fn quantize(chw: &[f32], channels: usize, height: usize, width: usize) -> Im
             pixels[p * channels + c] = (v * 255.0).round() as u8;
         }
     }
-    Image8 { width, height, channels, pixels }
+    Image8 {
+        width,
+        height,
+        channels,
+        pixels,
+    }
 }
 
 fn color_type(channels: usize) -> Result<png::ColorType> {
     match channels {
         1 => Ok(png::ColorType::Grayscale),
         3 => Ok(png::ColorType::Rgb),
-        n => Err(Error::Invalid(format!("cannot write a {n}-channel image as PNG"))),
+        n => Err(Error::Invalid(format!(
+            "cannot write a {n}-channel image as PNG"
+        ))),
     }
 }
 
@@ -54,13 +61,19 @@ pub fn write_png(path: &Path, img: &Image8, text: &[(&str, String)]) -> Result<(
 }
 
 pub fn read_png(path: &Path) -> Result<Image8> {
-    let img = image::open(path).map_err(|e| Error::Invalid(format!("cannot read {}: {e}", path.display())))?;
+    let img = image::open(path)
+        .map_err(|e| Error::Invalid(format!("cannot read {}: {e}", path.display())))?;
     let (width, height) = (img.width() as usize, img.height() as usize);
     let (channels, pixels) = match img.color().channel_count() {
         1 => (1, img.into_luma8().into_raw()),
         _ => (3, img.into_rgb8().into_raw()),
     };
-    Ok(Image8 { width, height, channels, pixels })
+    Ok(Image8 {
+        width,
+        height,
+        channels,
+        pixels,
+    })
 }
 
 /// Tiles equally sized images into a grid `cols` wide with a `gap`-pixel white border.
@@ -79,5 +92,10 @@ pub fn grid(images: &[Image8], cols: usize, gap: usize) -> Option<Image8> {
             pixels[dst..dst + w * ch].copy_from_slice(src);
         }
     }
-    Some(Image8 { width: gw, height: gh, channels: ch, pixels })
+    Some(Image8 {
+        width: gw,
+        height: gh,
+        channels: ch,
+        pixels,
+    })
 }

@@ -7,9 +7,17 @@ use std::path::Path;
 const MAGIC: &[u8] = b"\x93NUMPY";
 
 pub fn write(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
-    assert_eq!(shape.iter().product::<usize>(), data.len(), "npy shape/data mismatch");
+    assert_eq!(
+        shape.iter().product::<usize>(),
+        data.len(),
+        "npy shape/data mismatch"
+    );
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape_txt = if shape.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let shape_txt = if shape.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
     let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_txt}, }}");
     // Pad so that the data starts on a 64-byte boundary, header ending in '\n'.
     let unpadded = MAGIC.len() + 2 + 2 + header.len() + 1;
@@ -26,18 +34,31 @@ pub fn write(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
 
 /// Reads a float32 (little-endian, C-order) array: (shape, data).
 pub fn read(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
-    let bytes = std::fs::read(path).map_err(|e| Error::Invalid(format!("cannot read {}: {e}", path.display())))?;
-    let bad = |why: &str| Error::Invalid(format!("{} is not a float32 .npy file: {why}", path.display()));
+    let bytes = std::fs::read(path)
+        .map_err(|e| Error::Invalid(format!("cannot read {}: {e}", path.display())))?;
+    let bad = |why: &str| {
+        Error::Invalid(format!(
+            "{} is not a float32 .npy file: {why}",
+            path.display()
+        ))
+    };
     if bytes.len() < 10 || &bytes[..6] != MAGIC {
         return Err(bad("missing NUMPY magic"));
     }
     let (header_len, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize, 12),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize,
+            12,
+        ),
         v => return Err(bad(&format!("unsupported version {v}"))),
     };
-    let header = std::str::from_utf8(bytes.get(start..start + header_len).ok_or_else(|| bad("truncated header"))?)
-        .map_err(|_| bad("header is not text"))?;
+    let header = std::str::from_utf8(
+        bytes
+            .get(start..start + header_len)
+            .ok_or_else(|| bad("truncated header"))?,
+    )
+    .map_err(|_| bad("header is not text"))?;
     if !header.contains("'descr': '<f4'") {
         return Err(bad("dtype must be '<f4' (float32)"));
     }
@@ -59,7 +80,11 @@ pub fn read(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
     let payload = &bytes[start + header_len..];
     let n: usize = shape.iter().product();
     if payload.len() != n * 4 {
-        return Err(bad(&format!("shape {shape:?} needs {} data bytes, found {}", n * 4, payload.len())));
+        return Err(bad(&format!(
+            "shape {shape:?} needs {} data bytes, found {}",
+            n * 4,
+            payload.len()
+        )));
     }
     Ok((shape, bytemuck::pod_collect_to_vec(payload)))
 }

@@ -8,11 +8,17 @@ use std::path::{Path, PathBuf};
 use wgsl_diff::gpu::Gpu;
 use wgsl_diff::images::{self, Image8};
 use wgsl_diff::models::{UNet2DModel, WeightFile};
-use wgsl_diff::sampling::{sample_batch, BatchSpec, NoiseSchedule, SamplerConfig, SamplerKind, ScheduleConfig, Scheduler, Spacing};
+use wgsl_diff::sampling::{
+    sample_batch, BatchSpec, NoiseSchedule, SamplerConfig, SamplerKind, ScheduleConfig, Scheduler,
+    Spacing,
+};
 use wgsl_diff::{npy, Error};
 
 /// The model shipped in `weights/`, used when `--model` is not given.
-pub const DEFAULT_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/weights/fashion_mnist_ddpm.safetensors");
+pub const DEFAULT_MODEL: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/weights/fashion_mnist_ddpm.safetensors"
+);
 
 #[derive(Args, Debug, Clone, Serialize)]
 pub struct SampleArgs {
@@ -93,13 +99,20 @@ pub fn run(gpu: &Gpu, args: &SampleArgs) -> Result<()> {
     if args.batch == 0 || args.num == 0 {
         bail!("--batch and --num must be at least 1");
     }
-    let model_path = args.model.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_MODEL));
+    let model_path = args
+        .model
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_MODEL));
     let file = WeightFile::open(&model_path)?;
     let schedule_cfg: ScheduleConfig = match file.metadata.get("scheduler") {
         Some(json) => serde_json::from_str(json).context("invalid scheduler metadata")?,
         None => ScheduleConfig::default(),
     };
-    let steps = args.steps.unwrap_or(if args.sampler == SamplerKind::Ddpm { schedule_cfg.num_train_timesteps } else { 50 });
+    let steps = args.steps.unwrap_or(if args.sampler == SamplerKind::Ddpm {
+        schedule_cfg.num_train_timesteps
+    } else {
+        50
+    });
     let scheduler = Scheduler::new(
         SamplerConfig {
             kind: args.sampler,
@@ -108,11 +121,13 @@ pub fn run(gpu: &Gpu, args: &SampleArgs) -> Result<()> {
             spacing: args.spacing,
             steps_offset: args.steps_offset,
             set_alpha_to_one: true,
-            clip_sample: (schedule_cfg.clip_sample && !args.no_clip).then_some(schedule_cfg.clip_sample_range),
+            clip_sample: (schedule_cfg.clip_sample && !args.no_clip)
+                .then_some(schedule_cfg.clip_sample_range),
         },
         NoiseSchedule::from_config(&schedule_cfg)?,
     )?;
-    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create output folder {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create output folder {}", args.out.display()))?;
     check_writable(&args.out)?;
     let model = UNet2DModel::load(gpu, &file)?;
     let cfg = &model.config;
@@ -125,7 +140,10 @@ pub fn run(gpu: &Gpu, args: &SampleArgs) -> Result<()> {
             let (shape, data) = npy::read(path)?;
             let want = [args.num, sample_shape[0], sample_shape[1], sample_shape[2]];
             if shape != want {
-                bail!("{}: shape {shape:?}, expected {want:?} (--num × C × H × W)", path.display());
+                bail!(
+                    "{}: shape {shape:?}, expected {want:?} (--num × C × H × W)",
+                    path.display()
+                );
             }
             Some(data)
         }
@@ -139,12 +157,26 @@ pub fn run(gpu: &Gpu, args: &SampleArgs) -> Result<()> {
     }
 
     let indices: Vec<usize> = (args.start_index..args.start_index + args.num).collect();
-    let done = |i: usize| args.out.join(png_name(i)).exists() && (!args.save_raw || args.out.join(format!("sample_{i:06}.npy")).exists());
+    let done = |i: usize| {
+        args.out.join(png_name(i)).exists()
+            && (!args.save_raw || args.out.join(format!("sample_{i:06}.npy")).exists())
+    };
     let todo: Vec<usize> = indices.iter().copied().filter(|&i| !done(i)).collect();
-    let progress = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new((todo.len() * steps) as u64) };
-    progress.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {msg}  [{elapsed_precise}<{eta_precise}]")?);
+    let progress = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new((todo.len() * steps) as u64)
+    };
+    progress.set_style(ProgressStyle::with_template(
+        "{bar:40} {pos}/{len} steps  {msg}  [{elapsed_precise}<{eta_precise}]",
+    )?);
     if todo.len() < indices.len() {
-        progress.println(format!("resuming: {} of {} samples already in {}", indices.len() - todo.len(), indices.len(), args.out.display()));
+        progress.println(format!(
+            "resuming: {} of {} samples already in {}",
+            indices.len() - todo.len(),
+            indices.len(),
+            args.out.display()
+        ));
     }
     let params = serde_json::to_string(&serde_json::json!({
         "model": model_path.display().to_string(), "sampler": args.sampler, "steps": steps, "eta": args.eta,
@@ -156,22 +188,38 @@ pub fn run(gpu: &Gpu, args: &SampleArgs) -> Result<()> {
     for chunk in contiguous_batches(&todo, args.batch) {
         let first = chunk[0];
         progress.set_message(format!("samples {}..{}", first, first + chunk.len()));
-        let labels: Option<Vec<usize>> = model.num_classes().map(|_| chunk.iter().map(|&i| class_of(i).unwrap()).collect());
+        let labels: Option<Vec<usize>> = model
+            .num_classes()
+            .map(|_| chunk.iter().map(|&i| class_of(i).unwrap()).collect());
         let init = match &init_noise {
             Some(all) => {
                 let off = (first - args.start_index) * sample_len;
-                Some(gpu.upload(&[chunk.len(), sample_shape[0], side, side], &all[off..off + chunk.len() * sample_len])?)
+                Some(gpu.upload(
+                    &[chunk.len(), sample_shape[0], side, side],
+                    &all[off..off + chunk.len() * sample_len],
+                )?)
             }
             None => None,
         };
-        let spec = BatchSpec { first_index: first, size: chunk.len(), labels: labels.as_deref(), init_noise: init };
-        let out = sample_batch(gpu, &model, &scheduler, args.seed, spec, &mut [], |_| progress.inc(chunk.len() as u64))
-            .map_err(|e| explain_too_large(e, chunk.len()))?;
+        let spec = BatchSpec {
+            first_index: first,
+            size: chunk.len(),
+            labels: labels.as_deref(),
+            init_noise: init,
+        };
+        let out = sample_batch(gpu, &model, &scheduler, args.seed, spec, &mut [], |_| {
+            progress.inc(chunk.len() as u64)
+        })
+        .map_err(|e| explain_too_large(e, chunk.len()))?;
         let data = gpu.read(&out)?;
         for (k, &index) in chunk.iter().enumerate() {
             let raw = &data[k * sample_len..(k + 1) * sample_len];
             if args.save_raw {
-                npy::write(&args.out.join(format!("sample_{index:06}.npy")), &sample_shape, raw)?;
+                npy::write(
+                    &args.out.join(format!("sample_{index:06}.npy")),
+                    &sample_shape,
+                    raw,
+                )?;
             }
             let img = images::quantize(raw, sample_shape[0], side, side);
             let text = [("parameters", params.clone()), ("index", index.to_string())];
@@ -200,7 +248,8 @@ fn contiguous_batches(indices: &[usize], batch: usize) -> Vec<Vec<usize>> {
 
 fn check_writable(dir: &Path) -> Result<()> {
     let probe = dir.join(".wgsl-diff-write-test");
-    std::fs::write(&probe, b"").with_context(|| format!("output folder {} is not writable", dir.display()))?;
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("output folder {} is not writable", dir.display()))?;
     std::fs::remove_file(&probe).ok();
     Ok(())
 }
@@ -215,11 +264,21 @@ fn explain_too_large(e: Error, batch: usize) -> anyhow::Error {
     }
 }
 
-fn write_manifest(args: &SampleArgs, model: &Path, scheduler: &Scheduler, indices: &[usize], class_of: &dyn Fn(usize) -> Option<usize>) -> Result<()> {
+fn write_manifest(
+    args: &SampleArgs,
+    model: &Path,
+    scheduler: &Scheduler,
+    indices: &[usize],
+    class_of: &dyn Fn(usize) -> Option<usize>,
+) -> Result<()> {
     let samples = indices
         .iter()
         .filter(|&&i| args.out.join(png_name(i)).exists())
-        .map(|&i| SampleRecord { index: i, file: png_name(i), class: class_of(i) })
+        .map(|&i| SampleRecord {
+            index: i,
+            file: png_name(i),
+            class: class_of(i),
+        })
         .collect();
     let manifest = Manifest {
         model: model.display().to_string(),
@@ -232,12 +291,18 @@ fn write_manifest(args: &SampleArgs, model: &Path, scheduler: &Scheduler, indice
         timesteps: &scheduler.timesteps,
         samples,
     };
-    wgsl_diff::io::write_atomic(&args.out.join("samples.json"), serde_json::to_string_pretty(&manifest)?.as_bytes())?;
+    wgsl_diff::io::write_atomic(
+        &args.out.join("samples.json"),
+        serde_json::to_string_pretty(&manifest)?.as_bytes(),
+    )?;
     Ok(())
 }
 
 fn write_grid(dir: &Path, indices: &[usize]) -> Result<()> {
-    let imgs: Vec<Image8> = indices.iter().map(|&i| images::read_png(&dir.join(png_name(i)))).collect::<wgsl_diff::Result<_>>()?;
+    let imgs: Vec<Image8> = indices
+        .iter()
+        .map(|&i| images::read_png(&dir.join(png_name(i))))
+        .collect::<wgsl_diff::Result<_>>()?;
     let cols = (imgs.len() as f64).sqrt().ceil() as usize;
     if let Some(g) = images::grid(&imgs, cols, 2) {
         images::write_png(&dir.join("grid.png"), &g, &[])?;

@@ -14,7 +14,14 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
-    pub fn load(vb: &VarBuilder, c_in: usize, c_out: usize, k: usize, stride: usize, padding: usize) -> Result<Conv2d> {
+    pub fn load(
+        vb: &VarBuilder,
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Conv2d> {
         Ok(Conv2d {
             weight: vb.get("weight", &[c_out, c_in, k, k])?,
             bias: vb.get("bias", &[c_out])?,
@@ -36,7 +43,13 @@ impl Conv2d {
     }
 
     /// `(conv(x) + residual) * out_scale` in one kernel.
-    pub fn forward_residual(&self, gpu: &Gpu, x: &Tensor, residual: Option<&Tensor>, out_scale: f32) -> Result<Tensor> {
+    pub fn forward_residual(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        residual: Option<&Tensor>,
+        out_scale: f32,
+    ) -> Result<Tensor> {
         let args = Conv2dArgs {
             stride: self.stride,
             padding: self.padding,
@@ -118,7 +131,12 @@ pub struct ResnetConfig {
 }
 
 impl ResnetBlock2D {
-    pub fn load(vb: &VarBuilder, c_in: usize, c_out: usize, cfg: &ResnetConfig) -> Result<ResnetBlock2D> {
+    pub fn load(
+        vb: &VarBuilder,
+        c_in: usize,
+        c_out: usize,
+        cfg: &ResnetConfig,
+    ) -> Result<ResnetBlock2D> {
         let proj_out = match cfg.time_norm {
             TimeEmbeddingNorm::Default => c_out,
             TimeEmbeddingNorm::ScaleShift => 2 * c_out,
@@ -158,7 +176,8 @@ impl ResnetBlock2D {
             Some(conv) => conv.forward(gpu, x)?,
             None => x.clone(),
         };
-        self.conv2.forward_residual(gpu, &h, Some(&shortcut), 1.0 / self.output_scale_factor)
+        self.conv2
+            .forward_residual(gpu, &h, Some(&shortcut), 1.0 / self.output_scale_factor)
     }
 }
 
@@ -204,7 +223,10 @@ impl SpatialAttention {
 
     pub fn forward(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
         let &[b, c, h, w] = x.shape() else {
-            return Err(crate::Error::Shape { op: "attention block", msg: format!("input {:?} is not NCHW", x.shape()) });
+            return Err(crate::Error::Shape {
+                op: "attention block",
+                msg: format!("input {:?} is not NCHW", x.shape()),
+            });
         };
         let normed = match &self.group_norm {
             Some(norm) => norm.forward(gpu, x, false)?,
@@ -214,7 +236,14 @@ impl SpatialAttention {
         let q = self.to_q.forward(gpu, &tokens)?;
         let k = self.to_k.forward(gpu, &tokens)?;
         let v = self.to_v.forward(gpu, &tokens)?;
-        let attended = ops::attention(gpu, &q, &k, &v, self.heads, 1.0 / (self.head_dim as f32).sqrt())?;
+        let attended = ops::attention(
+            gpu,
+            &q,
+            &k,
+            &v,
+            self.heads,
+            1.0 / (self.head_dim as f32).sqrt(),
+        )?;
         let projected = self.to_out.forward(gpu, &attended)?;
         let planes = ops::transpose_last2(gpu, &projected)?.reshape(&[b, c, h, w])?;
         let s = 1.0 / self.rescale_output_factor;

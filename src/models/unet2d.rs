@@ -1,6 +1,8 @@
 //! diffusers `UNet2DModel` (the DDPM CIFAR-10 family), module for module.
 
-use super::layers::{Conv2d, GroupNorm, Linear, ResnetBlock2D, ResnetConfig, SpatialAttention, TimeEmbeddingNorm};
+use super::layers::{
+    Conv2d, GroupNorm, Linear, ResnetBlock2D, ResnetConfig, SpatialAttention, TimeEmbeddingNorm,
+};
 use super::weights::{VarBuilder, WeightFile};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
@@ -53,23 +55,51 @@ pub struct UNet2DConfig {
     pub num_class_embeds: Option<usize>,
 }
 
-fn three() -> usize { 3 }
-fn two() -> usize { 2 }
-fn one() -> usize { 1 }
-fn one_f() -> f32 { 1.0 }
-fn eight() -> Option<usize> { Some(8) }
-fn thirty_two() -> usize { 32 }
-fn eps() -> f32 { 1e-5 }
-fn yes() -> bool { true }
-fn positional() -> String { "positional".into() }
-fn conv() -> String { "conv".into() }
-fn silu() -> String { "silu".into() }
-fn default_norm() -> String { "default".into() }
+fn three() -> usize {
+    3
+}
+fn two() -> usize {
+    2
+}
+fn one() -> usize {
+    1
+}
+fn one_f() -> f32 {
+    1.0
+}
+fn eight() -> Option<usize> {
+    Some(8)
+}
+fn thirty_two() -> usize {
+    32
+}
+fn eps() -> f32 {
+    1e-5
+}
+fn yes() -> bool {
+    true
+}
+fn positional() -> String {
+    "positional".into()
+}
+fn conv() -> String {
+    "conv".into()
+}
+fn silu() -> String {
+    "silu".into()
+}
+fn default_norm() -> String {
+    "default".into()
+}
 
 impl UNet2DConfig {
     /// Rejects configurations this port does not implement, naming the field.
     pub fn validate(&self) -> Result<()> {
-        let unsupported = |what: String| Err(Error::Weights(format!("unsupported UNet2DModel config: {what}")));
+        let unsupported = |what: String| {
+            Err(Error::Weights(format!(
+                "unsupported UNet2DModel config: {what}"
+            )))
+        };
         let n = self.block_out_channels.len();
         if n == 0 || self.down_block_types.len() != n || self.up_block_types.len() != n {
             return unsupported(format!(
@@ -81,22 +111,32 @@ impl UNet2DConfig {
         }
         for t in &self.down_block_types {
             if t != "DownBlock2D" && t != "AttnDownBlock2D" {
-                return unsupported(format!("down block type {t:?} (supported: DownBlock2D, AttnDownBlock2D)"));
+                return unsupported(format!(
+                    "down block type {t:?} (supported: DownBlock2D, AttnDownBlock2D)"
+                ));
             }
         }
         for t in &self.up_block_types {
             if t != "UpBlock2D" && t != "AttnUpBlock2D" {
-                return unsupported(format!("up block type {t:?} (supported: UpBlock2D, AttnUpBlock2D)"));
+                return unsupported(format!(
+                    "up block type {t:?} (supported: UpBlock2D, AttnUpBlock2D)"
+                ));
             }
         }
         if self.time_embedding_type != "positional" {
-            return unsupported(format!("time_embedding_type {:?}", self.time_embedding_type));
+            return unsupported(format!(
+                "time_embedding_type {:?}",
+                self.time_embedding_type
+            ));
         }
         if self.act_fn != "silu" {
             return unsupported(format!("act_fn {:?}", self.act_fn));
         }
         if self.downsample_type != "conv" || self.upsample_type != "conv" {
-            return unsupported(format!("down/upsample types {:?}/{:?} (only conv)", self.downsample_type, self.upsample_type));
+            return unsupported(format!(
+                "down/upsample types {:?}/{:?} (only conv)",
+                self.downsample_type, self.upsample_type
+            ));
         }
         if self.downsample_padding > 1 {
             return unsupported(format!("downsample_padding {}", self.downsample_padding));
@@ -105,7 +145,9 @@ impl UNet2DConfig {
             return unsupported("center_input_sample".into());
         }
         if let Some(t) = &self.class_embed_type {
-            return unsupported(format!("class_embed_type {t:?} (only a plain num_class_embeds table)"));
+            return unsupported(format!(
+                "class_embed_type {t:?} (only a plain num_class_embeds table)"
+            ));
         }
         self.time_norm()?;
         Ok(())
@@ -115,7 +157,9 @@ impl UNet2DConfig {
         match self.resnet_time_scale_shift.as_str() {
             "default" => Ok(TimeEmbeddingNorm::Default),
             "scale_shift" => Ok(TimeEmbeddingNorm::ScaleShift),
-            other => Err(Error::Weights(format!("unsupported resnet_time_scale_shift {other:?}"))),
+            other => Err(Error::Weights(format!(
+                "unsupported resnet_time_scale_shift {other:?}"
+            ))),
         }
     }
 
@@ -160,8 +204,12 @@ impl UNet2DModel {
     /// Loads a converted weight file, checking every tensor against the embedded config.
     pub fn load(gpu: &Gpu, file: &WeightFile) -> Result<UNet2DModel> {
         file.expect_arch(ARCH)?;
-        let config: UNet2DConfig = serde_json::from_str(file.meta("config")?)
-            .map_err(|e| Error::Weights(format!("{}: invalid config metadata: {e}", file.path().display())))?;
+        let config: UNet2DConfig = serde_json::from_str(file.meta("config")?).map_err(|e| {
+            Error::Weights(format!(
+                "{}: invalid config metadata: {e}",
+                file.path().display()
+            ))
+        })?;
         config.validate()?;
         let vb = file.var_builder(gpu);
         let model = Self::build(&vb, config)?;
@@ -198,7 +246,12 @@ impl UNet2DModel {
             let mut attentions = Vec::new();
             for j in 0..config.layers_per_block {
                 let c = if j == 0 { in_c } else { out_c };
-                resnets.push(ResnetBlock2D::load(&vb.pp("resnets").pp(j), c, out_c, &resnet(1.0))?);
+                resnets.push(ResnetBlock2D::load(
+                    &vb.pp("resnets").pp(j),
+                    c,
+                    out_c,
+                    &resnet(1.0),
+                )?);
                 if with_attn {
                     attentions.push(attention(&vb.pp("attentions").pp(j), out_c, 1.0)?);
                 }
@@ -206,9 +259,17 @@ impl UNet2DModel {
             let downsampler = if last {
                 None
             } else {
-                Some(Conv2d::load_downsample(&vb.pp("downsamplers").pp(0).pp("conv"), out_c, config.downsample_padding)?)
+                Some(Conv2d::load_downsample(
+                    &vb.pp("downsamplers").pp(0).pp("conv"),
+                    out_c,
+                    config.downsample_padding,
+                )?)
             };
-            down_blocks.push(DownBlock { resnets, attentions, downsampler });
+            down_blocks.push(DownBlock {
+                resnets,
+                attentions,
+                downsampler,
+            });
         }
 
         let mid_c = *ch.last().unwrap();
@@ -216,14 +277,33 @@ impl UNet2DModel {
         let mid_scale = config.mid_block_scale_factor;
         // diffusers' UNetMidBlock2D: without attn_norm_num_groups the attention is normalised
         // only under the default time-embedding norm.
-        let mid_attn_groups = config.attn_norm_num_groups.or((config.resnet_time_scale_shift == "default").then_some(groups));
+        let mid_attn_groups = config
+            .attn_norm_num_groups
+            .or((config.resnet_time_scale_shift == "default").then_some(groups));
         let mid_block = MidBlock {
             resnets: vec![
-                ResnetBlock2D::load(&mid_vb.pp("resnets").pp(0), mid_c, mid_c, &resnet(mid_scale))?,
-                ResnetBlock2D::load(&mid_vb.pp("resnets").pp(1), mid_c, mid_c, &resnet(mid_scale))?,
+                ResnetBlock2D::load(
+                    &mid_vb.pp("resnets").pp(0),
+                    mid_c,
+                    mid_c,
+                    &resnet(mid_scale),
+                )?,
+                ResnetBlock2D::load(
+                    &mid_vb.pp("resnets").pp(1),
+                    mid_c,
+                    mid_c,
+                    &resnet(mid_scale),
+                )?,
             ],
             attention: if config.add_attention {
-                Some(SpatialAttention::load(&mid_vb.pp("attentions").pp(0), mid_c, head_dim(mid_c), mid_attn_groups, eps, mid_scale)?)
+                Some(SpatialAttention::load(
+                    &mid_vb.pp("attentions").pp(0),
+                    mid_c,
+                    head_dim(mid_c),
+                    mid_attn_groups,
+                    eps,
+                    mid_scale,
+                )?)
             } else {
                 None
             },
@@ -245,7 +325,12 @@ impl UNet2DModel {
             for j in 0..layers {
                 let skip_c = if j + 1 == layers { in_c } else { out_c };
                 let res_in = if j == 0 { prev_c } else { out_c };
-                resnets.push(ResnetBlock2D::load(&vb.pp("resnets").pp(j), res_in + skip_c, out_c, &resnet(1.0))?);
+                resnets.push(ResnetBlock2D::load(
+                    &vb.pp("resnets").pp(j),
+                    res_in + skip_c,
+                    out_c,
+                    &resnet(1.0),
+                )?);
                 if with_attn {
                     attentions.push(attention(&vb.pp("attentions").pp(j), out_c, 1.0)?);
                 }
@@ -253,9 +338,20 @@ impl UNet2DModel {
             let upsampler = if last {
                 None
             } else {
-                Some(Conv2d::load(&vb.pp("upsamplers").pp(0).pp("conv"), out_c, out_c, 3, 1, 1)?)
+                Some(Conv2d::load(
+                    &vb.pp("upsamplers").pp(0).pp("conv"),
+                    out_c,
+                    out_c,
+                    3,
+                    1,
+                    1,
+                )?)
             };
-            up_blocks.push(UpBlock { resnets, attentions, upsampler });
+            up_blocks.push(UpBlock {
+                resnets,
+                attentions,
+                upsampler,
+            });
         }
 
         let class_embedding = match config.num_class_embeds {
@@ -283,12 +379,24 @@ impl UNet2DModel {
 
     /// ε prediction for `sample` (B, C, H, W) at `timesteps` (B) with optional integer-valued
     /// `class_labels` (B). H and W must be divisible by 2^(number of down blocks − 1).
-    pub fn forward(&self, gpu: &Gpu, sample: &Tensor, timesteps: &Tensor, class_labels: Option<&Tensor>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        gpu: &Gpu,
+        sample: &Tensor,
+        timesteps: &Tensor,
+        class_labels: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let &[b, c, h, w] = sample.shape() else {
-            return Err(Error::Shape { op: "UNet2DModel", msg: format!("sample {:?} is not NCHW", sample.shape()) });
+            return Err(Error::Shape {
+                op: "UNet2DModel",
+                msg: format!("sample {:?} is not NCHW", sample.shape()),
+            });
         };
         let factor = 1 << (self.down_blocks.len() - 1);
-        let shape_ok = c == self.config.in_channels && h % factor == 0 && w % factor == 0 && timesteps.shape() == [b];
+        let shape_ok = c == self.config.in_channels
+            && h % factor == 0
+            && w % factor == 0
+            && timesteps.shape() == [b];
         if !shape_ok {
             return Err(Error::Shape {
                 op: "UNet2DModel",
@@ -301,13 +409,27 @@ impl UNet2DModel {
             });
         }
 
-        let t_proj = ops::timestep_embedding(gpu, timesteps, self.config.block_out_channels[0], self.config.flip_sin_to_cos, self.config.freq_shift)?;
+        let t_proj = ops::timestep_embedding(
+            gpu,
+            timesteps,
+            self.config.block_out_channels[0],
+            self.config.flip_sin_to_cos,
+            self.config.freq_shift,
+        )?;
         let emb = self.time_linear_1.forward(gpu, &t_proj)?;
         let emb = self.time_linear_2.forward(gpu, &ops::silu(gpu, &emb)?)?;
         let emb = match (&self.class_embedding, class_labels) {
-            (Some(table), Some(labels)) => ops::add(gpu, &emb, &ops::embedding_lookup(gpu, table, labels)?)?,
-            (Some(_), None) => return Err(Error::Invalid("this model is class-conditional: class labels are required".into())),
-            (None, Some(_)) => return Err(Error::Invalid("this model takes no class labels".into())),
+            (Some(table), Some(labels)) => {
+                ops::add(gpu, &emb, &ops::embedding_lookup(gpu, table, labels)?)?
+            }
+            (Some(_), None) => {
+                return Err(Error::Invalid(
+                    "this model is class-conditional: class labels are required".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(Error::Invalid("this model takes no class labels".into()))
+            }
             (None, None) => emb,
         };
         let temb_act = ops::silu(gpu, &emb)?;

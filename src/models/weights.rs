@@ -31,7 +31,10 @@ impl WeightFile {
         let mmap = unsafe { memmap2::Mmap::map(&file) }
             .map_err(|e| Error::Weights(format!("cannot map {}: {e}", path.display())))?;
         let invalid = |e: safetensors::SafeTensorError| {
-            Error::Weights(format!("{} is not a valid safetensors file (corrupt or truncated?): {e}", path.display()))
+            Error::Weights(format!(
+                "{} is not a valid safetensors file (corrupt or truncated?): {e}",
+                path.display()
+            ))
         };
         let (_, header) = SafeTensors::read_metadata(&mmap).map_err(invalid)?;
         // Also validates every tensor's offsets against the file length.
@@ -146,7 +149,10 @@ impl<'a> VarBuilder<'a> {
             .tensor(full)
             .map_err(|_| format!("missing tensor `{full}` (expected shape {shape:?})"))?;
         if view.shape() != shape {
-            return Err(format!("`{full}` has shape {:?}, the config implies {shape:?}", view.shape()));
+            return Err(format!(
+                "`{full}` has shape {:?}, the config implies {shape:?}",
+                view.shape()
+            ));
         }
         let data: Vec<f32> = match view.dtype() {
             Dtype::F32 => bytemuck::pod_collect_to_vec(view.data()),
@@ -158,12 +164,19 @@ impl<'a> VarBuilder<'a> {
                 .into_iter()
                 .map(f32::from)
                 .collect(),
-            other => return Err(format!("`{full}` has dtype {other:?}; only F32, F16 and BF16 are supported")),
+            other => {
+                return Err(format!(
+                    "`{full}` has dtype {other:?}; only F32, F16 and BF16 are supported"
+                ))
+            }
         };
         if let Some(i) = data.iter().position(|v| !v.is_finite()) {
             return Err(format!("`{full}` holds a non-finite value at element {i}"));
         }
-        self.shared.gpu.upload(shape, &data).map_err(|e| e.to_string())
+        self.shared
+            .gpu
+            .upload(shape, &data)
+            .map_err(|e| e.to_string())
     }
 
     /// Succeeds only if every requested tensor was found with the right shape and the file
@@ -172,9 +185,18 @@ impl<'a> VarBuilder<'a> {
         let s = &self.shared;
         let mut problems = s.problems.borrow().clone();
         let used = s.used.borrow();
-        let mut unexpected: Vec<&String> = s.tensors.names().into_iter().filter(|n| !used.contains(*n)).collect();
+        let mut unexpected: Vec<&String> = s
+            .tensors
+            .names()
+            .into_iter()
+            .filter(|n| !used.contains(*n))
+            .collect();
         unexpected.sort();
-        problems.extend(unexpected.into_iter().map(|n| format!("unexpected tensor `{n}` (not part of this architecture)")));
+        problems.extend(
+            unexpected
+                .into_iter()
+                .map(|n| format!("unexpected tensor `{n}` (not part of this architecture)")),
+        );
         if problems.is_empty() {
             Ok(())
         } else {

@@ -28,11 +28,17 @@ pub fn sampler_step(
     const OP: &str = "sampler_step";
     for (name, t) in [("eps", Some(eps)), ("x0_prev", x0_prev), ("noise", noise)] {
         if let Some(t) = t {
-            ensure(t.shape() == x.shape(), OP, || format!("{name} {:?} differs from x {:?}", t.shape(), x.shape()))?;
+            ensure(t.shape() == x.shape(), OP, || {
+                format!("{name} {:?} differs from x {:?}", t.shape(), x.shape())
+            })?;
         }
     }
-    ensure(k.e == 0.0 || x0_prev.is_some(), OP, || "a multistep coefficient needs the previous x0".into())?;
-    ensure(k.c == 0.0 || noise.is_some(), OP, || "a noise coefficient needs a noise tensor".into())?;
+    ensure(k.e == 0.0 || x0_prev.is_some(), OP, || {
+        "a multistep coefficient needs the previous x0".into()
+    })?;
+    ensure(k.c == 0.0 || noise.is_some(), OP, || {
+        "a noise coefficient needs a noise tensor".into()
+    })?;
     let x_next = gpu.empty(x.shape())?;
     let x0 = gpu.empty(x.shape())?;
     let kernel = Kernel::new(&shaders::SAMPLER, "step")
@@ -49,6 +55,12 @@ pub fn sampler_step(
         .f(k.d as f32)
         .f(k.e as f32)
         .f(k.c as f32);
-    gpu.dispatch(&kernel, &p, &[x, eps, x0_prev.unwrap_or(x), noise.unwrap_or(x)], &[&x_next, &x0], gpu.grid_1d(x.numel(), 256))?;
+    gpu.dispatch(
+        &kernel,
+        &p,
+        &[x, eps, x0_prev.unwrap_or(x), noise.unwrap_or(x)],
+        &[&x_next, &x0],
+        gpu.grid_1d(x.numel(), 256),
+    )?;
     Ok((x_next, x0))
 }

@@ -64,20 +64,39 @@ pub fn sample_batch(
     mut on_step: impl FnMut(usize),
 ) -> Result<Tensor> {
     let cfg = &model.config;
-    let side = cfg.sample_size.ok_or_else(|| Error::Invalid("the model config has no sample_size".into()))?;
+    let side = cfg
+        .sample_size
+        .ok_or_else(|| Error::Invalid("the model config has no sample_size".into()))?;
     let shape = [spec.size, cfg.in_channels, side, side];
     let labels = match (spec.labels, model.num_classes()) {
         (Some(l), Some(n)) => {
             if let Some(bad) = l.iter().find(|&&c| c >= n) {
-                return Err(Error::Invalid(format!("class {bad} out of range: the model has {n} classes")));
+                return Err(Error::Invalid(format!(
+                    "class {bad} out of range: the model has {n} classes"
+                )));
             }
             if l.len() != spec.size {
-                return Err(Error::Invalid(format!("{} labels for {} samples", l.len(), spec.size)));
+                return Err(Error::Invalid(format!(
+                    "{} labels for {} samples",
+                    l.len(),
+                    spec.size
+                )));
             }
-            Some(gpu.upload(&[spec.size], &l.iter().map(|&c| c as f32).collect::<Vec<_>>())?)
+            Some(gpu.upload(
+                &[spec.size],
+                &l.iter().map(|&c| c as f32).collect::<Vec<_>>(),
+            )?)
         }
-        (None, Some(_)) => return Err(Error::Invalid("this model is class-conditional: give --class".into())),
-        (Some(_), None) => return Err(Error::Invalid("this model is unconditional: --class does not apply".into())),
+        (None, Some(_)) => {
+            return Err(Error::Invalid(
+                "this model is class-conditional: give --class".into(),
+            ))
+        }
+        (Some(_), None) => {
+            return Err(Error::Invalid(
+                "this model is unconditional: --class does not apply".into(),
+            ))
+        }
         (None, None) => None,
     };
     // Timestep tensors are uploaded before the loop so no step waits on the CPU.
@@ -89,11 +108,19 @@ pub fn sample_batch(
     let mut x = match spec.init_noise {
         Some(noise) => {
             if noise.shape() != shape {
-                return Err(Error::Invalid(format!("initial noise {:?} must be {shape:?}", noise.shape())));
+                return Err(Error::Invalid(format!(
+                    "initial noise {:?} must be {shape:?}",
+                    noise.shape()
+                )));
             }
             noise
         }
-        None => ops::normal(gpu, &shape, noise_key(seed, NoisePurpose::Initial, 0, 0), spec.first_index)?,
+        None => ops::normal(
+            gpu,
+            &shape,
+            noise_key(seed, NoisePurpose::Initial, 0, 0),
+            spec.first_index,
+        )?,
     };
     let mut x0_prev: Option<Tensor> = None;
     for (i, &t) in scheduler.timesteps.iter().enumerate() {
@@ -115,7 +142,12 @@ pub fn sample_batch(
         }
         let k = scheduler.coeffs(i);
         let noise = if k.c != 0.0 {
-            Some(ops::normal(gpu, &shape, noise_key(seed, NoisePurpose::Ancestral, i, 0), spec.first_index)?)
+            Some(ops::normal(
+                gpu,
+                &shape,
+                noise_key(seed, NoisePurpose::Ancestral, i, 0),
+                spec.first_index,
+            )?)
         } else {
             None
         };

@@ -23,13 +23,27 @@ pub struct ScheduleConfig {
     pub prediction_type: String,
 }
 
-fn thousand() -> usize { 1000 }
-fn linear() -> String { "linear".into() }
-fn beta_start() -> f64 { 1e-4 }
-fn beta_end() -> f64 { 0.02 }
-fn yes() -> bool { true }
-fn one() -> f64 { 1.0 }
-fn epsilon() -> String { "epsilon".into() }
+fn thousand() -> usize {
+    1000
+}
+fn linear() -> String {
+    "linear".into()
+}
+fn beta_start() -> f64 {
+    1e-4
+}
+fn beta_end() -> f64 {
+    0.02
+}
+fn yes() -> bool {
+    true
+}
+fn one() -> f64 {
+    1.0
+}
+fn epsilon() -> String {
+    "epsilon".into()
+}
 
 impl Default for ScheduleConfig {
     fn default() -> Self {
@@ -46,34 +60,55 @@ pub struct NoiseSchedule {
 impl NoiseSchedule {
     pub fn from_config(cfg: &ScheduleConfig) -> Result<NoiseSchedule> {
         if cfg.prediction_type != "epsilon" {
-            return Err(Error::Invalid(format!("prediction_type {:?}: only epsilon models are supported", cfg.prediction_type)));
+            return Err(Error::Invalid(format!(
+                "prediction_type {:?}: only epsilon models are supported",
+                cfg.prediction_type
+            )));
         }
         let t = cfg.num_train_timesteps;
         if t < 2 {
             return Err(Error::Invalid(format!("num_train_timesteps {t} < 2")));
         }
-        let betas: Vec<f64> = match cfg.beta_schedule.as_str() {
-            "linear" => (0..t).map(|i| cfg.beta_start + (cfg.beta_end - cfg.beta_start) * i as f64 / (t - 1) as f64).collect(),
-            "scaled_linear" => {
-                let (a, b) = (cfg.beta_start.sqrt(), cfg.beta_end.sqrt());
-                (0..t).map(|i| (a + (b - a) * i as f64 / (t - 1) as f64).powi(2)).collect()
-            }
-            // ADM's cosine schedule (diffusers' squaredcos_cap_v2).
-            "squaredcos_cap_v2" | "cosine" => {
-                let f = |x: f64| ((x + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2).cos().powi(2);
-                (0..t)
-                    .map(|i| (1.0 - f((i + 1) as f64 / t as f64) / f(i as f64 / t as f64)).min(0.999))
-                    .collect()
-            }
-            other => return Err(Error::Invalid(format!("unknown beta_schedule {other:?} (linear, scaled_linear, squaredcos_cap_v2)"))),
-        };
+        let betas: Vec<f64> =
+            match cfg.beta_schedule.as_str() {
+                "linear" => (0..t)
+                    .map(|i| {
+                        cfg.beta_start + (cfg.beta_end - cfg.beta_start) * i as f64 / (t - 1) as f64
+                    })
+                    .collect(),
+                "scaled_linear" => {
+                    let (a, b) = (cfg.beta_start.sqrt(), cfg.beta_end.sqrt());
+                    (0..t)
+                        .map(|i| (a + (b - a) * i as f64 / (t - 1) as f64).powi(2))
+                        .collect()
+                }
+                // ADM's cosine schedule (diffusers' squaredcos_cap_v2).
+                "squaredcos_cap_v2" | "cosine" => {
+                    let f = |x: f64| {
+                        ((x + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2)
+                            .cos()
+                            .powi(2)
+                    };
+                    (0..t)
+                        .map(|i| {
+                            (1.0 - f((i + 1) as f64 / t as f64) / f(i as f64 / t as f64)).min(0.999)
+                        })
+                        .collect()
+                }
+                other => return Err(Error::Invalid(format!(
+                    "unknown beta_schedule {other:?} (linear, scaled_linear, squaredcos_cap_v2)"
+                ))),
+            };
         let mut alphas_cumprod = Vec::with_capacity(t);
         let mut prod = 1.0;
         for b in &betas {
             prod *= 1.0 - b;
             alphas_cumprod.push(prod);
         }
-        Ok(NoiseSchedule { betas, alphas_cumprod })
+        Ok(NoiseSchedule {
+            betas,
+            alphas_cumprod,
+        })
     }
 
     pub fn len(&self) -> usize {

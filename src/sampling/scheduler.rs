@@ -57,21 +57,39 @@ fn round_half_even(x: f64) -> f64 {
 }
 
 /// diffusers' `set_timesteps`. DPM-Solver's grids have one more point, the last (t = 0) dropped.
-fn spaced_timesteps(kind: SamplerKind, spacing: Spacing, t_train: usize, n: usize, offset: usize) -> Vec<usize> {
-    let points = if kind == SamplerKind::Dpmpp2m { n + 1 } else { n };
+fn spaced_timesteps(
+    kind: SamplerKind,
+    spacing: Spacing,
+    t_train: usize,
+    n: usize,
+    offset: usize,
+) -> Vec<usize> {
+    let points = if kind == SamplerKind::Dpmpp2m {
+        n + 1
+    } else {
+        n
+    };
     match spacing {
         Spacing::Leading => {
             let ratio = t_train / points;
-            (points - n..points).rev().map(|i| i * ratio + offset).collect()
+            (points - n..points)
+                .rev()
+                .map(|i| i * ratio + offset)
+                .collect()
         }
         Spacing::Trailing => {
             let ratio = t_train as f64 / n as f64;
-            (0..n).map(|i| round_half_even(t_train as f64 - i as f64 * ratio) as usize - 1).collect()
+            (0..n)
+                .map(|i| round_half_even(t_train as f64 - i as f64 * ratio) as usize - 1)
+                .collect()
         }
         Spacing::Linspace => {
             let last = (t_train - 1) as f64;
             let intervals = (points - 1).max(1) as f64;
-            (points - n..points).rev().map(|i| round_half_even(last * i as f64 / intervals) as usize).collect()
+            (points - n..points)
+                .rev()
+                .map(|i| round_half_even(last * i as f64 / intervals) as usize)
+                .collect()
         }
     }
 }
@@ -81,19 +99,36 @@ impl Scheduler {
         let t_train = schedule.len();
         let n = config.steps;
         if n == 0 || n > t_train {
-            return Err(Error::Invalid(format!("steps must be in 1..={t_train}, got {n}")));
+            return Err(Error::Invalid(format!(
+                "steps must be in 1..={t_train}, got {n}"
+            )));
         }
         if !(config.eta >= 0.0) {
-            return Err(Error::Invalid(format!("eta must be ≥ 0, got {}", config.eta)));
+            return Err(Error::Invalid(format!(
+                "eta must be ≥ 0, got {}",
+                config.eta
+            )));
         }
-        let timesteps = spaced_timesteps(config.kind, config.spacing, t_train, n, config.steps_offset);
+        let timesteps =
+            spaced_timesteps(config.kind, config.spacing, t_train, n, config.steps_offset);
         if let Some(&t) = timesteps.iter().find(|&&t| t >= t_train) {
-            return Err(Error::Invalid(format!("timestep {t} (steps_offset {}) exceeds the schedule", config.steps_offset)));
+            return Err(Error::Invalid(format!(
+                "timestep {t} (steps_offset {}) exceeds the schedule",
+                config.steps_offset
+            )));
         }
         let ac = &schedule.alphas_cumprod;
-        let mut sigmas: Vec<f64> = timesteps.iter().map(|&t| ((1.0 - ac[t]) / ac[t]).sqrt()).collect();
+        let mut sigmas: Vec<f64> = timesteps
+            .iter()
+            .map(|&t| ((1.0 - ac[t]) / ac[t]).sqrt())
+            .collect();
         sigmas.push(0.0);
-        Ok(Scheduler { config, schedule, timesteps, sigmas })
+        Ok(Scheduler {
+            config,
+            schedule,
+            timesteps,
+            sigmas,
+        })
     }
 
     pub fn alpha_bar(&self, t: usize) -> f64 {
@@ -170,23 +205,39 @@ impl Scheduler {
         let (alpha0, sigma0) = alpha_sigma(s0);
         let (alpha_t, sigma_t) = alpha_sigma(s_next);
         // x̂0 from ε at σ_i: (x − σ·ε)/α in the scaled parametrisation.
-        let base = StepCoeffs { p: 1.0 / alpha0, q: -sigma0 / alpha0, ..Default::default() };
+        let base = StepCoeffs {
+            p: 1.0 / alpha0,
+            q: -sigma0 / alpha0,
+            ..Default::default()
+        };
         // exp(−h) − 1 with h = λ_t − λ_s; the final σ = 0 gives h = ∞, so the update returns x̂0.
         let (ratio, em1) = if s_next == 0.0 {
             (0.0, -1.0)
         } else {
-            (sigma_t / sigma0, (-(lambda(s_next) - lambda(s0))).exp() - 1.0)
+            (
+                sigma_t / sigma0,
+                (-(lambda(s_next) - lambda(s0))).exp() - 1.0,
+            )
         };
         // Second order needs one step of history; the last step is first order
         // (lower_order_final with a zero final sigma).
         if i == 0 || i + 1 == n {
-            StepCoeffs { a: -alpha_t * em1, d: ratio, ..base }
+            StepCoeffs {
+                a: -alpha_t * em1,
+                d: ratio,
+                ..base
+            }
         } else {
             let h = lambda(s_next) - lambda(s0);
             let h0 = lambda(s0) - lambda(self.sigmas[i - 1]);
             let r0 = h0 / h;
             let c = -0.5 * alpha_t * em1 / r0;
-            StepCoeffs { a: -alpha_t * em1 + c, d: ratio, e: -c, ..base }
+            StepCoeffs {
+                a: -alpha_t * em1 + c,
+                d: ratio,
+                e: -c,
+                ..base
+            }
         }
     }
 }

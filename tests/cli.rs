@@ -1,0 +1,216 @@
+//! `wgsl-diff sample` end to end: determinism, batch invariance, resume after a kill, errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const MODEL: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/unet_tiny_gray.safetensors"
+);
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_wgsl-diff"))
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("wgsl-diff-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn sample(out: &Path, extra: &[&str]) -> Output {
+    let out = bin()
+        .args(["sample", "--model", MODEL, "--quiet", "--out"])
+        .arg(out)
+        .args(extra)
+        .args(if extra.contains(&"--steps") {
+            &[][..]
+        } else {
+            &["--steps", "4"][..]
+        })
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sample failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn pngs(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("sample_")
+                && p.extension().unwrap() == "png"
+        })
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_str().unwrap().to_string(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn same_command_twice_gives_identical_files_and_batching_does_not_matter() {
+    let (a, b, c) = (tmp("a"), tmp("b"), tmp("c"));
+    sample(&a, &["--num", "4", "--batch", "4", "--seed", "7"]);
+    sample(&b, &["--num", "4", "--batch", "4", "--seed", "7"]);
+    sample(&c, &["--num", "4", "--batch", "1", "--seed", "7"]);
+    let (pa, pb, pc) = (pngs(&a), pngs(&b), pngs(&c));
+    assert_eq!(pa.len(), 4);
+    assert_eq!(pa, pb, "same command, same bytes");
+    assert_eq!(pa, pc, "batch 1 and batch 4 give the same samples");
+    assert_ne!(pa[0].1, pa[1].1, "different samples differ");
+    assert!(a.join("grid.png").exists());
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(a.join("samples.json")).unwrap()).unwrap();
+    assert_eq!(manifest["samples"].as_array().unwrap().len(), 4);
+    assert_eq!(manifest["seed"], 7);
+
+    // --start-index selects a window of the same larger set.
+    let d = tmp("d");
+    sample(&d, &["--num", "2", "--start-index", "2", "--seed", "7"]);
+    assert_eq!(pngs(&d), pa[2..].to_vec());
+}
+
+#[test]
+fn raw_output_round_trips_through_init_noise() {
+    let (a, b) = (tmp("raw-a"), tmp("raw-b"));
+    sample(&a, &["--num", "2", "--save-raw", "--sampler", "ddpm"]);
+    let raw = wgsl_diff::npy::read(&a.join("sample_000001.npy")).unwrap();
+    assert_eq!(raw.0, vec![1, 8, 8]);
+    // Feeding a file of noise replaces the generated noise: two different files differ.
+    let noise: Vec<f32> = (0..2 * 64)
+        .map(|i| ((i * 37) % 17) as f32 / 8.0 - 1.0)
+        .collect();
+    let path = a.join("noise.npy");
+    wgsl_diff::npy::write(&path, &[2, 1, 8, 8], &noise).unwrap();
+    sample(&b, &["--num", "2", "--init-noise", path.to_str().unwrap()]);
+    let c = tmp("raw-c");
+    sample(&c, &["--num", "2"]);
+    assert_ne!(pngs(&b), pngs(&c));
+}
+
+#[test]
+fn a_killed_run_resumes_without_losing_or_duplicating_samples() {
+    let (full, resumed) = (tmp("full"), tmp("resumed"));
+    let args = ["--num", "6", "--batch", "1", "--seed", "3", "--steps", "20"];
+    sample(&full, &args);
+
+    let mut child = bin()
+        .args(["sample", "--model", MODEL, "--quiet", "--out"])
+        .arg(&resumed)
+        .args(args)
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while pngs_if_any(&resumed) < 2 {
+        assert!(start.elapsed() < Duration::from_secs(120), "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let partial = pngs_if_any(&resumed);
+    assert!(
+        partial >= 2 && partial < 6,
+        "killed after {partial} samples"
+    );
+
+    let out = sample(&resumed, &args);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("6 samples"));
+    assert_eq!(
+        pngs(&resumed),
+        pngs(&full),
+        "resumed run equals an uninterrupted one"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&resumed)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .to_str()
+                .unwrap()
+                .ends_with(".tmp")
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left behind");
+}
+
+fn pngs_if_any(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |d| {
+        d.filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "png")
+        })
+        .count()
+    })
+}
+
+/// Bad input: a clear message and a non-zero exit, never a panic.
+#[test]
+fn bad_input_is_an_error_not_a_panic() {
+    let out_dir = tmp("bad");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--steps", "0"], "steps must be"),
+        (vec!["--eta=-1"], "eta must be"),
+        (vec!["--sampler", "euler"], "invalid value"),
+        (
+            vec!["--model", "/nonexistent/model.safetensors"],
+            "cannot open",
+        ),
+        (vec!["--model", "Cargo.toml"], "not a valid safetensors"),
+        (vec!["--class", "3"], "unconditional"),
+        (vec!["--num", "200000", "--batch", "200000"], "use --batch"),
+        (vec!["--init-noise", "Cargo.toml"], "npy"),
+    ];
+    for (extra, needle) in cases {
+        let mut cmd = bin();
+        cmd.args(["sample", "--quiet", "--out"]).arg(&out_dir);
+        for (flag, default) in [("--steps", "2"), ("--model", MODEL)] {
+            if !extra.contains(&flag) {
+                cmd.args([flag, default]);
+            }
+        }
+        let out = cmd
+            .args(&extra)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra:?} succeeded");
+        assert!(!stderr.contains("panicked"), "{extra:?} panicked: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{extra:?}: {needle:?} not in {stderr}"
+        );
+    }
+    let out = bin()
+        .args([
+            "sample",
+            "--quiet",
+            "--model",
+            MODEL,
+            "--out",
+            "/proc/forbidden",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot create output folder"));
+}
