@@ -7,7 +7,9 @@ use wgsl_diff::ops::{self, Conv2dArgs};
 
 fn filled(gpu: &Gpu, shape: &[usize]) -> Tensor {
     let n: usize = shape.iter().product();
-    let data: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+    let data: Vec<f32> = (0..n)
+        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+        .collect();
     gpu.upload(shape, &data).unwrap()
 }
 

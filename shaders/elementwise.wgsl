@@ -55,6 +55,17 @@ fn binary(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     }
 }
 
+// alpha·a[i % inner] + beta·b[i]: a is repeated along b's leading axis (re-noising one batch
+// into M copies: x̃ = √ᾱ·x̂0 + √(1−ᾱ)·n).
+@compute @workgroup_size(WG)
+fn broadcast_lincomb(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_index(gid, nwg);
+    if i >= p.total {
+        return;
+    }
+    bin_out[i] = p.alpha * bin_a[i % p.inner] + p.beta * bin_b[i];
+}
+
 // x is (…, HW) planes; plane j takes v[j % outer], so v may be per (batch, channel) or per channel.
 @compute @workgroup_size(WG)
 fn channel_op(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {

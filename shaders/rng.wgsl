@@ -2,6 +2,8 @@
 // Output element j of row r depends only on (seed, row_start + r, tag, j): the counter is
 // (j / 4, row_start + r, tag_lo, tag_hi) and the key is the 64-bit seed. So a sample's noise
 // is the same whatever batch or shard it is drawn in. Callers encode (step, m, purpose) in tag.
+// Several copies of a batch can be drawn at once: row r belongs to copy r / rows_per_copy,
+// which is added to tag_hi, and to sample row_start + r % rows_per_copy.
 
 struct Params {
     seed_lo: u32,
@@ -11,6 +13,7 @@ struct Params {
     row_start: u32,
     rows: u32,
     row_len: u32,
+    rows_per_copy: u32,
 }
 
 const WG: u32 = 256u;
@@ -61,7 +64,7 @@ fn normal(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     let r = i / blocks_per_row;
     let block = i % blocks_per_row;
     let bits = philox4x32_10(
-        vec4<u32>(block, p.row_start + r, p.tag_lo, p.tag_hi),
+        vec4<u32>(block, p.row_start + r % p.rows_per_copy, p.tag_lo, p.tag_hi + r / p.rows_per_copy),
         vec2<u32>(p.seed_lo, p.seed_hi),
     );
     let r0 = sqrt(-2.0 * log(to_unit(bits.x)));

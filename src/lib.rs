@@ -12,5 +12,6 @@ pub mod models;
 pub mod npy;
 pub mod ops;
 pub mod sampling;
+pub mod uncertainty;
 
 pub use error::{Error, Result};

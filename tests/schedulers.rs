@@ -7,7 +7,9 @@ mod common;
 use common::{assert_close, gpu, read, to_f64};
 use safetensors::SafeTensors;
 use wgsl_diff::ops;
-use wgsl_diff::sampling::{NoiseSchedule, SamplerConfig, SamplerKind, ScheduleConfig, Scheduler, Spacing};
+use wgsl_diff::sampling::{
+    NoiseSchedule, SamplerConfig, SamplerKind, ScheduleConfig, Scheduler, Spacing,
+};
 
 struct Fixture {
     bytes: Vec<u8>,
@@ -15,8 +17,13 @@ struct Fixture {
 
 impl Fixture {
     fn load() -> Fixture {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/schedulers.safetensors");
-        Fixture { bytes: std::fs::read(path).expect("scheduler fixture") }
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/schedulers.safetensors"
+        );
+        Fixture {
+            bytes: std::fs::read(path).expect("scheduler fixture"),
+        }
     }
     fn get(&self, name: &str) -> Option<(Vec<usize>, Vec<f32>)> {
         let st = SafeTensors::deserialize(&self.bytes).unwrap();
@@ -24,7 +31,12 @@ impl Fixture {
         Some((v.shape().to_vec(), bytemuck::pod_collect_to_vec(v.data())))
     }
     fn names(&self) -> Vec<String> {
-        SafeTensors::deserialize(&self.bytes).unwrap().names().into_iter().cloned().collect()
+        SafeTensors::deserialize(&self.bytes)
+            .unwrap()
+            .names()
+            .into_iter()
+            .cloned()
+            .collect()
     }
 }
 
@@ -66,14 +78,26 @@ fn every_sampler_matches_diffusers_step_by_step() {
     let (_, ac) = fx.get("alphas_cumprod").unwrap();
     // The same ᾱ table as diffusers (float32), so the comparison isolates the sampler logic.
     let alphas_cumprod: Vec<f64> = to_f64(&ac);
-    let betas = (0..ac.len()).map(|i| 1.0 - alphas_cumprod[i] / if i == 0 { 1.0 } else { alphas_cumprod[i - 1] }).collect();
-    let schedule = NoiseSchedule { betas, alphas_cumprod };
+    let betas = (0..ac.len())
+        .map(|i| 1.0 - alphas_cumprod[i] / if i == 0 { 1.0 } else { alphas_cumprod[i - 1] })
+        .collect();
+    let schedule = NoiseSchedule {
+        betas,
+        alphas_cumprod,
+    };
     let bias = g.upload(&shape, &bias).unwrap();
     let numel: usize = shape.iter().product();
 
-    let mut cases: Vec<String> = fx.names().iter().filter_map(|n| n.strip_suffix("/x").map(str::to_string)).collect();
+    let mut cases: Vec<String> = fx
+        .names()
+        .iter()
+        .filter_map(|n| n.strip_suffix("/x").map(str::to_string))
+        .collect();
     cases.sort();
-    assert!(cases.len() >= 17, "expected DDIM, DDPM and DPM-Solver cases, got {cases:?}");
+    assert!(
+        cases.len() >= 17,
+        "expected DDIM, DDPM and DPM-Solver cases, got {cases:?}"
+    );
     for case in cases {
         let (kind, spacing, eta, clip) = parse_case(&case);
         let (_, want_t) = fx.get(&format!("{case}/timesteps")).unwrap();
@@ -81,7 +105,15 @@ fn every_sampler_matches_diffusers_step_by_step() {
         let noise = fx.get(&format!("{case}/noise")).map(|(_, n)| n);
         let steps = want_t.len();
         let sched = Scheduler::new(
-            SamplerConfig { kind, steps, eta, spacing, steps_offset: 0, set_alpha_to_one: true, clip_sample: clip.then_some(1.0) },
+            SamplerConfig {
+                kind,
+                steps,
+                eta,
+                spacing,
+                steps_offset: 0,
+                set_alpha_to_one: true,
+                clip_sample: clip.then_some(1.0),
+            },
             schedule.clone(),
         )
         .unwrap();
@@ -105,7 +137,13 @@ fn every_sampler_matches_diffusers_step_by_step() {
             x0_prev = Some(x0);
             let want = to_f64(&want_x[(i + 1) * numel..(i + 2) * numel]);
             let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
-            assert_close(&format!("{case} step {i} (t={t})"), &read(&x), &want, 1e-5 * scale, 1e-5);
+            assert_close(
+                &format!("{case} step {i} (t={t})"),
+                &read(&x),
+                &want,
+                1e-5 * scale,
+                1e-5,
+            );
         }
     }
 }

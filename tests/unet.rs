@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use wgsl_diff::models::{UNet2DModel, WeightFile};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 /// Reads every tensor of a safetensors file as (shape, f32 data).
@@ -21,7 +23,13 @@ fn read_tensors(path: &Path) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
         .into_iter()
         .map(|(name, view)| {
             assert_eq!(view.dtype(), safetensors::Dtype::F32, "{name}");
-            (name, (view.shape().to_vec(), bytemuck::pod_collect_to_vec(view.data())))
+            (
+                name,
+                (
+                    view.shape().to_vec(),
+                    bytemuck::pod_collect_to_vec(view.data()),
+                ),
+            )
         })
         .collect()
 }
@@ -39,27 +47,45 @@ fn check_against_pytorch(weights: &Path, io: &Path) {
     let eps = model.forward(g, &x, &timesteps, labels.as_ref()).unwrap();
     let (out_shape, want) = &io["output"];
     assert_eq!(eps.shape(), out_shape.as_slice());
-    assert_close(&format!("{} vs PyTorch", weights.display()), &read(&eps), &to_f64(want), 1e-4, 0.0);
+    assert_close(
+        &format!("{} vs PyTorch", weights.display()),
+        &read(&eps),
+        &to_f64(want),
+        1e-4,
+        0.0,
+    );
 }
 
 #[test]
 fn tiny_rgb_unet_matches_pytorch() {
-    check_against_pytorch(&fixture("unet_tiny_rgb.safetensors"), &fixture("unet_tiny_rgb_io.safetensors"));
+    check_against_pytorch(
+        &fixture("unet_tiny_rgb.safetensors"),
+        &fixture("unet_tiny_rgb_io.safetensors"),
+    );
 }
 
 #[test]
 fn tiny_gray_unet_matches_pytorch() {
-    check_against_pytorch(&fixture("unet_tiny_gray.safetensors"), &fixture("unet_tiny_gray_io.safetensors"));
+    check_against_pytorch(
+        &fixture("unet_tiny_gray.safetensors"),
+        &fixture("unet_tiny_gray_io.safetensors"),
+    );
 }
 
 #[test]
 fn class_conditional_unet_matches_pytorch() {
-    check_against_pytorch(&fixture("unet_tiny_class.safetensors"), &fixture("unet_tiny_class_io.safetensors"));
+    check_against_pytorch(
+        &fixture("unet_tiny_class.safetensors"),
+        &fixture("unet_tiny_class_io.safetensors"),
+    );
 }
 
 #[test]
 fn scale_shift_unet_matches_pytorch() {
-    check_against_pytorch(&fixture("unet_tiny_scale_shift.safetensors"), &fixture("unet_tiny_scale_shift_io.safetensors"));
+    check_against_pytorch(
+        &fixture("unet_tiny_scale_shift.safetensors"),
+        &fixture("unet_tiny_scale_shift_io.safetensors"),
+    );
 }
 
 /// The full google/ddpm-cifar10-32 architecture with random weights (~143 MB fixture, not
@@ -74,20 +100,38 @@ fn full_cifar10_architecture_matches_pytorch() {
 }
 
 /// Rewrites the tiny fixture with `edit` applied to its tensors and metadata.
-fn rewritten(name: &str, edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<f32>)>, &mut HashMap<String, String>)) -> PathBuf {
+fn rewritten(
+    name: &str,
+    edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<f32>)>, &mut HashMap<String, String>),
+) -> PathBuf {
     let src = fixture("unet_tiny_gray.safetensors");
     let file = WeightFile::open(&src).unwrap();
     let mut meta = file.metadata.clone();
-    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> =
-        read_tensors(&src).into_iter().map(|(n, (s, d))| (n, s, d)).collect();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = read_tensors(&src)
+        .into_iter()
+        .map(|(n, (s, d))| (n, s, d))
+        .collect();
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     edit(&mut tensors, &mut meta);
     let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
         .iter()
-        .map(|(n, s, d)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), bytemuck::cast_slice(d)).unwrap()))
+        .map(|(n, s, d)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(
+                    safetensors::Dtype::F32,
+                    s.clone(),
+                    bytemuck::cast_slice(d),
+                )
+                .unwrap(),
+            )
+        })
         .collect();
     let bytes = safetensors::serialize(views, &Some(meta)).unwrap();
-    let path = std::env::temp_dir().join(format!("wgsl-diff-{}-{name}.safetensors", std::process::id()));
+    let path = std::env::temp_dir().join(format!(
+        "wgsl-diff-{}-{name}.safetensors",
+        std::process::id()
+    ));
     std::fs::write(&path, bytes).unwrap();
     path
 }
@@ -106,46 +150,89 @@ fn bad_weight_files_give_clear_errors() {
     let good = std::fs::read(fixture("unet_tiny_gray.safetensors")).unwrap();
 
     let missing = tmp.join("missing.safetensors");
-    assert!(load_error(&missing).contains("cannot open"), "{}", load_error(&missing));
+    assert!(
+        load_error(&missing).contains("cannot open"),
+        "{}",
+        load_error(&missing)
+    );
 
     let truncated = tmp.join("truncated.safetensors");
     std::fs::write(&truncated, &good[..good.len() / 2]).unwrap();
-    assert!(load_error(&truncated).contains("corrupt or truncated"), "{}", load_error(&truncated));
+    assert!(
+        load_error(&truncated).contains("corrupt or truncated"),
+        "{}",
+        load_error(&truncated)
+    );
 
     let corrupt = tmp.join("corrupt.safetensors");
-    std::fs::write(&corrupt, b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!").unwrap();
-    assert!(load_error(&corrupt).contains("corrupt or truncated"), "{}", load_error(&corrupt));
+    std::fs::write(
+        &corrupt,
+        b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!",
+    )
+    .unwrap();
+    assert!(
+        load_error(&corrupt).contains("corrupt or truncated"),
+        "{}",
+        load_error(&corrupt)
+    );
 
     let wrong_shape = rewritten("wrong-shape", |t, _| {
-        let conv_in = t.iter_mut().find(|(n, _, _)| n == "conv_in.weight").unwrap();
+        let conv_in = t
+            .iter_mut()
+            .find(|(n, _, _)| n == "conv_in.weight")
+            .unwrap();
         conv_in.1 = vec![conv_in.1[0], 2, 3, 3];
         conv_in.2.resize(conv_in.1.iter().product(), 0.0);
         t.retain(|(n, _, _)| n != "conv_out.bias");
         t.push(("extra.weight".into(), vec![1], vec![0.0]));
     });
     let err = load_error(&wrong_shape);
-    for needle in ["conv_in.weight", "missing tensor `conv_out.bias`", "unexpected tensor `extra.weight`", "3 problems"] {
+    for needle in [
+        "conv_in.weight",
+        "missing tensor `conv_out.bias`",
+        "unexpected tensor `extra.weight`",
+        "3 problems",
+    ] {
         assert!(err.contains(needle), "{needle:?} not in: {err}");
     }
 
     let wrong_arch = rewritten("wrong-arch", |_, m| {
         m.insert("arch".into(), "UNet2DConditionModel".into());
     });
-    assert!(load_error(&wrong_arch).contains("not a \"UNet2DModel\""), "{}", load_error(&wrong_arch));
+    assert!(
+        load_error(&wrong_arch).contains("not a \"UNet2DModel\""),
+        "{}",
+        load_error(&wrong_arch)
+    );
 
     let wrong_config = rewritten("wrong-config", |_, m| {
-        let cfg = m["config"].replace("\"block_out_channels\":[16,32]", "\"block_out_channels\":[16,48]");
+        let cfg = m["config"].replace(
+            "\"block_out_channels\":[16,32]",
+            "\"block_out_channels\":[16,48]",
+        );
         assert_ne!(cfg, m["config"], "fixture config layout changed");
         m.insert("config".into(), cfg);
     });
-    assert!(load_error(&wrong_config).contains("does not match its config"), "{}", load_error(&wrong_config));
+    assert!(
+        load_error(&wrong_config).contains("does not match its config"),
+        "{}",
+        load_error(&wrong_config)
+    );
 
     let unsupported = rewritten("unsupported", |_, m| {
         let cfg = m["config"].replace("\"DownBlock2D\"", "\"SkipDownBlock2D\"");
         m.insert("config".into(), cfg);
     });
-    assert!(load_error(&unsupported).contains("SkipDownBlock2D"), "{}", load_error(&unsupported));
+    assert!(
+        load_error(&unsupported).contains("SkipDownBlock2D"),
+        "{}",
+        load_error(&unsupported)
+    );
 
     let no_meta = rewritten("no-meta", |_, m| m.clear());
-    assert!(load_error(&no_meta).contains("tools/convert.py"), "{}", load_error(&no_meta));
+    assert!(
+        load_error(&no_meta).contains("tools/convert.py"),
+        "{}",
+        load_error(&no_meta)
+    );
 }

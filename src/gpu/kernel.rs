@@ -37,6 +37,7 @@ pub mod shaders {
     shader!(ATTENTION, "attention");
     shader!(RNG, "rng");
     shader!(SAMPLER, "sampler");
+    shader!(UNCERTAINTY, "uncertainty");
 
     pub const ALL: &[&Shader] = &[
         &MATMUL,
@@ -48,6 +49,7 @@ pub mod shaders {
         &ATTENTION,
         &RNG,
         &SAMPLER,
+        &UNCERTAINTY,
     ];
 }
 

@@ -187,6 +187,44 @@ impl Gpu {
         Ok(dst)
     }
 
+    /// Copies all of `src` into `dst` starting at byte `offset` (recorded, not immediate).
+    pub fn copy_into(&self, src: &Tensor, dst: &Tensor, offset: u64) -> Result<()> {
+        crate::error::ensure(
+            offset + src.byte_len() <= dst.byte_len() && offset % 4 == 0,
+            "copy_into",
+            || {
+                format!(
+                    "{:?} does not fit in {:?} at byte {offset}",
+                    src.shape(),
+                    dst.shape()
+                )
+            },
+        )?;
+        self.with_encoder(|enc, _| {
+            enc.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), offset, src.byte_len())
+        });
+        Ok(())
+    }
+
+    /// Fills `dst` from `src` starting at byte `offset` of `src` (recorded, not immediate).
+    pub fn copy_range(&self, src: &Tensor, offset: u64, dst: &Tensor) -> Result<()> {
+        crate::error::ensure(
+            offset + dst.byte_len() <= src.byte_len() && offset % 4 == 0,
+            "copy_range",
+            || {
+                format!(
+                    "{:?} does not hold {:?} at byte {offset}",
+                    src.shape(),
+                    dst.shape()
+                )
+            },
+        )?;
+        self.with_encoder(|enc, _| {
+            enc.copy_buffer_to_buffer(src.buffer(), offset, dst.buffer(), 0, dst.byte_len())
+        });
+        Ok(())
+    }
+
     /// Drops every pooled (currently unused) buffer.
     pub fn trim_pool(&self) {
         self.pool.clear();

@@ -372,6 +372,22 @@ impl UNet2DModel {
         })
     }
 
+    /// The largest batch whose biggest activation fits one storage binding. The widest tensors
+    /// are the up path's concatenations and the attention sequences: at most
+    /// (2·max channels) × H × W values per sample at any level.
+    pub fn max_batch(&self, gpu: &Gpu) -> usize {
+        let side = self.config.sample_size.unwrap_or(1);
+        let widest = 2 * self
+            .config
+            .block_out_channels
+            .iter()
+            .max()
+            .copied()
+            .unwrap_or(1);
+        let per_sample = (widest * side * side * 4) as u64;
+        (gpu.max_tensor_bytes() / per_sample.max(1)).max(1) as usize
+    }
+
     /// Number of classes when the model is class-conditional.
     pub fn num_classes(&self) -> Option<usize> {
         self.config.num_class_embeds

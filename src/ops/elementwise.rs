@@ -92,6 +92,45 @@ pub fn add(gpu: &Gpu, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     lincomb(gpu, 1.0, a, 1.0, b)
 }
 
+/// alpha·a + beta·b where a (B, …) is repeated along the leading axis of b (M·B, …).
+pub fn broadcast_lincomb(
+    gpu: &Gpu,
+    alpha: f32,
+    a: &Tensor,
+    beta: f32,
+    b: &Tensor,
+) -> Result<Tensor> {
+    ensure(
+        a.shape()[1..] == b.shape()[1..] && a.dim(0) > 0 && b.dim(0) % a.dim(0) == 0,
+        "broadcast_lincomb",
+        || {
+            format!(
+                "{:?} does not tile {:?} along the first axis",
+                a.shape(),
+                b.shape()
+            )
+        },
+    )?;
+    let out = gpu.empty(b.shape())?;
+    let p = params(b.numel(), a.numel(), 0, 0, alpha, beta);
+    launch(gpu, "broadcast_lincomb", 0, p, &[a, b], &out, b.numel())?;
+    Ok(out)
+}
+
+/// `copies` copies of x stacked along the first axis (B, …) → (copies·B, …).
+pub fn repeat_batch(gpu: &Gpu, x: &Tensor, copies: usize) -> Result<Tensor> {
+    let mut shape = x.shape().to_vec();
+    ensure(!shape.is_empty() && copies > 0, "repeat_batch", || {
+        "need a leading axis and ≥ 1 copy".into()
+    })?;
+    shape[0] *= copies;
+    let out = gpu.empty(&shape)?;
+    for m in 0..copies as u64 {
+        gpu.copy_into(x, &out, m * x.byte_len())?;
+    }
+    Ok(out)
+}
+
 /// a · b element-wise.
 pub fn mul(gpu: &Gpu, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     same_shape("mul", a, b)?;

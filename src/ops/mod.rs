@@ -9,18 +9,20 @@ mod matmul;
 mod norm;
 mod rng;
 mod sampler;
+mod uncertainty;
 
 pub use attention::attention;
 pub use conv::{conv2d, Conv2dArgs};
 pub use elementwise::{
-    add, add_channel_vec, affine, avg_pool2x, concat_channels, lincomb, mul, mul_channel_vec,
-    scale_shift, silu, transpose_last2, upsample_nearest2x,
+    add, add_channel_vec, affine, avg_pool2x, broadcast_lincomb, concat_channels, lincomb, mul,
+    mul_channel_vec, repeat_batch, scale_shift, silu, transpose_last2, upsample_nearest2x,
 };
 pub use embedding::{embedding_lookup, timestep_embedding};
 pub use matmul::{linear, matmul};
 pub use norm::group_norm;
-pub use rng::{normal, NoiseKey};
+pub use rng::{normal, normal_copies, NoiseKey};
 pub use sampler::{sampler_step, StepCoeffs};
+pub use uncertainty::{sum_per_sample, uncertainty_map, UncertaintyMode};
 
 use crate::error::{Error, Result};
 

@@ -69,36 +69,37 @@ impl NoiseSchedule {
         if t < 2 {
             return Err(Error::Invalid(format!("num_train_timesteps {t} < 2")));
         }
-        let betas: Vec<f64> =
-            match cfg.beta_schedule.as_str() {
-                "linear" => (0..t)
+        let betas: Vec<f64> = match cfg.beta_schedule.as_str() {
+            "linear" => (0..t)
+                .map(|i| {
+                    cfg.beta_start + (cfg.beta_end - cfg.beta_start) * i as f64 / (t - 1) as f64
+                })
+                .collect(),
+            "scaled_linear" => {
+                let (a, b) = (cfg.beta_start.sqrt(), cfg.beta_end.sqrt());
+                (0..t)
+                    .map(|i| (a + (b - a) * i as f64 / (t - 1) as f64).powi(2))
+                    .collect()
+            }
+            // ADM's cosine schedule (diffusers' squaredcos_cap_v2).
+            "squaredcos_cap_v2" | "cosine" => {
+                let f = |x: f64| {
+                    ((x + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2)
+                        .cos()
+                        .powi(2)
+                };
+                (0..t)
                     .map(|i| {
-                        cfg.beta_start + (cfg.beta_end - cfg.beta_start) * i as f64 / (t - 1) as f64
+                        (1.0 - f((i + 1) as f64 / t as f64) / f(i as f64 / t as f64)).min(0.999)
                     })
-                    .collect(),
-                "scaled_linear" => {
-                    let (a, b) = (cfg.beta_start.sqrt(), cfg.beta_end.sqrt());
-                    (0..t)
-                        .map(|i| (a + (b - a) * i as f64 / (t - 1) as f64).powi(2))
-                        .collect()
-                }
-                // ADM's cosine schedule (diffusers' squaredcos_cap_v2).
-                "squaredcos_cap_v2" | "cosine" => {
-                    let f = |x: f64| {
-                        ((x + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2)
-                            .cos()
-                            .powi(2)
-                    };
-                    (0..t)
-                        .map(|i| {
-                            (1.0 - f((i + 1) as f64 / t as f64) / f(i as f64 / t as f64)).min(0.999)
-                        })
-                        .collect()
-                }
-                other => return Err(Error::Invalid(format!(
+                    .collect()
+            }
+            other => {
+                return Err(Error::Invalid(format!(
                     "unknown beta_schedule {other:?} (linear, scaled_linear, squaredcos_cap_v2)"
-                ))),
-            };
+                )))
+            }
+        };
         let mut alphas_cumprod = Vec::with_capacity(t);
         let mut prod = 1.0;
         for b in &betas {

@@ -1,0 +1,70 @@
+use super::{dims, ensure};
+use crate::error::Result;
+use crate::gpu::{shaders, Gpu, Kernel, Params, Tensor};
+
+/// How the per-element spread of the M ε predictions is summarised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UncertaintyMode {
+    /// Σ(ε_m − ε)²/M around the unperturbed ε (the official code; default).
+    Centred,
+    /// Sample variance of {ε_m} with divisor M − 1.
+    Variance,
+    /// Variance of {ε_m} with divisor M.
+    VarianceBiased,
+}
+
+/// The uncertainty map (B, C, H, W) from ε (B, …) and the copies' predictions (M·B, …).
+pub fn uncertainty_map(
+    gpu: &Gpu,
+    eps: &Tensor,
+    eps_copies: &Tensor,
+    mode: UncertaintyMode,
+) -> Result<Tensor> {
+    const OP: &str = "uncertainty_map";
+    let copies = eps_copies.numel() / eps.numel().max(1);
+    ensure(
+        eps_copies.shape()[1..] == eps.shape()[1..]
+            && copies * eps.numel() == eps_copies.numel()
+            && copies > 0,
+        OP,
+        || {
+            format!(
+                "copies {:?} are not M stacked batches of {:?}",
+                eps_copies.shape(),
+                eps.shape()
+            )
+        },
+    )?;
+    ensure(copies > 1 || mode != UncertaintyMode::Variance, OP, || {
+        "the unbiased variance needs M ≥ 2".into()
+    })?;
+    let map = gpu.empty(eps.shape())?;
+    let kernel = Kernel::new(&shaders::UNCERTAINTY, "uncertainty_map").with("MODE", mode as u32);
+    let p = Params::new().u(eps.numel()).u(copies);
+    gpu.dispatch(
+        &kernel,
+        &p,
+        &[eps, eps_copies],
+        &[&map],
+        gpu.grid_1d(eps.numel(), 256),
+    )?;
+    Ok(map)
+}
+
+/// Sums each sample (first axis) of x over all other axes: (B, …) → (B).
+pub fn sum_per_sample(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
+    let rows = dims::<4>(x, "sum_per_sample", "x")
+        .map(|d| d[0])
+        .or_else(|_| {
+            ensure(!x.shape().is_empty(), "sum_per_sample", || {
+                "x needs a sample axis".into()
+            })
+            .map(|_| x.dim(0))
+        })?;
+    let out = gpu.empty(&[rows])?;
+    let kernel = Kernel::new(&shaders::UNCERTAINTY, "row_sum");
+    let p = Params::new().u(x.numel() / rows.max(1));
+    gpu.dispatch(&kernel, &p, &[x], &[&out], [rows as u32, 1, 1])?;
+    Ok(out)
+}

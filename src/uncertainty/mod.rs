@@ -1,0 +1,214 @@
+//! Pixel-wise aleatoric uncertainty during sampling (Algorithm 1), as a sampling-loop hook.
+//!
+//! At each step in the window: x̂0 from (x_t, ε) (clipped when the sampler clips), M re-noised
+//! copies x̃_m = √ᾱ_t·x̂0 + √(1−ᾱ_t)·n_m at the same t, ε_m = ε_θ(x̃_m, t) for all M·B copies in
+//! one batched forward (split only when a buffer would exceed the device limit), and the map
+//! U_t from one Welford pass. The trajectory itself is untouched: ε is returned unchanged.
+
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Tensor};
+use crate::ops::{self, StepCoeffs, UncertaintyMode};
+use crate::sampling::{noise_key, NoisePurpose, StepContext, StepHook};
+
+#[derive(Clone, Debug)]
+pub struct UncertaintyConfig {
+    /// M, the number of re-noised copies per step.
+    pub copies: usize,
+    pub mode: UncertaintyMode,
+    /// First step (0-based, in sampling order) of the window.
+    pub start: usize,
+    /// Steps in the window (None: to the end).
+    pub steps: Option<usize>,
+    /// Most copies per network call (None: as many as the device allows).
+    pub max_copies_per_forward: Option<usize>,
+    /// Keep each step's map (B, C, H, W) for saving.
+    pub keep_maps: bool,
+    /// Keep each step's perturbation noise (M·B, C, H, W) for saving.
+    pub keep_noise: bool,
+}
+
+impl Default for UncertaintyConfig {
+    fn default() -> Self {
+        UncertaintyConfig {
+            copies: 5,
+            mode: UncertaintyMode::Centred,
+            start: 0,
+            steps: None,
+            max_copies_per_forward: None,
+            keep_maps: false,
+            keep_noise: false,
+        }
+    }
+}
+
+impl UncertaintyConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.copies == 0 {
+            return Err(Error::Invalid(
+                "the number of copies M must be at least 1".into(),
+            ));
+        }
+        if self.copies < 2 && self.mode == UncertaintyMode::Variance {
+            return Err(Error::Invalid("--uc-mode variance needs M ≥ 2".into()));
+        }
+        if self.max_copies_per_forward == Some(0) {
+            return Err(Error::Invalid(
+                "max copies per forward must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn in_window(&self, step: usize) -> bool {
+        step >= self.start && self.steps.is_none_or(|n| step < self.start + n)
+    }
+}
+
+/// Collects the maps of one batch; its [`scores`](Self::scores) rank the samples.
+pub struct UncertaintyEstimator {
+    pub config: UncertaintyConfig,
+    /// Σ over window steps of U_t, (B, C, H, W).
+    total: Option<Tensor>,
+    /// (step, U_t) when `keep_maps`.
+    pub maps: Vec<(usize, Tensor)>,
+    /// (step, perturbation noise) when `keep_noise`.
+    pub noise: Vec<(usize, Tensor)>,
+    /// Perturbation noise to use instead of drawing it (replaying another implementation's run),
+    /// one (M·B, C, H, W) tensor per window step in order.
+    replay: Option<std::collections::VecDeque<Tensor>>,
+}
+
+impl UncertaintyEstimator {
+    pub fn new(config: UncertaintyConfig) -> Result<UncertaintyEstimator> {
+        config.validate()?;
+        Ok(UncertaintyEstimator {
+            config,
+            total: None,
+            maps: Vec::new(),
+            noise: Vec::new(),
+            replay: None,
+        })
+    }
+
+    /// Uses the given perturbation noise, one tensor per window step, instead of drawing it.
+    pub fn replaying(mut self, noise: Vec<Tensor>) -> Self {
+        self.replay = Some(noise.into());
+        self
+    }
+
+    /// The summed map Σ_t U_t (B, C, H, W), if any step was in the window.
+    pub fn total_map(&self) -> Option<&Tensor> {
+        self.total.as_ref()
+    }
+
+    /// Image scores s_b = Σ over window steps, channels and pixels of U (B), on the GPU.
+    pub fn scores(&self, gpu: &Gpu) -> Result<Option<Tensor>> {
+        self.total
+            .as_ref()
+            .map(|t| ops::sum_per_sample(gpu, t))
+            .transpose()
+    }
+
+    fn perturbation_noise(&mut self, ctx: &StepContext, shape: &[usize]) -> Result<Tensor> {
+        let m = self.config.copies;
+        if let Some(queue) = &mut self.replay {
+            let n = queue.pop_front().ok_or_else(|| {
+                Error::Invalid("replayed noise ran out before the window ended".into())
+            })?;
+            let want = [&[m * shape[0]], &shape[1..]].concat();
+            if n.shape() != want {
+                return Err(Error::Invalid(format!(
+                    "replayed noise {:?} must be {want:?}",
+                    n.shape()
+                )));
+            }
+            return Ok(n);
+        }
+        let key = noise_key(ctx.seed, NoisePurpose::Uncertainty, ctx.step, 0);
+        ops::normal_copies(ctx.gpu, shape, m, key, ctx.first_index)
+    }
+
+    /// ε_θ over all copies, in as few network calls as the device's buffer limit allows.
+    fn predict_copies(&self, ctx: &StepContext, noisy: &Tensor, batch: usize) -> Result<Tensor> {
+        let m = self.config.copies;
+        let fit = (ctx.model.max_batch(ctx.gpu) / batch.max(1)).max(1);
+        let per_call = self
+            .config
+            .max_copies_per_forward
+            .unwrap_or(m)
+            .min(fit)
+            .min(m);
+        let timesteps = ops::repeat_batch(ctx.gpu, ctx.timesteps, per_call)?;
+        let labels = ctx
+            .labels
+            .map(|l| ops::repeat_batch(ctx.gpu, l, per_call))
+            .transpose()?;
+        if per_call == m {
+            return ctx
+                .model
+                .forward(ctx.gpu, noisy, &timesteps, labels.as_ref());
+        }
+        let out = ctx.gpu.empty(noisy.shape())?;
+        let sample_bytes = noisy.byte_len() / (m * batch) as u64;
+        let mut first = 0;
+        while first < m {
+            let n = per_call.min(m - first);
+            let rows = n * batch;
+            let mut shape = noisy.shape().to_vec();
+            shape[0] = rows;
+            let chunk = ctx.gpu.empty(&shape)?;
+            ctx.gpu
+                .copy_range(noisy, (first * batch) as u64 * sample_bytes, &chunk)?;
+            let (t, l) = if n == per_call {
+                (timesteps.clone(), labels.clone())
+            } else {
+                (
+                    ops::repeat_batch(ctx.gpu, ctx.timesteps, n)?,
+                    ctx.labels
+                        .map(|l| ops::repeat_batch(ctx.gpu, l, n))
+                        .transpose()?,
+                )
+            };
+            let eps = ctx.model.forward(ctx.gpu, &chunk, &t, l.as_ref())?;
+            ctx.gpu
+                .copy_into(&eps, &out, (first * batch) as u64 * sample_bytes)?;
+            first += n;
+        }
+        Ok(out)
+    }
+}
+
+impl StepHook for UncertaintyEstimator {
+    fn on_eps(&mut self, ctx: &StepContext, eps: Tensor) -> Result<Tensor> {
+        if !self.config.in_window(ctx.step) {
+            return Ok(eps);
+        }
+        let gpu = ctx.gpu;
+        let alpha_bar = ctx.scheduler.alpha_bar(ctx.timestep);
+        let (a, s) = (alpha_bar.sqrt(), (1.0 - alpha_bar).sqrt());
+        // x̂0 = (x_t − √(1−ᾱ)·ε)/√ᾱ, clipped like the sampler clips.
+        let predict = StepCoeffs {
+            p: 1.0 / a,
+            q: -s / a,
+            clip: ctx.scheduler.config.clip_sample,
+            ..Default::default()
+        };
+        let (_, x0) = ops::sampler_step(gpu, &predict, ctx.x, &eps, None, None)?;
+        let shape = x0.shape().to_vec();
+        let noise = self.perturbation_noise(ctx, &shape)?;
+        let noisy = ops::broadcast_lincomb(gpu, a as f32, &x0, s as f32, &noise)?;
+        let eps_copies = self.predict_copies(ctx, &noisy, shape[0])?;
+        let map = ops::uncertainty_map(gpu, &eps, &eps_copies, self.config.mode)?;
+        self.total = Some(match &self.total {
+            Some(t) => ops::add(gpu, t, &map)?,
+            None => map.clone(),
+        });
+        if self.config.keep_maps {
+            self.maps.push((ctx.step, map));
+        }
+        if self.config.keep_noise {
+            self.noise.push((ctx.step, noise));
+        }
+        Ok(eps)
+    }
+}

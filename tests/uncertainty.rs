@@ -1,0 +1,208 @@
+//! Algorithm 1 on the GPU: the estimate leaves the trajectory alone, batching the M copies
+//! changes nothing, and the three modes agree with their definitions.
+
+mod common;
+
+use common::{assert_close, gpu, read, to_f64};
+use wgsl_diff::gpu::Tensor;
+use wgsl_diff::models::{UNet2DModel, WeightFile};
+use wgsl_diff::ops::{self, UncertaintyMode};
+use wgsl_diff::sampling::{
+    noise_key, sample_batch, BatchSpec, NoisePurpose, NoiseSchedule, SamplerConfig, SamplerKind,
+    ScheduleConfig, Scheduler, Spacing, StepHook,
+};
+use wgsl_diff::uncertainty::{UncertaintyConfig, UncertaintyEstimator};
+
+const MODEL: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/unet_tiny_gray.safetensors"
+);
+
+fn model() -> UNet2DModel {
+    UNet2DModel::load(
+        gpu(),
+        &WeightFile::open(std::path::Path::new(MODEL)).unwrap(),
+    )
+    .unwrap()
+}
+
+fn ddim(steps: usize) -> Scheduler {
+    Scheduler::new(
+        SamplerConfig {
+            kind: SamplerKind::Ddim,
+            steps,
+            eta: 0.0,
+            spacing: Spacing::Leading,
+            steps_offset: 0,
+            set_alpha_to_one: true,
+            clip_sample: Some(1.0),
+        },
+        NoiseSchedule::from_config(&ScheduleConfig::default()).unwrap(),
+    )
+    .unwrap()
+}
+
+fn run(
+    model: &UNet2DModel,
+    sched: &Scheduler,
+    first: usize,
+    size: usize,
+    hooks: &mut [&mut dyn StepHook],
+) -> Vec<f32> {
+    let spec = BatchSpec {
+        first_index: first,
+        size,
+        labels: None,
+        init_noise: None,
+    };
+    read(&sample_batch(gpu(), model, sched, 11, spec, hooks, |_| {}).unwrap())
+}
+
+fn estimator(mode: UncertaintyMode, per_forward: Option<usize>) -> UncertaintyEstimator {
+    UncertaintyEstimator::new(UncertaintyConfig {
+        copies: 4,
+        mode,
+        max_copies_per_forward: per_forward,
+        keep_maps: true,
+        keep_noise: true,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+fn maps(est: &UncertaintyEstimator) -> Vec<Vec<f32>> {
+    est.maps.iter().map(|(_, m)| read(m)).collect()
+}
+
+#[test]
+fn estimating_uncertainty_does_not_change_the_samples() {
+    let (m, s) = (model(), ddim(5));
+    let plain = run(&m, &s, 0, 3, &mut []);
+    let mut est = estimator(UncertaintyMode::Centred, None);
+    let with = run(&m, &s, 0, 3, &mut [&mut est]);
+    assert_eq!(plain, with);
+    assert_eq!(est.maps.len(), 5);
+    let scores = read(&est.scores(gpu()).unwrap().unwrap());
+    assert!(
+        scores.iter().all(|s| s.is_finite() && *s > 0.0),
+        "{scores:?}"
+    );
+}
+
+#[test]
+fn one_batched_forward_equals_m_separate_forwards() {
+    let (m, s) = (model(), ddim(3));
+    let mut batched = estimator(UncertaintyMode::Centred, None);
+    let mut separate = estimator(UncertaintyMode::Centred, Some(1));
+    let mut pairs = estimator(UncertaintyMode::Centred, Some(3));
+    run(&m, &s, 0, 2, &mut [&mut batched]);
+    run(&m, &s, 0, 2, &mut [&mut separate]);
+    run(&m, &s, 0, 2, &mut [&mut pairs]);
+    for ((a, b), c) in maps(&batched).iter().zip(maps(&separate)).zip(maps(&pairs)) {
+        assert_close("M·B batch vs M calls", a, &to_f64(&b), 1e-6, 1e-5);
+        assert_close(
+            "M·B batch vs calls of 3 and 1 copies",
+            a,
+            &to_f64(&c),
+            1e-6,
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn maps_and_scores_do_not_depend_on_batching() {
+    let (m, s) = (model(), ddim(3));
+    let mut whole = estimator(UncertaintyMode::Centred, None);
+    run(&m, &s, 0, 3, &mut [&mut whole]);
+    let mut tail = estimator(UncertaintyMode::Centred, None);
+    run(&m, &s, 2, 1, &mut [&mut tail]);
+    let a = read(&whole.scores(gpu()).unwrap().unwrap());
+    let b = read(&tail.scores(gpu()).unwrap().unwrap());
+    assert_close("score of sample 2", &b, &[a[2] as f64], 0.0, 1e-5);
+}
+
+/// Recomputes each mode on the CPU in f64 from the ε predictions of the copies.
+#[test]
+fn modes_match_their_definitions() {
+    let g = gpu();
+    let mut rng = common::Rng::new(9);
+    let (b, m, len) = (3, 5, 2 * 7 * 5);
+    let eps = rng.vec(b * len);
+    let copies = rng.vec(m * b * len);
+    let e = g.upload(&[b, 2, 7, 5], &eps).unwrap();
+    let c = g.upload(&[m * b, 2, 7, 5], &copies).unwrap();
+    for mode in [
+        UncertaintyMode::Centred,
+        UncertaintyMode::Variance,
+        UncertaintyMode::VarianceBiased,
+    ] {
+        let want: Vec<f64> = (0..b * len)
+            .map(|i| {
+                let v: Vec<f64> = (0..m).map(|k| copies[k * b * len + i] as f64).collect();
+                let mean = v.iter().sum::<f64>() / m as f64;
+                let ss = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>();
+                match mode {
+                    UncertaintyMode::Centred => {
+                        v.iter().map(|x| (x - eps[i] as f64).powi(2)).sum::<f64>() / m as f64
+                    }
+                    UncertaintyMode::Variance => ss / (m - 1) as f64,
+                    UncertaintyMode::VarianceBiased => ss / m as f64,
+                }
+            })
+            .collect();
+        let got = read(&ops::uncertainty_map(g, &e, &c, mode).unwrap());
+        assert_close(&format!("{mode:?}"), &got, &want, 1e-6, 1e-5);
+        let sums = read(&ops::sum_per_sample(g, &g.upload(&[b, 2, 7, 5], &got).unwrap()).unwrap());
+        let want_sums: Vec<f64> = (0..b)
+            .map(|k| got[k * len..(k + 1) * len].iter().map(|&x| x as f64).sum())
+            .collect();
+        assert_close("per-sample sums", &sums, &want_sums, 1e-6, 1e-6);
+    }
+}
+
+#[test]
+fn perturbation_noise_is_one_stream_per_step_and_copy() {
+    let g = gpu();
+    let key = noise_key(5, NoisePurpose::Uncertainty, 7, 0);
+    let all = read(&ops::normal_copies(g, &[3, 1, 4, 4], 4, key, 10).unwrap());
+    for m in 0..4 {
+        let one = read(
+            &ops::normal(
+                g,
+                &[3, 1, 4, 4],
+                noise_key(5, NoisePurpose::Uncertainty, 7, m),
+                10,
+            )
+            .unwrap(),
+        );
+        assert_eq!(&all[m * 48..(m + 1) * 48], &one[..], "copy {m}");
+    }
+}
+
+#[test]
+fn window_limits_the_steps_that_are_scored() {
+    let (m, s) = (model(), ddim(6));
+    let mut est = UncertaintyEstimator::new(UncertaintyConfig {
+        copies: 2,
+        start: 2,
+        steps: Some(3),
+        keep_maps: true,
+        ..Default::default()
+    })
+    .unwrap();
+    run(&m, &s, 0, 1, &mut [&mut est]);
+    let steps: Vec<usize> = est.maps.iter().map(|(s, _)| *s).collect();
+    assert_eq!(steps, vec![2, 3, 4]);
+    let total: Tensor = est.total_map().unwrap().clone();
+    let summed: Vec<f64> = (0..total.numel())
+        .map(|i| maps(&est).iter().map(|mp| mp[i] as f64).sum())
+        .collect();
+    assert_close(
+        "total map = sum of window maps",
+        &read(&total),
+        &summed,
+        1e-6,
+        1e-5,
+    );
+}
