@@ -99,3 +99,67 @@ pub fn grid(images: &[Image8], cols: usize, gap: usize) -> Option<Image8> {
         pixels,
     })
 }
+
+/// The tEXt chunks of a PNG file (keyword → text).
+pub fn read_png_text(path: &Path) -> Result<std::collections::HashMap<String, String>> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| Error::Invalid(format!("cannot read {}: {e}", path.display())))?;
+    let reader = png::Decoder::new(std::io::BufReader::new(file))
+        .read_info()
+        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+    Ok(reader
+        .info()
+        .uncompressed_latin1_text
+        .iter()
+        .map(|c| (c.keyword.clone(), c.text.clone()))
+        .collect())
+}
+
+/// Matplotlib's "inferno" sampled at nine points (perceptually uniform, dark = low).
+const INFERNO: [[f32; 3]; 9] = [
+    [0.0, 0.0, 4.0],
+    [31.0, 12.0, 72.0],
+    [85.0, 15.0, 109.0],
+    [136.0, 34.0, 106.0],
+    [186.0, 54.0, 85.0],
+    [227.0, 89.0, 51.0],
+    [249.0, 140.0, 10.0],
+    [249.0, 201.0, 50.0],
+    [252.0, 255.0, 164.0],
+];
+
+/// The inferno colour of v ∈ [0, 1] (clamped), linearly interpolated between the samples.
+pub fn inferno(v: f32) -> [u8; 3] {
+    let x = v.clamp(0.0, 1.0) * (INFERNO.len() - 1) as f32;
+    let i = (x.floor() as usize).min(INFERNO.len() - 2);
+    let f = x - i as f32;
+    let mut out = [0u8; 3];
+    for (c, o) in out.iter_mut().enumerate() {
+        *o = (INFERNO[i][c] * (1.0 - f) + INFERNO[i + 1][c] * f).round() as u8;
+    }
+    out
+}
+
+/// A colour heatmap of an (H, W) plane, mapping [0, scale] onto the colormap.
+pub fn heatmap(plane: &[f32], height: usize, width: usize, scale: f32) -> Image8 {
+    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+    let pixels = plane.iter().flat_map(|&v| inferno(v * inv)).collect();
+    Image8 {
+        width,
+        height,
+        channels: 3,
+        pixels,
+    }
+}
+
+/// The image as RGB (grey replicated), so it can sit beside a heatmap in one grid.
+pub fn to_rgb(img: &Image8) -> Image8 {
+    match img.channels {
+        3 => img.clone(),
+        _ => Image8 {
+            channels: 3,
+            pixels: img.pixels.iter().flat_map(|&p| [p, p, p]).collect(),
+            ..*img
+        },
+    }
+}

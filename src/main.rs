@@ -26,6 +26,8 @@ enum Command {
     Info,
     /// Generate samples: one PNG per sample, a grid and a samples.json manifest.
     Sample(cli::sample::SampleArgs),
+    /// Split a scored run into the lowest-uncertainty set and an equal random subset.
+    Filter(cli::filter::FilterArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -53,6 +55,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("selected: {}", gpu.describe());
         }
         Command::Sample(args) => cli::sample::run(&Gpu::new(&choice)?, &args)?,
+        Command::Filter(args) => cli::filter::run(&args)?,
     }
     Ok(())
 }

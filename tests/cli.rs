@@ -214,3 +214,119 @@ fn bad_input_is_an_error_not_a_panic() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot create output folder"));
 }
+
+#[test]
+fn uncertainty_run_scores_filters_and_reports_without_changing_samples() {
+    let (plain, uc) = (tmp("uc-plain"), tmp("uc"));
+    sample(&plain, &["--num", "6", "--batch", "4", "--steps", "5"]);
+    let maps = uc.join("maps");
+    let noise = uc.join("noise");
+    let args = [
+        "--num",
+        "6",
+        "--batch",
+        "4",
+        "--steps",
+        "5",
+        "--uncertainty",
+        "-M",
+        "3",
+        "--keep-fraction",
+        "0.5",
+        "--report",
+        "--save-maps",
+    ];
+    let mut all: Vec<&str> = args.to_vec();
+    all.push(maps.to_str().unwrap());
+    all.extend([
+        "--dump-noise",
+        noise.to_str().unwrap(),
+        "--uc-start",
+        "1",
+        "--uc-steps",
+        "3",
+    ]);
+    sample(&uc, &all);
+
+    for ((name, a), (_, b)) in pngs(&plain).iter().zip(pngs(&uc)) {
+        let (pa, pb) = (
+            wgsl_diff::images::read_png(&plain.join(name)).unwrap(),
+            wgsl_diff::images::read_png(&uc.join(name)).unwrap(),
+        );
+        assert_eq!(pa, pb, "{name}: pixels change with --uncertainty");
+        assert_ne!(a, &b, "{name}: the scored PNG carries its score");
+    }
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(uc.join("samples.json")).unwrap()).unwrap();
+    let scores: Vec<f64> = manifest["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["score"].as_f64().unwrap())
+        .collect();
+    assert_eq!(scores.len(), 6);
+    assert!(scores.iter().all(|s| *s > 0.0));
+    let csv = std::fs::read_to_string(uc.join("scores.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 7);
+
+    // Kept = the 3 lowest scores; the random subset has the same size.
+    let mut order: Vec<usize> = (0..6).collect();
+    order.sort_by(|&a, &b| scores[a].partial_cmp(&scores[b]).unwrap());
+    let kept: Vec<String> = pngs(&uc.join("filtered/kept"))
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    let mut want: Vec<String> = order[..3]
+        .iter()
+        .map(|i| format!("sample_{i:06}.png"))
+        .collect();
+    want.sort();
+    assert_eq!(kept, want);
+    assert_eq!(pngs(&uc.join("filtered/random")).len(), 3);
+
+    // The filter subcommand reproduces the split from the folder alone.
+    std::fs::remove_dir_all(uc.join("filtered")).unwrap();
+    let out = bin()
+        .args(["filter", "--keep-fraction", "0.5"])
+        .arg(&uc)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        pngs(&uc.join("filtered/kept"))
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect::<Vec<_>>(),
+        want
+    );
+
+    for f in [
+        "report.html",
+        "heatmap_000000.png",
+        "uncertainty_grid.png",
+        "uncertainty_000005.npy",
+    ] {
+        assert!(uc.join(f).exists(), "{f} missing");
+    }
+    // Window steps 1..4 of 5: three maps per batch; M = 3 perturbation tensors per window step.
+    let count = |dir: &Path, prefix: &str| {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_str()
+                    .unwrap()
+                    .starts_with(prefix)
+            })
+            .count()
+    };
+    assert_eq!(count(&maps, "map_step"), 3 * 2);
+    assert_eq!(count(&noise, "noise_uncertainty_step"), 3 * 3 * 2);
+    assert_eq!(count(&noise, "noise_init"), 2);
+}

@@ -1,1 +1,3 @@
+pub mod filter;
+pub mod report;
 pub mod sample;

@@ -1,17 +1,20 @@
-//! `wgsl-diff sample`: generate images, one PNG per sample, resumable.
+//! `wgsl-diff sample`: generate images, one PNG per sample, resumable; optionally estimate
+//! pixel-wise uncertainty, score and filter the samples.
 
+use super::report::{self, png_name, total_map_name, HeatmapScale};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Serialize;
 use std::path::{Path, PathBuf};
-use wgsl_diff::gpu::Gpu;
-use wgsl_diff::images::{self, Image8};
+use wgsl_diff::gpu::{Gpu, Tensor};
+use wgsl_diff::images;
 use wgsl_diff::models::{UNet2DModel, WeightFile};
+use wgsl_diff::ops::{self, UncertaintyMode};
 use wgsl_diff::sampling::{
-    sample_batch, BatchSpec, NoiseSchedule, SamplerConfig, SamplerKind, ScheduleConfig, Scheduler,
-    Spacing,
+    noise_key, sample_batch, BatchSpec, NoisePurpose, NoiseSchedule, SamplerConfig, SamplerKind,
+    ScheduleConfig, Scheduler, Spacing, StepHook,
 };
+use wgsl_diff::uncertainty::{UncertaintyConfig, UncertaintyEstimator};
 use wgsl_diff::{npy, Error};
 
 /// The model shipped in `weights/`, used when `--model` is not given.
@@ -20,7 +23,7 @@ pub const DEFAULT_MODEL: &str = concat!(
     "/weights/fashion_mnist_ddpm.safetensors"
 );
 
-#[derive(Args, Debug, Clone, Serialize)]
+#[derive(Args, Debug, Clone)]
 pub struct SampleArgs {
     /// Weight file written by tools/convert.py [default: the shipped Fashion-MNIST model]
     #[arg(long)]
@@ -33,13 +36,13 @@ pub struct SampleArgs {
     /// DDIM's η: 0 is deterministic, 1 is DDPM-like
     #[arg(long, default_value_t = 0.0)]
     pub eta: f64,
-    /// Timestep spacing for DDIM and DDPM
-    #[arg(long, value_enum, default_value = "leading")]
-    pub spacing: Spacing,
+    /// Timestep spacing [default: leading; linspace for dpmpp2m]
+    #[arg(long, value_enum)]
+    pub spacing: Option<Spacing>,
     /// Added to every timestep with leading spacing (diffusers' steps_offset)
     #[arg(long, default_value_t = 0)]
     pub steps_offset: usize,
-    /// Do not clamp x̂0 to [−1, 1] (on by default when the model's scheduler config asks)
+    /// Do not clamp x̂0 to [−1, 1] (clamped by default when the model's scheduler config asks)
     #[arg(long)]
     pub no_clip: bool,
     /// Samples per GPU batch
@@ -65,40 +68,89 @@ pub struct SampleArgs {
     /// Also write each final image as float32 .npy in [−1, 1] before quantisation
     #[arg(long)]
     pub save_raw: bool,
+    /// Estimate pixel-wise uncertainty at each step (Algorithm 1) and score the samples
+    #[arg(long)]
+    pub uncertainty: bool,
+    /// M: re-noised copies per uncertainty step
+    #[arg(short = 'M', long = "mc-samples", default_value_t = 5)]
+    pub mc_samples: usize,
+    /// How the M predictions are summarised
+    #[arg(long, value_enum, default_value = "centred")]
+    pub uc_mode: UncertaintyMode,
+    /// First sampling step (0-based) with uncertainty estimation
+    #[arg(long, default_value_t = 0)]
+    pub uc_start: usize,
+    /// Number of steps with uncertainty estimation [default: all from uc-start]
+    #[arg(long)]
+    pub uc_steps: Option<usize>,
+    /// Heatmap colour scale
+    #[arg(long, value_enum, default_value = "image")]
+    pub heatmap_scale: HeatmapScale,
+    /// Write each step's uncertainty map (B, C, H, W per batch) as .npy into this folder
+    #[arg(long)]
+    pub save_maps: Option<PathBuf>,
+    /// Write every noise tensor the run drew as .npy into this folder (for replay elsewhere)
+    #[arg(long)]
+    pub dump_noise: Option<PathBuf>,
+    /// After sampling, keep this fraction of lowest-uncertainty samples (and an equal random subset)
+    #[arg(long)]
+    pub keep_fraction: Option<f64>,
+    /// Write report.html: samples sorted by score beside their heatmaps, and a histogram
+    #[arg(long)]
+    pub report: bool,
     /// Hide the progress bar
     #[arg(long)]
     pub quiet: bool,
 }
 
-#[derive(Serialize)]
-struct SampleRecord {
-    index: usize,
-    file: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    class: Option<usize>,
+/// Everything fixed for the run, shared by its batches.
+struct Run<'a> {
+    gpu: &'a Gpu,
+    args: &'a SampleArgs,
+    model: UNet2DModel,
+    scheduler: Scheduler,
+    uncertainty: Option<UncertaintyConfig>,
+    sample_shape: [usize; 3],
+    parameters: serde_json::Value,
 }
 
-#[derive(Serialize)]
-struct Manifest<'a> {
-    model: String,
-    sampler: SamplerKind,
-    steps: usize,
-    eta: f64,
-    spacing: Spacing,
-    clip_sample: Option<f64>,
-    seed: u64,
-    timesteps: &'a [usize],
-    samples: Vec<SampleRecord>,
-}
-
-fn png_name(index: usize) -> String {
-    format!("sample_{index:06}.png")
+impl Run<'_> {
+    fn class_of(&self, index: usize) -> Option<usize> {
+        self.model
+            .num_classes()
+            .map(|n| self.args.class.unwrap_or(index % n))
+    }
+    fn sample_len(&self) -> usize {
+        self.sample_shape.iter().product()
+    }
+    fn batch_shape(&self, n: usize) -> [usize; 4] {
+        [
+            n,
+            self.sample_shape[0],
+            self.sample_shape[1],
+            self.sample_shape[2],
+        ]
+    }
 }
 
 pub fn run(gpu: &Gpu, args: &SampleArgs) -> Result<()> {
     if args.batch == 0 || args.num == 0 {
         bail!("--batch and --num must be at least 1");
     }
+    if (args.save_maps.is_some() || args.keep_fraction.is_some() || args.report)
+        && !args.uncertainty
+    {
+        bail!("--save-maps, --keep-fraction and --report need --uncertainty");
+    }
+    let uc_config = UncertaintyConfig {
+        copies: args.mc_samples,
+        mode: args.uc_mode,
+        start: args.uc_start,
+        steps: args.uc_steps,
+        keep_maps: args.save_maps.is_some(),
+        ..Default::default()
+    };
+    uc_config.validate()?;
     let model_path = args
         .model
         .clone()
@@ -113,12 +165,19 @@ pub fn run(gpu: &Gpu, args: &SampleArgs) -> Result<()> {
     } else {
         50
     });
+    let spacing = args
+        .spacing
+        .unwrap_or(if args.sampler == SamplerKind::Dpmpp2m {
+            Spacing::Linspace
+        } else {
+            Spacing::Leading
+        });
     let scheduler = Scheduler::new(
         SamplerConfig {
             kind: args.sampler,
             steps,
             eta: args.eta,
-            spacing: args.spacing,
+            spacing,
             steps_offset: args.steps_offset,
             set_alpha_to_one: true,
             clip_sample: (schedule_cfg.clip_sample && !args.no_clip)
@@ -126,19 +185,54 @@ pub fn run(gpu: &Gpu, args: &SampleArgs) -> Result<()> {
         },
         NoiseSchedule::from_config(&schedule_cfg)?,
     )?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create output folder {}", args.out.display()))?;
-    check_writable(&args.out)?;
+    if args.uncertainty && args.uc_start >= steps {
+        bail!(
+            "--uc-start {} is past the last step ({steps} steps)",
+            args.uc_start
+        );
+    }
+    for dir in [
+        Some(&args.out),
+        args.save_maps.as_ref(),
+        args.dump_noise.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create output folder {}", dir.display()))?;
+        check_writable(dir)?;
+    }
     let model = UNet2DModel::load(gpu, &file)?;
-    let cfg = &model.config;
-    let side = cfg.sample_size.context("model config lacks sample_size")?;
-    let sample_shape = [cfg.in_channels, side, side];
-    let sample_len: usize = sample_shape.iter().product();
+    if args.class.is_some() && model.num_classes().is_none() {
+        bail!("--class given, but this model is unconditional");
+    }
+    let side = model
+        .config
+        .sample_size
+        .context("model config lacks sample_size")?;
+    let parameters = serde_json::json!({
+        "model": model_path.display().to_string(), "sampler": args.sampler, "steps": steps, "eta": args.eta,
+        "spacing": spacing, "steps_offset": args.steps_offset, "clip_sample": scheduler.config.clip_sample,
+        "seed": args.seed, "timesteps": scheduler.timesteps,
+        "uncertainty": args.uncertainty.then(|| serde_json::json!({
+            "M": args.mc_samples, "mode": args.uc_mode, "start": args.uc_start, "steps": args.uc_steps })),
+    });
+    let uncertainty = args.uncertainty.then_some(uc_config);
+    let run = Run {
+        gpu,
+        args,
+        sample_shape: [model.config.in_channels, side, side],
+        model,
+        scheduler,
+        uncertainty,
+        parameters,
+    };
 
     let init_noise = match &args.init_noise {
         Some(path) => {
             let (shape, data) = npy::read(path)?;
-            let want = [args.num, sample_shape[0], sample_shape[1], sample_shape[2]];
+            let want = run.batch_shape(args.num);
             if shape != want {
                 bail!(
                     "{}: shape {shape:?}, expected {want:?} (--num × C × H × W)",
@@ -149,17 +243,12 @@ pub fn run(gpu: &Gpu, args: &SampleArgs) -> Result<()> {
         }
         None => None,
     };
-    let class_of = |index: usize| -> Option<usize> {
-        model.num_classes().map(|n| args.class.unwrap_or(index % n))
-    };
-    if args.class.is_some() && model.num_classes().is_none() {
-        bail!("--class given, but this model is unconditional");
-    }
 
     let indices: Vec<usize> = (args.start_index..args.start_index + args.num).collect();
     let done = |i: usize| {
         args.out.join(png_name(i)).exists()
             && (!args.save_raw || args.out.join(format!("sample_{i:06}.npy")).exists())
+            && (!args.uncertainty || args.out.join(total_map_name(i)).exists())
     };
     let todo: Vec<usize> = indices.iter().copied().filter(|&i| !done(i)).collect();
     let progress = if args.quiet {
@@ -168,7 +257,7 @@ pub fn run(gpu: &Gpu, args: &SampleArgs) -> Result<()> {
         ProgressBar::new((todo.len() * steps) as u64)
     };
     progress.set_style(ProgressStyle::with_template(
-        "{bar:40} {pos}/{len} steps  {msg}  [{elapsed_precise}<{eta_precise}]",
+        "{bar:40} {pos}/{len} sample-steps  {msg}  [{elapsed_precise}<{eta_precise}]",
     )?);
     if todo.len() < indices.len() {
         progress.println(format!(
@@ -178,59 +267,192 @@ pub fn run(gpu: &Gpu, args: &SampleArgs) -> Result<()> {
             args.out.display()
         ));
     }
-    let params = serde_json::to_string(&serde_json::json!({
-        "model": model_path.display().to_string(), "sampler": args.sampler, "steps": steps, "eta": args.eta,
-        "spacing": args.spacing, "seed": args.seed, "clip_sample": scheduler.config.clip_sample,
-    }))?;
 
-    // Consecutive runs of missing indices, cut into batches: a sample's noise depends only on
+    // Runs of consecutive missing indices, cut into batches: a sample's noise depends only on
     // its index, so any batching gives the same images.
     for chunk in contiguous_batches(&todo, args.batch) {
-        let first = chunk[0];
-        progress.set_message(format!("samples {}..{}", first, first + chunk.len()));
-        let labels: Option<Vec<usize>> = model
-            .num_classes()
-            .map(|_| chunk.iter().map(|&i| class_of(i).unwrap()).collect());
-        let init = match &init_noise {
-            Some(all) => {
-                let off = (first - args.start_index) * sample_len;
-                Some(gpu.upload(
-                    &[chunk.len(), sample_shape[0], side, side],
-                    &all[off..off + chunk.len() * sample_len],
-                )?)
-            }
-            None => None,
-        };
-        let spec = BatchSpec {
-            first_index: first,
-            size: chunk.len(),
-            labels: labels.as_deref(),
-            init_noise: init,
-        };
-        let out = sample_batch(gpu, &model, &scheduler, args.seed, spec, &mut [], |_| {
-            progress.inc(chunk.len() as u64)
-        })
-        .map_err(|e| explain_too_large(e, chunk.len()))?;
-        let data = gpu.read(&out)?;
-        for (k, &index) in chunk.iter().enumerate() {
-            let raw = &data[k * sample_len..(k + 1) * sample_len];
-            if args.save_raw {
-                npy::write(
-                    &args.out.join(format!("sample_{index:06}.npy")),
-                    &sample_shape,
-                    raw,
-                )?;
-            }
-            let img = images::quantize(raw, sample_shape[0], side, side);
-            let text = [("parameters", params.clone()), ("index", index.to_string())];
-            images::write_png(&args.out.join(png_name(index)), &img, &text)?;
-        }
-        write_manifest(args, &model_path, &scheduler, &indices, &class_of)?;
+        progress.set_message(format!("samples {}..{}", chunk[0], chunk[0] + chunk.len()));
+        let init = init_noise
+            .as_ref()
+            .map(|all| {
+                let off = (chunk[0] - args.start_index) * run.sample_len();
+                gpu.upload(
+                    &run.batch_shape(chunk.len()),
+                    &all[off..off + chunk.len() * run.sample_len()],
+                )
+            })
+            .transpose()?;
+        generate_batch(&run, &chunk, init, &progress)
+            .map_err(|e| explain_too_large(e, chunk.len()))?;
+        let records = report::collect(&args.out, &indices)?;
+        report::write_manifest(&args.out, &run.parameters, &records)?;
     }
     progress.finish_and_clear();
-    write_manifest(args, &model_path, &scheduler, &indices, &class_of)?;
-    write_grid(&args.out, &indices)?;
-    println!("{} samples in {}", indices.len(), args.out.display());
+    finish(&run, &indices)
+}
+
+/// Samples one batch and writes its files; a PNG is written last, once its sample is complete.
+fn generate_batch(
+    run: &Run,
+    chunk: &[usize],
+    init: Option<Tensor>,
+    progress: &ProgressBar,
+) -> Result<(), Error> {
+    let (gpu, args) = (run.gpu, run.args);
+    let first = chunk[0];
+    let labels: Option<Vec<usize>> = run
+        .model
+        .num_classes()
+        .map(|_| chunk.iter().map(|&i| run.class_of(i).unwrap()).collect());
+    let mut estimator = run
+        .uncertainty
+        .clone()
+        .map(UncertaintyEstimator::new)
+        .transpose()?;
+    let mut hooks: Vec<&mut dyn StepHook> = estimator
+        .iter_mut()
+        .map(|e| e as &mut dyn StepHook)
+        .collect();
+    let spec = BatchSpec {
+        first_index: first,
+        size: chunk.len(),
+        labels: labels.as_deref(),
+        init_noise: init,
+    };
+    let out = sample_batch(
+        gpu,
+        &run.model,
+        &run.scheduler,
+        args.seed,
+        spec,
+        &mut hooks,
+        |_| progress.inc(chunk.len() as u64),
+    )?;
+    let data = gpu.read(&out)?;
+    let len = run.sample_len();
+    let range = format!("{first:06}-{:06}", first + chunk.len() - 1);
+
+    let (scores, totals) = match &estimator {
+        Some(est) => {
+            let scores = est.scores(gpu)?.map(|s| gpu.read(&s)).transpose()?;
+            let totals = est.total_map().map(|t| gpu.read(t)).transpose()?;
+            if let Some(dir) = &args.save_maps {
+                for (step, map) in &est.maps {
+                    let t = run.scheduler.timesteps[*step];
+                    npy::write(
+                        &dir.join(format!("map_step{step:03}_t{t:04}_samples{range}.npy")),
+                        &run.batch_shape(chunk.len()),
+                        &gpu.read(map)?,
+                    )?;
+                }
+            }
+            (scores, totals)
+        }
+        None => (None, None),
+    };
+    if let Some(dir) = &args.dump_noise {
+        dump_noise(run, dir, first, chunk.len(), &range)?;
+    }
+    for (k, &index) in chunk.iter().enumerate() {
+        let raw = &data[k * len..(k + 1) * len];
+        if args.save_raw {
+            npy::write(
+                &args.out.join(format!("sample_{index:06}.npy")),
+                &run.sample_shape,
+                raw,
+            )?;
+        }
+        if let Some(t) = &totals {
+            npy::write(
+                &args.out.join(total_map_name(index)),
+                &run.sample_shape,
+                &t[k * len..(k + 1) * len],
+            )?;
+        }
+        let mut text = vec![
+            ("parameters", run.parameters.to_string()),
+            ("index", index.to_string()),
+        ];
+        if let Some(c) = run.class_of(index) {
+            text.push(("class", c.to_string()));
+        }
+        if let Some(s) = &scores {
+            text.push(("uncertainty_score", s[k].to_string()));
+        }
+        let [c, h, w] = run.sample_shape;
+        images::write_png(
+            &args.out.join(png_name(index)),
+            &images::quantize(raw, c, h, w),
+            &text,
+        )?;
+    }
+    Ok(())
+}
+
+/// Regenerates and writes every noise tensor of a batch: each is a pure function of
+/// (seed, purpose, step, copy, sample index), so this reproduces exactly what the run drew.
+fn dump_noise(run: &Run, dir: &Path, first: usize, n: usize, range: &str) -> Result<(), Error> {
+    let (gpu, args) = (run.gpu, run.args);
+    let shape = run.batch_shape(n);
+    let write = |name: String, t: Tensor| -> Result<(), Error> {
+        npy::write(&dir.join(name), t.shape(), &gpu.read(&t)?)
+    };
+    if args.init_noise.is_none() {
+        write(
+            format!("noise_init_samples{range}.npy"),
+            ops::normal(
+                gpu,
+                &shape,
+                noise_key(args.seed, NoisePurpose::Initial, 0, 0),
+                first,
+            )?,
+        )?;
+    }
+    for (i, &t) in run.scheduler.timesteps.iter().enumerate() {
+        if run.scheduler.needs_noise(i) {
+            let key = noise_key(args.seed, NoisePurpose::Ancestral, i, 0);
+            write(
+                format!("noise_ancestral_step{i:03}_t{t:04}_samples{range}.npy"),
+                ops::normal(gpu, &shape, key, first)?,
+            )?;
+        }
+        if let Some(uc) = run.uncertainty.as_ref().filter(|uc| uc.in_window(i)) {
+            for m in 0..uc.copies {
+                let key = noise_key(args.seed, NoisePurpose::Uncertainty, i, m);
+                write(
+                    format!("noise_uncertainty_step{i:03}_t{t:04}_m{m}_samples{range}.npy"),
+                    ops::normal(gpu, &shape, key, first)?,
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Rebuilds the manifest, scores, heatmaps, grids, filtered sets and report from the folder.
+fn finish(run: &Run, indices: &[usize]) -> Result<()> {
+    let args = run.args;
+    let mut records = report::collect(&args.out, indices)?;
+    if args.uncertainty {
+        report::render_heatmaps(&args.out, &mut records, args.heatmap_scale)?;
+        report::write_scores_csv(&args.out, &records)?;
+        report::write_uncertainty_grids(&args.out, &records)?;
+    }
+    report::write_manifest(&args.out, &run.parameters, &records)?;
+    report::write_grid(&args.out, &records)?;
+    if let Some(f) = args.keep_fraction {
+        let (kept, random) = report::filter(&args.out, &records, f, args.seed)?;
+        println!(
+            "kept the {} most certain samples in {} and a random subset in {}",
+            (f * records.len() as f64 + 1e-9).floor(),
+            kept.display(),
+            random.display()
+        );
+    }
+    if args.report {
+        report::write_html_report(&args.out, &records)?;
+    }
+    println!("{} samples in {}", records.len(), args.out.display());
     Ok(())
 }
 
@@ -262,50 +484,4 @@ fn explain_too_large(e: Error, batch: usize) -> anyhow::Error {
         }
         other => other.into(),
     }
-}
-
-fn write_manifest(
-    args: &SampleArgs,
-    model: &Path,
-    scheduler: &Scheduler,
-    indices: &[usize],
-    class_of: &dyn Fn(usize) -> Option<usize>,
-) -> Result<()> {
-    let samples = indices
-        .iter()
-        .filter(|&&i| args.out.join(png_name(i)).exists())
-        .map(|&i| SampleRecord {
-            index: i,
-            file: png_name(i),
-            class: class_of(i),
-        })
-        .collect();
-    let manifest = Manifest {
-        model: model.display().to_string(),
-        sampler: args.sampler,
-        steps: scheduler.config.steps,
-        eta: args.eta,
-        spacing: args.spacing,
-        clip_sample: scheduler.config.clip_sample,
-        seed: args.seed,
-        timesteps: &scheduler.timesteps,
-        samples,
-    };
-    wgsl_diff::io::write_atomic(
-        &args.out.join("samples.json"),
-        serde_json::to_string_pretty(&manifest)?.as_bytes(),
-    )?;
-    Ok(())
-}
-
-fn write_grid(dir: &Path, indices: &[usize]) -> Result<()> {
-    let imgs: Vec<Image8> = indices
-        .iter()
-        .map(|&i| images::read_png(&dir.join(png_name(i))))
-        .collect::<wgsl_diff::Result<_>>()?;
-    let cols = (imgs.len() as f64).sqrt().ceil() as usize;
-    if let Some(g) = images::grid(&imgs, cols, 2) {
-        images::write_png(&dir.join("grid.png"), &g, &[])?;
-    }
-    Ok(())
 }
