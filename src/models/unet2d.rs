@@ -217,6 +217,12 @@ impl UNet2DModel {
         Ok(model)
     }
 
+    /// A model of the configured architecture with seeded random weights (for benchmarks).
+    pub fn random(gpu: &Gpu, config: UNet2DConfig, seed: u64) -> Result<UNet2DModel> {
+        config.validate()?;
+        Self::build(&VarBuilder::random(gpu, seed), config)
+    }
+
     fn build(vb: &VarBuilder, config: UNet2DConfig) -> Result<UNet2DModel> {
         let ch = &config.block_out_channels;
         let temb = config.time_embed_dim();

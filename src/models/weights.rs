@@ -87,23 +87,30 @@ impl WeightFile {
 
     /// Builds the root [`VarBuilder`] for constructing a model on `gpu`.
     pub fn var_builder<'a>(&'a self, gpu: &'a Gpu) -> VarBuilder<'a> {
-        VarBuilder {
-            shared: std::rc::Rc::new(Shared {
-                gpu,
+        VarBuilder::with_source(
+            gpu,
+            Source::File {
                 file: self,
                 tensors: self.tensors(),
-                problems: RefCell::new(Vec::new()),
-                used: RefCell::new(BTreeSet::new()),
-            }),
-            prefix: String::new(),
-        }
+            },
+        )
     }
+}
+
+/// Where parameters come from.
+enum Source<'a> {
+    File {
+        file: &'a WeightFile,
+        tensors: SafeTensors<'a>,
+    },
+    /// Seeded uniform values scaled by 1/√fan-in: a model of the right architecture for
+    /// benchmarks, without a checkpoint.
+    Random { state: std::cell::Cell<u64> },
 }
 
 struct Shared<'a> {
     gpu: &'a Gpu,
-    file: &'a WeightFile,
-    tensors: SafeTensors<'a>,
+    source: Source<'a>,
     problems: RefCell<Vec<String>>,
     used: RefCell<BTreeSet<String>>,
 }
@@ -116,6 +123,28 @@ pub struct VarBuilder<'a> {
 }
 
 impl<'a> VarBuilder<'a> {
+    fn with_source(gpu: &'a Gpu, source: Source<'a>) -> VarBuilder<'a> {
+        VarBuilder {
+            shared: std::rc::Rc::new(Shared {
+                gpu,
+                source,
+                problems: RefCell::new(Vec::new()),
+                used: RefCell::new(BTreeSet::new()),
+            }),
+            prefix: String::new(),
+        }
+    }
+
+    /// A builder that makes up seeded random parameters of whatever shape is asked for.
+    pub fn random(gpu: &'a Gpu, seed: u64) -> VarBuilder<'a> {
+        VarBuilder::with_source(
+            gpu,
+            Source::Random {
+                state: std::cell::Cell::new(seed),
+            },
+        )
+    }
+
     /// The builder for a child module (`pp("down_blocks").pp(0)` → `down_blocks.0.`).
     pub fn pp(&self, name: impl std::fmt::Display) -> VarBuilder<'a> {
         VarBuilder {
@@ -143,36 +172,10 @@ impl<'a> VarBuilder<'a> {
 
     fn load(&self, full: &str, shape: &[usize]) -> std::result::Result<Tensor, String> {
         self.shared.used.borrow_mut().insert(full.to_string());
-        let view = self
-            .shared
-            .tensors
-            .tensor(full)
-            .map_err(|_| format!("missing tensor `{full}` (expected shape {shape:?})"))?;
-        if view.shape() != shape {
-            return Err(format!(
-                "`{full}` has shape {:?}, the config implies {shape:?}",
-                view.shape()
-            ));
-        }
-        let data: Vec<f32> = match view.dtype() {
-            Dtype::F32 => bytemuck::pod_collect_to_vec(view.data()),
-            Dtype::F16 => bytemuck::pod_collect_to_vec::<u8, half::f16>(view.data())
-                .into_iter()
-                .map(f32::from)
-                .collect(),
-            Dtype::BF16 => bytemuck::pod_collect_to_vec::<u8, half::bf16>(view.data())
-                .into_iter()
-                .map(f32::from)
-                .collect(),
-            other => {
-                return Err(format!(
-                    "`{full}` has dtype {other:?}; only F32, F16 and BF16 are supported"
-                ))
-            }
+        let data = match &self.shared.source {
+            Source::File { tensors, .. } => read_tensor(tensors, full, shape)?,
+            Source::Random { state } => random_tensor(state, shape),
         };
-        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
-            return Err(format!("`{full}` holds a non-finite value at element {i}"));
-        }
         self.shared
             .gpu
             .upload(shape, &data)
@@ -183,10 +186,12 @@ impl<'a> VarBuilder<'a> {
     /// holds nothing the model did not ask for.
     pub fn finish(self) -> Result<()> {
         let s = &self.shared;
+        let Source::File { file, tensors } = &s.source else {
+            return Ok(());
+        };
         let mut problems = s.problems.borrow().clone();
         let used = s.used.borrow();
-        let mut unexpected: Vec<&String> = s
-            .tensors
+        let mut unexpected: Vec<&String> = tensors
             .names()
             .into_iter()
             .filter(|n| !used.contains(*n))
@@ -202,10 +207,66 @@ impl<'a> VarBuilder<'a> {
         } else {
             Err(Error::Weights(format!(
                 "{} does not match its config ({} problems):\n  {}",
-                s.file.path.display(),
+                file.path.display(),
                 problems.len(),
                 problems.join("\n  ")
             )))
         }
     }
+}
+
+fn read_tensor(
+    tensors: &SafeTensors,
+    full: &str,
+    shape: &[usize],
+) -> std::result::Result<Vec<f32>, String> {
+    let view = tensors
+        .tensor(full)
+        .map_err(|_| format!("missing tensor `{full}` (expected shape {shape:?})"))?;
+    if view.shape() != shape {
+        return Err(format!(
+            "`{full}` has shape {:?}, the config implies {shape:?}",
+            view.shape()
+        ));
+    }
+    let data: Vec<f32> = match view.dtype() {
+        Dtype::F32 => bytemuck::pod_collect_to_vec(view.data()),
+        Dtype::F16 => bytemuck::pod_collect_to_vec::<u8, half::f16>(view.data())
+            .into_iter()
+            .map(f32::from)
+            .collect(),
+        Dtype::BF16 => bytemuck::pod_collect_to_vec::<u8, half::bf16>(view.data())
+            .into_iter()
+            .map(f32::from)
+            .collect(),
+        other => {
+            return Err(format!(
+                "`{full}` has dtype {other:?}; only F32, F16 and BF16 are supported"
+            ))
+        }
+    };
+    if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+        return Err(format!("`{full}` holds a non-finite value at element {i}"));
+    }
+    Ok(data)
+}
+
+fn random_tensor(state: &std::cell::Cell<u64>, shape: &[usize]) -> Vec<f32> {
+    let fan_in: usize = shape[1..].iter().product::<usize>().max(1);
+    let scale = if shape.len() > 1 {
+        1.0 / (fan_in as f64).sqrt()
+    } else {
+        0.1
+    };
+    (0..shape.iter().product::<usize>())
+        .map(|_| {
+            // SplitMix64 → uniform in [−scale, scale).
+            let mut z = state.get().wrapping_add(0x9E3779B97F4A7C15);
+            state.set(z);
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+            z ^= z >> 31;
+            (((z >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale) as f32
+        })
+        .collect()
 }

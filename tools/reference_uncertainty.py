@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""Reference run of Algorithm 1 (pixel-wise uncertainty during DDIM sampling) for the Rust tests.
+
+An independent float64 PyTorch implementation written from /work/shared/ALGORITHM.md §1 (not taken
+from the official code). It samples with DDIM from a tiny UNet2DModel fixture and, at every step,
+estimates the uncertainty map from M re-noised copies of the predicted x̂0:
+
+    eps    = unet(x_t, t)
+    x0_hat = clip((x_t - sqrt(1 - abar_t) * eps) / sqrt(abar_t), -1, 1)
+    x~_m   = sqrt(abar_t) * x0_hat + sqrt(1 - abar_t) * n_m       n_m ~ N(0, I), m = 0..M-1
+    eps_m  = unet(x~_m, t)                                         (one forward over M*B rows)
+    centred          = mean_m (eps_m - eps)^2
+    variance         = sum_m (eps_m - mean eps)^2 / (M - 1)
+    variance_biased  = sum_m (eps_m - mean eps)^2 / M
+    x_prev = sqrt(abar_prev) * x0_hat + sqrt(1 - abar_prev) * eps  (eta = 0; eps not recomputed)
+
+Schedule: linear betas 1e-4 .. 0.02 over T = 1000 and their cumulative product, both in float64;
+"leading" timesteps (t = k * T // steps), previous timestep t - T // steps, abar = 1 below t = 0
+(set_alpha_to_one). The score of a sample is the sum of its map over steps, channels and pixels.
+As a cross-check, every DDIM step is compared with diffusers' DDIMScheduler.step on the same eps
+(which differs only by its float32 abar).
+
+Writes tests/fixtures/uncertainty_ddim.safetensors (float32 copies of the float64 results; the noise
+is drawn in float32, so the stored noise is exactly what the reference used); its tensors are
+documented in tests/fixtures/README.md.
+
+Usage:
+    .venv/bin/python tools/reference_uncertainty.py
+    .venv/bin/python tools/reference_uncertainty.py --model tests/fixtures/unet_tiny_rgb.safetensors \\
+        --out /tmp/uncertainty_rgb.safetensors
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from diffusers import DDIMScheduler, UNet2DModel
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from make_fixtures import randn_f32_exact
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = REPO_ROOT / "tests" / "fixtures"
+NUM_TRAIN_TIMESTEPS = 1000
+BETA_START, BETA_END = 1e-4, 0.02
+MODES = ("centred", "variance", "variance_biased")
+
+
+def load_unet(path):
+    """The float32 UNet2DModel stored in a wgsl-diff weights file (metadata "config" + state_dict)."""
+    with safe_open(str(path), framework="pt") as f:
+        config = json.loads(f.metadata()["config"])
+    model = UNet2DModel.from_config(config)
+    model.load_state_dict(load_file(str(path)))
+    return model.eval()
+
+
+def linear_alphas_cumprod():
+    """abar_t for t = 0 .. T-1 of the linear beta schedule, entirely in float64."""
+    betas = torch.linspace(BETA_START, BETA_END, NUM_TRAIN_TIMESTEPS, dtype=torch.float64)
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def leading_timesteps(num_steps):
+    """DDIM "leading" spacing: (steps-1)*r, ..., r, 0 with r = T // steps (steps_offset 0)."""
+    stride = NUM_TRAIN_TIMESTEPS // num_steps
+    return [k * stride for k in reversed(range(num_steps))]
+
+
+def uncertainty_maps(eps, eps_copies):
+    """Per-element uncertainty of every mode; eps: (B, C, H, W), eps_copies: (M, B, C, H, W)."""
+    copies = eps_copies.shape[0]
+    mean = eps_copies.mean(dim=0)
+    sum_sq_dev = ((eps_copies - mean) ** 2).sum(dim=0)
+    maps = {
+        "centred": ((eps_copies - eps) ** 2).mean(dim=0),
+        "variance": sum_sq_dev / (copies - 1),
+        "variance_biased": sum_sq_dev / copies,
+    }
+    # Mean of squared deviations from eps = biased variance + squared offset of the mean.
+    torch.testing.assert_close(maps["centred"], maps["variance_biased"] + (mean - eps) ** 2,
+                               rtol=1e-12, atol=1e-14)
+    return maps
+
+
+@torch.no_grad()
+def sample_with_uncertainty(unet, init_noise, num_steps, copies, gen):
+    """Runs DDIM (eta = 0, clip_sample) from init_noise, estimating uncertainty at every step.
+
+    Returns the fixture tensors (float64) keyed by their names in the output file.
+    """
+    alphas_cumprod = linear_alphas_cumprod()
+    timesteps = leading_timesteps(num_steps)
+    stride = NUM_TRAIN_TIMESTEPS // num_steps
+    diffusers_ddim = DDIMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_schedule="linear",
+                                   beta_start=BETA_START, beta_end=BETA_END, clip_sample=True,
+                                   set_alpha_to_one=True, steps_offset=0, timestep_spacing="leading")
+    diffusers_ddim.set_timesteps(num_steps)
+    assert diffusers_ddim.timesteps.tolist() == timesteps, diffusers_ddim.timesteps
+
+    batch = init_noise.shape[0]
+    out = {"init_noise": init_noise, "timesteps": torch.tensor(timesteps, dtype=torch.float64)}
+    scores = {mode: torch.zeros(batch, dtype=torch.float64) for mode in MODES}
+    x = init_noise
+    for i, t in enumerate(timesteps):
+        abar = alphas_cumprod[t]
+        prev_t = t - stride
+        abar_prev = alphas_cumprod[prev_t] if prev_t >= 0 else torch.tensor(1.0, dtype=torch.float64)
+
+        eps = unet(x, t).sample
+        x0_hat = ((x - (1 - abar).sqrt() * eps) / abar.sqrt()).clamp(-1.0, 1.0)
+
+        # Row m*B + b of the perturbation is copy m of sample b (copy-major).
+        perturbation = randn_f32_exact((copies * batch, *x.shape[1:]), gen)
+        renoised = abar.sqrt() * x0_hat.repeat(copies, 1, 1, 1) + (1 - abar).sqrt() * perturbation
+        eps_copies = unet(renoised, t).sample.view(copies, *x.shape)
+        out[f"perturbation/{i}"] = perturbation
+        for mode, value in uncertainty_maps(eps, eps_copies).items():
+            out[f"maps/{mode}/{i}"] = value
+            scores[mode] += value.sum(dim=(1, 2, 3))
+
+        x_prev = abar_prev.sqrt() * x0_hat + (1 - abar_prev).sqrt() * eps
+        check = diffusers_ddim.step(eps, t, x, eta=0.0)
+        torch.testing.assert_close(check.pred_original_sample, x0_hat, rtol=0, atol=1e-5)
+        torch.testing.assert_close(check.prev_sample, x_prev, rtol=0, atol=1e-5)
+        x = x_prev
+
+    for mode in MODES:
+        out[f"scores/{mode}"] = scores[mode]
+    out["final"] = x
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", type=Path, default=FIXTURES / "unet_tiny_gray.safetensors",
+                   help="wgsl-diff weights file of the UNet")
+    p.add_argument("--out", type=Path, default=FIXTURES / "uncertainty_ddim.safetensors",
+                   help="fixture file to write")
+    p.add_argument("--batch", type=int, default=2, help="B, images sampled together")
+    p.add_argument("--copies", type=int, default=3, help="M, re-noised copies per step")
+    p.add_argument("--steps", type=int, default=4, help="DDIM steps")
+    p.add_argument("--seed", type=int, default=7, help="seed of the noise generator")
+    args = p.parse_args()
+    if args.copies < 2:
+        p.error("--copies must be at least 2 (the unbiased variance divides by M - 1)")
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+
+    unet = load_unet(args.model).double()
+    size = unet.config.sample_size
+    gen = torch.Generator().manual_seed(args.seed)
+    init_noise = randn_f32_exact((args.batch, unet.config.in_channels, size, size), gen)
+    tensors = sample_with_uncertainty(unet, init_noise, args.steps, args.copies, gen)
+
+    for mode in MODES:
+        maps = torch.stack([tensors[f"maps/{mode}/{i}"] for i in range(args.steps)])
+        per_step = ", ".join(f"[{m.min():.3g}, {m.max():.3g}]" for m in maps)
+        print(f"maps/{mode} per step: {per_step}; scores {tensors[f'scores/{mode}'].tolist()}")
+    final = tensors["final"]
+    print(f"final in [{final.min():.3f}, {final.max():.3f}], "
+          f"{(final.abs() == 1).double().mean():.0%} of it at ±1")
+
+    settings = {
+        "B": args.batch, "M": args.copies, "steps": args.steps, "spacing": "leading",
+        "clip": True, "seed": args.seed, "eta": 0.0, "set_alpha_to_one": True,
+        "num_train_timesteps": NUM_TRAIN_TIMESTEPS, "beta_schedule": "linear",
+        "beta_start": BETA_START, "beta_end": BETA_END, "model": args.model.name,
+        "noise": "torch.Generator(seed): init_noise, then perturbation/0, perturbation/1, ... "
+                 "each drawn as float32 randn",
+        "reference": "float64 computation, stored as float32",
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.to(torch.float32).contiguous() for k, v in tensors.items()}, str(args.out),
+              metadata={"settings": json.dumps(settings, separators=(",", ":"), sort_keys=True)})
+    print(f"{args.out}: {len(tensors)} tensors, {args.out.stat().st_size / 1e3:.1f} KB")
+
+
+if __name__ == "__main__":
+    main()
