@@ -12,6 +12,7 @@ pub mod models;
 pub mod npy;
 pub mod ops;
 pub mod sampling;
+pub mod splitmix;
 pub mod uncertainty;
 
 pub use error::{Error, Result};

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use wgsl_diff::images::{self, Image8};
 use wgsl_diff::npy;
+use wgsl_diff::splitmix::SplitMix64;
 
 pub fn png_name(index: usize) -> String {
     format!("sample_{index:06}.png")
@@ -228,23 +229,6 @@ pub fn write_uncertainty_grids(dir: &Path, samples: &[SampleRecord]) -> Result<(
     Ok(())
 }
 
-/// A seeded Fisher–Yates permutation (SplitMix64), identical on every platform.
-fn permutation(n: usize, seed: u64) -> Vec<usize> {
-    let mut state = seed;
-    let mut next = || {
-        state = state.wrapping_add(0x9E3779B97F4A7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
-        z ^ (z >> 31)
-    };
-    let mut p: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        p.swap(i, (next() % (i as u64 + 1)) as usize);
-    }
-    p
-}
-
 /// Keeps the ⌊fraction·N⌋ lowest-scored samples in `filtered/kept/` and a seeded random subset
 /// of the same size in `filtered/random/`, each with a manifest.
 pub fn filter(
@@ -269,7 +253,7 @@ pub fn filter(
             .then(a.index.cmp(&b.index))
     });
     let kept: Vec<SampleRecord> = by_score[..keep].iter().map(|s| (*s).clone()).collect();
-    let perm = permutation(scored.len(), seed);
+    let perm = SplitMix64::new(seed).permutation(scored.len());
     let random: Vec<SampleRecord> = perm[..keep].iter().map(|&i| scored[i].clone()).collect();
     let root = dir.join("filtered");
     let mut out = Vec::new();

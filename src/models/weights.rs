@@ -7,6 +7,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
+use crate::splitmix::SplitMix64;
 use safetensors::{Dtype, SafeTensors};
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
@@ -105,7 +106,7 @@ enum Source<'a> {
     },
     /// Seeded uniform values scaled by 1/√fan-in: a model of the right architecture for
     /// benchmarks, without a checkpoint.
-    Random { state: std::cell::Cell<u64> },
+    Random { rng: RefCell<SplitMix64> },
 }
 
 struct Shared<'a> {
@@ -140,7 +141,7 @@ impl<'a> VarBuilder<'a> {
         VarBuilder::with_source(
             gpu,
             Source::Random {
-                state: std::cell::Cell::new(seed),
+                rng: RefCell::new(SplitMix64::new(seed)),
             },
         )
     }
@@ -174,7 +175,7 @@ impl<'a> VarBuilder<'a> {
         self.shared.used.borrow_mut().insert(full.to_string());
         let data = match &self.shared.source {
             Source::File { tensors, .. } => read_tensor(tensors, full, shape)?,
-            Source::Random { state } => random_tensor(state, shape),
+            Source::Random { rng } => random_tensor(rng, shape),
         };
         self.shared
             .gpu
@@ -251,22 +252,15 @@ fn read_tensor(
     Ok(data)
 }
 
-fn random_tensor(state: &std::cell::Cell<u64>, shape: &[usize]) -> Vec<f32> {
+fn random_tensor(rng: &RefCell<SplitMix64>, shape: &[usize]) -> Vec<f32> {
     let fan_in: usize = shape[1..].iter().product::<usize>().max(1);
     let scale = if shape.len() > 1 {
         1.0 / (fan_in as f64).sqrt()
     } else {
         0.1
     };
+    let mut rng = rng.borrow_mut();
     (0..shape.iter().product::<usize>())
-        .map(|_| {
-            // SplitMix64 → uniform in [−scale, scale).
-            let mut z = state.get().wrapping_add(0x9E3779B97F4A7C15);
-            state.set(z);
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
-            z ^= z >> 31;
-            (((z >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale) as f32
-        })
+        .map(|_| (rng.symmetric() * scale) as f32)
         .collect()
 }

@@ -25,23 +25,16 @@ pub fn gpu() -> &'static Gpu {
     })
 }
 
-/// SplitMix64: a tiny, seedable generator so fixtures are reproducible without extra crates.
-pub struct Rng(u64);
+/// Seeded test data from the crate's SplitMix64.
+pub struct Rng(wgsl_diff::splitmix::SplitMix64);
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
-        z ^ (z >> 31)
+        Rng(wgsl_diff::splitmix::SplitMix64::new(seed))
     }
     /// Uniform in [-1, 1).
     pub fn uniform(&mut self) -> f32 {
-        ((self.next_u64() >> 40) as f64 / (1u64 << 24) as f64 * 2.0 - 1.0) as f32
+        self.0.symmetric() as f32
     }
     pub fn vec(&mut self, n: usize) -> Vec<f32> {
         (0..n).map(|_| self.uniform()).collect()
