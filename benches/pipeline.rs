@@ -8,8 +8,7 @@ use wgsl_diff::gpu::{AdapterChoice, Gpu};
 use wgsl_diff::models::{UNet2DConfig, UNet2DModel};
 use wgsl_diff::ops::{self, NoiseKey};
 use wgsl_diff::sampling::{
-    NoiseSchedule, SamplerConfig, SamplerKind, ScheduleConfig, Scheduler, Spacing, StepContext,
-    StepHook,
+    NoiseSchedule, SamplerConfig, ScheduleConfig, Scheduler, StepContext, StepHook,
 };
 use wgsl_diff::uncertainty::{UncertaintyConfig, UncertaintyEstimator};
 
@@ -56,15 +55,7 @@ fn uncertainty_step(c: &mut Criterion) {
     let gpu = Gpu::new(&AdapterChoice::Default).expect("a GPU adapter");
     let unet = model(&gpu, FASHION);
     let scheduler = Scheduler::new(
-        SamplerConfig {
-            kind: SamplerKind::Ddim,
-            steps: 50,
-            eta: 0.0,
-            spacing: Spacing::Leading,
-            steps_offset: 0,
-            set_alpha_to_one: true,
-            clip_sample: Some(1.0),
-        },
+        SamplerConfig::ddim(50),
         NoiseSchedule::from_config(&ScheduleConfig::default()).unwrap(),
     )
     .unwrap();

@@ -9,8 +9,7 @@ use std::path::Path;
 use wgsl_diff::models::{UNet2DModel, WeightFile};
 use wgsl_diff::ops::UncertaintyMode;
 use wgsl_diff::sampling::{
-    sample_batch, BatchSpec, NoiseSchedule, SamplerConfig, SamplerKind, ScheduleConfig, Scheduler,
-    Spacing,
+    sample_batch, BatchSpec, NoiseSchedule, SamplerConfig, ScheduleConfig, Scheduler,
 };
 use wgsl_diff::uncertainty::{UncertaintyConfig, UncertaintyEstimator};
 
@@ -39,15 +38,7 @@ fn model(name: &str) -> UNet2DModel {
 
 fn ddim(steps: usize) -> Scheduler {
     Scheduler::new(
-        SamplerConfig {
-            kind: SamplerKind::Ddim,
-            steps,
-            eta: 0.0,
-            spacing: Spacing::Leading,
-            steps_offset: 0,
-            set_alpha_to_one: true,
-            clip_sample: Some(1.0),
-        },
+        SamplerConfig::ddim(steps),
         NoiseSchedule::from_config(&ScheduleConfig::default()).unwrap(),
     )
     .unwrap()

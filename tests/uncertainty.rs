@@ -8,8 +8,8 @@ use wgsl_diff::gpu::Tensor;
 use wgsl_diff::models::{UNet2DModel, WeightFile};
 use wgsl_diff::ops::{self, UncertaintyMode};
 use wgsl_diff::sampling::{
-    noise_key, sample_batch, BatchSpec, NoisePurpose, NoiseSchedule, SamplerConfig, SamplerKind,
-    ScheduleConfig, Scheduler, Spacing, StepHook,
+    noise_key, sample_batch, BatchSpec, NoisePurpose, NoiseSchedule, SamplerConfig, ScheduleConfig,
+    Scheduler, StepHook,
 };
 use wgsl_diff::uncertainty::{UncertaintyConfig, UncertaintyEstimator};
 
@@ -28,15 +28,7 @@ fn model() -> UNet2DModel {
 
 fn ddim(steps: usize) -> Scheduler {
     Scheduler::new(
-        SamplerConfig {
-            kind: SamplerKind::Ddim,
-            steps,
-            eta: 0.0,
-            spacing: Spacing::Leading,
-            steps_offset: 0,
-            set_alpha_to_one: true,
-            clip_sample: Some(1.0),
-        },
+        SamplerConfig::ddim(steps),
         NoiseSchedule::from_config(&ScheduleConfig::default()).unwrap(),
     )
     .unwrap()

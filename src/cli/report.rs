@@ -188,24 +188,24 @@ pub fn write_uncertainty_grids(dir: &Path, samples: &[SampleRecord]) -> Result<(
         return Ok(());
     }
     scored.sort_by(|a, b| a.score.partial_cmp(&b.score).unwrap());
-    let pair = |s: &SampleRecord| -> Result<[Image8; 2]> {
-        Ok([
-            images::to_rgb(&load(dir, &s.file)?),
-            load(dir, s.heatmap.as_ref().unwrap())?,
-        ])
+    // Each sample beside its heatmap, `cols` images per row.
+    let write_pairs = |name: &str, set: &[&SampleRecord], cols: usize| -> Result<()> {
+        let mut tiles = Vec::with_capacity(2 * set.len());
+        for s in set {
+            tiles.push(images::to_rgb(&load(dir, &s.file)?));
+            tiles.push(load(dir, s.heatmap.as_ref().unwrap())?);
+        }
+        images::write_png(
+            &dir.join(name),
+            &images::grid(&tiles, cols, 2).unwrap(),
+            &[],
+        )?;
+        Ok(())
     };
-    let pairs: Vec<Image8> = scored
-        .iter()
-        .map(|s| pair(s))
-        .collect::<Result<Vec<_>>>()?
-        .into_iter()
-        .flatten()
-        .collect();
-    let cols = 2 * ((scored.len() as f64).sqrt().ceil() as usize);
-    images::write_png(
-        &dir.join("uncertainty_grid.png"),
-        &images::grid(&pairs, cols, 2).unwrap(),
-        &[],
+    write_pairs(
+        "uncertainty_grid.png",
+        &scored,
+        2 * ((scored.len() as f64).sqrt().ceil() as usize),
     )?;
     if scored.len() >= 20 {
         let ends: Vec<&SampleRecord> = scored[..10]
@@ -213,18 +213,7 @@ pub fn write_uncertainty_grids(dir: &Path, samples: &[SampleRecord]) -> Result<(
             .chain(&scored[scored.len() - 10..])
             .copied()
             .collect();
-        let tiles: Vec<Image8> = ends
-            .iter()
-            .map(|s| pair(s))
-            .collect::<Result<Vec<_>>>()?
-            .into_iter()
-            .flatten()
-            .collect();
-        images::write_png(
-            &dir.join("extremes.png"),
-            &images::grid(&tiles, 20, 2).unwrap(),
-            &[],
-        )?;
+        write_pairs("extremes.png", &ends, 20)?;
     }
     Ok(())
 }

@@ -37,6 +37,22 @@ pub struct SamplerConfig {
     pub clip_sample: Option<f64>,
 }
 
+impl SamplerConfig {
+    /// diffusers' DDIMScheduler defaults for pixel-space models: leading spacing, η = 0,
+    /// ᾱ = 1 after the last step, x̂0 clipped to [−1, 1].
+    pub fn ddim(steps: usize) -> SamplerConfig {
+        SamplerConfig {
+            kind: SamplerKind::Ddim,
+            steps,
+            eta: 0.0,
+            spacing: Spacing::Leading,
+            steps_offset: 0,
+            set_alpha_to_one: true,
+            clip_sample: Some(1.0),
+        }
+    }
+}
+
 /// A configured sampler: the timesteps to visit and the update coefficients for each.
 #[derive(Clone, Debug)]
 pub struct Scheduler {
