@@ -77,7 +77,7 @@ fn same_command_twice_gives_identical_files_and_batching_does_not_matter() {
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(a.join("samples.json")).unwrap()).unwrap();
     assert_eq!(manifest["samples"].as_array().unwrap().len(), 4);
-    assert_eq!(manifest["seed"], 7);
+    assert_eq!(manifest["parameters"]["seed"], 7);
 
     // --start-index selects a window of the same larger set.
     let d = tmp("d");
