@@ -117,11 +117,15 @@ fn conv2d_rejects_bad_shapes() {
 #[test]
 fn matmul_and_linear_match_reference() {
     let mut rng = Rng::new(3);
+    // K = 4, 64, 128 take the vec4 path for linear layers; odd K the scalar one.
     for (batch, m, k, n) in [
         (1, 1, 1, 1),
         (2, 7, 13, 5),
         (3, 65, 33, 70),
         (1, 130, 17, 64),
+        (1, 3, 4, 2),
+        (2, 37, 64, 45),
+        (1, 70, 128, 66),
     ] {
         let a = rng.vec(batch * m * k);
         let b = rng.vec(k * n);
