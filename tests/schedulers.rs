@@ -147,3 +147,41 @@ fn every_sampler_matches_diffusers_step_by_step() {
         }
     }
 }
+
+/// β and ᾱ tables of all three schedules against diffusers (which keeps them in float32).
+#[test]
+fn schedules_match_diffusers() {
+    let bytes = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/schedules.safetensors"
+    ))
+    .unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let table =
+        |name: &str| -> Vec<f32> { bytemuck::pod_collect_to_vec(st.tensor(name).unwrap().data()) };
+    for (schedule, start, end) in [
+        ("linear", 1e-4, 0.02),
+        ("scaled_linear", 0.00085, 0.012),
+        ("squaredcos_cap_v2", 1e-4, 0.02),
+    ] {
+        let cfg: ScheduleConfig = serde_json::from_value(serde_json::json!({
+            "beta_schedule": schedule, "beta_start": start, "beta_end": end
+        }))
+        .unwrap();
+        let ours = NoiseSchedule::from_config(&cfg).unwrap();
+        assert_close(
+            &format!("{schedule} betas"),
+            &table(&format!("{schedule}/betas")),
+            &ours.betas,
+            0.0,
+            1e-6,
+        );
+        assert_close(
+            &format!("{schedule} alphas_cumprod"),
+            &table(&format!("{schedule}/alphas_cumprod")),
+            &ours.alphas_cumprod,
+            0.0,
+            3e-5,
+        );
+    }
+}

@@ -236,3 +236,52 @@ fn bad_weight_files_give_clear_errors() {
         load_error(&no_meta)
     );
 }
+
+/// Half-precision checkpoints load (widened to f32) and give the f32 model's output up to
+/// the rounding of the weights.
+#[test]
+fn f16_weights_load_and_match_f32() {
+    let src = fixture("unet_tiny_gray.safetensors");
+    let meta = WeightFile::open(&src).unwrap().metadata.clone();
+    let halves: Vec<(String, Vec<usize>, Vec<half::f16>)> = read_tensors(&src)
+        .into_iter()
+        .map(|(n, (s, d))| (n, s, d.into_iter().map(half::f16::from_f32).collect()))
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = halves
+        .iter()
+        .map(|(n, s, d)| {
+            let view = safetensors::tensor::TensorView::new(
+                safetensors::Dtype::F16,
+                s.clone(),
+                bytemuck::cast_slice(d),
+            );
+            (n.clone(), view.unwrap())
+        })
+        .collect();
+    let path =
+        std::env::temp_dir().join(format!("wgsl-diff-{}-f16.safetensors", std::process::id()));
+    std::fs::write(&path, safetensors::serialize(views, &Some(meta)).unwrap()).unwrap();
+
+    let g = gpu();
+    let io = read_tensors(&fixture("unet_tiny_gray_io.safetensors"));
+    let x = g.upload(&io["sample"].0, &io["sample"].1).unwrap();
+    let t = g.upload(&io["timestep"].0, &io["timestep"].1).unwrap();
+    let run = |p: &Path| {
+        read(
+            &UNet2DModel::load(g, &WeightFile::open(p).unwrap())
+                .unwrap()
+                .forward(g, &x, &t, None)
+                .unwrap(),
+        )
+    };
+    let (full, half_out) = (run(&src), run(&path));
+    // f16 keeps 11 significant bits: weights are off by up to 2^-11 relative.
+    assert_close(
+        "f16 weights vs f32 weights",
+        &half_out,
+        &to_f64(&full),
+        2e-2,
+        2e-2,
+    );
+    assert_ne!(full, half_out, "the f16 file really holds rounded weights");
+}

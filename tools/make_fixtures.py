@@ -222,6 +222,20 @@ def write_scheduler_fixtures(out_dir):
     print(f"{path.name}: {len(cases)} cases, {path.stat().st_size / 1e3:.0f} KB")
 
 
+def write_schedule_fixture(out_dir):
+    """β tables of diffusers' three schedules, the way DDPMScheduler builds them (float32)."""
+    tables = {}
+    for schedule, (start, end) in {"linear": (1e-4, 0.02), "scaled_linear": (0.00085, 0.012),
+                                   "squaredcos_cap_v2": (1e-4, 0.02)}.items():
+        scheduler = DDPMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_schedule=schedule,
+                                  beta_start=start, beta_end=end)
+        tables[f"{schedule}/betas"] = scheduler.betas.to(torch.float32).contiguous()
+        tables[f"{schedule}/alphas_cumprod"] = scheduler.alphas_cumprod.to(torch.float32).contiguous()
+    path = out_dir / "schedules.safetensors"
+    save_file(tables, str(path), metadata={"source": "diffusers DDPMScheduler, T=1000"})
+    print(f"{path.name}: {len(tables)} tables")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -243,6 +257,7 @@ def main():
     for name, (config, batch, seed) in MODELS.items():
         write_unet_fixture(args.out, name, config, batch, seed)
     write_scheduler_fixtures(args.out)
+    write_schedule_fixture(args.out)
 
 
 if __name__ == "__main__":
