@@ -45,7 +45,11 @@ fn matmul_impl(
     }
     let out = gpu.empty(&[batch, m, n])?;
     // Both operands are contiguous along K when B is transposed: vec4 loads if K allows.
-    let entry = if trans_b && k % 4 == 0 { "matmul_vec4" } else { "matmul" };
+    let entry = if trans_b && k % 4 == 0 {
+        "matmul_vec4"
+    } else {
+        "matmul"
+    };
     let kernel = Kernel::new(&shaders::MATMUL, entry)
         .with("TRANS_B", trans_b as u32)
         .with("HAS_BIAS", bias.is_some() as u32);
