@@ -26,9 +26,11 @@ override PAD: u32 = 1u;
 override HAS_BIAS: bool = true;
 override HAS_RESIDUAL: bool = false;
 
-const TILE: u32 = 64u;
+// Output tile TILE x TILE per workgroup of (TILE/4)² invocations, each a 4x4 patch:
+// 64 for wide layers, 32 when C_out ≤ 32 so half the tile is not idle.
+override TILE: u32 = 64u;
+override THREADS: u32 = TILE * TILE / 16u;
 const TILE_K: u32 = 16u;
-const THREADS: u32 = 256u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -38,8 +40,8 @@ const THREADS: u32 = 256u;
 @group(0) @binding(4) var<storage, read> residual: array<f32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 
-var<workgroup> tile_w: array<array<f32, TILE>, TILE_K>;
-var<workgroup> tile_x: array<array<vec4<f32>, 16>, TILE_K>;
+var<workgroup> tile_w: array<f32, TILE_K * TILE>;
+var<workgroup> tile_x: array<vec4<f32>, TILE_K * TILE / 4u>;
 
 fn load_weight(row: u32, k: u32, k_total: u32) -> f32 {
     if row < p.c_out && k < k_total {
@@ -63,9 +65,9 @@ fn load_patch(k: u32, k_total: u32, b: u32, oy: u32, ox: u32, valid_n: bool) -> 
     return x[((b * p.c_in + ci) * p.h + u32(iy)) * p.w + u32(ix)];
 }
 
-@compute @workgroup_size(16, 16, 1)
+@compute @workgroup_size(TILE / 4u, TILE / 4u, 1)
 fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    let tid = lid.y * 16u + lid.x;
+    let tid = lid.y * (TILE / 4u) + lid.x;
     let m0 = wid.y * TILE;
     let n0 = wid.x * TILE;
     let k_total = p.c_in * KH * KW;
@@ -86,16 +88,16 @@ fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
             let e = tid + r * THREADS;
             let row = e / TILE_K;
             let kw = e % TILE_K;
-            tile_w[kw][row] = load_weight(m0 + row, k0 + kw, k_total);
+            tile_w[kw * TILE + row] = load_weight(m0 + row, k0 + kw, k_total);
             let kx = e / TILE;
-            tile_x[kx][my_col / 4u][my_col % 4u] =
+            tile_x[kx * (TILE / 4u) + my_col / 4u][my_col % 4u] =
                 load_patch(k0 + kx, k_total, my_b, my_oy, my_ox, valid_n);
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TILE_K; kk++) {
-            let xv = tile_x[kk][lid.x];
+            let xv = tile_x[kk * (TILE / 4u) + lid.x];
             for (var i = 0u; i < 4u; i++) {
-                acc[i] += tile_w[kk][lid.y * 4u + i] * xv;
+                acc[i] += tile_w[kk * TILE + lid.y * 4u + i] * xv;
             }
         }
         workgroupBarrier();
