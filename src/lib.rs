@@ -1,8 +1,10 @@
 //! wgsl-diff: diffusion sampling with pixel-wise aleatoric uncertainty (De Vita & Belagiannis,
 //! WACV 2025) on hand-written WGSL kernels.
 //!
-//! Layers, each depending only on those below: `gpu` (device, buffers, pipelines) → `ops`
-//! (typed kernel wrappers).
+//! Layers, each depending only on those below: `gpu` (device, buffer pool, pipeline cache, one
+//! open command encoder) → `ops` (typed kernel wrappers) → `models` (networks mirroring their
+//! PyTorch module trees) → `sampling` (schedules, samplers, the loop) and `uncertainty`
+//! (Algorithm 1 as a step hook). `images`, `npy`, `io` and `splitmix` are small utilities.
 
 pub mod error;
 pub mod gpu;

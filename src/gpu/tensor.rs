@@ -29,9 +29,6 @@ impl BufferPool {
         let mut free = self.free.lock().unwrap();
         free.entry(buffer.size()).or_default().push(buffer);
     }
-    pub(crate) fn clear(&self) {
-        self.free.lock().unwrap().clear();
-    }
 }
 
 struct Storage {
@@ -98,10 +95,6 @@ impl Tensor {
             storage: self.storage.clone(),
             shape: shape.to_vec(),
         })
-    }
-    /// True when both handles share one buffer.
-    pub fn same_buffer(&self, other: &Tensor) -> bool {
-        Arc::ptr_eq(&self.storage, &other.storage)
     }
 }
 
@@ -223,10 +216,5 @@ impl Gpu {
             enc.copy_buffer_to_buffer(src.buffer(), offset, dst.buffer(), 0, dst.byte_len())
         });
         Ok(())
-    }
-
-    /// Drops every pooled (currently unused) buffer.
-    pub fn trim_pool(&self) {
-        self.pool.clear();
     }
 }
