@@ -198,3 +198,25 @@ fn window_limits_the_steps_that_are_scored() {
         1e-5,
     );
 }
+
+/// Each sampling step, uncertainty estimation included, is one command buffer; nothing is
+/// submitted or read back in between.
+#[test]
+fn every_step_is_one_submission() {
+    // A device of its own: tests running in parallel would submit on the shared one.
+    let g = &wgsl_diff::gpu::Gpu::new(&Default::default()).unwrap();
+    let m = UNet2DModel::load(g, &WeightFile::open(std::path::Path::new(MODEL)).unwrap()).unwrap();
+    let s = ddim(4);
+    let mut est = estimator(UncertaintyMode::Centred, None);
+    let spec = BatchSpec {
+        first_index: 0,
+        size: 2,
+        labels: None,
+        init_noise: None,
+    };
+    g.flush();
+    let before = g.submissions();
+    let x = sample_batch(g, &m, &s, 1, spec, &mut [&mut est], |_| {}).unwrap();
+    assert_eq!(g.submissions() - before, 4);
+    drop(x);
+}

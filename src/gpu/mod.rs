@@ -58,6 +58,7 @@ struct Recording {
     encoder: Option<wgpu::CommandEncoder>,
     params: ParamArena,
     dispatches: usize,
+    submissions: usize,
 }
 
 fn instance() -> wgpu::Instance {
@@ -131,6 +132,7 @@ impl Gpu {
                 encoder: None,
                 params,
                 dispatches: 0,
+                submissions: 0,
             }),
         })
     }
@@ -148,6 +150,7 @@ impl Gpu {
             self.queue.submit([encoder.finish()]);
             rec.params.reset();
             rec.dispatches = 0;
+            rec.submissions += 1;
         }
     }
 
@@ -158,6 +161,11 @@ impl Gpu {
             .poll(wgpu::PollType::wait_indefinitely())
             .map(|_| ())
             .map_err(|e| Error::ReadBack(e.to_string()))
+    }
+
+    /// Command buffers submitted so far (for tests: one per sampling step).
+    pub fn submissions(&self) -> usize {
+        self.state.lock().unwrap().submissions
     }
 
     /// Number of dispatches recorded into the open encoder (for tests and benchmarks).
