@@ -25,7 +25,7 @@ enum Command {
     /// List the adapters wgpu sees (honours WGPU_BACKEND) and describe the one that would be used.
     Info,
     /// Generate samples: one PNG per sample, a grid and a samples.json manifest.
-    Sample(cli::sample::SampleArgs),
+    Sample(Box<cli::sample::SampleArgs>),
     /// Split a scored run into the lowest-uncertainty set and an equal random subset.
     Filter(cli::filter::FilterArgs),
 }

@@ -123,10 +123,7 @@ fn a_killed_run_resumes_without_losing_or_duplicating_samples() {
     child.kill().unwrap();
     child.wait().unwrap();
     let partial = pngs_if_any(&resumed);
-    assert!(
-        partial >= 2 && partial < 6,
-        "killed after {partial} samples"
-    );
+    assert!((2..6).contains(&partial), "killed after {partial} samples");
 
     let out = sample(&resumed, &args);
     assert!(String::from_utf8_lossy(&out.stdout).contains("6 samples"));

@@ -139,7 +139,9 @@ impl Gpu {
 
     /// The largest buffer one tensor may occupy: a storage binding must cover it whole.
     pub fn max_tensor_bytes(&self) -> u64 {
-        (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size)
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
     }
 
     /// Submits everything recorded so far as one command buffer.

@@ -183,7 +183,7 @@ impl Gpu {
     /// Copies all of `src` into `dst` starting at byte `offset` (recorded, not immediate).
     pub fn copy_into(&self, src: &Tensor, dst: &Tensor, offset: u64) -> Result<()> {
         crate::error::ensure(
-            offset + src.byte_len() <= dst.byte_len() && offset % 4 == 0,
+            offset + src.byte_len() <= dst.byte_len() && offset.is_multiple_of(4),
             "copy_into",
             || {
                 format!(
@@ -202,7 +202,7 @@ impl Gpu {
     /// Fills `dst` from `src` starting at byte `offset` of `src` (recorded, not immediate).
     pub fn copy_range(&self, src: &Tensor, offset: u64, dst: &Tensor) -> Result<()> {
         crate::error::ensure(
-            offset + dst.byte_len() <= src.byte_len() && offset % 4 == 0,
+            offset + dst.byte_len() <= src.byte_len() && offset.is_multiple_of(4),
             "copy_range",
             || {
                 format!(

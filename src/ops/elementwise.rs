@@ -101,7 +101,7 @@ pub fn broadcast_lincomb(
     b: &Tensor,
 ) -> Result<Tensor> {
     ensure(
-        a.shape()[1..] == b.shape()[1..] && a.dim(0) > 0 && b.dim(0) % a.dim(0) == 0,
+        a.shape()[1..] == b.shape()[1..] && a.dim(0) > 0 && b.dim(0).is_multiple_of(a.dim(0)),
         "broadcast_lincomb",
         || {
             format!(

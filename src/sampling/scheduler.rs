@@ -119,7 +119,7 @@ impl Scheduler {
                 "steps must be in 1..={t_train}, got {n}"
             )));
         }
-        if !(config.eta >= 0.0) {
+        if config.eta.is_nan() || config.eta < 0.0 {
             return Err(Error::Invalid(format!(
                 "eta must be ≥ 0, got {}",
                 config.eta

@@ -63,7 +63,8 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64)
         let err = (g as f64 - w).abs();
         max_abs = max_abs.max(err);
         max_rel = max_rel.max(err / w.abs().max(1e-12));
-        if !(err <= atol + rtol * w.abs()) && worst.is_none() {
+        let within = err <= atol + rtol * w.abs();
+        if !within && worst.is_none() {
             worst = Some((i, g, w));
         }
     }

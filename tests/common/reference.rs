@@ -1,4 +1,5 @@
 //! Straightforward f64 implementations of every kernel, written from the definitions.
+#![allow(clippy::too_many_arguments)] // the references mirror the kernels' argument lists
 
 pub fn conv2d(
     x: &[f64],
