@@ -146,3 +146,33 @@ fn uncertainty_maps_match_an_independent_pytorch_implementation() {
         assert_close("final sample", &x, &to_f64(&want_final), 1e-4, 0.0);
     }
 }
+
+/// The shipped model sampled here and by diffusers' DDIMPipeline from the same noise
+/// (fixture: `tools/reference_pipeline.py --shipped`, regenerated whenever weights/ changes).
+#[test]
+fn shipped_model_matches_the_diffusers_pipeline() {
+    let bytes = fixtures("shipped_ddim.safetensors");
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let (shape, noise) = tensor(&st, "shipped/init_noise");
+    let (_, want) = tensor(&st, "shipped/images");
+    let (_, timesteps) = tensor(&st, "shipped/timesteps");
+    let g = gpu();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/fashion_mnist_ddpm.safetensors");
+    let unet = UNet2DModel::load(g, &WeightFile::open(&path).unwrap()).unwrap();
+    let spec = BatchSpec {
+        first_index: 0,
+        size: shape[0],
+        labels: None,
+        init_noise: Some(g.upload(&shape, &noise).unwrap()),
+    };
+    let x =
+        read(&sample_batch(g, &unet, &ddim(timesteps.len()), 0, spec, &mut [], |_| {}).unwrap());
+    let ours: Vec<f32> = x.iter().map(|v| (v / 2.0 + 0.5).clamp(0.0, 1.0)).collect();
+    assert_close(
+        "shipped model vs DDIMPipeline (regenerate the fixture if weights/ changed)",
+        &ours,
+        &to_f64(&want),
+        1e-3,
+        0.0,
+    );
+}

@@ -69,7 +69,7 @@ def run_pipeline(model_file, batch, steps, seed):
         "timesteps": pipe.scheduler.timesteps.to(torch.float32),
     }
     settings = {
-        "model": model_file, "batch": batch, "steps": steps, "eta": ETA, "seed": seed,
+        "model": Path(model_file).name, "batch": batch, "steps": steps, "eta": ETA, "seed": seed,
         "noise": "torch.randn(shape, generator=torch.Generator().manual_seed(seed), float32)",
         "output_type": "np", "scheduler": public_config(pipe.scheduler.config),
     }
@@ -79,16 +79,24 @@ def run_pipeline(model_file, batch, steps, seed):
     return tensors, settings
 
 
+# The shipped model (weights/), checked by its own fixture: regenerate it with --shipped whenever
+# the shipped weights change.
+SHIPPED = {"shipped": (FIXTURES.parent.parent / "weights" / "fashion_mnist_ddpm.safetensors", 2, 10, 13)}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", type=Path, default=FIXTURES / "pipeline_ddim.safetensors",
-                   help="fixture file to write")
+    p.add_argument("--out", type=Path, help="fixture file to write [default: tests/fixtures/"
+                   "pipeline_ddim.safetensors, or shipped_ddim.safetensors with --shipped]")
+    p.add_argument("--shipped", action="store_true",
+                   help="only the shipped weights/fashion_mnist_ddpm.safetensors, 2 samples, 10 steps")
     args = p.parse_args()
+    args.out = args.out or FIXTURES / ("shipped_ddim.safetensors" if args.shipped else "pipeline_ddim.safetensors")
     torch.set_num_threads(min(2, torch.get_num_threads()))
 
     tensors, settings = {}, {}
-    for name, (model_file, batch, steps, seed) in CASES.items():
+    for name, (model_file, batch, steps, seed) in (SHIPPED if args.shipped else CASES).items():
         case_tensors, settings[name] = run_pipeline(model_file, batch, steps, seed)
         tensors.update({f"{name}/{key}": value for key, value in case_tensors.items()})
 
