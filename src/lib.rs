@@ -10,6 +10,7 @@ pub mod error;
 pub mod gpu;
 pub mod images;
 pub mod io;
+pub mod metrics;
 pub mod models;
 pub mod npy;
 pub mod ops;

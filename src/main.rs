@@ -28,6 +28,8 @@ enum Command {
     Sample(Box<cli::sample::SampleArgs>),
     /// Split a scored run into the lowest-uncertainty set and an equal random subset.
     Filter(cli::filter::FilterArgs),
+    /// Score generated images against real ones: Fréchet distance of classifier features, confidence.
+    Eval(cli::eval::EvalArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -56,6 +58,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Sample(args) => cli::sample::run(&Gpu::new(&choice)?, &args)?,
         Command::Filter(args) => cli::filter::run(&args)?,
+        Command::Eval(args) => cli::eval::run(&Gpu::new(&choice)?, &args)?,
     }
     Ok(())
 }

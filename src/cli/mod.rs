@@ -1,3 +1,4 @@
+pub mod eval;
 pub mod filter;
 pub mod report;
 pub mod sample;

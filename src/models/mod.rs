@@ -1,5 +1,6 @@
 //! Networks ported from PyTorch, mirroring their module trees and parameter names.
 
+pub mod classifier;
 pub mod layers;
 pub mod unet2d;
 pub mod weights;
