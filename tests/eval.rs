@@ -22,15 +22,8 @@ const FIXTURE: &str = concat!(
 
 #[test]
 fn classifier_matches_pytorch() {
-    let bytes = std::fs::read(FIXTURE).unwrap();
-    let fixture = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let tensor = |name: &str| {
-        let view = fixture.tensor(name).unwrap();
-        (
-            view.shape().to_vec(),
-            bytemuck::pod_collect_to_vec::<u8, f32>(view.data()),
-        )
-    };
+    let fixture = common::read_safetensors(Path::new(FIXTURE));
+    let tensor = |name: &str| fixture[name].clone();
     let (image_shape, images) = tensor("images");
     let model =
         FashionClassifier::load(gpu(), &WeightFile::open(Path::new(CLASSIFIER)).unwrap()).unwrap();

@@ -3,8 +3,7 @@
 
 mod common;
 
-use common::{assert_close, gpu, read, to_f64};
-use safetensors::SafeTensors;
+use common::{assert_close, fixture, gpu, read, read_safetensors, to_f64};
 use std::path::Path;
 use wgsl_diff::models::{UNet2DModel, WeightFile};
 use wgsl_diff::ops::UncertaintyMode;
@@ -13,27 +12,8 @@ use wgsl_diff::sampling::{
 };
 use wgsl_diff::uncertainty::{UncertaintyConfig, UncertaintyEstimator};
 
-fn fixtures(name: &str) -> Vec<u8> {
-    std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(name),
-    )
-    .unwrap()
-}
-
-fn tensor(st: &SafeTensors, name: &str) -> (Vec<usize>, Vec<f32>) {
-    let v = st
-        .tensor(name)
-        .unwrap_or_else(|_| panic!("fixture lacks {name}"));
-    (v.shape().to_vec(), bytemuck::pod_collect_to_vec(v.data()))
-}
-
 fn model(name: &str) -> UNet2DModel {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
-    UNet2DModel::load(gpu(), &WeightFile::open(&path).unwrap()).unwrap()
+    UNet2DModel::load(gpu(), &WeightFile::open(&fixture(name)).unwrap()).unwrap()
 }
 
 fn ddim(steps: usize) -> Scheduler {
@@ -46,15 +26,14 @@ fn ddim(steps: usize) -> Scheduler {
 
 #[test]
 fn ddim_sampling_matches_the_diffusers_pipeline() {
-    let bytes = fixtures("pipeline_ddim.safetensors");
-    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let st = read_safetensors(&fixture("pipeline_ddim.safetensors"));
     for (case, weights) in [
         ("gray", "unet_tiny_gray.safetensors"),
         ("rgb", "unet_tiny_rgb.safetensors"),
     ] {
-        let (shape, noise) = tensor(&st, &format!("{case}/init_noise"));
-        let (_, want) = tensor(&st, &format!("{case}/images"));
-        let (_, timesteps) = tensor(&st, &format!("{case}/timesteps"));
+        let (shape, noise) = st[&format!("{case}/init_noise")].clone();
+        let (_, want) = st[&format!("{case}/images")].clone();
+        let (_, timesteps) = st[&format!("{case}/timesteps")].clone();
         let sched = ddim(timesteps.len());
         assert_eq!(
             sched
@@ -86,16 +65,15 @@ fn ddim_sampling_matches_the_diffusers_pipeline() {
 
 #[test]
 fn uncertainty_maps_match_an_independent_pytorch_implementation() {
-    let bytes = fixtures("uncertainty_ddim.safetensors");
-    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let st = read_safetensors(&fixture("uncertainty_ddim.safetensors"));
     let g = gpu();
     let unet = model("unet_tiny_gray.safetensors");
-    let (shape, noise) = tensor(&st, "init_noise");
-    let (_, timesteps) = tensor(&st, "timesteps");
+    let (shape, noise) = st["init_noise"].clone();
+    let (_, timesteps) = st["timesteps"].clone();
     let steps = timesteps.len();
     let sched = ddim(steps);
     let perturbation: Vec<(Vec<usize>, Vec<f32>)> = (0..steps)
-        .map(|i| tensor(&st, &format!("perturbation/{i}")))
+        .map(|i| st[&format!("perturbation/{i}")].clone())
         .collect();
     let copies = perturbation[0].0[0] / shape[0];
     for (mode, name) in [
@@ -124,7 +102,7 @@ fn uncertainty_maps_match_an_independent_pytorch_implementation() {
         let x = read(&sample_batch(g, &unet, &sched, 0, spec, &mut [&mut est], |_| {}).unwrap());
         for (i, (step, map)) in est.maps.iter().enumerate() {
             assert_eq!(*step, i);
-            let (_, want) = tensor(&st, &format!("maps/{name}/{i}"));
+            let (_, want) = st[&format!("maps/{name}/{i}")].clone();
             let top = want.iter().fold(0f64, |m, &v| m.max(v as f64));
             assert_close(
                 &format!("{name} map, step {i}"),
@@ -134,7 +112,7 @@ fn uncertainty_maps_match_an_independent_pytorch_implementation() {
                 1e-4,
             );
         }
-        let (_, want_scores) = tensor(&st, &format!("scores/{name}"));
+        let (_, want_scores) = st[&format!("scores/{name}")].clone();
         assert_close(
             &format!("{name} scores"),
             &read(&est.scores(g).unwrap().unwrap()),
@@ -142,7 +120,7 @@ fn uncertainty_maps_match_an_independent_pytorch_implementation() {
             0.0,
             1e-4,
         );
-        let (_, want_final) = tensor(&st, "final");
+        let (_, want_final) = st["final"].clone();
         assert_close("final sample", &x, &to_f64(&want_final), 1e-4, 0.0);
     }
 }
@@ -151,11 +129,10 @@ fn uncertainty_maps_match_an_independent_pytorch_implementation() {
 /// (fixture: `tools/reference_pipeline.py --shipped`, regenerated whenever weights/ changes).
 #[test]
 fn shipped_model_matches_the_diffusers_pipeline() {
-    let bytes = fixtures("shipped_ddim.safetensors");
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let (shape, noise) = tensor(&st, "shipped/init_noise");
-    let (_, want) = tensor(&st, "shipped/images");
-    let (_, timesteps) = tensor(&st, "shipped/timesteps");
+    let st = read_safetensors(&fixture("shipped_ddim.safetensors"));
+    let (shape, noise) = st["shipped/init_noise"].clone();
+    let (_, want) = st["shipped/images"].clone();
+    let (_, timesteps) = st["shipped/timesteps"].clone();
     let g = gpu();
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/fashion_mnist_ddpm.safetensors");
     let unet = UNet2DModel::load(g, &WeightFile::open(&path).unwrap()).unwrap();

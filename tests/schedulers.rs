@@ -4,41 +4,11 @@
 
 mod common;
 
-use common::{assert_close, gpu, read, to_f64};
-use safetensors::SafeTensors;
+use common::{assert_close, fixture, gpu, read, read_safetensors, to_f64};
 use wgsl_diff::ops;
 use wgsl_diff::sampling::{
     NoiseSchedule, SamplerConfig, SamplerKind, ScheduleConfig, Scheduler, Spacing,
 };
-
-struct Fixture {
-    bytes: Vec<u8>,
-}
-
-impl Fixture {
-    fn load() -> Fixture {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/schedulers.safetensors"
-        );
-        Fixture {
-            bytes: std::fs::read(path).expect("scheduler fixture"),
-        }
-    }
-    fn get(&self, name: &str) -> Option<(Vec<usize>, Vec<f32>)> {
-        let st = SafeTensors::deserialize(&self.bytes).unwrap();
-        let v = st.tensor(name).ok()?;
-        Some((v.shape().to_vec(), bytemuck::pod_collect_to_vec(v.data())))
-    }
-    fn names(&self) -> Vec<String> {
-        SafeTensors::deserialize(&self.bytes)
-            .unwrap()
-            .names()
-            .into_iter()
-            .cloned()
-            .collect()
-    }
-}
 
 fn parse_case(name: &str) -> (SamplerKind, Spacing, f64, bool) {
     let parts: Vec<&str> = name.split('_').collect();
@@ -63,7 +33,7 @@ fn parse_case(name: &str) -> (SamplerKind, Spacing, f64, bool) {
 /// Our f64 linear schedule agrees with diffusers' float32 cumulative product.
 #[test]
 fn linear_schedule_matches_diffusers() {
-    let fx = Fixture::load();
+    let fx = read_safetensors(&fixture("schedulers.safetensors"));
     let (_, ac) = fx.get("alphas_cumprod").unwrap();
     let ours = NoiseSchedule::from_config(&ScheduleConfig::default()).unwrap();
     assert_close("alphas_cumprod", &ac, &ours.alphas_cumprod, 0.0, 2e-5);
@@ -72,7 +42,7 @@ fn linear_schedule_matches_diffusers() {
 #[test]
 fn every_sampler_matches_diffusers_step_by_step() {
     let g = gpu();
-    let fx = Fixture::load();
+    let fx = read_safetensors(&fixture("schedulers.safetensors"));
     let (shape, x_t) = fx.get("x_T").unwrap();
     let (_, bias) = fx.get("eps_bias").unwrap();
     let (_, ac) = fx.get("alphas_cumprod").unwrap();
@@ -89,8 +59,7 @@ fn every_sampler_matches_diffusers_step_by_step() {
     let numel: usize = shape.iter().product();
 
     let mut cases: Vec<String> = fx
-        .names()
-        .iter()
+        .keys()
         .filter_map(|n| n.strip_suffix("/x").map(str::to_string))
         .collect();
     cases.sort();
@@ -102,7 +71,7 @@ fn every_sampler_matches_diffusers_step_by_step() {
         let (kind, spacing, eta, clip) = parse_case(&case);
         let (_, want_t) = fx.get(&format!("{case}/timesteps")).unwrap();
         let (_, want_x) = fx.get(&format!("{case}/x")).unwrap();
-        let noise = fx.get(&format!("{case}/noise")).map(|(_, n)| n);
+        let noise = fx.get(&format!("{case}/noise")).map(|(_, n)| n.clone());
         let steps = want_t.len();
         let sched = Scheduler::new(
             SamplerConfig {
@@ -118,7 +87,7 @@ fn every_sampler_matches_diffusers_step_by_step() {
         )
         .unwrap();
         let ts: Vec<f32> = sched.timesteps.iter().map(|&t| t as f32).collect();
-        assert_eq!(ts, want_t, "{case}: timesteps");
+        assert_eq!(&ts, want_t, "{case}: timesteps");
 
         let mut x = g.upload(&shape, &x_t).unwrap();
         let mut x0_prev = None;
@@ -151,14 +120,8 @@ fn every_sampler_matches_diffusers_step_by_step() {
 /// β and ᾱ tables of all three schedules against diffusers (which keeps them in float32).
 #[test]
 fn schedules_match_diffusers() {
-    let bytes = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/schedules.safetensors"
-    ))
-    .unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let table =
-        |name: &str| -> Vec<f32> { bytemuck::pod_collect_to_vec(st.tensor(name).unwrap().data()) };
+    let st = read_safetensors(&fixture("schedules.safetensors"));
+    let table = |name: &str| -> Vec<f32> { st[name].1.clone() };
     for (schedule, start, end) in [
         ("linear", 1e-4, 0.02),
         ("scaled_linear", 0.00085, 0.012),

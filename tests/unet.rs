@@ -3,36 +3,10 @@
 
 mod common;
 
-use common::{assert_close, gpu, read, to_f64};
-use safetensors::SafeTensors;
+use common::{assert_close, fixture, gpu, read, read_safetensors as read_tensors, to_f64};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use wgsl_diff::models::{UNet2DModel, WeightFile};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-/// Reads every tensor of a safetensors file as (shape, f32 data).
-fn read_tensors(path: &Path) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            assert_eq!(view.dtype(), safetensors::Dtype::F32, "{name}");
-            (
-                name,
-                (
-                    view.shape().to_vec(),
-                    bytemuck::pod_collect_to_vec(view.data()),
-                ),
-            )
-        })
-        .collect()
-}
 
 /// Runs the model on the fixture's inputs and compares with PyTorch's float64 output.
 fn check_against_pytorch(weights: &Path, io: &Path) {

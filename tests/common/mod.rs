@@ -73,3 +73,31 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64)
     }
     eprintln!("{what}: max abs err {max_abs:.3e}, max rel err {max_rel:.3e}");
 }
+
+/// Every f32 tensor of a safetensors fixture by name: (shape, data).
+pub fn read_safetensors(
+    path: &std::path::Path,
+) -> std::collections::HashMap<String, (Vec<usize>, Vec<f32>)> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            assert_eq!(view.dtype(), safetensors::Dtype::F32, "{name}");
+            (
+                name,
+                (
+                    view.shape().to_vec(),
+                    bytemuck::pod_collect_to_vec(view.data()),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// A file under tests/fixtures.
+pub fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
