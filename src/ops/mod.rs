@@ -30,9 +30,7 @@ pub(crate) fn shape_err(op: &'static str, msg: String) -> Error {
     Error::Shape { op, msg }
 }
 
-pub(crate) fn ensure(ok: bool, op: &'static str, msg: impl FnOnce() -> String) -> Result<()> {
-    crate::error::ensure(ok, op, msg)
-}
+pub(crate) use crate::error::ensure;
 
 /// Checks a tensor's rank and returns its dimensions.
 pub(crate) fn dims<const R: usize>(
