@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""The PyTorch twin of `wgsl-diff sample` (DDIM, optional Algorithm 1 uncertainty), for large runs on CPU.
+
+diffusers' UNet2DModel and DDIMScheduler (configured from the weights file's metadata, like
+wgsl-diff) driven by wgsl-diff's own noise streams (tools/wgsl_noise.py), so sample i of a run here is
+sample i of `wgsl-diff sample` with the same model, --seed, --steps, --eta and uncertainty window, up to
+float32 rounding. Uncertainty is Algorithm 1 written from /work/shared/ALGORITHM.md §1: the M re-noised
+copies of the clipped x̂0 at the same t go through one forward over M·B rows, and the map is one of
+centred / variance / variance-biased. Everything runs in float32.
+
+Writes sample_NNNNNN.png (grayscale or RGB, diffusers' quantisation), and with --uncertainty
+scores.csv (index,file,score, like wgsl-diff) and step_scores.npy (N, steps) with each step's summed
+map (zero outside the window), for analysing which steps' uncertainty tracks sample quality.
+
+Usage:
+    .venv/bin/python tools/sample_torch.py --num 1000 --steps 10 --out /tmp/torch_run
+    .venv/bin/python tools/sample_torch.py --num 256 --steps 10 --uncertainty -M 5 --out /tmp/uc
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler
+from PIL import Image
+from safetensors import safe_open
+
+import wgsl_noise
+from reference_uncertainty import REPO_ROOT, load_unet
+
+DEFAULT_MODEL = REPO_ROOT / "weights" / "fashion_mnist_ddpm.safetensors"
+
+
+def uncertainty_map(eps, eps_copies, mode):
+    """eps: (B, C, H, W); eps_copies: (M, B, C, H, W)."""
+    if mode == "centred":
+        return ((eps_copies - eps) ** 2).mean(dim=0)
+    divisor = eps_copies.shape[0] - (1 if mode == "variance" else 0)
+    return ((eps_copies - eps_copies.mean(dim=0)) ** 2).sum(dim=0) / divisor
+
+
+@torch.no_grad()
+def sample_batch(unet, scheduler, args, first, count, window):
+    """Samples first .. first + count; returns (images in [-1, 1], per-step scores or None)."""
+    c, size = unet.config.in_channels, unet.config.sample_size
+    shape = (count, c, size, size)
+    x = torch.from_numpy(wgsl_noise.normal(args.seed, wgsl_noise.INITIAL, 0, shape, first))
+    step_scores = torch.zeros(count, len(scheduler.timesteps)) if args.uncertainty else None
+    for i, t in enumerate(scheduler.timesteps):
+        eps = unet(x, t).sample
+        ancestral = None
+        if args.eta > 0:
+            ancestral = torch.from_numpy(wgsl_noise.normal(args.seed, wgsl_noise.ANCESTRAL, i, shape, first))
+        out = scheduler.step(eps, t, x, eta=args.eta, variance_noise=ancestral)
+        if args.uncertainty and i in window:
+            abar = scheduler.alphas_cumprod[t]
+            noise = torch.from_numpy(
+                wgsl_noise.copies(args.seed, wgsl_noise.UNCERTAINTY, i, args.mc_samples, shape, first))
+            x0 = out.pred_original_sample.repeat(args.mc_samples, 1, 1, 1)
+            renoised = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+            eps_copies = unet(renoised, t).sample.view(args.mc_samples, *shape)
+            step_scores[:, i] = uncertainty_map(eps, eps_copies, args.uc_mode).sum(dim=(1, 2, 3))
+        x = out.prev_sample
+    return x, step_scores
+
+
+def save_png(image, path):
+    """diffusers' quantisation: round(clamp(x / 2 + 0.5, 0, 1) * 255)."""
+    pixels = ((image / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels).save(path)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="wgsl-diff weights file")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--num", type=int, default=16)
+    p.add_argument("--start-index", type=int, default=0)
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    p.add_argument("--eta", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--uncertainty", action="store_true")
+    p.add_argument("-M", "--mc-samples", type=int, default=5)
+    p.add_argument("--uc-mode", choices=("centred", "variance", "variance-biased"), default="centred")
+    p.add_argument("--uc-start", type=int, default=0)
+    p.add_argument("--uc-steps", type=int, help="[default: all from --uc-start]")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    if args.uncertainty and args.mc_samples < (2 if args.uc_mode == "variance" else 1):
+        p.error("-M is too small for this --uc-mode")
+    torch.set_num_threads(args.threads)
+
+    unet = load_unet(args.model)
+    with safe_open(str(args.model), framework="pt") as f:
+        scheduler = DDIMScheduler.from_config(json.loads(f.metadata()["scheduler"]))
+    scheduler.set_timesteps(args.steps)
+    last = args.steps if args.uc_steps is None else min(args.steps, args.uc_start + args.uc_steps)
+    window = range(args.uc_start, last)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    all_scores = []
+    start = time.time()
+    for first in range(args.start_index, args.start_index + args.num, args.batch):
+        count = min(args.batch, args.start_index + args.num - first)
+        images, step_scores = sample_batch(unet, scheduler, args, first, count, window)
+        for k, image in enumerate(images):
+            save_png(image, args.out / f"sample_{first + k:06}.png")
+        if step_scores is not None:
+            all_scores.append(step_scores)
+        print(f"samples {first}..{first + count} done, {time.time() - start:.0f} s", flush=True)
+
+    if args.uncertainty:
+        step_scores = torch.cat(all_scores).numpy()
+        np.save(args.out / "step_scores.npy", step_scores)
+        totals = step_scores.astype(np.float64).sum(axis=1)
+        lines = ["index,file,score"] + [
+            f"{args.start_index + k},sample_{args.start_index + k:06}.png,{s:.9g}" for k, s in enumerate(totals)]
+        (args.out / "scores.csv").write_text("\n".join(lines) + "\n")
+    print(f"{args.num} samples in {args.out} ({time.time() - start:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
