@@ -10,7 +10,8 @@ centred / variance / variance-biased. Everything runs in float32.
 
 Writes sample_NNNNNN.png (grayscale or RGB, diffusers' quantisation), and with --uncertainty
 scores.csv (index,file,score, like wgsl-diff) and step_scores.npy (N, steps) with each step's summed
-map (zero outside the window), for analysing which steps' uncertainty tracks sample quality.
+map of --uc-mode (zero outside the window), for analysing which steps' uncertainty tracks sample
+quality; step_scores_MODE.npy hold the same for every mode (one run computes all three).
 
 Usage:
     .venv/bin/python tools/sample_torch.py --num 1000 --steps 10 --out /tmp/torch_run
@@ -34,21 +35,25 @@ from reference_uncertainty import REPO_ROOT, load_unet
 DEFAULT_MODEL = REPO_ROOT / "weights" / "fashion_mnist_ddpm.safetensors"
 
 
-def uncertainty_map(eps, eps_copies, mode):
-    """eps: (B, C, H, W); eps_copies: (M, B, C, H, W)."""
-    if mode == "centred":
-        return ((eps_copies - eps) ** 2).mean(dim=0)
-    divisor = eps_copies.shape[0] - (1 if mode == "variance" else 0)
-    return ((eps_copies - eps_copies.mean(dim=0)) ** 2).sum(dim=0) / divisor
+MODES = ("centred", "variance", "variance-biased")
+
+
+def uncertainty_maps(eps, eps_copies):
+    """Every mode's map; eps: (B, C, H, W), eps_copies: (M, B, C, H, W)."""
+    copies = eps_copies.shape[0]
+    sum_sq_dev = ((eps_copies - eps_copies.mean(dim=0)) ** 2).sum(dim=0)
+    return {"centred": ((eps_copies - eps) ** 2).mean(dim=0),
+            "variance": sum_sq_dev / max(copies - 1, 1),
+            "variance-biased": sum_sq_dev / copies}
 
 
 @torch.no_grad()
 def sample_batch(unet, scheduler, args, first, count, window):
-    """Samples first .. first + count; returns (images in [-1, 1], per-step scores or None)."""
+    """Samples first .. first + count; returns (images in [-1, 1], {mode: per-step scores})."""
     c, size = unet.config.in_channels, unet.config.sample_size
     shape = (count, c, size, size)
     x = torch.from_numpy(wgsl_noise.normal(args.seed, wgsl_noise.INITIAL, 0, shape, first))
-    step_scores = torch.zeros(count, len(scheduler.timesteps)) if args.uncertainty else None
+    step_scores = {mode: torch.zeros(count, len(scheduler.timesteps)) for mode in MODES}
     for i, t in enumerate(scheduler.timesteps):
         eps = unet(x, t).sample
         ancestral = None
@@ -62,7 +67,8 @@ def sample_batch(unet, scheduler, args, first, count, window):
             x0 = out.pred_original_sample.repeat(args.mc_samples, 1, 1, 1)
             renoised = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
             eps_copies = unet(renoised, t).sample.view(args.mc_samples, *shape)
-            step_scores[:, i] = uncertainty_map(eps, eps_copies, args.uc_mode).sum(dim=(1, 2, 3))
+            for mode, value in uncertainty_maps(eps, eps_copies).items():
+                step_scores[mode][:, i] = value.sum(dim=(1, 2, 3))
         x = out.prev_sample
     return x, step_scores
 
@@ -91,8 +97,8 @@ def main():
     p.add_argument("--uc-steps", type=int, help="[default: all from --uc-start]")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
-    if args.uncertainty and args.mc_samples < (2 if args.uc_mode == "variance" else 1):
-        p.error("-M is too small for this --uc-mode")
+    if args.uncertainty and args.mc_samples < 2:
+        p.error("-M must be at least 2")
     torch.set_num_threads(args.threads)
 
     unet = load_unet(args.model)
@@ -110,12 +116,14 @@ def main():
         images, step_scores = sample_batch(unet, scheduler, args, first, count, window)
         for k, image in enumerate(images):
             save_png(image, args.out / f"sample_{first + k:06}.png")
-        if step_scores is not None:
-            all_scores.append(step_scores)
+        all_scores.append(step_scores)
         print(f"samples {first}..{first + count} done, {time.time() - start:.0f} s", flush=True)
 
     if args.uncertainty:
-        step_scores = torch.cat(all_scores).numpy()
+        for mode in MODES:
+            scores = torch.cat([s[mode] for s in all_scores]).numpy()
+            np.save(args.out / f"step_scores_{mode}.npy", scores)
+        step_scores = np.load(args.out / f"step_scores_{args.uc_mode}.npy")
         np.save(args.out / "step_scores.npy", step_scores)
         totals = step_scores.astype(np.float64).sum(axis=1)
         lines = ["index,file,score"] + [
