@@ -72,17 +72,12 @@ def leading_timesteps(num_steps):
 def uncertainty_maps(eps, eps_copies):
     """Per-element uncertainty of every mode; eps: (B, C, H, W), eps_copies: (M, B, C, H, W)."""
     copies = eps_copies.shape[0]
-    mean = eps_copies.mean(dim=0)
-    sum_sq_dev = ((eps_copies - mean) ** 2).sum(dim=0)
-    maps = {
+    sum_sq_dev = ((eps_copies - eps_copies.mean(dim=0)) ** 2).sum(dim=0)
+    return {
         "centred": ((eps_copies - eps) ** 2).mean(dim=0),
         "variance": sum_sq_dev / (copies - 1),
         "variance_biased": sum_sq_dev / copies,
     }
-    # Mean of squared deviations from eps = biased variance + squared offset of the mean.
-    torch.testing.assert_close(maps["centred"], maps["variance_biased"] + (mean - eps) ** 2,
-                               rtol=1e-12, atol=1e-14)
-    return maps
 
 
 @torch.no_grad()
@@ -117,7 +112,12 @@ def sample_with_uncertainty(unet, init_noise, num_steps, copies, gen):
         renoised = abar.sqrt() * x0_hat.repeat(copies, 1, 1, 1) + (1 - abar).sqrt() * perturbation
         eps_copies = unet(renoised, t).sample.view(copies, *x.shape)
         out[f"perturbation/{i}"] = perturbation
-        for mode, value in uncertainty_maps(eps, eps_copies).items():
+        maps = uncertainty_maps(eps, eps_copies)
+        # Mean of squared deviations from eps = biased variance + squared offset of the mean.
+        offset = eps_copies.mean(dim=0) - eps
+        torch.testing.assert_close(maps["centred"], maps["variance_biased"] + offset ** 2,
+                                   rtol=1e-12, atol=1e-14)
+        for mode, value in maps.items():
             out[f"maps/{mode}/{i}"] = value
             scores[mode] += value.sum(dim=(1, 2, 3))
 

@@ -30,21 +30,13 @@ from PIL import Image
 from safetensors import safe_open
 
 import wgsl_noise
-from reference_uncertainty import REPO_ROOT, load_unet
+from reference_uncertainty import REPO_ROOT, load_unet, uncertainty_maps
 
 DEFAULT_MODEL = REPO_ROOT / "weights" / "fashion_mnist_ddpm.safetensors"
 
 
-MODES = ("centred", "variance", "variance-biased")
-
-
-def uncertainty_maps(eps, eps_copies):
-    """Every mode's map; eps: (B, C, H, W), eps_copies: (M, B, C, H, W)."""
-    copies = eps_copies.shape[0]
-    sum_sq_dev = ((eps_copies - eps_copies.mean(dim=0)) ** 2).sum(dim=0)
-    return {"centred": ((eps_copies - eps) ** 2).mean(dim=0),
-            "variance": sum_sq_dev / max(copies - 1, 1),
-            "variance-biased": sum_sq_dev / copies}
+# The modes as wgsl-diff's --uc-mode spells them, and as reference_uncertainty.py names its maps.
+MODES = {"centred": "centred", "variance": "variance", "variance-biased": "variance_biased"}
 
 
 @torch.no_grad()
@@ -67,8 +59,9 @@ def sample_batch(unet, scheduler, args, first, count, window):
             x0 = out.pred_original_sample.repeat(args.mc_samples, 1, 1, 1)
             renoised = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
             eps_copies = unet(renoised, t).sample.view(args.mc_samples, *shape)
-            for mode, value in uncertainty_maps(eps, eps_copies).items():
-                step_scores[mode][:, i] = value.sum(dim=(1, 2, 3))
+            maps = uncertainty_maps(eps, eps_copies)
+            for mode, name in MODES.items():
+                step_scores[mode][:, i] = maps[name].sum(dim=(1, 2, 3))
         x = out.prev_sample
     return x, step_scores
 

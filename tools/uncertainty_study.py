@@ -81,6 +81,10 @@ def main():
     p.add_argument("--trials", type=int, default=200, help="random subsets per comparison")
     p.add_argument("--data", type=Path, default=Path(DEFAULT_DATA_DIR))
     p.add_argument("--classifier", type=Path, default=DEFAULT_CLASSIFIER)
+    p.add_argument("--extremes", type=Path, metavar="PNG",
+                   help="also write the 10 lowest (top row) and 10 highest (bottom row) total scores "
+                        "(scores.csv) of the first --extremes-of samples as one image")
+    p.add_argument("--extremes-of", type=int, metavar="N", help="[default: all samples]")
     args = p.parse_args()
     torch.set_num_threads(2)
 
@@ -93,6 +97,9 @@ def main():
     real = torch.from_numpy(read_idx_images(args.data / "t10k-images-idx3-ubyte.gz").astype(np.float32))
     real = torch.nn.functional.pad(real, (2, 2, 2, 2))  # 28 -> 32 with background 0 (-> -1)
     to_unit = lambda x: (x / 127.5 - 1.0).unsqueeze(1)
+
+    if args.extremes:
+        write_extremes(args.run, files[:args.extremes_of or n], args.extremes)
 
     classifier = load_classifier(args.classifier)
     real_stats = gaussian(classify(classifier, to_unit(real))[0])
@@ -124,6 +131,24 @@ def within_class(score, label):
         group = label == c
         out[group] = (score[group] - score[group].mean()) / (score[group].std() + 1e-12)
     return out
+
+
+def write_extremes(run, files, out, count=10, zoom=3):
+    """Two rows of `count` samples, lowest scores on top, each zoomed `zoom`× with a 2-pixel gap."""
+    scores = {line.split(",")[1]: float(line.split(",")[2])
+              for line in (run / "scores.csv").read_text().splitlines()[1:]}
+    ranked = sorted(files, key=lambda f: scores[f.name])
+    rows = [ranked[:count], ranked[-count:]]
+    side = Image.open(files[0]).size[0] * zoom
+    sheet = Image.new("L", (count * (side + 2) + 2, 2 * (side + 2) + 2), 255)
+    for r, row in enumerate(rows):
+        for c, f in enumerate(row):
+            tile = Image.open(f).convert("L").resize((side, side), Image.NEAREST)
+            sheet.paste(tile, (2 + c * (side + 2), 2 + r * (side + 2)))
+    sheet.save(out)
+    low = ", ".join(f"{scores[f.name]:.0f}" for f in rows[0])
+    high = ", ".join(f"{scores[f.name]:.0f}" for f in rows[1])
+    print(f"{out}: lowest of {len(files)}: {low}\n{' ' * len(str(out))}  highest: {high}")
 
 
 def report_windows(step_scores, windows, features, real_stats, random_fd, confidence, label, kept):
