@@ -44,24 +44,26 @@ def sample_batch(unet, scheduler, args, first, count, window):
     """Samples first .. first + count; returns (images in [-1, 1], {mode: per-step scores})."""
     c, size = unet.config.in_channels, unet.config.sample_size
     shape = (count, c, size, size)
-    x = torch.from_numpy(wgsl_noise.normal(args.seed, wgsl_noise.INITIAL, 0, shape, first))
+    device = next(unet.parameters()).device
+    noise = lambda n: torch.from_numpy(n).to(device)
+    x = noise(wgsl_noise.normal(args.seed, wgsl_noise.INITIAL, 0, shape, first))
     step_scores = {mode: torch.zeros(count, len(scheduler.timesteps)) for mode in MODES}
     for i, t in enumerate(scheduler.timesteps):
         eps = unet(x, t).sample
         ancestral = None
         if args.eta > 0:
-            ancestral = torch.from_numpy(wgsl_noise.normal(args.seed, wgsl_noise.ANCESTRAL, i, shape, first))
+            ancestral = noise(wgsl_noise.normal(args.seed, wgsl_noise.ANCESTRAL, i, shape, first))
         out = scheduler.step(eps, t, x, eta=args.eta, variance_noise=ancestral)
         if args.uncertainty and i in window:
             abar = scheduler.alphas_cumprod[t]
-            noise = torch.from_numpy(
+            perturbation = noise(
                 wgsl_noise.copies(args.seed, wgsl_noise.UNCERTAINTY, i, args.mc_samples, shape, first))
             x0 = out.pred_original_sample.repeat(args.mc_samples, 1, 1, 1)
-            renoised = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+            renoised = abar.sqrt() * x0 + (1 - abar).sqrt() * perturbation
             eps_copies = unet(renoised, t).sample.view(args.mc_samples, *shape)
             maps = uncertainty_maps(eps, eps_copies)
             for mode, name in MODES.items():
-                step_scores[mode][:, i] = maps[name].sum(dim=(1, 2, 3))
+                step_scores[mode][:, i] = maps[name].sum(dim=(1, 2, 3)).cpu()
         x = out.prev_sample
     return x, step_scores
 
@@ -88,13 +90,14 @@ def main():
     p.add_argument("--uc-mode", choices=("centred", "variance", "variance-biased"), default="centred")
     p.add_argument("--uc-start", type=int, default=0)
     p.add_argument("--uc-steps", type=int, help="[default: all from --uc-start]")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     args = p.parse_args()
     if args.uncertainty and args.mc_samples < 2:
         p.error("-M must be at least 2")
     torch.set_num_threads(args.threads)
 
-    unet = load_unet(args.model)
+    unet = load_unet(args.model).to(args.device)
     with safe_open(str(args.model), framework="pt") as f:
         scheduler = DDIMScheduler.from_config(json.loads(f.metadata()["scheduler"]))
     scheduler.set_timesteps(args.steps)
@@ -107,7 +110,7 @@ def main():
     for first in range(args.start_index, args.start_index + args.num, args.batch):
         count = min(args.batch, args.start_index + args.num - first)
         images, step_scores = sample_batch(unet, scheduler, args, first, count, window)
-        for k, image in enumerate(images):
+        for k, image in enumerate(images.cpu()):
             save_png(image, args.out / f"sample_{first + k:06}.png")
         all_scores.append(step_scores)
         print(f"samples {first}..{first + count} done, {time.time() - start:.0f} s", flush=True)

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# One prepared run for a lent GPU (the session's `device` tool): kernel and pipeline benches beside
+# PyTorch on the same GPU, the uncertainty step's cost ratio, and the shipped model at scale.
+#
+# Here, once per change (builds the release binary and the bench binaries, gathers the Vulkan
+# loader packages, the diffusers wheels and the Fashion-MNIST test set into git-ignored folders):
+#     tools/device_check.sh prepare
+# There, as one call of the device tool (everything lands in $OUT/results.tar.gz and $OUT/log.txt):
+#     run(command="tools/device_check.sh run", carry=[".device", ".gl", ".whl"], timeout_s=560)
+# A dry run here, on lavapipe, with tiny sizes (checks the script, not the GPU):
+#     OUT=/tmp/device_out QUICK=1 tools/device_check.sh run
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+prepare() {
+    cargo build --release
+    # The bench executables, by name (cargo prints their paths as JSON lines).
+    mkdir -p .device
+    cargo bench --no-run --message-format=json 2>/dev/null |
+        python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and "bench" in m["target"]["kind"] and m.get("executable"):
+        print(m["target"]["name"], m["executable"])' |
+        while read -r name exe; do cp "$exe" ".device/bench-$name"; done
+    cp target/release/wgsl-diff .device/
+    cp /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz .device/
+    if [ ! -d .gl ]; then
+        local o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
+        mkdir -p .gl /tmp/amd64/partial
+        apt-get $o update -qq
+        (cd .gl && apt-get $o download libvulkan1)
+    fi
+    if [ ! -d .whl ]; then
+        # Everything else diffusers needs is in the device image (torch, numpy, safetensors, ...).
+        python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+            --implementation cp --platform manylinux2014_x86_64 -d .whl diffusers importlib_metadata
+    fi
+    du -sh .device .gl .whl
+}
+
+run() {
+    : "${OUT:?set OUT to the folder results go to}"
+    local results=/tmp/device_results
+    rm -rf "$results" && mkdir -p "$results"
+    exec > >(tee "$OUT/log.txt") 2>&1
+    if [ -d .gl ]; then
+        for f in .gl/*.deb; do dpkg -x "$f" /; done
+        ldconfig
+        local icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+        [ -f "$icd" ] && export VK_DRIVER_FILES=$icd
+    fi
+    if [ -d .whl ]; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target /tmp/site .whl/*.whl
+        export PYTHONPATH=/tmp/site
+    fi
+    export WGPU_BACKEND=vulkan CARGO_TARGET_DIR=/tmp/target
+    local bin=.device/wgsl-diff test_set=.device/t10k-images-idx3-ubyte.gz
+    [ -x "$bin" ] || bin=target/release/wgsl-diff
+    [ -f "$test_set" ] || test_set=/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
+    local num=1000 uc_num=256 batch=250 torch_device=cuda bench_filter=""
+    if [ -n "${QUICK:-}" ]; then
+        num=8 uc_num=4 batch=4 torch_device=cpu bench_filter=group_norm
+    fi
+    timed() { local t0=$SECONDS; "$@"; echo "[$(( SECONDS - t0 )) s] $*"; }
+
+    echo "== device"; nvidia-smi -L 2>/dev/null || true; "$bin" info
+
+    echo "== criterion benches (wgsl-diff)"
+    for b in .device/bench-*; do
+        [ -x "$b" ] && timed "$b" --bench $bench_filter
+    done
+
+    echo "== the same work in PyTorch"
+    timed python3 tools/bench_torch.py --device "$torch_device" --criterion-dir /tmp/target/criterion \
+        --json "$results/bench.json" ${bench_filter:+--only kernels/$bench_filter}
+
+    echo "== shipped model, $num samples, 10 DDIM steps: wgsl-diff, then PyTorch/diffusers"
+    timed "$bin" sample --num "$num" --batch "$batch" --steps 10 --quiet --out "$results/wgsl"
+    timed python3 tools/sample_torch.py --num "$num" --batch "$batch" --steps 10 \
+        --device "$torch_device" --out /tmp/torch_samples
+    python3 - "$results/wgsl" /tmp/torch_samples <<'EOF'
+import sys, numpy as np
+from pathlib import Path
+from PIL import Image
+a, b = map(Path, sys.argv[1:])
+diff = [np.abs(np.asarray(Image.open(f), int) - np.asarray(Image.open(b / f.name), int)).max()
+        for f in sorted(a.glob("sample_*.png"))]
+print(f"{len(diff)} PNGs: {sum(d == 0 for d in diff)} byte-identical, max level difference {max(diff)}")
+EOF
+    timed "$bin" eval --real "$test_set" --real-range 0..5000 --fake "$results/wgsl" \
+        --json "$results/eval.json"
+
+    echo "== uncertainty, all steps, M = 5, $uc_num samples: wgsl-diff, then PyTorch"
+    timed "$bin" sample --num "$uc_num" --batch "$batch" --steps 10 --uncertainty -M 5 \
+        --keep-fraction 0.85 --report --quiet --out "$results/uncertainty"
+    timed python3 tools/sample_torch.py --num "$uc_num" --batch "$batch" --steps 10 --uncertainty \
+        -M 5 --device "$torch_device" --out /tmp/torch_uncertainty
+    python3 - "$results/uncertainty" /tmp/torch_uncertainty <<'EOF'
+import sys
+from pathlib import Path
+read = lambda d: {l.split(",")[0]: float(l.split(",")[2]) for l in (Path(d) / "scores.csv").read_text().splitlines()[1:]}
+a, b = map(read, sys.argv[1:])
+print(f"scores: max relative difference {max(abs(a[k] - b[k]) / abs(b[k]) for k in a):.2e} over {len(a)}")
+EOF
+    rm -f "$results"/wgsl/sample_*.png  # the grid and the eval keep what matters; stay under 16 MiB
+    tar -czf "$OUT/results.tar.gz" -C "$results" .
+    ls -la "$OUT"
+}
+
+case "${1:-}" in
+    prepare) prepare ;;
+    run) run ;;
+    *) echo "usage: $0 prepare|run" >&2; exit 2 ;;
+esac
