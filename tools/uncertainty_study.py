@@ -13,7 +13,8 @@ classifier of tools/train_classifier.py as the feature extractor (the metric of 
               < 0 means high-uncertainty samples are the ones the classifier is unsure about
   dropped     the classes (argmax) most over-represented among the dropped samples
 
-Each is given for the raw score and for the score standardised within each predicted class (which
+Also the Spearman correlation of each mode's total score with simple image traits (brightness,
+garment area, high-frequency texture). Each is given for the raw score and for the score standardised within each predicted class (which
 keeps the class mix of the kept set): filtering can change the FD by changing the class mix alone.
 
 Usage:
@@ -115,13 +116,25 @@ def main():
     half = steps // 2
     windows = {"all": range(steps), f"0-{half - 1}": range(half), f"{half}-{steps - 1}": range(half, steps)}
     windows.update({f"step {i}": [i] for i in range(steps)})
+    traits = image_traits(fake.double().numpy())
     for score_file in score_files:
         step_scores = np.load(score_file).astype(np.float64)
         print(f"\n{score_file.name}")
+        print("ρ of the total score with " + ", ".join(
+            f"{name} {spearman(step_scores.sum(axis=1), value):.3f}" for name, value in traits.items()))
         print(f"{'':>8} {'raw score':^23}  | {'standardised within class':^23}  | raw: most over-dropped")
         print(f"{'window':>8} {'kept FD':>8} {'z':>6} {'ρ(conf)':>7}  | {'kept FD':>8} {'z':>6} {'ρ(conf)':>7}  | "
               "classes (dropped vs expected)")
         report_windows(step_scores, windows, features, real_stats, random_fd, confidence, label, kept)
+
+
+def image_traits(pixels):
+    """Simple per-image statistics of 8-bit grayscale images (N, H, W) that a score may follow."""
+    laplacian = (4 * pixels[:, 1:-1, 1:-1] - pixels[:, :-2, 1:-1] - pixels[:, 2:, 1:-1]
+                 - pixels[:, 1:-1, :-2] - pixels[:, 1:-1, 2:])
+    return {"brightness": pixels.mean(axis=(1, 2)),
+            "garment area (> 40)": (pixels > 40).mean(axis=(1, 2)),
+            "texture (mean |Laplacian|)": np.abs(laplacian).mean(axis=(1, 2))}
 
 
 def within_class(score, label):
