@@ -39,6 +39,13 @@ fn sample(out: &Path, extra: &[&str]) -> Output {
     out
 }
 
+/// The `samples` records of a run folder's samples.json.
+fn manifest_samples(dir: &Path) -> Vec<serde_json::Value> {
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("samples.json")).unwrap()).unwrap();
+    manifest["samples"].as_array().unwrap().clone()
+}
+
 fn pngs(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
         .unwrap()
@@ -144,6 +151,32 @@ fn a_killed_run_resumes_without_losing_or_duplicating_samples() {
         })
         .collect();
     assert!(leftovers.is_empty(), "temporary files left behind");
+}
+
+#[test]
+fn a_folder_holds_one_run_and_its_manifest_lists_every_shard() {
+    let dir = tmp("shards");
+    sample(&dir, &["--num", "2", "--seed", "5"]);
+    sample(&dir, &["--num", "2", "--start-index", "2", "--seed", "5"]);
+    let indices: Vec<u64> = manifest_samples(&dir)
+        .iter()
+        .map(|s| s["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(indices, [0, 1, 2, 3]);
+
+    // Another seed into the same folder would keep the old images under new parameters.
+    let other = bin()
+        .args([
+            "sample", "--model", MODEL, "--quiet", "--steps", "4", "--num", "2",
+        ])
+        .args(["--seed", "6", "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&other.stderr);
+    assert!(!other.status.success(), "a different run was accepted");
+    assert!(err.contains("other parameters (different seed)"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 }
 
 fn pngs_if_any(dir: &Path) -> usize {
@@ -253,11 +286,7 @@ fn uncertainty_run_scores_filters_and_reports_without_changing_samples() {
         assert_eq!(pa, pb, "{name}: pixels change with --uncertainty");
         assert_ne!(a, &b, "{name}: the scored PNG carries its score");
     }
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(uc.join("samples.json")).unwrap()).unwrap();
-    let scores: Vec<f64> = manifest["samples"]
-        .as_array()
-        .unwrap()
+    let scores: Vec<f64> = manifest_samples(&uc)
         .iter()
         .map(|s| s["score"].as_f64().unwrap())
         .collect();

@@ -36,7 +36,7 @@ fn linear_schedule_matches_diffusers() {
     let fx = read_safetensors(&fixture("schedulers.safetensors"));
     let (_, ac) = fx.get("alphas_cumprod").unwrap();
     let ours = NoiseSchedule::from_config(&ScheduleConfig::default()).unwrap();
-    assert_close("alphas_cumprod", &ac, &ours.alphas_cumprod, 0.0, 2e-5);
+    assert_close("alphas_cumprod", ac, &ours.alphas_cumprod, 0.0, 2e-5);
 }
 
 #[test]
@@ -47,7 +47,7 @@ fn every_sampler_matches_diffusers_step_by_step() {
     let (_, bias) = fx.get("eps_bias").unwrap();
     let (_, ac) = fx.get("alphas_cumprod").unwrap();
     // The same ᾱ table as diffusers (float32), so the comparison isolates the sampler logic.
-    let alphas_cumprod: Vec<f64> = to_f64(&ac);
+    let alphas_cumprod: Vec<f64> = to_f64(ac);
     let betas = (0..ac.len())
         .map(|i| 1.0 - alphas_cumprod[i] / if i == 0 { 1.0 } else { alphas_cumprod[i - 1] })
         .collect();
@@ -55,7 +55,7 @@ fn every_sampler_matches_diffusers_step_by_step() {
         betas,
         alphas_cumprod,
     };
-    let bias = g.upload(&shape, &bias).unwrap();
+    let bias = g.upload(shape, bias).unwrap();
     let numel: usize = shape.iter().product();
 
     let mut cases: Vec<String> = fx
@@ -89,14 +89,14 @@ fn every_sampler_matches_diffusers_step_by_step() {
         let ts: Vec<f32> = sched.timesteps.iter().map(|&t| t as f32).collect();
         assert_eq!(&ts, want_t, "{case}: timesteps");
 
-        let mut x = g.upload(&shape, &x_t).unwrap();
+        let mut x = g.upload(shape, x_t).unwrap();
         let mut x0_prev = None;
         for (i, &t) in sched.timesteps.iter().enumerate() {
             // The fixture's stand-in network: ε = 0.5·x + 0.1·(t/1000)·bias.
             let eps = ops::lincomb(g, 0.5, &x, 0.1 * t as f32 / 1000.0, &bias).unwrap();
             let k = sched.coeffs(i);
             let z = match (&noise, k.c != 0.0) {
-                (Some(n), true) => Some(g.upload(&shape, &n[i * numel..(i + 1) * numel]).unwrap()),
+                (Some(n), true) => Some(g.upload(shape, &n[i * numel..(i + 1) * numel]).unwrap()),
                 (None, true) => panic!("{case}: step {i} needs noise the fixture lacks"),
                 _ => None,
             };

@@ -40,6 +40,25 @@ pub struct Manifest {
     pub samples: Vec<SampleRecord>,
 }
 
+/// The indices of the sample PNGs in `dir`, in order.
+pub fn sample_indices(dir: &Path) -> Result<Vec<usize>> {
+    let mut out = Vec::new();
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+    for entry in entries {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        let index = name
+            .strip_prefix("sample_")
+            .and_then(|n| n.strip_suffix(".png"))
+            .and_then(|n| n.parse().ok())
+            .filter(|&i| png_name(i) == name);
+        out.extend(index);
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
 /// Reads the records of the samples `indices` that exist in `dir`.
 pub fn collect(dir: &Path, indices: &[usize]) -> Result<Vec<SampleRecord>> {
     let mut out = Vec::new();

@@ -211,6 +211,8 @@ pub fn run(gpu: &Gpu, args: &SampleArgs) -> Result<()> {
         .config
         .sample_size
         .context("model config lacks sample_size")?;
+    // Canonical, so that the same file named two ways is the same run (see check_same_run).
+    let model_path = std::fs::canonicalize(&model_path).unwrap_or(model_path);
     let parameters = serde_json::json!({
         "model": model_path.display().to_string(), "sampler": args.sampler, "steps": steps, "eta": args.eta,
         "spacing": spacing, "steps_offset": args.steps_offset, "clip_sample": scheduler.config.clip_sample,
@@ -244,7 +246,14 @@ pub fn run(gpu: &Gpu, args: &SampleArgs) -> Result<()> {
         None => None,
     };
 
+    let existing = report::sample_indices(&args.out)?;
+    check_same_run(&args.out, &existing, &run.parameters)?;
     let indices: Vec<usize> = (args.start_index..args.start_index + args.num).collect();
+    // The folder's manifest lists every sample in it: this run's and earlier shards of the same run.
+    let mut all = existing;
+    all.extend(&indices);
+    all.sort_unstable();
+    all.dedup();
     let done = |i: usize| {
         args.out.join(png_name(i)).exists()
             && (!args.save_raw || args.out.join(format!("sample_{i:06}.npy")).exists())
@@ -284,11 +293,44 @@ pub fn run(gpu: &Gpu, args: &SampleArgs) -> Result<()> {
             .transpose()?;
         generate_batch(&run, &chunk, init, &progress)
             .map_err(|e| explain_too_large(e, chunk.len()))?;
-        let records = report::collect(&args.out, &indices)?;
+        let records = report::collect(&args.out, &all)?;
         report::write_manifest(&args.out, &run.parameters, &records)?;
     }
     progress.finish_and_clear();
-    finish(&run, &indices)
+    finish(&run, &all)
+}
+
+/// Refuses a folder holding samples made with other parameters: resuming into it would keep
+/// those images under this run's manifest.
+fn check_same_run(dir: &Path, existing: &[usize], parameters: &serde_json::Value) -> Result<()> {
+    for &i in existing {
+        let path = dir.join(png_name(i));
+        let theirs: Option<serde_json::Value> = images::read_png_text(&path)?
+            .get("parameters")
+            .and_then(|p| serde_json::from_str(p).ok());
+        if theirs.as_ref() == Some(parameters) {
+            continue;
+        }
+        let differ = match (
+            theirs.as_ref().and_then(|t| t.as_object()),
+            parameters.as_object(),
+        ) {
+            (Some(a), Some(b)) => {
+                let keys = a.keys().chain(b.keys().filter(|k| !a.contains_key(*k)));
+                let names: Vec<&str> = keys
+                    .filter(|k| a.get(*k) != b.get(*k))
+                    .map(|k| k.as_str())
+                    .collect();
+                format!("different {}", names.join(", "))
+            }
+            _ => "no readable parameters".to_string(),
+        };
+        bail!(
+            "{} was made with other parameters ({differ}); use another --out folder or remove it",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Samples one batch and writes its files; a PNG is written last, once its sample is complete.
