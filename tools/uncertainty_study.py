@@ -31,8 +31,8 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from train_classifier import CONFIG, FashionClassifier
-from train_demo import DEFAULT_DATA_DIR, read_idx_images
+from train_classifier import CONFIG, FashionClassifier, load_split
+from train_demo import DEFAULT_DATA_DIR
 from reference_uncertainty import REPO_ROOT
 
 DEFAULT_CLASSIFIER = REPO_ROOT / "weights" / "fashion_classifier.safetensors"
@@ -95,16 +95,14 @@ def main():
     if len(files) != n:
         raise SystemExit(f"{args.run}: {len(files)} PNGs for {n} rows of step_scores.npy")
     fake = torch.from_numpy(np.stack([np.asarray(Image.open(f), dtype=np.float32) for f in files]))
-    real = torch.from_numpy(read_idx_images(args.data / "t10k-images-idx3-ubyte.gz").astype(np.float32))
-    real = torch.nn.functional.pad(real, (2, 2, 2, 2))  # 28 -> 32 with background 0 (-> -1)
-    to_unit = lambda x: (x / 127.5 - 1.0).unsqueeze(1)
+    real, _ = load_split(args.data, "t10k")  # scaled and padded as in training
 
     if args.extremes:
         write_extremes(args.run, files[:args.extremes_of or n], args.extremes)
 
     classifier = load_classifier(args.classifier)
-    real_stats = gaussian(classify(classifier, to_unit(real))[0])
-    features, probs = classify(classifier, to_unit(fake))
+    real_stats = gaussian(classify(classifier, real)[0])
+    features, probs = classify(classifier, (fake / 127.5 - 1.0).unsqueeze(1))
     confidence, label = probs.max(axis=1), probs.argmax(axis=1)
     kept = int(round(args.keep * n))
     rng = np.random.default_rng(0)
