@@ -1,5 +1,7 @@
 //! `wgsl-diff sample` end to end: determinism, batch invariance, resume after a kill, errors.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -173,10 +175,11 @@ fn a_folder_holds_one_run_and_its_manifest_lists_every_shard() {
         .arg(&dir)
         .output()
         .unwrap();
-    let err = String::from_utf8_lossy(&other.stderr);
-    assert!(!other.status.success(), "a different run was accepted");
-    assert!(err.contains("other parameters (different seed)"), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
+    common::assert_clean_failure(
+        &other,
+        "a run with another seed",
+        "other parameters (different seed)",
+    );
 }
 
 fn pngs_if_any(dir: &Path) -> usize {
@@ -222,13 +225,7 @@ fn bad_input_is_an_error_not_a_panic() {
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .output()
             .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{extra:?} succeeded");
-        assert!(!stderr.contains("panicked"), "{extra:?} panicked: {stderr}");
-        assert!(
-            stderr.contains(needle),
-            "{extra:?}: {needle:?} not in {stderr}"
-        );
+        common::assert_clean_failure(&out, &format!("{extra:?}"), needle);
     }
     let out = bin()
         .args([

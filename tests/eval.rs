@@ -173,14 +173,7 @@ fn eval_compares_a_png_folder_with_an_idx_subset() {
 
 /// Runs eval expecting a clean failure whose message contains `expected`.
 fn assert_fails(args: &[&str], expected: &str) {
-    let out = eval(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{args:?} succeeded");
-    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
-    assert!(
-        stderr.contains(expected),
-        "{args:?}: expected {expected:?} in: {stderr}"
-    );
+    common::assert_clean_failure(&eval(args), &format!("{args:?}"), expected);
 }
 
 #[test]

@@ -101,3 +101,15 @@ pub fn fixture(name: &str) -> std::path::PathBuf {
         .join("tests/fixtures")
         .join(name)
 }
+
+/// Asserts that a finished command failed cleanly: a non-zero exit, no panic, and `expected` in
+/// its standard error. `what` names the command in the failure message.
+pub fn assert_clean_failure(out: &std::process::Output, what: &str, expected: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{what} succeeded");
+    assert!(!stderr.contains("panicked"), "{what} panicked: {stderr}");
+    assert!(
+        stderr.contains(expected),
+        "{what}: expected {expected:?} in: {stderr}"
+    );
+}
