@@ -4,9 +4,11 @@
 //! Layers, each depending only on those below: `gpu` (device, buffer pool, pipeline cache, one
 //! open command encoder) → `ops` (typed kernel wrappers) → `models` (networks mirroring their
 //! PyTorch module trees) → `sampling` (schedules, samplers, the loop) and `uncertainty`
-//! (Algorithm 1 as a step hook). `images`, `npy`, `io` and `splitmix` are small utilities.
+//! (Algorithm 1 as a step hook); `evaluation` scores image sets with a classifier (`metrics`).
+//! `images`, `npy`, `io` and `splitmix` are small utilities.
 
 pub mod error;
+pub mod evaluation;
 pub mod gpu;
 pub mod images;
 pub mod io;
