@@ -7,6 +7,7 @@ use common::{assert_close, gpu, read, to_f64, Rng};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use wgsl_diff::evaluation::{self, EvalOptions, ImageRange, ImageSource, SetSpec};
 use wgsl_diff::images::{self, Image8};
 use wgsl_diff::models::classifier::FashionClassifier;
 use wgsl_diff::models::WeightFile;
@@ -169,6 +170,70 @@ fn eval_compares_a_png_folder_with_an_idx_subset() {
         "noise matches the real set's size"
     );
     assert!(noise["frechet_distance"].as_f64().unwrap() > distance);
+}
+
+/// `evaluation::evaluate` in this process gives the report the CLI writes for the same sets.
+#[test]
+fn evaluate_as_a_library_call_matches_the_cli() {
+    let dir = tmp("library");
+    let (pngs, idx) = (dir.join("samples"), dir.join("real-idx3-ubyte.gz"));
+    std::fs::create_dir_all(&pngs).unwrap();
+    write_png_folder(&pngs, &blobs(1, 32, 32));
+    write_idx_gz(&idx, &blobs(2, 40, 28));
+    let set = |path: &Path, range: Option<std::ops::Range<usize>>| SetSpec {
+        source: ImageSource::Path(path.to_path_buf()),
+        range: range.map(|r| ImageRange::new(r).unwrap()),
+    };
+    let options = EvalOptions {
+        real: set(&idx, Some(4..36)),
+        fake: set(&pngs, None),
+        classifier: PathBuf::from(evaluation::DEFAULT_CLASSIFIER),
+        batch: 12,
+        seed: 0,
+    };
+    let report = evaluation::evaluate(gpu(), &options).unwrap();
+    let cli_json = dir.join("cli.json");
+    eval_json(
+        &[
+            "--real",
+            idx.to_str().unwrap(),
+            "--real-range",
+            "4..36",
+            "--fake",
+            pngs.to_str().unwrap(),
+            "--batch",
+            "12",
+        ],
+        &cli_json,
+    );
+    // Compared as text: serde_json's parser may be an ulp off the printed shortest float.
+    assert_eq!(
+        serde_json::to_string_pretty(&report.to_json()).unwrap(),
+        std::fs::read_to_string(&cli_json).unwrap()
+    );
+    assert_eq!(report.undersized(), Some(32), "32 images, 128 features");
+
+    let same = EvalOptions {
+        fake: set(&idx, Some(4..36)),
+        ..options.clone()
+    };
+    let zero = evaluation::evaluate(gpu(), &same).unwrap().frechet_distance;
+    assert!(
+        zero.abs() < 1e-6 * report.frechet_distance,
+        "FD(A, A) = {zero}"
+    );
+
+    let missing = EvalOptions {
+        fake: set(&dir.join("missing"), None),
+        ..options
+    };
+    let error = evaluation::evaluate(gpu(), &missing)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with("--fake: ") && error.ends_with("(it does not exist)"),
+        "{error}"
+    );
 }
 
 /// Runs eval expecting a clean failure whose message contains `expected`.
