@@ -6,9 +6,9 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use wgsl_diff::gpu::{AdapterChoice, Gpu};
 use wgsl_diff::models::{UNet2DConfig, UNet2DModel};
-use wgsl_diff::ops::{self, NoiseKey};
+use wgsl_diff::ops;
 use wgsl_diff::sampling::{
-    NoiseSchedule, SamplerConfig, ScheduleConfig, Scheduler, StepContext, StepHook,
+    NoisePlan, NoiseSchedule, SamplerConfig, ScheduleConfig, Scheduler, StepContext, StepHook,
 };
 use wgsl_diff::uncertainty::{UncertaintyConfig, UncertaintyEstimator};
 
@@ -38,7 +38,7 @@ fn forward(c: &mut Criterion) {
         &[1, 8]
     };
     for &b in batches {
-        let x = ops::normal(&gpu, &[b, 3, 32, 32], NoiseKey { seed: 1, tag: 0 }, 0).unwrap();
+        let x = NoisePlan::new(1).initial(&gpu, &[b, 3, 32, 32], 0).unwrap();
         let t = gpu.upload(&[b], &vec![500.0; b]).unwrap();
         group.bench_function(format!("cifar10_b{b}"), |it| {
             it.iter(|| {
@@ -60,7 +60,7 @@ fn uncertainty_step(c: &mut Criterion) {
     )
     .unwrap();
     let b = 8;
-    let x = ops::normal(&gpu, &[b, 1, 32, 32], NoiseKey { seed: 1, tag: 0 }, 0).unwrap();
+    let x = NoisePlan::new(1).initial(&gpu, &[b, 1, 32, 32], 0).unwrap();
     let t = gpu.upload(&[b], &vec![500.0; b]).unwrap();
     let mut group = c.benchmark_group("sampling_step_b8");
     group.sample_size(10);
@@ -85,7 +85,7 @@ fn uncertainty_step(c: &mut Criterion) {
                 gpu: &gpu,
                 model: &unet,
                 scheduler: &scheduler,
-                seed: 0,
+                noise: &NoisePlan::new(0),
                 first_index: 0,
                 step: 10,
                 timestep: scheduler.timesteps[10],

@@ -19,6 +19,16 @@ pub enum Error {
         bytes: u64,
         limit: u64,
     },
+    #[error(
+        "a batch of {batch} samples needs a {bytes}-byte buffer, but this device allows {limit} \
+         bytes per storage binding: batches of {fits} samples fit"
+    )]
+    BatchTooLarge {
+        batch: usize,
+        bytes: u64,
+        limit: u64,
+        fits: usize,
+    },
     #[error("the device lacks {0}")]
     MissingFeature(&'static str),
     #[error("GPU read-back failed: {0}")]

@@ -8,7 +8,7 @@ use std::path::Path;
 use wgsl_diff::models::{UNet2DModel, WeightFile};
 use wgsl_diff::ops::UncertaintyMode;
 use wgsl_diff::sampling::{
-    sample_batch, BatchSpec, NoiseSchedule, SamplerConfig, ScheduleConfig, Scheduler,
+    sample_batch, BatchSpec, NoisePlan, NoiseSchedule, SamplerConfig, ScheduleConfig, Scheduler,
 };
 use wgsl_diff::uncertainty::{UncertaintyConfig, UncertaintyEstimator};
 
@@ -50,7 +50,18 @@ fn ddim_sampling_matches_the_diffusers_pipeline() {
             labels: None,
             init_noise: Some(g.upload(&shape, &noise).unwrap()),
         };
-        let x = read(&sample_batch(g, &model(weights), &sched, 0, spec, &mut [], |_| {}).unwrap());
+        let x = read(
+            &sample_batch(
+                g,
+                &model(weights),
+                &sched,
+                &NoisePlan::new(0),
+                spec,
+                &mut [],
+                |_| {},
+            )
+            .unwrap(),
+        );
         // The pipeline's output: (x/2 + 0.5) clamped to [0, 1].
         let ours: Vec<f32> = x.iter().map(|v| (v / 2.0 + 0.5).clamp(0.0, 1.0)).collect();
         assert_close(
@@ -99,7 +110,18 @@ fn uncertainty_maps_match_an_independent_pytorch_implementation() {
             labels: None,
             init_noise: Some(g.upload(&shape, &noise).unwrap()),
         };
-        let x = read(&sample_batch(g, &unet, &sched, 0, spec, &mut [&mut est], |_| {}).unwrap());
+        let x = read(
+            &sample_batch(
+                g,
+                &unet,
+                &sched,
+                &NoisePlan::new(0),
+                spec,
+                &mut [&mut est],
+                |_| {},
+            )
+            .unwrap(),
+        );
         for (i, (step, map)) in est.maps.iter().enumerate() {
             assert_eq!(*step, i);
             let (_, want) = st[&format!("maps/{name}/{i}")].clone();
@@ -142,8 +164,18 @@ fn shipped_model_matches_the_diffusers_pipeline() {
         labels: None,
         init_noise: Some(g.upload(&shape, &noise).unwrap()),
     };
-    let x =
-        read(&sample_batch(g, &unet, &ddim(timesteps.len()), 0, spec, &mut [], |_| {}).unwrap());
+    let x = read(
+        &sample_batch(
+            g,
+            &unet,
+            &ddim(timesteps.len()),
+            &NoisePlan::new(0),
+            spec,
+            &mut [],
+            |_| {},
+        )
+        .unwrap(),
+    );
     let ours: Vec<f32> = x.iter().map(|v| (v / 2.0 + 0.5).clamp(0.0, 1.0)).collect();
     assert_close(
         "shipped model vs DDIMPipeline (regenerate the fixture if weights/ changed)",

@@ -8,7 +8,7 @@ use wgsl_diff::gpu::Tensor;
 use wgsl_diff::models::{UNet2DModel, WeightFile};
 use wgsl_diff::ops::{self, UncertaintyMode};
 use wgsl_diff::sampling::{
-    noise_key, sample_batch, BatchSpec, NoisePurpose, NoiseSchedule, SamplerConfig, ScheduleConfig,
+    sample_batch, BatchSpec, NoisePlan, NoisePurpose, NoiseSchedule, SamplerConfig, ScheduleConfig,
     Scheduler, StepHook,
 };
 use wgsl_diff::uncertainty::{UncertaintyConfig, UncertaintyEstimator};
@@ -47,7 +47,18 @@ fn run(
         labels: None,
         init_noise: None,
     };
-    read(&sample_batch(gpu(), model, sched, 11, spec, hooks, |_| {}).unwrap())
+    read(
+        &sample_batch(
+            gpu(),
+            model,
+            sched,
+            &NoisePlan::new(11),
+            spec,
+            hooks,
+            |_| {},
+        )
+        .unwrap(),
+    )
 }
 
 fn estimator(mode: UncertaintyMode, per_forward: Option<usize>) -> UncertaintyEstimator {
@@ -156,14 +167,14 @@ fn modes_match_their_definitions() {
 #[test]
 fn perturbation_noise_is_one_stream_per_step_and_copy() {
     let g = gpu();
-    let key = noise_key(5, NoisePurpose::Uncertainty, 7, 0);
+    let key = NoisePlan::new(5).key(NoisePurpose::Uncertainty, 7, 0);
     let all = read(&ops::normal_copies(g, &[3, 1, 4, 4], 4, key, 10).unwrap());
     for m in 0..4 {
         let one = read(
             &ops::normal(
                 g,
                 &[3, 1, 4, 4],
-                noise_key(5, NoisePurpose::Uncertainty, 7, m),
+                NoisePlan::new(5).key(NoisePurpose::Uncertainty, 7, m),
                 10,
             )
             .unwrap(),
@@ -216,7 +227,7 @@ fn every_step_is_one_submission() {
     };
     g.flush();
     let before = g.submissions();
-    let x = sample_batch(g, &m, &s, 1, spec, &mut [&mut est], |_| {}).unwrap();
+    let x = sample_batch(g, &m, &s, &NoisePlan::new(1), spec, &mut [&mut est], |_| {}).unwrap();
     assert_eq!(g.submissions() - before, 4);
     drop(x);
 }

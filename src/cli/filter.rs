@@ -1,7 +1,6 @@
 //! `wgsl-diff filter DIR`: split an existing run with uncertainty scores into the kept
 //! (lowest-score) set and a same-size seeded random subset.
 
-use super::report;
 use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
@@ -19,14 +18,11 @@ pub struct FilterArgs {
 }
 
 pub fn run(args: &FilterArgs) -> Result<()> {
-    let manifest = report::read_manifest(&args.dir)?;
-    let indices: Vec<usize> = manifest.samples.iter().map(|s| s.index).collect();
-    let records = report::collect(&args.dir, &indices)?;
-    let (kept, random) = report::filter(&args.dir, &records, args.keep_fraction, args.seed)?;
+    let filtered = wgsl_diff::run_dir::filter_run(&args.dir, args.keep_fraction, args.seed)?;
     println!(
         "kept set in {}, random subset in {}",
-        kept.display(),
-        random.display()
+        filtered.kept.display(),
+        filtered.random.display()
     );
     Ok(())
 }

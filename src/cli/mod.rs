@@ -1,4 +1,17 @@
+//! The command line: each subcommand parses its flags into a library request and prints what
+//! the library did. No domain logic lives here.
+
 pub mod eval;
 pub mod filter;
-pub mod report;
 pub mod sample;
+
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+
+/// Parses one of the library's named enums (`T::NAMES`); the names are listed in `--help` and
+/// anything else is refused by clap as an invalid value.
+pub fn named<T>(names: &'static [&'static str]) -> impl TypedValueParser<Value = T>
+where
+    T: std::str::FromStr<Err = wgsl_diff::Error> + Clone + Send + Sync + 'static,
+{
+    PossibleValuesParser::new(names).try_map(|s| s.parse::<T>())
+}

@@ -6,8 +6,7 @@ use super::input::check_size;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::images::{self, Image8};
-use crate::ops;
-use crate::sampling::{noise_key, NoisePurpose};
+use crate::sampling::NoisePlan;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -213,11 +212,11 @@ fn load_idx_file(path: &Path, range: Option<Range<usize>>, side: usize) -> Resul
 /// `wgsl-diff sample --seed S`'s starting noise of samples `range`, quantised like its PNGs.
 fn noise_images(gpu: &Gpu, range: Range<usize>, side: usize, seed: u64) -> Result<ImageSet> {
     const CHUNK: usize = 1024;
-    let key = noise_key(seed, NoisePurpose::Initial, 0, 0);
+    let plan = NoisePlan::new(seed);
     let mut images = Vec::with_capacity(range.len());
     for first in range.clone().step_by(CHUNK) {
         let n = CHUNK.min(range.end - first);
-        let noise = gpu.read(&ops::normal(gpu, &[n, 1, side, side], key, first)?)?;
+        let noise = gpu.read(&plan.initial(gpu, &[n, 1, side, side], first)?)?;
         images.extend(
             noise
                 .chunks(side * side)

@@ -3,8 +3,7 @@ use crate::error::Result;
 use crate::gpu::{shaders, Gpu, Kernel, Params, Tensor};
 
 /// How the per-element spread of the M ε predictions is summarised.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UncertaintyMode {
     /// Σ(ε_m − ε)²/M around the unperturbed ε (the official code; default).
     Centred,
@@ -13,6 +12,12 @@ pub enum UncertaintyMode {
     /// Variance of {ε_m} with divisor M.
     VarianceBiased,
 }
+
+crate::names::named_enum!(UncertaintyMode {
+    Centred = "centred",
+    Variance = "variance",
+    VarianceBiased = "variance-biased",
+});
 
 /// The uncertainty map (B, C, H, W) from ε (B, …) and the copies' predictions (M·B, …).
 pub fn uncertainty_map(

@@ -1,10 +1,20 @@
-//! Noise schedules, samplers and the sampling loop.
+//! Schedules, samplers, the noise plan and the sampling loop.
+//!
+//! A sample's path: [`NoisePlan::initial`] draws x_T for its index; each step the model's ε
+//! passes through the run's [`StepHook`]s and [`Scheduler::coeffs`] drive one fused update
+//! (`ops::sampler_step`), with [`NoisePlan::ancestral`] noise where the sampler is stochastic;
+//! [`Run::sample`] reads the finished batch back.
 
+pub mod labels;
+pub mod noise;
+pub mod pipeline;
+pub mod run;
 pub mod schedule;
 pub mod scheduler;
 
+pub use labels::ClassLabels;
+pub use noise::{NoiseDraw, NoisePlan, NoisePurpose};
+pub use pipeline::{sample_batch, BatchSpec, StepContext, StepHook};
+pub use run::{contiguous_batches, BatchHook, FinishedBatch, InitNoise, Run};
 pub use schedule::{NoiseSchedule, ScheduleConfig};
-pub use scheduler::{SamplerConfig, SamplerKind, Scheduler, Spacing};
-pub mod pipeline;
-
-pub use pipeline::{noise_key, sample_batch, BatchSpec, NoisePurpose, StepContext, StepHook};
+pub use scheduler::{SamplerChoice, SamplerConfig, SamplerKind, Scheduler, Spacing};

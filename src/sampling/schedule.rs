@@ -1,53 +1,50 @@
 //! Noise schedules: β_t and ᾱ_t = Π_{s≤t}(1 − β_s), computed once in f64.
 
 use crate::error::{Error, Result};
+use crate::models::WeightFile;
 use serde::Deserialize;
 
 /// A diffusers-style scheduler config (the fields the samplers read), as stored in the weight
-/// file's `scheduler` metadata.
+/// file's `scheduler` metadata; absent fields take diffusers' defaults.
 #[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
 pub struct ScheduleConfig {
-    #[serde(default = "thousand")]
     pub num_train_timesteps: usize,
-    #[serde(default = "linear")]
     pub beta_schedule: String,
-    #[serde(default = "beta_start")]
     pub beta_start: f64,
-    #[serde(default = "beta_end")]
     pub beta_end: f64,
-    #[serde(default = "yes")]
     pub clip_sample: bool,
-    #[serde(default = "one")]
     pub clip_sample_range: f64,
-    #[serde(default = "epsilon")]
     pub prediction_type: String,
 }
 
-fn thousand() -> usize {
-    1000
-}
-fn linear() -> String {
-    "linear".into()
-}
-fn beta_start() -> f64 {
-    1e-4
-}
-fn beta_end() -> f64 {
-    0.02
-}
-fn yes() -> bool {
-    true
-}
-fn one() -> f64 {
-    1.0
-}
-fn epsilon() -> String {
-    "epsilon".into()
+impl Default for ScheduleConfig {
+    /// diffusers' `DDPMScheduler.__init__` defaults.
+    fn default() -> Self {
+        ScheduleConfig {
+            num_train_timesteps: 1000,
+            beta_schedule: "linear".into(),
+            beta_start: 1e-4,
+            beta_end: 0.02,
+            clip_sample: true,
+            clip_sample_range: 1.0,
+            prediction_type: "epsilon".into(),
+        }
+    }
 }
 
-impl Default for ScheduleConfig {
-    fn default() -> Self {
-        serde_json::from_str("{}").expect("all fields have defaults")
+impl ScheduleConfig {
+    /// The config in a weight file's `scheduler` metadata, or the defaults when it has none.
+    pub fn from_weights(file: &WeightFile) -> Result<ScheduleConfig> {
+        match file.metadata.get("scheduler") {
+            Some(json) => serde_json::from_str(json).map_err(|e| {
+                Error::Weights(format!(
+                    "{}: invalid scheduler metadata: {e}",
+                    file.path().display()
+                ))
+            }),
+            None => Ok(ScheduleConfig::default()),
+        }
     }
 }
 

@@ -3,25 +3,38 @@
 //! fixed_small variance) and DPM-Solver++(2M) (DPMSolverMultistepScheduler, midpoint,
 //! lower_order_final, final sigma zero).
 
-use super::schedule::NoiseSchedule;
+use super::schedule::{NoiseSchedule, ScheduleConfig};
 use crate::error::{Error, Result};
-use crate::ops::StepCoeffs;
+use crate::gpu::{Gpu, Tensor};
+use crate::ops::{self, StepCoeffs};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+/// The update rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SamplerKind {
     Ddim,
     Ddpm,
     Dpmpp2m,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+/// How the N sampling timesteps are spread over the training schedule (diffusers'
+/// `timestep_spacing`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Spacing {
     Leading,
     Trailing,
     Linspace,
 }
+
+crate::names::named_enum!(SamplerKind {
+    Ddim = "ddim",
+    Ddpm = "ddpm",
+    Dpmpp2m = "dpmpp2m",
+});
+crate::names::named_enum!(Spacing {
+    Leading = "leading",
+    Trailing = "trailing",
+    Linspace = "linspace",
+});
 
 #[derive(Clone, Debug)]
 pub struct SamplerConfig {
@@ -49,6 +62,43 @@ impl SamplerConfig {
             steps_offset: 0,
             set_alpha_to_one: true,
             clip_sample: Some(1.0),
+        }
+    }
+}
+
+/// A user's choice of sampler; [`resolve`](Self::resolve) fills in what the model's training
+/// schedule implies.
+#[derive(Clone, Debug)]
+pub struct SamplerChoice {
+    pub kind: SamplerKind,
+    /// Default: 50, or every training timestep for DDPM.
+    pub steps: Option<usize>,
+    pub eta: f64,
+    /// Default: linspace for DPM-Solver++(2M), leading otherwise.
+    pub spacing: Option<Spacing>,
+    pub steps_offset: usize,
+    /// Clamp x̂0 when the model's schedule asks for it.
+    pub clip: bool,
+}
+
+impl SamplerChoice {
+    pub fn resolve(&self, schedule: &ScheduleConfig) -> SamplerConfig {
+        let default_steps = match self.kind {
+            SamplerKind::Ddpm => schedule.num_train_timesteps,
+            _ => 50,
+        };
+        let default_spacing = match self.kind {
+            SamplerKind::Dpmpp2m => Spacing::Linspace,
+            _ => Spacing::Leading,
+        };
+        SamplerConfig {
+            kind: self.kind,
+            steps: self.steps.unwrap_or(default_steps),
+            eta: self.eta,
+            spacing: self.spacing.unwrap_or(default_spacing),
+            steps_offset: self.steps_offset,
+            set_alpha_to_one: true,
+            clip_sample: (schedule.clip_sample && self.clip).then_some(schedule.clip_sample_range),
         }
     }
 }
@@ -151,6 +201,32 @@ impl Scheduler {
         self.schedule.alphas_cumprod[t]
     }
 
+    /// x̂0 = (x_t − √(1−ᾱ_t)·ε)/√ᾱ_t, clipped when the sampler clips: the `p`, `q` and `clip`
+    /// of a step's coefficients.
+    fn x0_coeffs(&self, t: usize) -> StepCoeffs {
+        let a_t = self.alpha_bar(t);
+        StepCoeffs {
+            p: 1.0 / a_t.sqrt(),
+            q: -(1.0 - a_t).sqrt() / a_t.sqrt(),
+            clip: self.config.clip_sample,
+            ..Default::default()
+        }
+    }
+
+    /// x̂0 from x_t and ε at timestep `t`, on the GPU.
+    pub fn predict_x0(&self, gpu: &Gpu, t: usize, x: &Tensor, eps: &Tensor) -> Result<Tensor> {
+        let (_, x0) = ops::sampler_step(gpu, &self.x0_coeffs(t), x, eps, None, None)?;
+        Ok(x0)
+    }
+
+    /// The forward process q(x_t | x0) = √ᾱ_t·x0 + √(1−ᾱ_t)·n for `copies` stacked noise
+    /// tensors n (M·B, …) against one x0 (B, …).
+    pub fn add_noise(&self, gpu: &Gpu, t: usize, x0: &Tensor, noise: &Tensor) -> Result<Tensor> {
+        let a_t = self.alpha_bar(t);
+        let (a, s) = (a_t.sqrt(), (1.0 - a_t).sqrt());
+        ops::broadcast_lincomb(gpu, a as f32, x0, s as f32, noise)
+    }
+
     /// ᾱ at the timestep after step `i` (diffusers' prev_timestep = t − T/N).
     fn alpha_bar_prev(&self, i: usize) -> f64 {
         let ratio = (self.schedule.len() / self.config.steps) as isize;
@@ -173,12 +249,6 @@ impl Scheduler {
     pub fn coeffs(&self, i: usize) -> StepCoeffs {
         let t = self.timesteps[i];
         let a_t = self.alpha_bar(t);
-        let x0 = |clip: Option<f64>| StepCoeffs {
-            p: 1.0 / a_t.sqrt(),
-            q: -(1.0 - a_t).sqrt() / a_t.sqrt(),
-            clip,
-            ..Default::default()
-        };
         match self.config.kind {
             SamplerKind::Ddim => {
                 let a_prev = self.alpha_bar_prev(i);
@@ -188,7 +258,7 @@ impl Scheduler {
                     a: a_prev.sqrt(),
                     b: (1.0 - a_prev - std * std).max(0.0).sqrt(),
                     c: std,
-                    ..x0(self.config.clip_sample)
+                    ..self.x0_coeffs(t)
                 }
             }
             SamplerKind::Ddpm => {
@@ -200,7 +270,7 @@ impl Scheduler {
                     a: a_prev.sqrt() * beta / (1.0 - a_t),
                     d: alpha.sqrt() * (1.0 - a_prev) / (1.0 - a_t),
                     c: if t > 0 { variance.sqrt() } else { 0.0 },
-                    ..x0(self.config.clip_sample)
+                    ..self.x0_coeffs(t)
                 }
             }
             SamplerKind::Dpmpp2m => self.dpm_coeffs(i),

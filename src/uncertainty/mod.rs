@@ -7,8 +7,8 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
-use crate::ops::{self, StepCoeffs, UncertaintyMode};
-use crate::sampling::{noise_key, NoisePurpose, StepContext, StepHook};
+use crate::ops::{self, UncertaintyMode};
+use crate::sampling::{BatchHook, StepContext, StepHook};
 
 #[derive(Clone, Debug)]
 pub struct UncertaintyConfig {
@@ -124,8 +124,8 @@ impl UncertaintyEstimator {
             }
             return Ok(n);
         }
-        let key = noise_key(ctx.seed, NoisePurpose::Uncertainty, ctx.step, 0);
-        ops::normal_copies(ctx.gpu, shape, m, key, ctx.first_index)
+        ctx.noise
+            .perturbation(ctx.gpu, shape, m, ctx.step, ctx.first_index)
     }
 
     /// ε_θ over all copies, in as few network calls as the device's buffer limit allows.
@@ -146,7 +146,7 @@ impl UncertaintyEstimator {
         if per_call == m {
             return ctx
                 .model
-                .forward(ctx.gpu, noisy, &timesteps, labels.as_ref());
+                .predict_eps(ctx.gpu, noisy, &timesteps, labels.as_ref());
         }
         let out = ctx.gpu.empty(noisy.shape())?;
         let sample_bytes = noisy.byte_len() / (m * batch) as u64;
@@ -169,7 +169,7 @@ impl UncertaintyEstimator {
                         .transpose()?,
                 )
             };
-            let eps = ctx.model.forward(ctx.gpu, &chunk, &t, l.as_ref())?;
+            let eps = ctx.model.predict_eps(ctx.gpu, &chunk, &t, l.as_ref())?;
             ctx.gpu
                 .copy_into(&eps, &out, (first * batch) as u64 * sample_bytes)?;
             first += n;
@@ -184,19 +184,10 @@ impl StepHook for UncertaintyEstimator {
             return Ok(eps);
         }
         let gpu = ctx.gpu;
-        let alpha_bar = ctx.scheduler.alpha_bar(ctx.timestep);
-        let (a, s) = (alpha_bar.sqrt(), (1.0 - alpha_bar).sqrt());
-        // x̂0 = (x_t − √(1−ᾱ)·ε)/√ᾱ, clipped like the sampler clips.
-        let predict = StepCoeffs {
-            p: 1.0 / a,
-            q: -s / a,
-            clip: ctx.scheduler.config.clip_sample,
-            ..Default::default()
-        };
-        let (_, x0) = ops::sampler_step(gpu, &predict, ctx.x, &eps, None, None)?;
+        let x0 = ctx.scheduler.predict_x0(gpu, ctx.timestep, ctx.x, &eps)?;
         let shape = x0.shape().to_vec();
         let noise = self.perturbation_noise(ctx, &shape)?;
-        let noisy = ops::broadcast_lincomb(gpu, a as f32, &x0, s as f32, &noise)?;
+        let noisy = ctx.scheduler.add_noise(gpu, ctx.timestep, &x0, &noise)?;
         let eps_copies = self.predict_copies(ctx, &noisy, shape[0])?;
         let map = ops::uncertainty_map(gpu, &eps, &eps_copies, self.config.mode)?;
         self.total = Some(match &self.total {
@@ -210,5 +201,43 @@ impl StepHook for UncertaintyEstimator {
             self.noise.push((ctx.step, noise));
         }
         Ok(eps)
+    }
+}
+
+/// What the estimator collected over one batch, read back.
+#[derive(Clone, Debug)]
+pub struct UncertaintyBatch {
+    /// Image scores s_b (B).
+    pub scores: Vec<f32>,
+    /// Σ_t U_t (B, C, H, W).
+    pub total: Vec<f32>,
+    /// (step, U_t) for each window step, when `keep_maps`.
+    pub maps: Vec<(usize, Vec<f32>)>,
+}
+
+impl BatchHook for UncertaintyEstimator {
+    /// None when no step of the batch was in the window.
+    type Output = Option<UncertaintyBatch>;
+
+    fn start_batch(&mut self) {
+        self.total = None;
+        self.maps.clear();
+        self.noise.clear();
+    }
+
+    fn finish_batch(&mut self, gpu: &Gpu) -> Result<Option<UncertaintyBatch>> {
+        let (Some(scores), Some(total)) = (self.scores(gpu)?, self.total_map()) else {
+            return Ok(None);
+        };
+        let maps = self
+            .maps
+            .iter()
+            .map(|(step, map)| Ok((*step, gpu.read(map)?)))
+            .collect::<Result<_>>()?;
+        Ok(Some(UncertaintyBatch {
+            scores: gpu.read(&scores)?,
+            total: gpu.read(total)?,
+            maps,
+        }))
     }
 }

@@ -1,0 +1,62 @@
+//! What samplers, the uncertainty estimator and (later) guidance need from a network: an ε
+//! prediction and the shape of what it denoises. Every model family implements [`EpsModel`], so
+//! none of them forks the sampling code.
+
+use super::UNet2DModel;
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Tensor};
+
+/// A noise-prediction network ε_θ(x_t, t, y).
+pub trait EpsModel {
+    /// ε for `x` (B, C, H, W) at `timesteps` (B) with integer-valued `labels` (B) when
+    /// class-conditional.
+    fn predict_eps(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        timesteps: &Tensor,
+        labels: Option<&Tensor>,
+    ) -> Result<Tensor>;
+
+    /// (C, H, W) of one sample.
+    fn sample_shape(&self) -> Result<[usize; 3]>;
+
+    /// The number of classes of a class-conditional model.
+    fn num_classes(&self) -> Option<usize>;
+
+    /// Whether the network also predicts the variance (its extra output channels are not ε).
+    fn learned_variance(&self) -> bool {
+        false
+    }
+
+    /// The largest batch one call can take on `gpu` without a binding over the device limit.
+    fn max_batch(&self, gpu: &Gpu) -> usize;
+}
+
+impl EpsModel for UNet2DModel {
+    fn predict_eps(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        timesteps: &Tensor,
+        labels: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        self.forward(gpu, x, timesteps, labels)
+    }
+
+    fn sample_shape(&self) -> Result<[usize; 3]> {
+        let side = self
+            .config
+            .sample_size
+            .ok_or_else(|| Error::Invalid("the model config has no sample_size".into()))?;
+        Ok([self.config.in_channels, side, side])
+    }
+
+    fn num_classes(&self) -> Option<usize> {
+        UNet2DModel::num_classes(self)
+    }
+
+    fn max_batch(&self, gpu: &Gpu) -> usize {
+        UNet2DModel::max_batch(self, gpu)
+    }
+}

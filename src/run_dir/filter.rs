@@ -1,0 +1,96 @@
+//! The paper's filtering step: keep the ⌊f·N⌋ samples with the lowest uncertainty score, beside
+//! a seeded random subset of the same size to compare against.
+
+use super::manifest::{collect, read_manifest, write_manifest, SampleRecord};
+use crate::error::{Error, Result};
+use crate::splitmix::SplitMix64;
+use std::path::{Path, PathBuf};
+
+/// Where a filtering put its two subsets.
+#[derive(Clone, Debug)]
+pub struct Filtered {
+    /// How many samples each subset holds.
+    pub count: usize,
+    pub kept: PathBuf,
+    pub random: PathBuf,
+}
+
+/// Filters the run in `dir` as listed by its manifest (`wgsl-diff filter`).
+pub fn filter_run(dir: &Path, keep_fraction: f64, seed: u64) -> Result<Filtered> {
+    let manifest = read_manifest(dir)?;
+    let indices: Vec<usize> = manifest.samples.iter().map(|s| s.index).collect();
+    filter(dir, &collect(dir, &indices)?, keep_fraction, seed)
+}
+
+/// Keeps the ⌊fraction·N⌋ lowest-scored samples in `filtered/kept/` and a seeded random subset
+/// of the same size in `filtered/random/`, each with a manifest.
+pub fn filter(
+    dir: &Path,
+    samples: &[SampleRecord],
+    keep_fraction: f64,
+    seed: u64,
+) -> Result<Filtered> {
+    if !(keep_fraction > 0.0 && keep_fraction <= 1.0) {
+        return Err(Error::Invalid(format!(
+            "the fraction to keep must be in (0, 1], got {keep_fraction}"
+        )));
+    }
+    let scored: Vec<&SampleRecord> = samples.iter().filter(|s| s.score.is_some()).collect();
+    if scored.len() != samples.len() || scored.is_empty() {
+        return Err(Error::Invalid(
+            "filtering needs an uncertainty score for every sample: sample with uncertainty estimation".into(),
+        ));
+    }
+    let count = ((keep_fraction * scored.len() as f64) + 1e-9).floor() as usize;
+    let mut by_score = scored.clone();
+    by_score.sort_by(|a, b| by_score_then_index(a, b));
+    let kept: Vec<SampleRecord> = by_score[..count].iter().map(|s| (*s).clone()).collect();
+    let perm = SplitMix64::new(seed).permutation(scored.len());
+    let random: Vec<SampleRecord> = perm[..count].iter().map(|&i| scored[i].clone()).collect();
+    let params = |name: &str| {
+        serde_json::json!({"subset": name, "keep_fraction": keep_fraction, "seed": seed,
+            "from": dir.display().to_string(), "of": scored.len()})
+    };
+    let root = dir.join("filtered");
+    Ok(Filtered {
+        count,
+        kept: write_subset(&root.join("kept"), dir, &kept, &params("kept"))?,
+        random: write_subset(&root.join("random"), dir, &random, &params("random"))?,
+    })
+}
+
+fn by_score_then_index(a: &SampleRecord, b: &SampleRecord) -> std::cmp::Ordering {
+    by_score(a, b).then(a.index.cmp(&b.index))
+}
+
+/// Ascending score, NaN (and unscored) last: a non-finite score never panics a sort.
+pub fn by_score(a: &SampleRecord, b: &SampleRecord) -> std::cmp::Ordering {
+    let key = |s: &SampleRecord| {
+        let v = s.score.unwrap_or(f64::NAN);
+        (v.is_nan(), v)
+    };
+    let ((a_nan, a), (b_nan, b)) = (key(a), key(b));
+    a_nan.cmp(&b_nan).then(a.total_cmp(&b))
+}
+
+/// Replaces `sub` with copies of `set`'s PNGs from `dir` and a manifest.
+fn write_subset(
+    sub: &Path,
+    dir: &Path,
+    set: &[SampleRecord],
+    params: &serde_json::Value,
+) -> Result<PathBuf> {
+    let fail = |what: &str, path: &Path, e: std::io::Error| {
+        Error::Invalid(format!("cannot {what} {}: {e}", path.display()))
+    };
+    if sub.exists() {
+        std::fs::remove_dir_all(sub).map_err(|e| fail("clear", sub, e))?;
+    }
+    std::fs::create_dir_all(sub).map_err(|e| fail("create", sub, e))?;
+    for s in set {
+        let from = dir.join(&s.file);
+        std::fs::copy(&from, sub.join(&s.file)).map_err(|e| fail("copy", &from, e))?;
+    }
+    write_manifest(sub, params, set)?;
+    Ok(sub.to_path_buf())
+}

@@ -1,0 +1,114 @@
+//! The run folder's index: one record per sample PNG, rebuilt from the PNGs' tEXt chunks (index,
+//! class, score), written as `samples.json` and `scores.csv`.
+
+use super::{heatmap_name, png_name};
+use crate::error::{Error, Result};
+use crate::images;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SampleRecord {
+    pub index: usize,
+    pub file: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub class: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub score: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub heatmap: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct Manifest {
+    pub parameters: serde_json::Value,
+    pub samples: Vec<SampleRecord>,
+}
+
+/// The indices of the sample PNGs in `dir`, in order.
+pub fn sample_indices(dir: &Path) -> Result<Vec<usize>> {
+    let cannot = |e: std::io::Error| Error::Invalid(format!("cannot list {}: {e}", dir.display()));
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(cannot)? {
+        let name = entry.map_err(cannot)?.file_name();
+        let name = name.to_string_lossy();
+        let index = name
+            .strip_prefix("sample_")
+            .and_then(|n| n.strip_suffix(".png"))
+            .and_then(|n| n.parse().ok())
+            .filter(|&i| png_name(i) == name);
+        out.extend(index);
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Reads the records of the samples `indices` that exist in `dir`.
+pub fn collect(dir: &Path, indices: &[usize]) -> Result<Vec<SampleRecord>> {
+    let mut out = Vec::new();
+    for &index in indices {
+        let path = dir.join(png_name(index));
+        if !path.exists() {
+            continue;
+        }
+        let text = images::read_png_text(&path)?;
+        let parse = |key: &str| {
+            text.get(key)
+                .map(|v| v.parse::<f64>())
+                .transpose()
+                .map_err(|e| Error::Invalid(format!("{}: bad {key}: {e}", path.display())))
+        };
+        out.push(SampleRecord {
+            index,
+            file: png_name(index),
+            class: parse("class")?.map(|c| c as usize),
+            score: parse("uncertainty_score")?,
+            heatmap: dir
+                .join(heatmap_name(index))
+                .exists()
+                .then(|| heatmap_name(index)),
+        });
+    }
+    Ok(out)
+}
+
+pub fn write_manifest(
+    dir: &Path,
+    parameters: &serde_json::Value,
+    samples: &[SampleRecord],
+) -> Result<()> {
+    let m = Manifest {
+        parameters: parameters.clone(),
+        samples: samples.to_vec(),
+    };
+    let json = serde_json::to_string_pretty(&m)
+        .map_err(|e| Error::Invalid(format!("cannot serialise the manifest: {e}")))?;
+    crate::io::write_atomic(&dir.join("samples.json"), json.as_bytes())
+}
+
+pub fn read_manifest(dir: &Path) -> Result<Manifest> {
+    let path = dir.join("samples.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        Error::Invalid(format!(
+            "cannot read {} (is {} a sample folder?): {e}",
+            path.display(),
+            dir.display()
+        ))
+    })?;
+    serde_json::from_str(&text).map_err(|e| {
+        Error::Invalid(format!(
+            "{} is not a wgsl-diff manifest: {e}",
+            path.display()
+        ))
+    })
+}
+
+pub fn write_scores_csv(dir: &Path, samples: &[SampleRecord]) -> Result<()> {
+    let mut csv = String::from("index,file,score\n");
+    for s in samples {
+        if let Some(score) = s.score {
+            csv.push_str(&format!("{},{},{score}\n", s.index, s.file));
+        }
+    }
+    crate::io::write_atomic(&dir.join("scores.csv"), csv.as_bytes())
+}

@@ -1,0 +1,39 @@
+//! A run's folder: one PNG per sample (its parameters, index, class and score in tEXt chunks),
+//! written last so that a killed run loses no finished sample, and everything derived from the
+//! PNGs — manifest, scores, heatmaps, grids, filtered subsets, report. The folder holds one run:
+//! resuming skips finished samples, shards of the run add to it, other parameters are refused.
+
+mod filter;
+mod manifest;
+mod render;
+mod sample;
+mod write;
+
+pub use filter::{by_score, filter, filter_run, Filtered};
+pub use manifest::{
+    collect, read_manifest, sample_indices, write_manifest, write_scores_csv, Manifest,
+    SampleRecord,
+};
+pub use render::{
+    render_heatmaps, write_grid, write_html_report, write_uncertainty_grids, HeatmapScale,
+};
+pub use sample::{SampleJob, SampleProgress, SampleRequest, SampleSummary, DEFAULT_MODEL};
+pub use write::{check_same_run, BatchWriter};
+
+pub fn png_name(index: usize) -> String {
+    format!("sample_{index:06}.png")
+}
+
+/// The raw float32 image of `--save-raw`.
+pub fn raw_name(index: usize) -> String {
+    format!("sample_{index:06}.npy")
+}
+
+/// Σ_t U_t of one sample.
+pub fn total_map_name(index: usize) -> String {
+    format!("uncertainty_{index:06}.npy")
+}
+
+pub fn heatmap_name(index: usize) -> String {
+    format!("heatmap_{index:06}.png")
+}

@@ -1,0 +1,154 @@
+//! Writing finished batches into the folder, and telling which samples are already there.
+
+use super::{png_name, raw_name, total_map_name};
+use crate::error::{Error, Result};
+use crate::images;
+use crate::npy;
+use crate::sampling::{FinishedBatch, NoiseDraw, NoisePurpose};
+use crate::uncertainty::UncertaintyBatch;
+use std::path::{Path, PathBuf};
+
+/// What a run writes for each batch besides the PNGs.
+pub struct BatchWriter {
+    pub out: PathBuf,
+    /// The run's parameters, embedded in every PNG and the manifest.
+    pub parameters: serde_json::Value,
+    /// The sampler's timesteps, for file names.
+    pub timesteps: Vec<usize>,
+    pub save_raw: bool,
+    /// Whether the run estimates uncertainty (each sample then has a summed map).
+    pub uncertainty: bool,
+    pub save_maps: Option<PathBuf>,
+    pub dump_noise: Option<PathBuf>,
+}
+
+impl BatchWriter {
+    /// Whether sample `index` is complete in the folder.
+    pub fn done(&self, index: usize) -> bool {
+        let exists = |name: String| self.out.join(name).exists();
+        exists(png_name(index))
+            && (!self.save_raw || exists(raw_name(index)))
+            && (!self.uncertainty || exists(total_map_name(index)))
+    }
+
+    /// Writes a batch's files; each PNG last, once its sample is complete.
+    pub fn write(&self, batch: &FinishedBatch<Option<Option<UncertaintyBatch>>>) -> Result<()> {
+        let uc = batch.hook.as_ref().and_then(|u| u.as_ref());
+        let range = format!(
+            "{:06}-{:06}",
+            batch.first_index,
+            batch.first_index + batch.len() - 1
+        );
+        let batch_shape = [&[batch.len()][..], &batch.sample_shape[..]].concat();
+        if let (Some(dir), Some(uc)) = (&self.save_maps, uc) {
+            for (step, map) in &uc.maps {
+                let t = self.timesteps[*step];
+                let name = format!("map_step{step:03}_t{t:04}_samples{range}.npy");
+                npy::write(&dir.join(name), &batch_shape, map)?;
+            }
+        }
+        if let Some(dir) = &self.dump_noise {
+            for (draw, values) in &batch.noise {
+                self.write_noise(dir, draw, values, &range)?;
+            }
+        }
+        for (k, index) in batch.indices().enumerate() {
+            self.write_sample(batch, uc, k, index)?;
+        }
+        Ok(())
+    }
+
+    fn write_sample(
+        &self,
+        batch: &FinishedBatch<Option<Option<UncertaintyBatch>>>,
+        uc: Option<&UncertaintyBatch>,
+        k: usize,
+        index: usize,
+    ) -> Result<()> {
+        let raw = batch.image(k);
+        let shape = &batch.sample_shape;
+        if self.save_raw {
+            npy::write(&self.out.join(raw_name(index)), shape, raw)?;
+        }
+        if let Some(uc) = uc {
+            let len = batch.sample_len();
+            let total = &uc.total[k * len..(k + 1) * len];
+            npy::write(&self.out.join(total_map_name(index)), shape, total)?;
+        }
+        let mut text = vec![
+            ("parameters", self.parameters.to_string()),
+            ("index", index.to_string()),
+        ];
+        if let Some(classes) = &batch.classes {
+            text.push(("class", classes[k].to_string()));
+        }
+        if let Some(uc) = uc {
+            text.push(("uncertainty_score", uc.scores[k].to_string()));
+        }
+        let [c, h, w] = *shape;
+        images::write_png(
+            &self.out.join(png_name(index)),
+            &images::quantize(raw, c, h, w),
+            &text,
+        )
+    }
+
+    /// One file per copy: `noise_{purpose}[_step{i}_t{t}][_m{m}]_samples{range}.npy`.
+    fn write_noise(&self, dir: &Path, draw: &NoiseDraw, values: &[f32], range: &str) -> Result<()> {
+        let per_copy = values.len() / draw.copies;
+        let step = match draw.purpose {
+            NoisePurpose::Initial => String::new(),
+            _ => format!("_step{:03}_t{:04}", draw.step, self.timesteps[draw.step]),
+        };
+        for m in 0..draw.copies {
+            let copy = match draw.purpose {
+                NoisePurpose::Uncertainty => format!("_m{m}"),
+                _ => String::new(),
+            };
+            let name = format!(
+                "noise_{}{step}{copy}_samples{range}.npy",
+                draw.purpose.name()
+            );
+            let part = &values[m * per_copy..(m + 1) * per_copy];
+            npy::write(&dir.join(name), &draw.shape, part)?;
+        }
+        Ok(())
+    }
+}
+
+/// Refuses a folder holding samples made with other parameters: resuming into it would keep
+/// those images under this run's manifest.
+pub fn check_same_run(
+    dir: &Path,
+    existing: &[usize],
+    parameters: &serde_json::Value,
+) -> Result<()> {
+    for &i in existing {
+        let path = dir.join(png_name(i));
+        let theirs: Option<serde_json::Value> = images::read_png_text(&path)?
+            .get("parameters")
+            .and_then(|p| serde_json::from_str(p).ok());
+        if theirs.as_ref() == Some(parameters) {
+            continue;
+        }
+        return Err(Error::Invalid(format!(
+            "{} was made with other parameters ({}); use another output folder or remove it",
+            path.display(),
+            differences(theirs.as_ref(), parameters)
+        )));
+    }
+    Ok(())
+}
+
+/// "different seed, steps": the top-level parameters that differ.
+fn differences(theirs: Option<&serde_json::Value>, ours: &serde_json::Value) -> String {
+    let (Some(a), Some(b)) = (theirs.and_then(|t| t.as_object()), ours.as_object()) else {
+        return "no readable parameters".to_string();
+    };
+    let keys = a.keys().chain(b.keys().filter(|k| !a.contains_key(*k)));
+    let names: Vec<&str> = keys
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| k.as_str())
+        .collect();
+    format!("different {}", names.join(", "))
+}

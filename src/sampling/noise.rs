@@ -1,0 +1,139 @@
+//! The run's noise plan: the only place that turns (seed, purpose, step, copy, sample index) into
+//! a Philox stream. The sampler's starting and ancestral noise, the estimator's perturbations,
+//! `eval`'s noise images and `--dump-noise` all draw through it, so one draw can always be
+//! regenerated on its own — by wgsl-diff or by `tools/wgsl_noise.py`.
+
+use crate::error::Result;
+use crate::gpu::{Gpu, Tensor};
+use crate::ops::{self, NoiseKey};
+use std::cell::RefCell;
+
+/// What a noise tensor is for; with the seed, step and copy index it selects the Philox stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u16)]
+pub enum NoisePurpose {
+    /// x_T, the starting noise.
+    Initial = 1,
+    /// z of a stochastic sampler step.
+    Ancestral = 2,
+    /// n_m, the re-noising of x̂0 for uncertainty estimation (Algorithm 1).
+    Uncertainty = 3,
+}
+
+impl NoisePurpose {
+    /// The word used in dumped file names.
+    pub fn name(self) -> &'static str {
+        match self {
+            NoisePurpose::Initial => "init",
+            NoisePurpose::Ancestral => "ancestral",
+            NoisePurpose::Uncertainty => "uncertainty",
+        }
+    }
+}
+
+/// One draw of a run: `copies` stacked tensors of `shape` (first axis: samples
+/// `first_index ..`), copy m from the stream of (purpose, step, m).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NoiseDraw {
+    pub purpose: NoisePurpose,
+    pub step: usize,
+    pub copies: usize,
+    pub shape: Vec<usize>,
+    pub first_index: usize,
+}
+
+/// The noise streams of a run with one seed, optionally recording every draw.
+#[derive(Debug)]
+pub struct NoisePlan {
+    seed: u64,
+    record: Option<RefCell<Vec<NoiseDraw>>>,
+}
+
+impl NoisePlan {
+    pub fn new(seed: u64) -> NoisePlan {
+        NoisePlan { seed, record: None }
+    }
+
+    /// A plan that remembers each draw, for [`take_draws`](Self::take_draws).
+    pub fn recording(seed: u64) -> NoisePlan {
+        NoisePlan {
+            seed,
+            record: Some(RefCell::default()),
+        }
+    }
+
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// The Philox key of (purpose, step, copy): rows of the stream are sample indices.
+    pub fn key(&self, purpose: NoisePurpose, step: usize, copy: usize) -> NoiseKey {
+        NoiseKey {
+            seed: self.seed,
+            tag: (purpose as u64) << 48 | (copy as u64 & 0xffff) << 32 | step as u64,
+        }
+    }
+
+    /// x_T for samples `first_index ..` (shape (B, C, H, W)).
+    pub fn initial(&self, gpu: &Gpu, shape: &[usize], first_index: usize) -> Result<Tensor> {
+        self.draw_new(gpu, NoisePurpose::Initial, 0, 1, shape, first_index)
+    }
+
+    /// z of sampler step `step`.
+    pub fn ancestral(
+        &self,
+        gpu: &Gpu,
+        shape: &[usize],
+        step: usize,
+        first_index: usize,
+    ) -> Result<Tensor> {
+        self.draw_new(gpu, NoisePurpose::Ancestral, step, 1, shape, first_index)
+    }
+
+    /// The M perturbations of step `step`, stacked copy-major: (M·B, C, H, W).
+    pub fn perturbation(
+        &self,
+        gpu: &Gpu,
+        shape: &[usize],
+        copies: usize,
+        step: usize,
+        first_index: usize,
+    ) -> Result<Tensor> {
+        let purpose = NoisePurpose::Uncertainty;
+        self.draw_new(gpu, purpose, step, copies, shape, first_index)
+    }
+
+    /// Draws `draw` again: the same values it gave the first time.
+    pub fn redraw(&self, gpu: &Gpu, draw: &NoiseDraw) -> Result<Tensor> {
+        let key = self.key(draw.purpose, draw.step, 0);
+        ops::normal_copies(gpu, &draw.shape, draw.copies, key, draw.first_index)
+    }
+
+    /// The draws recorded since the last call (empty when not recording).
+    pub fn take_draws(&self) -> Vec<NoiseDraw> {
+        self.record.as_ref().map(|r| r.take()).unwrap_or_default()
+    }
+
+    fn draw_new(
+        &self,
+        gpu: &Gpu,
+        purpose: NoisePurpose,
+        step: usize,
+        copies: usize,
+        shape: &[usize],
+        first_index: usize,
+    ) -> Result<Tensor> {
+        let draw = NoiseDraw {
+            purpose,
+            step,
+            copies,
+            shape: shape.to_vec(),
+            first_index,
+        };
+        let tensor = self.redraw(gpu, &draw)?;
+        if let Some(record) = &self.record {
+            record.borrow_mut().push(draw);
+        }
+        Ok(tensor)
+    }
+}

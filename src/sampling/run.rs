@@ -1,0 +1,195 @@
+//! A sampling run: one model, one scheduler, one noise plan and the hooks of every step, cut
+//! into batches that come back finished and read back. A sample's noise depends only on its
+//! index, so how the indices are batched never changes an image.
+
+use super::labels::ClassLabels;
+use super::noise::{NoiseDraw, NoisePlan};
+use super::pipeline::{sample_batch, BatchSpec, StepContext, StepHook};
+use super::scheduler::Scheduler;
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Tensor};
+use crate::models::EpsModel;
+
+/// A step hook with per-batch state: started before each batch, finished after it, when it
+/// hands over what it collected (read back from the GPU).
+pub trait BatchHook: StepHook {
+    type Output;
+    fn start_batch(&mut self);
+    fn finish_batch(&mut self, gpu: &Gpu) -> Result<Self::Output>;
+}
+
+/// No hook: plain sampling.
+impl StepHook for () {
+    fn on_eps(&mut self, _: &StepContext, eps: Tensor) -> Result<Tensor> {
+        Ok(eps)
+    }
+}
+
+impl BatchHook for () {
+    type Output = ();
+    fn start_batch(&mut self) {}
+    fn finish_batch(&mut self, _: &Gpu) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A hook that a run may or may not have.
+impl<H: StepHook> StepHook for Option<H> {
+    fn on_eps(&mut self, ctx: &StepContext, eps: Tensor) -> Result<Tensor> {
+        match self {
+            Some(hook) => hook.on_eps(ctx, eps),
+            None => Ok(eps),
+        }
+    }
+}
+
+impl<H: BatchHook> BatchHook for Option<H> {
+    type Output = Option<H::Output>;
+    fn start_batch(&mut self) {
+        if let Some(hook) = self {
+            hook.start_batch();
+        }
+    }
+    fn finish_batch(&mut self, gpu: &Gpu) -> Result<Self::Output> {
+        self.as_mut().map(|h| h.finish_batch(gpu)).transpose()
+    }
+}
+
+/// Starting noise given by the caller for samples `first_index ..`, (N, C, H, W) flattened.
+#[derive(Clone, Debug)]
+pub struct InitNoise {
+    pub first_index: usize,
+    pub data: Vec<f32>,
+}
+
+/// One finished batch, on the CPU.
+#[derive(Clone, Debug)]
+pub struct FinishedBatch<T> {
+    pub first_index: usize,
+    /// (C, H, W) of one sample.
+    pub sample_shape: [usize; 3],
+    /// The final images in [−1, 1] (unclamped), (B, C, H, W).
+    pub images: Vec<f32>,
+    /// Each sample's class, for class-conditional models.
+    pub classes: Option<Vec<usize>>,
+    /// Every noise draw of the batch and its values, when the noise plan records.
+    pub noise: Vec<(NoiseDraw, Vec<f32>)>,
+    /// What the hook collected.
+    pub hook: T,
+}
+
+impl<T> FinishedBatch<T> {
+    pub fn len(&self) -> usize {
+        self.images.len() / self.sample_len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.images.is_empty()
+    }
+    pub fn sample_len(&self) -> usize {
+        self.sample_shape.iter().product()
+    }
+    /// Sample `k` of the batch (C·H·W values).
+    pub fn image(&self, k: usize) -> &[f32] {
+        let len = self.sample_len();
+        &self.images[k * len..(k + 1) * len]
+    }
+    /// The sample indices of the batch.
+    pub fn indices(&self) -> std::ops::Range<usize> {
+        self.first_index..self.first_index + self.len()
+    }
+}
+
+/// Everything fixed for a run, shared by its batches.
+pub struct Run<'a> {
+    pub gpu: &'a Gpu,
+    pub model: &'a dyn EpsModel,
+    pub scheduler: &'a Scheduler,
+    pub noise: &'a NoisePlan,
+    pub labels: ClassLabels,
+    pub init_noise: Option<InitNoise>,
+}
+
+impl Run<'_> {
+    /// (C, H, W) of one sample.
+    pub fn sample_shape(&self) -> Result<[usize; 3]> {
+        self.model.sample_shape()
+    }
+
+    /// Samples `first .. first + size` as one batch, with `hook` running at every step;
+    /// `on_step` is called after each step is recorded.
+    pub fn sample<H: BatchHook>(
+        &self,
+        first: usize,
+        size: usize,
+        hook: &mut H,
+        on_step: impl FnMut(usize),
+    ) -> Result<FinishedBatch<H::Output>> {
+        let gpu = self.gpu;
+        let sample_shape = self.sample_shape()?;
+        let classes = self.labels.batch(first, size);
+        let spec = BatchSpec {
+            first_index: first,
+            size,
+            labels: classes.as_deref(),
+            init_noise: self.init_tensor(first, size, sample_shape)?,
+        };
+        hook.start_batch();
+        let out = sample_batch(
+            gpu,
+            self.model,
+            self.scheduler,
+            self.noise,
+            spec,
+            &mut [hook as &mut dyn StepHook],
+            on_step,
+        )?;
+        let images = gpu.read(&out)?;
+        let hook = hook.finish_batch(gpu)?;
+        let mut noise = Vec::new();
+        for draw in self.noise.take_draws() {
+            let values = gpu.read(&self.noise.redraw(gpu, &draw)?)?;
+            noise.push((draw, values));
+        }
+        Ok(FinishedBatch {
+            first_index: first,
+            sample_shape,
+            images,
+            classes,
+            noise,
+            hook,
+        })
+    }
+
+    /// The caller's starting noise for samples `first .. first + size`, on the GPU.
+    fn init_tensor(&self, first: usize, size: usize, shape: [usize; 3]) -> Result<Option<Tensor>> {
+        let Some(init) = &self.init_noise else {
+            return Ok(None);
+        };
+        let len: usize = shape.iter().product();
+        let start = first.checked_sub(init.first_index).map(|k| k * len);
+        let range = start.map(|s| s..s + size * len);
+        match range.filter(|r| r.end <= init.data.len()) {
+            Some(r) => Ok(Some(
+                self.gpu
+                    .upload(&[size, shape[0], shape[1], shape[2]], &init.data[r])?,
+            )),
+            None => Err(Error::Invalid(format!(
+                "the given starting noise does not cover samples {first}..{}",
+                first + size
+            ))),
+        }
+    }
+}
+
+/// Splits sorted indices into runs of consecutive values, each at most `batch` long: the
+/// batches a run samples.
+pub fn contiguous_batches(indices: &[usize], batch: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out: Vec<std::ops::Range<usize>> = Vec::new();
+    for &i in indices {
+        match out.last_mut() {
+            Some(r) if r.len() < batch && r.end == i => r.end += 1,
+            _ => out.push(i..i + 1),
+        }
+    }
+    out
+}
