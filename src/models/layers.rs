@@ -1,4 +1,5 @@
-//! PyTorch/diffusers building blocks on GPU ops, each loading its own parameters by name.
+//! The PyTorch primitives (`nn.Conv2d`, `nn.Linear`, `nn.GroupNorm`, `nn.Embedding`) on GPU ops,
+//! each loading its own parameters by name.
 
 use super::weights::VarBuilder;
 use crate::error::Result;
@@ -31,11 +32,13 @@ impl Conv2d {
         })
     }
 
-    /// diffusers' Downsample2D convolution: 3×3, stride 2; padding 0 means pad (0, 1, 0, 1).
-    pub fn load_downsample(vb: &VarBuilder, channels: usize, padding: usize) -> Result<Conv2d> {
-        let mut conv = Conv2d::load(vb, channels, channels, 3, 2, padding)?;
-        conv.pad_bottom_right = usize::from(padding == 0);
-        Ok(conv)
+    /// Adds `pad` zero rows and columns at the bottom and right only, as `F.pad(x, (0, pad, 0,
+    /// pad))` before the convolution would, but without materialising the padded input.
+    pub fn with_bottom_right_pad(self, pad: usize) -> Conv2d {
+        Conv2d {
+            pad_bottom_right: pad,
+            ..self
+        }
     }
 
     pub fn forward(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
@@ -96,157 +99,26 @@ impl GroupNorm {
         })
     }
 
+    /// With `silu`, the SiLU that follows almost every norm in these networks is fused in.
     pub fn forward(&self, gpu: &Gpu, x: &Tensor, silu: bool) -> Result<Tensor> {
         ops::group_norm(gpu, x, self.groups, self.eps, &self.gamma, &self.beta, silu)
     }
 }
 
-/// How a ResnetBlock2D injects the time embedding (diffusers' `time_embedding_norm`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TimeEmbeddingNorm {
-    /// h + proj(temb) after conv1.
-    Default,
-    /// norm2(h)·(1 + scale) + shift with [scale | shift] = proj(temb) (ADM).
-    ScaleShift,
+/// A lookup table of `num_embeddings` rows of width `dim`.
+pub struct Embedding {
+    weight: Tensor,
 }
 
-/// diffusers `ResnetBlock2D`: norm1 → SiLU → conv1 → +temb → norm2 → SiLU → conv2, plus shortcut.
-pub struct ResnetBlock2D {
-    norm1: GroupNorm,
-    conv1: Conv2d,
-    time_emb_proj: Linear,
-    norm2: GroupNorm,
-    conv2: Conv2d,
-    conv_shortcut: Option<Conv2d>,
-    time_norm: TimeEmbeddingNorm,
-    output_scale_factor: f32,
-}
-
-pub struct ResnetConfig {
-    pub groups: usize,
-    pub eps: f32,
-    pub temb_channels: usize,
-    pub time_norm: TimeEmbeddingNorm,
-    pub output_scale_factor: f32,
-}
-
-impl ResnetBlock2D {
-    pub fn load(
-        vb: &VarBuilder,
-        c_in: usize,
-        c_out: usize,
-        cfg: &ResnetConfig,
-    ) -> Result<ResnetBlock2D> {
-        let proj_out = match cfg.time_norm {
-            TimeEmbeddingNorm::Default => c_out,
-            TimeEmbeddingNorm::ScaleShift => 2 * c_out,
-        };
-        Ok(ResnetBlock2D {
-            norm1: GroupNorm::load(&vb.pp("norm1"), cfg.groups, c_in, cfg.eps)?,
-            conv1: Conv2d::load(&vb.pp("conv1"), c_in, c_out, 3, 1, 1)?,
-            time_emb_proj: Linear::load(&vb.pp("time_emb_proj"), cfg.temb_channels, proj_out)?,
-            norm2: GroupNorm::load(&vb.pp("norm2"), cfg.groups, c_out, cfg.eps)?,
-            conv2: Conv2d::load(&vb.pp("conv2"), c_out, c_out, 3, 1, 1)?,
-            conv_shortcut: if c_in != c_out {
-                Some(Conv2d::load(&vb.pp("conv_shortcut"), c_in, c_out, 1, 1, 0)?)
-            } else {
-                None
-            },
-            time_norm: cfg.time_norm,
-            output_scale_factor: cfg.output_scale_factor,
+impl Embedding {
+    pub fn load(vb: &VarBuilder, num_embeddings: usize, dim: usize) -> Result<Embedding> {
+        Ok(Embedding {
+            weight: vb.get("weight", &[num_embeddings, dim])?,
         })
     }
 
-    /// `temb_act` is SiLU(time embedding), shared by every block of the network.
-    pub fn forward(&self, gpu: &Gpu, x: &Tensor, temb_act: &Tensor) -> Result<Tensor> {
-        let h = self.norm1.forward(gpu, x, true)?;
-        let h = self.conv1.forward(gpu, &h)?;
-        let t = self.time_emb_proj.forward(gpu, temb_act)?;
-        let h = match self.time_norm {
-            TimeEmbeddingNorm::Default => {
-                let h = ops::add_channel_vec(gpu, &h, &t)?;
-                self.norm2.forward(gpu, &h, true)?
-            }
-            TimeEmbeddingNorm::ScaleShift => {
-                let h = self.norm2.forward(gpu, &h, false)?;
-                ops::silu(gpu, &ops::scale_shift(gpu, &h, &t)?)?
-            }
-        };
-        let shortcut = match &self.conv_shortcut {
-            Some(conv) => conv.forward(gpu, x)?,
-            None => x.clone(),
-        };
-        self.conv2
-            .forward_residual(gpu, &h, Some(&shortcut), 1.0 / self.output_scale_factor)
-    }
-}
-
-/// diffusers `Attention` as used in UNet2DModel blocks (`_from_deprecated_attn_block`):
-/// optional group norm, per-token q/k/v projections, softmax attention, output projection, residual,
-/// division by `rescale_output_factor`.
-pub struct SpatialAttention {
-    group_norm: Option<GroupNorm>,
-    to_q: Linear,
-    to_k: Linear,
-    to_v: Linear,
-    to_out: Linear,
-    heads: usize,
-    head_dim: usize,
-    rescale_output_factor: f32,
-}
-
-impl SpatialAttention {
-    pub fn load(
-        vb: &VarBuilder,
-        channels: usize,
-        head_dim: usize,
-        groups: Option<usize>,
-        eps: f32,
-        rescale_output_factor: f32,
-    ) -> Result<SpatialAttention> {
-        let heads = (channels / head_dim).max(1);
-        let inner = heads * head_dim;
-        Ok(SpatialAttention {
-            group_norm: match groups {
-                Some(g) => Some(GroupNorm::load(&vb.pp("group_norm"), g, channels, eps)?),
-                None => None,
-            },
-            to_q: Linear::load(&vb.pp("to_q"), channels, inner)?,
-            to_k: Linear::load(&vb.pp("to_k"), channels, inner)?,
-            to_v: Linear::load(&vb.pp("to_v"), channels, inner)?,
-            to_out: Linear::load(&vb.pp("to_out").pp(0), inner, channels)?,
-            heads,
-            head_dim,
-            rescale_output_factor,
-        })
-    }
-
-    pub fn forward(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
-        let &[b, c, h, w] = x.shape() else {
-            return Err(crate::Error::Shape {
-                op: "attention block",
-                msg: format!("input {:?} is not NCHW", x.shape()),
-            });
-        };
-        let normed = match &self.group_norm {
-            Some(norm) => norm.forward(gpu, x, false)?,
-            None => x.clone(),
-        };
-        let tokens = ops::transpose_last2(gpu, &normed.reshape(&[b, c, h * w])?)?;
-        let q = self.to_q.forward(gpu, &tokens)?;
-        let k = self.to_k.forward(gpu, &tokens)?;
-        let v = self.to_v.forward(gpu, &tokens)?;
-        let attended = ops::attention(
-            gpu,
-            &q,
-            &k,
-            &v,
-            self.heads,
-            1.0 / (self.head_dim as f32).sqrt(),
-        )?;
-        let projected = self.to_out.forward(gpu, &attended)?;
-        let planes = ops::transpose_last2(gpu, &projected)?.reshape(&[b, c, h, w])?;
-        let s = 1.0 / self.rescale_output_factor;
-        ops::lincomb(gpu, s, &planes, s, x)
+    /// The rows of integer-valued f32 `ids` (B).
+    pub fn forward(&self, gpu: &Gpu, ids: &Tensor) -> Result<Tensor> {
+        ops::embedding_lookup(gpu, &self.weight, ids)
     }
 }

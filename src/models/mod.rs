@@ -1,11 +1,20 @@
-//! Networks ported from PyTorch, mirroring their module trees and parameter names.
+//! Networks ported from PyTorch, mirroring their module trees and parameter names. Samplers,
+//! the estimator and guidance see a diffusion network only through [`EpsModel`].
+//!
+//! The UNet follows diffusers' file layout: [`unet_2d`] (the model and its config) is built
+//! from [`unet_2d_blocks`], which are built from [`resnet`], [`attention`] and
+//! [`embeddings`] modules on the [`layers`] primitives.
 
+pub mod attention;
 pub mod classifier;
+pub mod embeddings;
 pub mod eps_model;
 pub mod layers;
-pub mod unet2d;
+pub mod resnet;
+pub mod unet_2d;
+pub mod unet_2d_blocks;
 pub mod weights;
 
 pub use eps_model::EpsModel;
-pub use unet2d::{UNet2DConfig, UNet2DModel};
+pub use unet_2d::{UNet2DConfig, UNet2DModel};
 pub use weights::WeightFile;

@@ -1,0 +1,408 @@
+//! diffusers' `unet_2d_blocks.py` for the blocks a UNet2DModel is built from: `DownBlock2D`,
+//! `AttnDownBlock2D`, `UNetMidBlock2D`, `UpBlock2D` and `AttnUpBlock2D`.
+//!
+//! The attention blocks are their plain twins with an [`Attention`] after every resnet, so they
+//! hold the plain block and pass it their attentions rather than repeating its loop.
+
+use super::attention::Attention;
+use super::resnet::{Downsample2D, ResnetBlock2D, ResnetConfig, TimeEmbeddingNorm, Upsample2D};
+use super::weights::VarBuilder;
+use crate::error::Result;
+use crate::gpu::{Gpu, Tensor};
+use crate::ops;
+use serde::Deserialize;
+
+/// A `down_block_types` entry. Deserialising refuses any other name, quoting it and listing
+/// these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum DownBlockType {
+    DownBlock2D,
+    AttnDownBlock2D,
+}
+
+/// An `up_block_types` entry; see [`DownBlockType`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum UpBlockType {
+    UpBlock2D,
+    AttnUpBlock2D,
+}
+
+/// The settings UNet2DModel passes alike to every block: the `get_down_block` and
+/// `get_up_block` arguments that do not depend on where the block sits.
+#[derive(Clone, Copy, Debug)]
+pub struct BlockConfig {
+    /// Resnets per block (diffusers' `num_layers`).
+    pub num_layers: usize,
+    /// Its `output_scale_factor` also rescales the attentions' output, as in diffusers.
+    pub resnet: ResnetConfig,
+    /// None: one head spanning all channels (diffusers passes the block's width then).
+    pub attention_head_dim: Option<usize>,
+}
+
+impl BlockConfig {
+    /// `attentions.{j}` for j < num_layers, each normalised with the resnets' groups.
+    fn attentions(&self, vb: &VarBuilder, channels: usize) -> Result<Vec<Attention>> {
+        let groups = Some(self.resnet.groups);
+        (0..self.num_layers)
+            .map(|j| self.attention(&vb.pp("attentions").pp(j), channels, groups))
+            .collect()
+    }
+
+    fn attention(
+        &self,
+        vb: &VarBuilder,
+        channels: usize,
+        groups: Option<usize>,
+    ) -> Result<Attention> {
+        let head_dim = self.attention_head_dim.unwrap_or(channels);
+        let r = &self.resnet;
+        Attention::load(vb, channels, head_dim, groups, r.eps, r.output_scale_factor)
+    }
+
+    /// `resnets.{j}` for j < num_layers, resnet j taking `in_channels(j)` channels.
+    fn resnets(
+        &self,
+        vb: &VarBuilder,
+        in_channels: impl Fn(usize) -> usize,
+        out_channels: usize,
+    ) -> Result<Vec<ResnetBlock2D>> {
+        (0..self.num_layers)
+            .map(|j| {
+                let vb = vb.pp("resnets").pp(j);
+                ResnetBlock2D::load(&vb, in_channels(j), out_channels, &self.resnet)
+            })
+            .collect()
+    }
+}
+
+/// The rest of diffusers' `get_down_block` arguments: where the block sits.
+#[derive(Clone, Copy, Debug)]
+pub struct DownBlockArgs {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    /// False for the last block, which keeps its resolution.
+    pub add_downsample: bool,
+    pub downsample_padding: usize,
+}
+
+/// The rest of diffusers' `get_up_block` arguments: where the block sits.
+#[derive(Clone, Copy, Debug)]
+pub struct UpBlockArgs {
+    /// Width of the skip the last resnet takes: the input of the down block at this level.
+    pub in_channels: usize,
+    /// Width of the block's input.
+    pub prev_output_channel: usize,
+    /// Width of the other skips and of the output.
+    pub out_channels: usize,
+    /// False for the last block, which keeps its resolution.
+    pub add_upsample: bool,
+}
+
+/// diffusers `DownBlock2D`: `num_layers` resnets, then a stride-2 convolution unless it is the
+/// last block.
+pub struct DownBlock2D {
+    resnets: Vec<ResnetBlock2D>,
+    downsamplers: Option<Downsample2D>,
+}
+
+impl DownBlock2D {
+    pub fn load(vb: &VarBuilder, cfg: &BlockConfig, args: &DownBlockArgs) -> Result<DownBlock2D> {
+        let out = args.out_channels;
+        let in_channels = |j| if j == 0 { args.in_channels } else { out };
+        let resnets = cfg.resnets(vb, in_channels, out)?;
+        let downsamplers = if args.add_downsample {
+            let vb = vb.pp("downsamplers").pp(0);
+            Some(Downsample2D::load(&vb, out, args.downsample_padding)?)
+        } else {
+            None
+        };
+        Ok(DownBlock2D {
+            resnets,
+            downsamplers,
+        })
+    }
+
+    /// Appends every resnet's output and the downsampled result to `output_states` (the skip
+    /// connections the up path consumes) and returns the last of them.
+    pub fn forward(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        temb_act: &Tensor,
+        output_states: &mut Vec<Tensor>,
+    ) -> Result<Tensor> {
+        self.forward_attending(gpu, x, temb_act, &[], output_states)
+    }
+
+    /// `attentions[j]`, where there is one, follows `resnets[j]`.
+    fn forward_attending(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        temb_act: &Tensor,
+        attentions: &[Attention],
+        output_states: &mut Vec<Tensor>,
+    ) -> Result<Tensor> {
+        let mut x = x.clone();
+        for (j, resnet) in self.resnets.iter().enumerate() {
+            x = resnet.forward(gpu, &x, temb_act)?;
+            if let Some(attn) = attentions.get(j) {
+                x = attn.forward(gpu, &x)?;
+            }
+            output_states.push(x.clone());
+        }
+        if let Some(down) = &self.downsamplers {
+            x = down.forward(gpu, &x)?;
+            output_states.push(x.clone());
+        }
+        Ok(x)
+    }
+}
+
+/// diffusers `AttnDownBlock2D`: a [`DownBlock2D`] with an attention after each resnet.
+pub struct AttnDownBlock2D {
+    block: DownBlock2D,
+    attentions: Vec<Attention>,
+}
+
+impl AttnDownBlock2D {
+    pub fn load(
+        vb: &VarBuilder,
+        cfg: &BlockConfig,
+        args: &DownBlockArgs,
+    ) -> Result<AttnDownBlock2D> {
+        Ok(AttnDownBlock2D {
+            block: DownBlock2D::load(vb, cfg, args)?,
+            attentions: cfg.attentions(vb, args.out_channels)?,
+        })
+    }
+
+    /// As [`DownBlock2D::forward`].
+    pub fn forward(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        temb_act: &Tensor,
+        output_states: &mut Vec<Tensor>,
+    ) -> Result<Tensor> {
+        self.block
+            .forward_attending(gpu, x, temb_act, &self.attentions, output_states)
+    }
+}
+
+/// One of `UNet2DModel.down_blocks`, as diffusers' `get_down_block` picks it.
+pub enum DownBlock {
+    DownBlock2D(DownBlock2D),
+    AttnDownBlock2D(AttnDownBlock2D),
+}
+
+impl DownBlock {
+    pub fn load(
+        kind: DownBlockType,
+        vb: &VarBuilder,
+        cfg: &BlockConfig,
+        args: &DownBlockArgs,
+    ) -> Result<DownBlock> {
+        Ok(match kind {
+            DownBlockType::DownBlock2D => Self::DownBlock2D(DownBlock2D::load(vb, cfg, args)?),
+            DownBlockType::AttnDownBlock2D => {
+                Self::AttnDownBlock2D(AttnDownBlock2D::load(vb, cfg, args)?)
+            }
+        })
+    }
+
+    /// As [`DownBlock2D::forward`].
+    pub fn forward(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        temb_act: &Tensor,
+        output_states: &mut Vec<Tensor>,
+    ) -> Result<Tensor> {
+        match self {
+            Self::DownBlock2D(block) => block.forward(gpu, x, temb_act, output_states),
+            Self::AttnDownBlock2D(block) => block.forward(gpu, x, temb_act, output_states),
+        }
+    }
+}
+
+/// diffusers `UNetMidBlock2D`: a resnet, then `num_layers` × (attention, resnet), all at the
+/// lowest resolution; `add_attention` false leaves the attentions out.
+pub struct UNetMidBlock2D {
+    resnets: Vec<ResnetBlock2D>,
+    attentions: Vec<Option<Attention>>,
+}
+
+impl UNetMidBlock2D {
+    /// Without `attn_groups`, diffusers normalises the attention input only under the default
+    /// time-embedding norm.
+    pub fn load(
+        vb: &VarBuilder,
+        cfg: &BlockConfig,
+        channels: usize,
+        attn_groups: Option<usize>,
+        add_attention: bool,
+    ) -> Result<UNetMidBlock2D> {
+        let default_norm = cfg.resnet.time_norm == TimeEmbeddingNorm::Default;
+        let attn_groups = attn_groups.or(default_norm.then_some(cfg.resnet.groups));
+        let resnet = |j: usize| {
+            ResnetBlock2D::load(&vb.pp("resnets").pp(j), channels, channels, &cfg.resnet)
+        };
+        let mut resnets = vec![resnet(0)?];
+        let mut attentions = Vec::new();
+        for j in 0..cfg.num_layers {
+            attentions.push(if add_attention {
+                Some(cfg.attention(&vb.pp("attentions").pp(j), channels, attn_groups)?)
+            } else {
+                None
+            });
+            resnets.push(resnet(j + 1)?);
+        }
+        Ok(UNetMidBlock2D {
+            resnets,
+            attentions,
+        })
+    }
+
+    pub fn forward(&self, gpu: &Gpu, x: &Tensor, temb_act: &Tensor) -> Result<Tensor> {
+        let mut x = self.resnets[0].forward(gpu, x, temb_act)?;
+        for (attn, resnet) in self.attentions.iter().zip(&self.resnets[1..]) {
+            if let Some(attn) = attn {
+                x = attn.forward(gpu, &x)?;
+            }
+            x = resnet.forward(gpu, &x, temb_act)?;
+        }
+        Ok(x)
+    }
+}
+
+/// diffusers `UpBlock2D`: `num_layers` resnets, each on its input concatenated with a skip
+/// connection, then a 2× upsampling convolution unless it is the last block.
+pub struct UpBlock2D {
+    resnets: Vec<ResnetBlock2D>,
+    upsamplers: Option<Upsample2D>,
+}
+
+impl UpBlock2D {
+    pub fn load(vb: &VarBuilder, cfg: &BlockConfig, args: &UpBlockArgs) -> Result<UpBlock2D> {
+        let (n, out) = (cfg.num_layers, args.out_channels);
+        let in_channels = |j| {
+            let res_skip_channels = if j + 1 == n { args.in_channels } else { out };
+            let resnet_in_channels = if j == 0 {
+                args.prev_output_channel
+            } else {
+                out
+            };
+            resnet_in_channels + res_skip_channels
+        };
+        let resnets = cfg.resnets(vb, in_channels, out)?;
+        let upsamplers = if args.add_upsample {
+            Some(Upsample2D::load(&vb.pp("upsamplers").pp(0), out)?)
+        } else {
+            None
+        };
+        Ok(UpBlock2D {
+            resnets,
+            upsamplers,
+        })
+    }
+
+    /// Takes one skip per resnet off the end of `res_hidden_states` (what the down path
+    /// appended, consumed in reverse).
+    pub fn forward(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        res_hidden_states: &mut Vec<Tensor>,
+        temb_act: &Tensor,
+    ) -> Result<Tensor> {
+        self.forward_attending(gpu, x, res_hidden_states, temb_act, &[])
+    }
+
+    /// `attentions[j]`, where there is one, follows `resnets[j]`.
+    fn forward_attending(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        res_hidden_states: &mut Vec<Tensor>,
+        temb_act: &Tensor,
+        attentions: &[Attention],
+    ) -> Result<Tensor> {
+        let mut x = x.clone();
+        for (j, resnet) in self.resnets.iter().enumerate() {
+            // UNet2DModel builds as many up-block resnets as the down path leaves skips.
+            let skip = res_hidden_states
+                .pop()
+                .expect("one skip per up-block resnet");
+            x = resnet.forward(gpu, &ops::concat_channels(gpu, &[&x, &skip])?, temb_act)?;
+            if let Some(attn) = attentions.get(j) {
+                x = attn.forward(gpu, &x)?;
+            }
+        }
+        match &self.upsamplers {
+            Some(up) => up.forward(gpu, &x),
+            None => Ok(x),
+        }
+    }
+}
+
+/// diffusers `AttnUpBlock2D`: an [`UpBlock2D`] with an attention after each resnet.
+pub struct AttnUpBlock2D {
+    block: UpBlock2D,
+    attentions: Vec<Attention>,
+}
+
+impl AttnUpBlock2D {
+    pub fn load(vb: &VarBuilder, cfg: &BlockConfig, args: &UpBlockArgs) -> Result<AttnUpBlock2D> {
+        Ok(AttnUpBlock2D {
+            block: UpBlock2D::load(vb, cfg, args)?,
+            attentions: cfg.attentions(vb, args.out_channels)?,
+        })
+    }
+
+    /// As [`UpBlock2D::forward`].
+    pub fn forward(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        res_hidden_states: &mut Vec<Tensor>,
+        temb_act: &Tensor,
+    ) -> Result<Tensor> {
+        self.block
+            .forward_attending(gpu, x, res_hidden_states, temb_act, &self.attentions)
+    }
+}
+
+/// One of `UNet2DModel.up_blocks`, as diffusers' `get_up_block` picks it.
+pub enum UpBlock {
+    UpBlock2D(UpBlock2D),
+    AttnUpBlock2D(AttnUpBlock2D),
+}
+
+impl UpBlock {
+    pub fn load(
+        kind: UpBlockType,
+        vb: &VarBuilder,
+        cfg: &BlockConfig,
+        args: &UpBlockArgs,
+    ) -> Result<UpBlock> {
+        Ok(match kind {
+            UpBlockType::UpBlock2D => Self::UpBlock2D(UpBlock2D::load(vb, cfg, args)?),
+            UpBlockType::AttnUpBlock2D => Self::AttnUpBlock2D(AttnUpBlock2D::load(vb, cfg, args)?),
+        })
+    }
+
+    /// As [`UpBlock2D::forward`].
+    pub fn forward(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        res_hidden_states: &mut Vec<Tensor>,
+        temb_act: &Tensor,
+    ) -> Result<Tensor> {
+        match self {
+            Self::UpBlock2D(block) => block.forward(gpu, x, res_hidden_states, temb_act),
+            Self::AttnUpBlock2D(block) => block.forward(gpu, x, res_hidden_states, temb_act),
+        }
+    }
+}
