@@ -1,11 +1,34 @@
 //! wgsl-diff: diffusion sampling with pixel-wise aleatoric uncertainty (De Vita & Belagiannis,
 //! WACV 2025) on hand-written WGSL kernels.
 //!
-//! Layers, each depending only on those below: `gpu` (device, buffer pool, pipeline cache, one
-//! open command encoder) → `ops` (typed kernel wrappers) → `models` (networks mirroring their
-//! PyTorch module trees) → `sampling` (schedules, samplers, the loop) and `uncertainty`
-//! (Algorithm 1 as a step hook); `evaluation` scores image sets with a classifier (`metrics`).
-//! `images`, `npy`, `io` and `splitmix` are small utilities.
+//! # Layers
+//! Each depends only on those below it:
+//! - [`gpu`]: device, buffer pool, pipeline cache, one open command encoder per step.
+//! - [`ops`]: typed wrappers over `shaders/*.wgsl`, one `#[repr(C)]` parameter struct per kernel.
+//! - [`models`]: networks mirroring their PyTorch module trees (diffusers' `UNet2DModel` block
+//!   by block); samplers see them only as an [`models::EpsModel`].
+//! - [`sampling`]: schedules, samplers, the [`sampling::NoisePlan`], the loop and
+//!   [`sampling::Run`]; [`uncertainty`]: Algorithm 1 as a step hook.
+//! - [`run_dir`]: a run's folder (resume, shards, PNG metadata, manifest, scores, filtering,
+//!   report) and the `sample` command as a library call; [`evaluation`]: the `eval` command.
+//! - The `wgsl-diff` binary parses flags into these requests and prints what they did.
+//!
+//! [`images`], [`npy`], [`io`], [`metrics`] and [`splitmix`] are small utilities.
+//!
+//! # The path of a sample
+//! 1. [`run_dir::SampleJob::prepare`] loads the model and its schedule, resolves the sampler
+//!    ([`sampling::SamplerChoice`]) and finds which sample indices the folder still lacks.
+//! 2. [`sampling::Run::sample`] takes a batch of consecutive indices: the noise plan draws x_T
+//!    for each index (Philox keyed by seed, purpose, step, copy; rows are sample indices, so
+//!    batching never changes a sample).
+//! 3. Each step, [`sampling::sample_batch`] calls the model for ε, passes ε through the hooks
+//!    ([`uncertainty::UncertaintyEstimator`] re-noises x̂0 M times and accumulates the map),
+//!    and applies the scheduler's coefficients in one fused kernel; one submit per step.
+//! 4. The batch is read back once ([`sampling::FinishedBatch`]); [`run_dir::BatchWriter`]
+//!    quantises each image and writes its PNG last, with the run's parameters, index, class
+//!    and score in tEXt chunks, so a killed run loses no finished sample.
+//! 5. After the last batch the folder's manifest, scores, heatmaps, grids, filtered subsets
+//!    and report are rebuilt from the PNGs.
 
 pub mod error;
 pub mod evaluation;
