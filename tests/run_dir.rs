@@ -238,7 +238,7 @@ fn scores_sort_with_nan_last() {
         score,
         heatmap: None,
     };
-    let mut records = vec![
+    let mut records = [
         record(0, Some(f64::NAN)),
         record(1, Some(2.0)),
         record(2, Some(-f64::NAN)),

@@ -5,7 +5,7 @@ Lets a PyTorch run reproduce a `wgsl-diff sample` run exactly (same starting, an
 perturbation noise) without `--dump-noise`. Values differ from the GPU's only by the rounding of
 float32 log/sqrt/cos/sin (~1e-6); the bits that pick them are identical.
 
-Layout (see shaders/rng.wgsl and src/sampling/pipeline.rs `noise_key`): element j of sample i of a
+Layout (see shaders/rng.wgsl and src/sampling/noise.rs `NoisePlan::key`): element j of sample i of a
 tensor with row length C*H*W comes from block j // 4 of
     philox4x32_10(counter = (j // 4, i, tag_lo, tag_hi + copy), key = (seed_lo, seed_hi))
 with tag = purpose << 48 | step, purpose 1 = initial, 2 = ancestral, 3 = uncertainty. A block's four
