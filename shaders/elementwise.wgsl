@@ -10,10 +10,15 @@ struct Params {
     beta: f32,
 }
 
-// unary: 0 = SiLU, 1 = alpha·x + beta
-// binary: 0 = alpha·a + beta·b, 1 = a·b
-// channel_op: 0 = x + v[c], 1 = x · v[c]
+// The operation of `unary`, `binary` and `channel_op`: one of the constants below, which the
+// host's UnaryOp, BinaryOp and ChannelOp mirror.
 override OP: u32 = 0u;
+const UNARY_SILU: u32 = 0u;
+const UNARY_AFFINE: u32 = 1u;     // alpha·x + beta
+const BINARY_LINCOMB: u32 = 0u;   // alpha·a + beta·b
+const BINARY_MUL: u32 = 1u;       // a·b
+const CHANNEL_ADD: u32 = 0u;      // x + v[c]
+const CHANNEL_MUL: u32 = 1u;      // x · v[c]
 
 const WG: u32 = 256u;
 
@@ -34,8 +39,8 @@ fn unary(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
     }
     let v = un_x[i];
     switch OP {
-        case 0u: { un_out[i] = v / (1.0 + exp(-v)); }
-        default: { un_out[i] = p.alpha * v + p.beta; }
+        case UNARY_SILU: { un_out[i] = v / (1.0 + exp(-v)); }
+        case UNARY_AFFINE, default: { un_out[i] = p.alpha * v + p.beta; }
     }
 }
 
@@ -50,8 +55,8 @@ fn binary(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
         return;
     }
     switch OP {
-        case 0u: { bin_out[i] = p.alpha * bin_a[i] + p.beta * bin_b[i]; }
-        default: { bin_out[i] = bin_a[i] * bin_b[i]; }
+        case BINARY_LINCOMB: { bin_out[i] = p.alpha * bin_a[i] + p.beta * bin_b[i]; }
+        case BINARY_MUL, default: { bin_out[i] = bin_a[i] * bin_b[i]; }
     }
 }
 
@@ -75,8 +80,8 @@ fn channel_op(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     }
     let v = bin_b[(i / p.inner) % p.outer];
     switch OP {
-        case 0u: { bin_out[i] = bin_a[i] + v; }
-        default: { bin_out[i] = bin_a[i] * v; }
+        case CHANNEL_ADD: { bin_out[i] = bin_a[i] + v; }
+        case CHANNEL_MUL, default: { bin_out[i] = bin_a[i] * v; }
     }
 }
 

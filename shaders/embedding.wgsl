@@ -10,13 +10,15 @@ struct Params {
     scale: f32,
 }
 
+const WG: u32 = 64u;
+
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> timesteps: array<f32>;
 @group(0) @binding(2) var<storage, read_write> emb: array<f32>;
 
 // emb[b, j]: with half = dim/2 and freq_i = exp(−ln(max_period)·i / (half − shift)),
 // the first half is sin(t·freq), the second cos(t·freq) (swapped when flip). Odd dim: zero pad.
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn timestep_embedding(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.x;
     if i >= p.batch * p.dim {
@@ -45,7 +47,7 @@ fn timestep_embedding(@builtin(global_invocation_id) gid: vec3<u32>) {
 @group(0) @binding(3) var<storage, read_write> rows: array<f32>;
 
 // rows[b, :] = table[ids[b], :]
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn lookup(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.x;
     if i >= p.batch * p.dim {

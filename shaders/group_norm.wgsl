@@ -18,6 +18,7 @@ struct Params {
 override FUSE_SILU: bool = false;
 
 const WG: u32 = 256u;
+const FINALIZE_WG: u32 = 64u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 
@@ -87,7 +88,7 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
 @group(0) @binding(1) var<storage, read> partials_in: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> moments: array<vec2<f32>>;
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(FINALIZE_WG)
 fn finalize(@builtin(global_invocation_id) gid: vec3<u32>) {
     let group = gid.x;
     if group >= p.total {

@@ -1,9 +1,7 @@
 // Pixel-wise uncertainty from M ε predictions at re-noised copies of x̂0 (Algorithm 1 of
 // De Vita & Belagiannis). For each element, one pass over the M copies keeps a Welford mean
-// and M2 and the sum of squared deviations from the unperturbed ε, which yields every mode:
-//   MODE 0 centred:          Σ_m (ε_m − ε)² / M     (the official code's estimator)
-//   MODE 1 variance:         M2 / (M − 1)           (sample variance of {ε_m})
-//   MODE 2 variance-biased:  M2 / M
+// and M2 and the sum of squared deviations from the unperturbed ε, which yields every mode
+// (the MODE_* constants below, which the host's UncertaintyMode maps to).
 
 struct Params {
     total: u32,   // B·C·H·W
@@ -11,6 +9,9 @@ struct Params {
 }
 
 override MODE: u32 = 0u;
+const MODE_CENTRED: u32 = 0u;          // Σ_m (ε_m − ε)² / M  (the official code's estimator)
+const MODE_VARIANCE: u32 = 1u;         // M2 / (M − 1)        (sample variance of {ε_m})
+const MODE_VARIANCE_BIASED: u32 = 2u;  // M2 / M
 
 const WG: u32 = 256u;
 
@@ -38,9 +39,9 @@ fn uncertainty_map(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
     }
     let n = f32(p.copies);
     switch MODE {
-        case 0u: { map[i] = centred / n; }
-        case 1u: { map[i] = m2 / (n - 1.0); }
-        default: { map[i] = m2 / n; }
+        case MODE_CENTRED: { map[i] = centred / n; }
+        case MODE_VARIANCE: { map[i] = m2 / (n - 1.0); }
+        case MODE_VARIANCE_BIASED, default: { map[i] = m2 / n; }
     }
 }
 

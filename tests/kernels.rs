@@ -516,6 +516,14 @@ fn oversized_tensors_are_rejected_with_a_clear_error() {
 }
 
 #[test]
+fn kernel_parameters_beyond_u32_are_errors_not_panics() {
+    // `wgsl-diff sample --start-index 4294967296` reaches the noise kernel's row_start.
+    let key = ops::NoiseKey { seed: 1, tag: 0 };
+    let err = ops::normal(gpu(), &[1, 4], key, u32::MAX as usize + 1).unwrap_err();
+    assert!(err.to_string().contains("first sample index"), "{err}");
+}
+
+#[test]
 fn a_step_is_one_encoder_and_buffers_are_reused() {
     let g = gpu();
     g.flush();

@@ -74,25 +74,64 @@ impl Kernel {
         self.constants.push((name, value));
         self
     }
+    /// Sets a WGSL `bool` override.
+    pub fn flag(self, name: &'static str, on: bool) -> Kernel {
+        self.with(name, on as u32)
+    }
 }
 
-/// A kernel's uniform parameters, written field by field in the WGSL struct's order.
-#[derive(Default, Clone, Debug)]
-pub struct Params(Vec<u32>);
+/// Threads per workgroup of every kernel launched over a [`Gpu::grid_1d`]: the `WG` constant of
+/// those shaders (checked against them by `ops`' tests).
+pub const LINEAR_WORKGROUP: usize = 256;
 
-impl Params {
-    pub fn new() -> Params {
-        Params::default()
-    }
-    pub fn u(mut self, v: usize) -> Params {
-        self.0
-            .push(u32::try_from(v).expect("kernel parameter exceeds u32"));
-        self
-    }
-    pub fn f(mut self, v: f32) -> Params {
-        self.0.push(v.to_bits());
-        self
-    }
+/// A kernel's uniform block: a `#[repr(C)]` mirror of the WGSL struct at `@binding(0)`, declared
+/// with `kernel_params!`, which also records the layout so a test can compare it with the
+/// shader's.
+///
+/// Every field is a 4-byte scalar, so the C layout (consecutive offsets, no padding) is the
+/// WGSL uniform layout; the 16-byte rounding of uniform structs does not matter because each
+/// dispatch binds a whole 256-byte parameter slot.
+pub trait KernelParams: bytemuck::Pod {
+    /// The shader and WGSL struct this type mirrors.
+    const SHADER: &'static Shader;
+    const STRUCT: &'static str;
+    /// Each field in order: (name, WGSL scalar type, byte offset).
+    const FIELDS: &'static [(&'static str, &'static str, usize)];
+}
+
+/// Declares a kernel's parameter struct with its [`KernelParams`] impl:
+/// `kernel_params! { struct ConvParams for CONV2D::Params { batch: u32, … } }` mirrors the
+/// struct `Params` of `shaders::CONV2D`, with the WGSL field names, order and scalar types.
+macro_rules! kernel_params {
+    ($(#[$meta:meta])* $vis:vis struct $name:ident for $shader:ident :: $wgsl:ident {
+        $($field:ident : $ty:ident),* $(,)?
+    }) => {
+        $(#[$meta])*
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+        $vis struct $name {
+            $($field: $ty,)*
+        }
+
+        impl $crate::gpu::KernelParams for $name {
+            const SHADER: &'static $crate::gpu::Shader = &$crate::gpu::shaders::$shader;
+            const STRUCT: &'static str = stringify!($wgsl);
+            const FIELDS: &'static [(&'static str, &'static str, usize)] =
+                &[$((stringify!($field), stringify!($ty), ::std::mem::offset_of!($name, $field))),*];
+        }
+    };
+}
+pub(crate) use kernel_params;
+
+/// `value` as a 32-bit kernel quantity (a parameter, override or workgroup count), or an error
+/// naming it: WGSL indexes in u32, so a larger value cannot reach the shader.
+pub fn checked_u32(op: &str, what: &str, value: usize) -> Result<u32> {
+    u32::try_from(value).map_err(|_| {
+        Error::Invalid(format!(
+            "{op}: {what} is {value}, but GPU kernels take at most {}",
+            u32::MAX
+        ))
+    })
 }
 
 /// One slot per dispatch, each a whole uniform-offset alignment; backing chunks are reused.
@@ -102,6 +141,7 @@ pub(crate) struct ParamArena {
     chunks: Vec<wgpu::Buffer>,
 }
 
+/// Bytes bound per dispatch: at least any kernel's parameter struct.
 const PARAM_SLOT: u64 = 256;
 const CHUNK_SLOTS: u64 = 1024;
 
@@ -119,11 +159,8 @@ impl ParamArena {
     }
 
     /// Stages `params` and returns the (chunk, offset) its binding must point at.
-    fn push(&mut self, device: &wgpu::Device, params: &Params) -> (wgpu::Buffer, u64) {
-        assert!(
-            params.0.len() * 4 <= self.align as usize,
-            "too many kernel parameters"
-        );
+    fn push<P: KernelParams>(&mut self, device: &wgpu::Device, params: &P) -> (wgpu::Buffer, u64) {
+        const { assert!(std::mem::size_of::<P>() as u64 <= PARAM_SLOT) };
         let start = self.staged.len() as u64;
         let chunk = (start / self.chunk_bytes()) as usize;
         if chunk == self.chunks.len() {
@@ -135,8 +172,7 @@ impl ParamArena {
                     mapped_at_creation: false,
                 }));
         }
-        self.staged
-            .extend_from_slice(bytemuck::cast_slice(&params.0));
+        self.staged.extend_from_slice(bytemuck::bytes_of(params));
         self.staged.resize((start + self.align) as usize, 0);
         (self.chunks[chunk].clone(), start % self.chunk_bytes())
     }
@@ -253,17 +289,18 @@ impl Gpu {
         cached
     }
 
-    /// Records one dispatch of `kernel` into the open encoder.
-    pub fn dispatch(
+    /// Records one dispatch of `kernel` into the open encoder; `params` is its uniform block.
+    pub fn dispatch<P: KernelParams>(
         &self,
         kernel: &Kernel,
-        params: &Params,
+        params: &P,
         inputs: &[&Tensor],
         outputs: &[&Tensor],
-        workgroups: [u32; 3],
+        workgroups: [usize; 3],
     ) -> Result<()> {
+        debug_assert_eq!(kernel.shader.name, P::SHADER.name, "{}", kernel.entry);
         let max = self.limits.max_compute_workgroups_per_dimension;
-        if workgroups.iter().any(|&w| w > max) {
+        if workgroups.iter().any(|&w| w > max as usize) {
             return Err(Error::Invalid(format!(
                 "{}::{} needs {workgroups:?} workgroups, over this device's {max} per dimension; \
                  use a smaller batch or resolution",
@@ -301,23 +338,106 @@ impl Gpu {
             });
             pass.set_pipeline(&cached.pipeline);
             pass.set_bind_group(0, &bind_group, &[]);
-            pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
+            // Each count is at most `max`, a u32, so these casts are exact.
+            pass.dispatch_workgroups(
+                workgroups[0] as u32,
+                workgroups[1] as u32,
+                workgroups[2] as u32,
+            );
         });
         Ok(())
     }
 
-    /// Workgroup counts covering `n` invocations of a 1-D kernel with `wg` threads per group,
-    /// folded into y when x would exceed the per-dimension limit. Kernels recover the linear
-    /// index as `gid.x + gid.y * num_workgroups.x * wg`.
-    pub fn grid_1d(&self, n: usize, wg: u32) -> [u32; 3] {
-        let groups = n.div_ceil(wg as usize) as u64;
-        let max = self.limits.max_compute_workgroups_per_dimension as u64;
+    /// Workgroup counts covering `n` invocations of a 1-D kernel with [`LINEAR_WORKGROUP`]
+    /// threads per group, folded into y when x would exceed the per-dimension limit. Kernels
+    /// recover the linear index as `gid.x + gid.y * num_workgroups.x * WG`.
+    pub fn grid_1d(&self, n: usize) -> [usize; 3] {
+        let groups = n.div_ceil(LINEAR_WORKGROUP);
+        let max = self.limits.max_compute_workgroups_per_dimension as usize;
         if groups <= max {
-            [groups as u32, 1, 1]
+            [groups, 1, 1]
         } else {
             let y = groups.div_ceil(max);
-            [groups.div_ceil(y) as u32, y as u32, 1]
+            [groups.div_ceil(y), y, 1]
         }
+    }
+}
+
+/// Test support: the shaders as naga parses them, to hold their host-side mirrors to them.
+#[cfg(test)]
+pub(crate) mod wgsl {
+    use super::{KernelParams, Shader};
+
+    fn parse(shader: &Shader) -> naga::Module {
+        naga::front::wgsl::parse_str(shader.source)
+            .unwrap_or_else(|e| panic!("{}: {}", shader.name, e.emit_to_string(shader.source)))
+    }
+
+    /// The value of the integer `const` (or `override` default) `name` that `shader` declares.
+    pub(crate) fn constant(shader: &Shader, name: &str) -> u64 {
+        let module = parse(shader);
+        let named = |n: &Option<String>| n.as_deref() == Some(name);
+        let init = module
+            .constants
+            .iter()
+            .find(|(_, c)| named(&c.name))
+            .map(|(_, c)| c.init)
+            .or_else(|| {
+                let (_, o) = module.overrides.iter().find(|(_, o)| named(&o.name))?;
+                o.init
+            })
+            .unwrap_or_else(|| panic!("{} declares no constant {name}", shader.name));
+        match module.global_expressions[init] {
+            naga::Expression::Literal(naga::Literal::U32(v)) => v.into(),
+            naga::Expression::Literal(naga::Literal::AbstractInt(v)) => v as u64,
+            ref e => panic!("{}::{name} is {e:?}, not an integer literal", shader.name),
+        }
+    }
+
+    fn scalar(inner: &naga::TypeInner) -> String {
+        use naga::{Scalar, TypeInner};
+        match *inner {
+            TypeInner::Scalar(Scalar::U32) => "u32".into(),
+            TypeInner::Scalar(Scalar::F32) => "f32".into(),
+            ref other => format!("{other:?}"),
+        }
+    }
+
+    /// Asserts that `P` has the field names, scalar types, offsets and size of its WGSL struct.
+    pub(crate) fn assert_params_mirror<P: KernelParams>() {
+        let shader = P::SHADER;
+        let module = parse(shader);
+        let (members, span) = module
+            .types
+            .iter()
+            .find_map(|(_, ty)| match &ty.inner {
+                naga::TypeInner::Struct { members, span }
+                    if ty.name.as_deref() == Some(P::STRUCT) =>
+                {
+                    Some((members, *span))
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{} declares no struct {}", shader.name, P::STRUCT));
+        let wgsl: Vec<(String, String, usize)> = members
+            .iter()
+            .map(|m| {
+                let name = m.name.clone().unwrap_or_default();
+                (name, scalar(&module.types[m.ty].inner), m.offset as usize)
+            })
+            .collect();
+        let host: Vec<(String, String, usize)> = P::FIELDS
+            .iter()
+            .map(|&(name, ty, offset)| (name.into(), ty.into(), offset))
+            .collect();
+        let what = format!(
+            "{} vs {}::{}",
+            std::any::type_name::<P>(),
+            shader.name,
+            P::STRUCT
+        );
+        assert_eq!(host, wgsl, "{what}: fields");
+        assert_eq!(std::mem::size_of::<P>(), span as usize, "{what}: size");
     }
 }
 

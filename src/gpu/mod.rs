@@ -7,7 +7,10 @@
 mod kernel;
 mod tensor;
 
-pub use kernel::{shaders, Kernel, Params, Shader};
+pub(crate) use kernel::kernel_params;
+#[cfg(test)]
+pub(crate) use kernel::wgsl;
+pub use kernel::{checked_u32, shaders, Kernel, KernelParams, Shader, LINEAR_WORKGROUP};
 pub use tensor::{Shape, Tensor};
 
 use crate::error::{Error, Result};

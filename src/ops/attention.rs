@@ -1,12 +1,30 @@
+//! Multi-head softmax attention (attention.wgsl).
+
 use super::{dims, ensure};
 use crate::error::Result;
-use crate::gpu::{shaders, Gpu, Kernel, Params, Tensor};
+use crate::gpu::{checked_u32, kernel_params, shaders, Gpu, Kernel, Tensor};
 
-// Must match attention.wgsl.
-const WG: usize = 64;
-const CHUNK: usize = 64;
-const MAX_TILE_KEYS: usize = 16;
-const KV_CAP: usize = 1536;
+// attention.wgsl's constants of the same names, which size its arrays (checked in ops' tests).
+/// Threads per workgroup.
+pub(super) const WG: usize = 64;
+/// Head-vector elements per thread.
+pub(super) const CHUNK: usize = 64;
+/// Most keys staged per tile.
+pub(super) const MAX_TILE_KEYS: usize = 16;
+/// Floats of workgroup memory per staged tile of keys (and of values).
+pub(super) const KV_CAP: usize = 1536;
+
+kernel_params! {
+    pub(super) struct AttentionParams for ATTENTION::Params {
+        tokens: u32,
+        channels: u32,
+        heads: u32,
+        head_dim: u32,
+        chunks: u32,
+        tile_keys: u32,
+        scale: f32,
+    }
+}
 
 /// softmax(Q·Kᵀ·scale)·V per head for token-major q, k, v of shape (B, N, heads·D).
 pub fn attention(
@@ -40,22 +58,24 @@ pub fn attention(
     })?;
     let tile_keys = (KV_CAP / head_dim).clamp(1, MAX_TILE_KEYS);
     let queries_per_group = WG / chunks;
+    let u = |what, v| checked_u32(OP, what, v);
+    let p = AttentionParams {
+        tokens: u("tokens", n)?,
+        channels: u("channels", c)?,
+        heads: u("heads", heads)?,
+        head_dim: u("head_dim", head_dim)?,
+        chunks: u("chunks", chunks)?,
+        tile_keys: u("tile_keys", tile_keys)?,
+        scale,
+    };
     let out = gpu.empty(q.shape())?;
-    let p = Params::new()
-        .u(n)
-        .u(c)
-        .u(heads)
-        .u(head_dim)
-        .u(chunks)
-        .u(tile_keys)
-        .f(scale);
     let kernel = Kernel::new(&shaders::ATTENTION, "attention");
     gpu.dispatch(
         &kernel,
         &p,
         &[q, k, v],
         &[&out],
-        [n.div_ceil(queries_per_group) as u32, (b * heads) as u32, 1],
+        [n.div_ceil(queries_per_group), b * heads, 1],
     )?;
     Ok(out)
 }

@@ -1,6 +1,26 @@
+//! 2-D convolution with a fused bias/residual epilogue (conv2d.wgsl).
+
 use super::{dims, ensure};
 use crate::error::Result;
-use crate::gpu::{shaders, Gpu, Kernel, Params, Tensor};
+use crate::gpu::{checked_u32, kernel_params, shaders, Gpu, Kernel, Tensor};
+
+kernel_params! {
+    pub(super) struct ConvParams for CONV2D::Params {
+        batch: u32,
+        c_in: u32,
+        h: u32,
+        w: u32,
+        c_out: u32,
+        h_out: u32,
+        w_out: u32,
+        out_scale: f32,
+    }
+}
+
+/// conv2d.wgsl's `TILE` override: output rows and columns per workgroup.
+const WIDE_TILE: u32 = 64;
+/// The tile for layers of at most this many output channels, so fewer tile rows sit idle.
+const NARROW_TILE: u32 = 32;
 
 /// Geometry and fused epilogue of a [`conv2d`].
 #[derive(Clone, Copy, Debug)]
@@ -36,15 +56,15 @@ impl<'a> Conv2dArgs<'a> {
     }
 }
 
-/// 2-D convolution: x (B, C_in, H, W), weight (C_out, C_in, KH, KW), bias (C_out).
-pub fn conv2d(
-    gpu: &Gpu,
+const OP: &str = "conv2d";
+
+/// Checks the operands of a [`conv2d`] against each other and returns the output's shape.
+fn output_shape(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
-    args: Conv2dArgs,
-) -> Result<Tensor> {
-    const OP: &str = "conv2d";
+    args: &Conv2dArgs,
+) -> Result<[usize; 4]> {
     let [b, c_in, h, w] = dims::<4>(x, OP, "input")?;
     let [c_out, wc_in, kh, kw] = dims::<4>(weight, OP, "weight")?;
     ensure(wc_in == c_in, OP, || {
@@ -75,26 +95,45 @@ pub fn conv2d(
             )
         })?;
     }
-    let out = gpu.empty(&[b, c_out, h_out, w_out])?;
-    // Narrow layers get a narrower tile so fewer output rows sit idle.
-    let tile = if c_out <= 32 { 32 } else { 64 };
+    Ok([b, c_out, h_out, w_out])
+}
+
+/// 2-D convolution: x (B, C_in, H, W), weight (C_out, C_in, KH, KW), bias (C_out).
+pub fn conv2d(
+    gpu: &Gpu,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    args: Conv2dArgs,
+) -> Result<Tensor> {
+    let [b, c_out, h_out, w_out] = output_shape(x, weight, bias, &args)?;
+    let [_, c_in, h, w] = dims::<4>(x, OP, "input")?;
+    let [_, _, kh, kw] = dims::<4>(weight, OP, "weight")?;
+    let u = |what, v| checked_u32(OP, what, v);
+    let tile = if c_out <= NARROW_TILE as usize {
+        NARROW_TILE
+    } else {
+        WIDE_TILE
+    };
     let kernel = Kernel::new(&shaders::CONV2D, "conv2d")
-        .with("TILE", tile as u32)
-        .with("KH", kh as u32)
-        .with("KW", kw as u32)
-        .with("STRIDE", args.stride as u32)
-        .with("PAD", args.padding as u32)
-        .with("HAS_BIAS", bias.is_some() as u32)
-        .with("HAS_RESIDUAL", args.residual.is_some() as u32);
-    let params = Params::new()
-        .u(b)
-        .u(c_in)
-        .u(h)
-        .u(w)
-        .u(c_out)
-        .u(h_out)
-        .u(w_out)
-        .f(args.out_scale);
+        .with("TILE", tile)
+        .with("KH", u("kernel height", kh)?)
+        .with("KW", u("kernel width", kw)?)
+        .with("STRIDE", u("stride", args.stride)?)
+        .with("PAD", u("padding", args.padding)?)
+        .flag("HAS_BIAS", bias.is_some())
+        .flag("HAS_RESIDUAL", args.residual.is_some());
+    let params = ConvParams {
+        batch: u("batch", b)?,
+        c_in: u("c_in", c_in)?,
+        h: u("h", h)?,
+        w: u("w", w)?,
+        c_out: u("c_out", c_out)?,
+        h_out: u("h_out", h_out)?,
+        w_out: u("w_out", w_out)?,
+        out_scale: args.out_scale,
+    };
+    let out = gpu.empty(&[b, c_out, h_out, w_out])?;
     let n = b * h_out * w_out;
     gpu.dispatch(
         &kernel,
@@ -106,7 +145,7 @@ pub fn conv2d(
             args.residual.unwrap_or(x),
         ],
         &[&out],
-        [n.div_ceil(tile) as u32, c_out.div_ceil(tile) as u32, 1],
+        [n.div_ceil(tile as usize), c_out.div_ceil(tile as usize), 1],
     )?;
     Ok(out)
 }

@@ -1,38 +1,105 @@
+//! Element-wise arithmetic and layout kernels (elementwise.wgsl) and resampling (resample.wgsl).
+
 use super::{dims, ensure};
 use crate::error::Result;
-use crate::gpu::{shaders, Gpu, Kernel, Params, Tensor};
+use crate::gpu::{checked_u32, kernel_params, shaders, Gpu, Kernel, Tensor};
 
-const WG: u32 = 256;
-
-/// The elementwise.wgsl parameter block: total, inner, outer, offset, alpha, beta.
-fn params(
-    total: usize,
-    inner: usize,
-    outer: usize,
-    offset: usize,
-    alpha: f32,
-    beta: f32,
-) -> Params {
-    Params::new()
-        .u(total)
-        .u(inner)
-        .u(outer)
-        .u(offset)
-        .f(alpha)
-        .f(beta)
+kernel_params! {
+    pub(super) struct ElementwiseParams for ELEMENTWISE::Params {
+        total: u32,
+        inner: u32,
+        outer: u32,
+        offset: u32,
+        alpha: f32,
+        beta: f32,
+    }
 }
 
+kernel_params! {
+    pub(super) struct ResampleParams for RESAMPLE::Params {
+        total: u32,
+        h_in: u32,
+        w_in: u32,
+    }
+}
+
+/// The `unary` entry's operations: its `OP` override (elementwise.wgsl's `UNARY_*`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug)]
+pub(super) enum UnaryOp {
+    Silu = 0,
+    /// alpha·x + beta.
+    Affine = 1,
+}
+
+/// The `binary` entry's operations (elementwise.wgsl's `BINARY_*`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug)]
+pub(super) enum BinaryOp {
+    /// alpha·a + beta·b.
+    Lincomb = 0,
+    Mul = 1,
+}
+
+/// The `channel_op` entry's operations (elementwise.wgsl's `CHANNEL_*`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug)]
+pub(super) enum ChannelOp {
+    Add = 0,
+    Mul = 1,
+}
+
+/// An entry point of elementwise.wgsl, with its operation where it takes one.
+#[derive(Clone, Copy, Debug)]
+enum Entry {
+    Unary(UnaryOp),
+    Binary(BinaryOp),
+    Channel(ChannelOp),
+    BroadcastLincomb,
+    ScaleShift,
+    CopyChannels,
+    Transpose,
+}
+
+impl Entry {
+    fn kernel(self) -> Kernel {
+        let (entry, op) = match self {
+            Entry::Unary(op) => ("unary", Some(op as u32)),
+            Entry::Binary(op) => ("binary", Some(op as u32)),
+            Entry::Channel(op) => ("channel_op", Some(op as u32)),
+            Entry::BroadcastLincomb => ("broadcast_lincomb", None),
+            Entry::ScaleShift => ("scale_shift", None),
+            Entry::CopyChannels => ("copy_channels", None),
+            Entry::Transpose => ("transpose", None),
+        };
+        let kernel = Kernel::new(&shaders::ELEMENTWISE, entry);
+        match op {
+            Some(op) => kernel.with("OP", op),
+            None => kernel,
+        }
+    }
+}
+
+impl ElementwiseParams {
+    /// One thread per element of `t`; the other fields zero.
+    fn over(op: &str, t: &Tensor) -> Result<ElementwiseParams> {
+        Ok(ElementwiseParams {
+            total: checked_u32(op, "total", t.numel())?,
+            ..Default::default()
+        })
+    }
+}
+
+/// One 1-D launch of `entry` over `p.total` invocations.
 fn launch(
     gpu: &Gpu,
-    entry: &'static str,
-    op: u32,
-    p: Params,
+    entry: Entry,
+    p: &ElementwiseParams,
     inputs: &[&Tensor],
     out: &Tensor,
-    threads: usize,
 ) -> Result<()> {
-    let kernel = Kernel::new(&shaders::ELEMENTWISE, entry).with("OP", op);
-    gpu.dispatch(&kernel, &p, inputs, &[out], gpu.grid_1d(threads, WG))
+    let grid = gpu.grid_1d(p.total as usize);
+    gpu.dispatch(&entry.kernel(), p, inputs, &[out], grid)
 }
 
 fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
@@ -43,47 +110,34 @@ fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
 
 /// SiLU(x) = x·sigmoid(x).
 pub fn silu(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
+    let p = ElementwiseParams::over("silu", x)?;
     let out = gpu.empty(x.shape())?;
-    launch(
-        gpu,
-        "unary",
-        0,
-        params(x.numel(), 0, 0, 0, 0.0, 0.0),
-        &[x],
-        &out,
-        x.numel(),
-    )?;
+    launch(gpu, Entry::Unary(UnaryOp::Silu), &p, &[x], &out)?;
     Ok(out)
 }
 
 /// alpha·x + beta.
 pub fn affine(gpu: &Gpu, x: &Tensor, alpha: f32, beta: f32) -> Result<Tensor> {
+    let p = ElementwiseParams {
+        alpha,
+        beta,
+        ..ElementwiseParams::over("affine", x)?
+    };
     let out = gpu.empty(x.shape())?;
-    launch(
-        gpu,
-        "unary",
-        1,
-        params(x.numel(), 0, 0, 0, alpha, beta),
-        &[x],
-        &out,
-        x.numel(),
-    )?;
+    launch(gpu, Entry::Unary(UnaryOp::Affine), &p, &[x], &out)?;
     Ok(out)
 }
 
 /// alpha·a + beta·b.
 pub fn lincomb(gpu: &Gpu, alpha: f32, a: &Tensor, beta: f32, b: &Tensor) -> Result<Tensor> {
     same_shape("lincomb", a, b)?;
+    let p = ElementwiseParams {
+        alpha,
+        beta,
+        ..ElementwiseParams::over("lincomb", a)?
+    };
     let out = gpu.empty(a.shape())?;
-    launch(
-        gpu,
-        "binary",
-        0,
-        params(a.numel(), 0, 0, 0, alpha, beta),
-        &[a, b],
-        &out,
-        a.numel(),
-    )?;
+    launch(gpu, Entry::Binary(BinaryOp::Lincomb), &p, &[a, b], &out)?;
     Ok(out)
 }
 
@@ -100,9 +154,10 @@ pub fn broadcast_lincomb(
     beta: f32,
     b: &Tensor,
 ) -> Result<Tensor> {
+    const OP: &str = "broadcast_lincomb";
     ensure(
         a.shape()[1..] == b.shape()[1..] && a.dim(0) > 0 && b.dim(0).is_multiple_of(a.dim(0)),
-        "broadcast_lincomb",
+        OP,
         || {
             format!(
                 "{:?} does not tile {:?} along the first axis",
@@ -111,9 +166,14 @@ pub fn broadcast_lincomb(
             )
         },
     )?;
+    let p = ElementwiseParams {
+        inner: checked_u32(OP, "inner", a.numel())?,
+        alpha,
+        beta,
+        ..ElementwiseParams::over(OP, b)?
+    };
     let out = gpu.empty(b.shape())?;
-    let p = params(b.numel(), a.numel(), 0, 0, alpha, beta);
-    launch(gpu, "broadcast_lincomb", 0, p, &[a, b], &out, b.numel())?;
+    launch(gpu, Entry::BroadcastLincomb, &p, &[a, b], &out)?;
     Ok(out)
 }
 
@@ -134,21 +194,20 @@ pub fn repeat_batch(gpu: &Gpu, x: &Tensor, copies: usize) -> Result<Tensor> {
 /// a · b element-wise.
 pub fn mul(gpu: &Gpu, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     same_shape("mul", a, b)?;
+    let p = ElementwiseParams::over("mul", a)?;
     let out = gpu.empty(a.shape())?;
-    launch(
-        gpu,
-        "binary",
-        1,
-        params(a.numel(), 0, 0, 0, 0.0, 0.0),
-        &[a, b],
-        &out,
-        a.numel(),
-    )?;
+    launch(gpu, Entry::Binary(BinaryOp::Mul), &p, &[a, b], &out)?;
     Ok(out)
 }
 
 /// x (B, C, H, W) combined with a vector v of shape (B, C) or (C) broadcast over pixels.
-fn channel_op(gpu: &Gpu, name: &'static str, op: u32, x: &Tensor, v: &Tensor) -> Result<Tensor> {
+fn channel_op(
+    gpu: &Gpu,
+    name: &'static str,
+    op: ChannelOp,
+    x: &Tensor,
+    v: &Tensor,
+) -> Result<Tensor> {
     let [b, c, h, w] = dims::<4>(x, name, "x")?;
     ensure(v.shape() == [b, c] || v.shape() == [c], name, || {
         format!(
@@ -157,20 +216,24 @@ fn channel_op(gpu: &Gpu, name: &'static str, op: u32, x: &Tensor, v: &Tensor) ->
             x.shape()
         )
     })?;
+    let p = ElementwiseParams {
+        inner: checked_u32(name, "inner", h * w)?,
+        outer: checked_u32(name, "outer", v.numel())?,
+        ..ElementwiseParams::over(name, x)?
+    };
     let out = gpu.empty(x.shape())?;
-    let p = params(x.numel(), h * w, v.numel(), 0, 0.0, 0.0);
-    launch(gpu, "channel_op", op, p, &[x, v], &out, x.numel())?;
+    launch(gpu, Entry::Channel(op), &p, &[x, v], &out)?;
     Ok(out)
 }
 
 /// x + v[b, c] (or v[c]) at every pixel: a time-embedding projection added to a feature map.
 pub fn add_channel_vec(gpu: &Gpu, x: &Tensor, v: &Tensor) -> Result<Tensor> {
-    channel_op(gpu, "add_channel_vec", 0, x, v)
+    channel_op(gpu, "add_channel_vec", ChannelOp::Add, x, v)
 }
 
 /// x · v[b, c] (or v[c]) at every pixel.
 pub fn mul_channel_vec(gpu: &Gpu, x: &Tensor, v: &Tensor) -> Result<Tensor> {
-    channel_op(gpu, "mul_channel_vec", 1, x, v)
+    channel_op(gpu, "mul_channel_vec", ChannelOp::Mul, x, v)
 }
 
 /// x·(1 + scale) + shift with `emb` = [scale | shift] of shape (B, 2C): ADM's scale-shift norm.
@@ -180,16 +243,13 @@ pub fn scale_shift(gpu: &Gpu, x: &Tensor, emb: &Tensor) -> Result<Tensor> {
     ensure(emb.shape() == [b, 2 * c], OP, || {
         format!("emb {:?} must be [{b}, {}]", emb.shape(), 2 * c)
     })?;
+    let p = ElementwiseParams {
+        inner: checked_u32(OP, "inner", h * w)?,
+        outer: checked_u32(OP, "outer", c)?,
+        ..ElementwiseParams::over(OP, x)?
+    };
     let out = gpu.empty(x.shape())?;
-    launch(
-        gpu,
-        "scale_shift",
-        0,
-        params(x.numel(), h * w, c, 0, 0.0, 0.0),
-        &[x, emb],
-        &out,
-        x.numel(),
-    )?;
+    launch(gpu, Entry::ScaleShift, &p, &[x, emb], &out)?;
     Ok(out)
 }
 
@@ -211,18 +271,17 @@ pub fn concat_channels(gpu: &Gpu, parts: &[&Tensor]) -> Result<Tensor> {
         c_total += tc;
     }
     let out = gpu.empty(&[b, c_total, h, w])?;
+    let u = |what, v| checked_u32(OP, what, v);
     let mut offset = 0;
     for t in parts {
         let c = t.dim(1);
-        let p = params(
-            t.numel(),
-            c * h * w,
-            c_total * h * w,
-            offset * h * w,
-            0.0,
-            0.0,
-        );
-        launch(gpu, "copy_channels", 0, p, &[t], &out, t.numel())?;
+        let p = ElementwiseParams {
+            inner: u("inner", c * h * w)?,
+            outer: u("outer", c_total * h * w)?,
+            offset: u("offset", offset * h * w)?,
+            ..ElementwiseParams::over(OP, t)?
+        };
+        launch(gpu, Entry::CopyChannels, &p, &[t], &out)?;
         offset += c;
     }
     Ok(out)
@@ -230,26 +289,30 @@ pub fn concat_channels(gpu: &Gpu, parts: &[&Tensor]) -> Result<Tensor> {
 
 /// (B, R, C) → (B, C, R).
 pub fn transpose_last2(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
-    let [b, r, c] = dims::<3>(x, "transpose_last2", "x")?;
+    const OP: &str = "transpose_last2";
+    let [b, r, c] = dims::<3>(x, OP, "x")?;
+    let p = ElementwiseParams {
+        inner: checked_u32(OP, "inner", c)?,
+        outer: checked_u32(OP, "outer", r)?,
+        ..ElementwiseParams::over(OP, x)?
+    };
     let out = gpu.empty(&[b, c, r])?;
-    launch(
-        gpu,
-        "transpose",
-        0,
-        params(x.numel(), c, r, 0, 0.0, 0.0),
-        &[x],
-        &out,
-        x.numel(),
-    )?;
+    launch(gpu, Entry::Transpose, &p, &[x], &out)?;
     Ok(out)
 }
 
 fn resample(gpu: &Gpu, entry: &'static str, x: &Tensor, out_hw: (usize, usize)) -> Result<Tensor> {
     let [b, c, h, w] = dims::<4>(x, entry, "x")?;
+    let total = b * c * out_hw.0 * out_hw.1;
+    let u = |what, v| checked_u32(entry, what, v);
+    let p = ResampleParams {
+        total: u("total", total)?,
+        h_in: u("h_in", h)?,
+        w_in: u("w_in", w)?,
+    };
     let out = gpu.empty(&[b, c, out_hw.0, out_hw.1])?;
-    let p = Params::new().u(out.numel()).u(h).u(w);
     let kernel = Kernel::new(&shaders::RESAMPLE, entry);
-    gpu.dispatch(&kernel, &p, &[x], &[&out], gpu.grid_1d(out.numel(), WG))?;
+    gpu.dispatch(&kernel, &p, &[x], &[&out], gpu.grid_1d(total))?;
     Ok(out)
 }
 

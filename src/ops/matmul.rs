@@ -1,8 +1,22 @@
+//! Batched matrix products and PyTorch `Linear` layers (matmul.wgsl).
+
 use super::{dims, ensure};
 use crate::error::Result;
-use crate::gpu::{shaders, Gpu, Kernel, Params, Tensor};
+use crate::gpu::{checked_u32, kernel_params, shaders, Gpu, Kernel, Tensor};
 
-const TILE: usize = 64;
+kernel_params! {
+    pub(super) struct MatmulParams for MATMUL::Params {
+        m: u32,
+        n: u32,
+        k: u32,
+        batch_stride_a: u32,
+        batch_stride_b: u32,
+        batch_stride_c: u32,
+    }
+}
+
+/// matmul.wgsl's `TILE`: rows and columns of C per workgroup.
+pub(super) const TILE: usize = 64;
 
 /// C = A · op(B) (+ bias) over a batch: A (batch, M, K); B (N, K) when `trans_b` else (K, N),
 /// optionally with a leading batch dimension of its own (else shared by all batch items).
@@ -43,7 +57,6 @@ fn matmul_impl(
             format!("bias {:?} must be [{n}]", bias.shape())
         })?;
     }
-    let out = gpu.empty(&[batch, m, n])?;
     // Both operands are contiguous along K when B is transposed: vec4 loads if K allows.
     let entry = if trans_b && k % 4 == 0 {
         "matmul_vec4"
@@ -51,25 +64,24 @@ fn matmul_impl(
         "matmul"
     };
     let kernel = Kernel::new(&shaders::MATMUL, entry)
-        .with("TRANS_B", trans_b as u32)
-        .with("HAS_BIAS", bias.is_some() as u32);
-    let params = Params::new()
-        .u(m)
-        .u(n)
-        .u(k)
-        .u(m * k)
-        .u(if b_batched { n * k } else { 0 })
-        .u(m * n);
+        .flag("TRANS_B", trans_b)
+        .flag("HAS_BIAS", bias.is_some());
+    let u = |what, v| checked_u32(OP, what, v);
+    let params = MatmulParams {
+        m: u("m", m)?,
+        n: u("n", n)?,
+        k: u("k", k)?,
+        batch_stride_a: u("batch_stride_a", m * k)?,
+        batch_stride_b: u("batch_stride_b", if b_batched { n * k } else { 0 })?,
+        batch_stride_c: u("batch_stride_c", m * n)?,
+    };
+    let out = gpu.empty(&[batch, m, n])?;
     gpu.dispatch(
         &kernel,
         &params,
         &[a, b, bias.unwrap_or(b)],
         &[&out],
-        [
-            n.div_ceil(TILE) as u32,
-            m.div_ceil(TILE) as u32,
-            batch as u32,
-        ],
+        [n.div_ceil(TILE), m.div_ceil(TILE), batch],
     )?;
     Ok(out)
 }

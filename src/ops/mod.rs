@@ -45,3 +45,83 @@ pub(crate) fn dims<const R: usize>(
         )
     })
 }
+
+/// Every host-side mirror of a shader declaration is held to the shader as naga parses it, so
+/// each value is defined once and a change on one side fails here rather than on the GPU.
+#[cfg(test)]
+mod tests {
+    use super::elementwise::{BinaryOp, ChannelOp, UnaryOp};
+    use super::*;
+    use crate::gpu::{shaders, wgsl, Shader, LINEAR_WORKGROUP};
+
+    #[test]
+    fn parameter_structs_mirror_the_wgsl_structs() {
+        wgsl::assert_params_mirror::<attention::AttentionParams>();
+        wgsl::assert_params_mirror::<conv::ConvParams>();
+        wgsl::assert_params_mirror::<elementwise::ElementwiseParams>();
+        wgsl::assert_params_mirror::<elementwise::ResampleParams>();
+        wgsl::assert_params_mirror::<embedding::EmbeddingParams>();
+        wgsl::assert_params_mirror::<matmul::MatmulParams>();
+        wgsl::assert_params_mirror::<norm::GroupNormParams>();
+        wgsl::assert_params_mirror::<rng::RngParams>();
+        wgsl::assert_params_mirror::<sampler::SamplerParams>();
+        wgsl::assert_params_mirror::<uncertainty::MapParams>();
+        wgsl::assert_params_mirror::<uncertainty::SumParams>();
+    }
+
+    #[test]
+    fn host_constants_match_the_shaders() {
+        use UncertaintyMode as Mode;
+        let wg = LINEAR_WORKGROUP as u64;
+        let mode = |m| uncertainty::mode_code(m).into();
+        let checks: [(&Shader, &[(&str, u64)]); 9] = [
+            // Workgroup sizes and tiles the host sizes its grids by, and the operation
+            // selectors it passes as the `OP` and `MODE` overrides.
+            (
+                &shaders::ELEMENTWISE,
+                &[
+                    ("WG", wg),
+                    ("UNARY_SILU", UnaryOp::Silu as u64),
+                    ("UNARY_AFFINE", UnaryOp::Affine as u64),
+                    ("BINARY_LINCOMB", BinaryOp::Lincomb as u64),
+                    ("BINARY_MUL", BinaryOp::Mul as u64),
+                    ("CHANNEL_ADD", ChannelOp::Add as u64),
+                    ("CHANNEL_MUL", ChannelOp::Mul as u64),
+                ],
+            ),
+            (
+                &shaders::UNCERTAINTY,
+                &[
+                    ("WG", wg),
+                    ("MODE_CENTRED", mode(Mode::Centred)),
+                    ("MODE_VARIANCE", mode(Mode::Variance)),
+                    ("MODE_VARIANCE_BIASED", mode(Mode::VarianceBiased)),
+                ],
+            ),
+            (&shaders::RESAMPLE, &[("WG", wg)]),
+            (&shaders::RNG, &[("WG", wg)]),
+            (&shaders::SAMPLER, &[("WG", wg)]),
+            (
+                &shaders::GROUP_NORM,
+                &[("WG", wg), ("FINALIZE_WG", norm::FINALIZE_WG as u64)],
+            ),
+            (&shaders::EMBEDDING, &[("WG", embedding::WG as u64)]),
+            (&shaders::MATMUL, &[("TILE", matmul::TILE as u64)]),
+            (
+                &shaders::ATTENTION,
+                &[
+                    ("WG", attention::WG as u64),
+                    ("CHUNK", attention::CHUNK as u64),
+                    ("MAX_TILE_KEYS", attention::MAX_TILE_KEYS as u64),
+                    ("KV_CAP", attention::KV_CAP as u64),
+                ],
+            ),
+        ];
+        for (shader, constants) in checks {
+            for &(name, host) in constants {
+                let wgsl = wgsl::constant(shader, name);
+                assert_eq!(wgsl, host, "{}::{name}", shader.name);
+            }
+        }
+    }
+}

@@ -1,10 +1,25 @@
+//! Group normalisation with an optional fused SiLU (group_norm.wgsl).
+
 use super::{dims, ensure};
 use crate::error::Result;
-use crate::gpu::{shaders, Gpu, Kernel, Params, Tensor};
+use crate::gpu::{checked_u32, kernel_params, shaders, Gpu, Kernel, Tensor};
 
-const WG: usize = 256;
+kernel_params! {
+    pub(super) struct GroupNormParams for GROUP_NORM::Params {
+        channels: u32,
+        hw: u32,
+        groups: u32,
+        splits: u32,
+        chunk: u32,
+        eps: f32,
+        total: u32,
+    }
+}
+
 /// Elements one statistics workgroup reduces before the work is split further.
 const CHUNK: usize = 4096;
+/// group_norm.wgsl's `FINALIZE_WG`: threads per `finalize` workgroup, one per group.
+pub(super) const FINALIZE_WG: usize = 64;
 
 /// GroupNorm over (B, C, H, W) with affine gamma/beta (C), optionally followed by SiLU.
 pub fn group_norm(
@@ -33,36 +48,48 @@ pub fn group_norm(
     let splits = group_len.div_ceil(CHUNK).max(1);
     let chunk = group_len.div_ceil(splits);
     let n_groups = b * groups;
-    let p = Params::new().u(c).u(hw).u(groups).u(splits).u(chunk).f(eps);
+    let u = |what, v| checked_u32(OP, what, v);
+    // `total` differs per pass: unused by stats, the group count, then the element count.
+    let p = GroupNormParams {
+        channels: u("channels", c)?,
+        hw: u("hw", hw)?,
+        groups: u("groups", groups)?,
+        splits: u("splits", splits)?,
+        chunk: u("chunk", chunk)?,
+        eps,
+        total: 0,
+    };
 
     let partials = gpu.empty(&[n_groups * splits, 4])?;
     let stats = Kernel::new(&shaders::GROUP_NORM, "stats");
-    gpu.dispatch(
-        &stats,
-        &p.clone().u(0),
-        &[x],
-        &[&partials],
-        [splits as u32, n_groups as u32, 1],
-    )?;
+    gpu.dispatch(&stats, &p, &[x], &[&partials], [splits, n_groups, 1])?;
 
     let moments = gpu.empty(&[n_groups, 2])?;
     let finalize = Kernel::new(&shaders::GROUP_NORM, "finalize");
+    let p = GroupNormParams {
+        total: u("groups in the batch", n_groups)?,
+        ..p
+    };
     gpu.dispatch(
         &finalize,
-        &p.clone().u(n_groups),
+        &p,
         &[&partials],
         &[&moments],
-        [n_groups.div_ceil(64) as u32, 1, 1],
+        [n_groups.div_ceil(FINALIZE_WG), 1, 1],
     )?;
 
     let out = gpu.empty(x.shape())?;
-    let apply = Kernel::new(&shaders::GROUP_NORM, "apply").with("FUSE_SILU", silu as u32);
+    let apply = Kernel::new(&shaders::GROUP_NORM, "apply").flag("FUSE_SILU", silu);
+    let p = GroupNormParams {
+        total: u("total", x.numel())?,
+        ..p
+    };
     gpu.dispatch(
         &apply,
-        &p.u(x.numel()),
+        &p,
         &[x, &moments, gamma, beta],
         &[&out],
-        gpu.grid_1d(x.numel(), WG as u32),
+        gpu.grid_1d(x.numel()),
     )?;
     Ok(out)
 }

@@ -1,6 +1,21 @@
+//! Counter-based Gaussian noise, reproducible per sample (rng.wgsl).
+
 use super::ensure;
 use crate::error::Result;
-use crate::gpu::{shaders, Gpu, Kernel, Params, Tensor};
+use crate::gpu::{checked_u32, kernel_params, shaders, Gpu, Kernel, Tensor};
+
+kernel_params! {
+    pub(super) struct RngParams for RNG::Params {
+        seed_lo: u32,
+        seed_hi: u32,
+        tag_lo: u32,
+        tag_hi: u32,
+        row_start: u32,
+        rows: u32,
+        row_len: u32,
+        rows_per_copy: u32,
+    }
+}
 
 /// What a noise tensor is for: with the seed, it fixes the Philox counter stream.
 /// `tag` should encode (purpose, step, m); rows are sample indices.
@@ -33,18 +48,21 @@ pub fn normal_copies(
     let row_len: usize = shape[1..].iter().product();
     let mut out_shape = shape.to_vec();
     out_shape[0] = rows;
+    let u = |what, v| checked_u32("normal", what, v);
+    let p = RngParams {
+        seed_lo: key.seed as u32,
+        seed_hi: (key.seed >> 32) as u32,
+        tag_lo: key.tag as u32,
+        tag_hi: (key.tag >> 32) as u32,
+        row_start: u("the first sample index", first_sample)?,
+        rows: u("rows", rows)?,
+        row_len: u("row_len", row_len)?,
+        rows_per_copy: u("rows_per_copy", per_copy.max(1))?,
+    };
     let out = gpu.empty(&out_shape)?;
-    let p = Params::new()
-        .u(key.seed as u32 as usize)
-        .u((key.seed >> 32) as usize)
-        .u(key.tag as u32 as usize)
-        .u((key.tag >> 32) as usize)
-        .u(first_sample)
-        .u(rows)
-        .u(row_len)
-        .u(per_copy.max(1));
     let kernel = Kernel::new(&shaders::RNG, "normal");
-    let grid = gpu.grid_1d(rows * row_len.div_ceil(4), 256);
+    // One thread per Philox4x32 block: four deviates of a row.
+    let grid = gpu.grid_1d(rows * row_len.div_ceil(4));
     gpu.dispatch(&kernel, &p, &[], &[&out], grid)?;
     Ok(out)
 }

@@ -1,6 +1,21 @@
+//! Pixel-wise uncertainty maps and per-sample sums (uncertainty.wgsl).
+
 use super::{dims, ensure};
 use crate::error::Result;
-use crate::gpu::{shaders, Gpu, Kernel, Params, Tensor};
+use crate::gpu::{checked_u32, kernel_params, shaders, Gpu, Kernel, Tensor};
+
+kernel_params! {
+    pub(super) struct MapParams for UNCERTAINTY::Params {
+        total: u32,
+        copies: u32,
+    }
+}
+
+kernel_params! {
+    pub(super) struct SumParams for UNCERTAINTY::SumParams {
+        len: u32,
+    }
+}
 
 /// How the per-element spread of the M ε predictions is summarised.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,6 +33,16 @@ crate::names::named_enum!(UncertaintyMode {
     Variance = "variance",
     VarianceBiased = "variance-biased",
 });
+
+/// The `MODE` override that selects `mode` in uncertainty.wgsl (its `MODE_*` constants), named
+/// here rather than taken from the enum's declaration order.
+pub(super) fn mode_code(mode: UncertaintyMode) -> u32 {
+    match mode {
+        UncertaintyMode::Centred => 0,
+        UncertaintyMode::Variance => 1,
+        UncertaintyMode::VarianceBiased => 2,
+    }
+}
 
 /// The uncertainty map (B, C, H, W) from ε (B, …) and the copies' predictions (M·B, …).
 pub fn uncertainty_map(
@@ -44,15 +69,19 @@ pub fn uncertainty_map(
     ensure(copies > 1 || mode != UncertaintyMode::Variance, OP, || {
         "the unbiased variance needs M ≥ 2".into()
     })?;
+    let kernel =
+        Kernel::new(&shaders::UNCERTAINTY, "uncertainty_map").with("MODE", mode_code(mode));
+    let p = MapParams {
+        total: checked_u32(OP, "total", eps.numel())?,
+        copies: checked_u32(OP, "copies", copies)?,
+    };
     let map = gpu.empty(eps.shape())?;
-    let kernel = Kernel::new(&shaders::UNCERTAINTY, "uncertainty_map").with("MODE", mode as u32);
-    let p = Params::new().u(eps.numel()).u(copies);
     gpu.dispatch(
         &kernel,
         &p,
         &[eps, eps_copies],
         &[&map],
-        gpu.grid_1d(eps.numel(), 256),
+        gpu.grid_1d(eps.numel()),
     )?;
     Ok(map)
 }
@@ -67,9 +96,11 @@ pub fn sum_per_sample(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
             })
             .map(|_| x.dim(0))
         })?;
+    let p = SumParams {
+        len: checked_u32("sum_per_sample", "len", x.numel() / rows.max(1))?,
+    };
     let out = gpu.empty(&[rows])?;
     let kernel = Kernel::new(&shaders::UNCERTAINTY, "row_sum");
-    let p = Params::new().u(x.numel() / rows.max(1));
-    gpu.dispatch(&kernel, &p, &[x], &[&out], [rows as u32, 1, 1])?;
+    gpu.dispatch(&kernel, &p, &[x], &[&out], [rows, 1, 1])?;
     Ok(out)
 }
