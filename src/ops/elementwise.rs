@@ -226,12 +226,12 @@ fn channel_op(
     Ok(out)
 }
 
-/// x + v[b, c] (or v[c]) at every pixel: a time-embedding projection added to a feature map.
+/// x + `v[b, c]` (or `v[c]`) at every pixel: a time-embedding projection added to a feature map.
 pub fn add_channel_vec(gpu: &Gpu, x: &Tensor, v: &Tensor) -> Result<Tensor> {
     channel_op(gpu, "add_channel_vec", ChannelOp::Add, x, v)
 }
 
-/// x · v[b, c] (or v[c]) at every pixel.
+/// x · `v[b, c]` (or `v[c]`) at every pixel.
 pub fn mul_channel_vec(gpu: &Gpu, x: &Tensor, v: &Tensor) -> Result<Tensor> {
     channel_op(gpu, "mul_channel_vec", ChannelOp::Mul, x, v)
 }

@@ -54,7 +54,7 @@ pub fn timestep_embedding(
     Ok(out)
 }
 
-/// rows[b] = table[ids[b]] for a table (V, D) and integer-valued f32 ids (B). Ids must be < V
+/// `rows[b] = table[ids[b]]` for a table (V, D) and integer-valued f32 ids (B). Ids must be < V
 /// (checked by the caller, which knows them on the CPU).
 pub fn embedding_lookup(gpu: &Gpu, table: &Tensor, ids: &Tensor) -> Result<Tensor> {
     const OP: &str = "embedding_lookup";
