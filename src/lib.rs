@@ -33,6 +33,7 @@
 pub mod error;
 pub mod evaluation;
 pub mod gpu;
+pub mod guidance;
 pub mod images;
 pub mod io;
 pub mod metrics;

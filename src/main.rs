@@ -26,6 +26,8 @@ enum Command {
     Info,
     /// Generate samples: one PNG per sample, a grid and a samples.json manifest.
     Sample(Box<cli::sample::SampleArgs>),
+    /// Per-element guidance thresholds (for --threshold-file) from N unguided samples.
+    Calibrate(cli::calibrate::CalibrateArgs),
     /// Split a scored run into the lowest-uncertainty set and an equal random subset.
     Filter(cli::filter::FilterArgs),
     /// Score generated images against real ones: Fréchet distance of classifier features, confidence.
@@ -57,6 +59,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("selected: {}", gpu.describe());
         }
         Command::Sample(args) => cli::sample::run(&Gpu::new(&choice)?, &args)?,
+        Command::Calibrate(args) => cli::calibrate::run(&Gpu::new(&choice)?, &args)?,
         Command::Filter(args) => cli::filter::run(&args)?,
         Command::Eval(args) => cli::eval::run(&Gpu::new(&choice)?, &args)?,
     }

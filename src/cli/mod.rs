@@ -1,6 +1,7 @@
 //! The command line: each subcommand parses its flags into a library request and prints what
 //! the library did. No domain logic lives here.
 
+pub mod calibrate;
 pub mod eval;
 pub mod filter;
 pub mod sample;

@@ -7,14 +7,16 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::ops::Range;
 use std::path::PathBuf;
 use wgsl_diff::gpu::Gpu;
+use wgsl_diff::guidance::{GuidanceConfig, GuidanceRule, Threshold};
 use wgsl_diff::ops::UncertaintyMode;
 use wgsl_diff::run_dir::{HeatmapScale, SampleJob, SampleProgress, SampleRequest, DEFAULT_MODEL};
 use wgsl_diff::sampling::{SamplerChoice, SamplerKind, Spacing};
 use wgsl_diff::uncertainty::UncertaintyConfig;
 use wgsl_diff::Error;
 
+/// The model and how to sample it; shared by `sample` and `calibrate`.
 #[derive(Args, Debug, Clone)]
-pub struct SampleArgs {
+pub struct SamplerArgs {
     /// Weight file written by tools/convert.py [default: the shipped Fashion-MNIST model]
     #[arg(long)]
     pub model: Option<PathBuf>,
@@ -35,6 +37,29 @@ pub struct SampleArgs {
     /// Do not clamp x̂0 to [−1, 1] (clamped by default when the model's scheduler config asks)
     #[arg(long)]
     pub no_clip: bool,
+}
+
+impl SamplerArgs {
+    pub fn model(&self) -> PathBuf {
+        self.model.clone().unwrap_or_else(|| DEFAULT_MODEL.into())
+    }
+
+    pub fn choice(&self) -> SamplerChoice {
+        SamplerChoice {
+            kind: self.sampler,
+            steps: self.steps,
+            eta: self.eta,
+            spacing: self.spacing,
+            steps_offset: self.steps_offset,
+            clip: !self.no_clip,
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SampleArgs {
+    #[command(flatten)]
+    pub sampler: SamplerArgs,
     /// Samples per GPU batch
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
@@ -61,7 +86,7 @@ pub struct SampleArgs {
     /// Estimate pixel-wise uncertainty at each step (Algorithm 1) and score the samples
     #[arg(long)]
     pub uncertainty: bool,
-    /// M: re-noised copies per uncertainty step
+    /// M: re-noised copies per uncertainty or guidance step
     #[arg(short = 'M', long = "mc-samples", default_value_t = 5)]
     pub mc_samples: usize,
     /// How the M predictions are summarised
@@ -73,6 +98,26 @@ pub struct SampleArgs {
     /// Number of steps with uncertainty estimation [default: all from uc-start]
     #[arg(long)]
     pub uc_steps: Option<usize>,
+    /// Uncertainty-guided sampling (Algorithm 2): `gradient` (Rule G, the paper's) or
+    /// `posterior` (Rule P, closed form)
+    #[arg(long, value_parser = named::<GuidanceRule>(GuidanceRule::NAMES))]
+    pub guidance: Option<GuidanceRule>,
+    /// λ, the step size of gradient guidance [default: 1]
+    #[arg(long)]
+    pub guidance_strength: Option<f64>,
+    /// Guide the elements above this quantile of each image's uncertainty map [default: 0.95]
+    #[arg(long)]
+    pub percentile: Option<f64>,
+    /// First guided step (0-based) [default: 0]
+    #[arg(long)]
+    pub guidance_start: Option<usize>,
+    /// Number of guided steps [default: 3]
+    #[arg(long)]
+    pub guidance_steps: Option<usize>,
+    /// Calibrated thresholds from `wgsl-diff calibrate` ((steps, C, H, W) float32 .npy), in
+    /// place of --percentile
+    #[arg(long)]
+    pub threshold_file: Option<PathBuf>,
     /// Heatmap colour scale: `image` (each its own maximum) or `shared` (the run's maximum)
     #[arg(long, default_value = "image", value_parser = named::<HeatmapScale>(HeatmapScale::NAMES))]
     pub heatmap_scale: HeatmapScale,
@@ -100,6 +145,25 @@ impl SampleArgs {
         {
             bail!("--save-maps, --keep-fraction and --report need --uncertainty");
         }
+        let guidance_flags = self.guidance_strength.is_some()
+            || self.percentile.is_some()
+            || self.guidance_start.is_some()
+            || self.guidance_steps.is_some()
+            || self.threshold_file.is_some();
+        if guidance_flags && self.guidance.is_none() {
+            bail!("--guidance-strength, --percentile, --guidance-start, --guidance-steps and --threshold-file need --guidance");
+        }
+        let guidance = self.guidance.map(|rule| {
+            let paper = GuidanceConfig::paper(rule);
+            GuidanceConfig {
+                strength: self.guidance_strength.unwrap_or(paper.strength),
+                copies: self.mc_samples,
+                start: self.guidance_start.unwrap_or(paper.start),
+                steps: self.guidance_steps.or(paper.steps),
+                threshold: self.percentile.map_or(paper.threshold.clone(), Threshold::Percentile),
+                ..paper
+            }
+        });
         let uncertainty = self.uncertainty.then(|| UncertaintyConfig {
             copies: self.mc_samples,
             mode: self.uc_mode,
@@ -109,15 +173,8 @@ impl SampleArgs {
             ..Default::default()
         });
         Ok(SampleRequest {
-            model: self.model.clone().unwrap_or_else(|| DEFAULT_MODEL.into()),
-            sampler: SamplerChoice {
-                kind: self.sampler,
-                steps: self.steps,
-                eta: self.eta,
-                spacing: self.spacing,
-                steps_offset: self.steps_offset,
-                clip: !self.no_clip,
-            },
+            model: self.sampler.model(),
+            sampler: self.sampler.choice(),
             seed: self.seed,
             start_index: self.start_index,
             num: self.num,
@@ -127,6 +184,8 @@ impl SampleArgs {
             init_noise: self.init_noise.clone(),
             save_raw: self.save_raw,
             uncertainty,
+            guidance,
+            threshold_file: self.threshold_file.clone(),
             heatmap_scale: self.heatmap_scale,
             save_maps: self.save_maps.clone(),
             dump_noise: self.dump_noise.clone(),

@@ -31,6 +31,20 @@ pub trait EpsModel {
 
     /// The largest batch one call can take on `gpu` without a binding over the device limit.
     fn max_batch(&self, gpu: &Gpu) -> usize;
+
+    /// The input gradient ∂⟨ε_θ(x, t, y), v⟩/∂x (shaped like x), which gradient guidance needs.
+    fn vjp(
+        &self,
+        _gpu: &Gpu,
+        _x: &Tensor,
+        _timesteps: &Tensor,
+        _labels: Option<&Tensor>,
+        _v: &Tensor,
+    ) -> Result<Tensor> {
+        Err(Error::Invalid(
+            "this model has no backward pass implemented; gradient guidance needs one".into(),
+        ))
+    }
 }
 
 impl EpsModel for UNet2DModel {

@@ -5,10 +5,12 @@ mod attention;
 mod conv;
 mod elementwise;
 mod embedding;
+mod guidance;
 mod matmul;
 mod norm;
 mod rng;
 mod sampler;
+mod select;
 mod uncertainty;
 
 pub use attention::attention;
@@ -18,10 +20,12 @@ pub use elementwise::{
     mul_channel_vec, repeat_batch, scale_shift, silu, transpose_last2, upsample_nearest2x,
 };
 pub use embedding::{embedding_lookup, timestep_embedding};
+pub use guidance::{gradient_cotangent, masked_update, posterior, sum_copies, MaskedRule};
 pub use matmul::{linear, matmul};
 pub use norm::group_norm;
 pub use rng::{normal, normal_copies, NoiseKey};
 pub use sampler::{sampler_step, StepCoeffs};
+pub use select::quantile_per_sample;
 pub use uncertainty::{sum_per_sample, uncertainty_map, UncertaintyMode};
 
 use crate::error::{Error, Result};
@@ -61,6 +65,7 @@ mod tests {
         wgsl::assert_params_mirror::<elementwise::ElementwiseParams>();
         wgsl::assert_params_mirror::<elementwise::ResampleParams>();
         wgsl::assert_params_mirror::<embedding::EmbeddingParams>();
+        wgsl::assert_params_mirror::<guidance::GuidanceParams>();
         wgsl::assert_params_mirror::<matmul::MatmulParams>();
         wgsl::assert_params_mirror::<norm::GroupNormParams>();
         wgsl::assert_params_mirror::<rng::RngParams>();
@@ -74,7 +79,7 @@ mod tests {
         use UncertaintyMode as Mode;
         let wg = LINEAR_WORKGROUP as u64;
         let mode = |m| uncertainty::mode_code(m).into();
-        let checks: [(&Shader, &[(&str, u64)]); 9] = [
+        let checks: [(&Shader, &[(&str, u64)]); 10] = [
             // Workgroup sizes and tiles the host sizes its grids by, and the operation
             // selectors it passes as the `OP` and `MODE` overrides.
             (
@@ -96,6 +101,22 @@ mod tests {
                     ("MODE_CENTRED", mode(Mode::Centred)),
                     ("MODE_VARIANCE", mode(Mode::Variance)),
                     ("MODE_VARIANCE_BIASED", mode(Mode::VarianceBiased)),
+                ],
+            ),
+            (
+                &shaders::GUIDANCE,
+                &[
+                    ("WG", wg),
+                    ("RULE_ADD", guidance::MaskedRule::Add as u64),
+                    ("RULE_REPLACE", guidance::MaskedRule::Replace as u64),
+                    (
+                        "THRESHOLD_PER_SAMPLE",
+                        guidance::ThresholdKind::PerSample as u64,
+                    ),
+                    (
+                        "THRESHOLD_PER_ELEMENT",
+                        guidance::ThresholdKind::PerElement as u64,
+                    ),
                 ],
             ),
             (&shaders::RESAMPLE, &[("WG", wg)]),

@@ -10,12 +10,13 @@ use super::render::{
 use super::write::{check_same_run, BatchWriter};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::models::{EpsModel, UNet2DModel, WeightFile};
+use crate::models::{EpsModel, UNet2DModel};
 use crate::npy;
 use crate::sampling::{
-    contiguous_batches, ClassLabels, InitNoise, NoisePlan, NoiseSchedule, Run, SamplerChoice,
-    ScheduleConfig, Scheduler,
+    contiguous_batches, open_scheduler, ClassLabels, InitNoise, NoisePlan, Run, SamplerChoice,
+    Scheduler,
 };
+use crate::guidance::{CalibratedThreshold, GuidanceConfig, GuidanceHook, Threshold};
 use crate::uncertainty::{UncertaintyConfig, UncertaintyEstimator};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -46,6 +47,10 @@ pub struct SampleRequest {
     /// Also write each final image as float32 .npy.
     pub save_raw: bool,
     pub uncertainty: Option<UncertaintyConfig>,
+    /// Uncertainty-guided sampling (Algorithm 2).
+    pub guidance: Option<GuidanceConfig>,
+    /// A calibrated (steps, C, H, W) threshold file replacing the guidance's percentile.
+    pub threshold_file: Option<PathBuf>,
     pub heatmap_scale: HeatmapScale,
     /// Write each step's uncertainty map as .npy into this folder.
     pub save_maps: Option<PathBuf>,
@@ -84,6 +89,7 @@ pub struct SampleJob<'g> {
     noise: NoisePlan,
     labels: ClassLabels,
     init_noise: Option<InitNoise>,
+    guidance: Option<GuidanceConfig>,
     writer: BatchWriter,
     /// Every sample the folder's manifest lists: this request's and earlier shards'.
     all: Vec<usize>,
@@ -102,18 +108,17 @@ impl<'g> SampleJob<'g> {
         if let Some(uc) = &request.uncertainty {
             uc.validate()?;
         }
-        let file = WeightFile::open(&request.model)?;
-        let schedule = ScheduleConfig::from_weights(&file)?;
-        let scheduler = Scheduler::new(
-            request.sampler.resolve(&schedule),
-            NoiseSchedule::from_config(&schedule)?,
-        )?;
+        if let Some(g) = &request.guidance {
+            g.validate()?;
+        }
+        let (file, scheduler) = open_scheduler(&request.model, &request.sampler)?;
         check_window(&request, scheduler.timesteps.len())?;
         create_folders(&request)?;
         let model = UNet2DModel::load(gpu, &file)?;
         let labels = ClassLabels::new(model.num_classes(), request.class)?;
         let sample_shape = model.sample_shape()?;
-        let parameters = parameters(&request, &scheduler);
+        let guidance = guidance_config(&request, &scheduler, sample_shape)?;
+        let parameters = parameters(&request, &scheduler, guidance.as_ref());
         let init_noise = read_init_noise(&request, sample_shape)?;
         let existing = sample_indices(&request.out)?;
         check_same_run(&request.out, &existing, &parameters)?;
@@ -144,6 +149,7 @@ impl<'g> SampleJob<'g> {
             noise,
             labels,
             init_noise,
+            guidance,
             writer,
             all,
             todo,
@@ -170,19 +176,20 @@ impl<'g> SampleJob<'g> {
             labels: self.labels,
             init_noise: self.init_noise.take(),
         };
-        let mut estimator = self
-            .request
-            .uncertainty
-            .clone()
-            .map(UncertaintyEstimator::new)
-            .transpose()?;
+        let estimator = self.request.uncertainty.clone();
+        let guidance = self.guidance.take();
+        let mut hooks = (
+            guidance.map(|g| GuidanceHook::new(self.gpu, g)).transpose()?,
+            estimator.map(UncertaintyEstimator::new).transpose()?,
+        );
         for batch in contiguous_batches(&self.todo, self.request.batch) {
             progress.batch(batch.clone());
             let size = batch.len();
             let finished = run
-                .sample(batch.start, size, &mut estimator, |_| progress.step(size))
+                .sample(batch.start, size, &mut hooks, |_| progress.step(size))
                 .map_err(|e| batch_too_large(e, size))?;
-            self.writer.write(&finished)?;
+            let uc = finished.hook.1.as_ref().and_then(|u| u.as_ref());
+            self.writer.write(&finished, uc)?;
             let records = collect(&self.request.out, &self.all)?;
             write_manifest(&self.request.out, &self.writer.parameters, &records)?;
         }
@@ -214,18 +221,60 @@ impl<'g> SampleJob<'g> {
     }
 }
 
+/// The guidance of the run, with its calibrated thresholds read when a file is given.
+fn guidance_config(
+    request: &SampleRequest,
+    scheduler: &Scheduler,
+    sample_shape: [usize; 3],
+) -> Result<Option<GuidanceConfig>> {
+    let Some(mut config) = request.guidance.clone() else {
+        return match request.threshold_file {
+            Some(_) => Err(Error::Invalid(
+                "a threshold file only applies to guided sampling".into(),
+            )),
+            None => Ok(None),
+        };
+    };
+    if let Some(path) = &request.threshold_file {
+        let steps = scheduler.timesteps.len();
+        let threshold = CalibratedThreshold::load(&canonical(path), steps, sample_shape)?;
+        config.threshold = Threshold::Calibrated(threshold);
+    }
+    if config.start >= scheduler.timesteps.len() {
+        return Err(Error::Invalid(format!(
+            "guidance starts at step {}, past the last step ({} steps)",
+            config.start,
+            scheduler.timesteps.len()
+        )));
+    }
+    Ok(Some(config))
+}
+
+/// The canonical form of a path that exists, so the same file named two ways is one run.
+fn canonical(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
 /// The run's identity, embedded in every PNG: a folder holds samples of one set of parameters.
-fn parameters(request: &SampleRequest, scheduler: &Scheduler) -> serde_json::Value {
-    // Canonical, so that the same file named two ways is the same run.
-    let model = std::fs::canonicalize(&request.model).unwrap_or_else(|_| request.model.clone());
+/// Unguided runs carry no `guidance` key, as before guidance existed.
+fn parameters(
+    request: &SampleRequest,
+    scheduler: &Scheduler,
+    guidance: Option<&GuidanceConfig>,
+) -> serde_json::Value {
+    let model = canonical(&request.model);
     let config = &scheduler.config;
-    serde_json::json!({
+    let mut parameters = serde_json::json!({
         "model": model.display().to_string(), "sampler": config.kind, "steps": config.steps,
         "eta": config.eta, "spacing": config.spacing, "steps_offset": config.steps_offset,
         "clip_sample": config.clip_sample, "seed": request.seed, "timesteps": scheduler.timesteps,
         "uncertainty": request.uncertainty.as_ref().map(|uc| serde_json::json!({
             "M": uc.copies, "mode": uc.mode, "start": uc.start, "steps": uc.steps })),
-    })
+    });
+    if let (Some(g), Some(map)) = (guidance, parameters.as_object_mut()) {
+        map.insert("guidance".into(), g.describe());
+    }
+    parameters
 }
 
 fn check_window(request: &SampleRequest, steps: usize) -> Result<()> {

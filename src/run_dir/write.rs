@@ -31,9 +31,9 @@ impl BatchWriter {
             && (!self.uncertainty || exists(total_map_name(index)))
     }
 
-    /// Writes a batch's files; each PNG last, once its sample is complete.
-    pub fn write(&self, batch: &FinishedBatch<Option<Option<UncertaintyBatch>>>) -> Result<()> {
-        let uc = batch.hook.as_ref().and_then(|u| u.as_ref());
+    /// Writes a batch's files, with its uncertainty maps when it has them; each PNG last, once
+    /// its sample is complete.
+    pub fn write<T>(&self, batch: &FinishedBatch<T>, uc: Option<&UncertaintyBatch>) -> Result<()> {
         let range = format!(
             "{:06}-{:06}",
             batch.first_index,
@@ -58,9 +58,9 @@ impl BatchWriter {
         Ok(())
     }
 
-    fn write_sample(
+    fn write_sample<T>(
         &self,
-        batch: &FinishedBatch<Option<Option<UncertaintyBatch>>>,
+        batch: &FinishedBatch<T>,
         uc: Option<&UncertaintyBatch>,
         k: usize,
         index: usize,
@@ -101,9 +101,9 @@ impl BatchWriter {
             _ => format!("_step{:03}_t{:04}", draw.step, self.timesteps[draw.step]),
         };
         for m in 0..draw.copies {
-            let copy = match draw.purpose {
-                NoisePurpose::Uncertainty => format!("_m{m}"),
-                _ => String::new(),
+            let copy = match draw.purpose.per_copy() {
+                true => format!("_m{m}"),
+                false => String::new(),
             };
             let name = format!(
                 "noise_{}{step}{copy}_samples{range}.npy",

@@ -11,6 +11,7 @@ pub mod pipeline;
 pub mod run;
 pub mod schedule;
 pub mod scheduler;
+pub mod setup;
 
 pub use labels::ClassLabels;
 pub use noise::{NoiseDraw, NoisePlan, NoisePurpose};
@@ -18,3 +19,4 @@ pub use pipeline::{sample_batch, BatchSpec, StepContext, StepHook};
 pub use run::{contiguous_batches, BatchHook, FinishedBatch, InitNoise, Run};
 pub use schedule::{NoiseSchedule, ScheduleConfig};
 pub use scheduler::{SamplerChoice, SamplerConfig, SamplerKind, Scheduler, Spacing};
+pub use setup::{load_for_sampling, open_scheduler};

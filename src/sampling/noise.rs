@@ -18,6 +18,9 @@ pub enum NoisePurpose {
     Ancestral = 2,
     /// n_m, the re-noising of x̂0 for uncertainty estimation (Algorithm 1).
     Uncertainty = 3,
+    /// n_m, the re-noising of x̂0 for uncertainty guidance (Algorithm 2), drawn apart from the
+    /// estimator's so that scoring a guided run does not change its guidance.
+    Guidance = 4,
 }
 
 impl NoisePurpose {
@@ -27,7 +30,13 @@ impl NoisePurpose {
             NoisePurpose::Initial => "init",
             NoisePurpose::Ancestral => "ancestral",
             NoisePurpose::Uncertainty => "uncertainty",
+            NoisePurpose::Guidance => "guidance",
         }
+    }
+
+    /// Whether each draw is M stacked copies (dumped one file per copy).
+    pub fn per_copy(self) -> bool {
+        matches!(self, NoisePurpose::Uncertainty | NoisePurpose::Guidance)
     }
 }
 
@@ -90,16 +99,17 @@ impl NoisePlan {
         self.draw_new(gpu, NoisePurpose::Ancestral, step, 1, shape, first_index)
     }
 
-    /// The M perturbations of step `step`, stacked copy-major: (M·B, C, H, W).
+    /// The M perturbations of step `step` for `purpose` (uncertainty or guidance), stacked
+    /// copy-major: (M·B, C, H, W).
     pub fn perturbation(
         &self,
         gpu: &Gpu,
+        purpose: NoisePurpose,
         shape: &[usize],
         copies: usize,
         step: usize,
         first_index: usize,
     ) -> Result<Tensor> {
-        let purpose = NoisePurpose::Uncertainty;
         self.draw_new(gpu, purpose, step, copies, shape, first_index)
     }
 

@@ -23,6 +23,64 @@ pub struct StepContext<'a> {
     pub x: &'a Tensor,
 }
 
+impl StepContext<'_> {
+    /// The step's timesteps and labels repeated for `copies` stacked copies of the batch.
+    fn repeated(&self, copies: usize) -> Result<(Tensor, Option<Tensor>)> {
+        let timesteps = ops::repeat_batch(self.gpu, self.timesteps, copies)?;
+        let labels = self
+            .labels
+            .map(|l| ops::repeat_batch(self.gpu, l, copies))
+            .transpose()?;
+        Ok((timesteps, labels))
+    }
+
+    /// ε_θ at `noisy`, `copies` stacked copies of the batch (M·B, C, H, W), at this step's
+    /// timestep and labels: one network call, or as few as the device's binding limit (and
+    /// `max_copies_per_call`) allow.
+    pub fn predict_copies(
+        &self,
+        noisy: &Tensor,
+        copies: usize,
+        max_copies_per_call: Option<usize>,
+    ) -> Result<Tensor> {
+        let (gpu, batch) = (self.gpu, self.x.dim(0));
+        let fit = (self.model.max_batch(gpu) / batch.max(1)).max(1);
+        let per_call = max_copies_per_call.unwrap_or(copies).min(fit).min(copies);
+        let (timesteps, labels) = self.repeated(per_call)?;
+        if per_call == copies {
+            return self
+                .model
+                .predict_eps(gpu, noisy, &timesteps, labels.as_ref());
+        }
+        let out = gpu.empty(noisy.shape())?;
+        let sample_bytes = noisy.byte_len() / (copies * batch) as u64;
+        let mut first = 0;
+        while first < copies {
+            let n = per_call.min(copies - first);
+            let mut shape = noisy.shape().to_vec();
+            shape[0] = n * batch;
+            let chunk = gpu.empty(&shape)?;
+            let offset = (first * batch) as u64 * sample_bytes;
+            gpu.copy_range(noisy, offset, &chunk)?;
+            let (t, l) = match n == per_call {
+                true => (timesteps.clone(), labels.clone()),
+                false => self.repeated(n)?,
+            };
+            let eps = self.model.predict_eps(gpu, &chunk, &t, l.as_ref())?;
+            gpu.copy_into(&eps, &out, offset)?;
+            first += n;
+        }
+        Ok(out)
+    }
+
+    /// ∂⟨ε_θ(noisy), v⟩/∂noisy for `copies` stacked copies of the batch.
+    pub fn vjp_copies(&self, noisy: &Tensor, v: &Tensor, copies: usize) -> Result<Tensor> {
+        let (timesteps, labels) = self.repeated(copies)?;
+        self.model
+            .vjp(self.gpu, noisy, &timesteps, labels.as_ref(), v)
+    }
+}
+
 /// Runs inside each step after the network's ε prediction and before the update; may replace ε
 /// (guidance) or only observe it (uncertainty estimation).
 pub trait StepHook {

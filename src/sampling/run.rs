@@ -55,6 +55,26 @@ impl<H: BatchHook> BatchHook for Option<H> {
     }
 }
 
+/// Two hooks, the first changing ε before the second sees it (e.g. guidance, then the
+/// uncertainty estimator scoring the guided trajectory).
+impl<A: StepHook, B: StepHook> StepHook for (A, B) {
+    fn on_eps(&mut self, ctx: &StepContext, eps: Tensor) -> Result<Tensor> {
+        let eps = self.0.on_eps(ctx, eps)?;
+        self.1.on_eps(ctx, eps)
+    }
+}
+
+impl<A: BatchHook, B: BatchHook> BatchHook for (A, B) {
+    type Output = (A::Output, B::Output);
+    fn start_batch(&mut self) {
+        self.0.start_batch();
+        self.1.start_batch();
+    }
+    fn finish_batch(&mut self, gpu: &Gpu) -> Result<Self::Output> {
+        Ok((self.0.finish_batch(gpu)?, self.1.finish_batch(gpu)?))
+    }
+}
+
 /// Starting noise given by the caller for samples `first_index ..`, (N, C, H, W) flattened.
 #[derive(Clone, Debug)]
 pub struct InitNoise {

@@ -213,9 +213,25 @@ impl Scheduler {
         }
     }
 
-    /// x̂0 from x_t and ε at timestep `t`, on the GPU.
+    /// x̂0 from x_t and ε at timestep `t`, clipped when the sampler clips, on the GPU.
     pub fn predict_x0(&self, gpu: &Gpu, t: usize, x: &Tensor, eps: &Tensor) -> Result<Tensor> {
         let (_, x0) = ops::sampler_step(gpu, &self.x0_coeffs(t), x, eps, None, None)?;
+        Ok(x0)
+    }
+
+    /// x̂0 from x_t and ε at timestep `t`, never clipped (guidance differentiates through it).
+    pub fn predict_x0_unclipped(
+        &self,
+        gpu: &Gpu,
+        t: usize,
+        x: &Tensor,
+        eps: &Tensor,
+    ) -> Result<Tensor> {
+        let coeffs = StepCoeffs {
+            clip: None,
+            ..self.x0_coeffs(t)
+        };
+        let (_, x0) = ops::sampler_step(gpu, &coeffs, x, eps, None, None)?;
         Ok(x0)
     }
 

@@ -8,7 +8,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::ops::{self, UncertaintyMode};
-use crate::sampling::{BatchHook, StepContext, StepHook};
+use crate::sampling::{BatchHook, NoisePurpose, StepContext, StepHook};
 
 #[derive(Clone, Debug)]
 pub struct UncertaintyConfig {
@@ -125,56 +125,7 @@ impl UncertaintyEstimator {
             return Ok(n);
         }
         ctx.noise
-            .perturbation(ctx.gpu, shape, m, ctx.step, ctx.first_index)
-    }
-
-    /// ε_θ over all copies, in as few network calls as the device's buffer limit allows.
-    fn predict_copies(&self, ctx: &StepContext, noisy: &Tensor, batch: usize) -> Result<Tensor> {
-        let m = self.config.copies;
-        let fit = (ctx.model.max_batch(ctx.gpu) / batch.max(1)).max(1);
-        let per_call = self
-            .config
-            .max_copies_per_forward
-            .unwrap_or(m)
-            .min(fit)
-            .min(m);
-        let timesteps = ops::repeat_batch(ctx.gpu, ctx.timesteps, per_call)?;
-        let labels = ctx
-            .labels
-            .map(|l| ops::repeat_batch(ctx.gpu, l, per_call))
-            .transpose()?;
-        if per_call == m {
-            return ctx
-                .model
-                .predict_eps(ctx.gpu, noisy, &timesteps, labels.as_ref());
-        }
-        let out = ctx.gpu.empty(noisy.shape())?;
-        let sample_bytes = noisy.byte_len() / (m * batch) as u64;
-        let mut first = 0;
-        while first < m {
-            let n = per_call.min(m - first);
-            let rows = n * batch;
-            let mut shape = noisy.shape().to_vec();
-            shape[0] = rows;
-            let chunk = ctx.gpu.empty(&shape)?;
-            ctx.gpu
-                .copy_range(noisy, (first * batch) as u64 * sample_bytes, &chunk)?;
-            let (t, l) = if n == per_call {
-                (timesteps.clone(), labels.clone())
-            } else {
-                (
-                    ops::repeat_batch(ctx.gpu, ctx.timesteps, n)?,
-                    ctx.labels
-                        .map(|l| ops::repeat_batch(ctx.gpu, l, n))
-                        .transpose()?,
-                )
-            };
-            let eps = ctx.model.predict_eps(ctx.gpu, &chunk, &t, l.as_ref())?;
-            ctx.gpu
-                .copy_into(&eps, &out, (first * batch) as u64 * sample_bytes)?;
-            first += n;
-        }
-        Ok(out)
+            .perturbation(ctx.gpu, NoisePurpose::Uncertainty, shape, m, ctx.step, ctx.first_index)
     }
 }
 
@@ -188,7 +139,8 @@ impl StepHook for UncertaintyEstimator {
         let shape = x0.shape().to_vec();
         let noise = self.perturbation_noise(ctx, &shape)?;
         let noisy = ctx.scheduler.add_noise(gpu, ctx.timestep, &x0, &noise)?;
-        let eps_copies = self.predict_copies(ctx, &noisy, shape[0])?;
+        let copies = self.config.copies;
+        let eps_copies = ctx.predict_copies(&noisy, copies, self.config.max_copies_per_forward)?;
         let map = ops::uncertainty_map(gpu, &eps, &eps_copies, self.config.mode)?;
         self.total = Some(match &self.total {
             Some(t) => ops::add(gpu, t, &map)?,

@@ -1,0 +1,66 @@
+//! `wgsl-diff calibrate`: per-element guidance thresholds from N unguided samples.
+
+use super::named;
+use super::sample::SamplerArgs;
+use anyhow::Result;
+use clap::Args;
+use std::path::PathBuf;
+use wgsl_diff::gpu::Gpu;
+use wgsl_diff::guidance::{calibrate, CalibrateRequest, GuidanceRule};
+
+#[derive(Args, Debug)]
+pub struct CalibrateArgs {
+    #[command(flatten)]
+    pub sampler: SamplerArgs,
+    /// The guidance rule whose uncertainty map is thresholded
+    #[arg(long, default_value = "gradient", value_parser = named::<GuidanceRule>(GuidanceRule::NAMES))]
+    pub rule: GuidanceRule,
+    /// M: re-noised copies per step, as the guided run will use
+    #[arg(short = 'M', long = "mc-samples", default_value_t = 5)]
+    pub mc_samples: usize,
+    /// Each threshold is the value at sorted index ⌊N·p⌋ of the N calibration samples
+    #[arg(long, default_value_t = 0.95)]
+    pub percentile: f64,
+    /// Number of calibration samples N
+    #[arg(long, default_value_t = 64)]
+    pub num: usize,
+    /// Samples per GPU batch
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Seed of the calibration samples (use another than the guided run's)
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Index of the first calibration sample
+    #[arg(long, default_value_t = 0)]
+    pub start_index: usize,
+    /// Class label for class-conditional models [default: sample index mod number of classes]
+    #[arg(long)]
+    pub class: Option<usize>,
+    /// The threshold file to write: float32 .npy of shape (steps, C, H, W)
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn run(gpu: &Gpu, args: &CalibrateArgs) -> Result<()> {
+    let request = CalibrateRequest {
+        model: args.sampler.model(),
+        sampler: args.sampler.choice(),
+        rule: args.rule,
+        copies: args.mc_samples,
+        percentile: args.percentile,
+        seed: args.seed,
+        start_index: args.start_index,
+        num: args.num,
+        batch: args.batch,
+        class: args.class,
+    };
+    let threshold = calibrate(gpu, &request)?;
+    threshold.save(&args.out)?;
+    println!(
+        "thresholds {:?} (steps × C × H × W) from {} samples in {}",
+        threshold.shape,
+        args.num,
+        args.out.display()
+    );
+    Ok(())
+}

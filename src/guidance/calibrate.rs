@@ -1,0 +1,153 @@
+//! Calibrated thresholds (ALGORITHM.md §3, the official `compute_threshold_pixel_wise.py`): the
+//! rule's uncertainty map at every step of N unguided calibration samples, and per (step,
+//! element) the value at sorted index ⌊N·p⌋ over the samples. Stored as float32 .npy of shape
+//! (steps, C, H, W).
+
+use super::{GuidanceBatch, GuidanceConfig, GuidanceHook, GuidanceRule, Threshold};
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Tensor};
+use crate::models::EpsModel;
+use crate::npy;
+use crate::sampling::{
+    contiguous_batches, load_for_sampling, ClassLabels, NoisePlan, Run, SamplerChoice,
+};
+use std::path::{Path, PathBuf};
+
+/// A (steps, C, H, W) threshold tensor and where it came from.
+#[derive(Clone, Debug)]
+pub struct CalibratedThreshold {
+    pub source: String,
+    /// (steps, C, H, W).
+    pub shape: [usize; 4],
+    pub data: Vec<f32>,
+}
+
+impl CalibratedThreshold {
+    pub fn steps(&self) -> usize {
+        self.shape[0]
+    }
+
+    /// Reads a threshold file for a run of `steps` steps of samples shaped `sample` (C, H, W),
+    /// refusing another shape and non-finite values.
+    pub fn load(path: &Path, steps: usize, sample: [usize; 3]) -> Result<CalibratedThreshold> {
+        let (shape, data) = npy::read(path)?;
+        let want = [steps, sample[0], sample[1], sample[2]];
+        if shape != want {
+            return Err(Error::Invalid(format!(
+                "threshold file {}: shape {shape:?}, expected {want:?} (steps × C × H × W of this run)",
+                path.display()
+            )));
+        }
+        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "threshold file {}: element {i} is {} (thresholds must be finite)",
+                path.display(),
+                data[i]
+            )));
+        }
+        Ok(CalibratedThreshold {
+            source: path.display().to_string(),
+            shape: want,
+            data,
+        })
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        npy::write(path, &self.shape, &self.data)
+    }
+
+    /// One (C, H, W) tensor per step.
+    pub(super) fn upload(&self, gpu: &Gpu) -> Result<Vec<Tensor>> {
+        let len = self.data.len() / self.steps().max(1);
+        self.data
+            .chunks(len.max(1))
+            .map(|step| gpu.upload(&self.shape[1..], step))
+            .collect()
+    }
+}
+
+/// What `wgsl-diff calibrate` is asked to do.
+#[derive(Clone, Debug)]
+pub struct CalibrateRequest {
+    pub model: PathBuf,
+    pub sampler: SamplerChoice,
+    pub rule: GuidanceRule,
+    /// M, as the guided run will use it.
+    pub copies: usize,
+    /// p: each threshold is the value at sorted index ⌊N·p⌋ of the N samples.
+    pub percentile: f64,
+    pub seed: u64,
+    /// N calibration samples: indices `start_index .. start_index + num`.
+    pub start_index: usize,
+    pub num: usize,
+    pub batch: usize,
+    pub class: Option<usize>,
+}
+
+/// Samples N unguided trajectories, measuring the rule's map at every step, and returns the
+/// per-element thresholds.
+pub fn calibrate(gpu: &Gpu, request: &CalibrateRequest) -> Result<CalibratedThreshold> {
+    if request.num == 0 || request.batch == 0 {
+        return Err(Error::Invalid(
+            "calibration needs at least one sample and a batch of at least 1".into(),
+        ));
+    }
+    let (model, scheduler) = load_for_sampling(gpu, &request.model, &request.sampler)?;
+    let mut config = GuidanceConfig::paper(request.rule);
+    config.copies = request.copies;
+    config.steps = None;
+    config.threshold = Threshold::Percentile(request.percentile);
+    let mut hook = GuidanceHook::observer(config)?;
+    let noise = NoisePlan::new(request.seed);
+    let run = Run {
+        gpu,
+        model: &model,
+        scheduler: &scheduler,
+        noise: &noise,
+        labels: ClassLabels::new(model.num_classes(), request.class)?,
+        init_noise: None,
+    };
+    let steps = scheduler.timesteps.len();
+    let sample = model.sample_shape()?;
+    let len: usize = sample.iter().product();
+    // values[step][element] holds the N samples' values, filled batch by batch.
+    let mut values = vec![Vec::with_capacity(request.num * len); steps];
+    let indices: Vec<usize> = (request.start_index..request.start_index + request.num).collect();
+    for batch in contiguous_batches(&indices, request.batch) {
+        let finished = run.sample(batch.start, batch.len(), &mut hook, |_| {})?;
+        let GuidanceBatch { maps } = finished.hook;
+        for (step, map) in maps {
+            values[step].extend(map);
+        }
+    }
+    let mut data = Vec::with_capacity(steps * len);
+    for step_values in &values {
+        data.extend(order_statistics(step_values, request.num, len, request.percentile)?);
+    }
+    Ok(CalibratedThreshold {
+        source: format!("calibrated from {} samples", request.num),
+        shape: [steps, sample[0], sample[1], sample[2]],
+        data,
+    })
+}
+
+/// For each of `len` elements of `n` stacked samples, the value at sorted index ⌊n·p⌋ (the last
+/// one when that is n).
+fn order_statistics(values: &[f32], n: usize, len: usize, p: f64) -> Result<Vec<f32>> {
+    let k = ((n as f64 * p).floor() as usize).min(n - 1);
+    let mut column = vec![0f32; n];
+    (0..len)
+        .map(|i| {
+            for (s, v) in column.iter_mut().enumerate() {
+                *v = values[s * len + i];
+            }
+            if column.iter().any(|v| v.is_nan()) {
+                return Err(Error::Invalid(format!(
+                    "calibration: element {i} of a step's uncertainty map is NaN"
+                )));
+            }
+            column.sort_by(f32::total_cmp);
+            Ok(column[k])
+        })
+        .collect()
+}

@@ -1,0 +1,27 @@
+//! Opening a weight file for sampling: the network, and the scheduler its training schedule and
+//! the user's sampler choice imply.
+
+use super::{NoiseSchedule, SamplerChoice, ScheduleConfig, Scheduler};
+use crate::error::Result;
+use crate::gpu::Gpu;
+use crate::models::{UNet2DModel, WeightFile};
+use std::path::Path;
+
+/// Validates the sampler against the file's schedule before uploading any weight, so a bad
+/// choice fails fast.
+pub fn load_for_sampling(
+    gpu: &Gpu,
+    path: &Path,
+    choice: &SamplerChoice,
+) -> Result<(UNet2DModel, Scheduler)> {
+    let (file, scheduler) = open_scheduler(path, choice)?;
+    Ok((UNet2DModel::load(gpu, &file)?, scheduler))
+}
+
+/// The weight file and its scheduler, without loading the network.
+pub fn open_scheduler(path: &Path, choice: &SamplerChoice) -> Result<(WeightFile, Scheduler)> {
+    let file = WeightFile::open(path)?;
+    let schedule = ScheduleConfig::from_weights(&file)?;
+    let scheduler = Scheduler::new(choice.resolve(&schedule), NoiseSchedule::from_config(&schedule)?)?;
+    Ok((file, scheduler))
+}
