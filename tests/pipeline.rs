@@ -8,7 +8,8 @@ use std::path::Path;
 use wgsl_diff::models::{UNet2DModel, WeightFile};
 use wgsl_diff::ops::UncertaintyMode;
 use wgsl_diff::sampling::{
-    sample_batch, BatchSpec, NoisePlan, NoiseSchedule, SamplerConfig, ScheduleConfig, Scheduler,
+    sample_batch, BatchSpec, NoisePlan, NoisePurpose, NoiseSchedule, SamplerConfig, ScheduleConfig,
+    Scheduler,
 };
 use wgsl_diff::uncertainty::{UncertaintyConfig, UncertaintyEstimator};
 
@@ -102,8 +103,7 @@ fn uncertainty_maps_match_an_independent_pytorch_implementation() {
             keep_maps: true,
             ..Default::default()
         })
-        .unwrap()
-        .replaying(replay);
+        .unwrap();
         let spec = BatchSpec {
             first_index: 0,
             size: shape[0],
@@ -115,7 +115,7 @@ fn uncertainty_maps_match_an_independent_pytorch_implementation() {
                 g,
                 &unet,
                 &sched,
-                &NoisePlan::new(0),
+                &NoisePlan::new(0).with_replay(NoisePurpose::Uncertainty, replay),
                 spec,
                 &mut [&mut est],
                 |_| {},

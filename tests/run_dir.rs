@@ -168,7 +168,9 @@ fn noise_plan_records_and_redraws() {
     let g = gpu();
     let plan = NoisePlan::recording(3);
     let x = plan.initial(g, &[2, 1, 4, 4], 5).unwrap();
-    let n = plan.perturbation(g, NoisePurpose::Uncertainty, &[2, 1, 4, 4], 3, 7, 5).unwrap();
+    let n = plan
+        .perturbation(g, NoisePurpose::Uncertainty, &[2, 1, 4, 4], 3, 7, 5)
+        .unwrap();
     let draws = plan.take_draws();
     assert_eq!(draws.len(), 2);
     assert_eq!(

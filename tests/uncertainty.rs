@@ -67,7 +67,6 @@ fn estimator(mode: UncertaintyMode, per_forward: Option<usize>) -> UncertaintyEs
         mode,
         max_copies_per_forward: per_forward,
         keep_maps: true,
-        keep_noise: true,
         ..Default::default()
     })
     .unwrap()

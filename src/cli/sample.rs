@@ -160,7 +160,9 @@ impl SampleArgs {
                 copies: self.mc_samples,
                 start: self.guidance_start.unwrap_or(paper.start),
                 steps: self.guidance_steps.or(paper.steps),
-                threshold: self.percentile.map_or(paper.threshold.clone(), Threshold::Percentile),
+                threshold: self
+                    .percentile
+                    .map_or(paper.threshold.clone(), Threshold::Percentile),
                 ..paper
             }
         });

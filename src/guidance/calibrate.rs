@@ -122,7 +122,12 @@ pub fn calibrate(gpu: &Gpu, request: &CalibrateRequest) -> Result<CalibratedThre
     }
     let mut data = Vec::with_capacity(steps * len);
     for step_values in &values {
-        data.extend(order_statistics(step_values, request.num, len, request.percentile)?);
+        data.extend(order_statistics(
+            step_values,
+            request.num,
+            len,
+            request.percentile,
+        )?);
     }
     Ok(CalibratedThreshold {
         source: format!("calibrated from {} samples", request.num),

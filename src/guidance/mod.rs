@@ -78,7 +78,10 @@ impl GuidanceConfig {
     pub fn validate(&self) -> Result<()> {
         let invalid = |msg: String| Err(Error::Invalid(msg));
         if !self.strength.is_finite() {
-            return invalid(format!("the guidance strength must be finite, got {}", self.strength));
+            return invalid(format!(
+                "the guidance strength must be finite, got {}",
+                self.strength
+            ));
         }
         let min_copies = match self.rule {
             GuidanceRule::Gradient => 2,
@@ -166,15 +169,13 @@ impl GuidanceHook {
     fn threshold(&self, gpu: &Gpu, uncertainty: &Tensor, step: usize) -> Result<Tensor> {
         match &self.config.threshold {
             Threshold::Percentile(p) => ops::quantile_per_sample(gpu, uncertainty, *p),
-            Threshold::Calibrated(c) => {
-                self.calibrated.get(step).cloned().ok_or_else(|| {
-                    Error::Invalid(format!(
-                        "the calibrated threshold ({}) has {} steps; step {step} is not among them",
-                        c.source,
-                        c.steps()
-                    ))
-                })
-            }
+            Threshold::Calibrated(c) => self.calibrated.get(step).cloned().ok_or_else(|| {
+                Error::Invalid(format!(
+                    "the calibrated threshold ({}) has {} steps; step {step} is not among them",
+                    c.source,
+                    c.steps()
+                ))
+            }),
         }
     }
 

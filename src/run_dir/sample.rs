@@ -10,13 +10,13 @@ use super::render::{
 use super::write::{check_same_run, BatchWriter};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
+use crate::guidance::{CalibratedThreshold, GuidanceConfig, GuidanceHook, Threshold};
 use crate::models::{EpsModel, UNet2DModel};
 use crate::npy;
 use crate::sampling::{
     contiguous_batches, open_scheduler, ClassLabels, InitNoise, NoisePlan, Run, SamplerChoice,
     Scheduler,
 };
-use crate::guidance::{CalibratedThreshold, GuidanceConfig, GuidanceHook, Threshold};
 use crate::uncertainty::{UncertaintyConfig, UncertaintyEstimator};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -179,7 +179,9 @@ impl<'g> SampleJob<'g> {
         let estimator = self.request.uncertainty.clone();
         let guidance = self.guidance.take();
         let mut hooks = (
-            guidance.map(|g| GuidanceHook::new(self.gpu, g)).transpose()?,
+            guidance
+                .map(|g| GuidanceHook::new(self.gpu, g))
+                .transpose()?,
             estimator.map(UncertaintyEstimator::new).transpose()?,
         );
         for batch in contiguous_batches(&self.todo, self.request.batch) {

@@ -3,10 +3,12 @@
 //! `eval`'s noise images and `--dump-noise` all draw through it, so one draw can always be
 //! regenerated on its own — by wgsl-diff or by `tools/wgsl_noise.py`.
 
+use crate::error::Error;
 use crate::error::Result;
 use crate::gpu::{Gpu, Tensor};
 use crate::ops::{self, NoiseKey};
 use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
 
 /// What a noise tensor is for; with the seed, step and copy index it selects the Philox stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,24 +53,39 @@ pub struct NoiseDraw {
     pub first_index: usize,
 }
 
-/// The noise streams of a run with one seed, optionally recording every draw.
+/// The noise streams of a run with one seed, optionally recording every draw, or replaying
+/// given tensors for some purposes (another implementation's noise, for comparisons).
 #[derive(Debug)]
 pub struct NoisePlan {
     seed: u64,
     record: Option<RefCell<Vec<NoiseDraw>>>,
+    replay: RefCell<HashMap<u16, VecDeque<Tensor>>>,
 }
 
 impl NoisePlan {
     pub fn new(seed: u64) -> NoisePlan {
-        NoisePlan { seed, record: None }
+        NoisePlan {
+            seed,
+            record: None,
+            replay: RefCell::default(),
+        }
     }
 
     /// A plan that remembers each draw, for [`take_draws`](Self::take_draws).
     pub fn recording(seed: u64) -> NoisePlan {
         NoisePlan {
-            seed,
             record: Some(RefCell::default()),
+            ..NoisePlan::new(seed)
         }
+    }
+
+    /// Draws of `purpose` return these tensors, in order, instead of generated noise (each
+    /// must have the shape of the draw it replaces).
+    pub fn with_replay(self, purpose: NoisePurpose, tensors: Vec<Tensor>) -> NoisePlan {
+        self.replay
+            .borrow_mut()
+            .insert(purpose as u16, tensors.into());
+        self
     }
 
     pub fn seed(&self) -> u64 {
@@ -140,10 +157,32 @@ impl NoisePlan {
             shape: shape.to_vec(),
             first_index,
         };
-        let tensor = self.redraw(gpu, &draw)?;
+        let replayed = match self.replay.borrow_mut().get_mut(&(purpose as u16)) {
+            Some(queue) => Some(queue.pop_front().ok_or_else(|| {
+                Error::Invalid(format!("the replayed {} noise ran out", purpose.name()))
+            })?),
+            None => None,
+        };
+        let tensor = match replayed {
+            Some(t) => check_replayed(t, &draw)?,
+            None => self.redraw(gpu, &draw)?,
+        };
         if let Some(record) = &self.record {
             record.borrow_mut().push(draw);
         }
         Ok(tensor)
     }
+}
+
+fn check_replayed(t: Tensor, draw: &NoiseDraw) -> Result<Tensor> {
+    let mut want = draw.shape.clone();
+    want[0] *= draw.copies;
+    if t.shape() != want {
+        return Err(Error::Invalid(format!(
+            "replayed {} noise {:?} must be {want:?}",
+            draw.purpose.name(),
+            t.shape()
+        )));
+    }
+    Ok(t)
 }

@@ -22,6 +22,9 @@ pub fn load_for_sampling(
 pub fn open_scheduler(path: &Path, choice: &SamplerChoice) -> Result<(WeightFile, Scheduler)> {
     let file = WeightFile::open(path)?;
     let schedule = ScheduleConfig::from_weights(&file)?;
-    let scheduler = Scheduler::new(choice.resolve(&schedule), NoiseSchedule::from_config(&schedule)?)?;
+    let scheduler = Scheduler::new(
+        choice.resolve(&schedule),
+        NoiseSchedule::from_config(&schedule)?,
+    )?;
     Ok((file, scheduler))
 }

@@ -23,8 +23,6 @@ pub struct UncertaintyConfig {
     pub max_copies_per_forward: Option<usize>,
     /// Keep each step's map (B, C, H, W) for saving.
     pub keep_maps: bool,
-    /// Keep each step's perturbation noise (M·B, C, H, W) for saving.
-    pub keep_noise: bool,
 }
 
 impl Default for UncertaintyConfig {
@@ -36,7 +34,6 @@ impl Default for UncertaintyConfig {
             steps: None,
             max_copies_per_forward: None,
             keep_maps: false,
-            keep_noise: false,
         }
     }
 }
@@ -60,7 +57,7 @@ impl UncertaintyConfig {
     }
 
     pub fn in_window(&self, step: usize) -> bool {
-        step >= self.start && self.steps.is_none_or(|n| step < self.start + n)
+        step >= self.start && self.steps.is_none_or(|n| step - self.start < n)
     }
 }
 
@@ -71,11 +68,6 @@ pub struct UncertaintyEstimator {
     total: Option<Tensor>,
     /// (step, U_t) when `keep_maps`.
     pub maps: Vec<(usize, Tensor)>,
-    /// (step, perturbation noise) when `keep_noise`.
-    pub noise: Vec<(usize, Tensor)>,
-    /// Perturbation noise to use instead of drawing it (replaying another implementation's run),
-    /// one (M·B, C, H, W) tensor per window step in order.
-    replay: Option<std::collections::VecDeque<Tensor>>,
 }
 
 impl UncertaintyEstimator {
@@ -85,15 +77,7 @@ impl UncertaintyEstimator {
             config,
             total: None,
             maps: Vec::new(),
-            noise: Vec::new(),
-            replay: None,
         })
-    }
-
-    /// Uses the given perturbation noise, one tensor per window step, instead of drawing it.
-    pub fn replaying(mut self, noise: Vec<Tensor>) -> Self {
-        self.replay = Some(noise.into());
-        self
     }
 
     /// The summed map Σ_t U_t (B, C, H, W), if any step was in the window.
@@ -108,25 +92,6 @@ impl UncertaintyEstimator {
             .map(|t| ops::sum_per_sample(gpu, t))
             .transpose()
     }
-
-    fn perturbation_noise(&mut self, ctx: &StepContext, shape: &[usize]) -> Result<Tensor> {
-        let m = self.config.copies;
-        if let Some(queue) = &mut self.replay {
-            let n = queue.pop_front().ok_or_else(|| {
-                Error::Invalid("replayed noise ran out before the window ended".into())
-            })?;
-            let want = [&[m * shape[0]], &shape[1..]].concat();
-            if n.shape() != want {
-                return Err(Error::Invalid(format!(
-                    "replayed noise {:?} must be {want:?}",
-                    n.shape()
-                )));
-            }
-            return Ok(n);
-        }
-        ctx.noise
-            .perturbation(ctx.gpu, NoisePurpose::Uncertainty, shape, m, ctx.step, ctx.first_index)
-    }
 }
 
 impl StepHook for UncertaintyEstimator {
@@ -137,9 +102,16 @@ impl StepHook for UncertaintyEstimator {
         let gpu = ctx.gpu;
         let x0 = ctx.scheduler.predict_x0(gpu, ctx.timestep, ctx.x, &eps)?;
         let shape = x0.shape().to_vec();
-        let noise = self.perturbation_noise(ctx, &shape)?;
-        let noisy = ctx.scheduler.add_noise(gpu, ctx.timestep, &x0, &noise)?;
         let copies = self.config.copies;
+        let noise = ctx.noise.perturbation(
+            gpu,
+            NoisePurpose::Uncertainty,
+            &shape,
+            copies,
+            ctx.step,
+            ctx.first_index,
+        )?;
+        let noisy = ctx.scheduler.add_noise(gpu, ctx.timestep, &x0, &noise)?;
         let eps_copies = ctx.predict_copies(&noisy, copies, self.config.max_copies_per_forward)?;
         let map = ops::uncertainty_map(gpu, &eps, &eps_copies, self.config.mode)?;
         self.total = Some(match &self.total {
@@ -148,9 +120,6 @@ impl StepHook for UncertaintyEstimator {
         });
         if self.config.keep_maps {
             self.maps.push((ctx.step, map));
-        }
-        if self.config.keep_noise {
-            self.noise.push((ctx.step, noise));
         }
         Ok(eps)
     }
@@ -174,7 +143,6 @@ impl BatchHook for UncertaintyEstimator {
     fn start_batch(&mut self) {
         self.total = None;
         self.maps.clear();
-        self.noise.clear();
     }
 
     fn finish_batch(&mut self, gpu: &Gpu) -> Result<Option<UncertaintyBatch>> {
