@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
-"""The PyTorch twin of `wgsl-diff sample` (DDIM, optional Algorithm 1 uncertainty), for large runs on CPU.
+"""The PyTorch twin of `wgsl-diff sample` (DDIM, optional Algorithm 1 uncertainty and Algorithm 2
+guidance), for large runs on CPU.
 
 diffusers' UNet2DModel and DDIMScheduler (configured from the weights file's metadata, like
 wgsl-diff) driven by wgsl-diff's own noise streams (tools/wgsl_noise.py), so sample i of a run here is
 sample i of `wgsl-diff sample` with the same model, --seed, --steps, --eta and uncertainty window, up to
 float32 rounding. Uncertainty is Algorithm 1 written from /work/shared/ALGORITHM.md §1: the M re-noised
 copies of the clipped x̂0 at the same t go through one forward over M·B rows, and the map is one of
-centred / variance / variance-biased. Everything runs in float32.
+centred / variance / variance-biased. Guidance (--guidance gradient|posterior, the same window,
+strength, percentile and threshold-file options as wgsl-diff) is tools/guidance_torch.py: Rule G by
+torch.autograd, Rule P in closed form, with wgsl-diff's guidance noise stream; the estimator then sees
+the guided ε, as in wgsl-diff. Everything runs in float32.
 
 Writes sample_NNNNNN.png (grayscale or RGB, diffusers' quantisation), and with --uncertainty
 scores.csv (index,file,score, like wgsl-diff) and step_scores.npy (N, steps) with each step's summed
@@ -30,6 +34,7 @@ from PIL import Image
 from safetensors import safe_open
 
 import wgsl_noise
+from guidance_torch import guide
 from reference_uncertainty import REPO_ROOT, load_unet, uncertainty_maps
 
 DEFAULT_MODEL = REPO_ROOT / "weights" / "fashion_mnist_ddpm.safetensors"
@@ -50,6 +55,14 @@ def sample_batch(unet, scheduler, args, first, count, window):
     step_scores = {mode: torch.zeros(count, len(scheduler.timesteps)) for mode in MODES}
     for i, t in enumerate(scheduler.timesteps):
         eps = unet(x, t).sample
+        if args.guidance and i in args.guidance_window:
+            perturbation = noise(
+                wgsl_noise.copies(args.seed, wgsl_noise.GUIDANCE, i, args.mc_samples, shape, first))
+            threshold = ("percentile", args.percentile)
+            if args.threshold is not None:
+                threshold = ("calibrated", args.threshold[i].to(device))
+            eps, _ = guide(unet, x, t, None, eps, scheduler.alphas_cumprod[t], perturbation,
+                           args.guidance, args.guidance_strength, threshold)
         ancestral = None
         if args.eta > 0:
             ancestral = noise(wgsl_noise.normal(args.seed, wgsl_noise.ANCESTRAL, i, shape, first))
@@ -90,6 +103,12 @@ def main():
     p.add_argument("--uc-mode", choices=("centred", "variance", "variance-biased"), default="centred")
     p.add_argument("--uc-start", type=int, default=0)
     p.add_argument("--uc-steps", type=int, help="[default: all from --uc-start]")
+    p.add_argument("--guidance", choices=("gradient", "posterior"))
+    p.add_argument("--guidance-strength", type=float, default=1.0)
+    p.add_argument("--percentile", type=float, default=0.95)
+    p.add_argument("--guidance-start", type=int, default=0)
+    p.add_argument("--guidance-steps", type=int, default=3)
+    p.add_argument("--threshold-file", type=Path, help="(steps, C, H, W) .npy from wgsl-diff calibrate")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     args = p.parse_args()
@@ -103,6 +122,10 @@ def main():
     scheduler.set_timesteps(args.steps)
     last = args.steps if args.uc_steps is None else min(args.steps, args.uc_start + args.uc_steps)
     window = range(args.uc_start, last)
+    args.guidance_window = range(args.guidance_start, args.guidance_start + args.guidance_steps)
+    args.threshold = None
+    if args.threshold_file is not None:
+        args.threshold = torch.from_numpy(np.load(args.threshold_file))
 
     args.out.mkdir(parents=True, exist_ok=True)
     all_scores = []

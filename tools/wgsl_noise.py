@@ -8,8 +8,8 @@ float32 log/sqrt/cos/sin (~1e-6); the bits that pick them are identical.
 Layout (see shaders/rng.wgsl and src/sampling/noise.rs `NoisePlan::key`): element j of sample i of a
 tensor with row length C*H*W comes from block j // 4 of
     philox4x32_10(counter = (j // 4, i, tag_lo, tag_hi + copy), key = (seed_lo, seed_hi))
-with tag = purpose << 48 | step, purpose 1 = initial, 2 = ancestral, 3 = uncertainty. A block's four
-words (x, y, z, w) give (r0 cos t0, r0 sin t0, r1 cos t1, r1 sin t1), r = sqrt(-2 ln u(x or z)),
+with tag = purpose << 48 | step, purpose 1 = initial, 2 = ancestral, 3 = uncertainty,
+4 = guidance. A block's four words (x, y, z, w) give (r0 cos t0, r0 sin t0, r1 cos t1, r1 sin t1), r = sqrt(-2 ln u(x or z)),
 t = 2 pi u(y or w), u(b) = ((b >> 8) + 0.5) / 2^24.
 
 Usage:
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-INITIAL, ANCESTRAL, UNCERTAINTY = 1, 2, 3
+INITIAL, ANCESTRAL, UNCERTAINTY, GUIDANCE = 1, 2, 3, 4
 _M0, _M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
 _W0, _W1 = 0x9E3779B9, 0xBB67AE85
 _MASK32 = np.uint64(0xFFFFFFFF)
@@ -72,6 +72,7 @@ def check_dump(folder, seed):
         "init": re.compile(r"noise_init_samples(\d+)-(\d+)\.npy$"),
         "ancestral": re.compile(r"noise_ancestral_step(\d+)_t\d+_samples(\d+)-(\d+)\.npy$"),
         "uncertainty": re.compile(r"noise_uncertainty_step(\d+)_t\d+_m(\d+)_samples(\d+)-(\d+)\.npy$"),
+        "guidance": re.compile(r"noise_guidance_step(\d+)_t\d+_m(\d+)_samples(\d+)-(\d+)\.npy$"),
     }
     worst, checked = 0.0, 0
     for path in sorted(Path(folder).glob("noise_*.npy")):
@@ -82,6 +83,8 @@ def check_dump(folder, seed):
             ours = normal(seed, ANCESTRAL, int(m[1]), dumped.shape, int(m[2]))
         elif m := names["uncertainty"].match(path.name):
             ours = normal(seed, UNCERTAINTY, int(m[1]), dumped.shape, int(m[3]), int(m[2]))
+        elif m := names["guidance"].match(path.name):
+            ours = normal(seed, GUIDANCE, int(m[1]), dumped.shape, int(m[3]), int(m[2]))
         else:
             raise SystemExit(f"{path}: not a wgsl-diff noise file name")
         err = float(np.abs(ours - dumped).max())
