@@ -1,10 +1,12 @@
 //! End to end: one UNet forward of the DDPM CIFAR-10 architecture (google/ddpm-cifar10-32,
-//! random weights) at batch 1 and 8, and one sampling step with and without uncertainty
-//! estimation (M = 5, B = 8) on the shipped-size Fashion-MNIST architecture.
+//! random weights) at batch 1 and 8, and one sampling step (B = 8, shipped-size Fashion-MNIST
+//! architecture) plain, with uncertainty estimation (M = 5) and guided by either rule (M = 5),
+//! each with its peak GPU tensor memory printed.
 //! `tools/bench_torch.py` runs the same work in PyTorch and prints both side by side.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use wgsl_diff::gpu::{AdapterChoice, Gpu};
+use wgsl_diff::gpu::{AdapterChoice, Gpu, Tensor};
+use wgsl_diff::guidance::{GuidanceConfig, GuidanceHook, GuidanceRule};
 use wgsl_diff::models::{UNet2DConfig, UNet2DModel};
 use wgsl_diff::ops;
 use wgsl_diff::sampling::{
@@ -51,56 +53,97 @@ fn forward(c: &mut Criterion) {
     group.finish();
 }
 
-fn uncertainty_step(c: &mut Criterion) {
+/// One sampling step (forward, the hook, the fused update) at step 10 of 50, synchronised.
+fn step(
+    gpu: &Gpu,
+    unet: &UNet2DModel,
+    scheduler: &Scheduler,
+    x: &Tensor,
+    t: &Tensor,
+    hook: &mut dyn StepHook,
+) -> Tensor {
+    let eps = unet.forward(gpu, x, t, None).unwrap();
+    let ctx = StepContext {
+        gpu,
+        model: unet,
+        scheduler,
+        noise: &NoisePlan::new(0),
+        first_index: 0,
+        step: 10,
+        timestep: scheduler.timesteps[10],
+        timesteps: t,
+        labels: None,
+        x,
+    };
+    let eps = hook.on_eps(&ctx, eps).unwrap();
+    let (out, _) = ops::sampler_step(gpu, &scheduler.coeffs(10), x, &eps, None, None).unwrap();
+    gpu.sync().unwrap();
+    out
+}
+
+/// The hooks a step is measured with: none, Algorithm 1, and Algorithm 2 with either rule.
+fn hooks(gpu: &Gpu) -> Vec<(&'static str, Box<dyn StepHook>)> {
+    let uncertainty = UncertaintyConfig {
+        copies: 5,
+        ..Default::default()
+    };
+    let guided = |rule| {
+        let config = GuidanceConfig {
+            start: 10,
+            ..GuidanceConfig::paper(rule)
+        };
+        Box::new(GuidanceHook::new(gpu, config).unwrap()) as Box<dyn StepHook>
+    };
+    vec![
+        ("plain", Box::new(())),
+        (
+            "uncertainty_m5",
+            Box::new(UncertaintyEstimator::new(uncertainty).unwrap()),
+        ),
+        ("guided_posterior_m5", guided(GuidanceRule::Posterior)),
+        ("guided_gradient_m5", guided(GuidanceRule::Gradient)),
+    ]
+}
+
+fn sampling_step(c: &mut Criterion) {
+    steps_with_hooks(c, "sampling_step_b8", FASHION, 8);
+    // A guided step of the CIFAR-10 architecture takes minutes on a CPU rasteriser: opt in.
+    if std::env::var("WGSL_DIFF_BENCH_CIFAR_STEPS").is_ok() {
+        steps_with_hooks(c, "sampling_step_cifar10_b1", CIFAR10, 1);
+    }
+}
+
+fn steps_with_hooks(c: &mut Criterion, group_name: &str, config: &str, b: usize) {
     let gpu = Gpu::new(&AdapterChoice::Default).expect("a GPU adapter");
-    let unet = model(&gpu, FASHION);
+    let unet = model(&gpu, config);
     let scheduler = Scheduler::new(
         SamplerConfig::ddim(50),
         NoiseSchedule::from_config(&ScheduleConfig::default()).unwrap(),
     )
     .unwrap();
-    let b = 8;
-    let x = NoisePlan::new(1).initial(&gpu, &[b, 1, 32, 32], 0).unwrap();
+    let channels = unet.config.in_channels;
+    let x = NoisePlan::new(1)
+        .initial(&gpu, &[b, channels, 32, 32], 0)
+        .unwrap();
     let t = gpu.upload(&[b], &vec![500.0; b]).unwrap();
-    let mut group = c.benchmark_group("sampling_step_b8");
+    let mut group = c.benchmark_group(group_name);
     group.sample_size(10);
-    // A plain step: the forward and the fused update.
-    group.bench_function("plain", |it| {
-        it.iter(|| {
-            let eps = unet.forward(&gpu, &x, &t, None).unwrap();
-            let out = ops::sampler_step(&gpu, &scheduler.coeffs(10), &x, &eps, None, None).unwrap();
-            gpu.sync().unwrap();
-            out
-        })
-    });
-    group.bench_function("uncertainty_m5", |it| {
-        it.iter(|| {
-            let mut est = UncertaintyEstimator::new(UncertaintyConfig {
-                copies: 5,
-                ..Default::default()
-            })
-            .unwrap();
-            let eps = unet.forward(&gpu, &x, &t, None).unwrap();
-            let ctx = StepContext {
-                gpu: &gpu,
-                model: &unet,
-                scheduler: &scheduler,
-                noise: &NoisePlan::new(0),
-                first_index: 0,
-                step: 10,
-                timestep: scheduler.timesteps[10],
-                timesteps: &t,
-                labels: None,
-                x: &x,
-            };
-            let eps = est.on_eps(&ctx, eps).unwrap();
-            let out = ops::sampler_step(&gpu, &scheduler.coeffs(10), &x, &eps, None, None).unwrap();
-            gpu.sync().unwrap();
-            out
-        })
-    });
+    for (name, mut hook) in hooks(&gpu) {
+        // The peak of tensor memory over one step, beyond what was live before it.
+        gpu.reset_peak_memory();
+        let before = gpu.memory().live;
+        drop(step(&gpu, &unet, &scheduler, &x, &t, hook.as_mut()));
+        let peak = gpu.memory().peak - before;
+        eprintln!(
+            "sampling_step_b8/{name}: peak GPU tensor memory {:.1} MB",
+            peak as f64 / 1e6
+        );
+        group.bench_function(name, |it| {
+            it.iter(|| step(&gpu, &unet, &scheduler, &x, &t, hook.as_mut()))
+        });
+    }
     group.finish();
 }
 
-criterion_group!(benches, forward, uncertainty_step);
+criterion_group!(benches, forward, sampling_step);
 criterion_main!(benches);

@@ -11,7 +11,7 @@ pub(crate) use kernel::kernel_params;
 #[cfg(test)]
 pub(crate) use kernel::wgsl;
 pub use kernel::{checked_u32, shaders, Kernel, KernelParams, Shader, LINEAR_WORKGROUP};
-pub use tensor::{Shape, Tensor};
+pub use tensor::{MemoryStats, Shape, Tensor};
 
 use crate::error::{Error, Result};
 use kernel::{ParamArena, PipelineCache};

@@ -7,6 +7,7 @@
 use super::Gpu;
 use crate::error::{Error, Result};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub type Shape = Vec<usize>;
@@ -15,10 +16,25 @@ const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::COPY_SRC)
     .union(wgpu::BufferUsages::COPY_DST);
 
-/// Free buffers by exact byte size (sizes repeat layer after layer, so exact reuse hits).
+/// Free buffers by exact byte size (sizes repeat layer after layer, so exact reuse hits), and
+/// the bytes that live tensors hold.
 #[derive(Default)]
 pub(crate) struct BufferPool {
     free: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
+    live: AtomicU64,
+    peak: AtomicU64,
+    created: AtomicU64,
+}
+
+/// GPU memory held through the pool, in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Held by live tensors now.
+    pub live: u64,
+    /// The most held by live tensors at once since the last [`Gpu::reset_peak_memory`].
+    pub peak: u64,
+    /// Every buffer created so far, live or pooled.
+    pub created: u64,
 }
 
 impl BufferPool {
@@ -26,8 +42,24 @@ impl BufferPool {
         self.free.lock().unwrap().get_mut(&size)?.pop()
     }
     fn give(&self, buffer: wgpu::Buffer) {
+        self.live.fetch_sub(buffer.size(), Ordering::Relaxed);
         let mut free = self.free.lock().unwrap();
         free.entry(buffer.size()).or_default().push(buffer);
+    }
+    fn hold(&self, bytes: u64) {
+        let live = self.live.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.peak.fetch_max(live, Ordering::Relaxed);
+    }
+    pub(crate) fn stats(&self) -> MemoryStats {
+        MemoryStats {
+            live: self.live.load(Ordering::Relaxed),
+            peak: self.peak.load(Ordering::Relaxed),
+            created: self.created.load(Ordering::Relaxed),
+        }
+    }
+    pub(crate) fn reset_peak(&self) {
+        self.peak
+            .store(self.live.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 }
 
@@ -116,6 +148,7 @@ impl Gpu {
     }
 
     fn wrap(&self, buffer: wgpu::Buffer, shape: &[usize]) -> Tensor {
+        self.pool.hold(buffer.size());
         Tensor {
             storage: Arc::new(Storage {
                 buffer: Some(buffer),
@@ -125,10 +158,21 @@ impl Gpu {
         }
     }
 
+    /// GPU memory held through the pool.
+    pub fn memory(&self) -> MemoryStats {
+        self.pool.stats()
+    }
+
+    /// Starts a new peak measurement from what is live now.
+    pub fn reset_peak_memory(&self) {
+        self.pool.reset_peak()
+    }
+
     /// An uninitialised tensor, reusing a pooled buffer when one of the right size is free.
     pub fn empty(&self, shape: &[usize]) -> Result<Tensor> {
         let bytes = self.check_size(shape)?;
         let buffer = self.pool.take(bytes).unwrap_or_else(|| {
+            self.pool.created.fetch_add(bytes, Ordering::Relaxed);
             self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: None,
                 size: bytes,
@@ -147,6 +191,7 @@ impl Gpu {
             "upload",
             || format!("{} values for shape {shape:?}", data.len()),
         )?;
+        self.pool.created.fetch_add(bytes, Ordering::Relaxed);
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: None,
             size: bytes,
