@@ -16,6 +16,10 @@ shapes, float32 and the same semantics:
                                                    the centred map mean_m (ε_m − ε)²
     sampling_step_b8/uncertainty_m5_sequential     torch only: as above, but 5 forwards of batch 8
                                                    (the way the authors' code does it)
+    sampling_step_b8/guided_posterior_m5           a plain step whose ε is first guided by Rule P
+                                                   (tools/guidance_torch.py: M = 5, p = 0.95)
+    sampling_step_b8/guided_gradient_m5            the same with Rule G: one forward over 40 rows and
+                                                   its input gradient by torch.autograd
 
 Each torch benchmark is warmed up, then timed --repeat times (time.perf_counter, with
 torch.cuda.synchronize on a GPU) and the median is reported. wgsl-diff's figure is the mean point
@@ -45,6 +49,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from guidance_torch import guide
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -225,10 +231,23 @@ def step_benches(device):
             u += (eps_m - eps) ** 2
         return a_prev * x0 + s_prev * eps, u / COPIES
 
+    def guided(rule):
+        def step():
+            # Autograd needs a normal (not inference-mode) graph for Rule G.
+            with torch.inference_mode(False), torch.no_grad():
+                eps = model(x, t).sample
+                n = torch.randn((COPIES * b, *x.shape[1:]), generator=noise_gen, device=device)
+                eps, _ = guide(model, x, MODEL_TIMESTEP, None, eps, a * a, n, rule, 1.0,
+                               ("percentile", 0.95))
+                return a_prev * x0_hat(eps) + s_prev * eps
+        return step
+
     return {
         "sampling_step_b8/plain": plain,
         "sampling_step_b8/uncertainty_m5": uncertainty_batched,
         SEQUENTIAL: uncertainty_sequential,
+        "sampling_step_b8/guided_posterior_m5": guided("posterior"),
+        "sampling_step_b8/guided_gradient_m5": guided("gradient"),
     }
 
 
@@ -242,6 +261,8 @@ BENCHES = [
     ("sampling_step_b8/plain", step_benches),
     ("sampling_step_b8/uncertainty_m5", step_benches),
     (SEQUENTIAL, step_benches),
+    ("sampling_step_b8/guided_posterior_m5", step_benches),
+    ("sampling_step_b8/guided_gradient_m5", step_benches),
 ]
 
 
