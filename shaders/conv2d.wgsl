@@ -6,7 +6,11 @@
 // (no im2col buffer). Tiling as in matmul.wgsl: 64x64 per workgroup, 4x4 per thread,
 // TILE_K deep through workgroup memory. Optional fused epilogue:
 //   out = (conv + bias + residual) * out_scale
-// which is a diffusers ResnetBlock2D's `(shortcut + h) / output_scale_factor`.
+// which is a diffusers ResnetBlock2D's `(shortcut + h) / output_scale_factor`, then optionally
+// max(out, 0) (Inception's conv + folded batch norm + ReLU).
+// Padding is PAD_Y rows above and PAD_X columns left (and as much below and right, plus any
+// extra the host counted into H_out/W_out: taps past the input read zeros), so 1x7 and 7x1
+// kernels pad only along their long axis.
 
 struct Params {
     batch: u32,
@@ -22,9 +26,11 @@ struct Params {
 override KH: u32 = 3u;
 override KW: u32 = 3u;
 override STRIDE: u32 = 1u;
-override PAD: u32 = 1u;
+override PAD_Y: u32 = 1u;
+override PAD_X: u32 = 1u;
 override HAS_BIAS: bool = true;
 override HAS_RESIDUAL: bool = false;
+override RELU: bool = false;
 
 // Output tile TILE x TILE per workgroup of (TILE/4)² invocations, each a 4x4 patch:
 // 64 for wide layers, 32 when C_out ≤ 32 so half the tile is not idle.
@@ -57,8 +63,8 @@ fn load_patch(k: u32, k_total: u32, b: u32, oy: u32, ox: u32, valid_n: bool) -> 
     }
     let ci = k / (KH * KW);
     let tap = k % (KH * KW);
-    let iy = i32(oy * STRIDE + tap / KW) - i32(PAD);
-    let ix = i32(ox * STRIDE + tap % KW) - i32(PAD);
+    let iy = i32(oy * STRIDE + tap / KW) - i32(PAD_Y);
+    let ix = i32(ox * STRIDE + tap % KW) - i32(PAD_X);
     if iy < 0 || ix < 0 || iy >= i32(p.h) || ix >= i32(p.w) {
         return 0.0;
     }
@@ -122,6 +128,9 @@ fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
             }
             if HAS_RESIDUAL {
                 v = (v + residual[idx]) * p.out_scale;
+            }
+            if RELU {
+                v = max(v, 0.0);
             }
             out[idx] = v;
         }

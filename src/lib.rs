@@ -40,6 +40,7 @@ pub mod metrics;
 pub mod models;
 pub(crate) mod names;
 pub mod npy;
+pub mod npz;
 pub mod ops;
 pub mod run_dir;
 pub mod sampling;

@@ -32,6 +32,8 @@ enum Command {
     Filter(cli::filter::FilterArgs),
     /// Score generated images against real ones: Fréchet distance of classifier features, confidence.
     Eval(cli::eval::EvalArgs),
+    /// FID with pytorch-fid's Inception-V3 between images or statistics, or save statistics.
+    Fid(cli::fid::FidArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -62,6 +64,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Calibrate(args) => cli::calibrate::run(&Gpu::new(&choice)?, &args)?,
         Command::Filter(args) => cli::filter::run(&args)?,
         Command::Eval(args) => cli::eval::run(&Gpu::new(&choice)?, &args)?,
+        Command::Fid(args) => cli::fid::run(&choice, &args)?,
     }
     Ok(())
 }

@@ -10,7 +10,7 @@ use nalgebra::{DMatrix, DVector, SymmetricEigen};
 pub struct FeatureGaussian {
     pub mean: DVector<f64>,
     pub covariance: DMatrix<f64>,
-    /// How many vectors it was fitted to.
+    /// How many vectors it was fitted to; 0 when given as moments ([`Self::from_moments`]).
     pub count: usize,
 }
 
@@ -45,6 +45,15 @@ impl FeatureGaussian {
             covariance,
             count,
         })
+    }
+
+    /// A Gaussian known only by its moments (a statistics file), with `count` 0.
+    pub fn from_moments(mean: DVector<f64>, covariance: DMatrix<f64>) -> FeatureGaussian {
+        FeatureGaussian {
+            mean,
+            covariance,
+            count: 0,
+        }
     }
 
     pub fn dim(&self) -> usize {

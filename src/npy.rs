@@ -1,5 +1,6 @@
-//! Minimal NumPy `.npy` reading and writing for little-endian float32 C-order arrays, so
-//! noise, maps and images can be exchanged with Python and other implementations.
+//! Minimal NumPy `.npy` reading and writing of little-endian C-order arrays (float32 files;
+//! float64 too for [`crate::npz`]), so noise, maps, images and statistics can be exchanged with
+//! Python and other implementations.
 
 use crate::error::{Error, Result};
 use std::path::Path;
@@ -12,36 +13,50 @@ pub fn write(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
         data.len(),
         "npy shape/data mismatch"
     );
+    crate::io::write_atomic(path, &encode("<f4", shape, bytemuck::cast_slice(data)))
+}
+
+/// A `.npy` file of dtype `descr` (`<f4`, `<f8`) holding `data`, C order.
+pub(crate) fn encode(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     let shape_txt = if shape.len() == 1 {
         format!("({},)", dims[0])
     } else {
         format!("({})", dims.join(", "))
     };
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_txt}, }}");
+    let mut header =
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_txt}, }}");
     // Pad so that the data starts on a 64-byte boundary, header ending in '\n'.
     let unpadded = MAGIC.len() + 2 + 2 + header.len() + 1;
     header.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
     header.push('\n');
-    let mut bytes = Vec::with_capacity(64 + data.len() * 4);
+    let mut bytes = Vec::with_capacity(64 + data.len());
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&[1, 0]);
     bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
     bytes.extend_from_slice(header.as_bytes());
-    bytes.extend_from_slice(bytemuck::cast_slice(data));
-    crate::io::write_atomic(path, &bytes)
+    bytes.extend_from_slice(data);
+    bytes
 }
 
 /// Reads a float32 (little-endian, C-order) array: (shape, data).
 pub fn read(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
     let bytes = std::fs::read(path)
         .map_err(|e| Error::Invalid(format!("cannot read {}: {e}", path.display())))?;
-    let bad = |why: &str| {
-        Error::Invalid(format!(
-            "{} is not a float32 .npy file: {why}",
-            path.display()
-        ))
-    };
+    let what = path.display().to_string();
+    let (descr, shape, payload) = parse(&bytes, &what)?;
+    if descr != "<f4" {
+        return Err(Error::Invalid(format!(
+            "{what} is not a float32 .npy file: dtype must be '<f4' (float32), not {descr:?}"
+        )));
+    }
+    Ok((shape, bytemuck::pod_collect_to_vec(payload)))
+}
+
+/// Splits a C-order `.npy` file into (dtype descr, shape, data bytes), checking that the data
+/// is exactly the size the shape needs; `what` names the file in errors.
+pub(crate) fn parse<'a>(bytes: &'a [u8], what: &str) -> Result<(String, Vec<usize>, &'a [u8])> {
+    let bad = |why: &str| Error::Invalid(format!("{what} is not a valid .npy array: {why}"));
     if bytes.len() < 10 || &bytes[..6] != MAGIC {
         return Err(bad("missing NUMPY magic"));
     }
@@ -59,12 +74,15 @@ pub fn read(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
             .ok_or_else(|| bad("truncated header"))?,
     )
     .map_err(|_| bad("header is not text"))?;
-    if !header.contains("'descr': '<f4'") {
-        return Err(bad("dtype must be '<f4' (float32)"));
-    }
     if header.contains("'fortran_order': True") {
         return Err(bad("Fortran order is not supported"));
     }
+    let descr = header
+        .split("'descr':")
+        .nth(1)
+        .and_then(|s| s.split('\'').nth(1))
+        .ok_or_else(|| bad("no dtype"))?
+        .to_string();
     let shape_txt = header
         .split("'shape':")
         .nth(1)
@@ -77,16 +95,25 @@ pub fn read(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
         .filter(|s| !s.is_empty())
         .map(|s| s.parse::<usize>().map_err(|_| bad("bad shape")))
         .collect::<Result<Vec<_>>>()?;
+    let item = match descr.as_str() {
+        "<f4" => 4,
+        "<f8" => 8,
+        other => {
+            return Err(bad(&format!(
+                "unsupported dtype {other:?} (float32 or float64 only)"
+            )))
+        }
+    };
     let payload = &bytes[start + header_len..];
     let n: usize = shape.iter().product();
-    if payload.len() != n * 4 {
+    if payload.len() != n * item {
         return Err(bad(&format!(
             "shape {shape:?} needs {} data bytes, found {}",
-            n * 4,
+            n * item,
             payload.len()
         )));
     }
-    Ok((shape, bytemuck::pod_collect_to_vec(payload)))
+    Ok((descr, shape, payload))
 }
 
 #[cfg(test)]

@@ -112,6 +112,7 @@ fn conv2d_on_random_shapes() {
             pad_bottom_right: extra,
             residual: has_residual.then_some(&residual),
             out_scale,
+            ..Default::default()
         };
         let y = ops::conv2d(
             gpu(),

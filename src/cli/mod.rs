@@ -3,6 +3,7 @@
 
 pub mod calibrate;
 pub mod eval;
+pub mod fid;
 pub mod filter;
 pub mod sample;
 

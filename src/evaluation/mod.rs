@@ -3,6 +3,7 @@
 //! each set (FID with a domain classifier in place of Inception), and how confidently it
 //! recognises each set. `wgsl-diff eval` is this module behind a command line.
 
+pub mod fid;
 mod idx;
 mod input;
 mod sources;

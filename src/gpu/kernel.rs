@@ -39,6 +39,8 @@ pub mod shaders {
     shader!(SAMPLER, "sampler");
     shader!(UNCERTAINTY, "uncertainty");
     shader!(GUIDANCE, "guidance");
+    shader!(POOL, "pool");
+    shader!(RESIZE, "resize");
 
     pub const ALL: &[&Shader] = &[
         &MATMUL,
@@ -52,6 +54,8 @@ pub mod shaders {
         &SAMPLER,
         &UNCERTAINTY,
         &GUIDANCE,
+        &POOL,
+        &RESIZE,
     ];
 }
 

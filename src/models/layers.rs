@@ -59,6 +59,7 @@ impl Conv2d {
             pad_bottom_right: self.pad_bottom_right,
             residual,
             out_scale,
+            ..Default::default()
         };
         ops::conv2d(gpu, x, &self.weight, Some(&self.bias), args)
     }

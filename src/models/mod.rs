@@ -9,6 +9,7 @@ pub mod attention;
 pub mod classifier;
 pub mod embeddings;
 pub mod eps_model;
+pub mod inception;
 pub mod layers;
 pub mod resnet;
 pub mod unet_2d;

@@ -1,4 +1,4 @@
-//! 2-D convolution with a fused bias/residual epilogue (conv2d.wgsl).
+//! 2-D convolution with a fused bias/residual/ReLU epilogue (conv2d.wgsl).
 
 use super::{dims, ensure};
 use crate::error::Result;
@@ -26,13 +26,18 @@ const NARROW_TILE: u32 = 32;
 #[derive(Clone, Copy, Debug)]
 pub struct Conv2dArgs<'a> {
     pub stride: usize,
+    /// Zero padding on every side, or above and below only when `padding_w` is set.
     pub padding: usize,
+    /// Zero padding left and right when it differs from `padding` (a 1×7 kernel pads (0, 3)).
+    pub padding_w: Option<usize>,
     /// Extra zero padding on the bottom and right only (diffusers' Downsample2D with padding 0
     /// pads (0, 1, 0, 1) before a stride-2 convolution).
     pub pad_bottom_right: usize,
     /// Fused `(conv + bias + residual) * out_scale`; `residual` has the output's shape.
     pub residual: Option<&'a Tensor>,
     pub out_scale: f32,
+    /// Fused `max(·, 0)` after everything else (Inception's BasicConv2d).
+    pub relu: bool,
 }
 
 impl Default for Conv2dArgs<'_> {
@@ -40,9 +45,11 @@ impl Default for Conv2dArgs<'_> {
         Conv2dArgs {
             stride: 1,
             padding: 0,
+            padding_w: None,
             pad_bottom_right: 0,
             residual: None,
             out_scale: 1.0,
+            relu: false,
         }
     }
 }
@@ -53,6 +60,11 @@ impl<'a> Conv2dArgs<'a> {
             padding,
             ..Default::default()
         }
+    }
+
+    /// Padding (rows, columns) on each side.
+    fn pad_hw(&self) -> (usize, usize) {
+        (self.padding, self.padding_w.unwrap_or(self.padding))
     }
 }
 
@@ -75,8 +87,9 @@ fn output_shape(
         )
     })?;
     ensure(args.stride >= 1, OP, || "stride must be ≥ 1".into())?;
-    let pad = 2 * args.padding + args.pad_bottom_right;
-    let (h_padded, w_padded) = (h + pad, w + pad);
+    let (pad_h, pad_w) = args.pad_hw();
+    let h_padded = h + 2 * pad_h + args.pad_bottom_right;
+    let w_padded = w + 2 * pad_w + args.pad_bottom_right;
     ensure(h_padded >= kh && w_padded >= kw, OP, || {
         format!("kernel {kh}x{kw} larger than padded input {h_padded}x{w_padded}")
     })?;
@@ -120,9 +133,11 @@ pub fn conv2d(
         .with("KH", u("kernel height", kh)?)
         .with("KW", u("kernel width", kw)?)
         .with("STRIDE", u("stride", args.stride)?)
-        .with("PAD", u("padding", args.padding)?)
+        .with("PAD_Y", u("padding", args.pad_hw().0)?)
+        .with("PAD_X", u("padding", args.pad_hw().1)?)
         .flag("HAS_BIAS", bias.is_some())
-        .flag("HAS_RESIDUAL", args.residual.is_some());
+        .flag("HAS_RESIDUAL", args.residual.is_some())
+        .flag("RELU", args.relu);
     let params = ConvParams {
         batch: u("batch", b)?,
         c_in: u("c_in", c_in)?,

@@ -8,6 +8,8 @@ mod embedding;
 mod guidance;
 mod matmul;
 mod norm;
+mod pool;
+mod resize;
 mod rng;
 mod sampler;
 mod select;
@@ -23,6 +25,8 @@ pub use embedding::{embedding_lookup, timestep_embedding};
 pub use guidance::{gradient_cotangent, masked_update, posterior, sum_copies, MaskedRule};
 pub use matmul::{linear, matmul};
 pub use norm::group_norm;
+pub use pool::{global_avg_pool, pool2d, Pool2dArgs, PoolMode};
+pub use resize::resize_bilinear;
 pub use rng::{normal, normal_copies, NoiseKey};
 pub use sampler::{sampler_step, StepCoeffs};
 pub use select::quantile_per_sample;
@@ -68,6 +72,8 @@ mod tests {
         wgsl::assert_params_mirror::<guidance::GuidanceParams>();
         wgsl::assert_params_mirror::<matmul::MatmulParams>();
         wgsl::assert_params_mirror::<norm::GroupNormParams>();
+        wgsl::assert_params_mirror::<pool::PoolParams>();
+        wgsl::assert_params_mirror::<resize::ResizeParams>();
         wgsl::assert_params_mirror::<rng::RngParams>();
         wgsl::assert_params_mirror::<sampler::SamplerParams>();
         wgsl::assert_params_mirror::<uncertainty::MapParams>();
@@ -79,7 +85,7 @@ mod tests {
         use UncertaintyMode as Mode;
         let wg = LINEAR_WORKGROUP as u64;
         let mode = |m| uncertainty::mode_code(m).into();
-        let checks: [(&Shader, &[(&str, u64)]); 10] = [
+        let checks: [(&Shader, &[(&str, u64)]); 12] = [
             // Workgroup sizes and tiles the host sizes its grids by, and the operation
             // selectors it passes as the `OP` and `MODE` overrides.
             (
@@ -120,6 +126,16 @@ mod tests {
                 ],
             ),
             (&shaders::RESAMPLE, &[("WG", wg)]),
+            (&shaders::RESIZE, &[("WG", wg)]),
+            (
+                &shaders::POOL,
+                &[
+                    ("WG", wg),
+                    ("MODE_MAX", PoolMode::Max as u64),
+                    ("MODE_AVG", PoolMode::Avg as u64),
+                    ("MODE_AVG_VALID", PoolMode::AvgValid as u64),
+                ],
+            ),
             (&shaders::RNG, &[("WG", wg)]),
             (&shaders::SAMPLER, &[("WG", wg)]),
             (

@@ -11,8 +11,31 @@ pub fn conv2d(
     pad: usize,
     pad_bottom_right: usize,
 ) -> (Vec<f64>, usize, usize) {
-    let ho = (h + 2 * pad + pad_bottom_right - kh) / stride + 1;
-    let wo = (w + 2 * pad + pad_bottom_right - kw) / stride + 1;
+    let (ho, wo) = (
+        (h + 2 * pad + pad_bottom_right - kh) / stride + 1,
+        (w + 2 * pad + pad_bottom_right - kw) / stride + 1,
+    );
+    let geometry = ((b, ci, h, w), (co, kh, kw), stride, (pad, pad));
+    (conv2d_hw(x, wt, bias, geometry, (ho, wo)), ho, wo)
+}
+
+/// Input (b, c_in, h, w), kernel (c_out, kh, kw), stride, padding (rows, columns).
+pub type ConvGeometry = (
+    (usize, usize, usize, usize),
+    (usize, usize, usize),
+    usize,
+    (usize, usize),
+);
+
+/// Convolution with separate row and column padding, into an (ho, wo) output: taps outside the
+/// input read zeros.
+pub fn conv2d_hw(
+    x: &[f64],
+    wt: &[f64],
+    bias: Option<&[f64]>,
+    ((b, ci, h, w), (co, kh, kw), stride, (pad_h, pad_w)): ConvGeometry,
+    (ho, wo): (usize, usize),
+) -> Vec<f64> {
     let mut out = vec![0.0; b * co * ho * wo];
     for n in 0..b {
         for o in 0..co {
@@ -22,8 +45,8 @@ pub fn conv2d(
                     for c in 0..ci {
                         for ky in 0..kh {
                             for kx in 0..kw {
-                                let iy = (y * stride + ky) as isize - pad as isize;
-                                let ix = (xo * stride + kx) as isize - pad as isize;
+                                let iy = (y * stride + ky) as isize - pad_h as isize;
+                                let ix = (xo * stride + kx) as isize - pad_w as isize;
                                 if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
                                     s += wt[((o * ci + c) * kh + ky) * kw + kx]
                                         * x[((n * ci + c) * h + iy as usize) * w + ix as usize];
@@ -36,7 +59,7 @@ pub fn conv2d(
             }
         }
     }
-    (out, ho, wo)
+    out
 }
 
 /// C (batch, m, n) = A (batch, m, k) · B, with B (n, k) if trans_b else (k, n); B shared over batch.
@@ -190,5 +213,71 @@ pub fn normal_row(seed: u64, tag: u64, sample: u32, len: usize) -> Vec<f64> {
         out.extend([r0 * t0.cos(), r0 * t0.sin(), r1 * t1.cos(), r1 * t1.sin()]);
     }
     out.truncate(len);
+    out
+}
+
+/// torch's max_pool2d / avg_pool2d (K×K, floor mode) over planes of h×w: `avg` None is the
+/// maximum, Some(include_pad) the average with or without the padded taps in the divisor.
+pub fn pool2d(
+    x: &[f64],
+    (planes, h, w): (usize, usize, usize),
+    (k, stride, pad): (usize, usize, usize),
+    avg: Option<bool>,
+) -> (Vec<f64>, usize, usize) {
+    let ho = (h + 2 * pad - k) / stride + 1;
+    let wo = (w + 2 * pad - k) / stride + 1;
+    let mut out = Vec::with_capacity(planes * ho * wo);
+    for p in 0..planes {
+        for oy in 0..ho {
+            for ox in 0..wo {
+                let mut taps = Vec::new();
+                for ky in 0..k {
+                    for kx in 0..k {
+                        let iy = (oy * stride + ky) as isize - pad as isize;
+                        let ix = (ox * stride + kx) as isize - pad as isize;
+                        if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                            taps.push(x[(p * h + iy as usize) * w + ix as usize]);
+                        }
+                    }
+                }
+                let sum: f64 = taps.iter().sum();
+                out.push(match avg {
+                    None => taps.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                    Some(true) => sum / (k * k) as f64,
+                    Some(false) => sum / taps.len() as f64,
+                });
+            }
+        }
+    }
+    (out, ho, wo)
+}
+
+/// F.interpolate(mode='bilinear', align_corners=False) of planes h×w to ho×wo, written from
+/// PyTorch's definition: source s = (d + 0.5)·in/out − 0.5, clamped at 0; taps ⌊s⌋ and the next
+/// (the last repeated at the edge).
+pub fn resize_bilinear(
+    x: &[f64],
+    (planes, h, w): (usize, usize, usize),
+    (ho, wo): (usize, usize),
+) -> Vec<f64> {
+    let taps = |d: usize, size_in: usize, size_out: usize| {
+        let s = ((d as f64 + 0.5) * size_in as f64 / size_out as f64 - 0.5).max(0.0);
+        let i0 = (s.floor() as usize).min(size_in - 1);
+        let i1 = if i0 < size_in - 1 { i0 + 1 } else { i0 };
+        (i0, i1, s - i0 as f64)
+    };
+    let mut out = Vec::with_capacity(planes * ho * wo);
+    for p in 0..planes {
+        let at = |y: usize, x_: usize| x[(p * h + y) * w + x_];
+        for oy in 0..ho {
+            let (y0, y1, ly) = taps(oy, h, ho);
+            for ox in 0..wo {
+                let (x0, x1, lx) = taps(ox, w, wo);
+                let top = (1.0 - lx) * at(y0, x0) + lx * at(y0, x1);
+                let bottom = (1.0 - lx) * at(y1, x0) + lx * at(y1, x1);
+                out.push((1.0 - ly) * top + ly * bottom);
+            }
+        }
+    }
     out
 }

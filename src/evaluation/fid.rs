@@ -1,0 +1,402 @@
+//! FID as pytorch-fid computes it: pool3 features of its Inception-V3
+//! ([`FidInception`], weights from `tools/fid_weights.py`), the mean and unbiased covariance of
+//! each set, and the Fréchet distance between the two Gaussians ([`metrics::frechet_distance`]).
+//!
+//! A set is a folder of PNGs (a run's `sample_*.png` when there are any, so a run folder or
+//! its `filtered/kept` and `filtered/random` work as they are; otherwise every `*.png`, in name
+//! order as pytorch-fid sorts them), an idx3 images file, or statistics in pytorch-fid's
+//! `--save-stats` format (`.npz` with `mu` and `sigma`). Images reach the network as in
+//! pytorch-fid: converted to RGB (grayscale repeated, alpha dropped, as PIL's `convert('RGB')`),
+//! scaled to [0, 1] by x/255, resized bilinearly to 299×299, mapped to [−1, 1] by 2x − 1.
+
+use super::idx::parse_idx_images;
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::images::{self, Image8};
+use crate::metrics::{self, FeatureGaussian};
+use crate::models::inception::{FidInception, FEATURES, INPUT_SIDE};
+use crate::models::WeightFile;
+use crate::{npz, ops};
+use nalgebra::{DMatrix, DVector};
+use std::path::{Path, PathBuf};
+
+/// Where `tools/fid_weights.py` puts the converted weights (git-ignored, ≈ 95 MB).
+pub const DEFAULT_WEIGHTS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/weights/fid_inception.safetensors"
+);
+
+/// pytorch-fid's batch size.
+pub const DEFAULT_BATCH: usize = 50;
+
+/// Image formats pytorch-fid reads that this port does not: their presence is an error rather
+/// than a silently smaller set.
+const OTHER_IMAGE_EXTENSIONS: &[&str] =
+    &["bmp", "jpg", "jpeg", "pgm", "ppm", "tif", "tiff", "webp"];
+
+/// One side of a comparison.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FidSource {
+    /// A folder of PNGs or an idx3 images file.
+    Images(PathBuf),
+    /// A `.npz` statistics file.
+    Statistics(PathBuf),
+}
+
+impl FidSource {
+    /// `*.npz` is a statistics file, anything else images.
+    pub fn from_path(path: &Path) -> FidSource {
+        if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("npz"))
+        {
+            FidSource::Statistics(path.to_path_buf())
+        } else {
+            FidSource::Images(path.to_path_buf())
+        }
+    }
+}
+
+/// How features are extracted.
+#[derive(Clone, Debug)]
+pub struct FidOptions {
+    /// Converted Inception weights, e.g. [`DEFAULT_WEIGHTS`].
+    pub weights: PathBuf,
+    /// Images per GPU batch.
+    pub batch: usize,
+    /// Rescale each batch to [0, 1] by its own minimum and maximum before Inception, as the
+    /// paper's official evaluation code does (only to reproduce its numbers; depends on `batch`).
+    pub batch_minmax: bool,
+}
+
+impl Default for FidOptions {
+    fn default() -> Self {
+        FidOptions {
+            weights: DEFAULT_WEIGHTS.into(),
+            batch: DEFAULT_BATCH,
+            batch_minmax: false,
+        }
+    }
+}
+
+/// A set's Gaussian and where it came from.
+#[derive(Clone, Debug)]
+pub struct FidStatistics {
+    pub description: String,
+    /// Its `count` is the number of images, 0 when read from a statistics file.
+    pub gaussian: FeatureGaussian,
+}
+
+/// The outcome of [`fid`].
+#[derive(Clone, Debug)]
+pub struct FidReport {
+    pub fid: f64,
+    pub real: FidStatistics,
+    pub fake: FidStatistics,
+}
+
+impl FidReport {
+    /// The smaller image count when it is not more than the 2048 dimensions: the covariance is
+    /// then singular and the FID biased upwards (pytorch-fid gives the same number).
+    pub fn undersized(&self) -> Option<usize> {
+        [&self.real, &self.fake]
+            .iter()
+            .map(|s| s.gaussian.count)
+            .filter(|&n| n > 0)
+            .min()
+            .filter(|&n| n <= FEATURES)
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let set = |s: &FidStatistics| serde_json::json!({ "source": s.description, "count": s.gaussian.count });
+        serde_json::json!({ "fid": self.fid, "real": set(&self.real), "fake": set(&self.fake) })
+    }
+}
+
+/// FID between two sources; the network is loaded only if one of them holds images.
+pub fn fid(
+    gpu: impl Fn() -> Result<Gpu>,
+    real: &FidSource,
+    fake: &FidSource,
+    options: &FidOptions,
+) -> Result<FidReport> {
+    let mut extractor = Extractor::new(gpu, options);
+    let real = extractor
+        .statistics(real)
+        .map_err(|e| Error::Invalid(format!("--real: {e}")))?;
+    let fake = extractor
+        .statistics(fake)
+        .map_err(|e| Error::Invalid(format!("--fake: {e}")))?;
+    Ok(FidReport {
+        fid: metrics::frechet_distance(&real.gaussian, &fake.gaussian)?,
+        real,
+        fake,
+    })
+}
+
+/// Computes the statistics of `source` and writes them where pytorch-fid's `--save-stats` would.
+pub fn save_statistics(
+    gpu: impl Fn() -> Result<Gpu>,
+    source: &FidSource,
+    out: &Path,
+    options: &FidOptions,
+) -> Result<FidStatistics> {
+    let stats = Extractor::new(gpu, options).statistics(source)?;
+    write_statistics(out, &stats.gaussian)?;
+    Ok(stats)
+}
+
+/// Loads the GPU and network on first use.
+struct Extractor<'a, G: Fn() -> Result<Gpu>> {
+    make_gpu: G,
+    options: &'a FidOptions,
+    loaded: Option<(Gpu, FidInception)>,
+}
+
+impl<'a, G: Fn() -> Result<Gpu>> Extractor<'a, G> {
+    fn new(make_gpu: G, options: &'a FidOptions) -> Self {
+        Extractor {
+            make_gpu,
+            options,
+            loaded: None,
+        }
+    }
+
+    fn statistics(&mut self, source: &FidSource) -> Result<FidStatistics> {
+        let path = match source {
+            FidSource::Statistics(path) => {
+                return Ok(FidStatistics {
+                    description: format!("statistics {}", path.display()),
+                    gaussian: read_statistics(path)?,
+                })
+            }
+            FidSource::Images(path) => path,
+        };
+        let (images, description) = load_images(path)?;
+        if self.loaded.is_none() {
+            let gpu = (self.make_gpu)()?;
+            let net = FidInception::load(&gpu, &WeightFile::open(&self.options.weights)?)?;
+            self.loaded = Some((gpu, net));
+        }
+        let (gpu, net) = self.loaded.as_ref().expect("loaded above");
+        let features = features(gpu, net, &images, self.options)?;
+        Ok(FidStatistics {
+            description,
+            gaussian: FeatureGaussian::fit(&features, FEATURES)?,
+        })
+    }
+}
+
+/// pool3 features of `images` (rows of 2048), in batches of `options.batch`.
+pub fn features(
+    gpu: &Gpu,
+    net: &FidInception,
+    images: &[Image8],
+    options: &FidOptions,
+) -> Result<Vec<f32>> {
+    if options.batch == 0 {
+        return Err(Error::Invalid("--batch must be at least 1".into()));
+    }
+    let mut out = Vec::with_capacity(images.len() * FEATURES);
+    for (i, chunk) in images.chunks(options.batch).enumerate() {
+        let (width, height) = (chunk[0].width, chunk[0].height);
+        let mut x = to_unit_rgb(chunk);
+        if options.batch_minmax {
+            minmax_rescale(&mut x).map_err(|e| Error::Invalid(format!("batch {i}: {e}")))?;
+        }
+        let x = gpu.upload(&[chunk.len(), 3, height, width], &x)?;
+        out.extend(gpu.read(&net.forward(gpu, &inception_input(gpu, &x)?)?)?);
+    }
+    Ok(out)
+}
+
+/// pytorch-fid's input path on (B, 3, H, W) in [0, 1]: resize to 299² then 2x − 1.
+pub fn inception_input(gpu: &Gpu, x: &crate::gpu::Tensor) -> Result<crate::gpu::Tensor> {
+    let resized;
+    let x = if x.shape()[2..] == [INPUT_SIDE, INPUT_SIDE] {
+        // F.interpolate to the same size samples every pixel at itself.
+        x
+    } else {
+        resized = ops::resize_bilinear(gpu, x, INPUT_SIDE, INPUT_SIDE)?;
+        &resized
+    };
+    ops::affine(gpu, x, 2.0, -1.0)
+}
+
+/// CHW planes in [0, 1] (ToTensor's x/255), grayscale repeated to three channels.
+fn to_unit_rgb(images: &[Image8]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(images.len() * 3 * images[0].width * images[0].height);
+    for img in images {
+        let plane = img.width * img.height;
+        for c in 0..3 {
+            let channel = if img.channels == 1 { 0 } else { c };
+            out.extend((0..plane).map(|p| img.pixels[p * img.channels + channel] as f32 / 255.0));
+        }
+    }
+    out
+}
+
+/// (x − min) / (max − min) over the whole batch.
+fn minmax_rescale(x: &mut [f32]) -> Result<()> {
+    let (min, max) = x
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        });
+    if max <= min {
+        return Err(Error::Invalid(
+            "every pixel is equal: min-max rescaling is undefined".into(),
+        ));
+    }
+    x.iter_mut().for_each(|v| *v = (*v - min) / (max - min));
+    Ok(())
+}
+
+/// The images of a folder or idx file, all of one size, at least two; and a description.
+pub fn load_images(path: &Path) -> Result<(Vec<Image8>, String)> {
+    let (images, what) = if path.is_dir() {
+        let files = list_pngs(path)?;
+        let images = files
+            .iter()
+            .map(|f| images::read_png(f))
+            .collect::<Result<Vec<_>>>()?;
+        check_sizes(&images, &files)?;
+        (images, format!("folder {}", path.display()))
+    } else if path.is_file() {
+        (read_idx(path)?, format!("idx file {}", path.display()))
+    } else {
+        return Err(Error::Invalid(format!("{} does not exist", path.display())));
+    };
+    if images.len() < 2 {
+        return Err(Error::Invalid(format!(
+            "{} holds {} image(s); a covariance needs at least 2",
+            path.display(),
+            images.len()
+        )));
+    }
+    let description = format!("{} images from {what}", images.len());
+    Ok((images, description))
+}
+
+/// A run's `sample_*.png` if the folder has any, otherwise every `*.png`; sorted by name.
+fn list_pngs(dir: &Path) -> Result<Vec<PathBuf>> {
+    let cannot_list =
+        |e: std::io::Error| Error::Invalid(format!("cannot list {}: {e}", dir.display()));
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(cannot_list)?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()
+        .map_err(cannot_list)?;
+    files.sort();
+    let extension = |p: &Path| {
+        p.extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+    };
+    if let Some(other) = files
+        .iter()
+        .find(|p| extension(p).is_some_and(|e| OTHER_IMAGE_EXTENSIONS.contains(&e.as_str())))
+    {
+        return Err(Error::Invalid(format!(
+            "{} is not a PNG: only PNG images are read (convert the folder to PNG)",
+            other.display()
+        )));
+    }
+    files.retain(|p| p.extension().is_some_and(|e| e == "png"));
+    let is_sample = |p: &PathBuf| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("sample_"))
+    };
+    if files.iter().any(is_sample) {
+        files.retain(is_sample);
+    }
+    Ok(files)
+}
+
+/// pytorch-fid stacks each batch, so images of different sizes fail there: refuse them here.
+fn check_sizes(images: &[Image8], files: &[PathBuf]) -> Result<()> {
+    if let Some(i) = images
+        .iter()
+        .position(|img| (img.width, img.height) != (images[0].width, images[0].height))
+    {
+        return Err(Error::Invalid(format!(
+            "images differ in size: {} is {}x{}, {} is {}x{} (resize them to one size first)",
+            files[0].display(),
+            images[0].width,
+            images[0].height,
+            files[i].display(),
+            images[i].width,
+            images[i].height
+        )));
+    }
+    Ok(())
+}
+
+fn read_idx(path: &Path) -> Result<Vec<Image8>> {
+    let raw = std::fs::read(path)
+        .map_err(|e| Error::Invalid(format!("cannot read {}: {e}", path.display())))?;
+    let (_, height, width, pixels) =
+        parse_idx_images(&raw).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+    Ok(pixels
+        .chunks(height * width)
+        .map(|p| Image8 {
+            width,
+            height,
+            channels: 1,
+            pixels: p.to_vec(),
+        })
+        .collect())
+}
+
+/// Reads pytorch-fid statistics: `mu` (d) and `sigma` (d, d), finite.
+pub fn read_statistics(path: &Path) -> Result<FeatureGaussian> {
+    let arrays = npz::read(path)?;
+    let bad = |why: String| {
+        Error::Invalid(format!(
+            "{} is not a FID statistics file: {why}",
+            path.display()
+        ))
+    };
+    let get = |key: &str| {
+        arrays
+            .get(key)
+            .ok_or_else(|| bad(format!("no `{key}` array")))
+    };
+    let (mu, sigma) = (get("mu")?, get("sigma")?);
+    let d = match mu.shape[..] {
+        [d] if d > 0 => d,
+        _ => {
+            return Err(bad(format!(
+                "mu has shape {:?}, expected one non-empty axis",
+                mu.shape
+            )))
+        }
+    };
+    if sigma.shape != [d, d] {
+        return Err(bad(format!(
+            "sigma has shape {:?}, expected [{d}, {d}] for mu of {d} values",
+            sigma.shape
+        )));
+    }
+    if mu.data.iter().chain(&sigma.data).any(|v| !v.is_finite()) {
+        return Err(bad("it holds non-finite values".into()));
+    }
+    Ok(FeatureGaussian::from_moments(
+        DVector::from_column_slice(&mu.data),
+        DMatrix::from_row_slice(d, d, &sigma.data),
+    ))
+}
+
+/// Writes `mu` and `sigma` as pytorch-fid's `--save-stats` does (float64, row-major).
+pub fn write_statistics(path: &Path, gaussian: &FeatureGaussian) -> Result<()> {
+    let d = gaussian.dim();
+    let sigma_rows = gaussian.covariance.transpose();
+    npz::write(
+        path,
+        &[
+            ("mu", &[d], gaussian.mean.as_slice()),
+            ("sigma", &[d, d], sigma_rows.as_slice()),
+        ],
+    )
+}
