@@ -430,3 +430,21 @@ fn fid_command_refuses_bad_input() {
     let out = wgsl_diff(&["fid", "--real", stats]);
     assert!(!out.status.success(), "--real without --fake");
 }
+
+#[test]
+fn run_folders_use_their_samples_and_other_folders_every_png() {
+    let dir = temp_dir("folders");
+    // A run folder (or filtered/kept): samples, beside a heatmap and a grid of other sizes.
+    write_pngs(&dir, "sample", 3, (28, 28), 1, 5);
+    write_pngs(&dir, "heatmap", 1, (28, 28), 3, 6);
+    write_pngs(&dir, "grid", 1, (90, 60), 1, 7);
+    let (images, description) = fid::load_images(&dir).unwrap();
+    assert_eq!(images.len(), 3, "{description}");
+    // A plain folder: every PNG, grayscale and RGB mixed (both become RGB).
+    let plain = dir.join("plain");
+    std::fs::create_dir_all(&plain).unwrap();
+    write_pngs(&plain, "a", 2, (28, 28), 1, 8);
+    write_pngs(&plain, "b", 2, (28, 28), 3, 9);
+    let (images, _) = fid::load_images(&plain).unwrap();
+    assert_eq!(images.len(), 4);
+}

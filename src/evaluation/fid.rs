@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::images::{self, Image8};
 use crate::metrics::{self, FeatureGaussian};
-use crate::models::inception::{FidInception, FEATURES, INPUT_SIDE};
+use crate::models::inception::{FidInception, FEATURES, INPUT_SIDE, LARGEST_ACTIVATION_BYTES};
 use crate::models::WeightFile;
 use crate::{npz, ops};
 use nalgebra::{DMatrix, DVector};
@@ -197,15 +197,21 @@ pub fn features(
     if options.batch == 0 {
         return Err(Error::Invalid("--batch must be at least 1".into()));
     }
+    // `batch` is the logical batch (the min-max rescaling's); the GPU runs as much of it at once
+    // as its buffer limit allows, which changes nothing else.
+    let fits = (gpu.max_tensor_bytes() as usize / LARGEST_ACTIVATION_BYTES).max(1);
     let mut out = Vec::with_capacity(images.len() * FEATURES);
-    for (i, chunk) in images.chunks(options.batch).enumerate() {
-        let (width, height) = (chunk[0].width, chunk[0].height);
-        let mut x = to_unit_rgb(chunk);
+    for (i, batch) in images.chunks(options.batch).enumerate() {
+        let (width, height) = (batch[0].width, batch[0].height);
+        let mut x = to_unit_rgb(batch);
         if options.batch_minmax {
             minmax_rescale(&mut x).map_err(|e| Error::Invalid(format!("batch {i}: {e}")))?;
         }
-        let x = gpu.upload(&[chunk.len(), 3, height, width], &x)?;
-        out.extend(gpu.read(&net.forward(gpu, &inception_input(gpu, &x)?)?)?);
+        for part in x.chunks(fits * 3 * height * width) {
+            let n = part.len() / (3 * height * width);
+            let x = gpu.upload(&[n, 3, height, width], part)?;
+            out.extend(gpu.read(&net.forward(gpu, &inception_input(gpu, &x)?)?)?);
+        }
     }
     Ok(out)
 }

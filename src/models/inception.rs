@@ -23,6 +23,9 @@ pub const ARCH: &str = "fid_inception_v3";
 pub const FEATURES: usize = 2048;
 /// The side pytorch-fid resizes every image to.
 pub const INPUT_SIDE: usize = 299;
+/// Bytes per image of the largest activation at a 299² input (Conv2d_2b_3x3's 64×147×147
+/// output): what bounds the batch one GPU buffer holds.
+pub const LARGEST_ACTIVATION_BYTES: usize = 64 * 147 * 147 * 4;
 /// The smallest input side the stride-2 stages leave a pixel of.
 pub const MIN_SIDE: usize = 75;
 
@@ -458,21 +461,17 @@ impl FidInception {
 
     /// Every convolution in pytorch-fid's module (state-dict) order.
     fn build(b: &mut Builder) -> Result<FidInception> {
-        let stem_1 = b.chain(
-            "Conv2d",
-            3,
-            &[
-                ("1a_3x3", conv(32, (3, 3), 2, (0, 0))),
-                ("2a_3x3", conv(32, (3, 3), 1, (0, 0))),
-                ("2b_3x3", c3(64)),
-            ],
-        )?;
-        let stem_2 = b.chain(
-            "Conv2d",
-            64,
-            &[("3b_1x1", c1(80)), ("4a_3x3", conv(192, (3, 3), 1, (0, 0)))],
-        )?;
-        let stem = stem_1.into_iter().chain(stem_2).collect();
+        let stem_specs = [
+            ("Conv2d_1a_3x3", 3, conv(32, (3, 3), 2, (0, 0))),
+            ("Conv2d_2a_3x3", 32, conv(32, (3, 3), 1, (0, 0))),
+            ("Conv2d_2b_3x3", 32, c3(64)),
+            ("Conv2d_3b_1x1", 64, c1(80)),
+            ("Conv2d_4a_3x3", 80, conv(192, (3, 3), 1, (0, 0))),
+        ];
+        let stem = stem_specs
+            .into_iter()
+            .map(|(name, c_in, spec)| b.conv(name, c_in, spec))
+            .collect::<Result<Vec<_>>>()?;
         Ok(FidInception {
             stem,
             mixed_5: [
