@@ -186,7 +186,7 @@ fn guidance_kernels_match_f64_references() {
         let (mut cot, mut var, mut post, mut post_var) = (vec![], vec![], vec![], vec![]);
         let mut sum = vec![];
         let alpha_bar = 0.3;
-        for i in 0..b * len {
+        for (i, &e) in eps.iter().enumerate() {
             let mean = (0..m).map(|k| at(&copies, k, i)).sum::<f64>() / m as f64;
             var.push(
                 (0..m)
@@ -196,7 +196,7 @@ fn guidance_kernels_match_f64_references() {
             );
             let all: Vec<f64> = (0..m)
                 .map(|k| at(&copies, k, i))
-                .chain([eps[i] as f64])
+                .chain([e as f64])
                 .collect();
             let mean_all = all.iter().sum::<f64>() / all.len() as f64;
             let u = all.iter().map(|v| (v - mean_all).powi(2)).sum::<f64>() / m as f64;
