@@ -38,6 +38,11 @@ pub mod shaders {
     shader!(RNG, "rng");
     shader!(SAMPLER, "sampler");
     shader!(UNCERTAINTY, "uncertainty");
+    // Input gradients (the UNet's vector-Jacobian product).
+    shader!(CONV2D_GRAD, "conv2d_grad");
+    shader!(GROUP_NORM_GRAD, "group_norm_grad");
+    shader!(ATTENTION_GRAD, "attention_grad");
+    shader!(ELEMENTWISE_GRAD, "elementwise_grad");
 
     pub const ALL: &[&Shader] = &[
         &MATMUL,
@@ -50,6 +55,10 @@ pub mod shaders {
         &RNG,
         &SAMPLER,
         &UNCERTAINTY,
+        &CONV2D_GRAD,
+        &GROUP_NORM_GRAD,
+        &ATTENTION_GRAD,
+        &ELEMENTWISE_GRAD,
     ];
 }
 
