@@ -138,10 +138,7 @@ mod tests {
                     ("ROW_WG", attention_grad::ROW_WG as u64),
                 ],
             ),
-            (
-                &shaders::CONV2D_GRAD,
-                &[("TILE", conv::WIDE_TILE as u64)],
-            ),
+            (&shaders::CONV2D_GRAD, &[("TILE", conv::WIDE_TILE as u64)]),
             (
                 &shaders::GROUP_NORM_GRAD,
                 &[("WG", wg), ("FINALIZE_WG", norm::FINALIZE_WG as u64)],
