@@ -39,6 +39,11 @@ pub mod shaders {
     shader!(SAMPLER, "sampler");
     shader!(UNCERTAINTY, "uncertainty");
     shader!(GUIDANCE, "guidance");
+    // Input gradients (the UNet's vector-Jacobian product).
+    shader!(CONV2D_GRAD, "conv2d_grad");
+    shader!(GROUP_NORM_GRAD, "group_norm_grad");
+    shader!(ATTENTION_GRAD, "attention_grad");
+    shader!(ELEMENTWISE_GRAD, "elementwise_grad");
 
     pub const ALL: &[&Shader] = &[
         &MATMUL,
@@ -52,6 +57,10 @@ pub mod shaders {
         &SAMPLER,
         &UNCERTAINTY,
         &GUIDANCE,
+        &CONV2D_GRAD,
+        &GROUP_NORM_GRAD,
+        &ATTENTION_GRAD,
+        &ELEMENTWISE_GRAD,
     ];
 }
 

@@ -1,5 +1,5 @@
-//! What samplers, the uncertainty estimator and (later) guidance need from a network: an ε
-//! prediction and the shape of what it denoises. Every model family implements [`EpsModel`], so
+//! What samplers, the uncertainty estimator and guidance need from a network: an ε prediction,
+//! the shape of what it denoises and, for gradient guidance, its input gradient. Every model family implements [`EpsModel`], so
 //! none of them forks the sampling code.
 
 use super::UNet2DModel;
@@ -32,15 +32,18 @@ pub trait EpsModel {
     /// The largest batch one call can take on `gpu` without a binding over the device limit.
     fn max_batch(&self, gpu: &Gpu) -> usize;
 
-    /// The input gradient ∂⟨ε_θ(x, t, y), v⟩/∂x (shaped like x), which gradient guidance needs.
+    /// ∂⟨ε_θ(x, t, y), v⟩/∂x, shaped like `x`, for a cotangent `v` shaped like ε: the
+    /// vector-Jacobian product gradient guidance needs (any batch size; implementations split
+    /// it as the device requires).
     fn vjp(
         &self,
-        _gpu: &Gpu,
-        _x: &Tensor,
-        _timesteps: &Tensor,
-        _labels: Option<&Tensor>,
-        _v: &Tensor,
+        gpu: &Gpu,
+        x: &Tensor,
+        timesteps: &Tensor,
+        labels: Option<&Tensor>,
+        v: &Tensor,
     ) -> Result<Tensor> {
+        let _ = (gpu, x, timesteps, labels, v);
         Err(Error::Invalid(
             "this model has no backward pass implemented; gradient guidance needs one".into(),
         ))
@@ -72,5 +75,16 @@ impl EpsModel for UNet2DModel {
 
     fn max_batch(&self, gpu: &Gpu) -> usize {
         UNet2DModel::max_batch(self, gpu)
+    }
+
+    fn vjp(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        timesteps: &Tensor,
+        labels: Option<&Tensor>,
+        v: &Tensor,
+    ) -> Result<Tensor> {
+        UNet2DModel::vjp(self, gpu, x, timesteps, labels, v)
     }
 }

@@ -2,27 +2,35 @@
 //! its dispatches into the open encoder. No op reads data back.
 
 mod attention;
+mod attention_grad;
 mod conv;
+mod conv_grad;
 mod elementwise;
+mod elementwise_grad;
 mod embedding;
 mod guidance;
 mod matmul;
 mod norm;
+mod norm_grad;
 mod rng;
 mod sampler;
 mod select;
 mod uncertainty;
 
-pub use attention::attention;
+pub use attention::{attention, attention_saving};
+pub use attention_grad::{attention_grad, AttentionSaved};
 pub use conv::{conv2d, Conv2dArgs};
+pub use conv_grad::conv2d_input_grad;
 pub use elementwise::{
     add, add_channel_vec, affine, avg_pool2x, broadcast_lincomb, concat_channels, lincomb, mul,
     mul_channel_vec, repeat_batch, scale_shift, silu, transpose_last2, upsample_nearest2x,
 };
+pub use elementwise_grad::{silu_grad, slice_channels, upsample_nearest2x_grad};
 pub use embedding::{embedding_lookup, timestep_embedding};
 pub use guidance::{gradient_cotangent, masked_update, posterior, sum_copies, MaskedRule};
-pub use matmul::{linear, matmul};
-pub use norm::group_norm;
+pub use matmul::{linear, linear_input_grad, matmul};
+pub use norm::{group_norm, group_norm_saving};
+pub use norm_grad::group_norm_input_grad;
 pub use rng::{normal, normal_copies, NoiseKey};
 pub use sampler::{sampler_step, StepCoeffs};
 pub use select::quantile_per_sample;
@@ -72,6 +80,10 @@ mod tests {
         wgsl::assert_params_mirror::<sampler::SamplerParams>();
         wgsl::assert_params_mirror::<uncertainty::MapParams>();
         wgsl::assert_params_mirror::<uncertainty::SumParams>();
+        wgsl::assert_params_mirror::<attention_grad::AttentionGradParams>();
+        wgsl::assert_params_mirror::<conv_grad::ConvGradParams>();
+        wgsl::assert_params_mirror::<elementwise_grad::ElementwiseGradParams>();
+        wgsl::assert_params_mirror::<norm_grad::GroupNormGradParams>();
     }
 
     #[test]
@@ -79,7 +91,7 @@ mod tests {
         use UncertaintyMode as Mode;
         let wg = LINEAR_WORKGROUP as u64;
         let mode = |m| uncertainty::mode_code(m).into();
-        let checks: [(&Shader, &[(&str, u64)]); 10] = [
+        let checks: [(&Shader, &[(&str, u64)]); 14] = [
             // Workgroup sizes and tiles the host sizes its grids by, and the operation
             // selectors it passes as the `OP` and `MODE` overrides.
             (
@@ -137,6 +149,22 @@ mod tests {
                     ("KV_CAP", attention::KV_CAP as u64),
                 ],
             ),
+            (
+                &shaders::ATTENTION_GRAD,
+                &[
+                    ("WG", attention_grad::WG as u64),
+                    ("CHUNK", attention_grad::CHUNK as u64),
+                    ("MAX_TILE_ROWS", attention_grad::MAX_TILE_ROWS as u64),
+                    ("TILE_CAP", attention_grad::TILE_CAP as u64),
+                    ("ROW_WG", attention_grad::ROW_WG as u64),
+                ],
+            ),
+            (&shaders::CONV2D_GRAD, &[("TILE", conv::WIDE_TILE as u64)]),
+            (
+                &shaders::GROUP_NORM_GRAD,
+                &[("WG", wg), ("FINALIZE_WG", norm::FINALIZE_WG as u64)],
+            ),
+            (&shaders::ELEMENTWISE_GRAD, &[("WG", wg)]),
         ];
         for (shader, constants) in checks {
             for &(name, host) in constants {
