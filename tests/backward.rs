@@ -31,11 +31,11 @@ fn check_vjp(what: &str, f: impl Fn(&[f64]) -> Vec<f64>, x: &[f64], v: &[f64], g
     };
     let scale = grad.iter().fold(1e-3f64, |m, g| m.max(g.abs()));
     let mut worst = 0f64;
-    for i in 0..x.len() {
+    for (i, g) in grad.iter().enumerate() {
         let up = pairing(&|j| if j == i { H } else { 0.0 });
         let down = pairing(&|j| if j == i { -H } else { 0.0 });
         let fd = (up - down) / (2.0 * H);
-        worst = worst.max((fd - grad[i]).abs() / scale);
+        worst = worst.max((fd - g).abs() / scale);
     }
     assert!(
         worst <= FD_TOL,

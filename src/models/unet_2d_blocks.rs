@@ -162,7 +162,7 @@ impl DownBlock2D {
             output_states.push(x.clone());
         }
         if let Some(down) = &self.downsamplers {
-            if let Some(tape) = tape.as_deref_mut() {
+            if let Some(tape) = tape {
                 tape.sampler_input_hw = Some((x.dim(2), x.dim(3)));
             }
             x = down.forward(gpu, &x)?;

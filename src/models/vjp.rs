@@ -79,7 +79,8 @@ impl UNet2DModel {
     }
 
     /// The largest batch one backward runs at once: no tensor over a storage binding (as for
-    /// the forward, [`Self::max_batch`]) and the tape within [`TAPE_BUDGET_BINDINGS`] bindings.
+    /// the forward, [`Self::max_batch`]) and the tape within a few maximal bindings of memory
+    /// (`TAPE_BUDGET_BINDINGS`).
     pub fn vjp_max_batch(&self, gpu: &Gpu) -> usize {
         let tape_bytes = (self.tape_values_per_sample() * 4) as u64;
         let budget = TAPE_BUDGET_BINDINGS * gpu.max_tensor_bytes();
