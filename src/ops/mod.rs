@@ -9,6 +9,7 @@ mod matmul;
 mod norm;
 mod rng;
 mod sampler;
+mod select;
 mod uncertainty;
 
 pub use attention::attention;
@@ -22,6 +23,9 @@ pub use matmul::{linear, matmul};
 pub use norm::group_norm;
 pub use rng::{normal, normal_copies, NoiseKey};
 pub use sampler::{sampler_step, StepCoeffs};
+pub use select::{
+    order_statistics, quantile_per_sample, quantile_per_sample_with, quantiles, SelectPath,
+};
 pub use uncertainty::{sum_per_sample, uncertainty_map, UncertaintyMode};
 
 use crate::error::{Error, Result};
@@ -65,6 +69,7 @@ mod tests {
         wgsl::assert_params_mirror::<norm::GroupNormParams>();
         wgsl::assert_params_mirror::<rng::RngParams>();
         wgsl::assert_params_mirror::<sampler::SamplerParams>();
+        wgsl::assert_params_mirror::<select::SelectParams>();
         wgsl::assert_params_mirror::<uncertainty::MapParams>();
         wgsl::assert_params_mirror::<uncertainty::SumParams>();
     }
@@ -74,7 +79,7 @@ mod tests {
         use UncertaintyMode as Mode;
         let wg = LINEAR_WORKGROUP as u64;
         let mode = |m| uncertainty::mode_code(m).into();
-        let checks: [(&Shader, &[(&str, u64)]); 9] = [
+        let checks: [(&Shader, &[(&str, u64)]); 10] = [
             // Workgroup sizes and tiles the host sizes its grids by, and the operation
             // selectors it passes as the `OP` and `MODE` overrides.
             (
@@ -101,6 +106,15 @@ mod tests {
             (&shaders::RESAMPLE, &[("WG", wg)]),
             (&shaders::RNG, &[("WG", wg)]),
             (&shaders::SAMPLER, &[("WG", wg)]),
+            // Scratch buffer sizes: a histogram and a search state per row.
+            (
+                &shaders::SELECT,
+                &[
+                    ("BINS", select::BINS as u64),
+                    ("PASSES", select::PASSES as u64),
+                    ("STATE_WORDS", select::STATE_WORDS as u64),
+                ],
+            ),
             (
                 &shaders::GROUP_NORM,
                 &[("WG", wg), ("FINALIZE_WG", norm::FINALIZE_WG as u64)],
