@@ -22,7 +22,7 @@
 // selected number: the flag is raised while the keys are built.
 //
 // Entry points:
-//   select_rows:    one workgroup per row runs all passes (one dispatch; rows of a few thousand)
+//   select_rows:    one workgroup per row runs all passes (one dispatch; rows up to 16 Ki values)
 //   select_count:   per pass, workgroup (chunk, row) adds its chunk's histogram into the row's
 //   select_choose:  global one; then one workgroup per row picks the bucket, clears the global
 //                   histogram for the next pass and, after the last pass, writes the results

@@ -1,5 +1,6 @@
 //! Typed wrappers over the WGSL kernels: each checks shapes, returns a new tensor and records
-//! its dispatches into the open encoder. No op reads data back.
+//! its dispatches into the open encoder. No op reads data back, except [`quantiles`], the
+//! read-back of per-sample thresholds that must be numbers.
 
 mod attention;
 mod conv;

@@ -40,16 +40,17 @@ pub(super) const PASSES: usize = 3;
 /// select.wgsl's `STATE_WORDS`: u32 of search state per row in the chunked path.
 pub(super) const STATE_WORDS: usize = 8;
 
-/// Rows up to this length are selected by one workgroup each, in one dispatch; longer rows
-/// are split over workgroups of [`CHUNK`] elements.
-const ONE_WORKGROUP_MAX: usize = 16384;
-/// Elements one workgroup counts per pass in the chunked path.
+/// Elements one workgroup counts per pass in the chunked path: 32 per thread, so flushing a
+/// histogram of up to `BINS` counts into the row's costs little beside the counting.
 const CHUNK: usize = 8192;
+/// Rows up to this length are selected by one workgroup each, in one dispatch; longer rows
+/// get at least three workgroups per pass from the chunked path, worth its six dispatches.
+const ONE_WORKGROUP_MAX: usize = 2 * CHUNK;
 
 /// How the selection is spread over workgroups.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SelectPath {
-    /// One workgroup per row up to a few thousand elements per row, chunked above.
+    /// One workgroup per row for rows of up to 16 Ki values, chunked above.
     Auto,
     /// One workgroup per row does every pass: one dispatch.
     OneWorkgroup,
