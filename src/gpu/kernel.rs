@@ -44,6 +44,7 @@ pub mod shaders {
     shader!(GROUP_NORM_GRAD, "group_norm_grad");
     shader!(ATTENTION_GRAD, "attention_grad");
     shader!(ELEMENTWISE_GRAD, "elementwise_grad");
+    shader!(SELECT, "select");
 
     pub const ALL: &[&Shader] = &[
         &MATMUL,
@@ -61,6 +62,7 @@ pub mod shaders {
         &GROUP_NORM_GRAD,
         &ATTENTION_GRAD,
         &ELEMENTWISE_GRAD,
+        &SELECT,
     ];
 }
 

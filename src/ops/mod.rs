@@ -1,5 +1,6 @@
 //! Typed wrappers over the WGSL kernels: each checks shapes, returns a new tensor and records
-//! its dispatches into the open encoder. No op reads data back.
+//! its dispatches into the open encoder. No op reads data back, except [`quantiles`], the
+//! read-back of per-sample thresholds that must be numbers.
 
 mod attention;
 mod attention_grad;
@@ -33,7 +34,9 @@ pub use norm::{group_norm, group_norm_saving};
 pub use norm_grad::group_norm_input_grad;
 pub use rng::{normal, normal_copies, NoiseKey};
 pub use sampler::{sampler_step, StepCoeffs};
-pub use select::quantile_per_sample;
+pub use select::{
+    order_statistics, quantile_per_sample, quantile_per_sample_with, quantiles, SelectPath,
+};
 pub use uncertainty::{sum_per_sample, uncertainty_map, UncertaintyMode};
 
 use crate::error::{Error, Result};
@@ -78,6 +81,7 @@ mod tests {
         wgsl::assert_params_mirror::<norm::GroupNormParams>();
         wgsl::assert_params_mirror::<rng::RngParams>();
         wgsl::assert_params_mirror::<sampler::SamplerParams>();
+        wgsl::assert_params_mirror::<select::SelectParams>();
         wgsl::assert_params_mirror::<uncertainty::MapParams>();
         wgsl::assert_params_mirror::<uncertainty::SumParams>();
         wgsl::assert_params_mirror::<attention_grad::AttentionGradParams>();
@@ -91,7 +95,7 @@ mod tests {
         use UncertaintyMode as Mode;
         let wg = LINEAR_WORKGROUP as u64;
         let mode = |m| uncertainty::mode_code(m).into();
-        let checks: [(&Shader, &[(&str, u64)]); 14] = [
+        let checks: [(&Shader, &[(&str, u64)]); 15] = [
             // Workgroup sizes and tiles the host sizes its grids by, and the operation
             // selectors it passes as the `OP` and `MODE` overrides.
             (
@@ -134,6 +138,15 @@ mod tests {
             (&shaders::RESAMPLE, &[("WG", wg)]),
             (&shaders::RNG, &[("WG", wg)]),
             (&shaders::SAMPLER, &[("WG", wg)]),
+            // Scratch buffer sizes: a histogram and a search state per row.
+            (
+                &shaders::SELECT,
+                &[
+                    ("BINS", select::BINS as u64),
+                    ("PASSES", select::PASSES as u64),
+                    ("STATE_WORDS", select::STATE_WORDS as u64),
+                ],
+            ),
             (
                 &shaders::GROUP_NORM,
                 &[("WG", wg), ("FINALIZE_WG", norm::FINALIZE_WG as u64)],

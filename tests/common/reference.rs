@@ -395,3 +395,42 @@ pub fn slice_channels(
         })
         .collect()
 }
+
+/// Order statistics k and k + 1 (0-based; k again when k is the last) of an f32 row sorted by
+/// IEEE totalOrder (`f32::total_cmp`: −0 before +0), the order select.wgsl documents. Exact by
+/// construction: a sort, then indexing.
+pub fn order_statistics_f32(row: &[f32], k: usize) -> (f32, f32) {
+    let mut sorted = row.to_vec();
+    sorted.sort_by(f32::total_cmp);
+    (sorted[k], sorted[(k + 1).min(row.len() - 1)])
+}
+
+/// `torch.quantile(row, p)` (linear interpolation) for a float32 row, in torch 2.15's own
+/// arithmetic (aten/src/ATen/native/Sorting.cpp, quantile_compute): NaN if the row holds one;
+/// q = f32(p), rank = f64(q)·(n − 1) in f64, below = ⌊rank⌋, above = ⌈rank⌉,
+/// w = f32(rank − below), then `lerp`. Not an f64 reference on purpose: the point is torch's
+/// bits.
+pub fn quantile_f32(row: &[f32], p: f64) -> f32 {
+    if row.iter().any(|v| v.is_nan()) {
+        return f32::NAN;
+    }
+    let rank = (p as f32) as f64 * (row.len() - 1) as f64;
+    let below = rank.floor();
+    let (lo, hi) = order_statistics_f32(row, below as usize);
+    let hi = if rank > below { hi } else { lo };
+    torch_lerp_f32(lo, hi, (rank - below) as f32)
+}
+
+/// torch's `lerp(start, end, w)` for f32 (aten/src/ATen/native/Lerp.h) as its CPU kernels,
+/// vectorised and scalar, and its CUDA kernel evaluate it: each branch one fused multiply-add,
+/// start + w·(end − start) for |w| < 0.5, else end − (end − start)·(1 − w), where
+/// −(end − start)·(1 − w) = (w − 1)·(end − start) exactly. tools/reference_quantile.py checks
+/// this against torch on inputs where a separately rounded product gives other bits.
+pub fn torch_lerp_f32(start: f32, end: f32, w: f32) -> f32 {
+    let d = end - start;
+    if w.abs() < 0.5 {
+        w.mul_add(d, start)
+    } else {
+        (w - 1.0).mul_add(d, end)
+    }
+}
