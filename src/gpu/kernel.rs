@@ -39,6 +39,7 @@ pub mod shaders {
     shader!(SAMPLER, "sampler");
     shader!(UNCERTAINTY, "uncertainty");
     shader!(GUIDANCE, "guidance");
+    shader!(NOISE_SCALE, "noise_scale");
 
     pub const ALL: &[&Shader] = &[
         &MATMUL,
@@ -52,6 +53,7 @@ pub mod shaders {
         &SAMPLER,
         &UNCERTAINTY,
         &GUIDANCE,
+        &NOISE_SCALE,
     ];
 }
 

@@ -7,6 +7,7 @@ mod elementwise;
 mod embedding;
 mod guidance;
 mod matmul;
+mod noise_scale;
 mod norm;
 mod rng;
 mod sampler;
@@ -22,6 +23,7 @@ pub use elementwise::{
 pub use embedding::{embedding_lookup, timestep_embedding};
 pub use guidance::{gradient_cotangent, masked_update, posterior, sum_copies, MaskedRule};
 pub use matmul::{linear, matmul};
+pub use noise_scale::{dropout, dropout_threshold, learned_range_noise, normal_quantile};
 pub use norm::group_norm;
 pub use rng::{normal, normal_copies, NoiseKey};
 pub use sampler::{sampler_step, StepCoeffs};
@@ -67,6 +69,7 @@ mod tests {
         wgsl::assert_params_mirror::<embedding::EmbeddingParams>();
         wgsl::assert_params_mirror::<guidance::GuidanceParams>();
         wgsl::assert_params_mirror::<matmul::MatmulParams>();
+        wgsl::assert_params_mirror::<noise_scale::NoiseScaleParams>();
         wgsl::assert_params_mirror::<norm::GroupNormParams>();
         wgsl::assert_params_mirror::<rng::RngParams>();
         wgsl::assert_params_mirror::<sampler::SamplerParams>();
@@ -79,7 +82,7 @@ mod tests {
         use UncertaintyMode as Mode;
         let wg = LINEAR_WORKGROUP as u64;
         let mode = |m| uncertainty::mode_code(m).into();
-        let checks: [(&Shader, &[(&str, u64)]); 10] = [
+        let checks: [(&Shader, &[(&str, u64)]); 11] = [
             // Workgroup sizes and tiles the host sizes its grids by, and the operation
             // selectors it passes as the `OP` and `MODE` overrides.
             (
@@ -121,6 +124,7 @@ mod tests {
             ),
             (&shaders::RESAMPLE, &[("WG", wg)]),
             (&shaders::RNG, &[("WG", wg)]),
+            (&shaders::NOISE_SCALE, &[("WG", wg)]),
             (&shaders::SAMPLER, &[("WG", wg)]),
             (
                 &shaders::GROUP_NORM,

@@ -11,7 +11,7 @@ use super::write::{check_same_run, BatchWriter};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::guidance::{CalibratedThreshold, GuidanceConfig, GuidanceHook, Threshold};
-use crate::models::{EpsModel, UNet2DModel};
+use crate::models::{load_eps_model, EpsModel};
 use crate::npy;
 use crate::sampling::{
     contiguous_batches, open_scheduler, ClassLabels, InitNoise, NoisePlan, Run, SamplerChoice,
@@ -84,7 +84,7 @@ pub struct SampleSummary {
 pub struct SampleJob<'g> {
     gpu: &'g Gpu,
     request: SampleRequest,
-    model: UNet2DModel,
+    model: Box<dyn EpsModel>,
     scheduler: Scheduler,
     noise: NoisePlan,
     labels: ClassLabels,
@@ -114,7 +114,7 @@ impl<'g> SampleJob<'g> {
         let (file, scheduler) = open_scheduler(&request.model, &request.sampler)?;
         check_window(&request, scheduler.timesteps.len())?;
         create_folders(&request)?;
-        let model = UNet2DModel::load(gpu, &file)?;
+        let model = load_eps_model(gpu, &file)?;
         let labels = ClassLabels::new(model.num_classes(), request.class)?;
         let sample_shape = model.sample_shape()?;
         let guidance = guidance_config(&request, &scheduler, sample_shape)?;
@@ -170,7 +170,7 @@ impl<'g> SampleJob<'g> {
     pub fn run(mut self, progress: &mut dyn SampleProgress) -> Result<SampleSummary> {
         let run = Run {
             gpu: self.gpu,
-            model: &self.model,
+            model: &*self.model,
             scheduler: &self.scheduler,
             noise: &self.noise,
             labels: self.labels,
