@@ -203,3 +203,132 @@ fn labels_are_checked_against_the_model() {
         .to_string();
     assert!(err.contains("unconditional"), "{err}");
 }
+
+fn wgsl_diff(model: &str, out: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    let _ = std::fs::remove_dir_all(out);
+    std::process::Command::new(env!("CARGO_BIN_EXE_wgsl-diff"))
+        .args(["sample", "--quiet", "--num", "2", "--batch", "2", "--model"])
+        .arg(fixture(model))
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("wgsl-diff-adm-{}-{name}", std::process::id()))
+}
+
+/// `wgsl-diff sample` takes an ADM weight file like any other: a class, uncertainty (renoised
+/// or MC-Dropout), DDPM with the learned-range variance.
+#[test]
+fn cli_samples_adm_models() {
+    for (name, extra) in [
+        (
+            "renoise",
+            &["--class", "7", "--uncertainty", "--steps", "3"][..],
+        ),
+        (
+            "mc-dropout",
+            &[
+                "--uncertainty",
+                "--uc-method",
+                "mc-dropout",
+                "-M",
+                "3",
+                "--steps",
+                "2",
+            ],
+        ),
+        (
+            "ddpm",
+            &["--sampler", "ddpm", "--steps", "4", "--seed", "3"],
+        ),
+    ] {
+        let out = tmp(name);
+        let run = wgsl_diff("adm_cond.safetensors", &out, extra);
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(run.status.success(), "{name}: {stderr}");
+        assert!(out.join("samples.json").is_file(), "{name}: no manifest");
+        if extra.contains(&"--uncertainty") {
+            let scores = std::fs::read_to_string(out.join("scores.csv")).unwrap();
+            assert_eq!(scores.lines().count(), 3, "{name}: {scores}");
+        }
+        let _ = std::fs::remove_dir_all(&out);
+    }
+}
+
+#[test]
+fn cli_refuses_bad_classes_and_methods() {
+    for (model, extra, expected) in [
+        (
+            "adm_cond.safetensors",
+            &["--class", "10"][..],
+            "class 10 out of range",
+        ),
+        ("adm_uncond.safetensors", &["--class", "0"], "unconditional"),
+        (
+            "adm_uncond.safetensors",
+            &["--uncertainty", "--uc-method", "mc-dropout"],
+            "has none (dropout 0",
+        ),
+        (
+            "adm_cond.safetensors",
+            &[
+                "--uncertainty",
+                "--uc-method",
+                "mc-dropout",
+                "--uc-mode",
+                "centred",
+            ],
+            "unbiased variance",
+        ),
+        (
+            "adm_cond.safetensors",
+            &["--uc-method", "mc-dropout"],
+            "need --uncertainty",
+        ),
+    ] {
+        let out = tmp("refused");
+        let run = wgsl_diff(model, &out, extra);
+        common::assert_clean_failure(&run, &format!("{model} {extra:?}"), expected);
+    }
+}
+
+/// A weight file whose tensors do not match its config names every problem.
+#[test]
+fn mismatched_adm_weights_are_listed() {
+    let path = fixture("adm_uncond.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut meta = header.metadata().clone().unwrap();
+    // Flags that do not match the tensors: more channels per level than the file holds.
+    let config = meta["config"].replace("\"model_channels\":32", "\"model_channels\":64");
+    meta.insert("config".into(), config);
+    let views: Vec<(String, safetensors::tensor::TensorView)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(n, _)| n != "out.2.bias")
+        .chain([(
+            "extra.weight".to_string(),
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1], &[0u8; 4])
+                .unwrap(),
+        )])
+        .collect();
+    let out = tmp("mismatch.safetensors");
+    std::fs::write(&out, safetensors::serialize(views, &Some(meta)).unwrap()).unwrap();
+    let err = match AdmModel::load(gpu(), &WeightFile::open(&out).unwrap()) {
+        Ok(_) => panic!("a mismatched file loaded"),
+        Err(e) => e.to_string(),
+    };
+    for needle in [
+        "`input_blocks.0.0.weight` has shape [32, 3, 3, 3], the config implies [64, 3, 3, 3]",
+        "missing tensor `out.2.bias`",
+        "unexpected tensor `extra.weight`",
+    ] {
+        assert!(err.contains(needle), "{needle:?} not in: {err}");
+    }
+    let _ = std::fs::remove_file(&out);
+}
