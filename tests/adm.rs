@@ -332,3 +332,61 @@ fn mismatched_adm_weights_are_listed() {
     }
     let _ = std::fs::remove_file(&out);
 }
+
+/// The released 64×64 architecture (296 M parameters, random weights): it loads, one forward
+/// matches guided-diffusion in float64, and it samples an image. Needs the git-ignored fixture
+/// from `tools/reference_adm.py --large` (1.2 GB).
+#[test]
+#[ignore]
+fn adm64_architecture_matches_guided_diffusion() {
+    let g = gpu();
+    let path = fixture("large/adm64_random.safetensors");
+    let model = AdmModel::load(g, &WeightFile::open(&path).unwrap()).unwrap();
+    let fx = read_safetensors(&fixture("large/adm64_random_io.safetensors"));
+    let (eps, var) = model
+        .predict_eps_and_variance(
+            g,
+            &tensor(&fx, "x"),
+            &tensor(&fx, "timesteps"),
+            Some(&tensor(&fx, "y")),
+        )
+        .unwrap();
+    let (shape, want) = &fx["output"];
+    assert_close(
+        "ADM-64 ε",
+        &common::read(&eps),
+        &channels(shape, want, 0..3),
+        FORWARD_ATOL,
+        0.0,
+    );
+    let var = common::read(&var.unwrap());
+    assert_close(
+        "ADM-64 variance output",
+        &var,
+        &channels(shape, want, 3..6),
+        FORWARD_ATOL,
+        0.0,
+    );
+
+    let choice = SamplerChoice {
+        kind: SamplerKind::Ddpm,
+        steps: Some(2),
+        eta: 0.0,
+        spacing: None,
+        steps_offset: 0,
+        clip: true,
+    };
+    let (_, sched) = open_scheduler(&path, &choice).unwrap();
+    let spec = wgsl_diff::sampling::BatchSpec {
+        first_index: 0,
+        size: 1,
+        labels: Some(&[207]),
+        init_noise: None,
+    };
+    let plan = NoisePlan::new(0);
+    let image =
+        wgsl_diff::sampling::sample_batch(g, &model, &sched, &plan, spec, &mut [], |_| {}).unwrap();
+    let image = common::read(&image);
+    assert_eq!(image.len(), 3 * 64 * 64);
+    assert!(image.iter().all(|v| v.is_finite()));
+}
