@@ -45,6 +45,7 @@ pub mod shaders {
     shader!(ATTENTION_GRAD, "attention_grad");
     shader!(ELEMENTWISE_GRAD, "elementwise_grad");
     shader!(SELECT, "select");
+    shader!(NOISE_SCALE, "noise_scale");
 
     pub const ALL: &[&Shader] = &[
         &MATMUL,
@@ -63,6 +64,7 @@ pub mod shaders {
         &ATTENTION_GRAD,
         &ELEMENTWISE_GRAD,
         &SELECT,
+        &NOISE_SCALE,
     ];
 }
 

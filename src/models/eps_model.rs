@@ -2,6 +2,7 @@
 //! the shape of what it denoises and, for gradient guidance, its input gradient. Every model family implements [`EpsModel`], so
 //! none of them forks the sampling code.
 
+use super::mc_dropout::DropoutMasks;
 use super::UNet2DModel;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
@@ -27,6 +28,38 @@ pub trait EpsModel {
     /// Whether the network also predicts the variance (its extra output channels are not ε).
     fn learned_variance(&self) -> bool {
         false
+    }
+
+    /// ε and, for a model with [`learned_variance`](Self::learned_variance), its variance
+    /// output v in [−1, 1] (ADM's learned-range interpolation, shaped like ε) from one pass.
+    fn predict_eps_and_variance(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        timesteps: &Tensor,
+        labels: Option<&Tensor>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        Ok((self.predict_eps(gpu, x, timesteps, labels)?, None))
+    }
+
+    /// The rate of the network's dropout layers (0: it has none, or they are disabled).
+    fn dropout_rate(&self) -> f64 {
+        0.0
+    }
+
+    /// ε with dropout active, for `x` holding stacked copies of a batch, with the masks of
+    /// `masks` (MC-Dropout).
+    fn predict_eps_mc_dropout(
+        &self,
+        _gpu: &Gpu,
+        _x: &Tensor,
+        _timesteps: &Tensor,
+        _labels: Option<&Tensor>,
+        _masks: &DropoutMasks,
+    ) -> Result<Tensor> {
+        Err(Error::Invalid(
+            "MC-Dropout needs a model with dropout layers; this one has none".into(),
+        ))
     }
 
     /// The largest batch one call can take on `gpu` without a binding over the device limit.

@@ -11,6 +11,7 @@ mod elementwise_grad;
 mod embedding;
 mod guidance;
 mod matmul;
+mod noise_scale;
 mod norm;
 mod norm_grad;
 mod rng;
@@ -30,6 +31,7 @@ pub use elementwise_grad::{silu_grad, slice_channels, upsample_nearest2x_grad};
 pub use embedding::{embedding_lookup, timestep_embedding};
 pub use guidance::{gradient_cotangent, masked_update, posterior, sum_copies, MaskedRule};
 pub use matmul::{linear, linear_input_grad, matmul};
+pub use noise_scale::{dropout, dropout_threshold, learned_range_noise, normal_quantile};
 pub use norm::{group_norm, group_norm_saving};
 pub use norm_grad::group_norm_input_grad;
 pub use rng::{normal, normal_copies, NoiseKey};
@@ -78,6 +80,7 @@ mod tests {
         wgsl::assert_params_mirror::<embedding::EmbeddingParams>();
         wgsl::assert_params_mirror::<guidance::GuidanceParams>();
         wgsl::assert_params_mirror::<matmul::MatmulParams>();
+        wgsl::assert_params_mirror::<noise_scale::NoiseScaleParams>();
         wgsl::assert_params_mirror::<norm::GroupNormParams>();
         wgsl::assert_params_mirror::<rng::RngParams>();
         wgsl::assert_params_mirror::<sampler::SamplerParams>();
@@ -95,7 +98,7 @@ mod tests {
         use UncertaintyMode as Mode;
         let wg = LINEAR_WORKGROUP as u64;
         let mode = |m| uncertainty::mode_code(m).into();
-        let checks: [(&Shader, &[(&str, u64)]); 15] = [
+        let checks: [(&Shader, &[(&str, u64)]); 16] = [
             // Workgroup sizes and tiles the host sizes its grids by, and the operation
             // selectors it passes as the `OP` and `MODE` overrides.
             (
@@ -137,6 +140,7 @@ mod tests {
             ),
             (&shaders::RESAMPLE, &[("WG", wg)]),
             (&shaders::RNG, &[("WG", wg)]),
+            (&shaders::NOISE_SCALE, &[("WG", wg)]),
             (&shaders::SAMPLER, &[("WG", wg)]),
             // Scratch buffer sizes: a histogram and a search state per row.
             (

@@ -125,9 +125,21 @@ pub fn sample_batch(
         Some(given) => given,
         None => noise.initial(gpu, &shape, spec.first_index)?,
     };
+    if scheduler.needs_model_variance() && !model.learned_variance() {
+        return Err(Error::Invalid(
+            "the schedule asks for learned-range variance but the model predicts no variance"
+                .into(),
+        ));
+    }
     let mut x0_prev: Option<Tensor> = None;
     for (i, &t) in scheduler.timesteps.iter().enumerate() {
-        let mut eps = model.predict_eps(gpu, &x, &timesteps[i], labels.as_ref())?;
+        let (mut eps, variance) = match scheduler.needs_model_variance() {
+            true => model.predict_eps_and_variance(gpu, &x, &timesteps[i], labels.as_ref())?,
+            false => (
+                model.predict_eps(gpu, &x, &timesteps[i], labels.as_ref())?,
+                None,
+            ),
+        };
         let ctx = StepContext {
             gpu,
             model,
@@ -145,7 +157,16 @@ pub fn sample_batch(
         }
         let k = scheduler.coeffs(i);
         let z = if scheduler.needs_noise(i) {
-            Some(noise.ancestral(gpu, &shape, i, spec.first_index)?)
+            let z = noise.ancestral(gpu, &shape, i, spec.first_index)?;
+            Some(match (scheduler.learned_range(i), &variance) {
+                (Some((lo, hi)), Some(v)) => ops::learned_range_noise(gpu, v, &z, lo, hi)?,
+                (Some(_), None) => {
+                    return Err(Error::Invalid(
+                        "the model returned no variance for a learned-range step".into(),
+                    ))
+                }
+                (None, _) => z,
+            })
         } else {
             None
         };
