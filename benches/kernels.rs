@@ -1,4 +1,5 @@
-//! Per-kernel throughput: conv2d 3×3 and matmul in FLOP/s, group norm in bytes/s.
+//! Per-kernel throughput: conv2d 3×3 and matmul in FLOP/s, group norm in bytes/s, the
+//! per-sample quantile in elements/s.
 //! Each iteration records the op, submits and waits, so the figure includes submit overhead.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -55,6 +56,23 @@ fn kernels(c: &mut Criterion) {
             y
         })
     });
+
+    // The guidance threshold: torch.quantile of each sample at p = 0.95, on a batch of CIFAR-size
+    // maps (one workgroup per row) and on one long row (the chunked path).
+    for (b, n, name) in [
+        (8, 3 * 32 * 32, "quantile_b8_3x32x32_p95 (elements)"),
+        (1, 1 << 20, "quantile_b1_2p20_p95 (elements)"),
+    ] {
+        let x = filled(&gpu, &[b, n]);
+        group.throughput(Throughput::Elements((b * n) as u64));
+        group.bench_function(name, |it| {
+            it.iter(|| {
+                let q = ops::quantile_per_sample(&gpu, &x, 0.95).unwrap();
+                gpu.sync().unwrap();
+                q
+            })
+        });
+    }
     group.finish();
 }
 

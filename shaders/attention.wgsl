@@ -6,6 +6,10 @@
 // split in CHUNK-wide slices over `chunks` threads (chunks = ceil(D / CHUNK)), so per-thread
 // state stays CHUNK floats whatever D is. Keys and values are staged through workgroup
 // memory a tile at a time and shared by all queries of the block.
+//
+// `attention_lse` also writes each query's softmax log-sum-exp, lse = max + log(Σ exp(s − max))
+// over its scaled scores s, laid out (B, heads, N): what attention_grad.wgsl recomputes the
+// softmax from.
 
 struct Params {
     tokens: u32,     // N (queries = keys)
@@ -27,13 +31,14 @@ const KV_CAP: u32 = 1536u;
 @group(0) @binding(2) var<storage, read> k: array<f32>;
 @group(0) @binding(3) var<storage, read> v: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<storage, read_write> lse: array<f32>;
 
 var<workgroup> k_tile: array<f32, KV_CAP>;
 var<workgroup> v_tile: array<f32, KV_CAP>;
 var<workgroup> partial: array<f32, WG * MAX_TILE_KEYS>;
 
-@compute @workgroup_size(WG)
-fn attention(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+// Writes the outputs of this thread's query slice; returns its (running max, running sum).
+fn attend(lid: u32, wid: vec3<u32>) -> vec2<f32> {
     let queries_per_group = WG / p.chunks;
     let slot = lid / p.chunks;
     let chunk = lid % p.chunks;
@@ -92,5 +97,22 @@ fn attention(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) w
 
     for (var d = 0u; d < width; d++) {
         out[(b * p.tokens + query) * p.channels + head_col + d0 + d] = acc[d] / running_sum;
+    }
+    return vec2<f32>(running_max, running_sum);
+}
+
+@compute @workgroup_size(WG)
+fn attention(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    attend(lid, wid);
+}
+
+@compute @workgroup_size(WG)
+fn attention_lse(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+    let stats = attend(lid, wid);
+    let queries_per_group = WG / p.chunks;
+    let slot = lid / p.chunks;
+    let query = wid.x * queries_per_group + slot;
+    if slot < queries_per_group && query < p.tokens && lid % p.chunks == 0u {
+        lse[wid.y * p.tokens + query] = stats.x + log(stats.y);
     }
 }

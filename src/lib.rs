@@ -6,9 +6,11 @@
 //! - [`gpu`]: device, buffer pool, pipeline cache, one open command encoder per step.
 //! - [`ops`]: typed wrappers over `shaders/*.wgsl`, one `#[repr(C)]` parameter struct per kernel.
 //! - [`models`]: networks mirroring their PyTorch module trees (diffusers' `UNet2DModel` block
-//!   by block); samplers see them only as an [`models::EpsModel`].
+//!   by block, with a saving forward and an input-gradient backward per module); samplers see
+//!   them only as an [`models::EpsModel`] (ε, and the VJP ∂⟨ε, v⟩/∂x that guidance needs).
 //! - [`sampling`]: schedules, samplers, the [`sampling::NoisePlan`], the loop and
-//!   [`sampling::Run`]; [`uncertainty`]: Algorithm 1 as a step hook.
+//!   [`sampling::Run`]; [`uncertainty`]: Algorithm 1 as a step hook that observes ε;
+//!   [`guidance`]: Algorithm 2 as a step hook that changes it (Rule G, Rule P, calibration).
 //! - [`run_dir`]: a run's folder (resume, shards, PNG metadata, manifest, scores, filtering,
 //!   report) and the `sample` command as a library call; [`evaluation`]: the `eval` command.
 //! - The `wgsl-diff` binary parses flags into these requests and prints what they did.
@@ -22,7 +24,8 @@
 //!    for each index (Philox keyed by seed, purpose, step, copy; rows are sample indices, so
 //!    batching never changes a sample).
 //! 3. Each step, [`sampling::sample_batch`] calls the model for ε, passes ε through the hooks
-//!    ([`uncertainty::UncertaintyEstimator`] re-noises x̂0 M times and accumulates the map),
+//!    ([`guidance::GuidanceHook`] may steer it by the uncertainty of M re-noised copies;
+//!    [`uncertainty::UncertaintyEstimator`] re-noises x̂0 M times and accumulates the map),
 //!    and applies the scheduler's coefficients in one fused kernel; one submit per step.
 //! 4. The batch is read back once ([`sampling::FinishedBatch`]); [`run_dir::BatchWriter`]
 //!    quantises each image and writes its PNG last, with the run's parameters, index, class

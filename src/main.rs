@@ -37,6 +37,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    give_headless_drivers_a_runtime_dir();
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -68,3 +69,29 @@ fn run(cli: Cli) -> Result<()> {
     }
     Ok(())
 }
+
+/// On a headless machine Mesa's Vulkan drivers print "XDG_RUNTIME_DIR is invalid or not set"
+/// several times per command when looking for a display they do not need. A private runtime
+/// folder (what a login session would provide) keeps that noise from every healthy run. Done
+/// first thing in `main`, before any thread exists to read the environment concurrently.
+#[cfg(unix)]
+fn give_headless_drivers_a_runtime_dir() {
+    use std::os::unix::fs::DirBuilderExt;
+    let current = std::env::var_os("XDG_RUNTIME_DIR");
+    if current.is_some_and(|d| std::path::Path::new(&d).is_dir()) {
+        return;
+    }
+    let user = std::env::var("USER").unwrap_or_else(|_| "user".into());
+    let dir = std::env::temp_dir().join(format!("wgsl-diff-runtime-{user}"));
+    let usable = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .is_ok();
+    if usable {
+        std::env::set_var("XDG_RUNTIME_DIR", dir);
+    }
+}
+
+#[cfg(not(unix))]
+fn give_headless_drivers_a_runtime_dir() {}

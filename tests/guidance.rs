@@ -4,17 +4,18 @@
 
 mod common;
 
-use common::{assert_close, fixture, gpu, read, read_safetensors, to_f64, upload, Rng};
+use common::{
+    assert_close, ddim, fixture, fixture_model, gpu, read, read_safetensors, to_f64, upload, Rng,
+};
 use std::collections::HashMap;
 use wgsl_diff::gpu::{Gpu, Tensor};
 use wgsl_diff::guidance::{
     CalibratedThreshold, GuidanceConfig, GuidanceHook, GuidanceRule, Threshold,
 };
-use wgsl_diff::models::{EpsModel, UNet2DModel, WeightFile};
+use wgsl_diff::models::{EpsModel, UNet2DModel};
 use wgsl_diff::ops::{self, MaskedRule};
 use wgsl_diff::sampling::{
-    sample_batch, BatchSpec, NoisePlan, NoisePurpose, NoiseSchedule, SamplerConfig, ScheduleConfig,
-    Scheduler, StepContext, StepHook,
+    sample_batch, BatchSpec, NoisePlan, NoisePurpose, StepContext, StepHook,
 };
 
 type Fixture = HashMap<String, (Vec<usize>, Vec<f32>)>;
@@ -27,18 +28,6 @@ fn settings() -> serde_json::Value {
     let bytes = std::fs::read(fixture("guidance.safetensors")).unwrap();
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     serde_json::from_str(&meta.metadata().as_ref().unwrap()["settings"]).unwrap()
-}
-
-fn model(name: &str) -> UNet2DModel {
-    UNet2DModel::load(gpu(), &WeightFile::open(&fixture(name)).unwrap()).unwrap()
-}
-
-fn ddim(steps: usize) -> Scheduler {
-    Scheduler::new(
-        SamplerConfig::ddim(steps),
-        NoiseSchedule::from_config(&ScheduleConfig::default()).unwrap(),
-    )
-    .unwrap()
 }
 
 fn tensor(st: &Fixture, key: &str) -> Tensor {
@@ -112,7 +101,7 @@ fn a_guided_step_matches_an_independent_pytorch_implementation() {
         ("gray", "unet_tiny_gray.safetensors"),
         ("class", "unet_tiny_class.safetensors"),
     ] {
-        let unet = model(weights);
+        let unet = fixture_model(weights);
         for rule in [GuidanceRule::Posterior, GuidanceRule::Gradient] {
             let key = format!("step/{name}/{rule}");
             for (case, threshold) in [
@@ -131,7 +120,7 @@ fn a_guided_step_matches_an_independent_pytorch_implementation() {
 #[test]
 fn a_guided_run_matches_an_independent_pytorch_implementation() {
     let (g, st, s) = (gpu(), fixture_file(), settings());
-    let unet = model("unet_tiny_gray.safetensors");
+    let unet = fixture_model("unet_tiny_gray.safetensors");
     let steps = s["run_steps"].as_u64().unwrap() as usize;
     let guided = s["run_guided_steps"].as_u64().unwrap() as usize;
     for rule in [GuidanceRule::Posterior, GuidanceRule::Gradient] {
@@ -186,7 +175,7 @@ fn guidance_kernels_match_f64_references() {
         let (mut cot, mut var, mut post, mut post_var) = (vec![], vec![], vec![], vec![]);
         let mut sum = vec![];
         let alpha_bar = 0.3;
-        for i in 0..b * len {
+        for (i, &e) in eps.iter().enumerate() {
             let mean = (0..m).map(|k| at(&copies, k, i)).sum::<f64>() / m as f64;
             var.push(
                 (0..m)
@@ -196,7 +185,7 @@ fn guidance_kernels_match_f64_references() {
             );
             let all: Vec<f64> = (0..m)
                 .map(|k| at(&copies, k, i))
-                .chain([eps[i] as f64])
+                .chain([e as f64])
                 .collect();
             let mean_all = all.iter().sum::<f64>() / all.len() as f64;
             let u = all.iter().map(|v| (v - mean_all).powi(2)).sum::<f64>() / m as f64;
@@ -383,7 +372,7 @@ fn bad_guidance_settings_are_errors() {
     assert!(err.contains("element 70 is NaN"), "{err}");
 
     // Gradient guidance on a model without a backward pass fails cleanly.
-    let unet = NoBackward(model("unet_tiny_gray.safetensors"));
+    let unet = NoBackward(fixture_model("unet_tiny_gray.safetensors"));
     let init = NoisePlan::new(1).initial(g, &[1, 1, 8, 8], 0).unwrap();
     let spec = BatchSpec {
         first_index: 0,

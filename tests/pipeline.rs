@@ -3,27 +3,12 @@
 
 mod common;
 
-use common::{assert_close, fixture, gpu, read, read_safetensors, to_f64};
+use common::{assert_close, ddim, fixture, fixture_model, gpu, read, read_safetensors, to_f64};
 use std::path::Path;
 use wgsl_diff::models::{UNet2DModel, WeightFile};
 use wgsl_diff::ops::UncertaintyMode;
-use wgsl_diff::sampling::{
-    sample_batch, BatchSpec, NoisePlan, NoisePurpose, NoiseSchedule, SamplerConfig, ScheduleConfig,
-    Scheduler,
-};
+use wgsl_diff::sampling::{sample_batch, BatchSpec, NoisePlan, NoisePurpose};
 use wgsl_diff::uncertainty::{UncertaintyConfig, UncertaintyEstimator};
-
-fn model(name: &str) -> UNet2DModel {
-    UNet2DModel::load(gpu(), &WeightFile::open(&fixture(name)).unwrap()).unwrap()
-}
-
-fn ddim(steps: usize) -> Scheduler {
-    Scheduler::new(
-        SamplerConfig::ddim(steps),
-        NoiseSchedule::from_config(&ScheduleConfig::default()).unwrap(),
-    )
-    .unwrap()
-}
 
 #[test]
 fn ddim_sampling_matches_the_diffusers_pipeline() {
@@ -54,7 +39,7 @@ fn ddim_sampling_matches_the_diffusers_pipeline() {
         let x = read(
             &sample_batch(
                 g,
-                &model(weights),
+                &fixture_model(weights),
                 &sched,
                 &NoisePlan::new(0),
                 spec,
@@ -79,7 +64,7 @@ fn ddim_sampling_matches_the_diffusers_pipeline() {
 fn uncertainty_maps_match_an_independent_pytorch_implementation() {
     let st = read_safetensors(&fixture("uncertainty_ddim.safetensors"));
     let g = gpu();
-    let unet = model("unet_tiny_gray.safetensors");
+    let unet = fixture_model("unet_tiny_gray.safetensors");
     let (shape, noise) = st["init_noise"].clone();
     let (_, timesteps) = st["timesteps"].clone();
     let steps = timesteps.len();

@@ -82,6 +82,8 @@ fn every_sampler_matches_diffusers_step_by_step() {
                 steps_offset: 0,
                 set_alpha_to_one: true,
                 clip_sample: clip.then_some(1.0),
+                variance: wgsl_diff::sampling::VarianceType::FixedSmall,
+                use_clipped_model_output: false,
             },
             schedule.clone(),
         )

@@ -3,36 +3,12 @@
 
 mod common;
 
-use common::{assert_close, gpu, read, to_f64};
+use common::{assert_close, ddim, fixture_model, gpu, read, to_f64};
 use wgsl_diff::gpu::Tensor;
 use wgsl_diff::models::{UNet2DModel, WeightFile};
 use wgsl_diff::ops::{self, UncertaintyMode};
-use wgsl_diff::sampling::{
-    sample_batch, BatchSpec, NoisePlan, NoisePurpose, NoiseSchedule, SamplerConfig, ScheduleConfig,
-    Scheduler, StepHook,
-};
+use wgsl_diff::sampling::{sample_batch, BatchSpec, NoisePlan, NoisePurpose, Scheduler, StepHook};
 use wgsl_diff::uncertainty::{UncertaintyConfig, UncertaintyEstimator};
-
-const MODEL: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/unet_tiny_gray.safetensors"
-);
-
-fn model() -> UNet2DModel {
-    UNet2DModel::load(
-        gpu(),
-        &WeightFile::open(std::path::Path::new(MODEL)).unwrap(),
-    )
-    .unwrap()
-}
-
-fn ddim(steps: usize) -> Scheduler {
-    Scheduler::new(
-        SamplerConfig::ddim(steps),
-        NoiseSchedule::from_config(&ScheduleConfig::default()).unwrap(),
-    )
-    .unwrap()
-}
 
 fn run(
     model: &UNet2DModel,
@@ -78,7 +54,7 @@ fn maps(est: &UncertaintyEstimator) -> Vec<Vec<f32>> {
 
 #[test]
 fn estimating_uncertainty_does_not_change_the_samples() {
-    let (m, s) = (model(), ddim(5));
+    let (m, s) = (fixture_model("unet_tiny_gray.safetensors"), ddim(5));
     let plain = run(&m, &s, 0, 3, &mut []);
     let mut est = estimator(UncertaintyMode::Centred, None);
     let with = run(&m, &s, 0, 3, &mut [&mut est]);
@@ -93,7 +69,7 @@ fn estimating_uncertainty_does_not_change_the_samples() {
 
 #[test]
 fn one_batched_forward_equals_m_separate_forwards() {
-    let (m, s) = (model(), ddim(3));
+    let (m, s) = (fixture_model("unet_tiny_gray.safetensors"), ddim(3));
     let mut batched = estimator(UncertaintyMode::Centred, None);
     let mut separate = estimator(UncertaintyMode::Centred, Some(1));
     let mut pairs = estimator(UncertaintyMode::Centred, Some(3));
@@ -114,7 +90,7 @@ fn one_batched_forward_equals_m_separate_forwards() {
 
 #[test]
 fn maps_and_scores_do_not_depend_on_batching() {
-    let (m, s) = (model(), ddim(3));
+    let (m, s) = (fixture_model("unet_tiny_gray.safetensors"), ddim(3));
     let mut whole = estimator(UncertaintyMode::Centred, None);
     run(&m, &s, 0, 3, &mut [&mut whole]);
     let mut tail = estimator(UncertaintyMode::Centred, None);
@@ -184,7 +160,7 @@ fn perturbation_noise_is_one_stream_per_step_and_copy() {
 
 #[test]
 fn window_limits_the_steps_that_are_scored() {
-    let (m, s) = (model(), ddim(6));
+    let (m, s) = (fixture_model("unet_tiny_gray.safetensors"), ddim(6));
     let mut est = UncertaintyEstimator::new(UncertaintyConfig {
         copies: 2,
         start: 2,
@@ -215,7 +191,11 @@ fn window_limits_the_steps_that_are_scored() {
 fn every_step_is_one_submission() {
     // A device of its own: tests running in parallel would submit on the shared one.
     let g = &wgsl_diff::gpu::Gpu::new(&Default::default()).unwrap();
-    let m = UNet2DModel::load(g, &WeightFile::open(std::path::Path::new(MODEL)).unwrap()).unwrap();
+    let m = UNet2DModel::load(
+        g,
+        &WeightFile::open(&common::fixture("unet_tiny_gray.safetensors")).unwrap(),
+    )
+    .unwrap();
     let s = ddim(4);
     let mut est = estimator(UncertaintyMode::Centred, None);
     let spec = BatchSpec {

@@ -62,6 +62,14 @@ fn scale_shift_unet_matches_pytorch() {
     );
 }
 
+#[test]
+fn odd_channels_unet_matches_pytorch() {
+    check_against_pytorch(
+        &fixture("unet_tiny_odd.safetensors"),
+        &fixture("unet_tiny_odd_io.safetensors"),
+    );
+}
+
 /// The full google/ddpm-cifar10-32 architecture with random weights (~143 MB fixture, not
 /// committed: `python tools/make_fixtures.py --full-cifar` writes it).
 #[test]

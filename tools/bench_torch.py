@@ -7,6 +7,8 @@ shapes, float32 and the same semantics:
     kernels/conv2d_3x3_b8_128to128_32x32 (FLOP)   F.conv2d, x (8,128,32,32), w (128,128,3,3), bias, pad 1
     kernels/matmul_1024 (FLOP)                     (1,1024,1024) @ (1024,1024)
     kernels/group_norm_b8_256ch_32x32_g32 (bytes)  F.group_norm(x (8,256,32,32), 32, eps 1e-5) + SiLU
+    kernels/quantile_b8_3x32x32_p95 (elements)     torch.quantile(x (8, 3072), 0.95, dim=1)
+    kernels/quantile_b1_2p20_p95 (elements)        torch.quantile(x (1, 2^20), 0.95, dim=1)
     unet_forward/cifar10_b1, cifar10_b8            UNet2DModel of google/ddpm-cifar10-32's
                                                    architecture, random weights, t = 500
     sampling_step_b8/plain                         Fashion-MNIST-size UNet forward (B = 8) + one DDIM
@@ -174,12 +176,18 @@ def kernel_benches(device):
     m = filled((1024, 1024), device)
     xg = filled((8, 256, 32, 32), device)
     gamma = filled((256,), device)
+    xq_small = filled((8, 3 * 32 * 32), device)
+    xq_long = filled((1, 1 << 20), device)
     return {
         "kernels/conv2d_3x3_b8_128to128_32x32 (FLOP)":
             lambda: F.conv2d(x, w, bias, padding=1),
         "kernels/matmul_1024 (FLOP)": lambda: a @ m,
         "kernels/group_norm_b8_256ch_32x32_g32 (bytes)":
             lambda: F.silu(F.group_norm(xg, 32, gamma, gamma, eps=1e-5)),
+        "kernels/quantile_b8_3x32x32_p95 (elements)":
+            lambda: torch.quantile(xq_small, 0.95, dim=1),
+        "kernels/quantile_b1_2p20_p95 (elements)":
+            lambda: torch.quantile(xq_long, 0.95, dim=1),
     }
 
 
@@ -256,6 +264,8 @@ BENCHES = [
     ("kernels/conv2d_3x3_b8_128to128_32x32 (FLOP)", kernel_benches),
     ("kernels/matmul_1024 (FLOP)", kernel_benches),
     ("kernels/group_norm_b8_256ch_32x32_g32 (bytes)", kernel_benches),
+    ("kernels/quantile_b8_3x32x32_p95 (elements)", kernel_benches),
+    ("kernels/quantile_b1_2p20_p95 (elements)", kernel_benches),
     ("unet_forward/cifar10_b1", forward_benches),
     ("unet_forward/cifar10_b8", forward_benches),
     ("sampling_step_b8/plain", step_benches),

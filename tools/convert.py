@@ -28,6 +28,8 @@ current names (to_q/to_k/to_v/to_out.0), as diffusers itself does when loading t
 
 Usage:
     python tools/convert.py MODEL_OR_PIPELINE_DIR OUT.safetensors [--half]
+    python tools/convert.py --adm CHECKPOINT.pt OUT.safetensors [--preset NAME] [FLAGS]
+                                  (guided-diffusion ADM checkpoints: see tools/convert_adm.py)
     python tools/convert.py checkpoints/ddpm-fashion-mnist weights/fashion_mnist_ddpm.safetensors
 """
 
@@ -228,6 +230,11 @@ def convert(input_dir, output, half=False):
 
 
 def main():
+    if "--adm" in sys.argv[1:]:
+        # guided-diffusion checkpoints: tools/convert_adm.py.
+        from convert_adm import main as convert_adm
+        convert_adm([a for a in sys.argv[1:] if a != "--adm"])
+        return
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Exit status: 0 ok, 2 invalid or unsupported input.")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One prepared run for a lent GPU (the session's `device` tool): kernel and pipeline benches beside
-# PyTorch on the same GPU, the uncertainty step's cost ratio, and the shipped model at scale.
+# PyTorch on the same GPU (plain, uncertainty and guided steps, also on the CIFAR-10 architecture),
+# and the shipped model at scale: plain, with uncertainty and guided, each against the PyTorch twin.
 #
 # Here, once per change (builds the release binary and the bench binaries, gathers the Vulkan
 # loader packages, the diffusers wheels and the Fashion-MNIST test set into git-ignored folders):
@@ -63,7 +64,19 @@ run() {
     if [ -n "${QUICK:-}" ]; then
         num=8 uc_num=4 batch=4 torch_device=cpu bench_filter=group_norm
     fi
+    [ -n "${QUICK:-}" ] || export WGSL_DIFF_BENCH_CIFAR_STEPS=1
     timed() { local t0=$SECONDS; "$@"; echo "[$(( SECONDS - t0 )) s] $*"; }
+    compare_pngs() {
+        python3 - "$1" "$2" <<'EOF'
+import sys, numpy as np
+from pathlib import Path
+from PIL import Image
+a, b = map(Path, sys.argv[1:])
+diff = [np.abs(np.asarray(Image.open(f), int) - np.asarray(Image.open(b / f.name), int)).max()
+        for f in sorted(a.glob("sample_*.png"))]
+print(f"{len(diff)} PNGs: {sum(d == 0 for d in diff)} byte-identical, max level difference {max(diff)}")
+EOF
+    }
 
     echo "== device"; nvidia-smi -L 2>/dev/null || true; "$bin" info
 
@@ -80,15 +93,7 @@ run() {
     timed "$bin" sample --num "$num" --batch "$batch" --steps 10 --quiet --out "$results/wgsl"
     timed python3 tools/sample_torch.py --num "$num" --batch "$batch" --steps 10 \
         --device "$torch_device" --out /tmp/torch_samples
-    python3 - "$results/wgsl" /tmp/torch_samples <<'EOF'
-import sys, numpy as np
-from pathlib import Path
-from PIL import Image
-a, b = map(Path, sys.argv[1:])
-diff = [np.abs(np.asarray(Image.open(f), int) - np.asarray(Image.open(b / f.name), int)).max()
-        for f in sorted(a.glob("sample_*.png"))]
-print(f"{len(diff)} PNGs: {sum(d == 0 for d in diff)} byte-identical, max level difference {max(diff)}")
-EOF
+    compare_pngs "$results/wgsl" /tmp/torch_samples
     timed "$bin" eval --real "$test_set" --real-range 0..5000 --fake "$results/wgsl" \
         --json "$results/eval.json"
 
@@ -104,7 +109,15 @@ read = lambda d: {l.split(",")[0]: float(l.split(",")[2]) for l in (Path(d) / "s
 a, b = map(read, sys.argv[1:])
 print(f"scores: max relative difference {max(abs(a[k] - b[k]) / abs(b[k]) for k in a):.2e} over {len(a)}")
 EOF
-    rm -f "$results"/wgsl/sample_*.png  # the grid and the eval keep what matters; stay under 16 MiB
+    echo "== guidance: Rule G and Rule P at steps 0-2, M = 5, p = 0.95, $uc_num samples: wgsl-diff, then PyTorch"
+    for rule in gradient posterior; do
+        timed "$bin" sample --num "$uc_num" --batch "$batch" --steps 10 --guidance $rule -M 5 \
+            --quiet --out "$results/guided_$rule"
+        timed python3 tools/sample_torch.py --num "$uc_num" --batch "$batch" --steps 10 \
+            --guidance $rule -M 5 --device "$torch_device" --out /tmp/torch_guided_$rule
+        compare_pngs "$results/guided_$rule" /tmp/torch_guided_$rule
+    done
+    rm -f "$results"/wgsl/sample_*.png "$results"/guided_*/sample_*.png  # the grid and the eval keep what matters; stay under 16 MiB
     tar -czf "$OUT/results.tar.gz" -C "$results" .
     ls -la "$OUT"
 }

@@ -12,6 +12,7 @@ tests/fixtures/README.md documents every tensor.
 
 Usage:
     python tools/make_fixtures.py                # small committed fixtures (~6 MB)
+    python tools/make_fixtures.py --models NAME  # only these UNet fixtures, nothing else
     python tools/make_fixtures.py --full-cifar   # tests/fixtures/large/ddpm_cifar10_arch*.safetensors
                                                  # (~143 MB, git-ignored, for #[ignore]d tests)
 The output is deterministic for a given torch/diffusers version.
@@ -61,6 +62,17 @@ MODELS = {
         TINY_GRAY, resnet_time_scale_shift="scale_shift", attention_head_dim=8,
         norm_eps=1e-5, flip_sin_to_cos=True, freq_shift=0, downsample_padding=1,
     ), 2, 6),
+    # Odd everything: channels (9, 15, 21) in 3 groups, 2 input and 3 output channels, three levels
+    # down to 3x3 through padding 0, 5-wide heads (4 heads of the mid block's 21 channels use only
+    # 20: inner width != channels) and a mid-block output scale != 1.
+    "unet_tiny_odd": (dict(
+        sample_size=12, in_channels=2, out_channels=3,
+        block_out_channels=(9, 15, 21), layers_per_block=1,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=5, norm_num_groups=3, norm_eps=1e-5,
+        flip_sin_to_cos=True, freq_shift=0, downsample_padding=0, mid_block_scale_factor=1.5,
+    ), 2, 7),
 }
 # google/ddpm-cifar10-32's config.json (dropout 0.1 only matters in training).
 FULL_CIFAR = ("ddpm_cifar10_arch", dict(
@@ -243,6 +255,8 @@ def main():
     p.add_argument("--full-cifar", action="store_true",
                    help="write only the full google/ddpm-cifar10-32 architecture fixture "
                         "(random weights, ~143 MB) into OUT/large/")
+    p.add_argument("--models", nargs="+", choices=sorted(MODELS),
+                   help="write only these UNet fixtures (and no scheduler fixtures)")
     args = p.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -254,8 +268,11 @@ def main():
         return
 
     args.out.mkdir(parents=True, exist_ok=True)
-    for name, (config, batch, seed) in MODELS.items():
+    for name in args.models or MODELS:
+        config, batch, seed = MODELS[name]
         write_unet_fixture(args.out, name, config, batch, seed)
+    if args.models:
+        return
     write_scheduler_fixtures(args.out)
     write_schedule_fixture(args.out)
 

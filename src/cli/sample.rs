@@ -11,7 +11,7 @@ use wgsl_diff::guidance::{GuidanceConfig, GuidanceRule, Threshold};
 use wgsl_diff::ops::UncertaintyMode;
 use wgsl_diff::run_dir::{HeatmapScale, SampleJob, SampleProgress, SampleRequest, DEFAULT_MODEL};
 use wgsl_diff::sampling::{SamplerChoice, SamplerKind, Spacing};
-use wgsl_diff::uncertainty::UncertaintyConfig;
+use wgsl_diff::uncertainty::{UncertaintyConfig, UncertaintyMethod};
 use wgsl_diff::Error;
 
 /// The model and how to sample it; shared by `sample` and `calibrate`.
@@ -89,9 +89,13 @@ pub struct SampleArgs {
     /// M: re-noised copies per uncertainty or guidance step
     #[arg(short = 'M', long = "mc-samples", default_value_t = 5)]
     pub mc_samples: usize,
-    /// How the M predictions are summarised
-    #[arg(long, default_value = "centred", value_parser = named::<UncertaintyMode>(UncertaintyMode::NAMES))]
-    pub uc_mode: UncertaintyMode,
+    /// Where the M predictions come from: `renoise` (the paper's Algorithm 1) or `mc-dropout`
+    /// (M passes with dropout active; models with dropout layers only)
+    #[arg(long, default_value = "renoise", value_parser = named::<UncertaintyMethod>(UncertaintyMethod::NAMES))]
+    pub uc_method: UncertaintyMethod,
+    /// How the M predictions are summarised [default: centred; variance for mc-dropout]
+    #[arg(long, value_parser = named::<UncertaintyMode>(UncertaintyMode::NAMES))]
+    pub uc_mode: Option<UncertaintyMode>,
     /// First sampling step (0-based) with uncertainty estimation
     #[arg(long, default_value_t = 0)]
     pub uc_start: usize,
@@ -145,6 +149,11 @@ impl SampleArgs {
         {
             bail!("--save-maps, --keep-fraction and --report need --uncertainty");
         }
+        if (self.uc_method != UncertaintyMethod::Renoise || self.uc_mode.is_some())
+            && !self.uncertainty
+        {
+            bail!("--uc-method and --uc-mode need --uncertainty");
+        }
         let guidance_flags = self.guidance_strength.is_some()
             || self.percentile.is_some()
             || self.guidance_start.is_some()
@@ -168,7 +177,11 @@ impl SampleArgs {
         });
         let uncertainty = self.uncertainty.then(|| UncertaintyConfig {
             copies: self.mc_samples,
-            mode: self.uc_mode,
+            method: self.uc_method,
+            mode: self.uc_mode.unwrap_or(match self.uc_method {
+                UncertaintyMethod::Renoise => UncertaintyMode::Centred,
+                UncertaintyMethod::McDropout => UncertaintyMode::Variance,
+            }),
             start: self.uc_start,
             steps: self.uc_steps,
             keep_maps: self.save_maps.is_some(),

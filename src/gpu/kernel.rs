@@ -39,6 +39,13 @@ pub mod shaders {
     shader!(SAMPLER, "sampler");
     shader!(UNCERTAINTY, "uncertainty");
     shader!(GUIDANCE, "guidance");
+    // Input gradients (the UNet's vector-Jacobian product).
+    shader!(CONV2D_GRAD, "conv2d_grad");
+    shader!(GROUP_NORM_GRAD, "group_norm_grad");
+    shader!(ATTENTION_GRAD, "attention_grad");
+    shader!(ELEMENTWISE_GRAD, "elementwise_grad");
+    shader!(SELECT, "select");
+    shader!(NOISE_SCALE, "noise_scale");
     shader!(POOL, "pool");
     shader!(RESIZE, "resize");
 
@@ -54,6 +61,12 @@ pub mod shaders {
         &SAMPLER,
         &UNCERTAINTY,
         &GUIDANCE,
+        &CONV2D_GRAD,
+        &GROUP_NORM_GRAD,
+        &ATTENTION_GRAD,
+        &ELEMENTWISE_GRAD,
+        &SELECT,
+        &NOISE_SCALE,
         &POOL,
         &RESIZE,
     ];

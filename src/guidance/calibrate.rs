@@ -6,7 +6,6 @@
 use super::{GuidanceBatch, GuidanceConfig, GuidanceHook, GuidanceRule, Threshold};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
-use crate::models::EpsModel;
 use crate::npy;
 use crate::sampling::{
     contiguous_batches, load_for_sampling, ClassLabels, NoisePlan, Run, SamplerChoice,
@@ -101,7 +100,7 @@ pub fn calibrate(gpu: &Gpu, request: &CalibrateRequest) -> Result<CalibratedThre
     let noise = NoisePlan::new(request.seed);
     let run = Run {
         gpu,
-        model: &model,
+        model: &*model,
         scheduler: &scheduler,
         noise: &noise,
         labels: ClassLabels::new(model.num_classes(), request.class)?,

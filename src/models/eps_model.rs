@@ -1,7 +1,8 @@
-//! What samplers, the uncertainty estimator and (later) guidance need from a network: an ε
-//! prediction and the shape of what it denoises. Every model family implements [`EpsModel`], so
+//! What samplers, the uncertainty estimator and guidance need from a network: an ε prediction,
+//! the shape of what it denoises and, for gradient guidance, its input gradient. Every model family implements [`EpsModel`], so
 //! none of them forks the sampling code.
 
+use super::mc_dropout::DropoutMasks;
 use super::UNet2DModel;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
@@ -29,18 +30,53 @@ pub trait EpsModel {
         false
     }
 
-    /// The largest batch one call can take on `gpu` without a binding over the device limit.
-    fn max_batch(&self, gpu: &Gpu) -> usize;
+    /// ε and, for a model with [`learned_variance`](Self::learned_variance), its variance
+    /// output v in [−1, 1] (ADM's learned-range interpolation, shaped like ε) from one pass.
+    fn predict_eps_and_variance(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        timesteps: &Tensor,
+        labels: Option<&Tensor>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        Ok((self.predict_eps(gpu, x, timesteps, labels)?, None))
+    }
 
-    /// The input gradient ∂⟨ε_θ(x, t, y), v⟩/∂x (shaped like x), which gradient guidance needs.
-    fn vjp(
+    /// The rate of the network's dropout layers (0: it has none, or they are disabled).
+    fn dropout_rate(&self) -> f64 {
+        0.0
+    }
+
+    /// ε with dropout active, for `x` holding stacked copies of a batch, with the masks of
+    /// `masks` (MC-Dropout).
+    fn predict_eps_mc_dropout(
         &self,
         _gpu: &Gpu,
         _x: &Tensor,
         _timesteps: &Tensor,
         _labels: Option<&Tensor>,
-        _v: &Tensor,
+        _masks: &DropoutMasks,
     ) -> Result<Tensor> {
+        Err(Error::Invalid(
+            "MC-Dropout needs a model with dropout layers; this one has none".into(),
+        ))
+    }
+
+    /// The largest batch one call can take on `gpu` without a binding over the device limit.
+    fn max_batch(&self, gpu: &Gpu) -> usize;
+
+    /// ∂⟨ε_θ(x, t, y), v⟩/∂x, shaped like `x`, for a cotangent `v` shaped like ε: the
+    /// vector-Jacobian product gradient guidance needs (any batch size; implementations split
+    /// it as the device requires).
+    fn vjp(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        timesteps: &Tensor,
+        labels: Option<&Tensor>,
+        v: &Tensor,
+    ) -> Result<Tensor> {
+        let _ = (gpu, x, timesteps, labels, v);
         Err(Error::Invalid(
             "this model has no backward pass implemented; gradient guidance needs one".into(),
         ))
@@ -72,5 +108,16 @@ impl EpsModel for UNet2DModel {
 
     fn max_batch(&self, gpu: &Gpu) -> usize {
         UNet2DModel::max_batch(self, gpu)
+    }
+
+    fn vjp(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        timesteps: &Tensor,
+        labels: Option<&Tensor>,
+        v: &Tensor,
+    ) -> Result<Tensor> {
+        UNet2DModel::vjp(self, gpu, x, timesteps, labels, v)
     }
 }

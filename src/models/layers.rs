@@ -1,8 +1,9 @@
 //! The PyTorch primitives (`nn.Conv2d`, `nn.Linear`, `nn.GroupNorm`, `nn.Embedding`) on GPU ops,
-//! each loading its own parameters by name.
+//! each loading its own parameters by name, with the input gradients the UNet's backward pass
+//! needs (no weight gradients: guidance differentiates with respect to the image only).
 
 use super::weights::VarBuilder;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::ops::{self, Conv2dArgs};
 
@@ -54,14 +55,37 @@ impl Conv2d {
         out_scale: f32,
     ) -> Result<Tensor> {
         let args = Conv2dArgs {
+            residual,
+            out_scale,
+            ..self.geometry()
+        };
+        ops::conv2d(gpu, x, &self.weight, Some(&self.bias), args)
+    }
+
+    fn geometry(&self) -> Conv2dArgs<'static> {
+        Conv2dArgs {
             stride: self.stride,
             padding: self.padding,
             pad_bottom_right: self.pad_bottom_right,
-            residual,
-            out_scale,
             ..Default::default()
+        }
+    }
+
+    /// ∂⟨conv(x), dy⟩/∂x for an input of spatial size `input_hw` (the convolution is linear in
+    /// x, so nothing of the forward is needed).
+    pub fn input_grad(&self, gpu: &Gpu, dy: &Tensor, input_hw: (usize, usize)) -> Result<Tensor> {
+        ops::conv2d_input_grad(gpu, dy, &self.weight, input_hw, self.geometry())
+    }
+
+    /// [`Self::input_grad`] of a size-preserving (stride 1, "same" padding) convolution.
+    pub fn same_size_input_grad(&self, gpu: &Gpu, dy: &Tensor) -> Result<Tensor> {
+        let [_, _, h, w] = *dy.shape() else {
+            return Err(Error::Shape {
+                op: "conv2d backward",
+                msg: format!("dy {:?} is not NCHW", dy.shape()),
+            });
         };
-        ops::conv2d(gpu, x, &self.weight, Some(&self.bias), args)
+        self.input_grad(gpu, dy, (h, w))
     }
 }
 
@@ -80,6 +104,11 @@ impl Linear {
 
     pub fn forward(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
         ops::linear(gpu, x, &self.weight, Some(&self.bias))
+    }
+
+    /// ∂⟨linear(x), dy⟩/∂x = dy·W.
+    pub fn input_grad(&self, gpu: &Gpu, dy: &Tensor) -> Result<Tensor> {
+        ops::linear_input_grad(gpu, dy, &self.weight)
     }
 }
 
@@ -104,6 +133,45 @@ impl GroupNorm {
     pub fn forward(&self, gpu: &Gpu, x: &Tensor, silu: bool) -> Result<Tensor> {
         ops::group_norm(gpu, x, self.groups, self.eps, &self.gamma, &self.beta, silu)
     }
+
+    /// [`Self::forward`] (the same dispatches) keeping what [`Self::backward`] needs.
+    pub fn forward_saving(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        silu: bool,
+    ) -> Result<(Tensor, GroupNormTape)> {
+        let (y, moments) =
+            ops::group_norm_saving(gpu, x, self.groups, self.eps, &self.gamma, &self.beta, silu)?;
+        let tape = GroupNormTape {
+            x: x.clone(),
+            moments,
+            silu,
+        };
+        Ok((y, tape))
+    }
+
+    /// ∂⟨forward(x), dy⟩/∂x; the fused SiLU's derivative is recomputed from the saved input.
+    pub fn backward(&self, gpu: &Gpu, tape: &GroupNormTape, dy: &Tensor) -> Result<Tensor> {
+        let GroupNormTape { x, moments, silu } = tape;
+        ops::group_norm_input_grad(
+            gpu,
+            x,
+            moments,
+            self.groups,
+            &self.gamma,
+            &self.beta,
+            *silu,
+            dy,
+        )
+    }
+}
+
+/// What a [`GroupNorm`]'s backward needs: its input and per-group (mean, 1/std).
+pub struct GroupNormTape {
+    x: Tensor,
+    moments: Tensor,
+    silu: bool,
 }
 
 /// A lookup table of `num_embeddings` rows of width `dim`.

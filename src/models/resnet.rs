@@ -1,7 +1,8 @@
 //! diffusers' `resnet.py` and `downsampling.py`/`upsampling.py` as UNet2DModel uses them:
-//! `ResnetBlock2D`, and the `Downsample2D`/`Upsample2D` convolutions between resolutions.
+//! `ResnetBlock2D`, and the `Downsample2D`/`Upsample2D` convolutions between resolutions, each
+//! with the input gradient of the UNet's backward pass.
 
-use super::layers::{Conv2d, GroupNorm, Linear};
+use super::layers::{Conv2d, GroupNorm, GroupNormTape, Linear};
 use super::weights::VarBuilder;
 use crate::error::Result;
 use crate::gpu::{Gpu, Tensor};
@@ -71,25 +72,92 @@ impl ResnetBlock2D {
     /// `temb_act` is SiLU(time embedding): every block applies the same SiLU to the same
     /// embedding, so the network computes it once.
     pub fn forward(&self, gpu: &Gpu, x: &Tensor, temb_act: &Tensor) -> Result<Tensor> {
-        let h = self.norm1.forward(gpu, x, true)?;
+        Ok(self.forward_saving(gpu, x, temb_act)?.0)
+    }
+
+    /// [`Self::forward`] and what [`Self::backward`] needs, all of which the forward computes
+    /// anyway (the tape only holds on to them).
+    pub fn forward_saving(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        temb_act: &Tensor,
+    ) -> Result<(Tensor, ResnetTape)> {
+        let (h, norm1) = self.norm1.forward_saving(gpu, x, true)?;
         let h = self.conv1.forward(gpu, &h)?;
         let t = self.time_emb_proj.forward(gpu, temb_act)?;
-        let h = match self.time_norm {
+        let (h, norm2, scale_shift) = match self.time_norm {
             TimeEmbeddingNorm::Default => {
                 let h = ops::add_channel_vec(gpu, &h, &t)?;
-                self.norm2.forward(gpu, &h, true)?
+                let (h, norm2) = self.norm2.forward_saving(gpu, &h, true)?;
+                (h, norm2, None)
             }
             TimeEmbeddingNorm::ScaleShift => {
-                let h = self.norm2.forward(gpu, &h, false)?;
-                ops::silu(gpu, &ops::scale_shift(gpu, &h, &t)?)?
+                let (h, norm2) = self.norm2.forward_saving(gpu, &h, false)?;
+                let u = ops::scale_shift(gpu, &h, &t)?;
+                (ops::silu(gpu, &u)?, norm2, Some((u, t)))
             }
         };
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv.forward(gpu, x)?,
             None => x.clone(),
         };
-        self.conv2
-            .forward_residual(gpu, &h, Some(&shortcut), 1.0 / self.output_scale_factor)
+        let y = self
+            .conv2
+            .forward_residual(gpu, &h, Some(&shortcut), self.out_scale())?;
+        let tape = ResnetTape {
+            norm1,
+            norm2,
+            scale_shift,
+        };
+        Ok((y, tape))
+    }
+
+    fn out_scale(&self) -> f32 {
+        1.0 / self.output_scale_factor
+    }
+
+    /// ∂⟨forward(x), dy⟩/∂x. The time embedding does not depend on x; under scale-shift norm it
+    /// still scales the path through norm2 by (1 + scale).
+    pub fn backward(&self, gpu: &Gpu, tape: &ResnetTape, dy: &Tensor) -> Result<Tensor> {
+        let g = scaled(gpu, dy, self.out_scale())?;
+        let d_h = self.conv2.same_size_input_grad(gpu, &g)?;
+        let d_h = match &tape.scale_shift {
+            None => self.norm2.backward(gpu, &tape.norm2, &d_h)?,
+            Some((u, t)) => {
+                let d_u = ops::silu_grad(gpu, u, &d_h)?;
+                let (b, c) = (u.dim(0), u.dim(1));
+                let scale = ops::slice_channels(gpu, &t.reshape(&[b, 2 * c, 1, 1])?, 0, c)?;
+                let one_plus_scale = ops::affine(gpu, &scale.reshape(&[b, c])?, 1.0, 1.0)?;
+                let d_n = ops::mul_channel_vec(gpu, &d_u, &one_plus_scale)?;
+                self.norm2.backward(gpu, &tape.norm2, &d_n)?
+            }
+        };
+        let d_h = self.conv1.same_size_input_grad(gpu, &d_h)?;
+        let d_x = self.norm1.backward(gpu, &tape.norm1, &d_h)?;
+        let d_shortcut = match &self.conv_shortcut {
+            Some(conv) => conv.same_size_input_grad(gpu, &g)?,
+            None => g,
+        };
+        ops::add(gpu, &d_x, &d_shortcut)
+    }
+}
+
+/// What a [`ResnetBlock2D`]'s backward needs: its norms' inputs and statistics (the SiLU inputs
+/// are recomputed from them) and, under scale-shift norm, the SiLU input u = norm2·(1 + scale)
+/// + shift and the projection [scale | shift].
+pub struct ResnetTape {
+    norm1: GroupNormTape,
+    norm2: GroupNormTape,
+    scale_shift: Option<(Tensor, Tensor)>,
+}
+
+/// `scale`·x, skipping the dispatch when the factor is 1.
+pub(super) fn scaled(gpu: &Gpu, x: &Tensor, scale: f32) -> Result<Tensor> {
+    if scale == 1.0 {
+        Ok(x.clone())
+    } else {
+        ops::affine(gpu, x, scale, 0.0)
     }
 }
 
@@ -110,6 +178,12 @@ impl Downsample2D {
     pub fn forward(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
         self.conv.forward(gpu, x)
     }
+
+    /// ∂⟨forward(x), dy⟩/∂x for an input of spatial size `input_hw` (an odd side and its
+    /// successor downsample alike, so the output does not tell).
+    pub fn backward(&self, gpu: &Gpu, dy: &Tensor, input_hw: (usize, usize)) -> Result<Tensor> {
+        self.conv.input_grad(gpu, dy, input_hw)
+    }
 }
 
 /// diffusers `Upsample2D` with `use_conv=True`: nearest-neighbour 2× then a 3×3 convolution.
@@ -126,5 +200,11 @@ impl Upsample2D {
 
     pub fn forward(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
         self.conv.forward(gpu, &ops::upsample_nearest2x(gpu, x)?)
+    }
+
+    /// ∂⟨forward(x), dy⟩/∂x.
+    pub fn backward(&self, gpu: &Gpu, dy: &Tensor) -> Result<Tensor> {
+        let d_up = self.conv.same_size_input_grad(gpu, dy)?;
+        ops::upsample_nearest2x_grad(gpu, &d_up)
     }
 }

@@ -2,11 +2,12 @@
 //! network, built from the blocks of [`super::unet_2d_blocks`].
 
 use super::embeddings::{TimestepEmbedding, Timesteps};
+use super::layers::GroupNormTape;
 use super::layers::{Conv2d, Embedding, GroupNorm};
 use super::resnet::{ResnetConfig, TimeEmbeddingNorm};
 use super::unet_2d_blocks::{
-    BlockConfig, DownBlock, DownBlockArgs, DownBlockType, UNetMidBlock2D, UpBlock, UpBlockArgs,
-    UpBlockType,
+    BlockConfig, BlockTape, DownBlock, DownBlockArgs, DownBlockType, UNetMidBlock2D, UpBlock,
+    UpBlockArgs, UpBlockType,
 };
 use super::weights::{VarBuilder, WeightFile};
 use crate::error::{Error, Result};
@@ -367,10 +368,35 @@ impl UNet2DModel {
         timesteps: &Tensor,
         class_labels: Option<&Tensor>,
     ) -> Result<Tensor> {
+        self.run(gpu, sample, timesteps, class_labels, None)
+    }
+
+    /// [`Self::forward`] and the tape [`Self::backward`] differentiates it with.
+    pub fn forward_saving(
+        &self,
+        gpu: &Gpu,
+        sample: &Tensor,
+        timesteps: &Tensor,
+        class_labels: Option<&Tensor>,
+    ) -> Result<(Tensor, UNetTape)> {
+        let mut tape = UNetTape::default();
+        let eps = self.run(gpu, sample, timesteps, class_labels, Some(&mut tape))?;
+        Ok((eps, tape))
+    }
+
+    /// The forward pass, recording each block's tape when given one.
+    fn run(
+        &self,
+        gpu: &Gpu,
+        sample: &Tensor,
+        timesteps: &Tensor,
+        class_labels: Option<&Tensor>,
+        mut tape: Option<&mut UNetTape>,
+    ) -> Result<Tensor> {
         self.check_inputs(sample, timesteps)?;
 
         // 1. time (and class) embedding. Every resnet applies SiLU to it first, so that is
-        // done once here.
+        // done once here. It does not depend on the sample: no gradient flows through it.
         let emb = self.embed(gpu, timesteps, class_labels)?;
         let temb_act = ops::silu(gpu, &emb)?;
 
@@ -380,20 +406,61 @@ impl UNet2DModel {
         // 3. down
         let mut down_block_res_samples = vec![x.clone()];
         for block in &self.down_blocks {
-            x = block.forward(gpu, &x, &temb_act, &mut down_block_res_samples)?;
+            let block_tape = tape.as_deref_mut().map(|t| push_default(&mut t.down));
+            x = block.forward(gpu, &x, &temb_act, &mut down_block_res_samples, block_tape)?;
         }
 
         // 4. mid
-        x = self.mid_block.forward(gpu, &x, &temb_act)?;
+        let mid_tape = tape.as_deref_mut().map(|t| &mut t.mid);
+        x = self.mid_block.forward(gpu, &x, &temb_act, mid_tape)?;
 
         // 5. up
         for block in &self.up_blocks {
-            x = block.forward(gpu, &x, &mut down_block_res_samples, &temb_act)?;
+            let block_tape = tape.as_deref_mut().map(|t| push_default(&mut t.up));
+            x = block.forward(gpu, &x, &mut down_block_res_samples, &temb_act, block_tape)?;
         }
 
         // 6. post-process: norm and SiLU in one kernel, then conv_out
-        let x = self.conv_norm_out.forward(gpu, &x, true)?;
+        let x = match tape {
+            Some(tape) => {
+                let (x, norm_tape) = self.conv_norm_out.forward_saving(gpu, &x, true)?;
+                tape.norm_out = Some(norm_tape);
+                x
+            }
+            None => self.conv_norm_out.forward(gpu, &x, true)?,
+        };
         self.conv_out.forward(gpu, &x)
+    }
+
+    /// ∂⟨ε, v⟩/∂sample for the forward that recorded `tape`: the forward's steps in reverse,
+    /// the skip connections' gradients on a stack between the up and the down path.
+    pub fn backward(&self, gpu: &Gpu, tape: &UNetTape, v: &Tensor) -> Result<Tensor> {
+        let norm_tape = tape.norm_out.as_ref().ok_or_else(incomplete_tape)?;
+        let recorded =
+            tape.down.len() == self.down_blocks.len() && tape.up.len() == self.up_blocks.len();
+        if !recorded {
+            return Err(incomplete_tape());
+        }
+        let d = self.conv_out.same_size_input_grad(gpu, v)?;
+        let mut d = self.conv_norm_out.backward(gpu, norm_tape, &d)?;
+        let mut skip_grads = Vec::new();
+        for (block, block_tape) in self.up_blocks.iter().zip(&tape.up).rev() {
+            d = block.backward(gpu, block_tape, &d, &mut skip_grads)?;
+        }
+        d = self.mid_block.backward(gpu, &tape.mid, &d)?;
+        for (block, block_tape) in self.down_blocks.iter().zip(&tape.down).rev() {
+            d = block.backward(gpu, block_tape, &d, &mut skip_grads)?;
+        }
+        // What is left is the gradient of conv_in's output as the first skip.
+        match (skip_grads.pop(), skip_grads.is_empty()) {
+            (Some(first_skip), true) => {
+                let d = ops::add(gpu, &d, &first_skip)?;
+                self.conv_in.same_size_input_grad(gpu, &d)
+            }
+            _ => Err(Error::Invalid(
+                "UNet backward: the skip gradients do not match the skips".into(),
+            )),
+        }
     }
 
     fn check_inputs(&self, sample: &Tensor, timesteps: &Tensor) -> Result<()> {
@@ -440,6 +507,26 @@ impl UNet2DModel {
             (None, None) => Ok(emb),
         }
     }
+}
+
+/// What [`UNet2DModel::backward`] needs from a forward: every block's tape and the final norm's.
+/// Tensors are shared with the forward (no copies); the tape holds them until it drops.
+#[derive(Default)]
+pub struct UNetTape {
+    down: Vec<BlockTape>,
+    mid: BlockTape,
+    up: Vec<BlockTape>,
+    norm_out: Option<GroupNormTape>,
+}
+
+/// Appends a fresh tape and returns it.
+fn push_default(tapes: &mut Vec<BlockTape>) -> &mut BlockTape {
+    tapes.push(BlockTape::default());
+    tapes.last_mut().expect("just pushed")
+}
+
+fn incomplete_tape() -> Error {
+    Error::Invalid("UNet backward needs the tape of a whole forward_saving pass".into())
 }
 
 #[cfg(test)]

@@ -3,11 +3,18 @@
 //!
 //! The attention blocks are their plain twins with an [`Attention`] after every resnet, so they
 //! hold the plain block and pass it their attentions rather than repeating its loop.
+//!
+//! Each block's forward optionally records a tape (the tapes of its modules) for its backward,
+//! which walks the same loop in reverse. The skip connections' gradients travel on a stack that
+//! mirrors the forward's: up blocks push the gradient of each skip they consumed (in the order
+//! the down path produced them), down blocks pop them as they reach the states they appended.
 
-use super::attention::Attention;
-use super::resnet::{Downsample2D, ResnetBlock2D, ResnetConfig, TimeEmbeddingNorm, Upsample2D};
+use super::attention::{Attention, AttentionTape};
+use super::resnet::{
+    Downsample2D, ResnetBlock2D, ResnetConfig, ResnetTape, TimeEmbeddingNorm, Upsample2D,
+};
 use super::weights::VarBuilder;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::ops;
 use serde::Deserialize;
@@ -123,15 +130,17 @@ impl DownBlock2D {
     }
 
     /// Appends every resnet's output and the downsampled result to `output_states` (the skip
-    /// connections the up path consumes) and returns the last of them.
+    /// connections the up path consumes) and returns the last of them. With a `tape`, records
+    /// what [`Self::backward`] needs.
     pub fn forward(
         &self,
         gpu: &Gpu,
         x: &Tensor,
         temb_act: &Tensor,
         output_states: &mut Vec<Tensor>,
+        tape: Option<&mut BlockTape>,
     ) -> Result<Tensor> {
-        self.forward_attending(gpu, x, temb_act, &[], output_states)
+        self.forward_attending(gpu, x, temb_act, &[], output_states, tape)
     }
 
     /// `attentions[j]`, where there is one, follows `resnets[j]`.
@@ -142,20 +151,140 @@ impl DownBlock2D {
         temb_act: &Tensor,
         attentions: &[Attention],
         output_states: &mut Vec<Tensor>,
+        mut tape: Option<&mut BlockTape>,
     ) -> Result<Tensor> {
         let mut x = x.clone();
         for (j, resnet) in self.resnets.iter().enumerate() {
-            x = resnet.forward(gpu, &x, temb_act)?;
+            x = tape.record_resnet(gpu, resnet, &x, temb_act)?;
             if let Some(attn) = attentions.get(j) {
-                x = attn.forward(gpu, &x)?;
+                x = tape.record_attention(gpu, attn, &x)?;
             }
             output_states.push(x.clone());
         }
         if let Some(down) = &self.downsamplers {
+            if let Some(tape) = tape {
+                tape.sampler_input_hw = Some((x.dim(2), x.dim(3)));
+            }
             x = down.forward(gpu, &x)?;
             output_states.push(x.clone());
         }
         Ok(x)
+    }
+
+    /// ∂⟨outputs, cotangents⟩/∂x: `dy` is the gradient of the returned tensor, and the
+    /// gradients of the states the forward appended are popped off `skip_grads`.
+    pub fn backward(
+        &self,
+        gpu: &Gpu,
+        tape: &BlockTape,
+        dy: &Tensor,
+        skip_grads: &mut Vec<Tensor>,
+    ) -> Result<Tensor> {
+        self.backward_attending(gpu, tape, &[], dy, skip_grads)
+    }
+
+    fn backward_attending(
+        &self,
+        gpu: &Gpu,
+        tape: &BlockTape,
+        attentions: &[Attention],
+        dy: &Tensor,
+        skip_grads: &mut Vec<Tensor>,
+    ) -> Result<Tensor> {
+        let mut d = dy.clone();
+        if let (Some(down), Some(hw)) = (&self.downsamplers, tape.sampler_input_hw) {
+            d = ops::add(gpu, &d, &pop_skip(skip_grads)?)?;
+            d = down.backward(gpu, &d, hw)?;
+        }
+        for (j, resnet) in self.resnets.iter().enumerate().rev() {
+            d = ops::add(gpu, &d, &pop_skip(skip_grads)?)?;
+            d = tape.backward_attention(gpu, attentions.get(j), j, &d)?;
+            d = resnet.backward(gpu, tape.resnet(j)?, &d)?;
+        }
+        Ok(d)
+    }
+}
+
+/// The gradient of the next skip connection back.
+fn pop_skip(skip_grads: &mut Vec<Tensor>) -> Result<Tensor> {
+    skip_grads
+        .pop()
+        .ok_or_else(|| Error::Invalid("UNet backward: fewer skip gradients than skips".into()))
+}
+
+/// What a block's backward needs: its modules' tapes in forward order, and the spatial size
+/// entering its down- or upsampler.
+#[derive(Default)]
+pub struct BlockTape {
+    resnets: Vec<ResnetTape>,
+    attentions: Vec<AttentionTape>,
+    sampler_input_hw: Option<(usize, usize)>,
+    /// Up blocks: the channels of the input each resnet concatenated with its skip.
+    x_channels: Vec<usize>,
+}
+
+impl BlockTape {
+    fn resnet(&self, j: usize) -> Result<&ResnetTape> {
+        self.resnets
+            .get(j)
+            .ok_or_else(|| Error::Invalid("UNet backward: a resnet has no tape".into()))
+    }
+
+    /// `attention`'s backward when the block has one at `j`, else `dy` unchanged.
+    fn backward_attention(
+        &self,
+        gpu: &Gpu,
+        attention: Option<&Attention>,
+        j: usize,
+        dy: &Tensor,
+    ) -> Result<Tensor> {
+        let Some(attention) = attention else {
+            return Ok(dy.clone());
+        };
+        let tape = self
+            .attentions
+            .get(j)
+            .ok_or_else(|| Error::Invalid("UNet backward: an attention has no tape".into()))?;
+        attention.backward(gpu, tape, dy)
+    }
+}
+
+/// Running a module with or without recording its tape.
+trait Record {
+    fn record_resnet(
+        &mut self,
+        gpu: &Gpu,
+        resnet: &ResnetBlock2D,
+        x: &Tensor,
+        temb_act: &Tensor,
+    ) -> Result<Tensor>;
+    fn record_attention(&mut self, gpu: &Gpu, attention: &Attention, x: &Tensor) -> Result<Tensor>;
+}
+
+impl Record for Option<&mut BlockTape> {
+    fn record_resnet(
+        &mut self,
+        gpu: &Gpu,
+        resnet: &ResnetBlock2D,
+        x: &Tensor,
+        temb_act: &Tensor,
+    ) -> Result<Tensor> {
+        let (y, tape) = resnet.forward_saving(gpu, x, temb_act)?;
+        if let Some(block) = self {
+            block.resnets.push(tape);
+        }
+        Ok(y)
+    }
+
+    fn record_attention(&mut self, gpu: &Gpu, attention: &Attention, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Some(block) => {
+                let (y, tape) = attention.forward_saving(gpu, x)?;
+                block.attentions.push(tape);
+                Ok(y)
+            }
+            None => attention.forward(gpu, x),
+        }
     }
 }
 
@@ -184,9 +313,22 @@ impl AttnDownBlock2D {
         x: &Tensor,
         temb_act: &Tensor,
         output_states: &mut Vec<Tensor>,
+        tape: Option<&mut BlockTape>,
     ) -> Result<Tensor> {
         self.block
-            .forward_attending(gpu, x, temb_act, &self.attentions, output_states)
+            .forward_attending(gpu, x, temb_act, &self.attentions, output_states, tape)
+    }
+
+    /// As [`DownBlock2D::backward`].
+    pub fn backward(
+        &self,
+        gpu: &Gpu,
+        tape: &BlockTape,
+        dy: &Tensor,
+        skip_grads: &mut Vec<Tensor>,
+    ) -> Result<Tensor> {
+        self.block
+            .backward_attending(gpu, tape, &self.attentions, dy, skip_grads)
     }
 }
 
@@ -218,10 +360,25 @@ impl DownBlock {
         x: &Tensor,
         temb_act: &Tensor,
         output_states: &mut Vec<Tensor>,
+        tape: Option<&mut BlockTape>,
     ) -> Result<Tensor> {
         match self {
-            Self::DownBlock2D(block) => block.forward(gpu, x, temb_act, output_states),
-            Self::AttnDownBlock2D(block) => block.forward(gpu, x, temb_act, output_states),
+            Self::DownBlock2D(block) => block.forward(gpu, x, temb_act, output_states, tape),
+            Self::AttnDownBlock2D(block) => block.forward(gpu, x, temb_act, output_states, tape),
+        }
+    }
+
+    /// As [`DownBlock2D::backward`].
+    pub fn backward(
+        &self,
+        gpu: &Gpu,
+        tape: &BlockTape,
+        dy: &Tensor,
+        skip_grads: &mut Vec<Tensor>,
+    ) -> Result<Tensor> {
+        match self {
+            Self::DownBlock2D(block) => block.backward(gpu, tape, dy, skip_grads),
+            Self::AttnDownBlock2D(block) => block.backward(gpu, tape, dy, skip_grads),
         }
     }
 }
@@ -264,15 +421,38 @@ impl UNetMidBlock2D {
         })
     }
 
-    pub fn forward(&self, gpu: &Gpu, x: &Tensor, temb_act: &Tensor) -> Result<Tensor> {
-        let mut x = self.resnets[0].forward(gpu, x, temb_act)?;
+    /// With a `tape`, records what [`Self::backward`] needs.
+    pub fn forward(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        temb_act: &Tensor,
+        mut tape: Option<&mut BlockTape>,
+    ) -> Result<Tensor> {
+        let mut x = tape.record_resnet(gpu, &self.resnets[0], x, temb_act)?;
         for (attn, resnet) in self.attentions.iter().zip(&self.resnets[1..]) {
             if let Some(attn) = attn {
-                x = attn.forward(gpu, &x)?;
+                x = tape.record_attention(gpu, attn, &x)?;
             }
-            x = resnet.forward(gpu, &x, temb_act)?;
+            x = tape.record_resnet(gpu, resnet, &x, temb_act)?;
         }
         Ok(x)
+    }
+
+    /// ∂⟨forward(x), dy⟩/∂x.
+    pub fn backward(&self, gpu: &Gpu, tape: &BlockTape, dy: &Tensor) -> Result<Tensor> {
+        let mut d = dy.clone();
+        for (j, (attn, resnet)) in self
+            .attentions
+            .iter()
+            .zip(&self.resnets[1..])
+            .enumerate()
+            .rev()
+        {
+            d = resnet.backward(gpu, tape.resnet(j + 1)?, &d)?;
+            d = tape.backward_attention(gpu, attn.as_ref(), j, &d)?;
+        }
+        self.resnets[0].backward(gpu, tape.resnet(0)?, &d)
     }
 }
 
@@ -308,15 +488,16 @@ impl UpBlock2D {
     }
 
     /// Takes one skip per resnet off the end of `res_hidden_states` (what the down path
-    /// appended, consumed in reverse).
+    /// appended, consumed in reverse). With a `tape`, records what [`Self::backward`] needs.
     pub fn forward(
         &self,
         gpu: &Gpu,
         x: &Tensor,
         res_hidden_states: &mut Vec<Tensor>,
         temb_act: &Tensor,
+        tape: Option<&mut BlockTape>,
     ) -> Result<Tensor> {
-        self.forward_attending(gpu, x, res_hidden_states, temb_act, &[])
+        self.forward_attending(gpu, x, res_hidden_states, temb_act, &[], tape)
     }
 
     /// `attentions[j]`, where there is one, follows `resnets[j]`.
@@ -327,6 +508,7 @@ impl UpBlock2D {
         res_hidden_states: &mut Vec<Tensor>,
         temb_act: &Tensor,
         attentions: &[Attention],
+        mut tape: Option<&mut BlockTape>,
     ) -> Result<Tensor> {
         let mut x = x.clone();
         for (j, resnet) in self.resnets.iter().enumerate() {
@@ -334,15 +516,60 @@ impl UpBlock2D {
             let skip = res_hidden_states
                 .pop()
                 .expect("one skip per up-block resnet");
-            x = resnet.forward(gpu, &ops::concat_channels(gpu, &[&x, &skip])?, temb_act)?;
+            if let Some(tape) = tape.as_deref_mut() {
+                tape.x_channels.push(x.dim(1));
+            }
+            let joined = ops::concat_channels(gpu, &[&x, &skip])?;
+            x = tape.record_resnet(gpu, resnet, &joined, temb_act)?;
             if let Some(attn) = attentions.get(j) {
-                x = attn.forward(gpu, &x)?;
+                x = tape.record_attention(gpu, attn, &x)?;
             }
         }
         match &self.upsamplers {
             Some(up) => up.forward(gpu, &x),
             None => Ok(x),
         }
+    }
+
+    /// ∂⟨forward(x), dy⟩/∂x; pushes the gradient of each skip it consumed onto `skip_grads`.
+    pub fn backward(
+        &self,
+        gpu: &Gpu,
+        tape: &BlockTape,
+        dy: &Tensor,
+        skip_grads: &mut Vec<Tensor>,
+    ) -> Result<Tensor> {
+        self.backward_attending(gpu, tape, &[], dy, skip_grads)
+    }
+
+    fn backward_attending(
+        &self,
+        gpu: &Gpu,
+        tape: &BlockTape,
+        attentions: &[Attention],
+        dy: &Tensor,
+        skip_grads: &mut Vec<Tensor>,
+    ) -> Result<Tensor> {
+        let mut d = match &self.upsamplers {
+            Some(up) => up.backward(gpu, dy)?,
+            None => dy.clone(),
+        };
+        for (j, resnet) in self.resnets.iter().enumerate().rev() {
+            d = tape.backward_attention(gpu, attentions.get(j), j, &d)?;
+            let d_joined = resnet.backward(gpu, tape.resnet(j)?, &d)?;
+            let x_channels = *tape.x_channels.get(j).ok_or_else(|| {
+                Error::Invalid("UNet backward: an up-block resnet has no tape".into())
+            })?;
+            let skip_channels = d_joined.dim(1) - x_channels;
+            skip_grads.push(ops::slice_channels(
+                gpu,
+                &d_joined,
+                x_channels,
+                skip_channels,
+            )?);
+            d = ops::slice_channels(gpu, &d_joined, 0, x_channels)?;
+        }
+        Ok(d)
     }
 }
 
@@ -367,9 +594,22 @@ impl AttnUpBlock2D {
         x: &Tensor,
         res_hidden_states: &mut Vec<Tensor>,
         temb_act: &Tensor,
+        tape: Option<&mut BlockTape>,
     ) -> Result<Tensor> {
         self.block
-            .forward_attending(gpu, x, res_hidden_states, temb_act, &self.attentions)
+            .forward_attending(gpu, x, res_hidden_states, temb_act, &self.attentions, tape)
+    }
+
+    /// As [`UpBlock2D::backward`].
+    pub fn backward(
+        &self,
+        gpu: &Gpu,
+        tape: &BlockTape,
+        dy: &Tensor,
+        skip_grads: &mut Vec<Tensor>,
+    ) -> Result<Tensor> {
+        self.block
+            .backward_attending(gpu, tape, &self.attentions, dy, skip_grads)
     }
 }
 
@@ -399,10 +639,25 @@ impl UpBlock {
         x: &Tensor,
         res_hidden_states: &mut Vec<Tensor>,
         temb_act: &Tensor,
+        tape: Option<&mut BlockTape>,
     ) -> Result<Tensor> {
         match self {
-            Self::UpBlock2D(block) => block.forward(gpu, x, res_hidden_states, temb_act),
-            Self::AttnUpBlock2D(block) => block.forward(gpu, x, res_hidden_states, temb_act),
+            Self::UpBlock2D(block) => block.forward(gpu, x, res_hidden_states, temb_act, tape),
+            Self::AttnUpBlock2D(block) => block.forward(gpu, x, res_hidden_states, temb_act, tape),
+        }
+    }
+
+    /// As [`UpBlock2D::backward`].
+    pub fn backward(
+        &self,
+        gpu: &Gpu,
+        tape: &BlockTape,
+        dy: &Tensor,
+        skip_grads: &mut Vec<Tensor>,
+    ) -> Result<Tensor> {
+        match self {
+            Self::UpBlock2D(block) => block.backward(gpu, tape, dy, skip_grads),
+            Self::AttnUpBlock2D(block) => block.backward(gpu, tape, dy, skip_grads),
         }
     }
 }

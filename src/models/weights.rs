@@ -161,26 +161,24 @@ impl<'a> VarBuilder<'a> {
     /// The parameter `name` with the given shape, as f32 on the GPU. On a mismatch the problem
     /// is recorded and a stand-in returned, so one pass finds every mismatch.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let full = format!("{}{name}", self.prefix);
-        match self.load(&full, shape) {
-            Ok(t) => Ok(t),
-            Err(problem) => {
-                self.shared.problems.borrow_mut().push(problem);
-                self.shared.gpu.empty(shape)
-            }
-        }
+        let data = self.get_host(name, shape);
+        self.shared.gpu.upload(shape, &data)
     }
 
-    fn load(&self, full: &str, shape: &[usize]) -> std::result::Result<Tensor, String> {
-        self.shared.used.borrow_mut().insert(full.to_string());
+    /// The parameter `name` as f32 values on the CPU, for a model that rearranges it before
+    /// uploading (splitting or permuting rows). Mismatches are recorded as in [`get`](Self::get),
+    /// with zeros standing in.
+    pub fn get_host(&self, name: &str, shape: &[usize]) -> Vec<f32> {
+        let full = format!("{}{name}", self.prefix);
+        self.shared.used.borrow_mut().insert(full.clone());
         let data = match &self.shared.source {
-            Source::File { tensors, .. } => read_tensor(tensors, full, shape)?,
-            Source::Random { rng } => random_tensor(rng, shape),
+            Source::File { tensors, .. } => read_tensor(tensors, &full, shape),
+            Source::Random { rng } => Ok(random_tensor(rng, shape)),
         };
-        self.shared
-            .gpu
-            .upload(shape, &data)
-            .map_err(|e| e.to_string())
+        data.unwrap_or_else(|problem| {
+            self.shared.problems.borrow_mut().push(problem);
+            vec![0.0; shape.iter().product()]
+        })
     }
 
     /// Succeeds only if every requested tensor was found with the right shape and the file

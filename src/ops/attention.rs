@@ -35,6 +35,39 @@ pub fn attention(
     heads: usize,
     scale: f32,
 ) -> Result<Tensor> {
+    let (p, grid) = plan(q, k, v, heads, scale)?;
+    let out = gpu.empty(q.shape())?;
+    let kernel = Kernel::new(&shaders::ATTENTION, "attention");
+    gpu.dispatch(&kernel, &p, &[q, k, v], &[&out], grid)?;
+    Ok(out)
+}
+
+/// [`attention`] and each query's softmax log-sum-exp (B, heads, N), from which its backward
+/// recomputes the probabilities.
+pub fn attention_saving(
+    gpu: &Gpu,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f32,
+) -> Result<(Tensor, Tensor)> {
+    let (p, grid) = plan(q, k, v, heads, scale)?;
+    let out = gpu.empty(q.shape())?;
+    let lse = gpu.empty(&[q.dim(0), heads, q.dim(1)])?;
+    let kernel = Kernel::new(&shaders::ATTENTION, "attention_lse");
+    gpu.dispatch(&kernel, &p, &[q, k, v], &[&out, &lse], grid)?;
+    Ok((out, lse))
+}
+
+/// Checks the operands and returns the kernel parameters and grid.
+fn plan(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f32,
+) -> Result<(AttentionParams, [usize; 3])> {
     const OP: &str = "attention";
     let [b, n, c] = dims::<3>(q, OP, "q")?;
     ensure(k.shape() == q.shape() && v.shape() == q.shape(), OP, || {
@@ -68,14 +101,5 @@ pub fn attention(
         tile_keys: u("tile_keys", tile_keys)?,
         scale,
     };
-    let out = gpu.empty(q.shape())?;
-    let kernel = Kernel::new(&shaders::ATTENTION, "attention");
-    gpu.dispatch(
-        &kernel,
-        &p,
-        &[q, k, v],
-        &[&out],
-        [n.div_ceil(queries_per_group), b * heads, 1],
-    )?;
-    Ok(out)
+    Ok((p, [n.div_ceil(queries_per_group), b * heads, 1]))
 }

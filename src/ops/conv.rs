@@ -17,10 +17,20 @@ kernel_params! {
     }
 }
 
-/// conv2d.wgsl's `TILE` override: output rows and columns per workgroup.
-const WIDE_TILE: u32 = 64;
-/// The tile for layers of at most this many output channels, so fewer tile rows sit idle.
-const NARROW_TILE: u32 = 32;
+/// conv2d.wgsl's (and conv2d_grad.wgsl's) `TILE` override: output rows and columns per
+/// workgroup.
+pub(super) const WIDE_TILE: u32 = 64;
+/// The tile for GEMMs of at most this many rows (channels written), so fewer tile rows sit idle.
+pub(super) const NARROW_TILE: u32 = 32;
+
+/// The tile for a convolution GEMM writing `rows` channels.
+pub(super) fn tile_for(rows: usize) -> u32 {
+    if rows <= NARROW_TILE as usize {
+        NARROW_TILE
+    } else {
+        WIDE_TILE
+    }
+}
 
 /// Geometry and fused epilogue of a [`conv2d`].
 #[derive(Clone, Copy, Debug)]
@@ -123,11 +133,7 @@ pub fn conv2d(
     let [_, c_in, h, w] = dims::<4>(x, OP, "input")?;
     let [_, _, kh, kw] = dims::<4>(weight, OP, "weight")?;
     let u = |what, v| checked_u32(OP, what, v);
-    let tile = if c_out <= NARROW_TILE as usize {
-        NARROW_TILE
-    } else {
-        WIDE_TILE
-    };
+    let tile = tile_for(c_out);
     let kernel = Kernel::new(&shaders::CONV2D, "conv2d")
         .with("TILE", tile)
         .with("KH", u("kernel height", kh)?)

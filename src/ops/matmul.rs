@@ -104,3 +104,19 @@ pub fn linear(gpu: &Gpu, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> 
     *out_shape.last_mut().unwrap() = y.dim(2);
     y.reshape(&out_shape)
 }
+
+/// ∂⟨linear(x, weight, bias), dy⟩/∂x = dy · W for dy (…, N) and W (N, K): a plain product with
+/// the weight as stored.
+pub fn linear_input_grad(gpu: &Gpu, dy: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    const OP: &str = "linear_input_grad";
+    let [n, k] = dims::<2>(weight, OP, "weight")?;
+    let shape = dy.shape();
+    ensure(shape.last() == Some(&n), OP, || {
+        format!("dy {shape:?} must end in the weight's {n} outputs")
+    })?;
+    let rows = dy.numel() / n.max(1);
+    let dx = matmul_impl(gpu, &dy.reshape(&[1, rows, n])?, weight, None, false)?;
+    let mut out_shape = shape.to_vec();
+    *out_shape.last_mut().unwrap() = k;
+    dx.reshape(&out_shape)
+}

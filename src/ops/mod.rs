@@ -1,13 +1,19 @@
 //! Typed wrappers over the WGSL kernels: each checks shapes, returns a new tensor and records
-//! its dispatches into the open encoder. No op reads data back.
+//! its dispatches into the open encoder. No op reads data back, except [`quantiles`], the
+//! read-back of per-sample thresholds that must be numbers.
 
 mod attention;
+mod attention_grad;
 mod conv;
+mod conv_grad;
 mod elementwise;
+mod elementwise_grad;
 mod embedding;
 mod guidance;
 mod matmul;
+mod noise_scale;
 mod norm;
+mod norm_grad;
 mod pool;
 mod resize;
 mod rng;
@@ -15,21 +21,28 @@ mod sampler;
 mod select;
 mod uncertainty;
 
-pub use attention::attention;
+pub use attention::{attention, attention_saving};
+pub use attention_grad::{attention_grad, AttentionSaved};
 pub use conv::{conv2d, Conv2dArgs};
+pub use conv_grad::conv2d_input_grad;
 pub use elementwise::{
     add, add_channel_vec, affine, avg_pool2x, broadcast_lincomb, concat_channels, lincomb, mul,
     mul_channel_vec, repeat_batch, scale_shift, silu, transpose_last2, upsample_nearest2x,
 };
+pub use elementwise_grad::{silu_grad, slice_channels, upsample_nearest2x_grad};
 pub use embedding::{embedding_lookup, timestep_embedding};
 pub use guidance::{gradient_cotangent, masked_update, posterior, sum_copies, MaskedRule};
-pub use matmul::{linear, matmul};
-pub use norm::group_norm;
+pub use matmul::{linear, linear_input_grad, matmul};
+pub use noise_scale::{dropout, dropout_threshold, learned_range_noise, normal_quantile};
+pub use norm::{group_norm, group_norm_saving};
+pub use norm_grad::group_norm_input_grad;
 pub use pool::{global_avg_pool, pool2d, Pool2dArgs, PoolMode};
 pub use resize::resize_bilinear;
 pub use rng::{normal, normal_copies, NoiseKey};
 pub use sampler::{sampler_step, StepCoeffs};
-pub use select::quantile_per_sample;
+pub use select::{
+    order_statistics, quantile_per_sample, quantile_per_sample_with, quantiles, SelectPath,
+};
 pub use uncertainty::{sum_per_sample, uncertainty_map, UncertaintyMode};
 
 use crate::error::{Error, Result};
@@ -71,13 +84,19 @@ mod tests {
         wgsl::assert_params_mirror::<embedding::EmbeddingParams>();
         wgsl::assert_params_mirror::<guidance::GuidanceParams>();
         wgsl::assert_params_mirror::<matmul::MatmulParams>();
+        wgsl::assert_params_mirror::<noise_scale::NoiseScaleParams>();
         wgsl::assert_params_mirror::<norm::GroupNormParams>();
         wgsl::assert_params_mirror::<pool::PoolParams>();
         wgsl::assert_params_mirror::<resize::ResizeParams>();
         wgsl::assert_params_mirror::<rng::RngParams>();
         wgsl::assert_params_mirror::<sampler::SamplerParams>();
+        wgsl::assert_params_mirror::<select::SelectParams>();
         wgsl::assert_params_mirror::<uncertainty::MapParams>();
         wgsl::assert_params_mirror::<uncertainty::SumParams>();
+        wgsl::assert_params_mirror::<attention_grad::AttentionGradParams>();
+        wgsl::assert_params_mirror::<conv_grad::ConvGradParams>();
+        wgsl::assert_params_mirror::<elementwise_grad::ElementwiseGradParams>();
+        wgsl::assert_params_mirror::<norm_grad::GroupNormGradParams>();
     }
 
     #[test]
@@ -85,7 +104,7 @@ mod tests {
         use UncertaintyMode as Mode;
         let wg = LINEAR_WORKGROUP as u64;
         let mode = |m| uncertainty::mode_code(m).into();
-        let checks: [(&Shader, &[(&str, u64)]); 12] = [
+        let checks: [(&Shader, &[(&str, u64)]); 18] = [
             // Workgroup sizes and tiles the host sizes its grids by, and the operation
             // selectors it passes as the `OP` and `MODE` overrides.
             (
@@ -137,7 +156,17 @@ mod tests {
                 ],
             ),
             (&shaders::RNG, &[("WG", wg)]),
+            (&shaders::NOISE_SCALE, &[("WG", wg)]),
             (&shaders::SAMPLER, &[("WG", wg)]),
+            // Scratch buffer sizes: a histogram and a search state per row.
+            (
+                &shaders::SELECT,
+                &[
+                    ("BINS", select::BINS as u64),
+                    ("PASSES", select::PASSES as u64),
+                    ("STATE_WORDS", select::STATE_WORDS as u64),
+                ],
+            ),
             (
                 &shaders::GROUP_NORM,
                 &[("WG", wg), ("FINALIZE_WG", norm::FINALIZE_WG as u64)],
@@ -153,6 +182,22 @@ mod tests {
                     ("KV_CAP", attention::KV_CAP as u64),
                 ],
             ),
+            (
+                &shaders::ATTENTION_GRAD,
+                &[
+                    ("WG", attention_grad::WG as u64),
+                    ("CHUNK", attention_grad::CHUNK as u64),
+                    ("MAX_TILE_ROWS", attention_grad::MAX_TILE_ROWS as u64),
+                    ("TILE_CAP", attention_grad::TILE_CAP as u64),
+                    ("ROW_WG", attention_grad::ROW_WG as u64),
+                ],
+            ),
+            (&shaders::CONV2D_GRAD, &[("TILE", conv::WIDE_TILE as u64)]),
+            (
+                &shaders::GROUP_NORM_GRAD,
+                &[("WG", wg), ("FINALIZE_WG", norm::FINALIZE_WG as u64)],
+            ),
+            (&shaders::ELEMENTWISE_GRAD, &[("WG", wg)]),
         ];
         for (shader, constants) in checks {
             for &(name, host) in constants {

@@ -21,6 +21,31 @@ const CHUNK: usize = 4096;
 /// group_norm.wgsl's `FINALIZE_WG`: threads per `finalize` workgroup, one per group.
 pub(super) const FINALIZE_WG: usize = 64;
 
+/// How the reduction over one group is split: (groups in the batch, splits per group, elements
+/// per split) for x (B, C, H, W). Shared with the gradient's reductions (norm_grad.rs).
+pub(super) fn split_groups(
+    op: &'static str,
+    x: &Tensor,
+    groups: usize,
+    gamma: &Tensor,
+    beta: &Tensor,
+) -> Result<(usize, usize, usize)> {
+    let [b, c, h, w] = dims::<4>(x, op, "x")?;
+    ensure(groups > 0 && c % groups == 0, op, || {
+        format!("{c} channels are not divisible into {groups} groups")
+    })?;
+    ensure(gamma.shape() == [c] && beta.shape() == [c], op, || {
+        format!(
+            "gamma {:?} and beta {:?} must be [{c}]",
+            gamma.shape(),
+            beta.shape()
+        )
+    })?;
+    let group_len = (c / groups) * h * w;
+    let splits = group_len.div_ceil(CHUNK).max(1);
+    Ok((b * groups, splits, group_len.div_ceil(splits)))
+}
+
 /// GroupNorm over (B, C, H, W) with affine gamma/beta (C), optionally followed by SiLU.
 pub fn group_norm(
     gpu: &Gpu,
@@ -31,28 +56,28 @@ pub fn group_norm(
     beta: &Tensor,
     silu: bool,
 ) -> Result<Tensor> {
+    Ok(group_norm_saving(gpu, x, groups, eps, gamma, beta, silu)?.0)
+}
+
+/// [`group_norm`] and the per-group (mean, 1/sqrt(var + eps)) it normalised with, (B·G, 2): what
+/// its input gradient needs besides x.
+pub fn group_norm_saving(
+    gpu: &Gpu,
+    x: &Tensor,
+    groups: usize,
+    eps: f32,
+    gamma: &Tensor,
+    beta: &Tensor,
+    silu: bool,
+) -> Result<(Tensor, Tensor)> {
     const OP: &str = "group_norm";
-    let [b, c, h, w] = dims::<4>(x, OP, "x")?;
-    ensure(groups > 0 && c % groups == 0, OP, || {
-        format!("{c} channels are not divisible into {groups} groups")
-    })?;
-    ensure(gamma.shape() == [c] && beta.shape() == [c], OP, || {
-        format!(
-            "gamma {:?} and beta {:?} must be [{c}]",
-            gamma.shape(),
-            beta.shape()
-        )
-    })?;
-    let hw = h * w;
-    let group_len = (c / groups) * hw;
-    let splits = group_len.div_ceil(CHUNK).max(1);
-    let chunk = group_len.div_ceil(splits);
-    let n_groups = b * groups;
+    let (n_groups, splits, chunk) = split_groups(OP, x, groups, gamma, beta)?;
+    let [_, c, h, w] = dims::<4>(x, OP, "x")?;
     let u = |what, v| checked_u32(OP, what, v);
     // `total` differs per pass: unused by stats, the group count, then the element count.
     let p = GroupNormParams {
         channels: u("channels", c)?,
-        hw: u("hw", hw)?,
+        hw: u("hw", h * w)?,
         groups: u("groups", groups)?,
         splits: u("splits", splits)?,
         chunk: u("chunk", chunk)?,
@@ -91,5 +116,5 @@ pub fn group_norm(
         &[&out],
         gpu.grid_1d(x.numel()),
     )?;
-    Ok(out)
+    Ok((out, moments))
 }

@@ -11,13 +11,13 @@ use super::write::{check_same_run, BatchWriter};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::guidance::{CalibratedThreshold, GuidanceConfig, GuidanceHook, Threshold};
-use crate::models::{EpsModel, UNet2DModel};
+use crate::models::{load_eps_model, EpsModel};
 use crate::npy;
 use crate::sampling::{
     contiguous_batches, open_scheduler, ClassLabels, InitNoise, NoisePlan, Run, SamplerChoice,
     Scheduler,
 };
-use crate::uncertainty::{UncertaintyConfig, UncertaintyEstimator};
+use crate::uncertainty::{UncertaintyConfig, UncertaintyEstimator, UncertaintyMethod};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -84,7 +84,7 @@ pub struct SampleSummary {
 pub struct SampleJob<'g> {
     gpu: &'g Gpu,
     request: SampleRequest,
-    model: UNet2DModel,
+    model: Box<dyn EpsModel>,
     scheduler: Scheduler,
     noise: NoisePlan,
     labels: ClassLabels,
@@ -114,7 +114,8 @@ impl<'g> SampleJob<'g> {
         let (file, scheduler) = open_scheduler(&request.model, &request.sampler)?;
         check_window(&request, scheduler.timesteps.len())?;
         create_folders(&request)?;
-        let model = UNet2DModel::load(gpu, &file)?;
+        let model = load_eps_model(gpu, &file)?;
+        check_method(&request, &*model)?;
         let labels = ClassLabels::new(model.num_classes(), request.class)?;
         let sample_shape = model.sample_shape()?;
         let guidance = guidance_config(&request, &scheduler, sample_shape)?;
@@ -170,7 +171,7 @@ impl<'g> SampleJob<'g> {
     pub fn run(mut self, progress: &mut dyn SampleProgress) -> Result<SampleSummary> {
         let run = Run {
             gpu: self.gpu,
-            model: &self.model,
+            model: &*self.model,
             scheduler: &self.scheduler,
             noise: &self.noise,
             labels: self.labels,
@@ -276,7 +277,28 @@ fn parameters(
     if let (Some(g), Some(map)) = (guidance, parameters.as_object_mut()) {
         map.insert("guidance".into(), g.describe());
     }
+    // Renoising runs keep the identity they had before MC-Dropout existed.
+    let method = request.uncertainty.as_ref().map(|uc| uc.method);
+    if let (Some(UncertaintyMethod::McDropout), Some(uc)) =
+        (method, parameters.get_mut("uncertainty"))
+    {
+        uc["method"] = UncertaintyMethod::McDropout.name().into();
+    }
     parameters
+}
+
+/// MC-Dropout needs dropout layers, which only the model can tell.
+fn check_method(request: &SampleRequest, model: &dyn EpsModel) -> Result<()> {
+    match &request.uncertainty {
+        Some(uc) if uc.method == UncertaintyMethod::McDropout && model.dropout_rate() == 0.0 => {
+            Err(Error::Invalid(format!(
+                "--uc-method mc-dropout needs a model with dropout layers; {} has none (dropout \
+                 0 in its config)",
+                request.model.display()
+            )))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn check_window(request: &SampleRequest, steps: usize) -> Result<()> {

@@ -100,6 +100,10 @@ impl BatchWriter {
             NoisePurpose::Initial => String::new(),
             _ => format!("_step{:03}_t{:04}", draw.step, self.timesteps[draw.step]),
         };
+        let step = match draw.purpose {
+            NoisePurpose::Dropout => format!("{step}_layer{:03}", draw.layer),
+            _ => step,
+        };
         for m in 0..draw.copies {
             let copy = match draw.purpose.per_copy() {
                 true => format!("_m{m}"),

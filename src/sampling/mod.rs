@@ -18,5 +18,5 @@ pub use noise::{NoiseDraw, NoisePlan, NoisePurpose};
 pub use pipeline::{sample_batch, BatchSpec, StepContext, StepHook};
 pub use run::{contiguous_batches, BatchHook, FinishedBatch, InitNoise, Run};
 pub use schedule::{NoiseSchedule, ScheduleConfig};
-pub use scheduler::{SamplerChoice, SamplerConfig, SamplerKind, Scheduler, Spacing};
+pub use scheduler::{SamplerChoice, SamplerConfig, SamplerKind, Scheduler, Spacing, VarianceType};
 pub use setup::{load_for_sampling, open_scheduler};

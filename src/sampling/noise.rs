@@ -23,7 +23,13 @@ pub enum NoisePurpose {
     /// n_m, the re-noising of x̂0 for uncertainty guidance (Algorithm 2), drawn apart from the
     /// estimator's so that scoring a guided run does not change its guidance.
     Guidance = 4,
+    /// z deciding MC-Dropout's masks: one draw per dropout layer, M copies.
+    Dropout = 5,
 }
+
+/// Dropout draws put their layer above the sampling step in the key's step field:
+/// `layer << DROPOUT_LAYER_SHIFT | step`.
+pub const DROPOUT_LAYER_SHIFT: u32 = 16;
 
 impl NoisePurpose {
     /// The word used in dumped file names.
@@ -33,12 +39,16 @@ impl NoisePurpose {
             NoisePurpose::Ancestral => "ancestral",
             NoisePurpose::Uncertainty => "uncertainty",
             NoisePurpose::Guidance => "guidance",
+            NoisePurpose::Dropout => "dropout",
         }
     }
 
     /// Whether each draw is M stacked copies (dumped one file per copy).
     pub fn per_copy(self) -> bool {
-        matches!(self, NoisePurpose::Uncertainty | NoisePurpose::Guidance)
+        matches!(
+            self,
+            NoisePurpose::Uncertainty | NoisePurpose::Guidance | NoisePurpose::Dropout
+        )
     }
 }
 
@@ -48,6 +58,8 @@ impl NoisePurpose {
 pub struct NoiseDraw {
     pub purpose: NoisePurpose,
     pub step: usize,
+    /// The network layer a dropout draw is for (0 for every other purpose).
+    pub layer: usize,
     pub copies: usize,
     pub shape: Vec<usize>,
     pub first_index: usize,
@@ -102,7 +114,7 @@ impl NoisePlan {
 
     /// x_T for samples `first_index ..` (shape (B, C, H, W)).
     pub fn initial(&self, gpu: &Gpu, shape: &[usize], first_index: usize) -> Result<Tensor> {
-        self.draw_new(gpu, NoisePurpose::Initial, 0, 1, shape, first_index)
+        self.draw_new(gpu, NoisePurpose::Initial, (0, 0), 1, shape, first_index)
     }
 
     /// z of sampler step `step`.
@@ -113,7 +125,14 @@ impl NoisePlan {
         step: usize,
         first_index: usize,
     ) -> Result<Tensor> {
-        self.draw_new(gpu, NoisePurpose::Ancestral, step, 1, shape, first_index)
+        self.draw_new(
+            gpu,
+            NoisePurpose::Ancestral,
+            (step, 0),
+            1,
+            shape,
+            first_index,
+        )
     }
 
     /// The M perturbations of step `step` for `purpose` (uncertainty or guidance), stacked
@@ -127,12 +146,43 @@ impl NoisePlan {
         step: usize,
         first_index: usize,
     ) -> Result<Tensor> {
-        self.draw_new(gpu, purpose, step, copies, shape, first_index)
+        self.draw_new(gpu, purpose, (step, 0), copies, shape, first_index)
+    }
+
+    /// The z of dropout layer `layer` (in forward order) at step `step`, M copies stacked
+    /// copy-major like [`perturbation`](Self::perturbation); a mask keeps the elements whose z
+    /// reaches Φ⁻¹(rate).
+    pub fn dropout(
+        &self,
+        gpu: &Gpu,
+        shape: &[usize],
+        copies: usize,
+        (step, layer): (usize, usize),
+        first_index: usize,
+    ) -> Result<Tensor> {
+        let limit = 1 << DROPOUT_LAYER_SHIFT;
+        if step >= limit || layer >= limit {
+            return Err(Error::Invalid(format!(
+                "dropout noise: step {step} or layer {layer} exceeds {limit}"
+            )));
+        }
+        self.draw_new(
+            gpu,
+            NoisePurpose::Dropout,
+            (step, layer),
+            copies,
+            shape,
+            first_index,
+        )
     }
 
     /// Draws `draw` again: the same values it gave the first time.
     pub fn redraw(&self, gpu: &Gpu, draw: &NoiseDraw) -> Result<Tensor> {
-        let key = self.key(draw.purpose, draw.step, 0);
+        let key = self.key(
+            draw.purpose,
+            draw.layer << DROPOUT_LAYER_SHIFT | draw.step,
+            0,
+        );
         ops::normal_copies(gpu, &draw.shape, draw.copies, key, draw.first_index)
     }
 
@@ -145,7 +195,7 @@ impl NoisePlan {
         &self,
         gpu: &Gpu,
         purpose: NoisePurpose,
-        step: usize,
+        (step, layer): (usize, usize),
         copies: usize,
         shape: &[usize],
         first_index: usize,
@@ -153,6 +203,7 @@ impl NoisePlan {
         let draw = NoiseDraw {
             purpose,
             step,
+            layer,
             copies,
             shape: shape.to_vec(),
             first_index,

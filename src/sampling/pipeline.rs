@@ -125,9 +125,24 @@ pub fn sample_batch(
         Some(given) => given,
         None => noise.initial(gpu, &shape, spec.first_index)?,
     };
+    let ancestral = |i: usize, variance: Option<&Tensor>| {
+        step_noise(gpu, scheduler, noise, i, &shape, spec.first_index, variance)
+    };
+    if scheduler.needs_model_variance() && !model.learned_variance() {
+        return Err(Error::Invalid(
+            "the schedule asks for learned-range variance but the model predicts no variance"
+                .into(),
+        ));
+    }
     let mut x0_prev: Option<Tensor> = None;
     for (i, &t) in scheduler.timesteps.iter().enumerate() {
-        let mut eps = model.predict_eps(gpu, &x, &timesteps[i], labels.as_ref())?;
+        let (mut eps, variance) = match scheduler.needs_model_variance() {
+            true => model.predict_eps_and_variance(gpu, &x, &timesteps[i], labels.as_ref())?,
+            false => (
+                model.predict_eps(gpu, &x, &timesteps[i], labels.as_ref())?,
+                None,
+            ),
+        };
         let ctx = StepContext {
             gpu,
             model,
@@ -144,11 +159,7 @@ pub fn sample_batch(
             eps = hook.on_eps(&ctx, eps)?;
         }
         let k = scheduler.coeffs(i);
-        let z = if scheduler.needs_noise(i) {
-            Some(noise.ancestral(gpu, &shape, i, spec.first_index)?)
-        } else {
-            None
-        };
+        let z = ancestral(i, variance.as_ref())?;
         let prev = if k.e != 0.0 { x0_prev.as_ref() } else { None };
         let (next, x0) = ops::sampler_step(gpu, &k, &x, &eps, prev, z.as_ref())?;
         x = next;
@@ -157,4 +168,28 @@ pub fn sample_batch(
         on_step(i);
     }
     Ok(x)
+}
+
+/// The noise term of step `i` (None for a deterministic step): z, scaled by the model's
+/// learned-range standard deviation where the schedule asks for it.
+fn step_noise(
+    gpu: &Gpu,
+    scheduler: &Scheduler,
+    noise: &NoisePlan,
+    i: usize,
+    shape: &[usize],
+    first_index: usize,
+    variance: Option<&Tensor>,
+) -> Result<Option<Tensor>> {
+    if !scheduler.needs_noise(i) {
+        return Ok(None);
+    }
+    let z = noise.ancestral(gpu, shape, i, first_index)?;
+    match (scheduler.learned_range(i), variance) {
+        (Some((lo, hi)), Some(v)) => Ok(Some(ops::learned_range_noise(gpu, v, &z, lo, hi)?)),
+        (Some(_), None) => Err(Error::Invalid(
+            "the model returned no variance for a learned-range step".into(),
+        )),
+        (None, _) => Ok(Some(z)),
+    }
 }

@@ -1,5 +1,6 @@
 //! Noise schedules: β_t and ᾱ_t = Π_{s≤t}(1 − β_s), computed once in f64.
 
+use super::scheduler::VarianceType;
 use crate::error::{Error, Result};
 use crate::models::WeightFile;
 use serde::Deserialize;
@@ -16,6 +17,12 @@ pub struct ScheduleConfig {
     pub clip_sample: bool,
     pub clip_sample_range: f64,
     pub prediction_type: String,
+    /// The DDPM step's variance: `fixed_small` (diffusers' default), `fixed_large`, or
+    /// `learned_range` for models that predict it (ADM with `learn_sigma`).
+    pub variance_type: VarianceType,
+    /// DDIM steps along the ε implied by the clipped x̂0 (diffusers' `use_clipped_model_output`;
+    /// what guided-diffusion's `ddim_sample` always does) instead of the model's ε.
+    pub use_clipped_model_output: bool,
 }
 
 impl Default for ScheduleConfig {
@@ -29,6 +36,8 @@ impl Default for ScheduleConfig {
             clip_sample: true,
             clip_sample_range: 1.0,
             prediction_type: "epsilon".into(),
+            variance_type: VarianceType::FixedSmall,
+            use_clipped_model_output: false,
         }
     }
 }

@@ -1,12 +1,13 @@
 //! Samplers with diffusers' semantics, reduced to per-step scalar coefficients for the fused
-//! GPU update (`ops::sampler_step`): DDIM (DDIMScheduler), DDPM ancestral (DDPMScheduler,
-//! fixed_small variance) and DPM-Solver++(2M) (DPMSolverMultistepScheduler, midpoint,
-//! lower_order_final, final sigma zero).
+//! GPU update (`ops::sampler_step`): DDIM (DDIMScheduler), DDPM ancestral (DDPMScheduler with
+//! fixed_small, fixed_large or learned_range variance) and DPM-Solver++(2M)
+//! (DPMSolverMultistepScheduler, midpoint, lower_order_final, final sigma zero).
 
 use super::schedule::{NoiseSchedule, ScheduleConfig};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::ops::{self, StepCoeffs};
+use serde::Deserialize;
 
 /// The update rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,6 +24,20 @@ pub enum Spacing {
     Leading,
     Trailing,
     Linspace,
+}
+
+/// The variance of a DDPM step (diffusers' `variance_type`; guided-diffusion's
+/// `model_var_type`). DDIM and DPM-Solver ignore it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VarianceType {
+    /// The posterior variance β̃_t = (1−ᾱ_{t'})/(1−ᾱ_t)·β_t.
+    FixedSmall,
+    /// β_t.
+    FixedLarge,
+    /// exp(frac·log β_t + (1−frac)·log β̃_t) per element, frac = (v+1)/2 from the model's
+    /// variance output v.
+    LearnedRange,
 }
 
 crate::names::named_enum!(SamplerKind {
@@ -48,6 +63,10 @@ pub struct SamplerConfig {
     pub set_alpha_to_one: bool,
     /// Clamp x̂0 to ±range (DDIM, DDPM); None disables.
     pub clip_sample: Option<f64>,
+    /// DDPM's step variance.
+    pub variance: VarianceType,
+    /// DDIM: step along the ε of the clipped x̂0 (see [`ScheduleConfig`]).
+    pub use_clipped_model_output: bool,
 }
 
 impl SamplerConfig {
@@ -62,6 +81,8 @@ impl SamplerConfig {
             steps_offset: 0,
             set_alpha_to_one: true,
             clip_sample: Some(1.0),
+            variance: VarianceType::FixedSmall,
+            use_clipped_model_output: false,
         }
     }
 }
@@ -99,6 +120,8 @@ impl SamplerChoice {
             steps_offset: self.steps_offset,
             set_alpha_to_one: true,
             clip_sample: (schedule.clip_sample && self.clip).then_some(schedule.clip_sample_range),
+            variance: schedule.variance_type,
+            use_clipped_model_output: schedule.use_clipped_model_output,
         }
     }
 }
@@ -270,9 +293,20 @@ impl Scheduler {
                 let a_prev = self.alpha_bar_prev(i);
                 let variance = (1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev);
                 let std = self.config.eta * variance.sqrt();
+                let (a, b) = (a_prev.sqrt(), (1.0 - a_prev - std * std).max(0.0).sqrt());
+                if self.config.use_clipped_model_output && self.config.clip_sample.is_some() {
+                    // ε' = (x − √ᾱ_t·x̂0)/√(1−ᾱ_t) folded into the x̂0 and x coefficients.
+                    let s = (1.0 - a_t).sqrt();
+                    return StepCoeffs {
+                        a: a - b * a_t.sqrt() / s,
+                        d: b / s,
+                        c: std,
+                        ..self.x0_coeffs(t)
+                    };
+                }
                 StepCoeffs {
-                    a: a_prev.sqrt(),
-                    b: (1.0 - a_prev - std * std).max(0.0).sqrt(),
+                    a,
+                    b,
                     c: std,
                     ..self.x0_coeffs(t)
                 }
@@ -281,16 +315,44 @@ impl Scheduler {
                 let a_prev = self.alpha_bar_prev(i);
                 let alpha = a_t / a_prev;
                 let beta = 1.0 - alpha;
-                let variance = ((1.0 - a_prev) / (1.0 - a_t) * beta).max(1e-20);
+                // The learned-range σ varies per element: the step's noise arrives scaled
+                // (`ops::learned_range_noise` with `learned_range`'s bounds), so c is 1.
+                let std = match self.config.variance {
+                    VarianceType::FixedSmall => self.posterior_variance(i).sqrt(),
+                    VarianceType::FixedLarge => beta.sqrt(),
+                    VarianceType::LearnedRange => 1.0,
+                };
                 StepCoeffs {
                     a: a_prev.sqrt() * beta / (1.0 - a_t),
                     d: alpha.sqrt() * (1.0 - a_prev) / (1.0 - a_t),
-                    c: if t > 0 { variance.sqrt() } else { 0.0 },
+                    c: if t > 0 { std } else { 0.0 },
                     ..self.x0_coeffs(t)
                 }
             }
             SamplerKind::Dpmpp2m => self.dpm_coeffs(i),
         }
+    }
+
+    /// DDPM's β̃ at step `i`, clamped at 1e-20 like diffusers' `_get_variance`.
+    fn posterior_variance(&self, i: usize) -> f64 {
+        let a_t = self.alpha_bar(self.timesteps[i]);
+        let a_prev = self.alpha_bar_prev(i);
+        ((1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev)).max(1e-20)
+    }
+
+    /// Whether steps need the model's variance output (DDPM with learned-range variance).
+    pub fn needs_model_variance(&self) -> bool {
+        self.config.kind == SamplerKind::Ddpm && self.config.variance == VarianceType::LearnedRange
+    }
+
+    /// (log β̃, log β) of step `i`, the bounds the learned-range log-variance interpolates
+    /// between, when the step draws learned-range noise.
+    pub fn learned_range(&self, i: usize) -> Option<(f64, f64)> {
+        let noisy = self.timesteps[i] > 0;
+        (self.needs_model_variance() && noisy).then(|| {
+            let beta = 1.0 - self.alpha_bar(self.timesteps[i]) / self.alpha_bar_prev(i);
+            (self.posterior_variance(i).ln(), beta.ln())
+        })
     }
 
     fn dpm_coeffs(&self, i: usize) -> StepCoeffs {

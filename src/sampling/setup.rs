@@ -4,7 +4,7 @@
 use super::{NoiseSchedule, SamplerChoice, ScheduleConfig, Scheduler};
 use crate::error::Result;
 use crate::gpu::Gpu;
-use crate::models::{UNet2DModel, WeightFile};
+use crate::models::{load_eps_model, EpsModel, WeightFile};
 use std::path::Path;
 
 /// Validates the sampler against the file's schedule before uploading any weight, so a bad
@@ -13,9 +13,9 @@ pub fn load_for_sampling(
     gpu: &Gpu,
     path: &Path,
     choice: &SamplerChoice,
-) -> Result<(UNet2DModel, Scheduler)> {
+) -> Result<(Box<dyn EpsModel>, Scheduler)> {
     let (file, scheduler) = open_scheduler(path, choice)?;
-    Ok((UNet2DModel::load(gpu, &file)?, scheduler))
+    Ok((load_eps_model(gpu, &file)?, scheduler))
 }
 
 /// The weight file and its scheduler, without loading the network.

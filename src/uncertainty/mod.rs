@@ -4,16 +4,36 @@
 //! copies x̃_m = √ᾱ_t·x̂0 + √(1−ᾱ_t)·n_m at the same t, ε_m = ε_θ(x̃_m, t) for all M·B copies in
 //! one batched forward (split only when a buffer would exceed the device limit), and the map
 //! U_t from one Welford pass. The trajectory itself is untouched: ε is returned unchanged.
+//!
+//! The MC-Dropout baseline ([`UncertaintyMethod::McDropout`], [`mc_dropout`]) replaces the
+//! re-noised copies with M dropout passes on x_t itself; its map is the unbiased variance.
+
+pub mod mc_dropout;
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::ops::{self, UncertaintyMode};
 use crate::sampling::{BatchHook, NoisePurpose, StepContext, StepHook};
 
+/// Where the M predictions of a step come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UncertaintyMethod {
+    /// The paper's Algorithm 1: x̂0 re-noised M times at the same t.
+    Renoise,
+    /// M passes on x_t with dropout active (models with dropout layers only).
+    McDropout,
+}
+
+crate::names::named_enum!(UncertaintyMethod {
+    Renoise = "renoise",
+    McDropout = "mc-dropout",
+});
+
 #[derive(Clone, Debug)]
 pub struct UncertaintyConfig {
-    /// M, the number of re-noised copies per step.
+    /// M, the number of re-noised copies (or dropout passes) per step.
     pub copies: usize,
+    pub method: UncertaintyMethod,
     pub mode: UncertaintyMode,
     /// First step (0-based, in sampling order) of the window.
     pub start: usize,
@@ -29,6 +49,7 @@ impl Default for UncertaintyConfig {
     fn default() -> Self {
         UncertaintyConfig {
             copies: 5,
+            method: UncertaintyMethod::Renoise,
             mode: UncertaintyMode::Centred,
             start: 0,
             steps: None,
@@ -47,6 +68,13 @@ impl UncertaintyConfig {
         }
         if self.copies < 2 && self.mode == UncertaintyMode::Variance {
             return Err(Error::Invalid("--uc-mode variance needs M ≥ 2".into()));
+        }
+        if self.method == UncertaintyMethod::McDropout && self.mode != UncertaintyMode::Variance {
+            return Err(Error::Invalid(format!(
+                "MC-Dropout's map is the unbiased variance of its M passes (uc-mode variance), \
+                 not {}",
+                self.mode
+            )));
         }
         if self.max_copies_per_forward == Some(0) {
             return Err(Error::Invalid(
@@ -99,8 +127,28 @@ impl StepHook for UncertaintyEstimator {
         if !self.config.in_window(ctx.step) {
             return Ok(eps);
         }
+        let eps_copies = match self.config.method {
+            UncertaintyMethod::Renoise => self.renoised_copies(ctx, &eps)?,
+            UncertaintyMethod::McDropout => mc_dropout::predict_copies(ctx, self.config.copies)?,
+        };
         let gpu = ctx.gpu;
-        let x0 = ctx.scheduler.predict_x0(gpu, ctx.timestep, ctx.x, &eps)?;
+        let map = ops::uncertainty_map(gpu, &eps, &eps_copies, self.config.mode)?;
+        self.total = Some(match &self.total {
+            Some(t) => ops::add(gpu, t, &map)?,
+            None => map.clone(),
+        });
+        if self.config.keep_maps {
+            self.maps.push((ctx.step, map));
+        }
+        Ok(eps)
+    }
+}
+
+impl UncertaintyEstimator {
+    /// ε_θ at the M re-noisings of x̂0 (Algorithm 1), stacked copy-major.
+    fn renoised_copies(&self, ctx: &StepContext, eps: &Tensor) -> Result<Tensor> {
+        let gpu = ctx.gpu;
+        let x0 = ctx.scheduler.predict_x0(gpu, ctx.timestep, ctx.x, eps)?;
         let shape = x0.shape().to_vec();
         let copies = self.config.copies;
         let noise = ctx.noise.perturbation(
@@ -112,16 +160,7 @@ impl StepHook for UncertaintyEstimator {
             ctx.first_index,
         )?;
         let noisy = ctx.scheduler.add_noise(gpu, ctx.timestep, &x0, &noise)?;
-        let eps_copies = ctx.predict_copies(&noisy, copies, self.config.max_copies_per_forward)?;
-        let map = ops::uncertainty_map(gpu, &eps, &eps_copies, self.config.mode)?;
-        self.total = Some(match &self.total {
-            Some(t) => ops::add(gpu, t, &map)?,
-            None => map.clone(),
-        });
-        if self.config.keep_maps {
-            self.maps.push((ctx.step, map));
-        }
-        Ok(eps)
+        ctx.predict_copies(&noisy, copies, self.config.max_copies_per_forward)
     }
 }
 

@@ -95,6 +95,19 @@ pub fn read_safetensors(
         .collect()
 }
 
+/// A UNet from a weight file under tests/fixtures.
+pub fn fixture_model(name: &str) -> wgsl_diff::models::UNet2DModel {
+    let file = wgsl_diff::models::WeightFile::open(&fixture(name)).unwrap();
+    wgsl_diff::models::UNet2DModel::load(gpu(), &file).unwrap()
+}
+
+/// diffusers' DDIM defaults with `steps` steps over the default linear schedule.
+pub fn ddim(steps: usize) -> wgsl_diff::sampling::Scheduler {
+    use wgsl_diff::sampling::{NoiseSchedule, SamplerConfig, ScheduleConfig, Scheduler};
+    let schedule = NoiseSchedule::from_config(&ScheduleConfig::default()).unwrap();
+    Scheduler::new(SamplerConfig::ddim(steps), schedule).unwrap()
+}
+
 /// A file under tests/fixtures.
 pub fn fixture(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -216,6 +216,248 @@ pub fn normal_row(seed: u64, tag: u64, sample: u32, len: usize) -> Vec<f64> {
     out
 }
 
+// ---- Input gradients (vector-Jacobian products) of the references above, in f64. Each is
+// checked against finite differences of its forward in tests/backward.rs.
+
+/// ∂⟨conv2d(x), dy⟩/∂x: the convolution's scatter, written as the adjoint of [`conv2d`]'s loops.
+pub fn conv2d_input_grad(
+    dy: &[f64],
+    (b, ci, h, w): (usize, usize, usize, usize),
+    wt: &[f64],
+    (co, kh, kw): (usize, usize, usize),
+    stride: usize,
+    pad: usize,
+    pad_bottom_right: usize,
+) -> Vec<f64> {
+    let ho = (h + 2 * pad + pad_bottom_right - kh) / stride + 1;
+    let wo = (w + 2 * pad + pad_bottom_right - kw) / stride + 1;
+    let mut dx = vec![0.0; b * ci * h * w];
+    for n in 0..b {
+        for o in 0..co {
+            for y in 0..ho {
+                for xo in 0..wo {
+                    let g = dy[((n * co + o) * ho + y) * wo + xo];
+                    for c in 0..ci {
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let iy = (y * stride + ky) as isize - pad as isize;
+                                let ix = (xo * stride + kx) as isize - pad as isize;
+                                if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                                    dx[((n * ci + c) * h + iy as usize) * w + ix as usize] +=
+                                        wt[((o * ci + c) * kh + ky) * kw + kx] * g;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    dx
+}
+
+pub fn silu_grad(z: f64) -> f64 {
+    let s = 1.0 / (1.0 + (-z).exp());
+    s * (1.0 + z * (1.0 - s))
+}
+
+/// ∂⟨group_norm(x, …), dy⟩/∂x, from the textbook formula
+/// dx = rstd·(g − mean(g) − x̂·mean(g·x̂)) with g = dy·(SiLU'(z))·gamma per group.
+pub fn group_norm_input_grad(
+    x: &[f64],
+    (b, c, hw): (usize, usize, usize),
+    groups: usize,
+    eps: f64,
+    gamma: &[f64],
+    beta: &[f64],
+    fuse_silu: bool,
+    dy: &[f64],
+) -> Vec<f64> {
+    let mut dx = vec![0.0; x.len()];
+    let cg = c / groups;
+    let len = cg * hw;
+    for n in 0..b {
+        for grp in 0..groups {
+            let start = (n * c + grp * cg) * hw;
+            let seg = &x[start..start + len];
+            let mean = seg.iter().sum::<f64>() / len as f64;
+            let var = seg.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / len as f64;
+            let rstd = 1.0 / (var + eps).sqrt();
+            let xhat: Vec<f64> = seg.iter().map(|v| (v - mean) * rstd).collect();
+            let g: Vec<f64> = (0..len)
+                .map(|i| {
+                    let ch = grp * cg + i / hw;
+                    let z = xhat[i] * gamma[ch] + beta[ch];
+                    let dz = if fuse_silu { silu_grad(z) } else { 1.0 };
+                    dy[start + i] * dz * gamma[ch]
+                })
+                .collect();
+            let m1 = g.iter().sum::<f64>() / len as f64;
+            let m2 = g.iter().zip(&xhat).map(|(a, b)| a * b).sum::<f64>() / len as f64;
+            for i in 0..len {
+                dx[start + i] = rstd * (g[i] - m1 - xhat[i] * m2);
+            }
+        }
+    }
+    dx
+}
+
+/// Per-query log-sum-exp of the scaled scores, (B, heads, N).
+pub fn attention_lse(
+    q: &[f64],
+    k: &[f64],
+    (b, n, c): (usize, usize, usize),
+    heads: usize,
+    scale: f64,
+) -> Vec<f64> {
+    let d = c / heads;
+    let mut lse = vec![0.0; b * heads * n];
+    for z in 0..b {
+        for h in 0..heads {
+            for i in 0..n {
+                let s: Vec<f64> = (0..n)
+                    .map(|j| {
+                        scale
+                            * dot(
+                                &q[(z * n + i) * c + h * d..][..d],
+                                &k[(z * n + j) * c + h * d..][..d],
+                            )
+                    })
+                    .collect();
+                let m = s.iter().cloned().fold(f64::MIN, f64::max);
+                lse[(z * heads + h) * n + i] =
+                    m + s.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+            }
+        }
+    }
+    lse
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// (dq, dk, dv) of ⟨attention(q, k, v), d_out⟩ with the probability matrix materialised.
+pub fn attention_grad(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    (b, n, c): (usize, usize, usize),
+    heads: usize,
+    scale: f64,
+    d_out: &[f64],
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let d = c / heads;
+    let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; q.len()], vec![0.0; q.len()]);
+    let lse = attention_lse(q, k, (b, n, c), heads, scale);
+    let at = |z: usize, row: usize, h: usize| (z * n + row) * c + h * d;
+    for z in 0..b {
+        for h in 0..heads {
+            for i in 0..n {
+                let (qi, gi) = (&q[at(z, i, h)..][..d], &d_out[at(z, i, h)..][..d]);
+                let probs: Vec<f64> = (0..n)
+                    .map(|j| {
+                        (scale * dot(qi, &k[at(z, j, h)..][..d]) - lse[(z * heads + h) * n + i])
+                            .exp()
+                    })
+                    .collect();
+                let dp: Vec<f64> = (0..n).map(|j| dot(gi, &v[at(z, j, h)..][..d])).collect();
+                let delta = dot(&probs, &dp);
+                for j in 0..n {
+                    let ds = probs[j] * (dp[j] - delta);
+                    for e in 0..d {
+                        dq[at(z, i, h) + e] += scale * ds * k[at(z, j, h) + e];
+                        dk[at(z, j, h) + e] += scale * ds * q[at(z, i, h) + e];
+                        dv[at(z, j, h) + e] += probs[j] * d_out[at(z, i, h) + e];
+                    }
+                }
+            }
+        }
+    }
+    (dq, dk, dv)
+}
+
+/// Nearest ×2 upsampling of (planes, h, w).
+pub fn upsample_nearest2x(x: &[f64], planes: usize, h: usize, w: usize) -> Vec<f64> {
+    let mut out = vec![0.0; planes * 4 * h * w];
+    for p in 0..planes {
+        for y in 0..2 * h {
+            for xx in 0..2 * w {
+                out[(p * 2 * h + y) * 2 * w + xx] = x[(p * h + y / 2) * w + xx / 2];
+            }
+        }
+    }
+    out
+}
+
+/// ∂⟨upsample_nearest2x(x), dy⟩/∂x: each pixel sums its 2×2 block.
+pub fn upsample_nearest2x_grad(dy: &[f64], planes: usize, h: usize, w: usize) -> Vec<f64> {
+    let mut dx = vec![0.0; planes * h * w];
+    for p in 0..planes {
+        for y in 0..2 * h {
+            for xx in 0..2 * w {
+                dx[(p * h + y / 2) * w + xx / 2] += dy[(p * 2 * h + y) * 2 * w + xx];
+            }
+        }
+    }
+    dx
+}
+
+/// Channels [start, start + count) of (b, c, hw).
+pub fn slice_channels(
+    x: &[f64],
+    (b, c, hw): (usize, usize, usize),
+    start: usize,
+    count: usize,
+) -> Vec<f64> {
+    (0..b)
+        .flat_map(|n| {
+            x[(n * c + start) * hw..(n * c + start + count) * hw]
+                .iter()
+                .copied()
+        })
+        .collect()
+}
+
+/// Order statistics k and k + 1 (0-based; k again when k is the last) of an f32 row sorted by
+/// IEEE totalOrder (`f32::total_cmp`: −0 before +0), the order select.wgsl documents. Exact by
+/// construction: a sort, then indexing.
+pub fn order_statistics_f32(row: &[f32], k: usize) -> (f32, f32) {
+    let mut sorted = row.to_vec();
+    sorted.sort_by(f32::total_cmp);
+    (sorted[k], sorted[(k + 1).min(row.len() - 1)])
+}
+
+/// `torch.quantile(row, p)` (linear interpolation) for a float32 row, in torch 2.15's own
+/// arithmetic (aten/src/ATen/native/Sorting.cpp, quantile_compute): NaN if the row holds one;
+/// q = f32(p), rank = f64(q)·(n − 1) in f64, below = ⌊rank⌋, above = ⌈rank⌉,
+/// w = f32(rank − below), then `lerp`. Not an f64 reference on purpose: the point is torch's
+/// bits.
+pub fn quantile_f32(row: &[f32], p: f64) -> f32 {
+    if row.iter().any(|v| v.is_nan()) {
+        return f32::NAN;
+    }
+    let rank = (p as f32) as f64 * (row.len() - 1) as f64;
+    let below = rank.floor();
+    let (lo, hi) = order_statistics_f32(row, below as usize);
+    let hi = if rank > below { hi } else { lo };
+    torch_lerp_f32(lo, hi, (rank - below) as f32)
+}
+
+/// torch's `lerp(start, end, w)` for f32 (aten/src/ATen/native/Lerp.h) as its CPU kernels,
+/// vectorised and scalar, and its CUDA kernel evaluate it: each branch one fused multiply-add,
+/// start + w·(end − start) for |w| < 0.5, else end − (end − start)·(1 − w), where
+/// −(end − start)·(1 − w) = (w − 1)·(end − start) exactly. tools/reference_quantile.py checks
+/// this against torch on inputs where a separately rounded product gives other bits.
+pub fn torch_lerp_f32(start: f32, end: f32, w: f32) -> f32 {
+    let d = end - start;
+    if w.abs() < 0.5 {
+        w.mul_add(d, start)
+    } else {
+        (w - 1.0).mul_add(d, end)
+    }
+}
+
 /// torch's max_pool2d / avg_pool2d (K×K, floor mode) over planes of h×w: `avg` None is the
 /// maximum, Some(include_pad) the average with or without the padded taps in the divisor.
 pub fn pool2d(

@@ -1,0 +1,21 @@
+//! Opening any diffusion network for sampling: the weight file's `arch` metadata picks the
+//! model family, so samplers, the estimator and guidance take whichever it is.
+
+use super::{AdmModel, EpsModel, UNet2DModel, WeightFile};
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+
+/// The ε-model a converted weight file holds: a diffusers `UNet2DModel` or a guided-diffusion
+/// ADM `UNetModel`, by the file's `arch` metadata.
+pub fn load_eps_model(gpu: &Gpu, file: &WeightFile) -> Result<Box<dyn EpsModel>> {
+    match file.meta("arch")? {
+        UNet2DModel::ARCH => Ok(Box::new(UNet2DModel::load(gpu, file)?)),
+        AdmModel::ARCH => Ok(Box::new(AdmModel::load(gpu, file)?)),
+        other => Err(Error::Weights(format!(
+            "{} holds a {other:?} model; sampling takes a {:?} or an {:?}",
+            file.path().display(),
+            UNet2DModel::ARCH,
+            AdmModel::ARCH
+        ))),
+    }
+}

@@ -1,0 +1,106 @@
+//! The input gradients of [`attention`](super::attention) (attention_grad.wgsl), flash style:
+//! the probabilities are recomputed from the forward's saved log-sum-exp, a tile of rows at a
+//! time, so memory stays linear in the sequence length whatever the image size.
+
+use super::{dims, ensure};
+use crate::error::Result;
+use crate::gpu::{checked_u32, kernel_params, shaders, Gpu, Kernel, Tensor};
+
+// attention_grad.wgsl's constants of the same names (checked in ops' tests).
+/// Threads per workgroup of `grad_q` and `grad_kv`.
+pub(super) const WG: usize = 64;
+/// Head-vector elements per thread.
+pub(super) const CHUNK: usize = 64;
+/// Most rows staged per tile.
+pub(super) const MAX_TILE_ROWS: usize = 16;
+/// Floats of workgroup memory per staged tile: it bounds the head dimension.
+pub(super) const TILE_CAP: usize = 1024;
+/// Threads per workgroup of `row_dot`.
+pub(super) const ROW_WG: usize = 64;
+
+kernel_params! {
+    pub(super) struct AttentionGradParams for ATTENTION_GRAD::Params {
+        batch: u32,
+        tokens: u32,
+        channels: u32,
+        heads: u32,
+        head_dim: u32,
+        chunks: u32,
+        tile_rows: u32,
+        scale: f32,
+    }
+}
+
+/// The forward's activations that its backward reads.
+#[derive(Clone, Copy)]
+pub struct AttentionSaved<'a> {
+    pub q: &'a Tensor,
+    pub k: &'a Tensor,
+    pub v: &'a Tensor,
+    /// The attention output.
+    pub out: &'a Tensor,
+    /// Per-query log-sum-exp (B, heads, N) from [`attention_saving`](super::attention_saving).
+    pub lse: &'a Tensor,
+}
+
+const OP: &str = "attention_grad";
+
+/// (dq, dk, dv) = the gradients of ⟨attention(q, k, v, heads, scale), d_out⟩.
+pub fn attention_grad(
+    gpu: &Gpu,
+    saved: AttentionSaved,
+    d_out: &Tensor,
+    heads: usize,
+    scale: f32,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let AttentionSaved { q, k, v, out, lse } = saved;
+    let [b, n, c] = dims::<3>(q, OP, "q")?;
+    let same = [k, v, out, d_out].iter().all(|t| t.shape() == q.shape());
+    ensure(same, OP, || {
+        format!(
+            "q {:?}, k {:?}, v {:?}, out {:?}, d_out {:?} must match",
+            q.shape(),
+            k.shape(),
+            v.shape(),
+            out.shape(),
+            d_out.shape()
+        )
+    })?;
+    ensure(heads > 0 && c % heads == 0, OP, || {
+        format!("{c} channels not divisible into {heads} heads")
+    })?;
+    ensure(lse.shape() == [b, heads, n], OP, || {
+        format!("lse {:?} must be [{b}, {heads}, {n}]", lse.shape())
+    })?;
+    let head_dim = c / heads;
+    ensure(head_dim <= TILE_CAP, OP, || {
+        format!("head dim {head_dim} exceeds the backward's {TILE_CAP}")
+    })?;
+    let chunks = head_dim.div_ceil(CHUNK);
+    let u = |what, v| checked_u32(OP, what, v);
+    let p = AttentionGradParams {
+        batch: u("batch", b)?,
+        tokens: u("tokens", n)?,
+        channels: u("channels", c)?,
+        heads: u("heads", heads)?,
+        head_dim: u("head_dim", head_dim)?,
+        chunks: u("chunks", chunks)?,
+        tile_rows: u("tile_rows", (TILE_CAP / head_dim).clamp(1, MAX_TILE_ROWS))?,
+        scale,
+    };
+
+    let delta = gpu.empty(lse.shape())?;
+    let row_dot = Kernel::new(&shaders::ATTENTION_GRAD, "row_dot");
+    let grid = [lse.numel().div_ceil(ROW_WG), 1, 1];
+    gpu.dispatch(&row_dot, &p, &[out, d_out], &[&delta], grid)?;
+
+    let inputs = [q, k, v, d_out, lse, &delta];
+    let grid = [n.div_ceil(WG / chunks), b * heads, 1];
+    let dq = gpu.empty(q.shape())?;
+    let kernel = Kernel::new(&shaders::ATTENTION_GRAD, "grad_q");
+    gpu.dispatch(&kernel, &p, &inputs, &[&dq], grid)?;
+    let (dk, dv) = (gpu.empty(q.shape())?, gpu.empty(q.shape())?);
+    let kernel = Kernel::new(&shaders::ATTENTION_GRAD, "grad_kv");
+    gpu.dispatch(&kernel, &p, &inputs, &[&dk, &dv], grid)?;
+    Ok((dq, dk, dv))
+}
