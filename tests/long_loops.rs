@@ -39,7 +39,8 @@ fn check_attention(rng: &mut Rng, (b, n, c, heads): (usize, usize, usize, usize)
         out: &out,
         lse: &lse,
     };
-    let (dq, dk, dv) = ops::attention_grad(g, saved, &upload(&d_out, &shape), heads, scale).unwrap();
+    let (dq, dk, dv) =
+        ops::attention_grad(g, saved, &upload(&d_out, &shape), heads, scale).unwrap();
     let d64 = to_f64(&d_out);
     let (wq, wk, wv) = r::attention_grad(&q64, &k64, &v64, (b, n, c), heads, scale as f64, &d64);
     assert_close(&what("dq"), &read(&dq), &wq, 1e-5, 1e-4);
@@ -64,4 +65,55 @@ fn attention_and_grad_over_many_keys() {
     for shape in [(1, 2048, 16, 1), (1, 1024, 64, 1), (2, 4096, 8, 1)] {
         check_attention(&mut rng, shape, true);
     }
+}
+
+/// A product deeper than the CPU loop budget: exact on a real GPU, a clear refusal (not a
+/// silently truncated sum) where the device bounds loops.
+#[test]
+fn matmul_over_a_deep_inner_dimension() {
+    let mut rng = Rng::new(42);
+    // K = 70000 runs 4375 passes of 18 counted iterations on llvmpipe: over 65535.
+    let (m, k, n) = (3, 70000, 5);
+    let (a, b) = (rng.vec(m * k), rng.vec(k * n));
+    let got = ops::matmul(gpu(), &upload(&a, &[1, m, k]), &upload(&b, &[k, n]));
+    if gpu().max_loop_iterations().is_some() {
+        match got {
+            Err(wgsl_diff::Error::Invalid(msg)) => assert!(msg.contains("70000"), "{msg}"),
+            other => panic!(
+                "K = {k} must be refused here, got {:?}",
+                other.map(|t| read(&t))
+            ),
+        }
+        // The deepest product the budget allows still runs, and is right.
+        let k_ok = 29120;
+        let (a, b) = (&a[..m * k_ok], &b[..k_ok * n]);
+        let y = ops::matmul(gpu(), &upload(a, &[1, m, k_ok]), &upload(b, &[k_ok, n])).unwrap();
+        assert_close(
+            "matmul K=29120",
+            &read(&y),
+            &matmul_f64(a, b, m, k_ok, n),
+            1e-4,
+            1e-4,
+        );
+        return;
+    }
+    assert_close(
+        "matmul K=70000",
+        &read(&got.unwrap()),
+        &matmul_f64(&a, &b, m, k, n),
+        1e-3,
+        1e-4,
+    );
+}
+
+fn matmul_f64(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f64> {
+    let mut c = vec![0f64; m * n];
+    for i in 0..m {
+        for kk in 0..k {
+            for j in 0..n {
+                c[i * n + j] += a[i * k + kk] as f64 * b[kk * n + j] as f64;
+            }
+        }
+    }
+    c
 }

@@ -103,12 +103,7 @@ fn segmented(
 /// thread's `min(head_dim, CHUNK)` slice for the score, one over the `chunks` partials and one
 /// more over the slice to accumulate. llvmpipe counts one iteration more than a loop's trip
 /// count (the pass that finds every lane done), so each loop is charged trips + 1.
-pub(super) fn segment_rows(
-    gpu: &Gpu,
-    rows: usize,
-    tile: usize,
-    head_dim: usize,
-) -> (usize, usize) {
+pub(super) fn segment_rows(gpu: &Gpu, rows: usize, tile: usize, head_dim: usize) -> (usize, usize) {
     let Some(budget) = gpu.max_loop_iterations() else {
         return (rows.max(1), 1);
     };

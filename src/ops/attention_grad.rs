@@ -123,7 +123,13 @@ pub fn attention_grad(
     let sum = |parts: Tensor| -> Result<Tensor> {
         let total = gpu.empty(q.shape())?;
         let kernel = Kernel::new(&shaders::ATTENTION_GRAD, "segment_sum");
-        gpu.dispatch(&kernel, &p, &[&parts], &[&total], gpu.grid_1d(total.numel()))?;
+        gpu.dispatch(
+            &kernel,
+            &p,
+            &[&parts],
+            &[&total],
+            gpu.grid_1d(total.numel()),
+        )?;
         Ok(total)
     };
     Ok((sum(dq)?, sum(dk)?, sum(dv)?))

@@ -156,7 +156,13 @@ mod tests {
                 &[("WG", wg), ("FINALIZE_WG", norm::FINALIZE_WG as u64)],
             ),
             (&shaders::EMBEDDING, &[("WG", embedding::WG as u64)]),
-            (&shaders::MATMUL, &[("TILE", matmul::TILE as u64)]),
+            (
+                &shaders::MATMUL,
+                &[
+                    ("TILE", matmul::TILE as u64),
+                    ("TILE_K", matmul::TILE_K as u64),
+                ],
+            ),
             (
                 &shaders::ATTENTION,
                 &[
