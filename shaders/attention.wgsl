@@ -10,6 +10,13 @@
 // `attention_lse` also writes each query's softmax log-sum-exp, lse = max + log(Σ exp(s − max))
 // over its scaled scores s, laid out (B, heads, N): what attention_grad.wgsl recomputes the
 // softmax from.
+//
+// Keys may be split into `segments` runs of `segment_keys` (workgroup z), flash-decoding style,
+// to bound how many loop iterations one invocation runs (llvmpipe silently ends a loop nest after
+// 65535; see Gpu::max_loop_iterations). With one segment the kernels write the output and lse
+// directly; with more, `attention_lse` writes each segment's unnormalised output to `out` laid
+// out (segments, B, N, C) and its (running max, running sum) to `lse` laid out
+// (segments, B·heads, N, 2), and `attention_combine` merges them as the online softmax would.
 
 struct Params {
     tokens: u32,     // N (queries = keys)
@@ -19,12 +26,17 @@ struct Params {
     chunks: u32,     // threads per query
     tile_keys: u32,  // keys per staged tile (≤ MAX_TILE_KEYS, tile_keys·D ≤ KV_CAP)
     scale: f32,      // usually 1/sqrt(D)
+    batch: u32,      // B
+    segment_keys: u32, // keys per segment (a multiple of tile_keys)
+    segments: u32,   // key segments (workgroup z); 1 = the direct path
 }
 
 const WG: u32 = 64u;
 const CHUNK: u32 = 64u;
 const MAX_TILE_KEYS: u32 = 16u;
 const KV_CAP: u32 = 1536u;
+// Threads per workgroup of attention_combine, launched over Gpu::grid_1d.
+const LINEAR_WG: u32 = 256u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
@@ -60,8 +72,9 @@ fn attend(lid: u32, wid: vec3<u32>) -> vec2<f32> {
     var running_max = -3.4e38;
     var running_sum = 0.0;
 
-    for (var key0 = 0u; key0 < p.tokens; key0 += p.tile_keys) {
-        let n_keys = min(p.tile_keys, p.tokens - key0);
+    let key_end = min(p.tokens, (wid.z + 1u) * p.segment_keys);
+    for (var key0 = wid.z * p.segment_keys; key0 < key_end; key0 += p.tile_keys) {
+        let n_keys = min(p.tile_keys, key_end - key0);
         for (var e = lid; e < n_keys * p.head_dim; e += WG) {
             let row = (b * p.tokens + key0 + e / p.head_dim) * p.channels + head_col + e % p.head_dim;
             k_tile[e] = k[row];
@@ -95,8 +108,15 @@ fn attend(lid: u32, wid: vec3<u32>) -> vec2<f32> {
         workgroupBarrier();
     }
 
-    for (var d = 0u; d < width; d++) {
-        out[(b * p.tokens + query) * p.channels + head_col + d0 + d] = acc[d] / running_sum;
+    if p.segments == 1u {
+        for (var d = 0u; d < width; d++) {
+            out[(b * p.tokens + query) * p.channels + head_col + d0 + d] = acc[d] / running_sum;
+        }
+    } else {
+        let base = ((wid.z * p.batch + b) * p.tokens + query) * p.channels + head_col + d0;
+        for (var d = 0u; d < width; d++) {
+            out[base + d] = acc[d];
+        }
     }
     return vec2<f32>(running_max, running_sum);
 }
@@ -113,6 +133,49 @@ fn attention_lse(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_i
     let slot = lid / p.chunks;
     let query = wid.x * queries_per_group + slot;
     if slot < queries_per_group && query < p.tokens && lid % p.chunks == 0u {
-        lse[wid.y * p.tokens + query] = stats.x + log(stats.y);
+        if p.segments == 1u {
+            lse[wid.y * p.tokens + query] = stats.x + log(stats.y);
+        } else {
+            let at = 2u * ((wid.z * p.batch * p.heads + wid.y) * p.tokens + query);
+            lse[at] = stats.x;
+            lse[at + 1u] = stats.y;
+        }
+    }
+}
+
+// Merges the key segments: one thread per output element (B, N, C); the first column of each
+// head also writes the query's lse.
+@group(0) @binding(1) var<storage, read> seg_out: array<f32>;
+@group(0) @binding(2) var<storage, read> seg_stats: array<f32>;
+@group(0) @binding(3) var<storage, read_write> merged: array<f32>;
+@group(0) @binding(4) var<storage, read_write> merged_lse: array<f32>;
+
+@compute @workgroup_size(LINEAR_WG)
+fn attention_combine(@builtin(global_invocation_id) gid: vec3<u32>,
+                     @builtin(num_workgroups) groups: vec3<u32>) {
+    let total = p.batch * p.tokens * p.channels;
+    let idx = gid.x + gid.y * groups.x * LINEAR_WG;
+    if idx >= total {
+        return;
+    }
+    let col = idx % p.channels;
+    let query = (idx / p.channels) % p.tokens;
+    let bh = (idx / (p.channels * p.tokens)) * p.heads + col / p.head_dim;
+    let stride = p.batch * p.heads * p.tokens;
+    var m = -3.4e38;
+    for (var s = 0u; s < p.segments; s++) {
+        m = max(m, seg_stats[2u * (s * stride + bh * p.tokens + query)]);
+    }
+    var sum = 0.0;
+    var acc = 0.0;
+    for (var s = 0u; s < p.segments; s++) {
+        let at = 2u * (s * stride + bh * p.tokens + query);
+        let w = exp(seg_stats[at] - m);
+        sum += seg_stats[at + 1u] * w;
+        acc += seg_out[s * total + idx] * w;
+    }
+    merged[idx] = acc / sum;
+    if col % p.head_dim == 0u {
+        merged_lse[bh * p.tokens + query] = m + log(sum);
     }
 }

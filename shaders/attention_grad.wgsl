@@ -10,6 +10,11 @@
 // lse and delta (B, heads, N). Threads split head vectors in CHUNK-wide slices exactly as the
 // forward does (so the recomputed scores round as the forward's did), and the other side's
 // vectors are staged through workgroup memory a tile at a time.
+//
+// As in attention.wgsl, the loop over the other side's rows may be split into `segments` runs
+// of `segment_rows` (workgroup z) to bound one invocation's loop nest (llvmpipe). With one
+// segment the gradients are written directly; with more, each segment's partial gradient goes
+// to grad_a / grad_b laid out (segments, B, N, C) and `segment_sum` adds them up.
 
 struct Params {
     batch: u32,      // B
@@ -20,6 +25,8 @@ struct Params {
     chunks: u32,     // threads per query or key
     tile_rows: u32,  // rows per staged tile (≤ MAX_TILE_ROWS, tile_rows·D ≤ TILE_CAP)
     scale: f32,
+    segment_rows: u32, // rows per segment (a multiple of tile_rows)
+    segments: u32,     // segments of the row loop (workgroup z); 1 = the direct path
 }
 
 const WG: u32 = 64u;
@@ -28,6 +35,8 @@ const MAX_TILE_ROWS: u32 = 16u;
 // Two staged tiles and the (score, g·v) partials fill 16 KiB of workgroup memory.
 const TILE_CAP: u32 = 1024u;
 const ROW_WG: u32 = 64u;
+// Threads per workgroup of segment_sum, launched over Gpu::grid_1d.
+const LINEAR_WG: u32 = 256u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
@@ -74,6 +83,16 @@ fn at(s: Slot, row: u32, d: u32) -> u32 {
     return (s.b * p.tokens + row) * p.channels + s.head_col + s.d0 + d;
 }
 
+// Where element d of the slot's row goes in grad_a / grad_b: segment z's partial when split.
+fn out_at(s: Slot, z: u32, d: u32) -> u32 {
+    return select(0u, z * p.batch * p.tokens * p.channels, p.segments > 1u) + at(s, s.row, d);
+}
+
+// End of segment z's rows.
+fn segment_end(z: u32) -> u32 {
+    return min(p.tokens, (z + 1u) * p.segment_rows);
+}
+
 // Stages rows [row0, row0 + n) of the head into tile_a and tile_b: k and v when `keys`, else q
 // and g.
 fn stage(s: Slot, lid: u32, row0: u32, n: u32, keys: bool) {
@@ -113,8 +132,9 @@ fn grad_q(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
     let row_lse = lse[stat];
     let row_delta = delta[stat];
 
-    for (var key0 = 0u; key0 < p.tokens; key0 += p.tile_rows) {
-        let n_keys = min(p.tile_rows, p.tokens - key0);
+    let key_end = segment_end(wid.z);
+    for (var key0 = wid.z * p.segment_rows; key0 < key_end; key0 += p.tile_rows) {
+        let n_keys = min(p.tile_rows, key_end - key0);
         stage(s, lid, key0, n_keys, true);
         workgroupBarrier();
         for (var j = 0u; j < n_keys; j++) {
@@ -138,7 +158,7 @@ fn grad_q(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
         workgroupBarrier();
     }
     for (var d = 0u; d < s.width; d++) {
-        grad_a[at(s, s.row, d)] = acc[d] * p.scale;
+        grad_a[out_at(s, wid.z, d)] = acc[d] * p.scale;
     }
 }
 
@@ -156,8 +176,9 @@ fn grad_kv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid
         acc_v[d] = 0.0;
     }
 
-    for (var query0 = 0u; query0 < p.tokens; query0 += p.tile_rows) {
-        let n_queries = min(p.tile_rows, p.tokens - query0);
+    let query_end = segment_end(wid.z);
+    for (var query0 = wid.z * p.segment_rows; query0 < query_end; query0 += p.tile_rows) {
+        let n_queries = min(p.tile_rows, query_end - query0);
         stage(s, lid, query0, n_queries, false);
         workgroupBarrier();
         for (var i = 0u; i < n_queries; i++) {
@@ -185,8 +206,8 @@ fn grad_kv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid
         workgroupBarrier();
     }
     for (var d = 0u; d < s.width; d++) {
-        grad_a[at(s, s.row, d)] = acc_k[d] * p.scale;
-        grad_b[at(s, s.row, d)] = acc_v[d];
+        grad_a[out_at(s, wid.z, d)] = acc_k[d] * p.scale;
+        grad_b[out_at(s, wid.z, d)] = acc_v[d];
     }
 }
 
@@ -208,4 +229,23 @@ fn row_dot(@builtin(global_invocation_id) gid: vec3<u32>) {
         acc += row_g[base + d] * row_o[base + d];
     }
     row_delta[idx] = acc;
+}
+
+// The segments' partial gradients summed: one thread per element of (B, N, C).
+@group(0) @binding(1) var<storage, read> seg_parts: array<f32>;
+@group(0) @binding(2) var<storage, read_write> seg_total: array<f32>;
+
+@compute @workgroup_size(LINEAR_WG)
+fn segment_sum(@builtin(global_invocation_id) gid: vec3<u32>,
+               @builtin(num_workgroups) groups: vec3<u32>) {
+    let total = p.batch * p.tokens * p.channels;
+    let idx = gid.x + gid.y * groups.x * LINEAR_WG;
+    if idx >= total {
+        return;
+    }
+    var acc = 0.0;
+    for (var z = 0u; z < p.segments; z++) {
+        acc += seg_parts[z * total + idx];
+    }
+    seg_total[idx] = acc;
 }

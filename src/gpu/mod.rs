@@ -147,6 +147,20 @@ impl Gpu {
             .min(self.limits.max_buffer_size)
     }
 
+    /// The most loop iterations one invocation may run in one loop nest, counting the iterations
+    /// of every nested loop, or `None` where there is no such bound (real GPUs).
+    ///
+    /// Mesa's llvmpipe (lavapipe: CI's and every CPU user's Vulkan device) silently breaks out
+    /// of a loop nest once 65535 iterations have been counted over the outermost loop and all
+    /// loops inside it (gallivm's `LP_MAX_TGSI_LOOP_ITERATIONS`): the results are then wrong,
+    /// with no error. Kernels whose loops grow with the input split their work so that their
+    /// cost model stays under this budget; half the limit leaves room for what a model misses.
+    /// Every CPU rasteriser gets it: splitting is cheap there, and a wrong answer is not.
+    pub fn max_loop_iterations(&self) -> Option<usize> {
+        const CPU_LOOP_BUDGET: usize = 32768;
+        (self.info.device_type == wgpu::DeviceType::Cpu).then_some(CPU_LOOP_BUDGET)
+    }
+
     /// Submits everything recorded so far as one command buffer.
     pub fn flush(&self) {
         let mut rec = self.state.lock().unwrap();

@@ -1,4 +1,8 @@
 //! Multi-head softmax attention (attention.wgsl).
+//!
+//! Where the device bounds loop lengths ([`Gpu::max_loop_iterations`]: llvmpipe), the keys are
+//! split into segments whose partial softmax states a combine kernel merges; elsewhere one
+//! segment runs, the direct path.
 
 use super::{dims, ensure};
 use crate::error::Result;
@@ -23,6 +27,9 @@ kernel_params! {
         chunks: u32,
         tile_keys: u32,
         scale: f32,
+        batch: u32,
+        segment_keys: u32,
+        segments: u32,
     }
 }
 
@@ -35,7 +42,10 @@ pub fn attention(
     heads: usize,
     scale: f32,
 ) -> Result<Tensor> {
-    let (p, grid) = plan(q, k, v, heads, scale)?;
+    let (p, grid) = plan(gpu, q, k, v, heads, scale)?;
+    if p.segments > 1 {
+        return Ok(segmented(gpu, &p, [q, k, v], grid)?.0);
+    }
     let out = gpu.empty(q.shape())?;
     let kernel = Kernel::new(&shaders::ATTENTION, "attention");
     gpu.dispatch(&kernel, &p, &[q, k, v], &[&out], grid)?;
@@ -52,7 +62,10 @@ pub fn attention_saving(
     heads: usize,
     scale: f32,
 ) -> Result<(Tensor, Tensor)> {
-    let (p, grid) = plan(q, k, v, heads, scale)?;
+    let (p, grid) = plan(gpu, q, k, v, heads, scale)?;
+    if p.segments > 1 {
+        return segmented(gpu, &p, [q, k, v], grid);
+    }
     let out = gpu.empty(q.shape())?;
     let lse = gpu.empty(&[q.dim(0), heads, q.dim(1)])?;
     let kernel = Kernel::new(&shaders::ATTENTION, "attention_lse");
@@ -60,8 +73,54 @@ pub fn attention_saving(
     Ok((out, lse))
 }
 
+/// Output and lse by key segments: each segment's partial output and softmax state, then their
+/// merge.
+fn segmented(
+    gpu: &Gpu,
+    p: &AttentionParams,
+    [q, k, v]: [&Tensor; 3],
+    grid: [usize; 3],
+) -> Result<(Tensor, Tensor)> {
+    let (b, n, c) = (q.dim(0), q.dim(1), q.dim(2));
+    let (heads, segments) = (p.heads as usize, p.segments as usize);
+    let parts = gpu.empty(&[segments, b, n, c])?;
+    let stats = gpu.empty(&[segments, b * heads, n, 2])?;
+    let kernel = Kernel::new(&shaders::ATTENTION, "attention_lse");
+    gpu.dispatch(&kernel, p, &[q, k, v], &[&parts, &stats], grid)?;
+    let out = gpu.empty(q.shape())?;
+    let lse = gpu.empty(&[b, heads, n])?;
+    let combine = Kernel::new(&shaders::ATTENTION, "attention_combine");
+    let grid = gpu.grid_1d(out.numel());
+    gpu.dispatch(&combine, p, &[&parts, &stats], &[&out, &lse], grid)?;
+    Ok((out, lse))
+}
+
+/// Splits `rows` keys (or queries) into the fewest equal runs, whole tiles of `tile` rows each,
+/// that keep one invocation's loop nest within the device's budget: (rows per run, runs).
+///
+/// The cost model is attention.wgsl's and attention_grad.wgsl's key loop, which share its
+/// shape: per tile, the tile loop, the staging loop, and per staged row one loop over the
+/// thread's `min(head_dim, CHUNK)` slice for the score, one over the `chunks` partials and one
+/// more over the slice to accumulate. llvmpipe counts one iteration more than a loop's trip
+/// count (the pass that finds every lane done), so each loop is charged trips + 1.
+pub(super) fn segment_rows(gpu: &Gpu, rows: usize, tile: usize, head_dim: usize) -> (usize, usize) {
+    let Some(budget) = gpu.max_loop_iterations() else {
+        return (rows.max(1), 1);
+    };
+    let width = head_dim.min(CHUNK);
+    let chunks = head_dim.div_ceil(CHUNK);
+    let per_row = (width + 2) + (chunks + 2) + (width + 1);
+    let per_tile = 1 + ((tile * head_dim).div_ceil(WG) + 1) + 2 + tile * per_row;
+    let max_rows = (budget / per_tile).max(1) * tile;
+    let runs = rows.div_ceil(max_rows).max(1);
+    // Equal runs of whole tiles, so the last is not a sliver.
+    let per_run = (rows.div_ceil(runs).div_ceil(tile) * tile).max(tile);
+    (per_run, rows.div_ceil(per_run).max(1))
+}
+
 /// Checks the operands and returns the kernel parameters and grid.
 fn plan(
+    gpu: &Gpu,
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
@@ -91,6 +150,7 @@ fn plan(
     })?;
     let tile_keys = (KV_CAP / head_dim).clamp(1, MAX_TILE_KEYS);
     let queries_per_group = WG / chunks;
+    let (segment_keys, segments) = segment_rows(gpu, n, tile_keys, head_dim);
     let u = |what, v| checked_u32(OP, what, v);
     let p = AttentionParams {
         tokens: u("tokens", n)?,
@@ -100,6 +160,9 @@ fn plan(
         chunks: u("chunks", chunks)?,
         tile_keys: u("tile_keys", tile_keys)?,
         scale,
+        batch: u("batch", b)?,
+        segment_keys: u("segment_keys", segment_keys)?,
+        segments: u("segments", segments)?,
     };
-    Ok((p, [n.div_ceil(queries_per_group), b * heads, 1]))
+    Ok((p, [n.div_ceil(queries_per_group), b * heads, segments]))
 }

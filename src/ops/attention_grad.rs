@@ -1,7 +1,10 @@
 //! The input gradients of [`attention`](super::attention) (attention_grad.wgsl), flash style:
 //! the probabilities are recomputed from the forward's saved log-sum-exp, a tile of rows at a
-//! time, so memory stays linear in the sequence length whatever the image size.
+//! time, so memory stays linear in the sequence length whatever the image size. Where the
+//! device bounds loop lengths the row loops are split into segments whose partial gradients are
+//! summed (see [`segment_rows`]).
 
+use super::attention::segment_rows;
 use super::{dims, ensure};
 use crate::error::Result;
 use crate::gpu::{checked_u32, kernel_params, shaders, Gpu, Kernel, Tensor};
@@ -28,6 +31,8 @@ kernel_params! {
         chunks: u32,
         tile_rows: u32,
         scale: f32,
+        segment_rows: u32,
+        segments: u32,
     }
 }
 
@@ -77,6 +82,8 @@ pub fn attention_grad(
         format!("head dim {head_dim} exceeds the backward's {TILE_CAP}")
     })?;
     let chunks = head_dim.div_ceil(CHUNK);
+    let tile_rows = (TILE_CAP / head_dim).clamp(1, MAX_TILE_ROWS);
+    let (rows_per_segment, segments) = segment_rows(gpu, n, tile_rows, head_dim);
     let u = |what, v| checked_u32(OP, what, v);
     let p = AttentionGradParams {
         batch: u("batch", b)?,
@@ -85,8 +92,10 @@ pub fn attention_grad(
         heads: u("heads", heads)?,
         head_dim: u("head_dim", head_dim)?,
         chunks: u("chunks", chunks)?,
-        tile_rows: u("tile_rows", (TILE_CAP / head_dim).clamp(1, MAX_TILE_ROWS))?,
+        tile_rows: u("tile_rows", tile_rows)?,
         scale,
+        segment_rows: u("segment_rows", rows_per_segment)?,
+        segments: u("segments", segments)?,
     };
 
     let delta = gpu.empty(lse.shape())?;
@@ -95,12 +104,33 @@ pub fn attention_grad(
     gpu.dispatch(&row_dot, &p, &[out, d_out], &[&delta], grid)?;
 
     let inputs = [q, k, v, d_out, lse, &delta];
-    let grid = [n.div_ceil(WG / chunks), b * heads, 1];
-    let dq = gpu.empty(q.shape())?;
+    let grid = [n.div_ceil(WG / chunks), b * heads, segments];
+    // Per-segment partials when split, else the gradients themselves.
+    let part_shape = if segments > 1 {
+        vec![segments, b, n, c]
+    } else {
+        q.shape().to_vec()
+    };
+    let dq = gpu.empty(&part_shape)?;
     let kernel = Kernel::new(&shaders::ATTENTION_GRAD, "grad_q");
     gpu.dispatch(&kernel, &p, &inputs, &[&dq], grid)?;
-    let (dk, dv) = (gpu.empty(q.shape())?, gpu.empty(q.shape())?);
+    let (dk, dv) = (gpu.empty(&part_shape)?, gpu.empty(&part_shape)?);
     let kernel = Kernel::new(&shaders::ATTENTION_GRAD, "grad_kv");
     gpu.dispatch(&kernel, &p, &inputs, &[&dk, &dv], grid)?;
-    Ok((dq, dk, dv))
+    if segments == 1 {
+        return Ok((dq, dk, dv));
+    }
+    let sum = |parts: Tensor| -> Result<Tensor> {
+        let total = gpu.empty(q.shape())?;
+        let kernel = Kernel::new(&shaders::ATTENTION_GRAD, "segment_sum");
+        gpu.dispatch(
+            &kernel,
+            &p,
+            &[&parts],
+            &[&total],
+            gpu.grid_1d(total.numel()),
+        )?;
+        Ok(total)
+    };
+    Ok((sum(dq)?, sum(dk)?, sum(dv)?))
 }

@@ -1,7 +1,7 @@
 //! Batched matrix products and PyTorch `Linear` layers (matmul.wgsl).
 
 use super::{dims, ensure};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::{checked_u32, kernel_params, shaders, Gpu, Kernel, Tensor};
 
 kernel_params! {
@@ -17,6 +17,31 @@ kernel_params! {
 
 /// matmul.wgsl's `TILE`: rows and columns of C per workgroup.
 pub(super) const TILE: usize = 64;
+/// matmul.wgsl's `TILE_K`: depth of K staged per pass of its K loop.
+pub(super) const TILE_K: usize = 16;
+/// Loop iterations one pass of matmul.wgsl's K loop costs against
+/// [`Gpu::max_loop_iterations`]: the pass itself and `accumulate`'s 16 K steps + 1 (llvmpipe
+/// counts the pass that finds every lane done); Mesa unrolls the constant 4-trip loops.
+/// Measured on lavapipe: K = 58240 (3640 passes · 18 = 65520) right, K = 58256 wrong.
+const ITERATIONS_PER_K_PASS: usize = 1 + (TILE_K + 1);
+
+/// Refuses a K whose loop would overrun the device's loop budget (llvmpipe would silently
+/// truncate it). No model in this crate comes near: their deepest products are a few thousand.
+fn check_depth(gpu: &Gpu, k: usize) -> Result<()> {
+    let Some(budget) = gpu.max_loop_iterations() else {
+        return Ok(());
+    };
+    let max_k = budget / ITERATIONS_PER_K_PASS * TILE_K;
+    if k > max_k {
+        return Err(Error::Invalid(format!(
+            "matmul: inner dimension {k} exceeds {max_k}, the most this device ({}) runs in one \
+             invocation's loop (its driver ends loops after {budget} counted iterations, with \
+             a margin)",
+            gpu.info.name
+        )));
+    }
+    Ok(())
+}
 
 /// C = A · op(B) (+ bias) over a batch: A (batch, M, K); B (N, K) when `trans_b` else (K, N),
 /// optionally with a leading batch dimension of its own (else shared by all batch items).
@@ -57,6 +82,7 @@ fn matmul_impl(
             format!("bias {:?} must be [{n}]", bias.shape())
         })?;
     }
+    check_depth(gpu, k)?;
     // Both operands are contiguous along K when B is transposed: vec4 loads if K allows.
     let entry = if trans_b && k % 4 == 0 {
         "matmul_vec4"

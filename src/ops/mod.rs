@@ -172,7 +172,13 @@ mod tests {
                 &[("WG", wg), ("FINALIZE_WG", norm::FINALIZE_WG as u64)],
             ),
             (&shaders::EMBEDDING, &[("WG", embedding::WG as u64)]),
-            (&shaders::MATMUL, &[("TILE", matmul::TILE as u64)]),
+            (
+                &shaders::MATMUL,
+                &[
+                    ("TILE", matmul::TILE as u64),
+                    ("TILE_K", matmul::TILE_K as u64),
+                ],
+            ),
             (
                 &shaders::ATTENTION,
                 &[
@@ -180,6 +186,7 @@ mod tests {
                     ("CHUNK", attention::CHUNK as u64),
                     ("MAX_TILE_KEYS", attention::MAX_TILE_KEYS as u64),
                     ("KV_CAP", attention::KV_CAP as u64),
+                    ("LINEAR_WG", wg),
                 ],
             ),
             (
@@ -190,6 +197,7 @@ mod tests {
                     ("MAX_TILE_ROWS", attention_grad::MAX_TILE_ROWS as u64),
                     ("TILE_CAP", attention_grad::TILE_CAP as u64),
                     ("ROW_WG", attention_grad::ROW_WG as u64),
+                    ("LINEAR_WG", wg),
                 ],
             ),
             (&shaders::CONV2D_GRAD, &[("TILE", conv::WIDE_TILE as u64)]),

@@ -1,0 +1,119 @@
+//! Kernels whose per-invocation loops run long: attention over many keys, matmul over a deep K.
+//!
+//! Mesa's llvmpipe (lavapipe, every CPU user's Vulkan device) silently breaks out of a loop nest
+//! after 65535 iterations counted over the outermost loop and every loop nested in it
+//! (gallivm's LP_MAX_TGSI_LOOP_ITERATIONS). These sizes push one invocation's nest past that
+//! when the keys are not split ([`Gpu::max_loop_iterations`]), so on a CPU device they fail
+//! unless the ops split the work; on a real GPU they are ordinary reference checks.
+
+mod common;
+
+use common::reference as r;
+use common::{assert_close, gpu, read, to_f64, upload, Rng};
+use wgsl_diff::ops::{self, AttentionSaved};
+
+/// Forward, log-sum-exp and backward of one attention shape against the f64 references.
+fn check_attention(rng: &mut Rng, (b, n, c, heads): (usize, usize, usize, usize), grad: bool) {
+    let len = b * n * c;
+    let (q, k, v, d_out) = (rng.vec(len), rng.vec(len), rng.vec(len), rng.vec(len));
+    let scale = 1.0 / ((c / heads) as f32).sqrt();
+    let (q64, k64, v64) = (to_f64(&q), to_f64(&k), to_f64(&v));
+    let what = |t: &str| format!("attention {t} {:?}", (b, n, c, heads));
+    let g = gpu();
+    let shape = [b, n, c];
+    let (qt, kt, vt) = (upload(&q, &shape), upload(&k, &shape), upload(&v, &shape));
+    let plain = ops::attention(g, &qt, &kt, &vt, heads, scale).unwrap();
+    let want_out = r::attention(&q64, &k64, &v64, b, n, c, heads, scale as f64);
+    assert_close(&what("output"), &read(&plain), &want_out, 1e-5, 1e-4);
+    if !grad {
+        return;
+    }
+    let (out, lse) = ops::attention_saving(g, &qt, &kt, &vt, heads, scale).unwrap();
+    assert_eq!(read(&out), read(&plain), "{}", what("saving = plain"));
+    let want_lse = r::attention_lse(&q64, &k64, (b, n, c), heads, scale as f64);
+    assert_close(&what("lse"), &read(&lse), &want_lse, 1e-5, 1e-5);
+    let saved = AttentionSaved {
+        q: &qt,
+        k: &kt,
+        v: &vt,
+        out: &out,
+        lse: &lse,
+    };
+    let (dq, dk, dv) =
+        ops::attention_grad(g, saved, &upload(&d_out, &shape), heads, scale).unwrap();
+    let d64 = to_f64(&d_out);
+    let (wq, wk, wv) = r::attention_grad(&q64, &k64, &v64, (b, n, c), heads, scale as f64, &d64);
+    assert_close(&what("dq"), &read(&dq), &wq, 1e-5, 1e-4);
+    assert_close(&what("dk"), &read(&dk), &wk, 1e-5, 1e-4);
+    assert_close(&what("dv"), &read(&dv), &wv, 1e-5, 1e-4);
+}
+
+/// Head dim 16: unsplit, one invocation's nest counts about 35 iterations per key, so 1840
+/// tokens stay under 65535 and 1856 go over.
+#[test]
+fn attention_straddling_the_cpu_loop_limit() {
+    let mut rng = Rng::new(40);
+    for n in [1840, 1856] {
+        check_attention(&mut rng, (1, n, 16, 1), false);
+    }
+}
+
+/// The sizes measured wrong on lavapipe, ADM-64's (1024 tokens, head dim 64) among them.
+#[test]
+fn attention_and_grad_over_many_keys() {
+    let mut rng = Rng::new(41);
+    for shape in [(1, 2048, 16, 1), (1, 1024, 64, 1), (2, 4096, 8, 1)] {
+        check_attention(&mut rng, shape, true);
+    }
+}
+
+/// A product deeper than the CPU loop budget: exact on a real GPU, a clear refusal (not a
+/// silently truncated sum) where the device bounds loops.
+#[test]
+fn matmul_over_a_deep_inner_dimension() {
+    let mut rng = Rng::new(42);
+    // K = 70000 runs 4375 passes of 18 counted iterations on llvmpipe: over 65535.
+    let (m, k, n) = (3, 70000, 5);
+    let (a, b) = (rng.vec(m * k), rng.vec(k * n));
+    let got = ops::matmul(gpu(), &upload(&a, &[1, m, k]), &upload(&b, &[k, n]));
+    if gpu().max_loop_iterations().is_some() {
+        match got {
+            Err(wgsl_diff::Error::Invalid(msg)) => assert!(msg.contains("70000"), "{msg}"),
+            other => panic!(
+                "K = {k} must be refused here, got {:?}",
+                other.map(|t| read(&t))
+            ),
+        }
+        // The deepest product the budget allows still runs, and is right.
+        let k_ok = 29120;
+        let (a, b) = (&a[..m * k_ok], &b[..k_ok * n]);
+        let y = ops::matmul(gpu(), &upload(a, &[1, m, k_ok]), &upload(b, &[k_ok, n])).unwrap();
+        assert_close(
+            "matmul K=29120",
+            &read(&y),
+            &matmul_f64(a, b, m, k_ok, n),
+            1e-4,
+            1e-4,
+        );
+        return;
+    }
+    assert_close(
+        "matmul K=70000",
+        &read(&got.unwrap()),
+        &matmul_f64(&a, &b, m, k, n),
+        1e-3,
+        1e-4,
+    );
+}
+
+fn matmul_f64(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f64> {
+    let mut c = vec![0f64; m * n];
+    for i in 0..m {
+        for kk in 0..k {
+            for j in 0..n {
+                c[i * n + j] += a[i * k + kk] as f64 * b[kk * n + j] as f64;
+            }
+        }
+    }
+    c
+}
