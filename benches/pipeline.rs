@@ -8,7 +8,8 @@ use wgsl_diff::gpu::{AdapterChoice, Gpu};
 use wgsl_diff::models::{UNet2DConfig, UNet2DModel};
 use wgsl_diff::ops;
 use wgsl_diff::sampling::{
-    NoisePlan, NoiseSchedule, SamplerConfig, ScheduleConfig, Scheduler, StepContext, StepHook,
+    NoisePlan, NoiseSchedule, NonFiniteFlags, SamplerConfig, ScheduleConfig, Scheduler,
+    StepContext, StepHook,
 };
 use wgsl_diff::uncertainty::{UncertaintyConfig, UncertaintyEstimator};
 
@@ -92,6 +93,7 @@ fn uncertainty_step(c: &mut Criterion) {
                 timesteps: &t,
                 labels: None,
                 x: &x,
+                non_finite: &NonFiniteFlags::new(&gpu, x.dim(0)).unwrap(),
             };
             let eps = est.on_eps(&ctx, eps).unwrap();
             let out = ops::sampler_step(&gpu, &scheduler.coeffs(10), &x, &eps, None, None).unwrap();

@@ -78,11 +78,13 @@ pub fn read(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
         .map(|s| s.parse::<usize>().map_err(|_| bad("bad shape")))
         .collect::<Result<Vec<_>>>()?;
     let payload = &bytes[start + header_len..];
-    let n: usize = shape.iter().product();
-    if payload.len() != n * 4 {
+    let needed = shape
+        .iter()
+        .try_fold(4usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| bad(&format!("shape {shape:?} overflows")))?;
+    if payload.len() != needed {
         return Err(bad(&format!(
-            "shape {shape:?} needs {} data bytes, found {}",
-            n * 4,
+            "shape {shape:?} needs {needed} data bytes, found {}",
             payload.len()
         )));
     }
@@ -101,5 +103,14 @@ mod tests {
         assert_eq!(super::read(&path).unwrap(), (vec![2, 3, 4], data));
         std::fs::write(&path, b"garbage").unwrap();
         assert!(super::read(&path).is_err());
+        // A shape whose byte count overflows is an error, not a panic or a wrapped size.
+        let huge =
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 4294967296, 4), }";
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        bytes.extend((huge.len() as u16).to_le_bytes());
+        bytes.extend(huge.as_bytes());
+        std::fs::write(&path, bytes).unwrap();
+        let err = super::read(&path).unwrap_err().to_string();
+        assert!(err.contains("overflows"), "{err}");
     }
 }

@@ -57,7 +57,8 @@ fn run(
             hooks,
             |_| {},
         )
-        .unwrap(),
+        .unwrap()
+        .x,
     )
 }
 

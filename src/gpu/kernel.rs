@@ -38,6 +38,7 @@ pub mod shaders {
     shader!(RNG, "rng");
     shader!(SAMPLER, "sampler");
     shader!(UNCERTAINTY, "uncertainty");
+    shader!(FINITE, "finite");
 
     pub const ALL: &[&Shader] = &[
         &MATMUL,
@@ -50,6 +51,7 @@ pub mod shaders {
         &RNG,
         &SAMPLER,
         &UNCERTAINTY,
+        &FINITE,
     ];
 }
 

@@ -5,6 +5,7 @@ mod attention;
 mod conv;
 mod elementwise;
 mod embedding;
+mod finite;
 mod matmul;
 mod norm;
 mod rng;
@@ -18,6 +19,7 @@ pub use elementwise::{
     mul_channel_vec, repeat_batch, scale_shift, silu, transpose_last2, upsample_nearest2x,
 };
 pub use embedding::{embedding_lookup, timestep_embedding};
+pub use finite::{decode_first_steps, non_finite_flags, record_non_finite, NO_STEP};
 pub use matmul::{linear, matmul};
 pub use norm::group_norm;
 pub use rng::{normal, normal_copies, NoiseKey};
@@ -61,6 +63,7 @@ mod tests {
         wgsl::assert_params_mirror::<elementwise::ElementwiseParams>();
         wgsl::assert_params_mirror::<elementwise::ResampleParams>();
         wgsl::assert_params_mirror::<embedding::EmbeddingParams>();
+        wgsl::assert_params_mirror::<finite::FiniteParams>();
         wgsl::assert_params_mirror::<matmul::MatmulParams>();
         wgsl::assert_params_mirror::<norm::GroupNormParams>();
         wgsl::assert_params_mirror::<rng::RngParams>();
@@ -74,7 +77,7 @@ mod tests {
         use UncertaintyMode as Mode;
         let wg = LINEAR_WORKGROUP as u64;
         let mode = |m| uncertainty::mode_code(m).into();
-        let checks: [(&Shader, &[(&str, u64)]); 9] = [
+        let checks: [(&Shader, &[(&str, u64)]); 10] = [
             // Workgroup sizes and tiles the host sizes its grids by, and the operation
             // selectors it passes as the `OP` and `MODE` overrides.
             (
@@ -101,6 +104,7 @@ mod tests {
             (&shaders::RESAMPLE, &[("WG", wg)]),
             (&shaders::RNG, &[("WG", wg)]),
             (&shaders::SAMPLER, &[("WG", wg)]),
+            (&shaders::FINITE, &[("WG", wg)]),
             (
                 &shaders::GROUP_NORM,
                 &[("WG", wg), ("FINALIZE_WG", norm::FINALIZE_WG as u64)],
