@@ -209,7 +209,12 @@ fn bad_input_is_an_error_not_a_panic() {
         ),
         (vec!["--model", "Cargo.toml"], "not a valid safetensors"),
         (vec!["--class", "3"], "unconditional"),
-        (vec!["--num", "200000", "--batch", "200000"], "use --batch"),
+        (
+            vec!["--num", "200000", "--batch", "200000"],
+            "--batch is 200000",
+        ),
+        // Within the stated limit but over this device's binding size.
+        (vec!["--num", "65536", "--batch", "65536"], "use --batch"),
         (vec!["--init-noise", "Cargo.toml"], "npy"),
     ];
     for (extra, needle) in cases {

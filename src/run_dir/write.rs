@@ -1,5 +1,6 @@
 //! Writing finished batches into the folder, and telling which samples are already there.
 
+use super::manifest::NON_FINITE_KEY;
 use super::{png_name, raw_name, total_map_name};
 use crate::error::{Error, Result};
 use crate::images;
@@ -31,8 +32,14 @@ impl BatchWriter {
             && (!self.uncertainty || exists(total_map_name(index)))
     }
 
-    /// Writes a batch's files; each PNG last, once its sample is complete.
-    pub fn write(&self, batch: &FinishedBatch<Option<Option<UncertaintyBatch>>>) -> Result<()> {
+    /// Writes a batch's files; each PNG last, once its sample is complete. `non_finite` marks
+    /// the samples kept although they went non-finite (the first step, in the PNG and so in
+    /// the manifest).
+    pub fn write(
+        &self,
+        batch: &FinishedBatch<Option<Option<UncertaintyBatch>>>,
+        non_finite: &[Option<usize>],
+    ) -> Result<()> {
         let uc = batch.hook.as_ref().and_then(|u| u.as_ref());
         let range = format!(
             "{:06}-{:06}",
@@ -53,7 +60,8 @@ impl BatchWriter {
             }
         }
         for (k, index) in batch.indices().enumerate() {
-            self.write_sample(batch, uc, k, index)?;
+            let mark = non_finite.get(k).copied().flatten();
+            self.write_sample(batch, uc, k, index, mark)?;
         }
         Ok(())
     }
@@ -64,6 +72,7 @@ impl BatchWriter {
         uc: Option<&UncertaintyBatch>,
         k: usize,
         index: usize,
+        non_finite: Option<usize>,
     ) -> Result<()> {
         let raw = batch.image(k);
         let shape = &batch.sample_shape;
@@ -84,6 +93,9 @@ impl BatchWriter {
         }
         if let Some(uc) = uc {
             text.push(("uncertainty_score", uc.scores[k].to_string()));
+        }
+        if let Some(step) = non_finite {
+            text.push((NON_FINITE_KEY, step.to_string()));
         }
         let [c, h, w] = *shape;
         images::write_png(
@@ -141,7 +153,7 @@ pub fn check_same_run(
 }
 
 /// "different seed, steps": the top-level parameters that differ.
-fn differences(theirs: Option<&serde_json::Value>, ours: &serde_json::Value) -> String {
+pub(super) fn differences(theirs: Option<&serde_json::Value>, ours: &serde_json::Value) -> String {
     let (Some(a), Some(b)) = (theirs.and_then(|t| t.as_object()), ours.as_object()) else {
         return "no readable parameters".to_string();
     };
