@@ -85,13 +85,18 @@ fn sample(out: &Path, extra: &[&str], flag: &str, value: &str) -> Output {
 }
 
 /// Integer flags whose large valid values would make a long run: those values are left to the
-/// in-process property below.
+/// in-process property below (invalid ones, however large, are run).
 fn too_long(flag: &str, value: &str) -> bool {
-    let cheap_up_to = match flag {
-        "--num" | "--steps" | "-M" => 8,
+    let valid_up_to = match flag {
+        "--num" => SAMPLE_INDEX_END as u128,
+        "--steps" => 1000, // the fixture's training timesteps
+        "-M" => MAX_COPIES as u128,
         _ => return false,
     };
-    value.trim().parse::<u128>().is_ok_and(|v| v > cheap_up_to)
+    value
+        .trim()
+        .parse::<u128>()
+        .is_ok_and(|v| (9..=valid_up_to).contains(&v))
 }
 
 /// Every numeric flag, every hostile number: exit 0, 1 or 2, never a panic; a success wrote the
@@ -139,19 +144,26 @@ fn numeric_flags_never_panic_or_wrap() {
     assert!(runs > 200, "{runs} runs");
 }
 
-/// A successful run holds the samples its flags asked for.
+/// A successful run holds the samples its flags asked for, every one at an index the kernels
+/// address (not wrapped past u32::MAX).
 fn check_success(dir: &Path, flag: &str, value: &str) {
     let manifest = wgsl_diff::run_dir::read_manifest(dir).unwrap();
-    let indices: Vec<usize> = manifest.samples.iter().map(|s| s.index).collect();
-    let want: Vec<usize> = match flag {
-        "--num" => (0..value.trim().parse().unwrap()).collect(),
+    let indices: Vec<u64> = manifest.samples.iter().map(|s| s.index as u64).collect();
+    let number = || value.trim().parse::<u64>().unwrap();
+    let want: Vec<u64> = match flag {
+        "--num" => (0..number()).collect(),
         "--start-index" => {
-            let start: usize = value.trim().parse().unwrap();
-            (start..start + 2).collect()
+            let start = number();
+            let end = start.checked_add(2).expect("a run past u64::MAX succeeded");
+            (start..end).collect()
         }
         _ => vec![0, 1],
     };
     assert_eq!(indices, want, "{flag}={value}");
+    assert!(
+        want.iter().all(|&i| i < SAMPLE_INDEX_END),
+        "{flag}={value}: samples past the kernels' u32 index were made"
+    );
 }
 
 /// Flags that only mean something with `--uncertainty` are refused without it.
