@@ -5,9 +5,8 @@ use std::io::Write;
 use std::path::Path;
 
 /// Writes `bytes` to a temporary file beside `path`, syncs it, then renames it into place. The
-/// temporary name is this process's own (`NAME.EXT.TOKEN.tmp`, see [`tmp_token`]), so processes
-/// writing the same file at once (workers sharing a run folder) never write into one temporary
-/// file.
+/// temporary name is this process's own (`NAME.EXT.TOKEN.tmp`), so processes writing the same
+/// file at once (workers sharing a run folder) never write into one temporary file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!(
         "{}.{}.tmp",

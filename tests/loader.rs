@@ -182,11 +182,14 @@ struct Tally {
     silent: Vec<String>,
 }
 
-/// One seeded mutation of a weight file.
+/// A seeded index below `n`.
+fn pick(rng: &mut SplitMix64, n: usize) -> usize {
+    (rng.next_u64() % n as u64) as usize
+}
+
+/// One seeded mutation of a weight file: (what was done, the mutant's bytes).
 fn mutate(rng: &mut SplitMix64, original: &WeightsFile) -> (String, Vec<u8>) {
     let mut file = original.clone();
-    let pick = |rng: &mut SplitMix64, n: usize| (rng.next_u64() % n as u64) as usize;
-    let names = file.tensor_names();
     match pick(rng, 8) {
         // A corrupted data byte: most often NaN, Inf or a huge finite weight.
         0 | 1 => {
@@ -196,66 +199,11 @@ fn mutate(rng: &mut SplitMix64, original: &WeightsFile) -> (String, Vec<u8>) {
             (format!("data byte {at} ^= {bit:#x}"), file.to_bytes())
         }
         2 => {
-            let specials = [
-                f32::NAN,
-                f32::INFINITY,
-                -3e38,
-                3e38,
-                1e30,
-                65504.0,
-                1e-45,
-                0.0,
-            ];
-            let name = &names[pick(rng, names.len())];
-            let len = file.tensor_bytes(name).len() / 4;
-            let (i, v) = (pick(rng, len), specials[pick(rng, specials.len())]);
-            file.set_f32(name, i, v);
-            (format!("{name}[{i}] = {v}"), file.to_bytes())
+            let what = set_special_weight(rng, &mut file);
+            (what, file.to_bytes())
         }
-        // A config or scheduler value replaced, a key misspelled or added.
         3 | 4 => {
-            let entry = ["config", "scheduler"][pick(rng, 2)];
-            let json = file.meta_json(entry);
-            let keys: Vec<String> = json.as_object().unwrap().keys().cloned().collect();
-            let key = keys[pick(rng, keys.len())].clone();
-            let values = [
-                json!(0),
-                json!(-1),
-                json!(1),
-                json!(2),
-                json!(3),
-                json!(7),
-                json!(0.5),
-                json!(1e10),
-                json!(1e30),
-                json!(-1e30),
-                json!(1e300),
-                json!(4294967296u64),
-                json!(u64::MAX),
-                json!(true),
-                Value::Null,
-                json!("x"),
-                json!([]),
-                json!([0]),
-                json!([1e6]),
-                json!([16, 16, 16]),
-                json!({}),
-            ];
-            let what = match pick(rng, 4) {
-                0 => {
-                    let mut misspelt = key.clone();
-                    misspelt.remove(pick(rng, misspelt.len()));
-                    let v = json[&key].clone();
-                    file.edit_meta_json(entry, &key, None);
-                    file.edit_meta_json(entry, &misspelt, Some(v));
-                    format!("{entry}: {key} → {misspelt}")
-                }
-                _ => {
-                    let v = values[pick(rng, values.len())].clone();
-                    file.edit_meta_json(entry, &key, Some(v.clone()));
-                    format!("{entry}.{key} = {v}")
-                }
-            };
+            let what = edit_config(rng, &mut file);
             (what, file.to_bytes())
         }
         // A byte of the header text changed: names, shapes, offsets, dtypes, numbers.
@@ -267,27 +215,94 @@ fn mutate(rng: &mut SplitMix64, original: &WeightsFile) -> (String, Vec<u8>) {
             bytes[at] = byte;
             (format!("header byte {at} = {:?}", byte as char), bytes)
         }
-        // Truncated, extended, or its header length changed.
         _ => {
             let mut bytes = file.to_bytes();
-            let what = match pick(rng, 3) {
-                0 => {
-                    let len = pick(rng, bytes.len());
-                    bytes.truncate(len);
-                    format!("truncated to {len}")
-                }
-                1 => {
-                    bytes.extend(std::iter::repeat_n(0u8, 1 + pick(rng, 64)));
-                    "extended".to_string()
-                }
-                _ => {
-                    let shift = pick(rng, 64);
-                    let len = rng.next_u64() >> shift;
-                    bytes[..8].copy_from_slice(&len.to_le_bytes());
-                    format!("header length {len}")
-                }
-            };
+            let what = resize(rng, &mut bytes);
             (what, bytes)
+        }
+    }
+}
+
+/// One weight set to a special value: NaN, ±Inf, a huge finite value, a subnormal, 0.
+fn set_special_weight(rng: &mut SplitMix64, file: &mut WeightsFile) -> String {
+    let specials = [
+        f32::NAN,
+        f32::INFINITY,
+        -3e38,
+        3e38,
+        1e30,
+        65504.0,
+        1e-45,
+        0.0,
+    ];
+    let names = file.tensor_names();
+    let name = &names[pick(rng, names.len())];
+    let len = file.tensor_bytes(name).len() / 4;
+    let (i, v) = (pick(rng, len), specials[pick(rng, specials.len())]);
+    file.set_f32(name, i, v);
+    format!("{name}[{i}] = {v}")
+}
+
+/// A config or scheduler value replaced by a hostile one, or its key misspelled.
+fn edit_config(rng: &mut SplitMix64, file: &mut WeightsFile) -> String {
+    let entry = ["config", "scheduler"][pick(rng, 2)];
+    let json = file.meta_json(entry);
+    let keys: Vec<String> = json.as_object().unwrap().keys().cloned().collect();
+    let key = keys[pick(rng, keys.len())].clone();
+    let values = [
+        json!(0),
+        json!(-1),
+        json!(1),
+        json!(2),
+        json!(3),
+        json!(7),
+        json!(0.5),
+        json!(1e10),
+        json!(1e30),
+        json!(-1e30),
+        json!(1e300),
+        json!(4294967296u64),
+        json!(u64::MAX),
+        json!(true),
+        Value::Null,
+        json!("x"),
+        json!([]),
+        json!([0]),
+        json!([1e6]),
+        json!([16, 16, 16]),
+        json!({}),
+    ];
+    if pick(rng, 4) == 0 {
+        let mut misspelt = key.clone();
+        misspelt.remove(pick(rng, misspelt.len()));
+        let v = json[&key].clone();
+        file.edit_meta_json(entry, &key, None);
+        file.edit_meta_json(entry, &misspelt, Some(v));
+        format!("{entry}: {key} → {misspelt}")
+    } else {
+        let v = values[pick(rng, values.len())].clone();
+        file.edit_meta_json(entry, &key, Some(v.clone()));
+        format!("{entry}.{key} = {v}")
+    }
+}
+
+/// The file truncated, extended, or its header length changed.
+fn resize(rng: &mut SplitMix64, bytes: &mut Vec<u8>) -> String {
+    match pick(rng, 3) {
+        0 => {
+            let len = pick(rng, bytes.len());
+            bytes.truncate(len);
+            format!("truncated to {len}")
+        }
+        1 => {
+            bytes.extend(std::iter::repeat_n(0u8, 1 + pick(rng, 64)));
+            "extended".to_string()
+        }
+        _ => {
+            let shift = pick(rng, 64);
+            let len = rng.next_u64() >> shift;
+            bytes[..8].copy_from_slice(&len.to_le_bytes());
+            format!("header length {len}")
         }
     }
 }

@@ -56,7 +56,7 @@ pub struct UNet2DConfig {
     pub add_attention: bool,
     pub class_embed_type: Option<String>,
     pub num_class_embeds: Option<usize>,
-    /// Only None: a time-embedding width other than 4 × block_out_channels[0] is not ported.
+    /// Only None: a time-embedding width other than 4 × `block_out_channels[0]` is not ported.
     pub time_embedding_dim: Option<usize>,
     /// Only `UNetMidBlock2D` (None, no mid block, is not ported).
     pub mid_block_type: Option<String>,

@@ -47,13 +47,16 @@ pub fn render_heatmaps(
             .collect();
         planes.push((s.index, h, w, plane));
     }
-    let shared = planes
-        .iter()
-        .flat_map(|p| p.3.iter())
-        .fold(0f32, |m, &v| m.max(v));
+    // Scales span finite values: one kept non-finite map must not blacken every other heatmap.
+    let finite_max = |values: &mut dyn Iterator<Item = &f32>| {
+        values
+            .filter(|v| v.is_finite())
+            .fold(0f32, |m, &v| m.max(v))
+    };
+    let shared = finite_max(&mut planes.iter().flat_map(|p| p.3.iter()));
     for (index, h, w, plane) in &planes {
         let top = match scale {
-            HeatmapScale::Image => plane.iter().fold(0f32, |m, &v| m.max(v)),
+            HeatmapScale::Image => finite_max(&mut plane.iter()),
             HeatmapScale::Shared => shared,
         };
         images::write_png(
