@@ -10,7 +10,8 @@ use wgsl_diff::guidance::{GuidanceConfig, GuidanceHook, GuidanceRule};
 use wgsl_diff::models::{UNet2DConfig, UNet2DModel};
 use wgsl_diff::ops;
 use wgsl_diff::sampling::{
-    NoisePlan, NoiseSchedule, SamplerConfig, ScheduleConfig, Scheduler, StepContext, StepHook,
+    NoisePlan, NoiseSchedule, NonFiniteFlags, SamplerConfig, ScheduleConfig, Scheduler,
+    StepContext, StepHook,
 };
 use wgsl_diff::uncertainty::{UncertaintyConfig, UncertaintyEstimator};
 
@@ -74,6 +75,7 @@ fn step(
         timesteps: t,
         labels: None,
         x,
+        non_finite: &NonFiniteFlags::new(gpu, x.dim(0)).unwrap(),
     };
     let eps = hook.on_eps(&ctx, eps).unwrap();
     let (out, _) = ops::sampler_step(gpu, &scheduler.coeffs(10), x, &eps, None, None).unwrap();

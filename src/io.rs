@@ -4,15 +4,37 @@ use crate::error::{Error, Result};
 use std::io::Write;
 use std::path::Path;
 
-/// Writes `bytes` to a temporary file beside `path`, syncs it, then renames it into place.
+/// Writes `bytes` to a temporary file beside `path`, syncs it, then renames it into place. The
+/// temporary name is this process's own (`NAME.EXT.TOKEN.tmp`), so processes writing the same
+/// file at once (workers sharing a run folder) never write into one temporary file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+        "{}.{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or(""),
+        process_token()
     ));
     let fail = |e: std::io::Error| Error::Invalid(format!("cannot write {}: {e}", path.display()));
     let mut f = std::fs::File::create(&tmp).map_err(fail)?;
     f.write_all(bytes).map_err(fail)?;
     f.sync_all().map_err(fail)?;
     std::fs::rename(&tmp, path).map_err(fail)
+}
+
+/// A name for this process, unique across the machines sharing a folder: the process id alone
+/// repeats between containers (often 1) and hosts, so the start time in nanoseconds joins it.
+pub(crate) fn process_token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        format!("{}-{nanos:x}", std::process::id())
+    })
+}
+
+/// The process token in a temporary file name written by [`write_atomic`] (None for other
+/// files; a temporary file of an older version yields its extension, which no process has).
+pub(crate) fn tmp_token(file_name: &str) -> Option<&str> {
+    let stem = file_name.strip_suffix(".tmp")?;
+    stem.rsplit_once('.').map(|(_, token)| token)
 }

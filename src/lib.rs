@@ -15,7 +15,8 @@
 //!   report) and the `sample` command as a library call; [`evaluation`]: the `eval` command.
 //! - The `wgsl-diff` binary parses flags into these requests and prints what they did.
 //!
-//! [`images`], [`npy`], [`io`], [`metrics`] and [`splitmix`] are small utilities.
+//! [`images`], [`npy`], [`io`], [`metrics`] and [`splitmix`] are small utilities; [`limits`]
+//! holds every bound on a user-supplied number.
 //!
 //! # The path of a sample
 //! 1. [`run_dir::SampleJob::prepare`] loads the model and its schedule, resolves the sampler
@@ -26,10 +27,13 @@
 //! 3. Each step, [`sampling::sample_batch`] calls the model for ε, passes ε through the hooks
 //!    ([`guidance::GuidanceHook`] may steer it by the uncertainty of M re-noised copies;
 //!    [`uncertainty::UncertaintyEstimator`] re-noises x̂0 M times and accumulates the map),
-//!    and applies the scheduler's coefficients in one fused kernel; one submit per step.
-//! 4. The batch is read back once ([`sampling::FinishedBatch`]); [`run_dir::BatchWriter`]
-//!    quantises each image and writes its PNG last, with the run's parameters, index, class
-//!    and score in tEXt chunks, so a killed run loses no finished sample.
+//!    and applies the scheduler's coefficients in one fused kernel; a flag kernel records which
+//!    samples hold a NaN or ±Inf in ε or x ([`sampling::NonFiniteFlags`]); one submit per step.
+//! 4. The batch is read back once, images and flags together ([`sampling::FinishedBatch`]); a
+//!    flagged sample stops the run ([`Error::NonFinite`]) unless kept and marked. Otherwise
+//!    [`run_dir::BatchWriter`] quantises each image and writes its PNG last, with the run's
+//!    parameters, index, class and score in tEXt chunks, so a killed run loses no finished
+//!    sample; many processes may fill one folder ([`run_dir::shared`]).
 //! 5. After the last batch the folder's manifest, scores, heatmaps, grids, filtered subsets
 //!    and report are rebuilt from the PNGs.
 
@@ -39,6 +43,7 @@ pub mod gpu;
 pub mod guidance;
 pub mod images;
 pub mod io;
+pub mod limits;
 pub mod metrics;
 pub mod models;
 pub(crate) mod names;
@@ -50,4 +55,4 @@ pub mod sampling;
 pub mod splitmix;
 pub mod uncertainty;
 
-pub use error::{Error, Result};
+pub use error::{Error, NonFiniteSample, Result};

@@ -61,7 +61,7 @@ fn run(cli: Cli) -> Result<()> {
             let gpu = Gpu::new(&choice)?;
             println!("selected: {}", gpu.describe());
         }
-        Command::Sample(args) => cli::sample::run(&Gpu::new(&choice)?, &args)?,
+        Command::Sample(args) => cli::sample::run(&choice, &args)?,
         Command::Calibrate(args) => cli::calibrate::run(&Gpu::new(&choice)?, &args)?,
         Command::Filter(args) => cli::filter::run(&args)?,
         Command::Eval(args) => cli::eval::run(&Gpu::new(&choice)?, &args)?,

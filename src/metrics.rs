@@ -122,6 +122,12 @@ pub fn class_predictions(logits: &[f32], classes: usize) -> Result<ClassPredicti
             logits.len()
         )));
     }
+    if let Some(i) = logits.iter().position(|v| !v.is_finite()) {
+        return Err(Error::Invalid(format!(
+            "the classifier's logits for image {} hold a non-finite value",
+            i / classes
+        )));
+    }
     let mut histogram = vec![0; classes];
     let mut confidence_sum = 0.0;
     for row in logits.chunks(classes) {
@@ -247,7 +253,9 @@ mod tests {
         let want = (1.0 / 3.0 + e2 / (e2 + 2.0)) / 2.0;
         assert!((got.mean_confidence - want).abs() < 1e-12);
         assert_eq!(got.histogram, vec![1, 0, 1]);
-        // Huge logits must not overflow.
+        // A non-finite logit is an error naming its image; huge logits must not overflow.
+        let nan = class_predictions(&[0.0, 1.0, f32::NAN, 0.0], 2).unwrap_err();
+        assert!(nan.to_string().contains("image 1"), "{nan}");
         let big = class_predictions(&[1e30, 0.0], 2).unwrap();
         assert_eq!(big.mean_confidence, 1.0);
         assert!(class_predictions(&logits, 4).is_err());

@@ -105,11 +105,13 @@ pub(crate) fn parse<'a>(bytes: &'a [u8], what: &str) -> Result<(String, Vec<usiz
         }
     };
     let payload = &bytes[start + header_len..];
-    let n: usize = shape.iter().product();
-    if payload.len() != n * item {
+    let needed = shape
+        .iter()
+        .try_fold(item, |n: usize, &d| n.checked_mul(d))
+        .ok_or_else(|| bad(&format!("shape {shape:?} overflows")))?;
+    if payload.len() != needed {
         return Err(bad(&format!(
-            "shape {shape:?} needs {} data bytes, found {}",
-            n * item,
+            "shape {shape:?} needs {needed} data bytes, found {}",
             payload.len()
         )));
     }
@@ -128,5 +130,14 @@ mod tests {
         assert_eq!(super::read(&path).unwrap(), (vec![2, 3, 4], data));
         std::fs::write(&path, b"garbage").unwrap();
         assert!(super::read(&path).is_err());
+        // A shape whose byte count overflows is an error, not a panic or a wrapped size.
+        let huge =
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 4294967296, 4), }";
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        bytes.extend((huge.len() as u16).to_le_bytes());
+        bytes.extend(huge.as_bytes());
+        std::fs::write(&path, bytes).unwrap();
+        let err = super::read(&path).unwrap_err().to_string();
+        assert!(err.contains("overflows"), "{err}");
     }
 }

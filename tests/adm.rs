@@ -287,7 +287,7 @@ fn cli_refuses_bad_classes_and_methods() {
         (
             "adm_cond.safetensors",
             &["--uc-method", "mc-dropout"],
-            "need --uncertainty",
+            "--uncertainty",
         ),
     ] {
         let out = tmp("refused");
@@ -296,16 +296,14 @@ fn cli_refuses_bad_classes_and_methods() {
     }
 }
 
-/// A weight file whose tensors do not match its config names every problem.
-#[test]
-fn mismatched_adm_weights_are_listed() {
+/// The loader's error for a file whose tensors do not match its config, written to `name`.
+fn load_error(name: &str, config_edit: (&str, &str)) -> String {
     let path = fixture("adm_uncond.safetensors");
     let bytes = std::fs::read(&path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     let mut meta = header.metadata().clone().unwrap();
-    // Flags that do not match the tensors: more channels per level than the file holds.
-    let config = meta["config"].replace("\"model_channels\":32", "\"model_channels\":64");
+    let config = meta["config"].replace(config_edit.0, config_edit.1);
     meta.insert("config".into(), config);
     let views: Vec<(String, safetensors::tensor::TensorView)> = st
         .tensors()
@@ -317,20 +315,37 @@ fn mismatched_adm_weights_are_listed() {
                 .unwrap(),
         )])
         .collect();
-    let out = tmp("mismatch.safetensors");
+    let out = tmp(name);
     std::fs::write(&out, safetensors::serialize(views, &Some(meta)).unwrap()).unwrap();
     let err = match AdmModel::load(gpu(), &WeightFile::open(&out).unwrap()) {
         Ok(_) => panic!("a mismatched file loaded"),
         Err(e) => e.to_string(),
     };
+    let _ = std::fs::remove_file(&out);
+    err
+}
+
+/// A weight file whose tensors do not match its config names every problem; flags far from
+/// the tensors (more channels per level than the file holds) name the first mismatches and stop.
+#[test]
+fn mismatched_adm_weights_are_listed() {
+    let err = load_error("missing.safetensors", ("", ""));
     for needle in [
-        "`input_blocks.0.0.weight` has shape [32, 3, 3, 3], the config implies [64, 3, 3, 3]",
         "missing tensor `out.2.bias`",
         "unexpected tensor `extra.weight`",
     ] {
         assert!(err.contains(needle), "{needle:?} not in: {err}");
     }
-    let _ = std::fs::remove_file(&out);
+    let err = load_error(
+        "wider.safetensors",
+        ("\"model_channels\":32", "\"model_channels\":64"),
+    );
+    for needle in [
+        "`input_blocks.0.0.weight` has shape [32, 3, 3, 3], the config implies [64, 3, 3, 3]",
+        "stopped here",
+    ] {
+        assert!(err.contains(needle), "{needle:?} not in: {err}");
+    }
 }
 
 /// The released 64×64 architecture (296 M parameters, random weights): it loads, one forward
@@ -386,7 +401,7 @@ fn adm64_architecture_matches_guided_diffusion() {
     let plan = NoisePlan::new(0);
     let image =
         wgsl_diff::sampling::sample_batch(g, &model, &sched, &plan, spec, &mut [], |_| {}).unwrap();
-    let image = common::read(&image);
+    let image = common::read(&image.x);
     assert_eq!(image.len(), 3 * 64 * 64);
     assert!(image.iter().all(|v| v.is_finite()));
 }

@@ -209,7 +209,12 @@ fn bad_input_is_an_error_not_a_panic() {
         ),
         (vec!["--model", "Cargo.toml"], "not a valid safetensors"),
         (vec!["--class", "3"], "unconditional"),
-        (vec!["--num", "200000", "--batch", "200000"], "use --batch"),
+        (
+            vec!["--num", "200000", "--batch", "200000"],
+            "--batch is 200000",
+        ),
+        // Within the stated limit but over this device's binding size.
+        (vec!["--num", "65536", "--batch", "65536"], "use --batch"),
         (vec!["--init-noise", "Cargo.toml"], "npy"),
     ];
     for (extra, needle) in cases {
@@ -352,4 +357,62 @@ fn uncertainty_run_scores_filters_and_reports_without_changing_samples() {
     assert_eq!(count(&maps, "map_step"), 3 * 2);
     assert_eq!(count(&noise, "noise_uncertainty_step"), 3 * 3 * 2);
     assert_eq!(count(&noise, "noise_init"), 2);
+}
+
+/// What the command does with numbers that went wrong: a model whose one finite weight (3e38)
+/// overflows stops with the sample indices and the step, or is written marked when asked; a
+/// misspelt config key or a β of 1 is refused by name; never a silent black PNG.
+#[test]
+fn broken_numbers_stop_the_command_or_are_marked() {
+    use common::weights_file::WeightsFile;
+    let dir = tmp("broken");
+    std::fs::create_dir_all(&dir).unwrap();
+    let edit = |name: &str, f: &dyn Fn(&mut WeightsFile)| {
+        let mut file = WeightsFile::read(Path::new(MODEL));
+        f(&mut file);
+        let path = dir.join(name);
+        file.write(&path);
+        path
+    };
+    let huge = edit("huge.safetensors", &|f| {
+        f.set_f32("conv_in.weight", 0, 3e38)
+    });
+    let misspelt = edit("misspelt.safetensors", &|f| {
+        let v = f.meta_json("config")["flip_sin_to_cos"].clone();
+        f.edit_meta_json("config", "flip_sin_to_cos", None);
+        f.edit_meta_json("config", "flip_sin_to_cs", Some(v));
+    });
+    let beta = edit("beta.safetensors", &|f| {
+        f.edit_meta_json("scheduler", "beta_end", Some(serde_json::json!(1.0)))
+    });
+    let run = |model: &Path, out: &str, extra: &[&str]| {
+        bin()
+            .args(["sample", "--quiet", "--steps", "3", "--num", "2", "--model"])
+            .arg(model)
+            .arg("--out")
+            .arg(dir.join(out))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let stopped = run(&huge, "huge", &[]);
+    common::assert_clean_failure(&stopped, "a 3e38 weight", "0 (step 0, t = 666), 1 (step 0");
+    assert!(pngs_if_any(&dir.join("huge")) == 0, "no black PNG written");
+    let kept = run(&huge, "kept", &["--keep-non-finite"]);
+    assert!(
+        kept.status.success(),
+        "{}",
+        String::from_utf8_lossy(&kept.stderr)
+    );
+    let marks: Vec<u64> = manifest_samples(&dir.join("kept"))
+        .iter()
+        .map(|s| s["non_finite_step"].as_u64().expect("marked"))
+        .collect();
+    assert_eq!(marks, [0, 0]);
+    common::assert_clean_failure(
+        &run(&misspelt, "m", &[]),
+        "a misspelt key",
+        "`flip_sin_to_cs`",
+    );
+    common::assert_clean_failure(&run(&beta, "b", &[]), "β = 1", "`beta_end` is 1");
 }

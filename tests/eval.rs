@@ -302,6 +302,45 @@ fn bad_inputs_give_clear_errors() {
         &["--real", good, "--fake", good, "--fake-range", "5..2"],
         "empty",
     );
+    // Ranges and batches are bounded before anything is allocated: no capacity overflow, no
+    // wrapped u32 sample index.
+    assert_fails(
+        &[
+            "--real",
+            "noise",
+            "--real-range",
+            "0..18446744073709551615",
+            "--fake",
+            good,
+        ],
+        "at most 1000000",
+    );
+    assert_fails(
+        &[
+            "--real",
+            "noise",
+            "--real-range",
+            "4294967295..4294967297",
+            "--fake",
+            good,
+        ],
+        "last sample index",
+    );
+    assert_fails(
+        &["--real", good, "--fake", good, "--batch", "0"],
+        "--batch is 0",
+    );
+    assert_fails(
+        &[
+            "--real",
+            good,
+            "--fake",
+            good,
+            "--batch",
+            "18446744073709551615",
+        ],
+        "--batch is 18446744073709551615",
+    );
     let unet = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/unet_tiny_gray.safetensors"

@@ -15,7 +15,7 @@ use wgsl_diff::guidance::{
 use wgsl_diff::models::{EpsModel, UNet2DModel};
 use wgsl_diff::ops::{self, MaskedRule};
 use wgsl_diff::sampling::{
-    sample_batch, BatchSpec, NoisePlan, NoisePurpose, StepContext, StepHook,
+    sample_batch, BatchSpec, NoisePlan, NoisePurpose, NonFiniteFlags, StepContext, StepHook,
 };
 
 type Fixture = HashMap<String, (Vec<usize>, Vec<f32>)>;
@@ -77,6 +77,7 @@ fn guided_step(
         timesteps: &timesteps,
         labels: labels.as_ref(),
         x: &x,
+        non_finite: &NonFiniteFlags::new(g, b).unwrap(),
     };
     let mut hook = GuidanceHook::new(g, config).unwrap();
     read(&hook.on_eps(&ctx, eps).unwrap())
@@ -155,7 +156,7 @@ fn a_guided_run_matches_an_independent_pytorch_implementation() {
         let want = &st[&format!("run/{rule}/final")].1;
         assert_close(
             &format!("run/{rule}"),
-            &read(&x.unwrap()),
+            &read(&x.unwrap().x),
             &to_f64(want),
             1e-4,
             1e-4,

@@ -521,6 +521,11 @@ fn kernel_parameters_beyond_u32_are_errors_not_panics() {
     let key = ops::NoiseKey { seed: 1, tag: 0 };
     let err = ops::normal(gpu(), &[1, 4], key, u32::MAX as usize + 1).unwrap_err();
     assert!(err.to_string().contains("first sample index"), "{err}");
+    // The kernel adds each row to the first index in u32: a batch reaching past u32::MAX would
+    // wrap to sample 0's noise.
+    let err = ops::normal(gpu(), &[4, 4], key, u32::MAX as usize - 2).unwrap_err();
+    assert!(err.to_string().contains("last sample index"), "{err}");
+    assert!(ops::normal(gpu(), &[3, 4], key, u32::MAX as usize - 2).is_ok());
 }
 
 #[test]

@@ -46,7 +46,8 @@ fn ddim_sampling_matches_the_diffusers_pipeline() {
                 &mut [],
                 |_| {},
             )
-            .unwrap(),
+            .unwrap()
+            .x,
         );
         // The pipeline's output: (x/2 + 0.5) clamped to [0, 1].
         let ours: Vec<f32> = x.iter().map(|v| (v / 2.0 + 0.5).clamp(0.0, 1.0)).collect();
@@ -105,7 +106,8 @@ fn uncertainty_maps_match_an_independent_pytorch_implementation() {
                 &mut [&mut est],
                 |_| {},
             )
-            .unwrap(),
+            .unwrap()
+            .x,
         );
         for (i, (step, map)) in est.maps.iter().enumerate() {
             assert_eq!(*step, i);
@@ -159,7 +161,8 @@ fn shipped_model_matches_the_diffusers_pipeline() {
             &mut [],
             |_| {},
         )
-        .unwrap(),
+        .unwrap()
+        .x,
     );
     let ours: Vec<f32> = x.iter().map(|v| (v / 2.0 + 0.5).clamp(0.0, 1.0)).collect();
     assert_close(

@@ -74,6 +74,8 @@ fn request(out: &Path) -> SampleRequest {
         dump_noise: None,
         keep_fraction: Some(0.67),
         report: true,
+        shard: None,
+        keep_non_finite: false,
     }
 }
 
@@ -241,6 +243,7 @@ fn scores_sort_with_nan_last() {
         class: None,
         score,
         heatmap: None,
+        non_finite_step: None,
     };
     let mut records = [
         record(0, Some(f64::NAN)),

@@ -33,7 +33,8 @@ fn run(
             hooks,
             |_| {},
         )
-        .unwrap(),
+        .unwrap()
+        .x,
     )
 }
 

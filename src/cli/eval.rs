@@ -8,6 +8,7 @@ use wgsl_diff::evaluation::{
     self, EvalOptions, EvalReport, ImageRange, ImageSource, SetSpec, DEFAULT_CLASSIFIER,
 };
 use wgsl_diff::gpu::Gpu;
+use wgsl_diff::limits::{MAX_BATCH, MAX_EVAL_IMAGES, SAMPLE_INDEX_END};
 
 const SOURCES_HELP: &str = "\
 Image sources (--real, --fake):
@@ -31,17 +32,14 @@ pub struct EvalArgs {
     /// Generated images: DIR, idx FILE or `noise` (see below)
     #[arg(long)]
     pub fake: ImageSource,
-    /// Use only images A..B of --real
-    #[arg(long, value_name = "A..B")]
+    #[arg(long, value_name = "A..B", help = format!("Use only images A..B of --real (at most {MAX_EVAL_IMAGES}; B ≤ {SAMPLE_INDEX_END} for noise)"))]
     pub real_range: Option<ImageRange>,
-    /// Use only images A..B of --fake
-    #[arg(long, value_name = "A..B")]
+    #[arg(long, value_name = "A..B", help = format!("Use only images A..B of --fake (at most {MAX_EVAL_IMAGES}; B ≤ {SAMPLE_INDEX_END} for noise)"))]
     pub fake_range: Option<ImageRange>,
     /// Classifier written by tools/train_classifier.py [default: weights/fashion_classifier.safetensors]
     #[arg(long)]
     pub classifier: Option<PathBuf>,
-    /// Images per GPU batch
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, help = format!("Images per GPU batch (1..={MAX_BATCH})"))]
     pub batch: usize,
     /// Seed of `noise` images
     #[arg(long, default_value_t = 0)]

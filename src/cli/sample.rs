@@ -6,10 +6,13 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::ops::Range;
 use std::path::PathBuf;
-use wgsl_diff::gpu::Gpu;
+use wgsl_diff::gpu::{AdapterChoice, Gpu};
 use wgsl_diff::guidance::{GuidanceConfig, GuidanceRule, Threshold};
+use wgsl_diff::limits::{MAX_BATCH, MAX_COPIES, MAX_TRAIN_TIMESTEPS, SAMPLE_INDEX_END};
 use wgsl_diff::ops::UncertaintyMode;
-use wgsl_diff::run_dir::{HeatmapScale, SampleJob, SampleProgress, SampleRequest, DEFAULT_MODEL};
+use wgsl_diff::run_dir::{
+    HeatmapScale, SampleJob, SampleProgress, SampleRequest, Shard, DEFAULT_MODEL,
+};
 use wgsl_diff::sampling::{SamplerChoice, SamplerKind, Spacing};
 use wgsl_diff::uncertainty::{UncertaintyConfig, UncertaintyMethod};
 use wgsl_diff::Error;
@@ -20,12 +23,11 @@ pub struct SamplerArgs {
     /// Weight file written by tools/convert.py [default: the shipped Fashion-MNIST model]
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Sampling steps [default: 50; 1000 for ddpm]
-    #[arg(long)]
+    #[arg(long, help = format!("Sampling steps, at most the model's training timesteps (≤ {MAX_TRAIN_TIMESTEPS}) [default: 50; all of them for ddpm]"))]
     pub steps: Option<usize>,
     #[arg(long, default_value = "ddim", value_parser = named::<SamplerKind>(SamplerKind::NAMES))]
     pub sampler: SamplerKind,
-    /// DDIM's η: 0 is deterministic, 1 is DDPM-like
+    /// DDIM's η (finite, ≥ 0): 0 is deterministic, 1 is DDPM-like
     #[arg(long, default_value_t = 0.0)]
     pub eta: f64,
     /// Timestep spacing [default: leading; linspace for dpmpp2m]
@@ -60,21 +62,28 @@ impl SamplerArgs {
 pub struct SampleArgs {
     #[command(flatten)]
     pub sampler: SamplerArgs,
-    /// Samples per GPU batch
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, help = format!("Samples per GPU batch (1..={MAX_BATCH})"))]
     pub batch: usize,
-    /// Number of samples
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, help = format!("Number of samples of the run; start-index + num ≤ {SAMPLE_INDEX_END}"))]
     pub num: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Index of the first sample: a run makes samples start-index .. start-index + num
     #[arg(long, default_value_t = 0)]
     pub start_index: usize,
+    /// Make only part I of N (0-based) of the run, e.g. 3/8: one of N workers filling --out
+    #[arg(long, value_name = "I/N", conflicts_with = "shard_from_env")]
+    pub shard: Option<Shard>,
+    /// Take the shard from a job array: SLURM_ARRAY_TASK_ID/_COUNT or JOB_COMPLETION_INDEX
+    #[arg(long)]
+    pub shard_from_env: bool,
+    /// The number of workers for --shard-from-env [default: SLURM_ARRAY_TASK_COUNT]
+    #[arg(long, value_name = "N", requires = "shard_from_env")]
+    pub shard_count: Option<usize>,
     /// Class label for class-conditional models [default: sample index mod number of classes]
     #[arg(long)]
     pub class: Option<usize>,
-    /// Output folder
+    /// Output folder (many workers may share one: see --shard)
     #[arg(long)]
     pub out: PathBuf,
     /// Starting noise as float32 .npy of shape (num, C, H, W), replacing the generated noise
@@ -83,24 +92,26 @@ pub struct SampleArgs {
     /// Also write each final image as float32 .npy in [−1, 1] before quantisation
     #[arg(long)]
     pub save_raw: bool,
+    /// Write samples that go NaN or ±Inf (marked in samples.json) instead of stopping
+    #[arg(long)]
+    pub keep_non_finite: bool,
     /// Estimate pixel-wise uncertainty at each step (Algorithm 1) and score the samples
     #[arg(long)]
     pub uncertainty: bool,
-    /// M: re-noised copies per uncertainty or guidance step
-    #[arg(short = 'M', long = "mc-samples", default_value_t = 5)]
-    pub mc_samples: usize,
+    #[arg(short = 'M', long = "mc-samples", help = format!("M: copies per uncertainty or guidance step (1..={MAX_COPIES}; ≥ 2 for the variance modes and gradient guidance) [default: 5]"))]
+    pub mc_samples: Option<usize>,
     /// Where the M predictions come from: `renoise` (the paper's Algorithm 1) or `mc-dropout`
     /// (M passes with dropout active; models with dropout layers only)
-    #[arg(long, default_value = "renoise", value_parser = named::<UncertaintyMethod>(UncertaintyMethod::NAMES))]
+    #[arg(long, default_value = "renoise", value_parser = named::<UncertaintyMethod>(UncertaintyMethod::NAMES), requires = "uncertainty")]
     pub uc_method: UncertaintyMethod,
     /// How the M predictions are summarised [default: centred; variance for mc-dropout]
-    #[arg(long, value_parser = named::<UncertaintyMode>(UncertaintyMode::NAMES))]
+    #[arg(long, value_parser = named::<UncertaintyMode>(UncertaintyMode::NAMES), requires = "uncertainty")]
     pub uc_mode: Option<UncertaintyMode>,
     /// First sampling step (0-based) with uncertainty estimation
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, requires = "uncertainty")]
     pub uc_start: usize,
-    /// Number of steps with uncertainty estimation [default: all from uc-start]
-    #[arg(long)]
+    /// Number of steps with uncertainty estimation (≥ 1; uc-start + uc-steps ≤ steps) [default: all from uc-start]
+    #[arg(long, requires = "uncertainty")]
     pub uc_steps: Option<usize>,
     /// Uncertainty-guided sampling (Algorithm 2): `gradient` (Rule G, the paper's) or
     /// `posterior` (Rule P, closed form)
@@ -123,19 +134,19 @@ pub struct SampleArgs {
     #[arg(long)]
     pub threshold_file: Option<PathBuf>,
     /// Heatmap colour scale: `image` (each its own maximum) or `shared` (the run's maximum)
-    #[arg(long, default_value = "image", value_parser = named::<HeatmapScale>(HeatmapScale::NAMES))]
+    #[arg(long, default_value = "image", value_parser = named::<HeatmapScale>(HeatmapScale::NAMES), requires = "uncertainty")]
     pub heatmap_scale: HeatmapScale,
     /// Write each step's uncertainty map (B, C, H, W per batch) as .npy into this folder
-    #[arg(long)]
+    #[arg(long, requires = "uncertainty")]
     pub save_maps: Option<PathBuf>,
     /// Write every noise tensor the run drew as .npy into this folder (for replay elsewhere)
     #[arg(long)]
     pub dump_noise: Option<PathBuf>,
-    /// After sampling, keep this fraction of lowest-uncertainty samples (and an equal random subset)
-    #[arg(long)]
+    /// After sampling, keep this fraction (0, 1] of lowest-uncertainty samples (and an equal random subset); it must keep at least one
+    #[arg(long, requires = "uncertainty")]
     pub keep_fraction: Option<f64>,
     /// Write report.html: samples sorted by score beside their heatmaps, and a histogram
-    #[arg(long)]
+    #[arg(long, requires = "uncertainty")]
     pub report: bool,
     /// Hide the progress bar
     #[arg(long)]
@@ -144,16 +155,18 @@ pub struct SampleArgs {
 
 impl SampleArgs {
     fn request(&self) -> Result<SampleRequest> {
-        if (self.save_maps.is_some() || self.keep_fraction.is_some() || self.report)
-            && !self.uncertainty
-        {
-            bail!("--save-maps, --keep-fraction and --report need --uncertainty");
+        let shard = match (self.shard, self.shard_from_env) {
+            (Some(shard), _) => Some(shard),
+            (None, true) => Some(Shard::from_env(
+                |k| std::env::var(k).ok(),
+                self.shard_count,
+            )?),
+            (None, false) => None,
+        };
+        if self.mc_samples.is_some() && !self.uncertainty && self.guidance.is_none() {
+            bail!("-M needs --uncertainty or --guidance");
         }
-        if (self.uc_method != UncertaintyMethod::Renoise || self.uc_mode.is_some())
-            && !self.uncertainty
-        {
-            bail!("--uc-method and --uc-mode need --uncertainty");
-        }
+        let copies = self.mc_samples.unwrap_or(5);
         let guidance_flags = self.guidance_strength.is_some()
             || self.percentile.is_some()
             || self.guidance_start.is_some()
@@ -166,7 +179,7 @@ impl SampleArgs {
             let paper = GuidanceConfig::paper(rule);
             GuidanceConfig {
                 strength: self.guidance_strength.unwrap_or(paper.strength),
-                copies: self.mc_samples,
+                copies,
                 start: self.guidance_start.unwrap_or(paper.start),
                 steps: self.guidance_steps.or(paper.steps),
                 threshold: self
@@ -176,7 +189,7 @@ impl SampleArgs {
             }
         });
         let uncertainty = self.uncertainty.then(|| UncertaintyConfig {
-            copies: self.mc_samples,
+            copies,
             method: self.uc_method,
             mode: self.uc_mode.unwrap_or(match self.uc_method {
                 UncertaintyMethod::Renoise => UncertaintyMode::Centred,
@@ -187,7 +200,7 @@ impl SampleArgs {
             keep_maps: self.save_maps.is_some(),
             ..Default::default()
         });
-        Ok(SampleRequest {
+        let request = SampleRequest {
             model: self.sampler.model(),
             sampler: self.sampler.choice(),
             seed: self.seed,
@@ -206,7 +219,11 @@ impl SampleArgs {
             dump_noise: self.dump_noise.clone(),
             keep_fraction: self.keep_fraction,
             report: self.report,
-        })
+            shard,
+            keep_non_finite: self.keep_non_finite,
+        };
+        request.validate()?;
+        Ok(request)
     }
 }
 
@@ -223,9 +240,12 @@ impl SampleProgress for Bar {
     }
 }
 
-pub fn run(gpu: &Gpu, args: &SampleArgs) -> Result<()> {
-    let job = SampleJob::prepare(gpu, args.request()?)?;
-    let todo = job.todo().len();
+/// Checks the flags before the GPU is opened, then samples.
+pub fn run(adapter: &AdapterChoice, args: &SampleArgs) -> Result<()> {
+    let request = args.request()?;
+    let gpu = Gpu::new(adapter)?;
+    let job = SampleJob::prepare(&gpu, request)?;
+    let (todo, own) = (job.todo().len(), job.own().len());
     let bar = if args.quiet {
         ProgressBar::hidden()
     } else {
@@ -234,11 +254,10 @@ pub fn run(gpu: &Gpu, args: &SampleArgs) -> Result<()> {
     bar.set_style(ProgressStyle::with_template(
         "{bar:40} {pos}/{len} sample-steps  {msg}  [{elapsed_precise}<{eta_precise}]",
     )?);
-    if todo < args.num {
+    if todo < own {
         bar.println(format!(
-            "resuming: {} of {} samples already in {}",
-            args.num - todo,
-            args.num,
+            "resuming: {} of {own} samples already in {}",
+            own - todo,
             args.out.display()
         ));
     }
@@ -262,5 +281,12 @@ pub fn run(gpu: &Gpu, args: &SampleArgs) -> Result<()> {
         );
     }
     println!("{} samples in {}", summary.samples, args.out.display());
+    if summary.missing > 0 {
+        println!(
+            "{} samples of the run are not there yet (other shards): the last worker to finish \
+             writes the filtered sets and the report",
+            summary.missing
+        );
+    }
     Ok(())
 }

@@ -26,10 +26,12 @@ pub(super) fn parse_idx_images(raw: &[u8]) -> Result<(usize, usize, usize, Vec<u
     let header = |i: usize| u32::from_be_bytes(data[4 * i..4 * i + 4].try_into().unwrap()) as usize;
     let (count, rows, cols) = (header(1), header(2), header(3));
     let pixels = &data[16..];
-    if pixels.len() != count * rows * cols {
+    // Three u32 factors can overflow even a 64-bit size.
+    let promised = count.checked_mul(rows).and_then(|n| n.checked_mul(cols));
+    if promised != Some(pixels.len()) {
+        let bytes = promised.map_or("more than 2^64".into(), |n| n.to_string());
         return Err(Error::Invalid(format!(
-            "the header promises {count} images of {rows}x{cols} ({} bytes), the file holds {}",
-            count * rows * cols,
+            "the header promises {count} images of {rows}x{cols} ({bytes} bytes), the file holds {}",
             pixels.len()
         )));
     }
@@ -66,6 +68,8 @@ mod tests {
         }
         let truncated = parse_idx_images(&raw[..raw.len() - 1]).unwrap_err();
         assert!(format!("{truncated:#}").contains("promises 2 images"));
+        let huge = parse_idx_images(&idx_bytes(u32::MAX, u32::MAX, u32::MAX, &pixels)).unwrap_err();
+        assert!(format!("{huge:#}").contains("more than 2^64"), "{huge:#}");
         let labels = parse_idx_images(&[0, 0, 8, 1, 0, 0, 0, 0]).unwrap_err();
         assert!(format!("{labels:#}").contains("not an idx3"));
     }

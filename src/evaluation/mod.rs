@@ -12,6 +12,7 @@ pub use sources::{ImageRange, ImageSource, SetSpec};
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
+use crate::limits::{self, MAX_BATCH};
 use crate::metrics::{self, ClassPredictions, FeatureGaussian};
 use crate::models::classifier::FashionClassifier;
 use crate::models::WeightFile;
@@ -63,9 +64,7 @@ pub struct EvalReport {
 /// Loads the classifier and both sets, and compares them. A `noise` set without a range takes the
 /// other set's size.
 pub fn evaluate(gpu: &Gpu, options: &EvalOptions) -> Result<EvalReport> {
-    if options.batch == 0 {
-        return Err(Error::Invalid("--batch must be at least 1".into()));
-    }
+    limits::count_in("--batch", options.batch, MAX_BATCH)?;
     let model = FashionClassifier::load(gpu, &WeightFile::open(&options.classifier)?)?;
     let (real, fake) = load_sets(gpu, options, model.config.input_size)?;
     let real = score(gpu, &model, options.batch, "real", real)?;

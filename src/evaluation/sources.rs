@@ -6,6 +6,7 @@ use super::input::check_size;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::images::{self, Image8};
+use crate::limits::{self, MAX_EVAL_IMAGES};
 use crate::sampling::NoisePlan;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -44,11 +45,18 @@ impl ImageRange {
         self.0.clone()
     }
 
-    /// `range` unless it is empty; `text` is how the user wrote it, for the message.
+    /// `range` unless it is empty or longer than [`MAX_EVAL_IMAGES`]; `text` is how the user
+    /// wrote it, for the message.
     fn non_empty(range: Range<usize>, text: &str) -> Result<ImageRange> {
         if range.is_empty() {
             return Err(Error::Invalid(format!(
                 "{text:?} is empty: A must be less than B"
+            )));
+        }
+        if range.len() > MAX_EVAL_IMAGES {
+            return Err(Error::Invalid(format!(
+                "{text:?} holds {} images; a set holds at most {MAX_EVAL_IMAGES}",
+                range.len()
             )));
         }
         Ok(ImageRange(range))
@@ -212,6 +220,8 @@ fn load_idx_file(path: &Path, range: Option<Range<usize>>, side: usize) -> Resul
 /// `wgsl-diff sample --seed S`'s starting noise of samples `range`, quantised like its PNGs.
 fn noise_images(gpu: &Gpu, range: Range<usize>, side: usize, seed: u64) -> Result<ImageSet> {
     const CHUNK: usize = 1024;
+    let range = limits::sample_range("noise images", range.start, range.len())?;
+    limits::count_in("the number of noise images", range.len(), MAX_EVAL_IMAGES)?;
     let plan = NoisePlan::new(seed);
     let mut images = Vec::with_capacity(range.len());
     for first in range.clone().step_by(CHUNK) {
@@ -249,6 +259,8 @@ mod tests {
         let reversed = ImageRange::new(5..2);
         assert!(reversed.is_err());
         assert!(select(Some(0..11), 10, "x").is_err());
+        assert!(parse_range("0..18446744073709551615").is_err());
+        assert!(parse_range(&format!("0..{}", MAX_EVAL_IMAGES)).is_ok());
         assert_eq!(select(None, 10, "x").unwrap(), 0..10);
     }
 }

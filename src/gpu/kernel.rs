@@ -48,6 +48,7 @@ pub mod shaders {
     shader!(NOISE_SCALE, "noise_scale");
     shader!(POOL, "pool");
     shader!(RESIZE, "resize");
+    shader!(FINITE, "finite");
 
     pub const ALL: &[&Shader] = &[
         &MATMUL,
@@ -69,6 +70,7 @@ pub mod shaders {
         &NOISE_SCALE,
         &POOL,
         &RESIZE,
+        &FINITE,
     ];
 }
 

@@ -211,14 +211,27 @@ impl Gpu {
 
     /// Copies a tensor's contents back to the CPU (flushing pending work first).
     pub fn read(&self, t: &Tensor) -> Result<Vec<f32>> {
-        let bytes = t.byte_len();
+        let mut out = self.read_many(&[t])?;
+        Ok(out.pop().unwrap_or_default())
+    }
+
+    /// Copies several tensors back with one submit and one mapping: one read-back, however
+    /// many tensors a finished batch hands over.
+    pub fn read_many(&self, tensors: &[&Tensor]) -> Result<Vec<Vec<f32>>> {
+        let total: u64 = tensors.iter().map(|t| t.byte_len()).sum();
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("read-back"),
-            size: bytes,
+            size: total.max(4),
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        self.with_encoder(|enc, _| enc.copy_buffer_to_buffer(t.buffer(), 0, &staging, 0, bytes));
+        self.with_encoder(|enc, _| {
+            let mut offset = 0;
+            for t in tensors {
+                enc.copy_buffer_to_buffer(t.buffer(), 0, &staging, offset, t.byte_len());
+                offset += t.byte_len();
+            }
+        });
         self.flush();
         let (tx, rx) = std::sync::mpsc::channel();
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
@@ -233,7 +246,13 @@ impl Gpu {
         let view = staging
             .get_mapped_range(..)
             .map_err(|e| Error::ReadBack(format!("{e:?}")))?;
-        let out = bytemuck::cast_slice::<u8, f32>(&view)[..t.numel()].to_vec();
+        let values = bytemuck::cast_slice::<u8, f32>(&view);
+        let mut out = Vec::with_capacity(tensors.len());
+        let mut start = 0;
+        for t in tensors {
+            out.push(values[start..start + t.numel()].to_vec());
+            start += t.numel();
+        }
         drop(view);
         staging.unmap();
         Ok(out)

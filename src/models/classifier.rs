@@ -8,11 +8,13 @@ use super::layers::{Conv2d, Linear};
 use super::weights::{VarBuilder, WeightFile};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
+use crate::limits::{MAX_BLOCKS, MAX_CHANNELS, MAX_CLASSES, MAX_SAMPLE_SIZE};
 use crate::ops;
 use serde::Deserialize;
 
-/// The `config` metadata written by `tools/train_classifier.py`.
+/// The `config` metadata written by `tools/train_classifier.py`; any other key is refused.
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ClassifierConfig {
     pub in_channels: usize,
     /// Output channels of each conv stage; every stage halves the resolution.
@@ -29,21 +31,38 @@ pub struct ClassifierConfig {
 }
 
 impl ClassifierConfig {
+    /// Every width in 1..=its [limit](crate::limits), an input side that halves once per stage,
+    /// a finite padding value inside the images' range [−1, 1], one name per class.
     fn validate(&self) -> Result<()> {
         let invalid =
             |what: String| Err(Error::Weights(format!("invalid classifier config: {what}")));
-        let widths = [self.in_channels, self.hidden, self.classes];
-        if self.channels.is_empty() || widths.iter().chain(&self.channels).any(|&w| w == 0) {
+        if self.channels.is_empty() || self.channels.len() > MAX_BLOCKS {
             return invalid(format!(
-                "needs at least one conv stage and non-zero widths, got {self:?}"
+                "`channels` has {} conv stages; it must have 1..={MAX_BLOCKS}",
+                self.channels.len()
             ));
         }
+        let mut counts = vec![
+            ("in_channels", self.in_channels, MAX_CHANNELS),
+            ("hidden", self.hidden, MAX_CHANNELS),
+            ("classes", self.classes, MAX_CLASSES),
+            ("input_size", self.input_size, MAX_SAMPLE_SIZE),
+        ];
+        counts.extend(self.channels.iter().map(|&c| ("channels", c, MAX_CHANNELS)));
+        if let Some((key, v, max)) = counts.iter().find(|(_, v, max)| !(1..=*max).contains(v)) {
+            return invalid(format!("`{key}` holds {v}; it must be in 1..={max}"));
+        }
         let stages = self.channels.len() as u32;
-        let halves_evenly = |d: usize| self.input_size > 0 && self.input_size.is_multiple_of(d);
-        if !2usize.checked_pow(stages).is_some_and(halves_evenly) {
+        if !self.input_size.is_multiple_of(1 << stages) {
             return invalid(format!(
-                "input_size {} does not halve {stages} times",
+                "`input_size` {} does not halve {stages} times",
                 self.input_size
+            ));
+        }
+        if !(-1.0..=1.0).contains(&self.padding_value) {
+            return invalid(format!(
+                "`padding_value` is {}; it must be in [-1, 1]",
+                self.padding_value
             ));
         }
         if !self.class_names.is_empty() && self.class_names.len() != self.classes {

@@ -9,17 +9,29 @@ use super::unet_2d_blocks::{
     BlockConfig, BlockTape, DownBlock, DownBlockArgs, DownBlockType, UNetMidBlock2D, UpBlock,
     UpBlockArgs, UpBlockType,
 };
-use super::weights::{VarBuilder, WeightFile};
+use super::weights::{parse_config, VarBuilder, WeightFile};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
+use crate::limits::{
+    MAX_BLOCKS, MAX_CHANNELS, MAX_CLASSES, MAX_CONFIG_SCALE, MAX_LAYERS_PER_BLOCK, MAX_SAMPLE_SIZE,
+    MAX_TRAIN_TIMESTEPS,
+};
 use crate::ops;
 use serde::Deserialize;
 
-/// The subset of diffusers' UNet2DModel config this port reads. A missing field takes the
-/// default of diffusers' `UNet2DModel.__init__` (see the `Default` impl); unknown fields
-/// (`dropout`, `num_train_timesteps`, …) are ignored.
+/// An invalid (rather than unsupported) config, said once.
+fn invalid<T>(what: String) -> Result<T> {
+    Err(Error::Invalid(format!(
+        "invalid UNet2DModel config: {what}"
+    )))
+}
+
+/// diffusers' UNet2DModel config: every argument of `UNet2DModel.__init__` and the `_class_name`
+/// and `_diffusers_version` keys diffusers adds. A missing key takes diffusers' default (see the
+/// `Default` impl); any other key is refused, so a misspelled one cannot silently fall back to
+/// a default and build a different network. [`validate`](Self::validate) checks every value.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct UNet2DConfig {
     pub sample_size: Option<usize>,
     pub in_channels: usize,
@@ -45,6 +57,18 @@ pub struct UNet2DConfig {
     pub add_attention: bool,
     pub class_embed_type: Option<String>,
     pub num_class_embeds: Option<usize>,
+    /// Only None: a time-embedding width other than 4 × `block_out_channels[0]` is not ported.
+    pub time_embedding_dim: Option<usize>,
+    /// Only `UNetMidBlock2D` (None, no mid block, is not ported).
+    pub mid_block_type: Option<String>,
+    /// Training only; range-checked.
+    pub dropout: f64,
+    /// Read by diffusers only for learned time embeddings; range-checked.
+    pub num_train_timesteps: Option<usize>,
+    #[serde(rename = "_class_name")]
+    pub class_name: Option<String>,
+    #[serde(rename = "_diffusers_version")]
+    pub diffusers_version: Option<String>,
 }
 
 impl Default for UNet2DConfig {
@@ -82,20 +106,34 @@ impl Default for UNet2DConfig {
             add_attention: true,
             class_embed_type: None,
             num_class_embeds: None,
+            time_embedding_dim: None,
+            mid_block_type: Some(MID_BLOCK_TYPE.into()),
+            dropout: 0.0,
+            num_train_timesteps: None,
+            class_name: None,
+            diffusers_version: None,
         }
     }
 }
 
+/// The only `mid_block_type` ported.
+const MID_BLOCK_TYPE: &str = "UNetMidBlock2D";
+
 impl UNet2DConfig {
-    /// Rejects configurations this port does not implement (`Error::Weights`) and sizes that
-    /// cannot build a network (`Error::Invalid`), naming the field. Unknown block types and
-    /// time-embedding norms are already refused when the config is deserialised.
+    /// Rejects configurations this port does not implement (`Error::Weights`) and values that
+    /// cannot build a sound network (`Error::Invalid`: counts outside their stated
+    /// [limits](crate::limits), channels the norms cannot split, non-finite or non-positive
+    /// scales), naming the key. Unknown keys, block types and time-embedding norms are already
+    /// refused when the config is deserialised.
     pub fn validate(&self) -> Result<()> {
-        self.validate_sizes()?;
+        self.validate_blocks()?;
+        self.validate_counts()?;
+        self.validate_divisions()?;
+        self.validate_scales()?;
         self.validate_supported()
     }
 
-    fn validate_sizes(&self) -> Result<()> {
+    fn validate_blocks(&self) -> Result<()> {
         let n = self.block_out_channels.len();
         if n == 0 || self.down_block_types.len() != n || self.up_block_types.len() != n {
             return Err(Error::Weights(format!(
@@ -106,30 +144,115 @@ impl UNet2DConfig {
                 self.up_block_types.len()
             )));
         }
-        let invalid = |what: String| {
-            Err(Error::Invalid(format!(
-                "invalid UNet2DModel config: {what} (it must be positive)"
-            )))
-        };
-        // A zero here would divide by zero or build empty tensors further on.
-        if self.block_out_channels.contains(&0) {
+        if n > MAX_BLOCKS {
             return invalid(format!(
-                "block_out_channels {:?} holds 0",
-                self.block_out_channels
+                "{n} blocks (block_out_channels); at most {MAX_BLOCKS}"
             ));
         }
-        let positive = [
-            ("in_channels", Some(self.in_channels)),
-            ("out_channels", Some(self.out_channels)),
-            ("attention_head_dim", self.attention_head_dim),
-            ("norm_num_groups", Some(self.norm_num_groups)),
-            ("attn_norm_num_groups", self.attn_norm_num_groups),
-            ("num_class_embeds", self.num_class_embeds),
+        Ok(())
+    }
+
+    /// Every count in 1..=its limit.
+    fn validate_counts(&self) -> Result<()> {
+        let mut counts = vec![
+            ("in_channels", Some(self.in_channels), MAX_CHANNELS),
+            ("out_channels", Some(self.out_channels), MAX_CHANNELS),
+            (
+                "layers_per_block",
+                Some(self.layers_per_block),
+                MAX_LAYERS_PER_BLOCK,
+            ),
+            ("attention_head_dim", self.attention_head_dim, MAX_CHANNELS),
+            ("norm_num_groups", Some(self.norm_num_groups), MAX_CHANNELS),
+            (
+                "attn_norm_num_groups",
+                self.attn_norm_num_groups,
+                MAX_CHANNELS,
+            ),
+            ("num_class_embeds", self.num_class_embeds, MAX_CLASSES),
+            ("sample_size", self.sample_size, MAX_SAMPLE_SIZE),
+            (
+                "num_train_timesteps",
+                self.num_train_timesteps,
+                MAX_TRAIN_TIMESTEPS,
+            ),
         ];
-        match positive.iter().find(|(_, value)| *value == Some(0)) {
-            Some((field, _)) => invalid(format!("{field} is 0")),
-            None => Ok(()),
+        counts.extend(
+            self.block_out_channels
+                .iter()
+                .map(|&c| ("block_out_channels", Some(c), MAX_CHANNELS)),
+        );
+        for (key, value, max) in counts {
+            if let Some(v) = value.filter(|v| !(1..=max).contains(v)) {
+                return invalid(format!("`{key}` holds {v}; it must be in 1..={max}"));
+            }
         }
+        Ok(())
+    }
+
+    /// Channels the group norms and the resolution levels must divide evenly.
+    fn validate_divisions(&self) -> Result<()> {
+        let groups = self.norm_num_groups;
+        if let Some(c) = self
+            .block_out_channels
+            .iter()
+            .find(|&&c| !c.is_multiple_of(groups))
+        {
+            return invalid(format!(
+                "`block_out_channels` holds {c}, which `norm_num_groups` {groups} does not divide"
+            ));
+        }
+        let mid = self.block_out_channels[self.block_out_channels.len() - 1];
+        if let Some(g) = self
+            .attn_norm_num_groups
+            .filter(|&g| !mid.is_multiple_of(g))
+        {
+            return invalid(format!(
+                "`attn_norm_num_groups` {g} does not divide the mid block's {mid} channels"
+            ));
+        }
+        let factor = 1usize << (self.block_out_channels.len() - 1);
+        if let Some(side) = self.sample_size.filter(|s| !s.is_multiple_of(factor)) {
+            return invalid(format!(
+                "`sample_size` {side} does not halve {} times (a multiple of {factor})",
+                self.block_out_channels.len() - 1
+            ));
+        }
+        Ok(())
+    }
+
+    /// Floats: finite and in range.
+    fn validate_scales(&self) -> Result<()> {
+        let half = self.block_out_channels[0] / 2;
+        let shift = self.freq_shift as f64;
+        if half == 0 || !(shift >= 0.0 && shift < half as f64) {
+            return invalid(format!(
+                "`freq_shift` {shift} with block_out_channels[0] = {}: the timestep embedding \
+                 needs 0 ≤ freq_shift < block_out_channels[0] / 2",
+                self.block_out_channels[0]
+            ));
+        }
+        let ranges = [
+            ("norm_eps", self.norm_eps as f64, 0.0, 1.0),
+            (
+                "mid_block_scale_factor",
+                self.mid_block_scale_factor as f64,
+                0.0,
+                MAX_CONFIG_SCALE,
+            ),
+        ];
+        for (key, v, lo, hi) in ranges {
+            if !(v > lo && v <= hi) {
+                return invalid(format!("`{key}` is {v}; it must be in ({lo}, {hi}]"));
+            }
+        }
+        if !(self.dropout >= 0.0 && self.dropout < 1.0) {
+            return invalid(format!(
+                "`dropout` is {}; it must be in [0, 1)",
+                self.dropout
+            ));
+        }
+        Ok(())
     }
 
     fn validate_supported(&self) -> Result<()> {
@@ -138,19 +261,44 @@ impl UNet2DConfig {
                 "unsupported UNet2DModel config: {what}"
             )))
         };
-        if self.time_embedding_type != "positional" {
-            return unsupported(format!(
-                "time_embedding_type {:?}",
-                self.time_embedding_type
-            ));
+        let strings = [
+            (
+                "_class_name",
+                self.class_name.as_deref(),
+                Some(UNet2DModel::ARCH),
+            ),
+            (
+                "time_embedding_type",
+                Some(self.time_embedding_type.as_str()),
+                Some("positional"),
+            ),
+            ("act_fn", Some(self.act_fn.as_str()), Some("silu")),
+            (
+                "downsample_type",
+                Some(self.downsample_type.as_str()),
+                Some("conv"),
+            ),
+            (
+                "upsample_type",
+                Some(self.upsample_type.as_str()),
+                Some("conv"),
+            ),
+            (
+                "mid_block_type",
+                self.mid_block_type.as_deref(),
+                Some(MID_BLOCK_TYPE),
+            ),
+        ];
+        for (key, value, only) in strings {
+            // An absent `_class_name` is fine; every other key has a value.
+            if value != only && !(key == "_class_name" && value.is_none()) {
+                return unsupported(format!("`{key}` {value:?} (only {only:?})"));
+            }
         }
-        if self.act_fn != "silu" {
-            return unsupported(format!("act_fn {:?}", self.act_fn));
-        }
-        if self.downsample_type != "conv" || self.upsample_type != "conv" {
+        if self.out_channels != self.in_channels {
             return unsupported(format!(
-                "down/upsample types {:?}/{:?} (only conv)",
-                self.downsample_type, self.upsample_type
+                "out_channels {} ≠ in_channels {} (only ε prediction, no learned variance)",
+                self.out_channels, self.in_channels
             ));
         }
         if self.downsample_padding > 1 {
@@ -162,6 +310,11 @@ impl UNet2DConfig {
         if let Some(t) = &self.class_embed_type {
             return unsupported(format!(
                 "class_embed_type {t:?} (only a plain num_class_embeds table)"
+            ));
+        }
+        if let Some(d) = self.time_embedding_dim {
+            return unsupported(format!(
+                "time_embedding_dim {d} (only 4 × block_out_channels[0])"
             ));
         }
         Ok(())
@@ -195,7 +348,7 @@ impl UNet2DModel {
     /// Loads a converted weight file, checking every tensor against the embedded config.
     pub fn load(gpu: &Gpu, file: &WeightFile) -> Result<UNet2DModel> {
         file.expect_arch(Self::ARCH)?;
-        let config: UNet2DConfig = serde_json::from_str(file.meta("config")?).map_err(|e| {
+        let config: UNet2DConfig = parse_config(file.meta("config")?).map_err(|e| {
             Error::Weights(format!(
                 "{}: invalid config metadata: {e}",
                 file.path().display()
@@ -561,6 +714,24 @@ mod tests {
         );
         let err = parse(r#"{"resnet_time_scale_shift": "ada_group"}"#).unwrap_err();
         assert!(err.to_string().contains("ada_group"), "{err}");
+    }
+
+    #[test]
+    fn unknown_repeated_and_mistyped_keys_name_the_key() {
+        for (json, key) in [
+            (r#"{"flip_sin_to_cs": true}"#, "flip_sin_to_cs"),
+            (r#"{"in_channels": 1, "in_channels": 3}"#, "in_channels"),
+            (r#"{"layers_per_block": 1e6}"#, "layers_per_block"),
+            (r#"{"norm_eps": "small"}"#, "norm_eps"),
+        ] {
+            let err = parse_config::<UNet2DConfig>(json).unwrap_err();
+            assert!(err.contains(key), "{json}: {err}");
+        }
+        // The keys diffusers itself adds, with the values it writes, are accepted.
+        let diffusers = r#"{"_class_name": "UNet2DModel", "_diffusers_version": "0.30.0",
+            "dropout": 0.0, "mid_block_type": "UNetMidBlock2D", "num_train_timesteps": null,
+            "time_embedding_dim": null}"#;
+        parse(diffusers).unwrap().validate().unwrap();
     }
 
     #[test]

@@ -16,6 +16,9 @@ use std::path::{Path, PathBuf};
 pub const FORMAT: &str = "wgsl-diff";
 pub const FORMAT_VERSION: &str = "1";
 
+/// Problems after which a model stops asking a file for tensors and reports them.
+pub const MAX_PROBLEMS: usize = 64;
+
 /// A weight file held in memory (memory-mapped) with its metadata parsed.
 pub struct WeightFile {
     path: PathBuf,
@@ -24,9 +27,17 @@ pub struct WeightFile {
 }
 
 impl WeightFile {
+    /// Maps the file and checks its safetensors header: valid offsets, and no tensor or
+    /// metadata key named twice (the safetensors crate would keep one of them silently).
     pub fn open(path: &Path) -> Result<WeightFile> {
-        let file = std::fs::File::open(path)
-            .map_err(|e| Error::Weights(format!("cannot open {}: {e}", path.display())))?;
+        let cannot_open = |e: &dyn std::fmt::Display| {
+            Error::Weights(format!("cannot open {}: {e}", path.display()))
+        };
+        let kind = std::fs::metadata(path).map_err(|e| cannot_open(&e))?;
+        if !kind.is_file() {
+            return Err(cannot_open(&"it is a folder or device, not a weight file"));
+        }
+        let file = std::fs::File::open(path).map_err(|e| cannot_open(&e))?;
         // SAFETY: the file is opened read-only; concurrent truncation by another process is
         // outside what this tool can defend against, as with any memory-mapped reader.
         let mmap = unsafe { memmap2::Mmap::map(&file) }
@@ -37,9 +48,15 @@ impl WeightFile {
                 path.display()
             ))
         };
-        let (_, header) = SafeTensors::read_metadata(&mmap).map_err(invalid)?;
+        let (header_len, header) = SafeTensors::read_metadata(&mmap).map_err(invalid)?;
         // Also validates every tensor's offsets against the file length.
         SafeTensors::deserialize(&mmap).map_err(invalid)?;
+        serde_json::from_slice::<UniqueKeys>(&mmap[8..8 + header_len]).map_err(|e| {
+            Error::Weights(format!(
+                "{}: invalid safetensors header: {e}",
+                path.display()
+            ))
+        })?;
         let metadata = header.metadata().clone().unwrap_or_default();
         Ok(WeightFile {
             path: path.to_path_buf(),
@@ -98,6 +115,67 @@ impl WeightFile {
     }
 }
 
+/// Parses a config held as JSON text in a weight file's metadata. serde names unknown and
+/// repeated keys itself but gives only a position for a value of the wrong type, so the key is
+/// then found by parsing each key on its own (for configs whose keys all have defaults).
+pub(crate) fn parse_config<T: serde::de::DeserializeOwned>(
+    json: &str,
+) -> std::result::Result<T, String> {
+    serde_json::from_str(json).map_err(|e| match culprit::<T>(json) {
+        Some(key) => format!("`{key}`: {e}"),
+        None => e.to_string(),
+    })
+}
+
+/// The first key of a JSON object that `T` refuses on its own.
+fn culprit<T: serde::de::DeserializeOwned>(json: &str) -> Option<String> {
+    let serde_json::Value::Object(object) = serde_json::from_str(json).ok()? else {
+        return None;
+    };
+    object
+        .into_iter()
+        .find(|(key, value)| {
+            let alone = serde_json::Map::from_iter([(key.clone(), value.clone())]);
+            serde_json::from_value::<T>(serde_json::Value::Object(alone)).is_err()
+        })
+        .map(|(key, _)| key)
+}
+
+/// A safetensors header (or its `__metadata__`) read only to refuse a key that appears twice.
+struct UniqueKeys;
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_map(UniqueKeys)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeys {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<UniqueKeys, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "__metadata__" {
+                map.next_value::<UniqueKeys>()?;
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+            if !seen.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!("`{key}` appears twice")));
+            }
+        }
+        Ok(UniqueKeys)
+    }
+}
+
 /// Where parameters come from.
 enum Source<'a> {
     File {
@@ -112,6 +190,8 @@ enum Source<'a> {
 struct Shared<'a> {
     gpu: &'a Gpu,
     source: Source<'a>,
+    /// Elements of the file's largest tensor: no stand-in is made larger.
+    largest: usize,
     problems: RefCell<Vec<String>>,
     used: RefCell<BTreeSet<String>>,
 }
@@ -125,10 +205,20 @@ pub struct VarBuilder<'a> {
 
 impl<'a> VarBuilder<'a> {
     fn with_source(gpu: &'a Gpu, source: Source<'a>) -> VarBuilder<'a> {
+        let largest = match &source {
+            Source::File { tensors, .. } => tensors
+                .tensors()
+                .iter()
+                .map(|(_, view)| view.shape().iter().product::<usize>())
+                .max()
+                .unwrap_or(0),
+            Source::Random { .. } => usize::MAX,
+        };
         VarBuilder {
             shared: std::rc::Rc::new(Shared {
                 gpu,
                 source,
+                largest,
                 problems: RefCell::new(Vec::new()),
                 used: RefCell::new(BTreeSet::new()),
             }),
@@ -159,36 +249,60 @@ impl<'a> VarBuilder<'a> {
     }
 
     /// The parameter `name` with the given shape, as f32 on the GPU. On a mismatch the problem
-    /// is recorded and a stand-in returned, so one pass finds every mismatch.
+    /// is recorded and a stand-in returned, so one pass finds every mismatch — up to
+    /// [`MAX_PROBLEMS`], or until a stand-in would be larger than any tensor the file holds (a
+    /// config far from its file must not allocate for minutes before saying so).
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let data = self.get_host(name, shape);
+        let data = self.get_host(name, shape)?;
         self.shared.gpu.upload(shape, &data)
     }
 
     /// The parameter `name` as f32 values on the CPU, for a model that rearranges it before
     /// uploading (splitting or permuting rows). Mismatches are recorded as in [`get`](Self::get),
     /// with zeros standing in.
-    pub fn get_host(&self, name: &str, shape: &[usize]) -> Vec<f32> {
+    pub fn get_host(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let full = format!("{}{name}", self.prefix);
         self.shared.used.borrow_mut().insert(full.clone());
         let data = match &self.shared.source {
             Source::File { tensors, .. } => read_tensor(tensors, &full, shape),
             Source::Random { rng } => Ok(random_tensor(rng, shape)),
         };
-        data.unwrap_or_else(|problem| {
-            self.shared.problems.borrow_mut().push(problem);
-            vec![0.0; shape.iter().product()]
-        })
+        let problem = match data {
+            Ok(data) => return Ok(data),
+            Err(problem) => problem,
+        };
+        self.shared.problems.borrow_mut().push(problem);
+        let numel = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+        let stand_in = numel.filter(|&n| n <= self.shared.largest);
+        match stand_in {
+            Some(n) if self.shared.problems.borrow().len() < MAX_PROBLEMS => Ok(vec![0.0; n]),
+            _ => Err(self.mismatch(self.problems(true))),
+        }
     }
 
     /// Succeeds only if every requested tensor was found with the right shape and the file
     /// holds nothing the model did not ask for.
     pub fn finish(self) -> Result<()> {
+        let problems = self.problems(false);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(self.mismatch(problems))
+        }
+    }
+
+    /// Every problem found so far and, once the model is built, every tensor it did not ask
+    /// for. `stopped`: building gave up early, so unasked tensors say nothing.
+    fn problems(&self, stopped: bool) -> Vec<String> {
         let s = &self.shared;
-        let Source::File { file, tensors } = &s.source else {
-            return Ok(());
+        let Source::File { tensors, .. } = &s.source else {
+            return Vec::new();
         };
         let mut problems = s.problems.borrow().clone();
+        if stopped {
+            problems.push("(stopped here: the file is far from what its config describes)".into());
+            return problems;
+        }
         let used = s.used.borrow();
         let mut unexpected: Vec<&String> = tensors
             .names()
@@ -201,16 +315,19 @@ impl<'a> VarBuilder<'a> {
                 .into_iter()
                 .map(|n| format!("unexpected tensor `{n}` (not part of this architecture)")),
         );
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::Weights(format!(
-                "{} does not match its config ({} problems):\n  {}",
-                file.path.display(),
-                problems.len(),
-                problems.join("\n  ")
-            )))
-        }
+        problems
+    }
+
+    fn mismatch(&self, problems: Vec<String>) -> Error {
+        let path = match &self.shared.source {
+            Source::File { file, .. } => file.path.display().to_string(),
+            Source::Random { .. } => "random weights".into(),
+        };
+        Error::Weights(format!(
+            "{path} does not match its config ({} problems):\n  {}",
+            problems.len(),
+            problems.join("\n  ")
+        ))
     }
 }
 
@@ -244,6 +361,9 @@ fn read_tensor(
             ))
         }
     };
+    // NaN and ±Inf are refused here. A finite value that overflows once multiplied (a weight
+    // of 3e38) is caught where it does harm, by the sampling loop's per-step non-finite flags
+    // (`sampling::NonFiniteFlags`) at the first step: no magnitude bound fits every network.
     if let Some(i) = data.iter().position(|v| !v.is_finite()) {
         return Err(format!("`{full}` holds a non-finite value at element {i}"));
     }

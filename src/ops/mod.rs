@@ -9,6 +9,7 @@ mod conv_grad;
 mod elementwise;
 mod elementwise_grad;
 mod embedding;
+mod finite;
 mod guidance;
 mod matmul;
 mod noise_scale;
@@ -31,6 +32,7 @@ pub use elementwise::{
 };
 pub use elementwise_grad::{silu_grad, slice_channels, upsample_nearest2x_grad};
 pub use embedding::{embedding_lookup, timestep_embedding};
+pub use finite::{decode_first_steps, non_finite_flags, record_non_finite, NO_STEP};
 pub use guidance::{gradient_cotangent, masked_update, posterior, sum_copies, MaskedRule};
 pub use matmul::{linear, linear_input_grad, matmul};
 pub use noise_scale::{dropout, dropout_threshold, learned_range_noise, normal_quantile};
@@ -83,6 +85,7 @@ mod tests {
         wgsl::assert_params_mirror::<elementwise::ResampleParams>();
         wgsl::assert_params_mirror::<embedding::EmbeddingParams>();
         wgsl::assert_params_mirror::<guidance::GuidanceParams>();
+        wgsl::assert_params_mirror::<finite::FiniteParams>();
         wgsl::assert_params_mirror::<matmul::MatmulParams>();
         wgsl::assert_params_mirror::<noise_scale::NoiseScaleParams>();
         wgsl::assert_params_mirror::<norm::GroupNormParams>();
@@ -104,7 +107,7 @@ mod tests {
         use UncertaintyMode as Mode;
         let wg = LINEAR_WORKGROUP as u64;
         let mode = |m| uncertainty::mode_code(m).into();
-        let checks: [(&Shader, &[(&str, u64)]); 18] = [
+        let checks: [(&Shader, &[(&str, u64)]); 19] = [
             // Workgroup sizes and tiles the host sizes its grids by, and the operation
             // selectors it passes as the `OP` and `MODE` overrides.
             (
@@ -167,6 +170,7 @@ mod tests {
                     ("STATE_WORDS", select::STATE_WORDS as u64),
                 ],
             ),
+            (&shaders::FINITE, &[("WG", wg)]),
             (
                 &shaders::GROUP_NORM,
                 &[("WG", wg), ("FINALIZE_WG", norm::FINALIZE_WG as u64)],

@@ -44,17 +44,21 @@ pub fn normal_copies(
         "shape must have a sample axis and at least one copy".into()
     })?;
     let per_copy = shape[0];
-    let rows = per_copy * copies;
-    let row_len: usize = shape[1..].iter().product();
+    let u = |what, v| checked_u32("normal", what, v);
+    // The shader adds a row to row_start in u32, so the batch's last sample must fit too.
+    let row_start = u("the first sample index", first_sample)?;
+    let last = first_sample.saturating_add(per_copy.saturating_sub(1));
+    u("the last sample index", last)?;
+    let rows = per_copy.saturating_mul(copies);
+    let row_len = shape[1..].iter().fold(1usize, |n, &d| n.saturating_mul(d));
     let mut out_shape = shape.to_vec();
     out_shape[0] = rows;
-    let u = |what, v| checked_u32("normal", what, v);
     let p = RngParams {
         seed_lo: key.seed as u32,
         seed_hi: (key.seed >> 32) as u32,
         tag_lo: key.tag as u32,
         tag_hi: (key.tag >> 32) as u32,
-        row_start: u("the first sample index", first_sample)?,
+        row_start,
         rows: u("rows", rows)?,
         row_len: u("row_len", row_len)?,
         rows_per_copy: u("rows_per_copy", per_copy.max(1))?,

@@ -18,6 +18,8 @@ pub struct Filtered {
 /// Filters the run in `dir` as listed by its manifest (`wgsl-diff filter`).
 pub fn filter_run(dir: &Path, keep_fraction: f64, seed: u64) -> Result<Filtered> {
     let manifest = read_manifest(dir)?;
+    // Workers still sampling into the folder rewrite the filtered sets under this lock too.
+    let _lock = super::shared::FolderLock::acquire(dir)?;
     let indices: Vec<usize> = manifest.samples.iter().map(|s| s.index).collect();
     filter(dir, &collect(dir, &indices)?, keep_fraction, seed)
 }
@@ -30,18 +32,13 @@ pub fn filter(
     keep_fraction: f64,
     seed: u64,
 ) -> Result<Filtered> {
-    if !(keep_fraction > 0.0 && keep_fraction <= 1.0) {
-        return Err(Error::Invalid(format!(
-            "the fraction to keep must be in (0, 1], got {keep_fraction}"
-        )));
-    }
     let scored: Vec<&SampleRecord> = samples.iter().filter(|s| s.score.is_some()).collect();
     if scored.len() != samples.len() || scored.is_empty() {
         return Err(Error::Invalid(
             "filtering needs an uncertainty score for every sample: sample with uncertainty estimation".into(),
         ));
     }
-    let count = ((keep_fraction * scored.len() as f64) + 1e-9).floor() as usize;
+    let count = kept_count(keep_fraction, scored.len())?;
     let mut by_score = scored.clone();
     by_score.sort_by(|a, b| by_score_then_index(a, b));
     let kept: Vec<SampleRecord> = by_score[..count].iter().map(|s| (*s).clone()).collect();
@@ -59,15 +56,36 @@ pub fn filter(
     })
 }
 
+/// ⌊fraction·n⌋, how many of `n` samples a filtering keeps; an error when the fraction is not
+/// in (0, 1] or keeps none of them.
+pub fn kept_count(fraction: f64, n: usize) -> Result<usize> {
+    if !(fraction > 0.0 && fraction <= 1.0) {
+        return Err(Error::Invalid(format!(
+            "the fraction to keep must be in (0, 1], got {fraction}"
+        )));
+    }
+    // The nudge counts a product a rounding error below an integer (0.57·100 = 56.99…) as it.
+    let count = ((fraction * n as f64) + 1e-9).floor() as usize;
+    if count == 0 {
+        return Err(Error::Invalid(format!(
+            "keeping a fraction {fraction} of {n} samples keeps none (⌊{fraction}·{n}⌋ = 0): keep a \
+             larger fraction or make at least {} samples",
+            (1.0 / fraction).ceil()
+        )));
+    }
+    Ok(count)
+}
+
 fn by_score_then_index(a: &SampleRecord, b: &SampleRecord) -> std::cmp::Ordering {
     by_score(a, b).then(a.index.cmp(&b.index))
 }
 
-/// Ascending score, NaN (and unscored) last: a non-finite score never panics a sort.
+/// Ascending score, NaN (and unscored, and samples marked non-finite) last: a non-finite score
+/// never panics a sort, and a broken sample never ranks as certain.
 pub fn by_score(a: &SampleRecord, b: &SampleRecord) -> std::cmp::Ordering {
     let key = |s: &SampleRecord| {
         let v = s.score.unwrap_or(f64::NAN);
-        (v.is_nan(), v)
+        (v.is_nan() || s.non_finite_step.is_some(), v)
     };
     let ((a_nan, a), (b_nan, b)) = (key(a), key(b));
     a_nan.cmp(&b_nan).then(a.total_cmp(&b))

@@ -17,7 +17,14 @@ pub struct SampleRecord {
     pub score: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub heatmap: Option<String>,
+    /// The first step at which the sample held a NaN or ±Inf (written only with
+    /// `--keep-non-finite`; its image and score are then not to be trusted).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub non_finite_step: Option<usize>,
 }
+
+/// The PNG tEXt keyword of [`SampleRecord::non_finite_step`].
+pub const NON_FINITE_KEY: &str = "non_finite_step";
 
 #[derive(Serialize, Deserialize)]
 pub struct Manifest {
@@ -47,29 +54,64 @@ pub fn sample_indices(dir: &Path) -> Result<Vec<usize>> {
 pub fn collect(dir: &Path, indices: &[usize]) -> Result<Vec<SampleRecord>> {
     let mut out = Vec::new();
     for &index in indices {
-        let path = dir.join(png_name(index));
-        if !path.exists() {
-            continue;
+        if let Some(record) = read_record(dir, index)? {
+            out.push(record);
         }
-        let text = images::read_png_text(&path)?;
-        let parse = |key: &str| {
-            text.get(key)
-                .map(|v| v.parse::<f64>())
-                .transpose()
-                .map_err(|e| Error::Invalid(format!("{}: bad {key}: {e}", path.display())))
-        };
-        out.push(SampleRecord {
-            index,
-            file: png_name(index),
-            class: parse("class")?.map(|c| c as usize),
-            score: parse("uncertainty_score")?,
-            heatmap: dir
-                .join(heatmap_name(index))
-                .exists()
-                .then(|| heatmap_name(index)),
-        });
     }
     Ok(out)
+}
+
+/// The records of every sample PNG in `dir`, reading only those not in `known` (which keeps
+/// what it read): a run rewrites its manifest after every batch, and other workers' samples
+/// appear in the folder meanwhile.
+pub fn collect_folder(
+    dir: &Path,
+    known: &mut std::collections::BTreeMap<usize, SampleRecord>,
+) -> Result<Vec<SampleRecord>> {
+    let mut out = Vec::new();
+    for index in sample_indices(dir)? {
+        let record = match known.entry(index) {
+            std::collections::btree_map::Entry::Occupied(e) => Some(e.get().clone()),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                read_record(dir, index)?.map(|r| e.insert(r).clone())
+            }
+        };
+        out.extend(record);
+    }
+    Ok(out)
+}
+
+/// Sample `index`'s record from its PNG, None when it has none.
+fn read_record(dir: &Path, index: usize) -> Result<Option<SampleRecord>> {
+    let path = dir.join(png_name(index));
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = images::read_png_text(&path)?;
+    let bad = |key: &str, e: &dyn std::fmt::Display| {
+        Error::Invalid(format!("{}: bad {key}: {e}", path.display()))
+    };
+    let float = |key: &str| {
+        text.get(key)
+            .map(|v| v.parse::<f64>().map_err(|e| bad(key, &e)))
+            .transpose()
+    };
+    let count = |key: &str| {
+        text.get(key)
+            .map(|v| v.parse::<usize>().map_err(|e| bad(key, &e)))
+            .transpose()
+    };
+    Ok(Some(SampleRecord {
+        index,
+        file: png_name(index),
+        class: count("class")?,
+        score: float("uncertainty_score")?,
+        heatmap: dir
+            .join(heatmap_name(index))
+            .exists()
+            .then(|| heatmap_name(index)),
+        non_finite_step: count(NON_FINITE_KEY)?,
+    }))
 }
 
 pub fn write_manifest(

@@ -1,23 +1,27 @@
 //! A run's folder: one PNG per sample (its parameters, index, class and score in tEXt chunks),
 //! written last so that a killed run loses no finished sample, and everything derived from the
 //! PNGs — manifest, scores, heatmaps, grids, filtered subsets, report. The folder holds one run:
-//! resuming skips finished samples, shards of the run add to it, other parameters are refused.
+//! resuming skips finished samples, shards of the run add to it — from one process after another
+//! or from many at once — and other parameters are refused.
 
 mod filter;
 mod manifest;
 mod render;
 mod sample;
+mod shard;
+pub mod shared;
 mod write;
 
-pub use filter::{by_score, filter, filter_run, Filtered};
+pub use filter::{by_score, filter, filter_run, kept_count, Filtered};
 pub use manifest::{
-    collect, read_manifest, sample_indices, write_manifest, write_scores_csv, Manifest,
-    SampleRecord,
+    collect, collect_folder, read_manifest, sample_indices, write_manifest, write_scores_csv,
+    Manifest, SampleRecord, NON_FINITE_KEY,
 };
 pub use render::{
     render_heatmaps, write_grid, write_html_report, write_uncertainty_grids, HeatmapScale,
 };
 pub use sample::{SampleJob, SampleProgress, SampleRequest, SampleSummary, DEFAULT_MODEL};
+pub use shard::Shard;
 pub use write::{check_same_run, BatchWriter};
 
 pub fn png_name(index: usize) -> String {

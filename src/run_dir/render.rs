@@ -47,13 +47,16 @@ pub fn render_heatmaps(
             .collect();
         planes.push((s.index, h, w, plane));
     }
-    let shared = planes
-        .iter()
-        .flat_map(|p| p.3.iter())
-        .fold(0f32, |m, &v| m.max(v));
+    // Scales span finite values: one kept non-finite map must not blacken every other heatmap.
+    let finite_max = |values: &mut dyn Iterator<Item = &f32>| {
+        values
+            .filter(|v| v.is_finite())
+            .fold(0f32, |m, &v| m.max(v))
+    };
+    let shared = finite_max(&mut planes.iter().flat_map(|p| p.3.iter()));
     for (index, h, w, plane) in &planes {
         let top = match scale {
-            HeatmapScale::Image => plane.iter().fold(0f32, |m, &v| m.max(v)),
+            HeatmapScale::Image => finite_max(&mut plane.iter()),
             HeatmapScale::Shared => shared,
         };
         images::write_png(
@@ -131,11 +134,18 @@ pub fn write_uncertainty_grids(dir: &Path, samples: &[SampleRecord]) -> Result<(
 pub fn write_html_report(dir: &Path, samples: &[SampleRecord]) -> Result<()> {
     let mut scored: Vec<&SampleRecord> = samples.iter().filter(|s| s.score.is_some()).collect();
     scored.sort_by(|a, b| by_score(a, b));
-    let scores: Vec<f64> = scored.iter().map(|s| s.score.unwrap()).collect();
-    let (lo, hi) = (
-        scores.first().copied().unwrap_or(0.0),
-        scores.last().copied().unwrap_or(1.0),
-    );
+    // The histogram spans the finite scores; NaN and ±Inf are counted apart.
+    let scores: Vec<f64> = scored
+        .iter()
+        .filter_map(|s| s.score.filter(|v| v.is_finite()))
+        .collect();
+    let broken = scored.len() - scores.len();
+    let (lo, hi) = scores
+        .iter()
+        .fold(None, |r: Option<(f64, f64)>, &v| {
+            Some(r.map_or((v, v), |(lo, hi)| (lo.min(v), hi.max(v))))
+        })
+        .unwrap_or((0.0, 1.0));
     let bins = 20;
     let mut counts = vec![0usize; bins];
     for &s in &scores {
@@ -160,7 +170,9 @@ pub fn write_html_report(dir: &Path, samples: &[SampleRecord]) -> Result<()> {
         .enumerate()
         .map(|(rank, s)| {
             let heat = s.heatmap.as_ref().map(|h| format!("<img src='{h}' alt='heatmap'>")).unwrap_or_default();
-            format!("<figure><img src='{}' alt='sample'>{heat}<figcaption>#{} · rank {} · {:.4}</figcaption></figure>", s.file, s.index, rank + 1, s.score.unwrap())
+            let score = s.score.unwrap_or(f64::NAN);
+            let mark = if s.non_finite_step.is_some() { " · non-finite" } else { "" };
+            format!("<figure><img src='{}' alt='sample'>{heat}<figcaption>#{} · rank {} · {score:.4}{mark}</figcaption></figure>", s.file, s.index, rank + 1)
         })
         .collect();
     let html = format!(
@@ -169,11 +181,15 @@ pub fn write_html_report(dir: &Path, samples: &[SampleRecord]) -> Result<()> {
          figure{{display:inline-block;margin:4px;text-align:center;background:#fff;padding:4px;border:1px solid #ddd}}\
          figure img{{width:64px;height:64px;image-rendering:pixelated;margin:1px}}\
          figcaption{{font-size:11px;color:#333}}</style></head><body>\
-         <h1>Uncertainty report</h1><p>{n} samples, scores from {lo:.4} to {hi:.4}; lowest (most certain) first.</p>\
+         <h1>Uncertainty report</h1><p>{n} samples, scores from {lo:.4} to {hi:.4}; lowest (most certain) first{broken}.</p>\
          <h2>Score histogram</h2><svg width='{w}' height='180' role='img' aria-label='score histogram'>{bars}\
          <text x='10' y='176' font-size='11'>{lo:.3}</text><text x='{tx}' y='176' font-size='11' text-anchor='end'>{hi:.3}</text></svg>\
          <h2>Samples and heatmaps</h2><div>{cards}</div></body></html>",
         n = scored.len(),
+        broken = match broken {
+            0 => String::new(),
+            b => format!("; {b} non-finite (NaN or ±Inf) last, outside the histogram"),
+        },
         w = 20 + bins * 20,
         tx = 10 + bins * 20,
     );

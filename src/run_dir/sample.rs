@@ -1,23 +1,33 @@
-//! `wgsl-diff sample` as a library call: a [`SampleRequest`] is prepared into a [`SampleJob`]
-//! (model loaded, folder checked, finished samples found), which samples what is missing batch
-//! by batch and then rebuilds everything derived from the folder.
+//! `wgsl-diff sample` as a library call: a [`SampleRequest`] is checked and prepared into a
+//! [`SampleJob`] (model loaded, folder claimed for the run, finished samples found), which
+//! samples what is missing batch by batch — stopping on a sample that goes non-finite unless
+//! asked to keep it — and then rebuilds everything derived from the folder. Many jobs, each a
+//! [`Shard`] of one run, may share a folder (see [`super::shared`]).
 
-use super::filter::{filter, Filtered};
-use super::manifest::{collect, sample_indices, write_manifest, write_scores_csv};
+use super::filter::{filter, kept_count, Filtered};
+use super::manifest::{
+    collect, collect_folder, sample_indices, write_manifest, write_scores_csv, SampleRecord,
+};
 use super::render::{
     render_heatmaps, write_grid, write_html_report, write_uncertainty_grids, HeatmapScale,
 };
+use super::shard::Shard;
+use super::shared::{claim, remove_abandoned, FolderLock, Presence, RUN_FILE};
 use super::write::{check_same_run, BatchWriter};
-use crate::error::{Error, Result};
+use crate::error::{Error, NonFiniteSample, Result};
 use crate::gpu::Gpu;
 use crate::guidance::{CalibratedThreshold, GuidanceConfig, GuidanceHook, Threshold};
+use crate::limits::{self, MAX_BATCH};
 use crate::models::{load_eps_model, EpsModel};
 use crate::npy;
 use crate::sampling::{
-    contiguous_batches, open_scheduler, ClassLabels, InitNoise, NoisePlan, Run, SamplerChoice,
-    Scheduler,
+    contiguous_batches, open_scheduler, ClassLabels, FinishedBatch, InitNoise, NoisePlan, Run,
+    SamplerChoice, Scheduler,
 };
-use crate::uncertainty::{UncertaintyConfig, UncertaintyEstimator, UncertaintyMethod};
+use crate::uncertainty::{
+    UncertaintyBatch, UncertaintyConfig, UncertaintyEstimator, UncertaintyMethod,
+};
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -60,6 +70,55 @@ pub struct SampleRequest {
     pub keep_fraction: Option<f64>,
     /// Write report.html.
     pub report: bool,
+    /// Make only this part of `start_index .. start_index + num`: one worker of many sharing
+    /// the folder.
+    pub shard: Option<Shard>,
+    /// Write samples that go non-finite (marked in their PNG and the manifest) instead of
+    /// stopping with [`Error::NonFinite`].
+    pub keep_non_finite: bool,
+}
+
+impl SampleRequest {
+    /// The run's samples, `start_index .. start_index + num`, which must fit the kernels' u32
+    /// sample index.
+    pub fn run_range(&self) -> Result<Range<usize>> {
+        limits::sample_range("--start-index/--num", self.start_index, self.num)
+    }
+
+    /// The samples this request makes: its shard of the run, or all of it.
+    pub fn own_range(&self) -> Result<Range<usize>> {
+        let run = self.run_range()?;
+        match &self.shard {
+            Some(shard) => shard.part(&run),
+            None => Ok(run),
+        }
+    }
+
+    /// Checks every count, index, fraction and flag combination that needs neither the model
+    /// nor the folder, before anything is loaded or allocated.
+    pub fn validate(&self) -> Result<()> {
+        limits::count_in("--batch", self.batch, MAX_BATCH)?;
+        let run = self.own_range().and(self.run_range())?;
+        match &self.uncertainty {
+            Some(uc) => uc.validate()?,
+            None if self.save_maps.is_some() || self.keep_fraction.is_some() || self.report => {
+                return Err(Error::Invalid(
+                    "--save-maps, --keep-fraction and --report need --uncertainty".into(),
+                ))
+            }
+            None => {}
+        }
+        if let Some(fraction) = self.keep_fraction {
+            kept_count(fraction, run.len())?;
+        }
+        match &self.guidance {
+            Some(g) => g.validate(),
+            None if self.threshold_file.is_some() => Err(Error::Invalid(
+                "a threshold file only applies to guided sampling".into(),
+            )),
+            None => Ok(()),
+        }
+    }
 }
 
 /// What a job tells its caller while it runs.
@@ -77,6 +136,9 @@ impl SampleProgress for () {}
 pub struct SampleSummary {
     /// Samples in the folder's manifest.
     pub samples: usize,
+    /// Samples of the run not in the folder yet (other shards still at work); the filtered sets
+    /// and the report are written only once none is missing.
+    pub missing: usize,
     pub filtered: Option<Filtered>,
 }
 
@@ -91,38 +153,32 @@ pub struct SampleJob<'g> {
     init_noise: Option<InitNoise>,
     guidance: Option<GuidanceConfig>,
     writer: BatchWriter,
-    /// Every sample the folder's manifest lists: this request's and earlier shards'.
-    all: Vec<usize>,
     /// This request's samples not yet in the folder.
     todo: Vec<usize>,
+    /// Records read from the folder's PNGs, so each is read once per job.
+    known: BTreeMap<usize, SampleRecord>,
+    /// This process's presence in the folder, held while it may write there.
+    _presence: Presence,
 }
 
 impl<'g> SampleJob<'g> {
-    /// Loads the model, validates the request and reads the folder's state.
+    /// Validates the request, loads the model and its schedule, claims the folder for the run
+    /// and finds which of this request's samples it still lacks.
     pub fn prepare(gpu: &'g Gpu, request: SampleRequest) -> Result<SampleJob<'g>> {
-        if request.batch == 0 || request.num == 0 {
-            return Err(Error::Invalid(
-                "the batch size and the number of samples must be at least 1".into(),
-            ));
-        }
-        if let Some(uc) = &request.uncertainty {
-            uc.validate()?;
-        }
-        if let Some(g) = &request.guidance {
-            g.validate()?;
-        }
+        request.validate()?;
         let (file, scheduler) = open_scheduler(&request.model, &request.sampler)?;
-        check_window(&request, scheduler.timesteps.len())?;
-        create_folders(&request)?;
+        if let Some(uc) = &request.uncertainty {
+            uc.check_window(scheduler.timesteps.len())?;
+        }
         let model = load_eps_model(gpu, &file)?;
         check_method(&request, &*model)?;
         let labels = ClassLabels::new(model.num_classes(), request.class)?;
         let sample_shape = model.sample_shape()?;
-        let guidance = guidance_config(&request, &scheduler, sample_shape)?;
-        let parameters = parameters(&request, &scheduler, guidance.as_ref());
         let init_noise = read_init_noise(&request, sample_shape)?;
-        let existing = sample_indices(&request.out)?;
-        check_same_run(&request.out, &existing, &parameters)?;
+        let guidance = guidance_config(&request, &scheduler, sample_shape)?;
+        create_folders(&request)?;
+        let parameters = parameters(&request, &scheduler, guidance.as_ref());
+        let presence = claim_folder(&request, &parameters)?;
         let writer = BatchWriter {
             out: request.out.clone(),
             parameters,
@@ -132,12 +188,7 @@ impl<'g> SampleJob<'g> {
             save_maps: request.save_maps.clone(),
             dump_noise: request.dump_noise.clone(),
         };
-        let ours = request.start_index..request.start_index + request.num;
-        let mut all = existing;
-        all.extend(ours.clone());
-        all.sort_unstable();
-        all.dedup();
-        let todo = ours.filter(|&i| !writer.done(i)).collect();
+        let todo = request.own_range()?.filter(|&i| !writer.done(i)).collect();
         let noise = match request.dump_noise {
             Some(_) => NoisePlan::recording(request.seed),
             None => NoisePlan::new(request.seed),
@@ -152,8 +203,9 @@ impl<'g> SampleJob<'g> {
             init_noise,
             guidance,
             writer,
-            all,
             todo,
+            known: BTreeMap::new(),
+            _presence: presence,
         })
     }
 
@@ -165,6 +217,11 @@ impl<'g> SampleJob<'g> {
     /// Sampling steps per sample.
     pub fn steps(&self) -> usize {
         self.scheduler.timesteps.len()
+    }
+
+    /// This request's samples: its shard of the run, or the whole run.
+    pub fn own(&self) -> Range<usize> {
+        self.request.own_range().unwrap_or_default()
     }
 
     /// Makes the missing samples, then rebuilds the folder's derived files.
@@ -185,6 +242,7 @@ impl<'g> SampleJob<'g> {
                 .transpose()?,
             estimator.map(UncertaintyEstimator::new).transpose()?,
         );
+        let (out, timesteps) = (&self.request.out, &self.scheduler.timesteps);
         for batch in contiguous_batches(&self.todo, self.request.batch) {
             progress.batch(batch.clone());
             let size = batch.len();
@@ -192,17 +250,22 @@ impl<'g> SampleJob<'g> {
                 .sample(batch.start, size, &mut hooks, |_| progress.step(size))
                 .map_err(|e| batch_too_large(e, size))?;
             let uc = finished.hook.1.as_ref().and_then(|u| u.as_ref());
-            self.writer.write(&finished, uc)?;
-            let records = collect(&self.request.out, &self.all)?;
-            write_manifest(&self.request.out, &self.writer.parameters, &records)?;
+            let marks = non_finite_marks(&finished, uc, timesteps, self.request.keep_non_finite)?;
+            self.writer.write(&finished, uc, &marks)?;
+            let _lock = FolderLock::acquire(out)?;
+            let records = collect_folder(out, &mut self.known)?;
+            write_manifest(out, &self.writer.parameters, &records)?;
         }
         self.finish()
     }
 
-    /// Rebuilds the manifest, scores, heatmaps, grids, filtered sets and report from the folder.
+    /// Rebuilds the manifest, scores, heatmaps and grids from the folder — holding its lock, and
+    /// from every sample in it, whichever worker made it — and, once no sample of the run is
+    /// missing, the filtered sets and the report.
     fn finish(&self) -> Result<SampleSummary> {
         let (out, request) = (&self.request.out, &self.request);
-        let mut records = collect(out, &self.all)?;
+        let _lock = FolderLock::acquire(out)?;
+        let mut records = collect(out, &sample_indices(out)?)?;
         if request.uncertainty.is_some() {
             render_heatmaps(out, &mut records, request.heatmap_scale)?;
             write_scores_csv(out, &records)?;
@@ -210,18 +273,85 @@ impl<'g> SampleJob<'g> {
         }
         write_manifest(out, &self.writer.parameters, &records)?;
         write_grid(out, &records)?;
-        let filtered = request
-            .keep_fraction
-            .map(|f| filter(out, &records, f, request.seed))
-            .transpose()?;
-        if request.report {
+        let present = |i: &usize| records.binary_search_by_key(i, |r| r.index).is_ok();
+        let missing = request.run_range()?.filter(|i| !present(i)).count();
+        let complete = missing == 0;
+        let filtered = match request.keep_fraction {
+            Some(f) if complete => Some(filter(out, &records, f, request.seed)?),
+            _ => None,
+        };
+        if request.report && complete {
             write_html_report(out, &records)?;
         }
         Ok(SampleSummary {
             samples: records.len(),
+            missing,
             filtered,
         })
     }
+}
+
+/// Under the folder's lock: refuses a folder holding another run (by its `run.json`, or by its
+/// samples' parameters in a folder without one), checks that a filtering would keep at least
+/// one of the samples the folder will hold, claims the folder for this run, announces this
+/// process and removes temporary files killed processes left.
+fn claim_folder(request: &SampleRequest, parameters: &serde_json::Value) -> Result<Presence> {
+    let out = &request.out;
+    let _lock = FolderLock::acquire(out)?;
+    let existing = sample_indices(out)?;
+    // With a run.json the claim decides; without, the folder may predate it: ask its PNGs.
+    if !out.join(RUN_FILE).exists() {
+        check_same_run(out, &existing, parameters)?;
+    }
+    if let Some(fraction) = request.keep_fraction {
+        let run = request.run_range()?;
+        let others = existing.iter().filter(|i| !run.contains(i)).count();
+        kept_count(fraction, run.len() + others)?;
+    }
+    claim(out, parameters)?;
+    let presence = Presence::announce(out)?;
+    let dirs = [
+        Some(out),
+        request.save_maps.as_ref(),
+        request.dump_noise.as_ref(),
+    ];
+    let dirs: Vec<&Path> = dirs.into_iter().flatten().map(PathBuf::as_path).collect();
+    remove_abandoned(out, &dirs)?;
+    Ok(presence)
+}
+
+/// Each sample's first non-finite step: from the GPU's flags, else a non-finite image or score
+/// found on the CPU (counted at the last step). Unless `keep`, any such sample is an error.
+fn non_finite_marks<T>(
+    batch: &FinishedBatch<T>,
+    uc: Option<&UncertaintyBatch>,
+    timesteps: &[usize],
+    keep: bool,
+) -> Result<Vec<Option<usize>>> {
+    let scores = uc.map(|u| &u.scores);
+    let last = timesteps.len().saturating_sub(1);
+    let marks: Vec<Option<usize>> = (0..batch.len())
+        .map(|k| {
+            let score_bad = scores.is_some_and(|s| !s[k].is_finite());
+            let image_bad = batch.image(k).iter().any(|v| !v.is_finite());
+            batch.non_finite[k].or((score_bad || image_bad).then_some(last))
+        })
+        .collect();
+    if keep || marks.iter().all(Option::is_none) {
+        return Ok(marks);
+    }
+    let samples = batch
+        .indices()
+        .zip(&marks)
+        .filter_map(|(index, mark)| {
+            mark.map(|step| NonFiniteSample {
+                index,
+                step,
+                timestep: timesteps.get(step).copied().unwrap_or(0),
+            })
+        })
+        .collect();
+    Err(Error::NonFinite(samples))
 }
 
 /// The guidance of the run, with its calibrated thresholds read when a file is given.
@@ -301,16 +431,6 @@ fn check_method(request: &SampleRequest, model: &dyn EpsModel) -> Result<()> {
     }
 }
 
-fn check_window(request: &SampleRequest, steps: usize) -> Result<()> {
-    match &request.uncertainty {
-        Some(uc) if uc.start >= steps => Err(Error::Invalid(format!(
-            "the uncertainty window starts at step {}, past the last step ({steps} steps)",
-            uc.start
-        ))),
-        _ => Ok(()),
-    }
-}
-
 fn create_folders(request: &SampleRequest) -> Result<()> {
     let dirs = [
         Some(&request.out),
@@ -351,6 +471,14 @@ fn read_init_noise(request: &SampleRequest, shape: [usize; 3]) -> Result<Option<
         return Err(Error::Invalid(format!(
             "{}: shape {got:?}, expected {want:?} (samples × C × H × W)",
             path.display()
+        )));
+    }
+    if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+        let per_sample = data.len() / request.num.max(1);
+        return Err(Error::Invalid(format!(
+            "{}: sample {} of the starting noise holds a non-finite value",
+            path.display(),
+            request.start_index + i / per_sample.max(1)
         )));
     }
     Ok(Some(InitNoise {

@@ -1,5 +1,6 @@
 //! Writing finished batches into the folder, and telling which samples are already there.
 
+use super::manifest::NON_FINITE_KEY;
 use super::{png_name, raw_name, total_map_name};
 use crate::error::{Error, Result};
 use crate::images;
@@ -32,8 +33,14 @@ impl BatchWriter {
     }
 
     /// Writes a batch's files, with its uncertainty maps when it has them; each PNG last, once
-    /// its sample is complete.
-    pub fn write<T>(&self, batch: &FinishedBatch<T>, uc: Option<&UncertaintyBatch>) -> Result<()> {
+    /// its sample is complete. `non_finite` marks the samples kept although they went
+    /// non-finite (the first step, in the PNG and so in the manifest).
+    pub fn write<T>(
+        &self,
+        batch: &FinishedBatch<T>,
+        uc: Option<&UncertaintyBatch>,
+        non_finite: &[Option<usize>],
+    ) -> Result<()> {
         let range = format!(
             "{:06}-{:06}",
             batch.first_index,
@@ -53,7 +60,8 @@ impl BatchWriter {
             }
         }
         for (k, index) in batch.indices().enumerate() {
-            self.write_sample(batch, uc, k, index)?;
+            let mark = non_finite.get(k).copied().flatten();
+            self.write_sample(batch, uc, k, index, mark)?;
         }
         Ok(())
     }
@@ -64,6 +72,7 @@ impl BatchWriter {
         uc: Option<&UncertaintyBatch>,
         k: usize,
         index: usize,
+        non_finite: Option<usize>,
     ) -> Result<()> {
         let raw = batch.image(k);
         let shape = &batch.sample_shape;
@@ -84,6 +93,9 @@ impl BatchWriter {
         }
         if let Some(uc) = uc {
             text.push(("uncertainty_score", uc.scores[k].to_string()));
+        }
+        if let Some(step) = non_finite {
+            text.push((NON_FINITE_KEY, step.to_string()));
         }
         let [c, h, w] = *shape;
         images::write_png(
@@ -145,7 +157,7 @@ pub fn check_same_run(
 }
 
 /// "different seed, steps": the top-level parameters that differ.
-fn differences(theirs: Option<&serde_json::Value>, ours: &serde_json::Value) -> String {
+pub(super) fn differences(theirs: Option<&serde_json::Value>, ours: &serde_json::Value) -> String {
     let (Some(a), Some(b)) = (theirs.and_then(|t| t.as_object()), ours.as_object()) else {
         return "no readable parameters".to_string();
     };

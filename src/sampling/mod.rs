@@ -15,7 +15,7 @@ pub mod setup;
 
 pub use labels::ClassLabels;
 pub use noise::{NoiseDraw, NoisePlan, NoisePurpose};
-pub use pipeline::{sample_batch, BatchSpec, StepContext, StepHook};
+pub use pipeline::{sample_batch, BatchSpec, NonFiniteFlags, SampledBatch, StepContext, StepHook};
 pub use run::{contiguous_batches, BatchHook, FinishedBatch, InitNoise, Run};
 pub use schedule::{NoiseSchedule, ScheduleConfig};
 pub use scheduler::{SamplerChoice, SamplerConfig, SamplerKind, Scheduler, Spacing, VarianceType};

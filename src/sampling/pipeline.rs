@@ -1,5 +1,8 @@
 //! The sampling loop: noise → x_T → … → x_0, every step recorded into one command encoder and
-//! submitted once; nothing is read back until the caller asks for the final images.
+//! submitted once; nothing is read back until the caller asks for the final images. Each step
+//! also records, on the GPU, which samples hold a NaN or ±Inf in ε or x (and in what the hooks
+//! check), so a broken model, schedule or starting noise is caught with the batch's one
+//! read-back rather than written out as a black image.
 
 use super::labels::upload_labels;
 use super::noise::NoisePlan;
@@ -8,6 +11,36 @@ use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::models::EpsModel;
 use crate::ops;
+
+/// Per-sample record, on the GPU, of the first step at which a NaN or ±Inf appeared in a
+/// batch; read it back with the finished batch ([`ops::decode_first_steps`]).
+pub struct NonFiniteFlags(Tensor);
+
+impl NonFiniteFlags {
+    /// Flags for a batch of `samples`, none set.
+    pub fn new(gpu: &Gpu, samples: usize) -> Result<NonFiniteFlags> {
+        Ok(NonFiniteFlags(ops::non_finite_flags(gpu, samples)?))
+    }
+
+    /// Records `step` for the samples whose rows of `t` ((k·B, …), row r of sample r % B) are
+    /// not all finite. One cheap dispatch; nothing is read back.
+    pub fn record(&self, gpu: &Gpu, t: &Tensor, step: usize) -> Result<()> {
+        ops::record_non_finite(gpu, t, &self.0, step)
+    }
+
+    /// The flag buffer (B), to read back.
+    pub fn tensor(&self) -> &Tensor {
+        &self.0
+    }
+}
+
+/// A generated batch, still on the GPU.
+pub struct SampledBatch {
+    /// The final images in [−1, 1] (unclamped), (B, C, H, W).
+    pub x: Tensor,
+    /// Which samples went non-finite, and from which step.
+    pub non_finite: NonFiniteFlags,
+}
 
 /// Everything a step hook may look at: the step, the current sample, the network, the noise.
 pub struct StepContext<'a> {
@@ -21,6 +54,8 @@ pub struct StepContext<'a> {
     pub timesteps: &'a Tensor,
     pub labels: Option<&'a Tensor>,
     pub x: &'a Tensor,
+    /// Where a hook records samples its outputs find non-finite.
+    pub non_finite: &'a NonFiniteFlags,
 }
 
 impl StepContext<'_> {
@@ -96,7 +131,8 @@ pub struct BatchSpec<'a> {
     pub init_noise: Option<Tensor>,
 }
 
-/// Generates a batch and returns the final images in [−1, 1] (unclamped) on the GPU.
+/// Generates a batch: the final images in [−1, 1] (unclamped) and the non-finite flags, on the
+/// GPU.
 pub fn sample_batch(
     gpu: &Gpu,
     model: &dyn EpsModel,
@@ -105,7 +141,7 @@ pub fn sample_batch(
     spec: BatchSpec,
     hooks: &mut [&mut dyn StepHook],
     mut on_step: impl FnMut(usize),
-) -> Result<Tensor> {
+) -> Result<SampledBatch> {
     let [c, h, w] = model.sample_shape()?;
     let shape = [spec.size, c, h, w];
     let labels = upload_labels(gpu, model.num_classes(), spec.labels, spec.size)?;
@@ -128,21 +164,11 @@ pub fn sample_batch(
     let ancestral = |i: usize, variance: Option<&Tensor>| {
         step_noise(gpu, scheduler, noise, i, &shape, spec.first_index, variance)
     };
-    if scheduler.needs_model_variance() && !model.learned_variance() {
-        return Err(Error::Invalid(
-            "the schedule asks for learned-range variance but the model predicts no variance"
-                .into(),
-        ));
-    }
+    let non_finite = NonFiniteFlags::new(gpu, spec.size)?;
     let mut x0_prev: Option<Tensor> = None;
     for (i, &t) in scheduler.timesteps.iter().enumerate() {
-        let (mut eps, variance) = match scheduler.needs_model_variance() {
-            true => model.predict_eps_and_variance(gpu, &x, &timesteps[i], labels.as_ref())?,
-            false => (
-                model.predict_eps(gpu, &x, &timesteps[i], labels.as_ref())?,
-                None,
-            ),
-        };
+        let (mut eps, variance) =
+            predict(gpu, model, scheduler, &x, &timesteps[i], labels.as_ref())?;
         let ctx = StepContext {
             gpu,
             model,
@@ -154,20 +180,45 @@ pub fn sample_batch(
             timesteps: &timesteps[i],
             labels: labels.as_ref(),
             x: &x,
+            non_finite: &non_finite,
         };
         for hook in hooks.iter_mut() {
             eps = hook.on_eps(&ctx, eps)?;
         }
+        // ε itself: with x̂0 clamped, a NaN ε can leave x finite but meaningless.
+        non_finite.record(gpu, &eps, i)?;
         let k = scheduler.coeffs(i);
         let z = ancestral(i, variance.as_ref())?;
         let prev = if k.e != 0.0 { x0_prev.as_ref() } else { None };
         let (next, x0) = ops::sampler_step(gpu, &k, &x, &eps, prev, z.as_ref())?;
+        non_finite.record(gpu, &next, i)?;
         x = next;
         x0_prev = Some(x0);
         gpu.flush();
         on_step(i);
     }
-    Ok(x)
+    Ok(SampledBatch { x, non_finite })
+}
+
+/// ε at x, and the model's variance output where the schedule samples with it.
+fn predict(
+    gpu: &Gpu,
+    model: &dyn EpsModel,
+    scheduler: &Scheduler,
+    x: &Tensor,
+    timesteps: &Tensor,
+    labels: Option<&Tensor>,
+) -> Result<(Tensor, Option<Tensor>)> {
+    if !scheduler.needs_model_variance() {
+        return Ok((model.predict_eps(gpu, x, timesteps, labels)?, None));
+    }
+    if !model.learned_variance() {
+        return Err(Error::Invalid(
+            "the schedule asks for learned-range variance but the model predicts no variance"
+                .into(),
+        ));
+    }
+    model.predict_eps_and_variance(gpu, x, timesteps, labels)
 }
 
 /// The noise term of step `i` (None for a deterministic step): z, scaled by the model's

@@ -8,7 +8,9 @@ use super::pipeline::{sample_batch, BatchSpec, StepContext, StepHook};
 use super::scheduler::Scheduler;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
+use crate::limits;
 use crate::models::EpsModel;
+use crate::ops;
 
 /// A step hook with per-batch state: started before each batch, finished after it, when it
 /// hands over what it collected (read back from the GPU).
@@ -94,6 +96,9 @@ pub struct FinishedBatch<T> {
     pub classes: Option<Vec<usize>>,
     /// Every noise draw of the batch and its values, when the noise plan records.
     pub noise: Vec<(NoiseDraw, Vec<f32>)>,
+    /// For each sample, the first step at which its ε, x or a hook's output held a NaN or
+    /// ±Inf (None: finite throughout).
+    pub non_finite: Vec<Option<usize>>,
     /// What the hook collected.
     pub hook: T,
 }
@@ -145,6 +150,7 @@ impl Run<'_> {
         on_step: impl FnMut(usize),
     ) -> Result<FinishedBatch<H::Output>> {
         let gpu = self.gpu;
+        limits::sample_range("a batch", first, size)?;
         let sample_shape = self.sample_shape()?;
         let classes = self.labels.batch(first, size);
         let spec = BatchSpec {
@@ -163,7 +169,10 @@ impl Run<'_> {
             &mut [hook as &mut dyn StepHook],
             on_step,
         )?;
-        let images = gpu.read(&out)?;
+        let [images, flags] = <[Vec<f32>; 2]>::try_from(
+            gpu.read_many(&[&out.x, out.non_finite.tensor()])?,
+        )
+        .map_err(|_| Error::ReadBack("two tensors read, a different count returned".into()))?;
         let hook = hook.finish_batch(gpu)?;
         let mut noise = Vec::new();
         for draw in self.noise.take_draws() {
@@ -176,6 +185,7 @@ impl Run<'_> {
             images,
             classes,
             noise,
+            non_finite: ops::decode_first_steps(&flags),
             hook,
         })
     }

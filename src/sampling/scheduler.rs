@@ -31,7 +31,8 @@ pub enum Spacing {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum VarianceType {
-    /// The posterior variance β̃_t = (1−ᾱ_{t'})/(1−ᾱ_t)·β_t.
+    /// The posterior variance β̃_t = (1−ᾱ_{t'})/(1−ᾱ_t)·β_t (`fixed_small_log` is the same σ).
+    #[serde(alias = "fixed_small_log")]
     FixedSmall,
     /// β_t.
     FixedLarge,
@@ -118,7 +119,7 @@ impl SamplerChoice {
             eta: self.eta,
             spacing: self.spacing.unwrap_or(default_spacing),
             steps_offset: self.steps_offset,
-            set_alpha_to_one: true,
+            set_alpha_to_one: schedule.set_alpha_to_one,
             clip_sample: (schedule.clip_sample && self.clip).then_some(schedule.clip_sample_range),
             variance: schedule.variance_type,
             use_clipped_model_output: schedule.use_clipped_model_output,
@@ -183,7 +184,34 @@ fn spaced_timesteps(
     }
 }
 
+/// The visited timesteps must fall inside the schedule and strictly decrease: a repeated one
+/// (more steps than the spacing can place, e.g. DPM-Solver++(2M) with 1000 linspace steps of a
+/// 1000-step schedule) makes a zero-length step whose multistep coefficients divide by zero.
+fn check_timesteps(config: &SamplerConfig, timesteps: &[usize], t_train: usize) -> Result<()> {
+    if let Some(&t) = timesteps.iter().find(|&&t| t >= t_train) {
+        return Err(Error::Invalid(format!(
+            "timestep {t} (steps_offset {}) exceeds the schedule",
+            config.steps_offset
+        )));
+    }
+    match timesteps.windows(2).position(|w| w[1] >= w[0]) {
+        Some(i) => Err(Error::Invalid(format!(
+            "{} steps of the {} sampler with {} spacing visit timestep {} twice (steps {i} and \
+             {}) in a {t_train}-step schedule: use fewer steps",
+            config.steps,
+            config.kind,
+            config.spacing,
+            timesteps[i + 1],
+            i + 1
+        ))),
+        None => Ok(()),
+    }
+}
+
 impl Scheduler {
+    /// Checks the configuration against the schedule: steps in 1..=T, η finite and ≥ 0, every
+    /// visited timestep distinct and inside the schedule, and every step's coefficients finite
+    /// in f32 (what the GPU update computes with).
     pub fn new(config: SamplerConfig, schedule: NoiseSchedule) -> Result<Scheduler> {
         let t_train = schedule.len();
         let n = config.steps;
@@ -192,32 +220,61 @@ impl Scheduler {
                 "steps must be in 1..={t_train}, got {n}"
             )));
         }
-        if config.eta.is_nan() || config.eta < 0.0 {
+        if !(config.eta.is_finite() && config.eta >= 0.0) {
             return Err(Error::Invalid(format!(
-                "eta must be ≥ 0, got {}",
+                "eta must be finite and ≥ 0, got {}",
                 config.eta
+            )));
+        }
+        if config.steps_offset >= t_train {
+            return Err(Error::Invalid(format!(
+                "steps_offset {} must be below the schedule's {t_train} timesteps",
+                config.steps_offset
             )));
         }
         let timesteps =
             spaced_timesteps(config.kind, config.spacing, t_train, n, config.steps_offset);
-        if let Some(&t) = timesteps.iter().find(|&&t| t >= t_train) {
-            return Err(Error::Invalid(format!(
-                "timestep {t} (steps_offset {}) exceeds the schedule",
-                config.steps_offset
-            )));
-        }
+        check_timesteps(&config, &timesteps, t_train)?;
         let ac = &schedule.alphas_cumprod;
         let mut sigmas: Vec<f64> = timesteps
             .iter()
             .map(|&t| ((1.0 - ac[t]) / ac[t]).sqrt())
             .collect();
         sigmas.push(0.0);
-        Ok(Scheduler {
+        let scheduler = Scheduler {
             config,
             schedule,
             timesteps,
             sigmas,
-        })
+        };
+        scheduler.check_coefficients()?;
+        Ok(scheduler)
+    }
+
+    /// Every step's update coefficients must be finite in f32, or the first step would write
+    /// NaN or ±Inf into every sample.
+    fn check_coefficients(&self) -> Result<()> {
+        for i in 0..self.timesteps.len() {
+            let k = self.coeffs(i);
+            let named = [
+                ("p", k.p),
+                ("q", k.q),
+                ("a", k.a),
+                ("b", k.b),
+                ("c", k.c),
+                ("d", k.d),
+                ("e", k.e),
+                ("clip", k.clip.unwrap_or(0.0)),
+            ];
+            if let Some((name, v)) = named.iter().find(|(_, v)| !(*v as f32).is_finite()) {
+                return Err(Error::Invalid(format!(
+                    "the {} update at step {i} (t = {}) has coefficient {name} = {v:e}, which is not \
+                     a finite f32: check eta and the model's schedule",
+                    self.config.kind, self.timesteps[i]
+                )));
+            }
+        }
+        Ok(())
     }
 
     pub fn alpha_bar(&self, t: usize) -> f64 {

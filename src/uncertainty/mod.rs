@@ -12,6 +12,7 @@ pub mod mc_dropout;
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
+use crate::limits::{self, MAX_COPIES};
 use crate::ops::{self, UncertaintyMode};
 use crate::sampling::{BatchHook, NoisePurpose, StepContext, StepHook};
 
@@ -60,14 +61,23 @@ impl Default for UncertaintyConfig {
 }
 
 impl UncertaintyConfig {
+    /// M in 1..=[`MAX_COPIES`] (≥ 2 for the variance modes, whose spread of one copy is
+    /// 0 or undefined) and a non-empty window. Whether the window fits the sampler's steps is
+    /// checked by [`check_window`](Self::check_window) once they are known.
     pub fn validate(&self) -> Result<()> {
-        if self.copies == 0 {
-            return Err(Error::Invalid(
-                "the number of copies M must be at least 1".into(),
-            ));
+        limits::count_in("-M (copies per uncertainty step)", self.copies, MAX_COPIES)?;
+        if self.copies < 2 && self.mode != UncertaintyMode::Centred {
+            return Err(Error::Invalid(format!(
+                "--uc-mode {} needs M ≥ 2: the spread of one copy around its own mean is 0",
+                self.mode
+            )));
         }
-        if self.copies < 2 && self.mode == UncertaintyMode::Variance {
-            return Err(Error::Invalid("--uc-mode variance needs M ≥ 2".into()));
+        if self.steps == Some(0) {
+            return Err(Error::Invalid(
+                "an uncertainty window of 0 steps estimates nothing: drop --uncertainty, or \
+                 give --uc-steps ≥ 1"
+                    .into(),
+            ));
         }
         if self.method == UncertaintyMethod::McDropout && self.mode != UncertaintyMode::Variance {
             return Err(Error::Invalid(format!(
@@ -82,6 +92,21 @@ impl UncertaintyConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The window must start at a step the sampler takes and end by its last step.
+    pub fn check_window(&self, steps: usize) -> Result<()> {
+        let end = self.start.checked_add(self.steps.unwrap_or(0));
+        match end {
+            Some(end) if self.start < steps && end <= steps => Ok(()),
+            _ => Err(Error::Invalid(format!(
+                "the uncertainty window (start {}, {} steps) does not fit the sampler's {steps} \
+                 steps: --uc-start must be below {steps} and --uc-start + --uc-steps at most \
+                 {steps}",
+                self.start,
+                self.steps.map_or("all remaining".into(), |n| n.to_string()),
+            ))),
+        }
     }
 
     pub fn in_window(&self, step: usize) -> bool {
@@ -133,10 +158,13 @@ impl StepHook for UncertaintyEstimator {
         };
         let gpu = ctx.gpu;
         let map = ops::uncertainty_map(gpu, &eps, &eps_copies, self.config.mode)?;
-        self.total = Some(match &self.total {
+        let total = match &self.total {
             Some(t) => ops::add(gpu, t, &map)?,
             None => map.clone(),
-        });
+        };
+        // The running sum holds every map's NaN or ±Inf, and an overflow of the sum itself.
+        ctx.non_finite.record(gpu, &total, ctx.step)?;
+        self.total = Some(total);
         if self.config.keep_maps {
             self.maps.push((ctx.step, map));
         }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod reference;
+pub mod weights_file;
 
 use std::sync::OnceLock;
 use wgsl_diff::gpu::{AdapterChoice, Gpu, Tensor};
@@ -125,4 +126,13 @@ pub fn assert_clean_failure(out: &std::process::Output, what: &str, expected: &s
         stderr.contains(expected),
         "{what}: expected {expected:?} in: {stderr}"
     );
+}
+
+/// A fresh, empty folder under the system temporary folder, named for this test process and
+/// `name` (use a distinct name per test: tests run in parallel).
+pub fn tmp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("wgsl-diff-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }

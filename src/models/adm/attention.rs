@@ -33,7 +33,7 @@ impl AttentionBlock {
     ) -> Result<AttentionBlock> {
         let gpu = vb.gpu();
         let head_dim = channels / heads;
-        let qkv = HostParams::load(&vb.pp("qkv"), 3 * channels, &[channels, 1]);
+        let qkv = HostParams::load(&vb.pp("qkv"), 3 * channels, &[channels, 1])?;
         // The qkv row holding element d of head h of part (0 q, 1 k, 2 v).
         let row = |part: usize, h: usize, d: usize| match new_order {
             true => part * channels + h * head_dim + d,
@@ -50,7 +50,7 @@ impl AttentionBlock {
         Ok(AttentionBlock {
             norm: GroupNorm::load(&vb.pp("norm"), NORM_GROUPS, channels, NORM_EPS)?,
             qkv: [part(0)?, part(1)?, part(2)?],
-            proj_out: HostParams::load(&vb.pp("proj_out"), channels, &[channels, 1]).select(
+            proj_out: HostParams::load(&vb.pp("proj_out"), channels, &[channels, 1])?.select(
                 gpu,
                 &all,
                 &[channels],

@@ -16,14 +16,14 @@ pub struct HostParams {
 
 impl HostParams {
     /// `weight` of shape `[rows, rest…]` and `bias` of shape `[rows]` under `vb`.
-    pub fn load(vb: &VarBuilder, rows: usize, rest: &[usize]) -> HostParams {
+    pub fn load(vb: &VarBuilder, rows: usize, rest: &[usize]) -> Result<HostParams> {
         let mut shape = vec![rows];
         shape.extend_from_slice(rest);
-        HostParams {
-            weight: vb.get_host("weight", &shape),
-            bias: vb.get_host("bias", &[rows]),
+        Ok(HostParams {
+            weight: vb.get_host("weight", &shape)?,
+            bias: vb.get_host("bias", &[rows])?,
             row_len: rest.iter().product(),
-        }
+        })
     }
 
     /// The given rows, in that order, uploaded as a weight of `[rows.len(), rest…]`.

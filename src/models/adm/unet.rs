@@ -111,7 +111,7 @@ impl AdmModel {
         let time_embed = vb.pp("time_embed");
         let out = vb.pp("out");
         let c = config.in_channels;
-        let out_conv = HostParams::load(&out.pp(2), config.out_channels, &[input_ch, 3, 3]);
+        let out_conv = HostParams::load(&out.pp(2), config.out_channels, &[input_ch, 3, 3])?;
         let kernel = [input_ch, 3, 3];
         let eps_rows: Vec<usize> = (0..c).collect();
         let var_rows: Vec<usize> = (c..config.out_channels).collect();
