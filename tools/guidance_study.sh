@@ -23,6 +23,8 @@ SETTINGS=(
   "gradient_3|--guidance gradient --guidance-strength 3"
   "gradient_0.3|--guidance gradient --guidance-strength 0.3"
   "gradient_-1|--guidance gradient --guidance-strength -1"
+  # Another unguided set (other seeds): how far FD moves by chance alone.
+  "unguided_seed1|--seed 1"
 )
 for entry in "${SETTINGS[@]}"; do
   name=${entry%%|*}; flags=${entry#*|}
