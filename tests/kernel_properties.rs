@@ -181,42 +181,7 @@ fn group_norm_on_random_shapes() {
             (d.int(1, 20), d.int(1, 20))
         };
         let silu = d.coin();
-        let shape = (b, c, h, w, groups, silu);
-
-        let x: Vec<f32> = rng
-            .vec(b * c * h * w)
-            .iter()
-            .map(|v| v * 3.0 + 1.5)
-            .collect();
-        let (gamma, beta) = (rng.vec(c), rng.vec(c));
-        let want = r::group_norm(
-            &to_f64(&x),
-            b,
-            c,
-            h * w,
-            groups,
-            1e-5,
-            &to_f64(&gamma),
-            &to_f64(&beta),
-            silu,
-        );
-        let y = ops::group_norm(
-            gpu(),
-            &upload(&x, &[b, c, h, w]),
-            groups,
-            1e-5,
-            &upload(&gamma, &[c]),
-            &upload(&beta, &[c]),
-            silu,
-        )
-        .unwrap();
-        assert_close(
-            &format!("group_norm {shape:?}"),
-            &read(&y),
-            &want,
-            1e-5,
-            1e-4,
-        );
+        common::check_group_norm(rng, (b, c, h, w, groups, silu));
     });
 }
 
@@ -497,20 +462,7 @@ fn uncertainty_map_on_random_shapes() {
             UncertaintyMode::Variance,
             UncertaintyMode::VarianceBiased,
         ] {
-            let want: Vec<f64> = (0..b * len)
-                .map(|i| {
-                    let v: Vec<f64> = (0..m).map(|k| copies[k * b * len + i] as f64).collect();
-                    let mean = v.iter().sum::<f64>() / m as f64;
-                    let ss = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>();
-                    match mode {
-                        UncertaintyMode::Centred => {
-                            v.iter().map(|x| (x - eps[i] as f64).powi(2)).sum::<f64>() / m as f64
-                        }
-                        UncertaintyMode::Variance => ss / (m - 1) as f64,
-                        UncertaintyMode::VarianceBiased => ss / m as f64,
-                    }
-                })
-                .collect();
+            let want = r::uncertainty_map(&eps, &copies, m, mode);
             let what = format!("uncertainty_map {:?}", (b, len, m, mode));
             let map = ops::uncertainty_map(gpu(), &e, &c, mode).unwrap();
             let got = read(&map);

@@ -179,41 +179,7 @@ fn group_norm_matches_reference() {
         (3, 8, 64, 64, 2, false),
         (2, 32, 7, 9, 32, true),
     ] {
-        let x: Vec<f32> = rng
-            .vec(b * c * h * w)
-            .iter()
-            .map(|v| v * 3.0 + 1.5)
-            .collect();
-        let gamma = rng.vec(c);
-        let beta = rng.vec(c);
-        let want = r::group_norm(
-            &to_f64(&x),
-            b,
-            c,
-            h * w,
-            groups,
-            1e-5,
-            &to_f64(&gamma),
-            &to_f64(&beta),
-            silu,
-        );
-        let y = ops::group_norm(
-            gpu(),
-            &upload(&x, &[b, c, h, w]),
-            groups,
-            1e-5,
-            &upload(&gamma, &[c]),
-            &upload(&beta, &[c]),
-            silu,
-        )
-        .unwrap();
-        assert_close(
-            &format!("group_norm {:?}", (b, c, h, w, groups, silu)),
-            &read(&y),
-            &want,
-            1e-5,
-            1e-4,
-        );
+        common::check_group_norm(&mut rng, (b, c, h, w, groups, silu));
     }
 }
 

@@ -116,20 +116,7 @@ fn modes_match_their_definitions() {
         UncertaintyMode::Variance,
         UncertaintyMode::VarianceBiased,
     ] {
-        let want: Vec<f64> = (0..b * len)
-            .map(|i| {
-                let v: Vec<f64> = (0..m).map(|k| copies[k * b * len + i] as f64).collect();
-                let mean = v.iter().sum::<f64>() / m as f64;
-                let ss = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>();
-                match mode {
-                    UncertaintyMode::Centred => {
-                        v.iter().map(|x| (x - eps[i] as f64).powi(2)).sum::<f64>() / m as f64
-                    }
-                    UncertaintyMode::Variance => ss / (m - 1) as f64,
-                    UncertaintyMode::VarianceBiased => ss / m as f64,
-                }
-            })
-            .collect();
+        let want = common::reference::uncertainty_map(&eps, &copies, m, mode);
         let got = read(&ops::uncertainty_map(g, &e, &c, mode).unwrap());
         assert_close(&format!("{mode:?}"), &got, &want, 1e-6, 1e-5);
         let sums = read(&ops::sum_per_sample(g, &g.upload(&[b, 2, 7, 5], &got).unwrap()).unwrap());

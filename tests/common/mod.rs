@@ -136,3 +136,34 @@ pub fn tmp_dir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// ops::group_norm (± fused SiLU, ε 1e-5) on random data of `shape` = (b, c, h, w, groups,
+/// silu) against the f64 reference, with the kernel tests' tolerances.
+pub fn check_group_norm(rng: &mut Rng, shape: (usize, usize, usize, usize, usize, bool)) {
+    let (b, c, h, w, groups, silu) = shape;
+    let x: Vec<f32> = rng
+        .vec(b * c * h * w)
+        .iter()
+        .map(|v| v * 3.0 + 1.5)
+        .collect();
+    let (gamma, beta) = (rng.vec(c), rng.vec(c));
+    let (g64, b64) = (to_f64(&gamma), to_f64(&beta));
+    let want = reference::group_norm(&to_f64(&x), b, c, h * w, groups, 1e-5, &g64, &b64, silu);
+    let y = wgsl_diff::ops::group_norm(
+        gpu(),
+        &upload(&x, &[b, c, h, w]),
+        groups,
+        1e-5,
+        &upload(&gamma, &[c]),
+        &upload(&beta, &[c]),
+        silu,
+    )
+    .unwrap();
+    assert_close(
+        &format!("group_norm {shape:?}"),
+        &read(&y),
+        &want,
+        1e-5,
+        1e-4,
+    );
+}

@@ -523,3 +523,28 @@ pub fn resize_bilinear(
     }
     out
 }
+
+/// The uncertainty map of each mode from ε (n values) and M copies stacked copy-major (M·n).
+pub fn uncertainty_map(
+    eps: &[f32],
+    copies: &[f32],
+    m: usize,
+    mode: wgsl_diff::ops::UncertaintyMode,
+) -> Vec<f64> {
+    use wgsl_diff::ops::UncertaintyMode;
+    let n = eps.len();
+    (0..n)
+        .map(|i| {
+            let v: Vec<f64> = (0..m).map(|k| copies[k * n + i] as f64).collect();
+            let mean = v.iter().sum::<f64>() / m as f64;
+            let ss = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>();
+            match mode {
+                UncertaintyMode::Centred => {
+                    v.iter().map(|x| (x - eps[i] as f64).powi(2)).sum::<f64>() / m as f64
+                }
+                UncertaintyMode::Variance => ss / (m - 1) as f64,
+                UncertaintyMode::VarianceBiased => ss / m as f64,
+            }
+        })
+        .collect()
+}
