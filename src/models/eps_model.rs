@@ -94,12 +94,21 @@ impl EpsModel for UNet2DModel {
         self.forward(gpu, x, timesteps, labels)
     }
 
+    /// Refused for a network whose output is not one ε per input channel (a diffusers UNet
+    /// with learned variance, or another task's network): it loads, but cannot sample.
     fn sample_shape(&self) -> Result<[usize; 3]> {
-        let side = self
-            .config
+        let config = &self.config;
+        if config.out_channels != config.in_channels {
+            return Err(Error::Invalid(format!(
+                "unsupported UNet2DModel for sampling: out_channels {} ≠ in_channels {} (only ε \
+                 prediction, no learned variance)",
+                config.out_channels, config.in_channels
+            )));
+        }
+        let side = config
             .sample_size
             .ok_or_else(|| Error::Invalid("the model config has no sample_size".into()))?;
-        Ok([self.config.in_channels, side, side])
+        Ok([config.in_channels, side, side])
     }
 
     fn num_classes(&self) -> Option<usize> {

@@ -295,12 +295,6 @@ impl UNet2DConfig {
                 return unsupported(format!("`{key}` {value:?} (only {only:?})"));
             }
         }
-        if self.out_channels != self.in_channels {
-            return unsupported(format!(
-                "out_channels {} ≠ in_channels {} (only ε prediction, no learned variance)",
-                self.out_channels, self.in_channels
-            ));
-        }
         if self.downsample_padding > 1 {
             return unsupported(format!("downsample_padding {}", self.downsample_padding));
         }
