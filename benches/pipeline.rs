@@ -137,7 +137,7 @@ fn steps_with_hooks(c: &mut Criterion, group_name: &str, config: &str, b: usize)
         drop(step(&gpu, &unet, &scheduler, &x, &t, hook.as_mut()));
         let peak = gpu.memory().peak - before;
         eprintln!(
-            "sampling_step_b8/{name}: peak GPU tensor memory {:.1} MB",
+            "{group_name}/{name}: peak GPU tensor memory {:.1} MB",
             peak as f64 / 1e6
         );
         group.bench_function(name, |it| {
