@@ -7,7 +7,8 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use wgsl_diff::gpu::{AdapterChoice, Gpu, Tensor};
 use wgsl_diff::guidance::{GuidanceConfig, GuidanceHook, GuidanceRule};
-use wgsl_diff::models::{UNet2DConfig, UNet2DModel};
+use wgsl_diff::models::adm::{AdmConfig, AdmModel};
+use wgsl_diff::models::{EpsModel, UNet2DConfig, UNet2DModel};
 use wgsl_diff::ops;
 use wgsl_diff::sampling::{
     NoisePlan, NoiseSchedule, NonFiniteFlags, SamplerConfig, ScheduleConfig, Scheduler,
@@ -19,6 +20,13 @@ const CIFAR10: &str = r#"{"sample_size":32,"in_channels":3,"out_channels":3,"blo
  "layers_per_block":2,"down_block_types":["DownBlock2D","AttnDownBlock2D","DownBlock2D","DownBlock2D"],
  "up_block_types":["UpBlock2D","UpBlock2D","AttnUpBlock2D","UpBlock2D"],"attention_head_dim":null,
  "norm_num_groups":32,"norm_eps":1e-6,"freq_shift":1,"flip_sin_to_cos":false,"downsample_padding":0}"#;
+
+/// openai/guided-diffusion's released 64×64 class-conditional model (`--preset 64x64_diffusion`,
+/// 296 M parameters), as tools/convert_adm.py writes its config.
+const ADM64: &str = r#"{"attention_resolutions":[2,4,8],"channel_mult":[1.0,2.0,3.0,4.0],"conv_resample":true,
+ "dims":2,"dropout":0.1,"image_size":64,"in_channels":3,"model_channels":192,"num_classes":1000,
+ "num_head_channels":64,"num_heads":4,"num_heads_upsample":-1,"num_res_blocks":3,"out_channels":6,
+ "resblock_updown":true,"use_fp16":true,"use_new_attention_order":true,"use_scale_shift_norm":true}"#;
 
 /// The architecture of the shipped model (tools/train_demo.py).
 const FASHION: &str = r#"{"sample_size":32,"in_channels":1,"out_channels":1,"block_out_channels":[32,64,64],
@@ -48,6 +56,31 @@ fn forward(c: &mut Criterion) {
                 let y = unet.forward(&gpu, &x, &t, None).unwrap();
                 gpu.sync().unwrap();
                 y
+            })
+        });
+    }
+    group.finish();
+    // ADM-64 takes about a minute per forward on a CPU rasteriser: opt in.
+    if std::env::var("WGSL_DIFF_BENCH_ADM64").is_ok() {
+        adm64_forward(c, &gpu, batches);
+    }
+}
+
+/// One forward of the ADM-64 architecture with random weights (ε and variance), class 207.
+fn adm64_forward(c: &mut Criterion, gpu: &Gpu, batches: &[usize]) {
+    let config: AdmConfig = serde_json::from_str(ADM64).unwrap();
+    let adm = AdmModel::random(gpu, config, 0).unwrap();
+    let mut group = c.benchmark_group("unet_forward");
+    group.sample_size(10);
+    for &b in batches {
+        let x = NoisePlan::new(1).initial(gpu, &[b, 3, 64, 64], 0).unwrap();
+        let t = gpu.upload(&[b], &vec![500.0; b]).unwrap();
+        let y = gpu.upload(&[b], &vec![207.0; b]).unwrap();
+        group.bench_function(format!("adm64_b{b}"), |it| {
+            it.iter(|| {
+                let out = adm.predict_eps_and_variance(gpu, &x, &t, Some(&y)).unwrap();
+                gpu.sync().unwrap();
+                out
             })
         });
     }

@@ -11,6 +11,10 @@ shapes, float32 and the same semantics:
     kernels/quantile_b1_2p20_p95 (elements)        torch.quantile(x (1, 2^20), 0.95, dim=1)
     unet_forward/cifar10_b1, cifar10_b8            UNet2DModel of google/ddpm-cifar10-32's
                                                    architecture, random weights, t = 500
+    unet_forward/adm64_b1, adm64_b8                openai/guided-diffusion's UNetModel of the released
+                                                   64x64 model (random weights, class 207, t = 500),
+                                                   imported from --guided-diffusion CHECKOUT (skipped
+                                                   without it; wgsl-diff's side: WGSL_DIFF_BENCH_ADM64=1)
     sampling_step_b8/plain                         Fashion-MNIST-size UNet forward (B = 8) + one DDIM
                                                    update (50 leading steps, step 10, clipped x̂0)
     sampling_step_b8/uncertainty_m5                the same plus Algorithm 1 with M = 5: x̂0, 5
@@ -202,6 +206,27 @@ def forward_benches(device):
     return benches
 
 
+GUIDED_DIFFUSION = None  # a checkout of openai/guided-diffusion, from --guided-diffusion
+
+
+def adm_benches(device):
+    import sys
+    sys.path.insert(0, str(Path(GUIDED_DIFFUSION).resolve()))
+    from guided_diffusion import unet as gd_unet
+    import convert_adm
+    cfg = convert_adm.model_config(dict(convert_adm.DEFAULTS, **convert_adm.PRESETS["64x64_diffusion"]))
+    cfg = dict(cfg, channel_mult=tuple(int(m) for m in cfg["channel_mult"]), use_fp16=False)
+    model = gd_unet.UNetModel(**cfg).to(device).eval()
+    gen = torch.Generator(device=device).manual_seed(1)
+    benches = {}
+    for b in (1, 8):
+        x = torch.randn((b, 3, 64, 64), generator=gen, device=device)
+        t = torch.full((b,), MODEL_TIMESTEP, device=device)
+        y = torch.full((b,), 207, dtype=torch.long, device=device)
+        benches[f"unet_forward/adm64_b{b}"] = (lambda x=x, t=t, y=y: model(x, t, y))
+    return benches
+
+
 def step_benches(device):
     model = unet(FASHION, device)
     a, s, a_prev, s_prev = ddim_coefficients()
@@ -268,6 +293,8 @@ BENCHES = [
     ("kernels/quantile_b1_2p20_p95 (elements)", kernel_benches),
     ("unet_forward/cifar10_b1", forward_benches),
     ("unet_forward/cifar10_b8", forward_benches),
+    ("unet_forward/adm64_b1", adm_benches),
+    ("unet_forward/adm64_b8", adm_benches),
     ("sampling_step_b8/plain", step_benches),
     ("sampling_step_b8/uncertainty_m5", step_benches),
     (SEQUENTIAL, step_benches),
@@ -340,7 +367,11 @@ def main():
     p.add_argument("--repeat", type=int, default=10, help="timed runs (the median is reported)")
     p.add_argument("--json", metavar="OUT", type=Path, default=None,
                    help="also write the results to this JSON file")
+    p.add_argument("--guided-diffusion", metavar="CHECKOUT", type=Path, default=None,
+                   help="openai/guided-diffusion checkout for the ADM-64 benchmarks")
     args = p.parse_args()
+    global GUIDED_DIFFUSION
+    GUIDED_DIFFUSION = args.guided_diffusion
     if args.repeat < 1 or args.warmup < 0:
         p.error("--repeat must be at least 1 and --warmup at least 0")
 
@@ -350,7 +381,8 @@ def main():
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     selected = [(name, build) for name, build in BENCHES
-                if args.only is None or name.startswith(args.only)]
+                if (args.only is None or name.startswith(args.only))
+                and (build is not adm_benches or GUIDED_DIFFUSION is not None)]
     if not selected:
         p.error(f"no benchmark id starts with {args.only!r}; ids: "
                 + ", ".join(name for name, _ in BENCHES))
