@@ -25,6 +25,12 @@ for line in sys.stdin:
         print(m["target"]["name"], m["executable"])' |
         while read -r name exe; do cp "$exe" ".device/bench-$name"; done
     cp target/release/wgsl-diff .device/
+    # guided-diffusion's own code for the ADM-64 benches (the device cannot reach GitHub):
+    # GUIDED_DIFFUSION=CHECKOUT tools/device_check.sh prepare
+    if [ -n "${GUIDED_DIFFUSION:-}" ]; then
+        rm -rf .device/guided-diffusion && mkdir -p .device/guided-diffusion
+        cp -r "$GUIDED_DIFFUSION/guided_diffusion" .device/guided-diffusion/
+    fi
     cp /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz .device/
     if [ ! -d .gl ]; then
         local o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
@@ -64,7 +70,9 @@ run() {
     if [ -n "${QUICK:-}" ]; then
         num=8 uc_num=4 batch=4 torch_device=cpu bench_filter=group_norm
     fi
-    [ -n "${QUICK:-}" ] || export WGSL_DIFF_BENCH_CIFAR_STEPS=1
+    [ -n "${QUICK:-}" ] || export WGSL_DIFF_BENCH_CIFAR_STEPS=1 WGSL_DIFF_BENCH_ADM64=1
+    local adm=()
+    [ -d .device/guided-diffusion ] && adm=(--guided-diffusion .device/guided-diffusion)
     timed() { local t0=$SECONDS; "$@"; echo "[$(( SECONDS - t0 )) s] $*"; }
     compare_pngs() {
         python3 - "$1" "$2" <<'EOF'
@@ -87,7 +95,7 @@ EOF
 
     echo "== the same work in PyTorch"
     timed python3 tools/bench_torch.py --device "$torch_device" --criterion-dir /tmp/target/criterion \
-        --json "$results/bench.json" ${bench_filter:+--only kernels/$bench_filter}
+        --json "$results/bench.json" ${bench_filter:+--only kernels/$bench_filter} "${adm[@]}"
 
     echo "== shipped model, $num samples, 10 DDIM steps: wgsl-diff, then PyTorch/diffusers"
     timed "$bin" sample --num "$num" --batch "$batch" --steps 10 --quiet --out "$results/wgsl"
