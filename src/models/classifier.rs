@@ -110,8 +110,7 @@ impl FashionClassifier {
     /// Loads a file written by `tools/train_classifier.py`, checking every tensor.
     pub fn load(gpu: &Gpu, file: &WeightFile) -> Result<FashionClassifier> {
         file.expect_arch(Self::ARCH)?;
-        let config: ClassifierConfig = serde_json::from_str(file.meta("config")?)
-            .map_err(|e| Error::Weights(format!("invalid classifier config metadata: {e}")))?;
+        let config: ClassifierConfig = file.config()?;
         config.validate()?;
         let vb = file.var_builder(gpu);
         let model = Self::build(&vb, config)?;

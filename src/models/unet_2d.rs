@@ -9,7 +9,7 @@ use super::unet_2d_blocks::{
     BlockConfig, BlockTape, DownBlock, DownBlockArgs, DownBlockType, UNetMidBlock2D, UpBlock,
     UpBlockArgs, UpBlockType,
 };
-use super::weights::{parse_config, VarBuilder, WeightFile};
+use super::weights::{VarBuilder, WeightFile};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::limits::{
@@ -342,12 +342,7 @@ impl UNet2DModel {
     /// Loads a converted weight file, checking every tensor against the embedded config.
     pub fn load(gpu: &Gpu, file: &WeightFile) -> Result<UNet2DModel> {
         file.expect_arch(Self::ARCH)?;
-        let config: UNet2DConfig = parse_config(file.meta("config")?).map_err(|e| {
-            Error::Weights(format!(
-                "{}: invalid config metadata: {e}",
-                file.path().display()
-            ))
-        })?;
+        let config: UNet2DConfig = file.config()?;
         config.validate()?;
         let vb = file.var_builder(gpu);
         let model = Self::build(&vb, config)?;
@@ -679,6 +674,7 @@ fn incomplete_tape() -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::weights::parse_config;
 
     fn parse(json: &str) -> serde_json::Result<UNet2DConfig> {
         serde_json::from_str(json)

@@ -103,6 +103,16 @@ impl WeightFile {
         SafeTensors::deserialize(&self.mmap).expect("validated in open")
     }
 
+    /// The model's `config` metadata, parsed by [`parse_config`] (the offending key named).
+    pub fn config<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        parse_config(self.meta("config")?).map_err(|e| {
+            Error::Weights(format!(
+                "{}: invalid config metadata: {e}",
+                self.path().display()
+            ))
+        })
+    }
+
     /// Builds the root [`VarBuilder`] for constructing a model on `gpu`.
     pub fn var_builder<'a>(&'a self, gpu: &'a Gpu) -> VarBuilder<'a> {
         VarBuilder::with_source(

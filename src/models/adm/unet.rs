@@ -70,12 +70,7 @@ impl AdmModel {
     /// Loads a converted weight file, checking every tensor against the embedded config.
     pub fn load(gpu: &Gpu, file: &WeightFile) -> Result<AdmModel> {
         file.expect_arch(Self::ARCH)?;
-        let config: AdmConfig = serde_json::from_str(file.meta("config")?).map_err(|e| {
-            Error::Weights(format!(
-                "{}: invalid ADM config metadata: {e}",
-                file.path().display()
-            ))
-        })?;
+        let config: AdmConfig = file.config()?;
         config.validate()?;
         let vb = file.var_builder(gpu);
         let model = Self::build(&vb, config)?;
