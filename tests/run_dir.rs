@@ -24,25 +24,6 @@ fn tmp(name: &str) -> PathBuf {
     dir
 }
 
-/// Every file under `dir` (relative path, bytes), sorted.
-fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                let rel = path.strip_prefix(dir).unwrap().to_path_buf();
-                out.push((rel, std::fs::read(&path).unwrap()));
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 fn request(out: &Path) -> SampleRequest {
     SampleRequest {
         model: MODEL.into(),
@@ -115,7 +96,7 @@ fn sample_job_writes_what_the_cli_writes() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let (a, b) = (files(&lib), files(&cli));
+    let (a, b) = (common::files(&lib), common::files(&cli));
     let names = |f: &[(PathBuf, Vec<u8>)]| f.iter().map(|x| x.0.clone()).collect::<Vec<_>>();
     assert_eq!(names(&a), names(&b));
     for ((name, x), (_, y)) in a.iter().zip(&b) {

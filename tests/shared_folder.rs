@@ -57,25 +57,6 @@ fn succeeded(out: Output, what: &str) {
     );
 }
 
-/// Every file under `dir` (relative path, bytes), sorted.
-fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                let rel = path.strip_prefix(dir).unwrap().to_path_buf();
-                out.push((rel, std::fs::read(&path).unwrap()));
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 fn wait_for(path: &Path) {
     let start = Instant::now();
     while !path.exists() {
@@ -90,7 +71,7 @@ fn wait_for(path: &Path) {
 
 /// Filtered manifests name their source folder; every other file must be byte-identical.
 fn assert_same_folder(shared: &Path, single: &Path) {
-    let (a, b) = (files(shared), files(single));
+    let (a, b) = (common::files(shared), common::files(single));
     let names = |f: &[(PathBuf, Vec<u8>)]| f.iter().map(|x| x.0.clone()).collect::<Vec<_>>();
     assert_eq!(names(&a), names(&b));
     for ((name, x), (_, y)) in a.iter().zip(&b) {
