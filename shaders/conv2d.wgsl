@@ -45,6 +45,9 @@ const TILE_K: u32 = 16u;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read> residual: array<f32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
+// The input seen as vec4s, conv2d_blocked's only view of it (an entry point may use one view of
+// a binding; buffers are padded to whole vec4s).
+@group(0) @binding(1) var<storage, read> x4: array<vec4<f32>>;
 
 var<workgroup> tile_w: array<f32, TILE_K * TILE>;
 var<workgroup> tile_x: array<vec4<f32>, TILE_K * TILE / 4u>;
@@ -135,4 +138,265 @@ fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
             out[idx] = v;
         }
     }
+}
+
+// ---- conv2d_blocked: the variant for CPU adapters (see `KernelClass`) ----
+// No workgroup memory and no barriers (a CPU rasteriser runs a workgroup's invocations as SIMD
+// lanes of one thread, and a barrier is a coroutine switch). Each invocation computes an 8 x 8
+// block of the output held in registers: 8 output channels shared by the whole workgroup (so a
+// weight load has one address for all lanes, which the driver turns into one scalar load and a
+// broadcast) times 8 consecutive output pixels of one row (gathered per lane straight from
+// storage). The block is written out rather than looped over: a loop, or an accumulator array
+// indexed by anything but literals, puts the accumulators in memory (measured 3x slower on
+// lavapipe). Only the input-channel and tap loops remain; the host checks them against the
+// device's loop budget.
+const BLOCK_ROWS: u32 = 16u;
+const BLOCK_PIXELS: u32 = 8u;
+// Invocations per workgroup of conv2d_blocked.
+override BLOCKED_WG: u32 = 16u;
+
+// Input element i through the vec4 view.
+fn x_at(i: u32) -> f32 {
+    return x4[i / 4u][i % 4u];
+}
+
+// Input row `iy` of `plane` at columns ix0, ix0 + STRIDE, ... (four of them), zero in the padding.
+fn gather4(plane: u32, iy: i32, ix0: i32) -> vec4<f32> {
+    if iy < 0 || iy >= i32(p.h) {
+        return vec4<f32>(0.0);
+    }
+    let row = plane + u32(iy) * p.w;
+    let w = i32(p.w);
+    let s = i32(STRIDE);
+    return vec4<f32>(
+        select(0.0, x_at(row + u32(ix0)), ix0 >= 0 && ix0 < w),
+        select(0.0, x_at(row + u32(ix0 + s)), ix0 + s >= 0 && ix0 + s < w),
+        select(0.0, x_at(row + u32(ix0 + 2 * s)), ix0 + 2 * s >= 0 && ix0 + 2 * s < w),
+        select(0.0, x_at(row + u32(ix0 + 3 * s)), ix0 + 3 * s >= 0 && ix0 + 3 * s < w),
+    );
+}
+
+// conv2d_blocked reads the weights through this view only. With WEIGHT_T the host passes them
+// transposed to (C_in·KH·KW, C_out) with C_out % 4 = 0, so a block's 16 rows under one tap are
+// four aligned vec4s with one address for all lanes (half the kernel's time went to 16 scalar
+// weight loads before); rows past C_out then read the next tap's weights, which are not stored.
+@group(0) @binding(2) var<storage, read> weight4: array<vec4<f32>>;
+override WEIGHT_T: bool = false;
+
+// The 4 rows co .. co + 3 (co % 4 = 0) of the block under tap k.
+fn weights4(k: u32, co: u32, k_total: u32) -> vec4<f32> {
+    if WEIGHT_T {
+        return weight4[(k * p.c_out + co) / 4u];
+    }
+    // Row-major (C_out, K): rows past C_out repeat the last one.
+    let last = p.c_out - 1u;
+    return vec4<f32>(
+        weight4[(min(co, last) * k_total + k) / 4u][(min(co, last) * k_total + k) % 4u],
+        weight4[(min(co + 1u, last) * k_total + k) / 4u][(min(co + 1u, last) * k_total + k) % 4u],
+        weight4[(min(co + 2u, last) * k_total + k) / 4u][(min(co + 2u, last) * k_total + k) % 4u],
+        weight4[(min(co + 3u, last) * k_total + k) / 4u][(min(co + 3u, last) * k_total + k) % 4u],
+    );
+}
+
+// conv2d_blocked's fast path, set by the host when STRIDE = 1, W % 4 = 0, PAD_X ≤ 4 and
+// KW ≤ PAD_X + 5: then the input columns under all KW taps of a block's 8 pixels lie in the 16
+// from ox0 - 4, four aligned vec4s that are each wholly inside the row or wholly padding.
+override ALIGNED_ROWS: bool = false;
+
+// Input row `iy` of `plane`: the four vec4s from column ox0 - 4 (ox0 a multiple of 8).
+fn row_window(plane: u32, iy: i32, ox0: u32) -> array<vec4<f32>, 4> {
+    var v = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    if iy < 0 || iy >= i32(p.h) {
+        return v;
+    }
+    let row4 = (plane + u32(iy) * p.w) / 4u;
+    let w4 = p.w / 4u;
+    let first = ox0 / 4u;  // vec4 index of column ox0; the window starts one before it
+    if first > 0u {
+        v[0] = x4[row4 + first - 1u];
+    }
+    if first < w4 {
+        v[1] = x4[row4 + first];
+    }
+    if first + 1u < w4 {
+        v[2] = x4[row4 + first + 1u];
+    }
+    if first + 2u < w4 {
+        v[3] = x4[row4 + first + 2u];
+    }
+    return v;
+}
+
+// Values s .. s + 3 of the eight in (a, b), s ≤ 4.
+fn shift4(a: vec4<f32>, b: vec4<f32>, s: u32) -> vec4<f32> {
+    switch s {
+        case 0u: { return a; }
+        case 1u: { return vec4<f32>(a.yzw, b.x); }
+        case 2u: { return vec4<f32>(a.zw, b.xy); }
+        case 3u: { return vec4<f32>(a.w, b.xyz); }
+        default: { return b; }
+    }
+}
+
+// Values s .. s + 3 of the twelve in (a, b, c), s ≤ 8.
+fn window4(a: vec4<f32>, b: vec4<f32>, c: vec4<f32>, s: u32) -> vec4<f32> {
+    if s >= 4u {
+        return shift4(b, c, s - 4u);
+    }
+    return shift4(a, b, s);
+}
+
+// Applies the epilogue to output channel `co`'s pixels ox0 .. ox0 + 7 of row `oy` and stores
+// those inside the output.
+fn store_row(b: u32, co: u32, oy: u32, ox0: u32, lo: vec4<f32>, hi: vec4<f32>) {
+    if co >= p.c_out {
+        return;
+    }
+    let row = ((b * p.c_out + co) * p.h_out + oy) * p.w_out;
+    for (var j = 0u; j < BLOCK_PIXELS; j++) {
+        let ox = ox0 + j;
+        if ox >= p.w_out {
+            return;
+        }
+        let idx = row + ox;
+        var v = select(hi[j - 4u], lo[j], j < 4u);
+        if HAS_BIAS {
+            v += bias[co];
+        }
+        if HAS_RESIDUAL {
+            v = (v + residual[idx]) * p.out_scale;
+        }
+        if RELU {
+            v = max(v, 0.0);
+        }
+        out[idx] = v;
+    }
+}
+
+@compute @workgroup_size(BLOCKED_WG, 1, 1)
+fn conv2d_blocked(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let co0 = wid.y * BLOCK_ROWS;
+    let x_blocks = (p.w_out + BLOCK_PIXELS - 1u) / BLOCK_PIXELS;
+    let n = wid.x * BLOCKED_WG + lid.x;
+    let valid_n = n < p.batch * p.h_out * x_blocks;
+    let b = min(n / (p.h_out * x_blocks), p.batch - 1u);
+    let oy = (n / x_blocks) % p.h_out;
+    let ox0 = (n % x_blocks) * BLOCK_PIXELS;
+    let taps = KH * KW;
+    let k_total = p.c_in * taps;
+    var lo0 = vec4<f32>(0.0);
+    var hi0 = vec4<f32>(0.0);
+    var lo1 = vec4<f32>(0.0);
+    var hi1 = vec4<f32>(0.0);
+    var lo2 = vec4<f32>(0.0);
+    var hi2 = vec4<f32>(0.0);
+    var lo3 = vec4<f32>(0.0);
+    var hi3 = vec4<f32>(0.0);
+    var lo4 = vec4<f32>(0.0);
+    var hi4 = vec4<f32>(0.0);
+    var lo5 = vec4<f32>(0.0);
+    var hi5 = vec4<f32>(0.0);
+    var lo6 = vec4<f32>(0.0);
+    var hi6 = vec4<f32>(0.0);
+    var lo7 = vec4<f32>(0.0);
+    var hi7 = vec4<f32>(0.0);
+    var lo8 = vec4<f32>(0.0);
+    var hi8 = vec4<f32>(0.0);
+    var lo9 = vec4<f32>(0.0);
+    var hi9 = vec4<f32>(0.0);
+    var lo10 = vec4<f32>(0.0);
+    var hi10 = vec4<f32>(0.0);
+    var lo11 = vec4<f32>(0.0);
+    var hi11 = vec4<f32>(0.0);
+    var lo12 = vec4<f32>(0.0);
+    var hi12 = vec4<f32>(0.0);
+    var lo13 = vec4<f32>(0.0);
+    var hi13 = vec4<f32>(0.0);
+    var lo14 = vec4<f32>(0.0);
+    var hi14 = vec4<f32>(0.0);
+    var lo15 = vec4<f32>(0.0);
+    var hi15 = vec4<f32>(0.0);
+    let iy0 = i32(oy * STRIDE) - i32(PAD_Y);
+    let ix0 = i32(ox0 * STRIDE) - i32(PAD_X);
+    for (var ci = 0u; ci < p.c_in; ci++) {
+        let plane = (b * p.c_in + ci) * p.h * p.w;
+        for (var ky = 0u; ky < KH; ky++) {
+            var win = array<vec4<f32>, 4>();
+            if ALIGNED_ROWS {
+                win = row_window(plane, iy0 + i32(ky), ox0);
+            }
+            let in0 = win[0];
+            let in1 = win[1];
+            let in2 = win[2];
+            let in3 = win[3];
+            for (var kx = 0u; kx < KW; kx++) {
+                var xl: vec4<f32>;
+                var xh: vec4<f32>;
+                if ALIGNED_ROWS {
+                    let s = kx + 4u - PAD_X;
+                    xl = window4(in0, in1, in2, s);
+                    xh = window4(in1, in2, in3, s);
+                } else {
+                    xl = gather4(plane, iy0 + i32(ky), ix0 + i32(kx));
+                    xh = gather4(plane, iy0 + i32(ky), ix0 + i32(kx + 4u * STRIDE));
+                }
+                let k = ci * taps + ky * KW + kx;
+                let wq0 = weights4(k, co0 + 0u, k_total);
+                lo0 += wq0.x * xl;
+                hi0 += wq0.x * xh;
+                lo1 += wq0.y * xl;
+                hi1 += wq0.y * xh;
+                lo2 += wq0.z * xl;
+                hi2 += wq0.z * xh;
+                lo3 += wq0.w * xl;
+                hi3 += wq0.w * xh;
+                let wq1 = weights4(k, co0 + 4u, k_total);
+                lo4 += wq1.x * xl;
+                hi4 += wq1.x * xh;
+                lo5 += wq1.y * xl;
+                hi5 += wq1.y * xh;
+                lo6 += wq1.z * xl;
+                hi6 += wq1.z * xh;
+                lo7 += wq1.w * xl;
+                hi7 += wq1.w * xh;
+                let wq2 = weights4(k, co0 + 8u, k_total);
+                lo8 += wq2.x * xl;
+                hi8 += wq2.x * xh;
+                lo9 += wq2.y * xl;
+                hi9 += wq2.y * xh;
+                lo10 += wq2.z * xl;
+                hi10 += wq2.z * xh;
+                lo11 += wq2.w * xl;
+                hi11 += wq2.w * xh;
+                let wq3 = weights4(k, co0 + 12u, k_total);
+                lo12 += wq3.x * xl;
+                hi12 += wq3.x * xh;
+                lo13 += wq3.y * xl;
+                hi13 += wq3.y * xh;
+                lo14 += wq3.z * xl;
+                hi14 += wq3.z * xh;
+                lo15 += wq3.w * xl;
+                hi15 += wq3.w * xh;
+            }
+        }
+    }
+    if !valid_n {
+        return;
+    }
+    store_row(b, co0 + 0u, oy, ox0, lo0, hi0);
+    store_row(b, co0 + 1u, oy, ox0, lo1, hi1);
+    store_row(b, co0 + 2u, oy, ox0, lo2, hi2);
+    store_row(b, co0 + 3u, oy, ox0, lo3, hi3);
+    store_row(b, co0 + 4u, oy, ox0, lo4, hi4);
+    store_row(b, co0 + 5u, oy, ox0, lo5, hi5);
+    store_row(b, co0 + 6u, oy, ox0, lo6, hi6);
+    store_row(b, co0 + 7u, oy, ox0, lo7, hi7);
+    store_row(b, co0 + 8u, oy, ox0, lo8, hi8);
+    store_row(b, co0 + 9u, oy, ox0, lo9, hi9);
+    store_row(b, co0 + 10u, oy, ox0, lo10, hi10);
+    store_row(b, co0 + 11u, oy, ox0, lo11, hi11);
+    store_row(b, co0 + 12u, oy, ox0, lo12, hi12);
+    store_row(b, co0 + 13u, oy, ox0, lo13, hi13);
+    store_row(b, co0 + 14u, oy, ox0, lo14, hi14);
+    store_row(b, co0 + 15u, oy, ox0, lo15, hi15);
 }

@@ -146,3 +146,170 @@ fn matmul_vec4(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_
     }
     store(lid, wid, acc);
 }
+
+// ---- matmul_blocked: the variant for CPU adapters (see `KernelClass`) ----
+// No workgroup memory and no barriers; each invocation computes a 16 x 8 block of C in
+// registers: 16 rows shared by the whole workgroup (an A load has one address for all lanes:
+// one scalar load and a broadcast on a CPU rasteriser) times 8 consecutive columns of its own
+// (gathered per lane from B). The block is written out: a loop over it, or an accumulator array
+// indexed by anything but literals, would keep the accumulators in memory. Any M, N, K and
+// either B layout; one K loop, checked by the host against the device's loop budget.
+const BLOCK_ROWS: u32 = 16u;
+const BLOCK_COLS: u32 = 8u;
+// Invocations per workgroup of matmul_blocked.
+override BLOCKED_WG: u32 = 16u;
+
+// B[k, col] (B[col, k] when TRANS_B), col clamped into range (those columns are not stored).
+fn b_at(base: u32, kk: u32, col: u32) -> f32 {
+    let c = min(col, p.n - 1u);
+    if TRANS_B {
+        return b[base + c * p.k + kk];
+    }
+    return b[base + kk * p.n + c];
+}
+
+fn store_row(base: u32, row: u32, col0: u32, lo: vec4<f32>, hi: vec4<f32>) {
+    if row >= p.m {
+        return;
+    }
+    for (var j = 0u; j < BLOCK_COLS; j++) {
+        let col = col0 + j;
+        if col >= p.n {
+            return;
+        }
+        var v = select(hi[j - 4u], lo[j], j < 4u);
+        if HAS_BIAS {
+            v += bias[col];
+        }
+        c[base + row * p.n + col] = v;
+    }
+}
+
+@compute @workgroup_size(BLOCKED_WG, 1, 1)
+fn matmul_blocked(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let m0 = wid.y * BLOCK_ROWS;
+    let col0 = (wid.x * BLOCKED_WG + lid.x) * BLOCK_COLS;
+    let base_a = wid.z * p.batch_stride_a;
+    let base_b = wid.z * p.batch_stride_b;
+    // Rows of A; rows past M repeat the last one and are not stored.
+    let last = p.m - 1u;
+    let a0 = base_a + min(m0 + 0u, last) * p.k;
+    let a1 = base_a + min(m0 + 1u, last) * p.k;
+    let a2 = base_a + min(m0 + 2u, last) * p.k;
+    let a3 = base_a + min(m0 + 3u, last) * p.k;
+    let a4 = base_a + min(m0 + 4u, last) * p.k;
+    let a5 = base_a + min(m0 + 5u, last) * p.k;
+    let a6 = base_a + min(m0 + 6u, last) * p.k;
+    let a7 = base_a + min(m0 + 7u, last) * p.k;
+    let a8 = base_a + min(m0 + 8u, last) * p.k;
+    let a9 = base_a + min(m0 + 9u, last) * p.k;
+    let a10 = base_a + min(m0 + 10u, last) * p.k;
+    let a11 = base_a + min(m0 + 11u, last) * p.k;
+    let a12 = base_a + min(m0 + 12u, last) * p.k;
+    let a13 = base_a + min(m0 + 13u, last) * p.k;
+    let a14 = base_a + min(m0 + 14u, last) * p.k;
+    let a15 = base_a + min(m0 + 15u, last) * p.k;
+    var lo0 = vec4<f32>(0.0);
+    var hi0 = vec4<f32>(0.0);
+    var lo1 = vec4<f32>(0.0);
+    var hi1 = vec4<f32>(0.0);
+    var lo2 = vec4<f32>(0.0);
+    var hi2 = vec4<f32>(0.0);
+    var lo3 = vec4<f32>(0.0);
+    var hi3 = vec4<f32>(0.0);
+    var lo4 = vec4<f32>(0.0);
+    var hi4 = vec4<f32>(0.0);
+    var lo5 = vec4<f32>(0.0);
+    var hi5 = vec4<f32>(0.0);
+    var lo6 = vec4<f32>(0.0);
+    var hi6 = vec4<f32>(0.0);
+    var lo7 = vec4<f32>(0.0);
+    var hi7 = vec4<f32>(0.0);
+    var lo8 = vec4<f32>(0.0);
+    var hi8 = vec4<f32>(0.0);
+    var lo9 = vec4<f32>(0.0);
+    var hi9 = vec4<f32>(0.0);
+    var lo10 = vec4<f32>(0.0);
+    var hi10 = vec4<f32>(0.0);
+    var lo11 = vec4<f32>(0.0);
+    var hi11 = vec4<f32>(0.0);
+    var lo12 = vec4<f32>(0.0);
+    var hi12 = vec4<f32>(0.0);
+    var lo13 = vec4<f32>(0.0);
+    var hi13 = vec4<f32>(0.0);
+    var lo14 = vec4<f32>(0.0);
+    var hi14 = vec4<f32>(0.0);
+    var lo15 = vec4<f32>(0.0);
+    var hi15 = vec4<f32>(0.0);
+    for (var kk = 0u; kk < p.k; kk++) {
+        let bl = vec4<f32>(b_at(base_b, kk, col0), b_at(base_b, kk, col0 + 1u),
+                           b_at(base_b, kk, col0 + 2u), b_at(base_b, kk, col0 + 3u));
+        let bh = vec4<f32>(b_at(base_b, kk, col0 + 4u), b_at(base_b, kk, col0 + 5u),
+                           b_at(base_b, kk, col0 + 6u), b_at(base_b, kk, col0 + 7u));
+        let v0 = a[a0 + kk];
+        lo0 += v0 * bl;
+        hi0 += v0 * bh;
+        let v1 = a[a1 + kk];
+        lo1 += v1 * bl;
+        hi1 += v1 * bh;
+        let v2 = a[a2 + kk];
+        lo2 += v2 * bl;
+        hi2 += v2 * bh;
+        let v3 = a[a3 + kk];
+        lo3 += v3 * bl;
+        hi3 += v3 * bh;
+        let v4 = a[a4 + kk];
+        lo4 += v4 * bl;
+        hi4 += v4 * bh;
+        let v5 = a[a5 + kk];
+        lo5 += v5 * bl;
+        hi5 += v5 * bh;
+        let v6 = a[a6 + kk];
+        lo6 += v6 * bl;
+        hi6 += v6 * bh;
+        let v7 = a[a7 + kk];
+        lo7 += v7 * bl;
+        hi7 += v7 * bh;
+        let v8 = a[a8 + kk];
+        lo8 += v8 * bl;
+        hi8 += v8 * bh;
+        let v9 = a[a9 + kk];
+        lo9 += v9 * bl;
+        hi9 += v9 * bh;
+        let v10 = a[a10 + kk];
+        lo10 += v10 * bl;
+        hi10 += v10 * bh;
+        let v11 = a[a11 + kk];
+        lo11 += v11 * bl;
+        hi11 += v11 * bh;
+        let v12 = a[a12 + kk];
+        lo12 += v12 * bl;
+        hi12 += v12 * bh;
+        let v13 = a[a13 + kk];
+        lo13 += v13 * bl;
+        hi13 += v13 * bh;
+        let v14 = a[a14 + kk];
+        lo14 += v14 * bl;
+        hi14 += v14 * bh;
+        let v15 = a[a15 + kk];
+        lo15 += v15 * bl;
+        hi15 += v15 * bh;
+    }
+    let base_c = wid.z * p.batch_stride_c;
+    store_row(base_c, m0 + 0u, col0, lo0, hi0);
+    store_row(base_c, m0 + 1u, col0, lo1, hi1);
+    store_row(base_c, m0 + 2u, col0, lo2, hi2);
+    store_row(base_c, m0 + 3u, col0, lo3, hi3);
+    store_row(base_c, m0 + 4u, col0, lo4, hi4);
+    store_row(base_c, m0 + 5u, col0, lo5, hi5);
+    store_row(base_c, m0 + 6u, col0, lo6, hi6);
+    store_row(base_c, m0 + 7u, col0, lo7, hi7);
+    store_row(base_c, m0 + 8u, col0, lo8, hi8);
+    store_row(base_c, m0 + 9u, col0, lo9, hi9);
+    store_row(base_c, m0 + 10u, col0, lo10, hi10);
+    store_row(base_c, m0 + 11u, col0, lo11, hi11);
+    store_row(base_c, m0 + 12u, col0, lo12, hi12);
+    store_row(base_c, m0 + 13u, col0, lo13, hi13);
+    store_row(base_c, m0 + 14u, col0, lo14, hi14);
+    store_row(base_c, m0 + 15u, col0, lo15, hi15);
+}

@@ -45,12 +45,47 @@ pub struct Capabilities {
     pub timestamps: bool,
 }
 
+/// Which family of kernel variants the ops dispatch, chosen per device class as ggml does: what
+/// is fast on a GPU is slow on a CPU rasteriser and the other way round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelClass {
+    /// Workgroup-memory tiles shared through barriers: GPUs.
+    Tiled,
+    /// Register blocks read straight from storage, no workgroup memory or barriers: CPU adapters
+    /// (lavapipe runs a workgroup as SIMD lanes of one thread, where a barrier is a coroutine
+    /// switch and loads with one address for all lanes are one scalar load).
+    Blocked,
+}
+
+impl KernelClass {
+    /// Environment variable that forces a class (`tiled` or `blocked`), e.g. to run the GPU
+    /// variants on lavapipe.
+    pub const ENV: &'static str = "WGSL_DIFF_KERNELS";
+
+    fn for_adapter(info: &wgpu::AdapterInfo) -> Result<KernelClass> {
+        match std::env::var(Self::ENV).ok().as_deref() {
+            None | Some("") => Ok(if info.device_type == wgpu::DeviceType::Cpu {
+                KernelClass::Blocked
+            } else {
+                KernelClass::Tiled
+            }),
+            Some("tiled") => Ok(KernelClass::Tiled),
+            Some("blocked") => Ok(KernelClass::Blocked),
+            Some(other) => Err(Error::Invalid(format!(
+                "{}={other:?}: expected \"tiled\" or \"blocked\"",
+                Self::ENV
+            ))),
+        }
+    }
+}
+
 pub struct Gpu {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     pub caps: Capabilities,
+    kernel_class: KernelClass,
     pool: Arc<BufferPool>,
     pipelines: PipelineCache,
     state: Mutex<Recording>,
@@ -123,12 +158,14 @@ impl Gpu {
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
         };
         let params = ParamArena::new(limits.min_uniform_buffer_offset_alignment);
+        let kernel_class = KernelClass::for_adapter(&info)?;
         Ok(Gpu {
             device,
             queue,
             info,
             limits,
             caps,
+            kernel_class,
             pool: Arc::new(BufferPool::default()),
             pipelines: PipelineCache::default(),
             state: Mutex::new(Recording {
@@ -138,6 +175,17 @@ impl Gpu {
                 submissions: 0,
             }),
         })
+    }
+
+    /// The kernel variants this device's ops use.
+    pub fn kernel_class(&self) -> KernelClass {
+        self.kernel_class
+    }
+
+    /// This device with the other class's kernels forced (tests run both on one adapter).
+    pub fn with_kernel_class(mut self, class: KernelClass) -> Gpu {
+        self.kernel_class = class;
+        self
     }
 
     /// The largest buffer one tensor may occupy: a storage binding must cover it whole.
@@ -262,7 +310,7 @@ impl Gpu {
     pub fn describe(&self) -> String {
         let l = &self.limits;
         format!(
-            "{} ({:?}, {:?}, driver {} {})\n  features: shader-f16={} subgroups={} timestamps={}\n  \
+            "{} ({:?}, {:?}, driver {} {}, {:?} kernels)\n  features: shader-f16={} subgroups={} timestamps={}\n  \
              limits: max_storage_buffer_binding_size={} max_buffer_size={} \
              max_compute_workgroup_storage_size={} max_compute_invocations_per_workgroup={} \
              max_compute_workgroups_per_dimension={} subgroup_size={}..={}",
@@ -271,6 +319,7 @@ impl Gpu {
             self.info.device_type,
             self.info.driver,
             self.info.driver_info,
+            self.kernel_class,
             self.caps.shader_f16,
             self.caps.subgroups,
             self.caps.timestamps,

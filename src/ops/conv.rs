@@ -1,8 +1,8 @@
 //! 2-D convolution with a fused bias/residual/ReLU epilogue (conv2d.wgsl).
 
 use super::{dims, ensure};
-use crate::error::Result;
-use crate::gpu::{checked_u32, kernel_params, shaders, Gpu, Kernel, Tensor};
+use crate::error::{Error, Result};
+use crate::gpu::{checked_u32, kernel_params, shaders, Gpu, Kernel, KernelClass, Tensor};
 
 kernel_params! {
     pub(super) struct ConvParams for CONV2D::Params {
@@ -30,6 +30,39 @@ pub(super) fn tile_for(rows: usize) -> u32 {
     } else {
         WIDE_TILE
     }
+}
+
+/// conv2d.wgsl's `BLOCK_ROWS` and `BLOCK_PIXELS`: output channels and pixels (along a row) one
+/// invocation of `conv2d_blocked` computes.
+const BLOCK_ROWS: usize = 16;
+const BLOCK_PIXELS: usize = 8;
+/// conv2d.wgsl's `BLOCKED_WG`: invocations per workgroup of `conv2d_blocked`.
+const BLOCKED_WG: usize = 16;
+
+/// Loop iterations `conv2d_blocked` counts per input channel against
+/// [`Gpu::max_loop_iterations`]: the channel loop, the tap-row loop and its tap-column loops
+/// (the driver unrolls the constant 4- and 8-trip loops inside).
+fn blocked_iterations_per_channel(kh: usize, kw: usize) -> usize {
+    1 + kh * (1 + kw)
+}
+
+/// Refuses an input-channel count whose loop would overrun the device's loop budget (llvmpipe
+/// would silently cut it short). The deepest convolution here (ADM-64's 1536 channels, 3×3)
+/// needs about 20,000 of the 32,768.
+fn check_depth(gpu: &Gpu, c_in: usize, kh: usize, kw: usize) -> Result<()> {
+    let Some(budget) = gpu.max_loop_iterations() else {
+        return Ok(());
+    };
+    let max_c_in = budget / blocked_iterations_per_channel(kh, kw);
+    if c_in > max_c_in {
+        return Err(Error::Invalid(format!(
+            "{OP}: {c_in} input channels with a {kh}x{kw} kernel exceed {max_c_in}, the most \
+             this device ({}) runs in one invocation's loop (its driver ends loops after \
+             {budget} counted iterations, with a margin)",
+            gpu.info.name
+        )));
+    }
+    Ok(())
 }
 
 /// Geometry and fused epilogue of a [`conv2d`].
@@ -133,9 +166,27 @@ pub fn conv2d(
     let [_, c_in, h, w] = dims::<4>(x, OP, "input")?;
     let [_, _, kh, kw] = dims::<4>(weight, OP, "weight")?;
     let u = |what, v| checked_u32(OP, what, v);
-    let tile = tile_for(c_out);
-    let kernel = Kernel::new(&shaders::CONV2D, "conv2d")
-        .with("TILE", tile)
+    let n = b * h_out * w_out;
+    let (kernel, workgroups) = match gpu.kernel_class() {
+        KernelClass::Tiled => {
+            let tile = tile_for(c_out);
+            let groups = [n.div_ceil(tile as usize), c_out.div_ceil(tile as usize), 1];
+            (Kernel::new(&shaders::CONV2D, "conv2d").with("TILE", tile), groups)
+        }
+        KernelClass::Blocked => {
+            check_depth(gpu, c_in, kh, kw)?;
+            let lanes = b * h_out * w_out.div_ceil(BLOCK_PIXELS);
+            let groups = [lanes.div_ceil(BLOCKED_WG), c_out.div_ceil(BLOCK_ROWS), 1];
+            // The vec4 window path (see conv2d.wgsl's ALIGNED_ROWS).
+            let (_, pad_x) = args.pad_hw();
+            let aligned = args.stride == 1 && w % 4 == 0 && pad_x <= 4 && kw <= pad_x + 5;
+            let kernel = Kernel::new(&shaders::CONV2D, "conv2d_blocked")
+                .flag("ALIGNED_ROWS", aligned)
+                .flag("WEIGHT_T", c_out % 4 == 0);
+            (kernel, groups)
+        }
+    };
+    let kernel = kernel
         .with("KH", u("kernel height", kh)?)
         .with("KW", u("kernel width", kw)?)
         .with("STRIDE", u("stride", args.stride)?)
@@ -154,8 +205,16 @@ pub fn conv2d(
         w_out: u("w_out", w_out)?,
         out_scale: args.out_scale,
     };
+    // conv2d_blocked's WEIGHT_T layout: (C_in·KH·KW, C_out), a copy as large as the weight.
+    let transposed;
+    let weight = if gpu.kernel_class() == KernelClass::Blocked && c_out % 4 == 0 {
+        let k = c_in * kh * kw;
+        transposed = super::transpose_last2(gpu, &weight.reshape(&[1, c_out, k])?)?;
+        &transposed
+    } else {
+        weight
+    };
     let out = gpu.empty(&[b, c_out, h_out, w_out])?;
-    let n = b * h_out * w_out;
     gpu.dispatch(
         &kernel,
         &params,
@@ -166,7 +225,7 @@ pub fn conv2d(
             args.residual.unwrap_or(x),
         ],
         &[&out],
-        [n.div_ceil(tile as usize), c_out.div_ceil(tile as usize), 1],
+        workgroups,
     )?;
     Ok(out)
 }

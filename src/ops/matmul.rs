@@ -2,7 +2,7 @@
 
 use super::{dims, ensure};
 use crate::error::{Error, Result};
-use crate::gpu::{checked_u32, kernel_params, shaders, Gpu, Kernel, Tensor};
+use crate::gpu::{checked_u32, kernel_params, shaders, Gpu, Kernel, KernelClass, Tensor};
 
 kernel_params! {
     pub(super) struct MatmulParams for MATMUL::Params {
@@ -19,6 +19,13 @@ kernel_params! {
 pub(super) const TILE: usize = 64;
 /// matmul.wgsl's `TILE_K`: depth of K staged per pass of its K loop.
 pub(super) const TILE_K: usize = 16;
+/// matmul.wgsl's `BLOCK_ROWS` and `BLOCK_COLS`: the block of C one invocation of
+/// `matmul_blocked` computes.
+pub(super) const BLOCK_ROWS: usize = 16;
+pub(super) const BLOCK_COLS: usize = 8;
+/// matmul.wgsl's `BLOCKED_WG`: invocations per workgroup of `matmul_blocked`.
+pub(super) const BLOCKED_WG: usize = 16;
+
 /// Loop iterations one pass of matmul.wgsl's K loop costs against
 /// [`Gpu::max_loop_iterations`]: the pass itself and `accumulate`'s 16 K steps + 1 (llvmpipe
 /// counts the pass that finds every lane done); Mesa unrolls the constant 4-trip loops.
@@ -31,7 +38,11 @@ fn check_depth(gpu: &Gpu, k: usize) -> Result<()> {
     let Some(budget) = gpu.max_loop_iterations() else {
         return Ok(());
     };
-    let max_k = budget / ITERATIONS_PER_K_PASS * TILE_K;
+    let max_k = match gpu.kernel_class() {
+        KernelClass::Tiled => budget / ITERATIONS_PER_K_PASS * TILE_K,
+        // One iteration per k: the block inside is straight-line code.
+        KernelClass::Blocked => budget,
+    };
     if k > max_k {
         return Err(Error::Invalid(format!(
             "matmul: inner dimension {k} exceeds {max_k}, the most this device ({}) runs in one \
@@ -83,11 +94,20 @@ fn matmul_impl(
         })?;
     }
     check_depth(gpu, k)?;
-    // Both operands are contiguous along K when B is transposed: vec4 loads if K allows.
-    let entry = if trans_b && k % 4 == 0 {
-        "matmul_vec4"
-    } else {
-        "matmul"
+    let (entry, workgroups) = match gpu.kernel_class() {
+        // Both operands are contiguous along K when B is transposed: vec4 loads if K allows.
+        KernelClass::Tiled if trans_b && k % 4 == 0 => {
+            ("matmul_vec4", [n.div_ceil(TILE), m.div_ceil(TILE), batch])
+        }
+        KernelClass::Tiled => ("matmul", [n.div_ceil(TILE), m.div_ceil(TILE), batch]),
+        KernelClass::Blocked => (
+            "matmul_blocked",
+            [
+                n.div_ceil(BLOCK_COLS * BLOCKED_WG),
+                m.div_ceil(BLOCK_ROWS),
+                batch,
+            ],
+        ),
     };
     let kernel = Kernel::new(&shaders::MATMUL, entry)
         .flag("TRANS_B", trans_b)
@@ -107,7 +127,7 @@ fn matmul_impl(
         &params,
         &[a, b, bias.unwrap_or(b)],
         &[&out],
-        [n.div_ceil(TILE), m.div_ceil(TILE), batch],
+        workgroups,
     )?;
     Ok(out)
 }
