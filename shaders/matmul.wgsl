@@ -313,3 +313,135 @@ fn matmul_blocked(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgro
     store_row(base_c, m0 + 14u, col0, lo14, hi14);
     store_row(base_c, m0 + 15u, col0, lo15, hi15);
 }
+
+// ---- matmul_blocked_vec4: matmul_blocked's fast path (B as (K, N), K and N multiples of 4) ----
+// Each invocation computes 16 rows x 16 columns as four vec4s per row: per 4 steps of K, 16
+// uniform vec4 loads of A and 16 vec4 loads of B feed 1024 multiply-adds. Row r's accumulator
+// is a mat4x4 whose column j holds columns 4j .. 4j + 3 of the invocation's 16; with
+// Bj = (B[k], .., B[k + 3]) restricted to those columns, it gains Bj · A[r, k .. k + 3].
+// The B-side vec4 view is declared above (`b4`); C is written as scalars.
+const VEC4_COLS: u32 = 16u;
+
+fn b_rows(base4: u32, k: u32, col4: u32) -> mat4x4<f32> {
+    let n4 = p.n / 4u;
+    let c = min(col4, n4 - 1u);
+    let i = base4 + k * n4 + c;
+    return mat4x4<f32>(b4[i], b4[i + n4], b4[i + 2u * n4], b4[i + 3u * n4]);
+}
+
+fn store_vec4_row(base: u32, row: u32, col0: u32, acc: mat4x4<f32>) {
+    if row >= p.m {
+        return;
+    }
+    // WGSL indexes a matrix dynamically only through memory.
+    var m = acc;
+    for (var j = 0u; j < 4u; j++) {
+        for (var e = 0u; e < 4u; e++) {
+            let col = col0 + 4u * j + e;
+            if col < p.n {
+                var v = m[j][e];
+                if HAS_BIAS {
+                    v += bias[col];
+                }
+                c[base + row * p.n + col] = v;
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(BLOCKED_WG, 1, 1)
+fn matmul_blocked_vec4(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let m0 = wid.y * BLOCK_ROWS;
+    let col0 = (wid.x * BLOCKED_WG + lid.x) * VEC4_COLS;
+    let k4s = p.k / 4u;
+    let base_a4 = wid.z * p.batch_stride_a / 4u;
+    let base_b4 = wid.z * p.batch_stride_b / 4u;
+    let base_c = wid.z * p.batch_stride_c;
+    let last = p.m - 1u;
+    let ra0 = base_a4 + min(m0 + 0u, last) * k4s;
+    let ra1 = base_a4 + min(m0 + 1u, last) * k4s;
+    let ra2 = base_a4 + min(m0 + 2u, last) * k4s;
+    let ra3 = base_a4 + min(m0 + 3u, last) * k4s;
+    let ra4 = base_a4 + min(m0 + 4u, last) * k4s;
+    let ra5 = base_a4 + min(m0 + 5u, last) * k4s;
+    let ra6 = base_a4 + min(m0 + 6u, last) * k4s;
+    let ra7 = base_a4 + min(m0 + 7u, last) * k4s;
+    let ra8 = base_a4 + min(m0 + 8u, last) * k4s;
+    let ra9 = base_a4 + min(m0 + 9u, last) * k4s;
+    let ra10 = base_a4 + min(m0 + 10u, last) * k4s;
+    let ra11 = base_a4 + min(m0 + 11u, last) * k4s;
+    let ra12 = base_a4 + min(m0 + 12u, last) * k4s;
+    let ra13 = base_a4 + min(m0 + 13u, last) * k4s;
+    let ra14 = base_a4 + min(m0 + 14u, last) * k4s;
+    let ra15 = base_a4 + min(m0 + 15u, last) * k4s;
+    var c0 = mat4x4<f32>();
+    var c1 = mat4x4<f32>();
+    var c2 = mat4x4<f32>();
+    var c3 = mat4x4<f32>();
+    var c4 = mat4x4<f32>();
+    var c5 = mat4x4<f32>();
+    var c6 = mat4x4<f32>();
+    var c7 = mat4x4<f32>();
+    var c8 = mat4x4<f32>();
+    var c9 = mat4x4<f32>();
+    var c10 = mat4x4<f32>();
+    var c11 = mat4x4<f32>();
+    var c12 = mat4x4<f32>();
+    var c13 = mat4x4<f32>();
+    var c14 = mat4x4<f32>();
+    var c15 = mat4x4<f32>();
+    for (var k4 = 0u; k4 < k4s; k4++) {
+        let b0 = b_rows(base_b4, 4u * k4, col0 / 4u);
+        let b1 = b_rows(base_b4, 4u * k4, col0 / 4u + 1u);
+        let b2 = b_rows(base_b4, 4u * k4, col0 / 4u + 2u);
+        let b3 = b_rows(base_b4, 4u * k4, col0 / 4u + 3u);
+        let v0 = a4[ra0 + k4];
+        c0 += mat4x4<f32>(b0 * v0, b1 * v0, b2 * v0, b3 * v0);
+        let v1 = a4[ra1 + k4];
+        c1 += mat4x4<f32>(b0 * v1, b1 * v1, b2 * v1, b3 * v1);
+        let v2 = a4[ra2 + k4];
+        c2 += mat4x4<f32>(b0 * v2, b1 * v2, b2 * v2, b3 * v2);
+        let v3 = a4[ra3 + k4];
+        c3 += mat4x4<f32>(b0 * v3, b1 * v3, b2 * v3, b3 * v3);
+        let v4 = a4[ra4 + k4];
+        c4 += mat4x4<f32>(b0 * v4, b1 * v4, b2 * v4, b3 * v4);
+        let v5 = a4[ra5 + k4];
+        c5 += mat4x4<f32>(b0 * v5, b1 * v5, b2 * v5, b3 * v5);
+        let v6 = a4[ra6 + k4];
+        c6 += mat4x4<f32>(b0 * v6, b1 * v6, b2 * v6, b3 * v6);
+        let v7 = a4[ra7 + k4];
+        c7 += mat4x4<f32>(b0 * v7, b1 * v7, b2 * v7, b3 * v7);
+        let v8 = a4[ra8 + k4];
+        c8 += mat4x4<f32>(b0 * v8, b1 * v8, b2 * v8, b3 * v8);
+        let v9 = a4[ra9 + k4];
+        c9 += mat4x4<f32>(b0 * v9, b1 * v9, b2 * v9, b3 * v9);
+        let v10 = a4[ra10 + k4];
+        c10 += mat4x4<f32>(b0 * v10, b1 * v10, b2 * v10, b3 * v10);
+        let v11 = a4[ra11 + k4];
+        c11 += mat4x4<f32>(b0 * v11, b1 * v11, b2 * v11, b3 * v11);
+        let v12 = a4[ra12 + k4];
+        c12 += mat4x4<f32>(b0 * v12, b1 * v12, b2 * v12, b3 * v12);
+        let v13 = a4[ra13 + k4];
+        c13 += mat4x4<f32>(b0 * v13, b1 * v13, b2 * v13, b3 * v13);
+        let v14 = a4[ra14 + k4];
+        c14 += mat4x4<f32>(b0 * v14, b1 * v14, b2 * v14, b3 * v14);
+        let v15 = a4[ra15 + k4];
+        c15 += mat4x4<f32>(b0 * v15, b1 * v15, b2 * v15, b3 * v15);
+    }
+    store_vec4_row(base_c, m0 + 0u, col0, c0);
+    store_vec4_row(base_c, m0 + 1u, col0, c1);
+    store_vec4_row(base_c, m0 + 2u, col0, c2);
+    store_vec4_row(base_c, m0 + 3u, col0, c3);
+    store_vec4_row(base_c, m0 + 4u, col0, c4);
+    store_vec4_row(base_c, m0 + 5u, col0, c5);
+    store_vec4_row(base_c, m0 + 6u, col0, c6);
+    store_vec4_row(base_c, m0 + 7u, col0, c7);
+    store_vec4_row(base_c, m0 + 8u, col0, c8);
+    store_vec4_row(base_c, m0 + 9u, col0, c9);
+    store_vec4_row(base_c, m0 + 10u, col0, c10);
+    store_vec4_row(base_c, m0 + 11u, col0, c11);
+    store_vec4_row(base_c, m0 + 12u, col0, c12);
+    store_vec4_row(base_c, m0 + 13u, col0, c13);
+    store_vec4_row(base_c, m0 + 14u, col0, c14);
+    store_vec4_row(base_c, m0 + 15u, col0, c15);
+}

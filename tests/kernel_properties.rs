@@ -5,7 +5,9 @@
 
 mod common;
 
-use common::{assert_close, gpu, read, reference as r, to_f64, upload, Rng};
+use common::{
+    assert_close, gpu, gpus, read, read_from, reference as r, to_f64, upload, upload_to, Rng,
+};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use wgsl_diff::ops::{self, Conv2dArgs, NoiseKey, StepCoeffs, UncertaintyMode};
 use wgsl_diff::splitmix::SplitMix64;
@@ -99,31 +101,34 @@ fn conv2d_on_random_shapes() {
             extra,
         );
         let res = rng.vec(b * co * ho * wo);
-        let residual = upload(&res, &[b, co, ho, wo]);
         let out_scale = 0.75;
         if has_residual {
             for (v, r) in want.iter_mut().zip(&res) {
                 *v = (*v + *r as f64) * out_scale as f64;
             }
         }
-        let args = Conv2dArgs {
-            stride,
-            padding: pad,
-            pad_bottom_right: extra,
-            residual: has_residual.then_some(&residual),
-            out_scale,
-            ..Default::default()
-        };
-        let y = ops::conv2d(
-            gpu(),
-            &upload(&x, &[b, ci, h, w]),
-            &upload(&wt, &[co, ci, k, k]),
-            has_bias.then(|| upload(&bias, &[co])).as_ref(),
-            args,
-        )
-        .unwrap();
-        assert_eq!(y.shape(), [b, co, ho, wo], "{shape:?}");
-        assert_close(&format!("conv2d {shape:?}"), &read(&y), &want, 1e-5, 1e-4);
+        for g in gpus() {
+            let residual = upload_to(g, &res, &[b, co, ho, wo]);
+            let args = Conv2dArgs {
+                stride,
+                padding: pad,
+                pad_bottom_right: extra,
+                residual: has_residual.then_some(&residual),
+                out_scale,
+                ..Default::default()
+            };
+            let y = ops::conv2d(
+                g,
+                &upload_to(g, &x, &[b, ci, h, w]),
+                &upload_to(g, &wt, &[co, ci, k, k]),
+                has_bias.then(|| upload_to(g, &bias, &[co])).as_ref(),
+                args,
+            )
+            .unwrap();
+            let what = format!("conv2d {:?} {shape:?}", g.kernel_class());
+            assert_eq!(y.shape(), [b, co, ho, wo], "{what}");
+            assert_close(&what, &read_from(g, &y), &want, 1e-5, 1e-4);
+        }
     });
 }
 
@@ -131,7 +136,8 @@ fn conv2d_on_random_shapes() {
 fn matmul_and_linear_on_random_shapes() {
     for_random_shapes("matmul", 14, |d, rng| {
         let (batch, m, n) = (d.int(1, 3), d.int(1, 80), d.int(1, 80));
-        // Half the draws have K % 4 == 0: the vec4 path of a transposed B.
+        // Half the draws have K % 4 == 0: the vec4 paths (tiled: a transposed B; blocked: a
+        // plain B with N % 4 == 0, a quarter of those).
         let k = if d.coin() {
             4 * d.int(1, 25)
         } else {
@@ -141,10 +147,10 @@ fn matmul_and_linear_on_random_shapes() {
         let shape = (batch, m, k, n, b_batched);
 
         let a = rng.vec(batch * m * k);
-        let (a64, a_gpu) = (to_f64(&a), upload(&a, &[batch, m, k]));
+        let a64 = to_f64(&a);
         let b = rng.vec(if b_batched { batch } else { 1 } * k * n);
         let b64 = to_f64(&b);
-        let want: Vec<f64> = (0..batch)
+        let want_mm: Vec<f64> = (0..batch)
             .flat_map(|z| {
                 let bz = if b_batched {
                     &b64[z * k * n..][..k * n]
@@ -155,17 +161,20 @@ fn matmul_and_linear_on_random_shapes() {
             })
             .collect();
         let b_shape: &[usize] = if b_batched { &[batch, k, n] } else { &[k, n] };
-        let y = ops::matmul(gpu(), &a_gpu, &upload(&b, b_shape)).unwrap();
-        assert_close(&format!("matmul {shape:?}"), &read(&y), &want, 1e-5, 1e-4);
-
         let wt = rng.vec(n * k);
         let bias = d.coin().then(|| rng.vec(n));
         let bias64 = bias.as_deref().map(to_f64);
-        let want = r::matmul(&a64, &to_f64(&wt), batch, m, k, n, true, bias64.as_deref());
-        let bias_gpu = bias.map(|v| upload(&v, &[n]));
-        let y = ops::linear(gpu(), &a_gpu, &upload(&wt, &[n, k]), bias_gpu.as_ref()).unwrap();
-        assert_eq!(y.shape(), [batch, m, n]);
-        assert_close(&format!("linear {shape:?}"), &read(&y), &want, 1e-5, 1e-4);
+        let want_linear = r::matmul(&a64, &to_f64(&wt), batch, m, k, n, true, bias64.as_deref());
+        for g in gpus() {
+            let what = |op| format!("{op} {:?} {shape:?}", g.kernel_class());
+            let a_gpu = upload_to(g, &a, &[batch, m, k]);
+            let y = ops::matmul(g, &a_gpu, &upload_to(g, &b, b_shape)).unwrap();
+            assert_close(&what("matmul"), &read_from(g, &y), &want_mm, 1e-5, 1e-4);
+            let bias_gpu = bias.as_ref().map(|v| upload_to(g, v, &[n]));
+            let y = ops::linear(g, &a_gpu, &upload_to(g, &wt, &[n, k]), bias_gpu.as_ref()).unwrap();
+            assert_eq!(y.shape(), [batch, m, n]);
+            assert_close(&what("linear"), &read_from(g, &y), &want_linear, 1e-5, 1e-4);
+        }
     });
 }
 

@@ -2,7 +2,9 @@
 
 mod common;
 
-use common::{assert_close, gpu, read, reference as r, to_f64, upload, Rng};
+use common::{
+    assert_close, gpu, gpus, read, read_from, reference as r, to_f64, upload, upload_to, Rng,
+};
 use wgsl_diff::ops::{self, Conv2dArgs};
 
 #[test]
@@ -26,6 +28,12 @@ fn conv2d_matches_reference() {
         (2, 4, 8, 8, 70, 3, 1, 1, 0),
         (1, 2, 5, 7, 4, 5, 1, 2, 0),
         (2, 3, 8, 7, 5, 3, 2, 0, 1),
+        // The blocked variant's aligned-row path (stride 1, W % 4 = 0) with transposed weights
+        // (C_out % 4 = 0, not a whole block), a part-filled pixel block, 5x5 and 1x1 taps.
+        (2, 5, 6, 12, 36, 3, 1, 1, 0),
+        (1, 3, 4, 16, 20, 5, 1, 2, 0),
+        (2, 6, 9, 8, 8, 1, 1, 0, 0),
+        (1, 2, 7, 4, 4, 3, 1, 1, 1),
     ];
     for (b, ci, h, w, co, k, stride, pad, extra) in cases {
         let x = rng.vec(b * ci * h * w);
@@ -47,22 +55,28 @@ fn conv2d_matches_reference() {
             pad_bottom_right: extra,
             ..Default::default()
         };
-        let y = ops::conv2d(
-            gpu(),
-            &upload(&x, &[b, ci, h, w]),
-            &upload(&wt, &[co, ci, k, k]),
-            Some(&upload(&bias, &[co])),
-            args,
-        )
-        .unwrap();
-        assert_eq!(y.shape(), [b, co, ho, wo]);
-        assert_close(
-            &format!("conv2d {:?}", (b, ci, h, w, co, k, stride, pad, extra)),
-            &read(&y),
-            &want,
-            1e-5,
-            1e-4,
-        );
+        for g in gpus() {
+            let y = ops::conv2d(
+                g,
+                &upload_to(g, &x, &[b, ci, h, w]),
+                &upload_to(g, &wt, &[co, ci, k, k]),
+                Some(&upload_to(g, &bias, &[co])),
+                args,
+            )
+            .unwrap();
+            assert_eq!(y.shape(), [b, co, ho, wo]);
+            assert_close(
+                &format!(
+                    "conv2d {:?} {:?}",
+                    g.kernel_class(),
+                    (b, ci, h, w, co, k, stride, pad, extra)
+                ),
+                &read_from(g, &y),
+                &want,
+                1e-5,
+                1e-4,
+            );
+        }
     }
 }
 
@@ -88,22 +102,25 @@ fn conv2d_fused_residual_and_no_bias() {
         .zip(&res)
         .map(|(c, r)| (c + *r as f64) * 0.5)
         .collect();
-    let residual = upload(&res, &[b, co, h, w]);
-    let args = Conv2dArgs {
-        padding: 1,
-        residual: Some(&residual),
-        out_scale: 0.5,
-        ..Default::default()
-    };
-    let y = ops::conv2d(
-        gpu(),
-        &upload(&x, &[b, ci, h, w]),
-        &upload(&wt, &[co, ci, 3, 3]),
-        None,
-        args,
-    )
-    .unwrap();
-    assert_close("conv2d residual", &read(&y), &want, 1e-5, 1e-4);
+    for g in gpus() {
+        let residual = upload_to(g, &res, &[b, co, h, w]);
+        let args = Conv2dArgs {
+            padding: 1,
+            residual: Some(&residual),
+            out_scale: 0.5,
+            ..Default::default()
+        };
+        let y = ops::conv2d(
+            g,
+            &upload_to(g, &x, &[b, ci, h, w]),
+            &upload_to(g, &wt, &[co, ci, 3, 3]),
+            None,
+            args,
+        )
+        .unwrap();
+        let what = format!("conv2d residual {:?}", g.kernel_class());
+        assert_close(&what, &read_from(g, &y), &want, 1e-5, 1e-4);
+    }
 }
 
 #[test]
@@ -117,7 +134,8 @@ fn conv2d_rejects_bad_shapes() {
 #[test]
 fn matmul_and_linear_match_reference() {
     let mut rng = Rng::new(3);
-    // K = 4, 64, 128 take the vec4 path for linear layers; odd K the scalar one.
+    // K = 4, 64, 128 take the vec4 paths (tiled: linear layers; blocked: plain products with
+    // N % 4 = 0 too); odd K the scalar ones.
     for (batch, m, k, n) in [
         (1, 1, 1, 1),
         (2, 7, 13, 5),
@@ -129,19 +147,10 @@ fn matmul_and_linear_match_reference() {
     ] {
         let a = rng.vec(batch * m * k);
         let b = rng.vec(k * n);
-        let want = r::matmul(&to_f64(&a), &to_f64(&b), batch, m, k, n, false, None);
-        let y = ops::matmul(gpu(), &upload(&a, &[batch, m, k]), &upload(&b, &[k, n])).unwrap();
-        assert_close(
-            &format!("matmul {:?}", (batch, m, k, n)),
-            &read(&y),
-            &want,
-            1e-5,
-            1e-4,
-        );
-
+        let want_mm = r::matmul(&to_f64(&a), &to_f64(&b), batch, m, k, n, false, None);
         let wt = rng.vec(n * k);
         let bias = rng.vec(n);
-        let want = r::matmul(
+        let want_linear = r::matmul(
             &to_f64(&a),
             &to_f64(&wt),
             batch,
@@ -151,21 +160,21 @@ fn matmul_and_linear_match_reference() {
             true,
             Some(&to_f64(&bias)),
         );
-        let y = ops::linear(
-            gpu(),
-            &upload(&a, &[batch, m, k]),
-            &upload(&wt, &[n, k]),
-            Some(&upload(&bias, &[n])),
-        )
-        .unwrap();
-        assert_eq!(y.shape(), [batch, m, n]);
-        assert_close(
-            &format!("linear {:?}", (batch, m, k, n)),
-            &read(&y),
-            &want,
-            1e-5,
-            1e-4,
-        );
+        for g in gpus() {
+            let what = |op| format!("{op} {:?} {:?}", g.kernel_class(), (batch, m, k, n));
+            let a_gpu = upload_to(g, &a, &[batch, m, k]);
+            let y = ops::matmul(g, &a_gpu, &upload_to(g, &b, &[k, n])).unwrap();
+            assert_close(&what("matmul"), &read_from(g, &y), &want_mm, 1e-5, 1e-4);
+            let y = ops::linear(
+                g,
+                &a_gpu,
+                &upload_to(g, &wt, &[n, k]),
+                Some(&upload_to(g, &bias, &[n])),
+            )
+            .unwrap();
+            assert_eq!(y.shape(), [batch, m, n]);
+            assert_close(&what("linear"), &read_from(g, &y), &want_linear, 1e-5, 1e-4);
+        }
     }
 }
 

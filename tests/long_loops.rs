@@ -9,8 +9,9 @@
 mod common;
 
 use common::reference as r;
-use common::{assert_close, gpu, read, to_f64, upload, Rng};
-use wgsl_diff::ops::{self, AttentionSaved};
+use common::{assert_close, gpu, gpus, read, read_from, to_f64, upload, upload_to, Rng};
+use wgsl_diff::gpu::KernelClass;
+use wgsl_diff::ops::{self, AttentionSaved, Conv2dArgs};
 
 /// Forward, log-sum-exp and backward of one attention shape against the f64 references.
 fn check_attention(rng: &mut Rng, (b, n, c, heads): (usize, usize, usize, usize), grad: bool) {
@@ -104,6 +105,52 @@ fn matmul_over_a_deep_inner_dimension() {
         1e-3,
         1e-4,
     );
+}
+
+/// A convolution over many input channels: the register-blocked (CPU) variant loops over them
+/// in one invocation, so on a loop-bounded device the deepest it allows must be right (which
+/// bounds the driver's count at 65535 / 2520 = 26 per channel, twice the 13 the host assumes)
+/// and one channel more is refused; the tiled variant, and real GPUs, just compute.
+#[test]
+fn conv2d_over_many_input_channels() {
+    let mut rng = Rng::new(43);
+    let (c_max, co, hw) = (2520, 4, 4);
+    let x = rng.vec((c_max + 1) * hw * hw);
+    let w = rng.vec(co * (c_max + 1) * 9);
+    for g in gpus() {
+        let blocked_bound =
+            g.kernel_class() == KernelClass::Blocked && g.max_loop_iterations().is_some();
+        for ci in [c_max, c_max + 1] {
+            let (xs, ws) = (&x[..ci * hw * hw], &w[..co * ci * 9]);
+            let got = ops::conv2d(
+                g,
+                &upload_to(g, xs, &[1, ci, hw, hw]),
+                &upload_to(g, ws, &[co, ci, 3, 3]),
+                None,
+                Conv2dArgs::padded(1),
+            );
+            let what = format!("conv2d {:?} C_in={ci}", g.kernel_class());
+            if blocked_bound && ci > c_max {
+                match got {
+                    Err(wgsl_diff::Error::Invalid(msg)) => assert!(msg.contains("2521"), "{msg}"),
+                    other => panic!("{what} must be refused, got {:?}", other.map(|_| ())),
+                }
+                continue;
+            }
+            let (want, _, _) = r::conv2d(
+                &to_f64(xs),
+                (1, ci, hw, hw),
+                &to_f64(ws),
+                (co, 3, 3),
+                None,
+                1,
+                1,
+                0,
+            );
+            // Sums of 22,689 products of magnitude ≤ 1: f32 rounding alone reaches 1e-4.
+            assert_close(&what, &read_from(g, &got.unwrap()), &want, 1e-3, 1e-4);
+        }
+    }
 }
 
 fn matmul_f64(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f64> {

@@ -34,10 +34,10 @@ pub(super) fn tile_for(rows: usize) -> u32 {
 
 /// conv2d.wgsl's `BLOCK_ROWS` and `BLOCK_PIXELS`: output channels and pixels (along a row) one
 /// invocation of `conv2d_blocked` computes.
-const BLOCK_ROWS: usize = 16;
-const BLOCK_PIXELS: usize = 8;
+pub(super) const BLOCK_ROWS: usize = 16;
+pub(super) const BLOCK_PIXELS: usize = 8;
 /// conv2d.wgsl's `BLOCKED_WG`: invocations per workgroup of `conv2d_blocked`.
-const BLOCKED_WG: usize = 16;
+pub(super) const BLOCKED_WG: usize = 16;
 
 /// Loop iterations `conv2d_blocked` counts per input channel against
 /// [`Gpu::max_loop_iterations`]: the channel loop, the tap-row loop and its tap-column loops
@@ -171,7 +171,10 @@ pub fn conv2d(
         KernelClass::Tiled => {
             let tile = tile_for(c_out);
             let groups = [n.div_ceil(tile as usize), c_out.div_ceil(tile as usize), 1];
-            (Kernel::new(&shaders::CONV2D, "conv2d").with("TILE", tile), groups)
+            (
+                Kernel::new(&shaders::CONV2D, "conv2d").with("TILE", tile),
+                groups,
+            )
         }
         KernelClass::Blocked => {
             check_depth(gpu, c_in, kh, kw)?;

@@ -23,6 +23,8 @@ pub(super) const TILE_K: usize = 16;
 /// `matmul_blocked` computes.
 pub(super) const BLOCK_ROWS: usize = 16;
 pub(super) const BLOCK_COLS: usize = 8;
+/// matmul.wgsl's `VEC4_COLS`: columns of C one invocation of `matmul_blocked_vec4` computes.
+pub(super) const VEC4_COLS: usize = 16;
 /// matmul.wgsl's `BLOCKED_WG`: invocations per workgroup of `matmul_blocked`.
 pub(super) const BLOCKED_WG: usize = 16;
 
@@ -100,6 +102,14 @@ fn matmul_impl(
             ("matmul_vec4", [n.div_ceil(TILE), m.div_ceil(TILE), batch])
         }
         KernelClass::Tiled => ("matmul", [n.div_ceil(TILE), m.div_ceil(TILE), batch]),
+        KernelClass::Blocked if !trans_b && k % 4 == 0 && n % 4 == 0 => (
+            "matmul_blocked_vec4",
+            [
+                n.div_ceil(VEC4_COLS * BLOCKED_WG),
+                m.div_ceil(BLOCK_ROWS),
+                batch,
+            ],
+        ),
         KernelClass::Blocked => (
             "matmul_blocked",
             [

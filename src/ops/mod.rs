@@ -107,7 +107,7 @@ mod tests {
         use UncertaintyMode as Mode;
         let wg = LINEAR_WORKGROUP as u64;
         let mode = |m| uncertainty::mode_code(m).into();
-        let checks: [(&Shader, &[(&str, u64)]); 19] = [
+        let checks: [(&Shader, &[(&str, u64)]); 20] = [
             // Workgroup sizes and tiles the host sizes its grids by, and the operation
             // selectors it passes as the `OP` and `MODE` overrides.
             (
@@ -181,6 +181,10 @@ mod tests {
                 &[
                     ("TILE", matmul::TILE as u64),
                     ("TILE_K", matmul::TILE_K as u64),
+                    ("BLOCK_ROWS", matmul::BLOCK_ROWS as u64),
+                    ("BLOCK_COLS", matmul::BLOCK_COLS as u64),
+                    ("VEC4_COLS", matmul::VEC4_COLS as u64),
+                    ("BLOCKED_WG", matmul::BLOCKED_WG as u64),
                 ],
             ),
             (
@@ -205,6 +209,15 @@ mod tests {
                 ],
             ),
             (&shaders::CONV2D_GRAD, &[("TILE", conv::WIDE_TILE as u64)]),
+            (
+                &shaders::CONV2D,
+                &[
+                    ("TILE", conv::WIDE_TILE as u64),
+                    ("BLOCK_ROWS", conv::BLOCK_ROWS as u64),
+                    ("BLOCK_PIXELS", conv::BLOCK_PIXELS as u64),
+                    ("BLOCKED_WG", conv::BLOCKED_WG as u64),
+                ],
+            ),
             (
                 &shaders::GROUP_NORM_GRAD,
                 &[("WG", wg), ("FINALIZE_WG", norm::FINALIZE_WG as u64)],

@@ -5,7 +5,7 @@ pub mod reference;
 pub mod weights_file;
 
 use std::sync::OnceLock;
-use wgsl_diff::gpu::{AdapterChoice, Gpu, Tensor};
+use wgsl_diff::gpu::{AdapterChoice, Gpu, KernelClass, Tensor};
 
 /// The adapter chosen by `WGPU_BACKEND` (CI: vulkan → lavapipe). No adapter is a test failure.
 pub fn gpu() -> &'static Gpu {
@@ -24,6 +24,24 @@ pub fn gpu() -> &'static Gpu {
         }
         gpu
     })
+}
+
+/// The adapter under test twice: with the kernel class it picks ([`gpu`]) and with the other one
+/// forced, so both variants of a kernel family (GPU tiles, CPU register blocks) meet the same
+/// references on whatever adapter runs the tests.
+pub fn gpus() -> [&'static Gpu; 2] {
+    static OTHER: OnceLock<Gpu> = OnceLock::new();
+    let own = gpu();
+    let other = OTHER.get_or_init(|| {
+        let class = match own.kernel_class() {
+            KernelClass::Tiled => KernelClass::Blocked,
+            KernelClass::Blocked => KernelClass::Tiled,
+        };
+        Gpu::new(&AdapterChoice::Default)
+            .expect("the adapter opens twice")
+            .with_kernel_class(class)
+    });
+    [own, other]
 }
 
 /// Seeded test data from the crate's SplitMix64.
@@ -48,6 +66,15 @@ pub fn upload(data: &[f32], shape: &[usize]) -> Tensor {
 
 pub fn read(t: &Tensor) -> Vec<f32> {
     gpu().read(t).expect("read back")
+}
+
+/// [`upload`] and [`read`] on a given device (one of [`gpus`]).
+pub fn upload_to(g: &Gpu, data: &[f32], shape: &[usize]) -> Tensor {
+    g.upload(shape, data).expect("upload")
+}
+
+pub fn read_from(g: &Gpu, t: &Tensor) -> Vec<f32> {
+    g.read(t).expect("read back")
 }
 
 pub fn to_f64(v: &[f32]) -> Vec<f64> {
