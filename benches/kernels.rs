@@ -1,22 +1,22 @@
-//! Per-kernel throughput: conv2d 3×3 and matmul in FLOP/s, group norm in bytes/s, the
-//! per-sample quantile in elements/s.
+//! Per-kernel throughput: conv2d 3×3 and matmul in FLOP/s (also as a fraction of the adapter's
+//! SGEMM ceiling, measured first), group norm in bytes/s, the per-sample quantile in elements/s.
 //! Each iteration records the op, submits and waits, so the figure includes submit overhead.
+//! `WGSL_DIFF_KERNELS=tiled|blocked` forces a kernel class (`KernelClass`).
 
+#[path = "common/ceiling.rs"]
+mod ceiling;
+
+use ceiling::{filled, timed, Ceiling};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use wgsl_diff::gpu::{AdapterChoice, Gpu, Tensor};
+use std::cell::Cell;
+use std::time::Duration;
+use wgsl_diff::gpu::{AdapterChoice, Gpu};
 use wgsl_diff::ops::{self, Conv2dArgs};
-
-fn filled(gpu: &Gpu, shape: &[usize]) -> Tensor {
-    let n: usize = shape.iter().product();
-    let data: Vec<f32> = (0..n)
-        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
-        .collect();
-    gpu.upload(shape, &data).unwrap()
-}
 
 fn kernels(c: &mut Criterion) {
     let gpu = Gpu::new(&AdapterChoice::Default).expect("a GPU adapter");
     eprintln!("{}", gpu.describe());
+    let ceiling = Ceiling::measure();
     let mut group = c.benchmark_group("kernels");
     group.sample_size(10);
 
@@ -24,26 +24,32 @@ fn kernels(c: &mut Criterion) {
     let x = filled(&gpu, &[b, ch, hw, hw]);
     let w = filled(&gpu, &[ch, ch, 3, 3]);
     let bias = filled(&gpu, &[ch]);
-    group.throughput(Throughput::Elements((2 * b * ch * ch * 9 * hw * hw) as u64));
-    group.bench_function("conv2d_3x3_b8_128to128_32x32 (FLOP)", |it| {
-        it.iter(|| {
-            let y = ops::conv2d(&gpu, &x, &w, Some(&bias), Conv2dArgs::padded(1)).unwrap();
+    let flop = 2 * b * ch * ch * 9 * hw * hw;
+    group.throughput(Throughput::Elements(flop as u64));
+    let name = "conv2d_3x3_b8_128to128_32x32 (FLOP)";
+    let best = Cell::new(Duration::MAX);
+    group.bench_function(name, |it| {
+        it.iter_custom(timed(&best, || {
+            drop(ops::conv2d(&gpu, &x, &w, Some(&bias), Conv2dArgs::padded(1)).unwrap());
             gpu.sync().unwrap();
-            y
-        })
+        }))
     });
+    ceiling.report(name, flop as f64, best.get());
 
     let n = 1024;
     let a = filled(&gpu, &[1, n, n]);
     let m = filled(&gpu, &[n, n]);
-    group.throughput(Throughput::Elements((2 * n * n * n) as u64));
-    group.bench_function("matmul_1024 (FLOP)", |it| {
-        it.iter(|| {
-            let y = ops::matmul(&gpu, &a, &m).unwrap();
+    let flop = 2 * n * n * n;
+    group.throughput(Throughput::Elements(flop as u64));
+    let name = "matmul_1024 (FLOP)";
+    let best = Cell::new(Duration::MAX);
+    group.bench_function(name, |it| {
+        it.iter_custom(timed(&best, || {
+            drop(ops::matmul(&gpu, &a, &m).unwrap());
             gpu.sync().unwrap();
-            y
-        })
+        }))
     });
+    ceiling.report(name, flop as f64, best.get());
 
     let x = filled(&gpu, &[8, 256, 32, 32]);
     let gamma = filled(&gpu, &[256]);

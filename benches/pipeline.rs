@@ -2,9 +2,17 @@
 //! random weights) at batch 1 and 8, and one sampling step (B = 8, shipped-size Fashion-MNIST
 //! architecture) plain, with uncertainty estimation (M = 5) and guided by either rule (M = 5),
 //! each with its peak GPU tensor memory printed.
+//! The CIFAR-10 forwards are also stated in GFLOP/s and as a fraction of the adapter's SGEMM
+//! ceiling, measured first in the same run.
 //! `tools/bench_torch.py` runs the same work in PyTorch and prints both side by side.
 
+#[path = "common/ceiling.rs"]
+mod ceiling;
+
+use ceiling::{timed, Ceiling};
 use criterion::{criterion_group, criterion_main, Criterion};
+use std::cell::Cell;
+use std::time::Duration;
 use wgsl_diff::gpu::{AdapterChoice, Gpu, Tensor};
 use wgsl_diff::guidance::{GuidanceConfig, GuidanceHook, GuidanceRule};
 use wgsl_diff::models::adm::{AdmConfig, AdmModel};
@@ -33,6 +41,11 @@ const FASHION: &str = r#"{"sample_size":32,"in_channels":1,"out_channels":1,"blo
  "layers_per_block":1,"down_block_types":["DownBlock2D","DownBlock2D","DownBlock2D"],
  "up_block_types":["UpBlock2D","UpBlock2D","UpBlock2D"],"norm_num_groups":8,"add_attention":false}"#;
 
+/// FLOPs of one CIFAR-10-architecture forward per sample (2 per multiply-add: convolutions,
+/// linear layers, attention), as torch.utils.flop_counter.FlopCounterMode counts diffusers'
+/// UNet2DModel of the same config (tools/bench_torch.py's `unet_flops`).
+const CIFAR10_FLOP_PER_SAMPLE: f64 = 12_443_713_536.0;
+
 fn model(gpu: &Gpu, json: &str) -> UNet2DModel {
     let config: UNet2DConfig = serde_json::from_str(json).unwrap();
     UNet2DModel::random(gpu, config, 0).unwrap()
@@ -40,6 +53,8 @@ fn model(gpu: &Gpu, json: &str) -> UNet2DModel {
 
 fn forward(c: &mut Criterion) {
     let gpu = Gpu::new(&AdapterChoice::Default).expect("a GPU adapter");
+    eprintln!("{}", gpu.describe());
+    let ceiling = Ceiling::measure();
     let unet = model(&gpu, CIFAR10);
     let mut group = c.benchmark_group("unet_forward");
     group.sample_size(10);
@@ -51,13 +66,16 @@ fn forward(c: &mut Criterion) {
     for &b in batches {
         let x = NoisePlan::new(1).initial(&gpu, &[b, 3, 32, 32], 0).unwrap();
         let t = gpu.upload(&[b], &vec![500.0; b]).unwrap();
-        group.bench_function(format!("cifar10_b{b}"), |it| {
-            it.iter(|| {
-                let y = unet.forward(&gpu, &x, &t, None).unwrap();
+        let name = format!("cifar10_b{b}");
+        let best = Cell::new(Duration::MAX);
+        group.bench_function(&name, |it| {
+            it.iter_custom(timed(&best, || {
+                drop(unet.forward(&gpu, &x, &t, None).unwrap());
                 gpu.sync().unwrap();
-                y
-            })
+            }))
         });
+        let flop = CIFAR10_FLOP_PER_SAMPLE * b as f64;
+        ceiling.report(&format!("unet_forward/{name}"), flop, best.get());
     }
     group.finish();
     // ADM-64 takes about a minute per forward on a CPU rasteriser: opt in.
