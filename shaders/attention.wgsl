@@ -179,3 +179,38 @@ fn attention_combine(@builtin(global_invocation_id) gid: vec3<u32>,
         merged_lse[bh * p.tokens + query] = m + log(sum);
     }
 }
+
+// ---- softmax_rows: the blocked (CPU-adapter) path's softmax, between two matmuls ----
+// With one head, attention is two matrix products around a row softmax; on a CPU adapter the
+// register-blocked matmul runs those an order of magnitude faster than the fused kernel above
+// runs with its barriers. The scores S = Q·Kᵀ (B, N, N) come in; each invocation turns one
+// query's row into probabilities softmax(S·scale) and writes its lse (laid out (B, 1, N), as
+// `attention_lse` does). Three passes over the row: the host keeps 3·N under the loop budget.
+@group(0) @binding(1) var<storage, read> scores: array<f32>;
+@group(0) @binding(2) var<storage, read_write> probs: array<f32>;
+@group(0) @binding(3) var<storage, read_write> row_lse: array<f32>;
+
+@compute @workgroup_size(LINEAR_WG)
+fn softmax_rows(@builtin(global_invocation_id) gid: vec3<u32>,
+                @builtin(num_workgroups) groups: vec3<u32>) {
+    let row = gid.x + gid.y * groups.x * LINEAR_WG;
+    if row >= p.batch * p.tokens {
+        return;
+    }
+    let base = row * p.tokens;
+    var m = -3.4e38;
+    for (var j = 0u; j < p.tokens; j++) {
+        m = max(m, scores[base + j] * p.scale);
+    }
+    var sum = 0.0;
+    for (var j = 0u; j < p.tokens; j++) {
+        let e = exp(scores[base + j] * p.scale - m);
+        probs[base + j] = e;
+        sum += e;
+    }
+    let inv = 1.0 / sum;
+    for (var j = 0u; j < p.tokens; j++) {
+        probs[base + j] *= inv;
+    }
+    row_lse[row] = m + log(sum);
+}

@@ -6,7 +6,7 @@
 
 use super::{dims, ensure};
 use crate::error::Result;
-use crate::gpu::{checked_u32, kernel_params, shaders, Gpu, Kernel, Tensor};
+use crate::gpu::{checked_u32, kernel_params, shaders, Gpu, Kernel, KernelClass, Tensor};
 
 // attention.wgsl's constants of the same names, which size its arrays (checked in ops' tests).
 /// Threads per workgroup.
@@ -43,6 +43,9 @@ pub fn attention(
     scale: f32,
 ) -> Result<Tensor> {
     let (p, grid) = plan(gpu, q, k, v, heads, scale)?;
+    if by_products(gpu, &p) {
+        return Ok(products(gpu, &p, [q, k, v])?.0);
+    }
     if p.segments > 1 {
         return Ok(segmented(gpu, &p, [q, k, v], grid)?.0);
     }
@@ -63,6 +66,9 @@ pub fn attention_saving(
     scale: f32,
 ) -> Result<(Tensor, Tensor)> {
     let (p, grid) = plan(gpu, q, k, v, heads, scale)?;
+    if by_products(gpu, &p) {
+        return products(gpu, &p, [q, k, v]);
+    }
     if p.segments > 1 {
         return segmented(gpu, &p, [q, k, v], grid);
     }
@@ -70,6 +76,31 @@ pub fn attention_saving(
     let lse = gpu.empty(&[q.dim(0), heads, q.dim(1)])?;
     let kernel = Kernel::new(&shaders::ATTENTION, "attention_lse");
     gpu.dispatch(&kernel, &p, &[q, k, v], &[&out, &lse], grid)?;
+    Ok((out, lse))
+}
+
+/// Whether attention runs as matmul, row softmax, matmul (attention.wgsl's `softmax_rows`): on
+/// the blocked kernel class (CPU adapters, where it is over 10x faster than the fused kernel),
+/// with one head (the products then need no per-head layout), when the (B, N, N) scores fit
+/// one tensor and the softmax's three passes over a row fit the loop budget.
+fn by_products(gpu: &Gpu, p: &AttentionParams) -> bool {
+    let (b, n) = (p.batch as usize, p.tokens as usize);
+    gpu.kernel_class() == KernelClass::Blocked
+        && p.heads == 1
+        && ((b * n * n * 4) as u64) <= gpu.max_tensor_bytes()
+        && gpu.max_loop_iterations().is_none_or(|budget| 3 * (n + 1) <= budget)
+}
+
+/// Output and lse as S = Q·Kᵀ, P = softmax(S·scale) by rows, P·V.
+fn products(gpu: &Gpu, p: &AttentionParams, [q, k, v]: [&Tensor; 3]) -> Result<(Tensor, Tensor)> {
+    let (b, n) = (q.dim(0), q.dim(1));
+    let scores = super::matmul::matmul_impl(gpu, q, k, None, true)?;
+    let probs = gpu.empty(&[b, n, n])?;
+    let lse = gpu.empty(&[b, 1, n])?;
+    let softmax = Kernel::new(&shaders::ATTENTION, "softmax_rows");
+    gpu.dispatch(&softmax, p, &[&scores], &[&probs, &lse], gpu.grid_1d(b * n))?;
+    drop(scores);
+    let out = super::matmul::matmul_impl(gpu, &probs, v, None, false)?;
     Ok((out, lse))
 }
 

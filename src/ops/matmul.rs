@@ -58,7 +58,7 @@ fn check_depth(gpu: &Gpu, k: usize) -> Result<()> {
 
 /// C = A · op(B) (+ bias) over a batch: A (batch, M, K); B (N, K) when `trans_b` else (K, N),
 /// optionally with a leading batch dimension of its own (else shared by all batch items).
-fn matmul_impl(
+pub(super) fn matmul_impl(
     gpu: &Gpu,
     a: &Tensor,
     b: &Tensor,
