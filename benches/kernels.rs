@@ -80,6 +80,7 @@ fn kernels(c: &mut Criterion) {
         });
     }
     group.finish();
+    ceiling.finish();
 }
 
 criterion_group!(benches, kernels);

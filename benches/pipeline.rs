@@ -78,6 +78,7 @@ fn forward(c: &mut Criterion) {
         ceiling.report(&format!("unet_forward/{name}"), flop, best.get());
     }
     group.finish();
+    ceiling.finish();
     // ADM-64 takes about a minute per forward on a CPU rasteriser: opt in.
     if std::env::var("WGSL_DIFF_BENCH_ADM64").is_ok() {
         adm64_forward(c, &gpu, batches);
