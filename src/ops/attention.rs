@@ -88,7 +88,9 @@ fn by_products(gpu: &Gpu, p: &AttentionParams) -> bool {
     gpu.kernel_class() == KernelClass::Blocked
         && p.heads == 1
         && ((b * n * n * 4) as u64) <= gpu.max_tensor_bytes()
-        && gpu.max_loop_iterations().is_none_or(|budget| 3 * (n + 1) <= budget)
+        && gpu
+            .max_loop_iterations()
+            .is_none_or(|budget| 3 * (n + 1) <= budget)
 }
 
 /// Output and lse as S = Q·Kᵀ, P = softmax(S·scale) by rows, P·V.
