@@ -19,6 +19,9 @@ override FUSE_SILU: bool = false;
 
 const WG: u32 = 256u;
 const FINALIZE_WG: u32 = 64u;
+// Threads per `stats` workgroup: WG on GPUs; on CPU adapters (KernelClass::Blocked) one SIMD
+// vector's worth, so the reduction tree's barriers are few (each is a coroutine switch there).
+override STATS_WG: u32 = WG;
 
 @group(0) @binding(0) var<uniform> p: Params;
 
@@ -43,11 +46,11 @@ fn merge(a: Welford, b: Welford) -> Welford {
     return Welford(n, a.mean + delta * wb, a.m2 + b.m2 + delta * delta * a.n * wb);
 }
 
-var<workgroup> shared_n: array<f32, WG>;
-var<workgroup> shared_mean: array<f32, WG>;
-var<workgroup> shared_m2: array<f32, WG>;
+var<workgroup> shared_n: array<f32, STATS_WG>;
+var<workgroup> shared_mean: array<f32, STATS_WG>;
+var<workgroup> shared_m2: array<f32, STATS_WG>;
 
-@compute @workgroup_size(WG)
+@compute @workgroup_size(STATS_WG)
 fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let group = wid.y;
     let split = wid.x;
@@ -56,7 +59,7 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
     let end = min(start + p.chunk, group_len);
     let base = group * group_len;
     var acc = Welford(0.0, 0.0, 0.0);
-    for (var i = start + lid; i < end; i += WG) {
+    for (var i = start + lid; i < end; i += STATS_WG) {
         let v = x[base + i];
         acc.n += 1.0;
         let d = v - acc.mean;
@@ -67,7 +70,7 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
     shared_mean[lid] = acc.mean;
     shared_m2[lid] = acc.m2;
     workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
+    for (var stride = STATS_WG / 2u; stride > 0u; stride /= 2u) {
         if lid < stride {
             let m = merge(
                 Welford(shared_n[lid], shared_mean[lid], shared_m2[lid]),

@@ -2,7 +2,7 @@
 
 use super::{dims, ensure};
 use crate::error::Result;
-use crate::gpu::{checked_u32, kernel_params, shaders, Gpu, Kernel, Tensor};
+use crate::gpu::{checked_u32, kernel_params, shaders, Gpu, Kernel, KernelClass, Tensor};
 
 kernel_params! {
     pub(super) struct GroupNormParams for GROUP_NORM::Params {
@@ -18,6 +18,9 @@ kernel_params! {
 
 /// Elements one statistics workgroup reduces before the work is split further.
 const CHUNK: usize = 4096;
+/// group_norm.wgsl's `STATS_WG` on CPU adapters: threads per statistics workgroup (a power of
+/// two, for the reduction tree); each loops over CHUNK / 8 = 512 elements.
+const BLOCKED_STATS_WG: u32 = 8;
 /// group_norm.wgsl's `FINALIZE_WG`: threads per `finalize` workgroup, one per group.
 pub(super) const FINALIZE_WG: usize = 64;
 
@@ -87,6 +90,10 @@ pub fn group_norm_saving(
 
     let partials = gpu.empty(&[n_groups * splits, 4])?;
     let stats = Kernel::new(&shaders::GROUP_NORM, "stats");
+    let stats = match gpu.kernel_class() {
+        KernelClass::Tiled => stats,
+        KernelClass::Blocked => stats.with("STATS_WG", BLOCKED_STATS_WG),
+    };
     gpu.dispatch(&stats, &p, &[x], &[&partials], [splits, n_groups, 1])?;
 
     let moments = gpu.empty(&[n_groups, 2])?;

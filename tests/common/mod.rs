@@ -176,23 +176,26 @@ pub fn check_group_norm(rng: &mut Rng, shape: (usize, usize, usize, usize, usize
     let (gamma, beta) = (rng.vec(c), rng.vec(c));
     let (g64, b64) = (to_f64(&gamma), to_f64(&beta));
     let want = reference::group_norm(&to_f64(&x), b, c, h * w, groups, 1e-5, &g64, &b64, silu);
-    let y = wgsl_diff::ops::group_norm(
-        gpu(),
-        &upload(&x, &[b, c, h, w]),
-        groups,
-        1e-5,
-        &upload(&gamma, &[c]),
-        &upload(&beta, &[c]),
-        silu,
-    )
-    .unwrap();
-    assert_close(
-        &format!("group_norm {shape:?}"),
-        &read(&y),
-        &want,
-        1e-5,
-        1e-4,
-    );
+    // Both kernel classes (their statistics workgroups differ in width).
+    for g in gpus() {
+        let y = wgsl_diff::ops::group_norm(
+            g,
+            &upload_to(g, &x, &[b, c, h, w]),
+            groups,
+            1e-5,
+            &upload_to(g, &gamma, &[c]),
+            &upload_to(g, &beta, &[c]),
+            silu,
+        )
+        .unwrap();
+        assert_close(
+            &format!("group_norm {:?} {shape:?}", g.kernel_class()),
+            &read_from(g, &y),
+            &want,
+            1e-5,
+            1e-4,
+        );
+    }
 }
 
 /// Every file under `dir` (relative path, bytes), sorted.
