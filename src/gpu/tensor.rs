@@ -24,6 +24,8 @@ pub(crate) struct BufferPool {
     live: AtomicU64,
     peak: AtomicU64,
     created: AtomicU64,
+    requested: AtomicU64,
+    pooled: AtomicU64,
 }
 
 /// GPU memory held through the pool, in bytes.
@@ -35,18 +37,26 @@ pub struct MemoryStats {
     pub peak: u64,
     /// Every buffer created so far, live or pooled.
     pub created: u64,
+    /// Every tensor made so far, from a pooled buffer or a new one.
+    pub requested: u64,
+    /// Held by free buffers in the pool now.
+    pub pooled: u64,
 }
 
 impl BufferPool {
     fn take(&self, size: u64) -> Option<wgpu::Buffer> {
-        self.free.lock().unwrap().get_mut(&size)?.pop()
+        let buffer = self.free.lock().unwrap().get_mut(&size)?.pop()?;
+        self.pooled.fetch_sub(buffer.size(), Ordering::Relaxed);
+        Some(buffer)
     }
     fn give(&self, buffer: wgpu::Buffer) {
         self.live.fetch_sub(buffer.size(), Ordering::Relaxed);
+        self.pooled.fetch_add(buffer.size(), Ordering::Relaxed);
         let mut free = self.free.lock().unwrap();
         free.entry(buffer.size()).or_default().push(buffer);
     }
     fn hold(&self, bytes: u64) {
+        self.requested.fetch_add(bytes, Ordering::Relaxed);
         let live = self.live.fetch_add(bytes, Ordering::Relaxed) + bytes;
         self.peak.fetch_max(live, Ordering::Relaxed);
     }
@@ -55,6 +65,8 @@ impl BufferPool {
             live: self.live.load(Ordering::Relaxed),
             peak: self.peak.load(Ordering::Relaxed),
             created: self.created.load(Ordering::Relaxed),
+            requested: self.requested.load(Ordering::Relaxed),
+            pooled: self.pooled.load(Ordering::Relaxed),
         }
     }
     pub(crate) fn reset_peak(&self) {
@@ -212,14 +224,14 @@ impl Gpu {
     /// A zero-filled tensor (cleared inside the open encoder, so it is ordered with other work).
     pub fn zeros(&self, shape: &[usize]) -> Result<Tensor> {
         let t = self.empty(shape)?;
-        self.with_encoder(|enc, _| enc.clear_buffer(t.buffer(), 0, None));
+        self.with_encoder(|enc| enc.clear_buffer(t.buffer(), 0, None));
         Ok(t)
     }
 
     /// Copies `src` into a new tensor (recorded, not immediate).
     pub fn copy(&self, src: &Tensor) -> Result<Tensor> {
         let dst = self.empty(src.shape())?;
-        self.with_encoder(|enc, _| {
+        self.with_encoder(|enc| {
             enc.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, src.byte_len())
         });
         Ok(dst)
@@ -238,7 +250,7 @@ impl Gpu {
                 )
             },
         )?;
-        self.with_encoder(|enc, _| {
+        self.with_encoder(|enc| {
             enc.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), offset, src.byte_len())
         });
         Ok(())
@@ -257,7 +269,7 @@ impl Gpu {
                 )
             },
         )?;
-        self.with_encoder(|enc, _| {
+        self.with_encoder(|enc| {
             enc.copy_buffer_to_buffer(src.buffer(), offset, dst.buffer(), 0, dst.byte_len())
         });
         Ok(())
