@@ -120,6 +120,8 @@ pub struct StepRow {
 pub struct ProfileMemory {
     /// The most held by live tensors at once while profiling.
     pub peak_live: u64,
+    /// The most held by the pool at once (live and free buffers) while profiling.
+    pub peak_held: u64,
     /// Held by live tensors at the end.
     pub live: u64,
     /// Held by every buffer the pool owns at the end, live or free: what the device holds.
@@ -393,6 +395,7 @@ impl Profiler {
             copies: self.copies,
             memory: ProfileMemory {
                 peak_live: memory.peak,
+                peak_held: memory.peak_held,
                 live: memory.live,
                 held: memory.live + memory.pooled,
                 created: memory.created - start.created,
@@ -572,10 +575,11 @@ impl Profile {
         let m = &self.memory;
         let _ = writeln!(
             s,
-            "memory: peak of live tensors {:.2} MB; held by the pool at the end {:.2} MB \
-             ({:.2} MB live); {:.2} MB of buffers created and {:.2} MB of tensors made while \
-             profiling",
+            "memory: peak of live tensors {:.2} MB, of buffers held {:.2} MB; held at the end \
+             {:.2} MB ({:.2} MB live); {:.2} MB of buffers created and {:.2} MB of tensors made \
+             while profiling",
             m.peak_live as f64 / 1e6,
+            m.peak_held as f64 / 1e6,
             m.held as f64 / 1e6,
             m.live as f64 / 1e6,
             m.created as f64 / 1e6,

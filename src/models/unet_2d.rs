@@ -569,7 +569,8 @@ impl UNet2DModel {
         for (i, block) in self.up_blocks.iter().enumerate() {
             let _scope = gpu.scope(format_args!("up_blocks.{i}"));
             let block_tape = tape.as_deref_mut().map(|t| push_default(&mut t.up));
-            x = block.forward(gpu, &x, &mut down_block_res_samples, &temb_act, block_tape)?;
+            // Taken by value: the block frees its input once joined with the first skip.
+            x = block.forward(gpu, x, &mut down_block_res_samples, &temb_act, block_tape)?;
         }
 
         // 6. post-process: norm and SiLU in one kernel, then conv_out

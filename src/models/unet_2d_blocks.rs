@@ -510,10 +510,11 @@ impl UpBlock2D {
 
     /// Takes one skip per resnet off the end of `res_hidden_states` (what the down path
     /// appended, consumed in reverse). With a `tape`, records what [`Self::backward`] needs.
+    /// `x` is taken by value so that it is freed once joined with the first skip.
     pub fn forward(
         &self,
         gpu: &Gpu,
-        x: &Tensor,
+        x: Tensor,
         res_hidden_states: &mut Vec<Tensor>,
         temb_act: &Tensor,
         tape: Option<&mut BlockTape>,
@@ -525,13 +526,12 @@ impl UpBlock2D {
     fn forward_attending(
         &self,
         gpu: &Gpu,
-        x: &Tensor,
+        mut x: Tensor,
         res_hidden_states: &mut Vec<Tensor>,
         temb_act: &Tensor,
         attentions: &[Attention],
         mut tape: Option<&mut BlockTape>,
     ) -> Result<Tensor> {
-        let mut x = x.clone();
         for (j, resnet) in self.resnets.iter().enumerate() {
             // UNet2DModel builds as many up-block resnets as the down path leaves skips.
             let skip = res_hidden_states
@@ -621,7 +621,7 @@ impl AttnUpBlock2D {
     pub fn forward(
         &self,
         gpu: &Gpu,
-        x: &Tensor,
+        x: Tensor,
         res_hidden_states: &mut Vec<Tensor>,
         temb_act: &Tensor,
         tape: Option<&mut BlockTape>,
@@ -666,7 +666,7 @@ impl UpBlock {
     pub fn forward(
         &self,
         gpu: &Gpu,
-        x: &Tensor,
+        x: Tensor,
         res_hidden_states: &mut Vec<Tensor>,
         temb_act: &Tensor,
         tape: Option<&mut BlockTape>,

@@ -202,6 +202,7 @@ pub fn sample_batch(
         x = next;
         x0_prev = Some(x0);
         gpu.flush();
+        gpu.trim_idle_memory();
         on_step(i);
     }
     Ok(SampledBatch { x, non_finite })
