@@ -3,6 +3,10 @@
 //! architecture) plain, with uncertainty estimation (M = 5) and guided by either rule (M = 5),
 //! each with its peak GPU tensor memory printed.
 //! `tools/bench_torch.py` runs the same work in PyTorch and prints both side by side.
+//!
+//! With `WGSL_DIFF_PROFILE_DIR=DIR`, one untimed run of each forward and of each plain sampling
+//! step is profiled first (`Gpu::start_profile`): the table goes to stderr and the profile to
+//! `DIR/<group>_<name>.json`. A filter matching no benchmark (`--bench none`) profiles only.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use wgsl_diff::gpu::{AdapterChoice, Gpu, Tensor};
@@ -33,6 +37,22 @@ const FASHION: &str = r#"{"sample_size":32,"in_channels":1,"out_channels":1,"blo
  "layers_per_block":1,"down_block_types":["DownBlock2D","DownBlock2D","DownBlock2D"],
  "up_block_types":["UpBlock2D","UpBlock2D","UpBlock2D"],"norm_num_groups":8,"add_attention":false}"#;
 
+/// Profiles one untimed run of `work` when `WGSL_DIFF_PROFILE_DIR` is set.
+fn profile<T>(gpu: &Gpu, id: &str, work: impl FnOnce() -> T) {
+    let Some(dir) = std::env::var_os("WGSL_DIFF_PROFILE_DIR") else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    std::fs::create_dir_all(&dir).expect("the profile folder");
+    gpu.sync().unwrap();
+    gpu.start_profile();
+    drop(work());
+    let p = gpu.finish_profile().unwrap().expect("a profile");
+    let path = dir.join(format!("{}.json", id.replace('/', "_")));
+    p.save(&path).unwrap();
+    eprintln!("== profile of {id} ({})\n{}", path.display(), p.table(25));
+}
+
 fn model(gpu: &Gpu, json: &str) -> UNet2DModel {
     let config: UNet2DConfig = serde_json::from_str(json).unwrap();
     UNet2DModel::random(gpu, config, 0).unwrap()
@@ -51,6 +71,9 @@ fn forward(c: &mut Criterion) {
     for &b in batches {
         let x = NoisePlan::new(1).initial(&gpu, &[b, 3, 32, 32], 0).unwrap();
         let t = gpu.upload(&[b], &vec![500.0; b]).unwrap();
+        profile(&gpu, &format!("unet_forward/cifar10_b{b}"), || {
+            unet.forward(&gpu, &x, &t, None).unwrap()
+        });
         group.bench_function(format!("cifar10_b{b}"), |it| {
             it.iter(|| {
                 let y = unet.forward(&gpu, &x, &t, None).unwrap();
@@ -76,6 +99,9 @@ fn adm64_forward(c: &mut Criterion, gpu: &Gpu, batches: &[usize]) {
         let x = NoisePlan::new(1).initial(gpu, &[b, 3, 64, 64], 0).unwrap();
         let t = gpu.upload(&[b], &vec![500.0; b]).unwrap();
         let y = gpu.upload(&[b], &vec![207.0; b]).unwrap();
+        profile(gpu, &format!("unet_forward/adm64_b{b}"), || {
+            adm.predict_eps_and_variance(gpu, &x, &t, Some(&y)).unwrap()
+        });
         group.bench_function(format!("adm64_b{b}"), |it| {
             it.iter(|| {
                 let out = adm.predict_eps_and_variance(gpu, &x, &t, Some(&y)).unwrap();
@@ -110,7 +136,11 @@ fn step(
         x,
         non_finite: &NonFiniteFlags::new(gpu, x.dim(0)).unwrap(),
     };
-    let eps = hook.on_eps(&ctx, eps).unwrap();
+    let eps = {
+        let _scope = gpu.scope("hooks");
+        hook.on_eps(&ctx, eps).unwrap()
+    };
+    let _scope = gpu.scope("scheduler");
     let (out, _) = ops::sampler_step(gpu, &scheduler.coeffs(10), x, &eps, None, None).unwrap();
     gpu.sync().unwrap();
     out
@@ -164,6 +194,12 @@ fn steps_with_hooks(c: &mut Criterion, group_name: &str, config: &str, b: usize)
     let mut group = c.benchmark_group(group_name);
     group.sample_size(10);
     for (name, mut hook) in hooks(&gpu) {
+        if name == "plain" {
+            profile(&gpu, &format!("{group_name}/{name}"), || {
+                let _step = gpu.profile_step(name);
+                step(&gpu, &unet, &scheduler, &x, &t, hook.as_mut())
+            });
+        }
         // The peak of tensor memory over one step, beyond what was live before it.
         gpu.reset_peak_memory();
         let before = gpu.memory().live;
