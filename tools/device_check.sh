@@ -27,7 +27,7 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and "bench" in m["target"]["kind"] and m.get("executable"):
         print(m["target"]["name"], m["executable"])' |
         while read -r name exe; do cp "$exe" ".device/bench-$name"; done
-    cp target/release/wgsl-diff .device/
+    cp "${CARGO_TARGET_DIR:-target}/release/wgsl-diff" .device/
     # guided-diffusion's own code for the ADM-64 benches (the device cannot reach GitHub):
     # GUIDED_DIFFUSION=CHECKOUT tools/device_check.sh prepare
     if [ -n "${GUIDED_DIFFUSION:-}" ]; then
@@ -73,7 +73,11 @@ run() {
     if [ -n "${QUICK:-}" ]; then
         num=8 uc_num=4 batch=4 torch_device=cpu bench_filter=group_norm memory_batch=2
     fi
-    [ -n "${QUICK:-}" ] || export WGSL_DIFF_BENCH_CIFAR_STEPS=1 WGSL_DIFF_BENCH_ADM64=1
+    if [ -n "${QUICK:-}" ]; then
+        export WGSL_DIFF_BENCH_QUICK=1
+    else
+        export WGSL_DIFF_BENCH_CIFAR_STEPS=1 WGSL_DIFF_BENCH_ADM64=1
+    fi
     local adm=()
     [ -d .device/guided-diffusion ] && adm=(--guided-diffusion .device/guided-diffusion)
     timed() { local t0=$SECONDS; "$@"; echo "[$(( SECONDS - t0 )) s] $*"; }
