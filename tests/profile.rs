@@ -278,6 +278,30 @@ fn profiling_changes_no_output() {
     assert!(!plain.join("profile.json").exists());
 }
 
+/// One submit of more dispatches than a query set has room for (4096 timestamps, two per
+/// pass) spreads them over several sets, and every dispatch gets its time.
+#[test]
+fn a_submit_longer_than_a_query_set_is_timed_whole() {
+    let gpu = own_gpu();
+    if !gpu.caps.timestamps {
+        eprintln!("skipped: this adapter has no timestamp queries");
+        return;
+    }
+    let n = 2500;
+    let x = gpu.zeros(&[64]).unwrap();
+    gpu.sync().unwrap();
+    assert!(gpu.start_profile());
+    for _ in 0..n {
+        drop(wgsl_diff::ops::silu(&gpu, &x).unwrap());
+    }
+    let p = gpu.finish_profile().unwrap().unwrap();
+    assert_eq!((p.total.dispatches, p.submits), (n, 1));
+    assert!(p.notices.is_empty(), "{:?}", p.notices);
+    assert_eq!(sum(&p.by_kernel), (n, p.total.gpu_ns));
+    // Some only when every dispatch has its time.
+    assert!(p.total.gpu_ns.is_some_and(|ns| ns > 0));
+}
+
 /// A request takes the smallest free buffer that holds it (up to twice its size); a trim
 /// releases what stayed free since the previous trim and keeps what was used in between.
 #[test]
