@@ -2,7 +2,9 @@
 //!
 //! Every op records its dispatches into the open encoder; nothing reaches the GPU until
 //! [`Gpu::flush`] (one submit per sampling step) or a read-back, which flushes first. Tensors
-//! stay in GPU memory; only [`Gpu::read`] brings data back.
+//! stay in GPU memory; only [`Gpu::read`] brings data back. While a [`Profile`] is recorded
+//! ([`Gpu::start_profile`]) every dispatch is also timed and attributed to its kernel and to the
+//! [`Gpu::scope`] the model code opened.
 
 mod kernel;
 mod profile;
