@@ -23,6 +23,9 @@ step_scores.npy (N, steps) with each step's score of --uc-mode (the sum of its m
 (all six with --uc-reference, else the four that need none). --save-total-maps also writes
 total_maps_MODE.npy (N, C, H, W), each mode's map summed over the window.
 
+Runs resume: each finished batch leaves parts/*.pt (its scores) after its PNGs, and a rerun of the
+same command skips the batches that have one (delete parts/ when changing any setting).
+
 Real images instead of samples (--real-images IDX): image k (padded like training) is noised to each
 step's timestep with wgsl-diff's reference noise (purpose 6) and scored at that step alone;
 step_scores_MODE.npy (K, steps) and the images as sample_NNNNNN.png go to --out (a "run" that
@@ -196,9 +199,14 @@ def real_run(unet, scheduler, args):
     for first in range(0, len(images), args.batch):
         x0 = images[first:first + args.batch]
         # Noise rows are image indices in the file, as `wgsl-diff reference` draws them.
-        scores, raw = real_batch(unet, scheduler, args, x0.to(device), args.start_index + first)
-        for k, image in enumerate(x0):
-            save_png(image, args.out / f"sample_{args.start_index + first + k:06}.png")
+        part = args.out / "parts" / f"real_{args.start_index + first:06}_{len(x0)}.pt"
+        if part.exists():
+            scores, raw = torch.load(part)
+        else:
+            scores, raw = real_batch(unet, scheduler, args, x0.to(device), args.start_index + first)
+            for k, image in enumerate(x0):
+                save_png(image, args.out / f"sample_{args.start_index + first + k:06}.png")
+            save_part((scores, raw), part)
         all_scores.append(scores)
         all_raw.append(raw)
         print(f"real images {first}..{first + len(x0)} done, {time.time() - start:.0f} s", flush=True)
@@ -217,6 +225,13 @@ def real_run(unet, scheduler, args):
                  images=np.array([len(images)], dtype=np.float64), seed=np.array([args.seed], dtype=np.float64),
                  **stats)
         print(f"reference of {len(images)} images in {args.make_reference}")
+
+
+def save_part(value, path):
+    """One finished batch's scores, written last (atomically) so a rerun resumes after it."""
+    path.parent.mkdir(exist_ok=True)
+    torch.save(value, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)
 
 
 def save_png(image, path):
@@ -289,9 +304,14 @@ def main():
     start = time.time()
     for first in range(args.start_index, args.start_index + args.num, args.batch):
         count = min(args.batch, args.start_index + args.num - first)
-        images, step_scores, totals = sample_batch(unet, scheduler, args, first, count, window)
-        for k, image in enumerate(images.cpu()):
-            save_png(image, args.out / f"sample_{first + k:06}.png")
+        part = args.out / "parts" / f"samples_{first:06}_{count}.pt"
+        if part.exists():
+            step_scores, totals = torch.load(part)
+        else:
+            images, step_scores, totals = sample_batch(unet, scheduler, args, first, count, window)
+            for k, image in enumerate(images.cpu()):
+                save_png(image, args.out / f"sample_{first + k:06}.png")
+            save_part((step_scores, totals if args.save_total_maps else {}), part)
         all_scores.append(step_scores)
         all_totals.append(totals)
         print(f"samples {first}..{first + count} done, {time.time() - start:.0f} s", flush=True)
