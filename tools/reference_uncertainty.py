@@ -40,6 +40,7 @@ documented in tests/fixtures/README.md.
 
 Usage:
     .venv/bin/python tools/reference_uncertainty.py
+    .venv/bin/python tools/reference_uncertainty.py --check-run RUN   # a run made with --dump-noise RUN/noise
     .venv/bin/python tools/reference_uncertainty.py --model tests/fixtures/unet_tiny_rgb.safetensors \\
         --out /tmp/uncertainty_rgb.safetensors
 """
@@ -49,6 +50,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers import DDIMScheduler, UNet2DModel
 from safetensors import safe_open
@@ -182,7 +184,8 @@ def build_reference(unet, images, timesteps, copies, seed, clip=True):
 
 @torch.no_grad()
 def sample_with_uncertainty(unet, init_noise, num_steps, copies, gen, reference=None):
-    """Runs DDIM (eta = 0, clip_sample) from init_noise, estimating uncertainty at every step.
+    """Runs DDIM (eta = 0, clip_sample) from init_noise, estimating uncertainty at every step;
+    `gen` is a torch.Generator, or a function of the step giving its perturbation (M·B, C, H, W).
 
     Returns the fixture tensors (float64) keyed by their names in the output file.
     """
@@ -197,7 +200,8 @@ def sample_with_uncertainty(unet, init_noise, num_steps, copies, gen, reference=
 
     batch = init_noise.shape[0]
     out = {"init_noise": init_noise, "timesteps": torch.tensor(timesteps, dtype=torch.float64)}
-    all_modes = MODES + (STEIN_MODES if reference is not None else ())
+    # The z-scored modes only against a reference; typicality needs none.
+    all_modes = MODES + (STEIN_MODES if reference is not None else ("typicality",))
     scores = {mode: torch.zeros(batch, dtype=torch.float64) for mode in all_modes}
     step_scores = {mode: [] for mode in all_modes}
     x = init_noise
@@ -210,7 +214,8 @@ def sample_with_uncertainty(unet, init_noise, num_steps, copies, gen, reference=
         x0_hat = ((x - (1 - abar).sqrt() * eps) / abar.sqrt()).clamp(-1.0, 1.0)
 
         # Row m*B + b of the perturbation is copy m of sample b (copy-major).
-        perturbation = randn_f32_exact((copies * batch, *x.shape[1:]), gen)
+        perturbation = (gen(i) if callable(gen) else
+                        randn_f32_exact((copies * batch, *x.shape[1:]), gen))
         renoised = abar.sqrt() * x0_hat.repeat(copies, 1, 1, 1) + (1 - abar).sqrt() * perturbation
         eps_copies = unet(renoised, t).sample.view(copies, *x.shape)
         out[f"perturbation/{i}"] = perturbation
@@ -219,9 +224,9 @@ def sample_with_uncertainty(unet, init_noise, num_steps, copies, gen, reference=
         offset = eps_copies.mean(dim=0) - eps
         torch.testing.assert_close(maps["centred"], maps["variance_biased"] + offset ** 2,
                                    rtol=1e-12, atol=1e-14)
-        if reference is not None:
-            maps.update(stein_maps(eps_copies, perturbation.view(copies, *x.shape),
-                                   (1 - abar) / abar, reference, i))
+        stein = stein_maps(eps_copies, perturbation.view(copies, *x.shape), (1 - abar) / abar,
+                           reference, i)
+        maps.update({mode: stein[mode] for mode in all_modes if mode in stein})
         for mode, value in maps.items():
             out[f"maps/{mode}/{i}"] = value
             step = value.sum(dim=(1, 2, 3))
@@ -241,6 +246,59 @@ def sample_with_uncertainty(unet, init_noise, num_steps, copies, gen, reference=
     return out
 
 
+def check_run(folder, model):
+    """Recomputes a `wgsl-diff sample --uncertainty --dump-noise DIR/noise` run (DDIM, eta 0, every
+    step in the window) in float64 from its dumped noise; compares its summed maps
+    (uncertainty_*.npy), per-step scores and scores (scores.csv). Fails above 1e-4 relative."""
+    folder = Path(folder)
+    params = json.loads((folder / "samples.json").read_text())["parameters"]
+    uc = params["uncertainty"]
+    steps, copies, mode = params["steps"], uc["M"], uc["mode"].replace("-", "_")
+    if params["sampler"] != "ddim" or params["eta"] != 0 or uc["start"] != 0 or uc["steps"] not in (None, steps):
+        raise SystemExit("--check-run needs a DDIM run with eta 0 and uncertainty at every step")
+    model = model or params["model"]
+    with safe_open(str(model), framework="pt") as f:
+        scheduler = json.loads(f.metadata()["scheduler"])
+    expected = {"beta_schedule": "linear", "beta_start": BETA_START, "beta_end": BETA_END,
+                "num_train_timesteps": NUM_TRAIN_TIMESTEPS, "clip_sample": True}
+    if any(scheduler.get(k) != v for k, v in expected.items()) or not params["clip_sample"] \
+            or params["spacing"] != "leading" or params["steps_offset"] != 0:
+        raise SystemExit(f"--check-run implements {expected} with leading spacing only: {scheduler}")
+    unet = load_unet(model).double()
+    reference = None
+    if "reference" in uc:
+        data = np.load(uc["reference"])
+        reference = {k: torch.from_numpy(data[k]) for k in REFERENCE_STATS}
+    rows = [line.split(",") for line in (folder / "scores.csv").read_text().splitlines()[1:]]
+    noise_dir = folder / "noise"
+    worst = 0.0
+    for init_file in sorted(noise_dir.glob("noise_init_samples*.npy")):
+        first, last = (int(v) for v in init_file.stem.removeprefix("noise_init_samples").split("-"))
+        init = torch.from_numpy(np.load(init_file)).double()
+        batch = len(init)
+        tag = f"samples{first:06}-{last:06}"
+        perturbation = lambda i: torch.cat([torch.from_numpy(np.load(next(noise_dir.glob(
+            f"noise_uncertainty_step{i:03}_t*_m{m}_{tag}.npy")))).double() for m in range(copies)])
+        out = sample_with_uncertainty(unet, init, steps, copies, perturbation, reference)
+        maps = sum(out[f"maps/{mode}/{i}"] for i in range(steps))
+        for k in range(batch):
+            index = first + k
+            ours = np.load(folder / f"uncertainty_{index:06}.npy").astype(np.float64)
+            want = maps[k].numpy()
+            row = next(r for r in rows if int(r[0]) == index)
+            got_steps, want_steps = np.array(row[3:], dtype=np.float64), out[f"step_scores/{mode}"][k].numpy()
+            errors = {
+                "summed map": np.abs(ours - want).max() / np.abs(want).max(),
+                "step scores": (np.abs(got_steps - want_steps) / np.abs(want_steps).max()).max(),
+                "score": abs(float(row[2]) - out[f"scores/{mode}"][k].item()) / abs(out[f"scores/{mode}"][k].item()),
+            }
+            print(f"sample {index}: " + ", ".join(f"{name} {e:.2e}" for name, e in errors.items()))
+            worst = max(worst, *errors.values())
+    print(f"{mode}: worst relative error {worst:.2e} (relative to each quantity's largest magnitude)")
+    if worst > 1e-4:
+        raise SystemExit("the run differs from the float64 reference by more than 1e-4")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -255,7 +313,13 @@ def main():
     p.add_argument("--reference-images", type=int, default=3, help="K, images of the built reference")
     p.add_argument("--reference-seed", type=int, default=5,
                    help="wgsl-diff --seed of the built reference's noise")
+    p.add_argument("--check-run", type=Path, metavar="DIR",
+                   help="instead: check a wgsl-diff --uncertainty --dump-noise DIR/noise run "
+                        "(any mode) against this float64 implementation")
     args = p.parse_args()
+    if args.check_run:
+        check_run(args.check_run, None)
+        return
     if args.copies < 2:
         p.error("--copies must be at least 2 (the unbiased variance divides by M - 1)")
     torch.set_num_threads(min(2, torch.get_num_threads()))

@@ -220,7 +220,7 @@ def real_run(unet, scheduler, args):
         for name, v in raw.items():
             stats[f"{name}_mean"] = v.mean(dim=1).numpy()
             stats[f"{name}_sd"] = v.std(dim=1, unbiased=True).numpy()
-        np.savez(args.make_reference, timesteps=np.array(scheduler.timesteps, dtype=np.float64),
+        np.savez(args.make_reference, timesteps=scheduler.timesteps.numpy().astype(np.float64),
                  sample_shape=np.array(shape, dtype=np.float64), copies=np.array([args.mc_samples], dtype=np.float64),
                  images=np.array([len(images)], dtype=np.float64), seed=np.array([args.seed], dtype=np.float64),
                  **stats)

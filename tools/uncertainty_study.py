@@ -15,6 +15,10 @@ tools/train_classifier.py as the feature extractor (the metric of `wgsl-diff eva
   ρ(area)     Spearman correlation of the score with the garment area (pixels > 40 of 255)
   ρ(conf)     Spearman correlation with the classifier's confidence (max softmax): < 0 means
               high-uncertainty samples are the ones the classifier is unsure about
+  ρ(realism)  Spearman correlation with each sample's k-NN realism score in classifier features
+              (Kynkäänniemi et al. 2019, k = 3, against 5000 test images, the half with the largest
+              k-NN radii pruned): a per-sample measure that does not depend on the class mix;
+              < 0 means high-uncertainty samples are the unrealistic ones
   real ρ(area), real ρ(conf)
               the same correlations for real test images noised to each window step's timestep
               and scored there (--real: a tools/sample_torch.py --real-images folder); a score that
@@ -38,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from scipy.spatial.distance import cdist
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -127,6 +132,14 @@ def read_pixels(files):
     return torch.from_numpy(np.stack([np.asarray(Image.open(f), dtype=np.float32) for f in files]))
 
 
+def realism(fake, real, k=3):
+    """Kynkäänniemi et al.'s realism score of each fake feature vector against real ones:
+    max over real r of NND_k(r) / |fake − r|, real samples with NND_k above the median pruned."""
+    radii = np.sort(cdist(real, real), axis=1)[:, k]  # column 0 is the sample itself
+    keep = radii <= np.median(radii)
+    return (radii[keep][None, :] / np.maximum(cdist(fake, real[keep]), 1e-12)).max(axis=1)
+
+
 def study(run, args, classifier, real_stats, real_run=None, ause=None):
     """One row per (mode, window) with every statistic of the module docstring."""
     files, scores = load_run(run)
@@ -134,6 +147,7 @@ def study(run, args, classifier, real_stats, real_run=None, ause=None):
     features, probs = classify(classifier, (pixels / 127.5 - 1.0).unsqueeze(1))
     confidence, label = probs.max(axis=1), probs.argmax(axis=1)
     area = image_traits(pixels.double().numpy())["garment area (> 40)"]
+    realism_score = realism(features, args.real_features)
     n = len(files)
     kept = int(round(args.keep * n))
     rng = np.random.default_rng(0)
@@ -141,7 +155,7 @@ def study(run, args, classifier, real_stats, real_run=None, ause=None):
                           for _ in range(args.trials)])
     summary = {"run": str(run), "samples": n, "kept": kept, "fd_all": frechet(gaussian(features), real_stats),
                "random_fd_mean": float(random_fd.mean()), "random_fd_sd": float(random_fd.std()),
-               "mean_confidence": float(confidence.mean())}
+               "mean_confidence": float(confidence.mean()), "mean_realism": float(realism_score.mean())}
     real = None
     if real_run is not None:
         real_files, real_scores = load_run(real_run)
@@ -162,7 +176,8 @@ def study(run, args, classifier, real_stats, real_run=None, ause=None):
             row = {"mode": mode, "window": name, "kept_fd": kept_fd,
                    "z": (random_fd.mean() - kept_fd) / random_fd.std(),
                    "z_class": (random_fd.mean() - class_fd) / random_fd.std(),
-                   "rho_area": spearman(score, area), "rho_conf": spearman(score, confidence)}
+                   "rho_area": spearman(score, area), "rho_conf": spearman(score, confidence),
+                   "rho_realism": spearman(score, realism_score)}
             if real is not None and mode in real[0]:
                 rs = window_score(mode, real[0][mode], window)
                 row.update(real_rho_area=spearman(rs, real[1]), real_rho_conf=spearman(rs, real[2]))
@@ -174,7 +189,7 @@ def study(run, args, classifier, real_stats, real_run=None, ause=None):
 
 COLUMNS = [("mode", "mode", "{}"), ("window", "window", "{}"), ("kept FD", "kept_fd", "{:.2f}"),
            ("z", "z", "{:+.2f}"), ("z(class)", "z_class", "{:+.2f}"), ("ρ(area)", "rho_area", "{:+.3f}"),
-           ("ρ(conf)", "rho_conf", "{:+.3f}"), ("real ρ(area)", "real_rho_area", "{:+.3f}"),
+           ("ρ(conf)", "rho_conf", "{:+.3f}"), ("ρ(realism)", "rho_realism", "{:+.3f}"), ("real ρ(area)", "real_rho_area", "{:+.3f}"),
            ("real ρ(conf)", "real_rho_conf", "{:+.3f}"), ("AUSE", "ause", "{:.4f}"), ("AURG", "aurg", "{:+.4f}")]
 
 
@@ -220,7 +235,9 @@ def main():
 
     real, _ = load_split(args.data, "t10k")  # scaled and padded as in training
     classifier = load_classifier(args.classifier)
-    real_stats = gaussian(classify(classifier, real)[0])
+    real_features = classify(classifier, real)[0]
+    real_stats = gaussian(real_features)
+    args.real_features = real_features[:5000]
     ause = json.loads(args.ause.read_text()) if args.ause else None
     out, chosen = {}, None
     if args.choose_on:
