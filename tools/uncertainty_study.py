@@ -303,8 +303,8 @@ def write_extremes(files, score, out, count=10, zoom=3):
             tile = Image.open(f).convert("L").resize((side, side), Image.NEAREST)
             sheet.paste(tile, (2 + c * (side + 2), 2 + r * (side + 2)))
     sheet.save(out)
-    low = ", ".join(f"{scores[f.name]:.0f}" for f in rows[0])
-    high = ", ".join(f"{scores[f.name]:.0f}" for f in rows[1])
+    low = ", ".join(f"{scores[f.name]:.4g}" for f in rows[0])
+    high = ", ".join(f"{scores[f.name]:.4g}" for f in rows[1])
     print(f"{out}: lowest of {len(files)}: {low}\n{' ' * len(str(out))}  highest: {high}")
 
 
