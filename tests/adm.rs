@@ -232,6 +232,8 @@ fn cli_samples_adm_models() {
         (
             "mc-dropout",
             &[
+                "--class",
+                "cycle",
                 "--uncertainty",
                 "--uc-method",
                 "mc-dropout",
@@ -243,7 +245,16 @@ fn cli_samples_adm_models() {
         ),
         (
             "ddpm",
-            &["--sampler", "ddpm", "--steps", "4", "--seed", "3"],
+            &[
+                "--class",
+                "2",
+                "--sampler",
+                "ddpm",
+                "--steps",
+                "4",
+                "--seed",
+                "3",
+            ],
         ),
     ] {
         let out = tmp(name);
@@ -268,6 +279,17 @@ fn cli_refuses_bad_classes_and_methods() {
             "class 10 out of range",
         ),
         ("adm_uncond.safetensors", &["--class", "0"], "unconditional"),
+        (
+            "adm_uncond.safetensors",
+            &["--class", "cycle"],
+            "unconditional",
+        ),
+        (
+            "adm_cond.safetensors",
+            &["--steps", "2"],
+            "class-conditional (10 classes): choose the class with --class N (0..9) or --class cycle",
+        ),
+        ("adm_cond.safetensors", &["--class", "ten"], "expected a class index"),
         (
             "adm_uncond.safetensors",
             &["--uncertainty", "--uc-method", "mc-dropout"],

@@ -16,8 +16,8 @@ use wgsl_diff::gpu::Gpu;
 use wgsl_diff::models::classifier::FashionClassifier;
 use wgsl_diff::models::{UNet2DModel, WeightFile};
 use wgsl_diff::sampling::{
-    ClassLabels, NoisePlan, NoiseSchedule, Run, SamplerChoice, SamplerKind, ScheduleConfig,
-    Scheduler,
+    ClassChoice, ClassLabels, NoisePlan, NoiseSchedule, Run, SamplerChoice, SamplerKind,
+    ScheduleConfig, Scheduler,
 };
 use wgsl_diff::splitmix::SplitMix64;
 
@@ -327,7 +327,8 @@ fn try_mutant(gpu: &Gpu, path: &Path, what: &str, tally: &mut Tally) {
         }
     };
     let noise = NoisePlan::new(0);
-    let labels = match ClassLabels::new(model.num_classes(), None) {
+    let cycle = model.num_classes().map(|_| ClassChoice::Cycle);
+    let labels = match ClassLabels::new(model.num_classes(), cycle) {
         Ok(labels) => labels,
         Err(_) => {
             tally.other_errors += 1;

@@ -9,7 +9,8 @@ use std::process::Command;
 use wgsl_diff::ops::{self, UncertaintyMode};
 use wgsl_diff::run_dir::{self, HeatmapScale, SampleJob, SampleRecord, SampleRequest};
 use wgsl_diff::sampling::{
-    contiguous_batches, ClassLabels, NoisePlan, NoisePurpose, SamplerChoice, SamplerKind,
+    contiguous_batches, ClassChoice, ClassLabels, NoisePlan, NoisePurpose, SamplerChoice,
+    SamplerKind,
 };
 use wgsl_diff::uncertainty::UncertaintyConfig;
 
@@ -192,17 +193,42 @@ fn noise_plan_records_and_redraws() {
 
 #[test]
 fn class_labels_cycle_or_stay_fixed_and_are_checked_once() {
-    let cycle = ClassLabels::new(Some(10), None).unwrap();
+    let cycle = ClassLabels::new(Some(10), Some(ClassChoice::Cycle)).unwrap();
     assert_eq!(cycle.batch(8, 4), Some(vec![8, 9, 0, 1]));
-    let fixed = ClassLabels::new(Some(10), Some(3)).unwrap();
+    let fixed = ClassLabels::new(Some(10), Some(ClassChoice::Fixed(3))).unwrap();
     assert_eq!(fixed.of(12), Some(3));
     assert_eq!(ClassLabels::new(None, None).unwrap().batch(0, 2), None);
-    let unconditional = ClassLabels::new(None, Some(3)).unwrap_err().to_string();
-    assert!(unconditional.contains("unconditional"), "{unconditional}");
-    let outside = ClassLabels::new(Some(10), Some(10))
+    for choice in [ClassChoice::Fixed(3), ClassChoice::Cycle] {
+        let unconditional = ClassLabels::new(None, Some(choice))
+            .unwrap_err()
+            .to_string();
+        assert!(unconditional.contains("unconditional"), "{unconditional}");
+    }
+    let outside = ClassLabels::new(Some(10), Some(ClassChoice::Fixed(10)))
         .unwrap_err()
         .to_string();
     assert!(outside.contains("out of range"), "{outside}");
+    // A class-conditional model never gets a made-up class: the user chooses.
+    let missing = ClassLabels::new(Some(10), None).unwrap_err().to_string();
+    assert!(
+        missing.contains("--class N (0..9) or --class cycle"),
+        "{missing}"
+    );
+}
+
+#[test]
+fn class_choices_parse_from_an_index_or_cycle() {
+    assert_eq!("7".parse::<ClassChoice>().unwrap(), ClassChoice::Fixed(7));
+    assert_eq!("cycle".parse::<ClassChoice>().unwrap(), ClassChoice::Cycle);
+    for bad in ["-1", "seven", "", "3.0"] {
+        let err = bad.parse::<ClassChoice>().unwrap_err().to_string();
+        assert!(
+            err.contains("expected a class index or \"cycle\""),
+            "{bad}: {err}"
+        );
+    }
+    assert_eq!(ClassChoice::Fixed(7).to_string(), "7");
+    assert_eq!(ClassChoice::Cycle.to_string(), "cycle");
 }
 
 #[test]

@@ -92,6 +92,14 @@ def parse_args():
     p.add_argument("--export", metavar="DIR",
                    help="export the newest checkpoint's EMA weights as a diffusers pipeline "
                         "folder into DIR, then exit (no training)")
+    p.add_argument("--init-from", metavar="SAFETENSORS",
+                   help="when --ckpt-dir holds no checkpoint, start from these weights (a "
+                        "wgsl-diff file of this architecture, e.g. the shipped EMA weights) "
+                        "instead of a random init: model and EMA both take them, the "
+                        "optimizer starts fresh with its own warmup, and the step counter "
+                        "starts at --init-step")
+    p.add_argument("--init-step", type=int, default=0,
+                   help="the step count the --init-from weights were trained for")
     p.add_argument("--benchmark", type=int, metavar="N",
                    help="time N training steps on a fresh model, print step time and "
                         "parameter count, then exit (no checkpoints)")
@@ -145,9 +153,21 @@ class Trainer:
         # exactly the batches an uninterrupted run would have drawn.
         self.gen = torch.Generator().manual_seed(args.seed)
         self.step = 0
+        self.warmup_from = 0  # a fresh optimizer (new run or --init-from) warms up from here
         alphas_cumprod = make_scheduler().alphas_cumprod
         self.sqrt_ac = alphas_cumprod.sqrt()
         self.sqrt_one_minus_ac = (1.0 - alphas_cumprod).sqrt()
+
+    def init_from(self, path, step):
+        """Starts from exported weights: Adam's moments are not in them, so the optimizer
+        warms up again from `step`, and the batch generator is reseeded with the step so
+        the continuation does not replay the first run's batches."""
+        from safetensors.torch import load_file
+        weights = load_file(path)
+        self.model.load_state_dict(weights)  # strict: the architecture must match exactly
+        self.ema.load_state_dict(weights)
+        self.step = self.warmup_from = step
+        self.gen.manual_seed(self.args.seed + step)
 
     def num_params(self):
         return sum(p.numel() for p in self.model.parameters())
@@ -162,7 +182,8 @@ class Trainer:
         noise = torch.randn(x0.shape, generator=self.gen)
         xt = self.sqrt_ac[t].view(-1, 1, 1, 1) * x0 + self.sqrt_one_minus_ac[t].view(-1, 1, 1, 1) * noise
 
-        lr = self.args.lr * min(1.0, (self.step + 1) / max(1, self.args.warmup))
+        warm_steps = self.step - self.warmup_from + 1
+        lr = self.args.lr * min(1.0, warm_steps / max(1, self.args.warmup))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         loss = F.mse_loss(self.model(xt, t).sample, noise)
@@ -188,6 +209,7 @@ class Trainer:
             "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
+            "warmup_from": self.warmup_from,
             "generator": self.gen.get_state(),
             "torch_rng": torch.get_rng_state(),
         }
@@ -200,6 +222,7 @@ class Trainer:
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = state["step"]
+        self.warmup_from = state.get("warmup_from", 0)
         self.gen.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
 
@@ -267,9 +290,14 @@ def drop_log_rows_after(log_path, step):
 def train(trainer, images, args):
     ckpt_dir = Path(args.ckpt_dir)
     resumed = load_latest(trainer, ckpt_dir)
-    print(f"parameters: {trainer.num_params():,}; "
-          + (f"resumed from {resumed} at step {trainer.step}" if resumed else "starting from scratch"),
-          flush=True)
+    if resumed:
+        start = f"resumed from {resumed} at step {trainer.step}"
+    elif args.init_from:
+        trainer.init_from(args.init_from, args.init_step)
+        start = f"starting from {args.init_from} at step {trainer.step} (fresh optimizer)"
+    else:
+        start = "starting from scratch"
+    print(f"parameters: {trainer.num_params():,}; {start}", flush=True)
 
     log_path = ckpt_dir / "train_log.csv"
     drop_log_rows_after(log_path, trainer.step)

@@ -7,6 +7,7 @@ use clap::Args;
 use std::path::PathBuf;
 use wgsl_diff::gpu::Gpu;
 use wgsl_diff::guidance::{calibrate, CalibrateRequest, GuidanceRule};
+use wgsl_diff::sampling::ClassChoice;
 
 #[derive(Args, Debug)]
 pub struct CalibrateArgs {
@@ -33,9 +34,10 @@ pub struct CalibrateArgs {
     /// Index of the first calibration sample
     #[arg(long, default_value_t = 0)]
     pub start_index: usize,
-    /// Class label for class-conditional models [default: sample index mod number of classes]
-    #[arg(long)]
-    pub class: Option<usize>,
+    /// Class of a class-conditional model's samples (required for one): an index, or `cycle`
+    /// (sample i gets class i mod the number of classes)
+    #[arg(long, value_name = "N|cycle")]
+    pub class: Option<ClassChoice>,
     /// The threshold file to write: float32 .npy of shape (steps, C, H, W)
     #[arg(long)]
     pub out: PathBuf,

@@ -14,7 +14,7 @@ use wgsl_diff::ops::UncertaintyMode;
 use wgsl_diff::run_dir::{
     HeatmapScale, SampleJob, SampleProgress, SampleRequest, Shard, DEFAULT_MODEL,
 };
-use wgsl_diff::sampling::{SamplerChoice, SamplerKind, Spacing};
+use wgsl_diff::sampling::{ClassChoice, SamplerChoice, SamplerKind, Spacing};
 use wgsl_diff::uncertainty::{UncertaintyConfig, UncertaintyMethod, UncertaintyReference};
 use wgsl_diff::Error;
 
@@ -81,9 +81,10 @@ pub struct SampleArgs {
     /// The number of workers for --shard-from-env [default: SLURM_ARRAY_TASK_COUNT]
     #[arg(long, value_name = "N", requires = "shard_from_env")]
     pub shard_count: Option<usize>,
-    /// Class label for class-conditional models [default: sample index mod number of classes]
-    #[arg(long)]
-    pub class: Option<usize>,
+    /// Class of a class-conditional model's samples (required for one): an index, or `cycle`
+    /// (sample i gets class i mod the number of classes)
+    #[arg(long, value_name = "N|cycle")]
+    pub class: Option<ClassChoice>,
     /// Output folder (many workers may share one: see --shard)
     #[arg(long)]
     pub out: PathBuf,

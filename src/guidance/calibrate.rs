@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::npy;
 use crate::sampling::{
-    contiguous_batches, load_for_sampling, ClassLabels, NoisePlan, Run, SamplerChoice,
+    contiguous_batches, load_for_sampling, ClassChoice, ClassLabels, NoisePlan, Run, SamplerChoice,
 };
 use std::path::{Path, PathBuf};
 
@@ -80,7 +80,8 @@ pub struct CalibrateRequest {
     pub start_index: usize,
     pub num: usize,
     pub batch: usize,
-    pub class: Option<usize>,
+    /// The classes of a class-conditional model's samples (required for one).
+    pub class: Option<ClassChoice>,
 }
 
 /// Samples N unguided trajectories, measuring the rule's map at every step, and returns the

@@ -21,8 +21,8 @@ use crate::limits::{self, MAX_BATCH};
 use crate::models::{load_eps_model, EpsModel};
 use crate::npy;
 use crate::sampling::{
-    contiguous_batches, open_scheduler, ClassLabels, FinishedBatch, InitNoise, NoisePlan, Run,
-    SamplerChoice, Scheduler,
+    contiguous_batches, open_scheduler, ClassChoice, ClassLabels, FinishedBatch, InitNoise,
+    NoisePlan, Run, SamplerChoice, Scheduler,
 };
 use crate::uncertainty::{
     UncertaintyBatch, UncertaintyConfig, UncertaintyEstimator, UncertaintyMethod,
@@ -49,8 +49,8 @@ pub struct SampleRequest {
     pub num: usize,
     /// Samples per GPU batch.
     pub batch: usize,
-    /// One class for every sample of a class-conditional model (default: index mod classes).
-    pub class: Option<usize>,
+    /// The classes of a class-conditional model's samples (required for one).
+    pub class: Option<ClassChoice>,
     pub out: PathBuf,
     /// Starting noise as float32 .npy of shape (num, C, H, W).
     pub init_noise: Option<PathBuf>,

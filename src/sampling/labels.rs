@@ -4,26 +4,70 @@
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 
-/// The class of every sample of a run: one fixed class, or sample index mod the number of
-/// classes (so a large run covers every class evenly), or none for unconditional models.
+/// How a user chose the classes of a class-conditional run (`--class N` or `--class cycle`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClassChoice {
+    /// Every sample gets this class.
+    Fixed(usize),
+    /// Sample i gets class i mod the number of classes, so a large run covers every class evenly.
+    Cycle,
+}
+
+impl std::str::FromStr for ClassChoice {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<ClassChoice> {
+        if s == "cycle" {
+            return Ok(ClassChoice::Cycle);
+        }
+        s.parse().map(ClassChoice::Fixed).map_err(|_| {
+            Error::Invalid(format!(
+                "{s:?} is not a class: expected a class index or \"cycle\""
+            ))
+        })
+    }
+}
+
+impl std::fmt::Display for ClassChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClassChoice::Fixed(class) => write!(f, "{class}"),
+            ClassChoice::Cycle => f.write_str("cycle"),
+        }
+    }
+}
+
+/// The class of every sample of a run, or none for unconditional models.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClassLabels {
     classes: Option<usize>,
-    fixed: Option<usize>,
+    choice: Option<ClassChoice>,
 }
 
 impl ClassLabels {
-    /// Labels for a model with `classes` classes (None: unconditional), optionally all `fixed`.
-    pub fn new(classes: Option<usize>, fixed: Option<usize>) -> Result<ClassLabels> {
-        if let Some(class) = fixed {
-            check_class(classes, class)?;
+    /// Labels for a model with `classes` classes (None: unconditional). A class-conditional
+    /// model needs a choice and an unconditional one refuses any: no class is made up.
+    pub fn new(classes: Option<usize>, choice: Option<ClassChoice>) -> Result<ClassLabels> {
+        match (classes, choice) {
+            (Some(n), None) => {
+                return Err(Error::Invalid(format!(
+                    "this model is class-conditional ({n} classes): choose the class with \
+                     --class N (0..{}) or --class cycle (sample i gets class i mod {n})",
+                    n.saturating_sub(1)
+                )))
+            }
+            (_, Some(ClassChoice::Fixed(class))) => check_class(classes, class)?,
+            (None, Some(ClassChoice::Cycle)) => check_class(None, 0)?,
+            (Some(_), Some(ClassChoice::Cycle)) | (None, None) => {}
         }
-        Ok(ClassLabels { classes, fixed })
+        Ok(ClassLabels { classes, choice })
     }
 
     /// The class of sample `index`.
     pub fn of(&self, index: usize) -> Option<usize> {
-        self.classes.map(|n| self.fixed.unwrap_or(index % n))
+        self.classes.map(|n| match self.choice {
+            Some(ClassChoice::Fixed(class)) => class,
+            _ => index % n,
+        })
     }
 
     /// The classes of samples `first .. first + size`.

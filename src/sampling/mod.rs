@@ -13,7 +13,7 @@ pub mod schedule;
 pub mod scheduler;
 pub mod setup;
 
-pub use labels::ClassLabels;
+pub use labels::{ClassChoice, ClassLabels};
 pub use noise::{NoiseDraw, NoisePlan, NoisePurpose};
 pub use pipeline::{sample_batch, BatchSpec, NonFiniteFlags, SampledBatch, StepContext, StepHook};
 pub use run::{contiguous_batches, BatchHook, FinishedBatch, InitNoise, Run};
