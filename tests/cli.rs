@@ -429,21 +429,44 @@ fn z_scored_modes_need_a_matching_reference_and_runs_keep_per_step_scores() {
             width: 8,
             height: 8,
             channels: 1,
-            pixels: (0..64u8).map(|i| i.wrapping_mul(37).wrapping_add(k * 61)).collect(),
+            pixels: (0..64u8)
+                .map(|i| i.wrapping_mul(37).wrapping_add(k * 61))
+                .collect(),
         };
         wgsl_diff::images::write_png(&images.join(format!("real_{k}.png")), &img, &[]).unwrap();
     }
     let reference = dir.join("ref.npz");
     let made = bin()
-        .args(["reference", "--model", MODEL, "--steps", "4", "-M", "2", "--images"])
+        .args([
+            "reference",
+            "--model",
+            MODEL,
+            "--steps",
+            "4",
+            "-M",
+            "2",
+            "--images",
+        ])
         .arg(&images)
         .arg("--out")
         .arg(&reference)
         .output()
         .unwrap();
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
     let bad_images = bin()
-        .args(["reference", "--model", MODEL, "--steps", "4", "--images", "Cargo.toml"])
+        .args([
+            "reference",
+            "--model",
+            MODEL,
+            "--steps",
+            "4",
+            "--images",
+            "Cargo.toml",
+        ])
         .arg("--out")
         .arg(dir.join("bad.npz"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -454,16 +477,45 @@ fn z_scored_modes_need_a_matching_reference_and_runs_keep_per_step_scores() {
     let r = reference.to_str().unwrap();
     let refused: [(&[&str], &str); 4] = [
         (&["--uc-mode", "residual"], "--uc-reference"),
-        (&["--uc-mode", "posterior-variance", "--steps", "3", "--uc-reference", r], "timesteps"),
-        (&["--uc-mode", "centred", "--uc-reference", r], "only applies"),
-        (&["--uc-mode", "residual", "--uc-reference", "Cargo.toml"], "Cargo.toml"),
+        (
+            &[
+                "--uc-mode",
+                "posterior-variance",
+                "--steps",
+                "3",
+                "--uc-reference",
+                r,
+            ],
+            "timesteps",
+        ),
+        (
+            &["--uc-mode", "centred", "--uc-reference", r],
+            "only applies",
+        ),
+        (
+            &["--uc-mode", "residual", "--uc-reference", "Cargo.toml"],
+            "Cargo.toml",
+        ),
     ];
     for (extra, needle) in refused {
         let out = bin()
-            .args(["sample", "--quiet", "--model", MODEL, "--uncertainty", "-M", "2", "--out"])
+            .args([
+                "sample",
+                "--quiet",
+                "--model",
+                MODEL,
+                "--uncertainty",
+                "-M",
+                "2",
+                "--out",
+            ])
             .arg(dir.join("refused"))
             .args(extra)
-            .args(if extra.contains(&"--steps") { &[][..] } else { &["--steps", "4"][..] })
+            .args(if extra.contains(&"--steps") {
+                &[][..]
+            } else {
+                &["--steps", "4"][..]
+            })
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .output()
             .unwrap();
@@ -484,10 +536,18 @@ fn z_scored_modes_need_a_matching_reference_and_runs_keep_per_step_scores() {
             "index,file,score,score_step_0,score_step_1,score_step_2,score_step_3"
         );
         for (line, record) in lines.zip(manifest_samples(&out)) {
-            let cells: Vec<f64> = line.split(',').skip(2).map(|c| c.parse().unwrap()).collect();
+            let cells: Vec<f64> = line
+                .split(',')
+                .skip(2)
+                .map(|c| c.parse().unwrap())
+                .collect();
             let steps = &record["step_scores"];
             for (i, cell) in cells[1..].iter().enumerate() {
-                assert_eq!(steps[i.to_string()].as_f64().unwrap(), *cell, "{mode} step {i}");
+                assert_eq!(
+                    steps[i.to_string()].as_f64().unwrap(),
+                    *cell,
+                    "{mode} step {i}"
+                );
             }
             let want: f64 = match mode {
                 "typicality" => cells[1..].iter().map(|v| v.abs()).sum(),

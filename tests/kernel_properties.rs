@@ -466,7 +466,10 @@ fn stein_map_on_random_shapes() {
             scale: &scale,
             rho,
         };
-        let (c, n) = (upload(&copies, &[m * b, len]), upload(&noise, &[m * b, len]));
+        let (c, n) = (
+            upload(&copies, &[m * b, len]),
+            upload(&noise, &[m * b, len]),
+        );
         let (sh, sc) = (upload(&shift, &[len]), upload(&scale, &[len]));
         for mode in [
             UncertaintyMode::Typicality,

@@ -228,11 +228,23 @@ fn built_reference_matches_an_independent_pytorch_implementation() {
     assert_eq!(built.sample_shape, want.sample_shape);
     assert_eq!((built.images, built.copies, built.seed), (shape[0], 3, 5));
     for (name, got, want) in [
-        ("pv mean", &built.posterior_variance_mean, &want.posterior_variance_mean),
-        ("pv sd", &built.posterior_variance_sd, &want.posterior_variance_sd),
+        (
+            "pv mean",
+            &built.posterior_variance_mean,
+            &want.posterior_variance_mean,
+        ),
+        (
+            "pv sd",
+            &built.posterior_variance_sd,
+            &want.posterior_variance_sd,
+        ),
         ("residual mean", &built.residual_mean, &want.residual_mean),
         ("residual sd", &built.residual_sd, &want.residual_sd),
-        ("typicality mean", &built.typicality_mean, &want.typicality_mean),
+        (
+            "typicality mean",
+            &built.typicality_mean,
+            &want.typicality_mean,
+        ),
         ("typicality sd", &built.typicality_sd, &want.typicality_sd),
     ] {
         let top = want.iter().fold(0f64, |m, v| m.max(v.abs()));

@@ -161,7 +161,7 @@ pub fn stein_map(
     })?;
     let shape = eps_copies.shape();
     ensure(
-        copies >= 2 && !shape.is_empty() && shape[0] % copies == 0,
+        copies >= 2 && !shape.is_empty() && shape[0].is_multiple_of(copies),
         OP,
         || format!("{shape:?} is not M = {copies} ≥ 2 stacked batches"),
     )?;

@@ -18,7 +18,11 @@ pub struct SampleRecord {
     pub score: Option<f64>,
     /// Each window step's score (step → the sum of its map; for typicality, Δ_t), so a study
     /// can choose its window after the fact.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        default,
+        deserialize_with = "non_finite_as_nan"
+    )]
     pub step_scores: Option<BTreeMap<usize, f64>>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub heatmap: Option<String>,
@@ -123,6 +127,19 @@ fn read_record(dir: &Path, index: usize) -> Result<Option<SampleRecord>> {
             .exists()
             .then(|| heatmap_name(index)),
         non_finite_step: count(NON_FINITE_KEY)?,
+    }))
+}
+
+/// JSON writes a NaN or ±Inf step score as null; it reads back as NaN.
+fn non_finite_as_nan<'de, D>(d: D) -> std::result::Result<Option<BTreeMap<usize, f64>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let scores = Option::<BTreeMap<usize, Option<f64>>>::deserialize(d)?;
+    Ok(scores.map(|m| {
+        m.into_iter()
+            .map(|(step, v)| (step, v.unwrap_or(f64::NAN)))
+            .collect()
     }))
 }
 

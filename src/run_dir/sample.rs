@@ -174,7 +174,11 @@ impl<'g> SampleJob<'g> {
         check_method(&request, &*model)?;
         let labels = ClassLabels::new(model.num_classes(), request.class)?;
         let sample_shape = model.sample_shape()?;
-        if let Some(r) = request.uncertainty.as_ref().and_then(|uc| uc.reference.as_ref()) {
+        if let Some(r) = request
+            .uncertainty
+            .as_ref()
+            .and_then(|uc| uc.reference.as_ref())
+        {
             r.check_fits(&scheduler.timesteps, sample_shape)?;
         }
         let init_noise = read_init_noise(&request, sample_shape)?;
@@ -408,7 +412,10 @@ fn parameters(
             "M": uc.copies, "mode": uc.mode, "start": uc.start, "steps": uc.steps })),
     });
     // Only z-scored runs name their reference, so other runs keep their identity.
-    let reference = request.uncertainty.as_ref().and_then(|uc| uc.reference.as_ref());
+    let reference = request
+        .uncertainty
+        .as_ref()
+        .and_then(|uc| uc.reference.as_ref());
     if let (Some(r), Some(uc)) = (reference, parameters.get_mut("uncertainty")) {
         uc["reference"] = r.source.clone().into();
     }

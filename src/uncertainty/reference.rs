@@ -324,12 +324,8 @@ pub fn build_reference(
                 x: &x,
                 non_finite: &non_finite,
             };
-            let (draws, eps_copies) = renoised_copies(
-                &ctx,
-                &eps,
-                request.copies,
-                request.max_copies_per_forward,
-            )?;
+            let (draws, eps_copies) =
+                renoised_copies(&ctx, &eps, request.copies, request.max_copies_per_forward)?;
             let a = scheduler.alpha_bar(t);
             let maps = modes
                 .iter()
