@@ -136,7 +136,7 @@ def stein_maps(eps_copies, perturbation, rho, reference, step):
     out = {}
     for mode, raw in stein_raw(eps_copies, perturbation, rho).items():
         shift, scale = standardisation(mode, reference, step, raw.shape[1:])
-        out[mode] = (raw - shift) * scale
+        out[mode] = (raw - shift.to(raw.device)) * scale.to(raw.device)
     return out
 
 
