@@ -475,8 +475,12 @@ fn z_scored_modes_need_a_matching_reference_and_runs_keep_per_step_scores() {
     common::assert_clean_failure(&bad_images, "reference of Cargo.toml", "idx");
 
     let r = reference.to_str().unwrap();
-    let refused: [(&[&str], &str); 4] = [
+    let refused: [(&[&str], &str); 5] = [
         (&["--uc-mode", "residual"], "--uc-reference"),
+        (
+            &["--uc-mode", "residual", "-M", "3", "--uc-reference", r],
+            "M = 2",
+        ),
         (
             &[
                 "--uc-mode",
@@ -505,12 +509,15 @@ fn z_scored_modes_need_a_matching_reference_and_runs_keep_per_step_scores() {
                 "--model",
                 MODEL,
                 "--uncertainty",
-                "-M",
-                "2",
                 "--out",
             ])
             .arg(dir.join("refused"))
             .args(extra)
+            .args(if extra.contains(&"-M") {
+                &[][..]
+            } else {
+                &["-M", "2"][..]
+            })
             .args(if extra.contains(&"--steps") {
                 &[][..]
             } else {

@@ -112,7 +112,8 @@ def main():
     shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
     reference = None
     if args.uc_reference:
-        reference = load_reference(args.uc_reference, scheduler.timesteps.tolist(), shape)
+        reference = load_reference(args.uc_reference, scheduler.timesteps.tolist(), shape,
+                                   args.mc_samples)
     half = args.steps // 2
     window = range(half, args.steps)
     run = SimpleNamespace(seed=args.seed, guidance=None, eta=0.0, uncertainty=True,

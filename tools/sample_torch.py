@@ -71,14 +71,16 @@ def run_modes(reference):
     return [m for m in MODES if reference is not None or m not in Z_SCORED]
 
 
-def load_reference(path, timesteps, sample_shape):
+def load_reference(path, timesteps, sample_shape, copies):
     """A reference .npz (`wgsl-diff reference`, --make-reference) as float64 tensors, checked
-    against the run's timesteps and sample shape like src/uncertainty/reference.rs."""
+    against the run's timesteps, sample shape and M like src/uncertainty/reference.rs."""
     data = np.load(path)
     if [int(t) for t in data["timesteps"]] != [int(t) for t in timesteps] \
-            or tuple(int(v) for v in data["sample_shape"]) != tuple(sample_shape):
-        raise SystemExit(f"{path}: made for timesteps {data['timesteps'].tolist()} and samples "
-                         f"{data['sample_shape'].tolist()}, the run has {list(timesteps)} and {sample_shape}")
+            or tuple(int(v) for v in data["sample_shape"]) != tuple(sample_shape) \
+            or int(data["copies"][0]) != copies:
+        raise SystemExit(f"{path}: made for timesteps {data['timesteps'].tolist()}, samples "
+                         f"{data['sample_shape'].tolist()} and M = {int(data['copies'][0])}; the run has "
+                         f"{list(timesteps)}, {sample_shape} and M = {copies}")
     if (data["residual_sd"] <= 0).any():
         raise SystemExit(f"{path}: a step's residual spread is 0")
     return {k: torch.from_numpy(data[k]) for k in REFERENCE_STATS}
@@ -292,7 +294,8 @@ def main():
     shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
     args.reference = None
     if args.uc_reference is not None:
-        args.reference = load_reference(args.uc_reference, scheduler.timesteps.tolist(), shape)
+        args.reference = load_reference(args.uc_reference, scheduler.timesteps.tolist(), shape,
+                                        args.mc_samples)
     if args.uncertainty and args.uc_mode in Z_SCORED and args.reference is None:
         p.error(f"--uc-mode {args.uc_mode} is z-scored against real images: pass --uc-reference")
 

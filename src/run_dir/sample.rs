@@ -174,12 +174,10 @@ impl<'g> SampleJob<'g> {
         check_method(&request, &*model)?;
         let labels = ClassLabels::new(model.num_classes(), request.class)?;
         let sample_shape = model.sample_shape()?;
-        if let Some(r) = request
-            .uncertainty
-            .as_ref()
-            .and_then(|uc| uc.reference.as_ref())
-        {
-            r.check_fits(&scheduler.timesteps, sample_shape)?;
+        if let Some(uc) = &request.uncertainty {
+            if let Some(r) = &uc.reference {
+                r.check_fits(&scheduler.timesteps, sample_shape, uc.copies)?;
+            }
         }
         let init_noise = read_init_noise(&request, sample_shape)?;
         let guidance = guidance_config(&request, &scheduler, sample_shape)?;

@@ -170,14 +170,21 @@ impl UncertaintyReference {
         Ok(())
     }
 
-    /// Refuses a reference made for other timesteps or another sample shape than the run's.
-    pub fn check_fits(&self, timesteps: &[usize], sample_shape: [usize; 3]) -> Result<()> {
-        if self.timesteps != timesteps || self.sample_shape != sample_shape {
+    /// Refuses a reference made for other timesteps, another sample shape or another M than the
+    /// run's (the spread of Ĵ, and so of v̂, depends on M).
+    pub fn check_fits(
+        &self,
+        timesteps: &[usize],
+        sample_shape: [usize; 3],
+        copies: usize,
+    ) -> Result<()> {
+        if self.timesteps != timesteps || self.sample_shape != sample_shape || self.copies != copies
+        {
             return Err(Error::Invalid(format!(
-                "the uncertainty reference was made for timesteps {:?} and samples {:?}, this run \
-                 has {timesteps:?} and {sample_shape:?}: make one with the run's model, sampler \
-                 and --steps",
-                self.timesteps, self.sample_shape
+                "the uncertainty reference was made for timesteps {:?}, samples {:?} and M = {}, \
+                 this run has {timesteps:?}, {sample_shape:?} and M = {copies}: make one with the \
+                 run's model, sampler, --steps and -M",
+                self.timesteps, self.sample_shape, self.copies
             )));
         }
         Ok(())
