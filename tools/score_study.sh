@@ -15,9 +15,12 @@ MODEL=${2:-weights/fashion_mnist_ddpm.safetensors}
 STEPS=${STEPS:-10} M=${M:-5} NUM=${NUM:-1000} REF_IMAGES=${REF_IMAGES:-1000} REAL=${REAL:-1000}
 AUSE_NUM=${AUSE_NUM:-500} BATCH=${BATCH:-100} PYTHON=${PYTHON:-.venv/bin/python}
 DATA=${DATA:-/usr/share/datasets/fashion-mnist}
+# Paths given relative to the caller's folder; the tools run from the repository root.
+OUT=$(realpath -m "$OUT")
+[ -n "${2:-}" ] && MODEL=$(realpath "$MODEL")
 cd "$(dirname "$0")/.."
-mkdir -p "$OUT"
 MODEL=$(realpath "$MODEL")
+mkdir -p "$OUT"
 twin() { nice -n 10 "$PYTHON" tools/sample_torch.py --model "$MODEL" --steps "$STEPS" -M "$M" --batch "$BATCH" "$@"; }
 REF=$OUT/reference.npz
 
