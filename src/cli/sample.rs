@@ -6,6 +6,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use wgsl_diff::gpu::{AdapterChoice, Gpu, NO_TIMESTAMPS};
 use wgsl_diff::guidance::{GuidanceConfig, GuidanceRule, Threshold};
 use wgsl_diff::limits::{MAX_BATCH, MAX_COPIES, MAX_TRAIN_TIMESTEPS, SAMPLE_INDEX_END};
@@ -14,7 +15,7 @@ use wgsl_diff::run_dir::{
     HeatmapScale, SampleJob, SampleProgress, SampleRequest, Shard, DEFAULT_MODEL,
 };
 use wgsl_diff::sampling::{ClassChoice, SamplerChoice, SamplerKind, Spacing};
-use wgsl_diff::uncertainty::{UncertaintyConfig, UncertaintyMethod};
+use wgsl_diff::uncertainty::{UncertaintyConfig, UncertaintyMethod, UncertaintyReference};
 use wgsl_diff::Error;
 
 /// The model and how to sample it; shared by `sample` and `calibrate`.
@@ -108,6 +109,10 @@ pub struct SampleArgs {
     /// How the M predictions are summarised [default: centred; variance for mc-dropout]
     #[arg(long, value_parser = named::<UncertaintyMode>(UncertaintyMode::NAMES), requires = "uncertainty")]
     pub uc_mode: Option<UncertaintyMode>,
+    /// The real-image reference (`wgsl-diff reference`) that the posterior-variance and
+    /// residual modes are z-scored against
+    #[arg(long, requires = "uncertainty")]
+    pub uc_reference: Option<PathBuf>,
     /// First sampling step (0-based) with uncertainty estimation
     #[arg(long, default_value_t = 0, requires = "uncertainty")]
     pub uc_start: usize,
@@ -195,6 +200,12 @@ impl SampleArgs {
                 ..paper
             }
         });
+        let reference = self
+            .uc_reference
+            .as_deref()
+            .map(UncertaintyReference::load)
+            .transpose()?
+            .map(Arc::new);
         let uncertainty = self.uncertainty.then(|| UncertaintyConfig {
             copies,
             method: self.uc_method,
@@ -205,6 +216,7 @@ impl SampleArgs {
             start: self.uc_start,
             steps: self.uc_steps,
             keep_maps: self.save_maps.is_some(),
+            reference,
             ..Default::default()
         });
         let request = SampleRequest {
