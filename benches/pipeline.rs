@@ -5,6 +5,10 @@
 //! The CIFAR-10 forwards are also stated in GFLOP/s and as a fraction of the adapter's SGEMM
 //! ceiling, measured first in the same run.
 //! `tools/bench_torch.py` runs the same work in PyTorch and prints both side by side.
+//!
+//! With `WGSL_DIFF_PROFILE_DIR=DIR`, one untimed run of each forward and of each plain sampling
+//! step is profiled first (`Gpu::start_profile`): the table goes to stderr and the profile to
+//! `DIR/<group>_<name>.json`. A filter matching no benchmark (`--bench none`) profiles only.
 
 #[path = "common/ceiling.rs"]
 mod ceiling;
@@ -43,8 +47,24 @@ const FASHION: &str = r#"{"sample_size":32,"in_channels":1,"out_channels":1,"blo
 
 /// FLOPs of one CIFAR-10-architecture forward per sample (2 per multiply-add: convolutions,
 /// linear layers, attention), as torch.utils.flop_counter.FlopCounterMode counts diffusers'
-/// UNet2DModel of the same config (tools/bench_torch.py's `unet_flops`).
+/// UNet2DModel of the same config (12,443,713,536 at B = 1, exactly 8 times that at B = 8).
 const CIFAR10_FLOP_PER_SAMPLE: f64 = 12_443_713_536.0;
+
+/// Profiles one untimed run of `work` when `WGSL_DIFF_PROFILE_DIR` is set.
+fn profile<T>(gpu: &Gpu, id: &str, work: impl FnOnce() -> T) {
+    let Some(dir) = std::env::var_os("WGSL_DIFF_PROFILE_DIR") else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    std::fs::create_dir_all(&dir).expect("the profile folder");
+    gpu.sync().unwrap();
+    gpu.start_profile();
+    drop(work());
+    let p = gpu.finish_profile().unwrap().expect("a profile");
+    let path = dir.join(format!("{}.json", id.replace('/', "_")));
+    p.save(&path).unwrap();
+    eprintln!("== profile of {id} ({})\n{}", path.display(), p.table(25));
+}
 
 fn model(gpu: &Gpu, json: &str) -> UNet2DModel {
     let config: UNet2DConfig = serde_json::from_str(json).unwrap();
@@ -67,6 +87,9 @@ fn forward(c: &mut Criterion) {
         let x = NoisePlan::new(1).initial(&gpu, &[b, 3, 32, 32], 0).unwrap();
         let t = gpu.upload(&[b], &vec![500.0; b]).unwrap();
         let name = format!("cifar10_b{b}");
+        profile(&gpu, &format!("unet_forward/{name}"), || {
+            unet.forward(&gpu, &x, &t, None).unwrap()
+        });
         let best = Cell::new(Duration::MAX);
         group.bench_function(&name, |it| {
             it.iter_custom(timed(&best, || {
@@ -95,6 +118,9 @@ fn adm64_forward(c: &mut Criterion, gpu: &Gpu, batches: &[usize]) {
         let x = NoisePlan::new(1).initial(gpu, &[b, 3, 64, 64], 0).unwrap();
         let t = gpu.upload(&[b], &vec![500.0; b]).unwrap();
         let y = gpu.upload(&[b], &vec![207.0; b]).unwrap();
+        profile(gpu, &format!("unet_forward/adm64_b{b}"), || {
+            adm.predict_eps_and_variance(gpu, &x, &t, Some(&y)).unwrap()
+        });
         group.bench_function(format!("adm64_b{b}"), |it| {
             it.iter(|| {
                 let out = adm.predict_eps_and_variance(gpu, &x, &t, Some(&y)).unwrap();
@@ -129,7 +155,11 @@ fn step(
         x,
         non_finite: &NonFiniteFlags::new(gpu, x.dim(0)).unwrap(),
     };
-    let eps = hook.on_eps(&ctx, eps).unwrap();
+    let eps = {
+        let _scope = gpu.scope("hooks");
+        hook.on_eps(&ctx, eps).unwrap()
+    };
+    let _scope = gpu.scope("scheduler");
     let (out, _) = ops::sampler_step(gpu, &scheduler.coeffs(10), x, &eps, None, None).unwrap();
     gpu.sync().unwrap();
     out
@@ -183,6 +213,12 @@ fn steps_with_hooks(c: &mut Criterion, group_name: &str, config: &str, b: usize)
     let mut group = c.benchmark_group(group_name);
     group.sample_size(10);
     for (name, mut hook) in hooks(&gpu) {
+        if name == "plain" {
+            profile(&gpu, &format!("{group_name}/{name}"), || {
+                let _step = gpu.profile_step(name);
+                step(&gpu, &unet, &scheduler, &x, &t, hook.as_mut())
+            });
+        }
         // The peak of tensor memory over one step, beyond what was live before it.
         gpu.reset_peak_memory();
         let before = gpu.memory().live;

@@ -141,9 +141,12 @@ pub fn inferno(v: f32) -> [u8; 3] {
 }
 
 /// A colour heatmap of an (H, W) plane, mapping [0, scale] onto the colormap.
-pub fn heatmap(plane: &[f32], height: usize, width: usize, scale: f32) -> Image8 {
-    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-    let pixels = plane.iter().flat_map(|&v| inferno(v * inv)).collect();
+pub fn heatmap(plane: &[f32], height: usize, width: usize, (lo, hi): (f32, f32)) -> Image8 {
+    let inv = if hi > lo { 1.0 / (hi - lo) } else { 0.0 };
+    let pixels = plane
+        .iter()
+        .flat_map(|&v| inferno((v - lo) * inv))
+        .collect();
     Image8 {
         width,
         height,

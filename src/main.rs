@@ -28,6 +28,8 @@ enum Command {
     Sample(Box<cli::sample::SampleArgs>),
     /// Per-element guidance thresholds (for --threshold-file) from N unguided samples.
     Calibrate(cli::calibrate::CalibrateArgs),
+    /// Real-image statistics (for --uc-reference) of the posterior-variance and residual modes.
+    Reference(cli::reference::ReferenceArgs),
     /// Split a scored run into the lowest-uncertainty set and an equal random subset.
     Filter(cli::filter::FilterArgs),
     /// Score generated images against real ones: Fréchet distance of classifier features, confidence.
@@ -63,6 +65,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Sample(args) => cli::sample::run(&choice, &args)?,
         Command::Calibrate(args) => cli::calibrate::run(&Gpu::new(&choice)?, &args)?,
+        Command::Reference(args) => cli::reference::run(&Gpu::new(&choice)?, &args)?,
         Command::Filter(args) => cli::filter::run(&args)?,
         Command::Eval(args) => cli::eval::run(&Gpu::new(&choice)?, &args)?,
         Command::Fid(args) => cli::fid::run(&choice, &args)?,

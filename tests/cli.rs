@@ -416,3 +416,156 @@ fn broken_numbers_stop_the_command_or_are_marked() {
     );
     common::assert_clean_failure(&run(&beta, "b", &[]), "β = 1", "`beta_end` is 1");
 }
+
+/// `reference` writes the file the z-scored modes need; `sample` refuses them without it, refuses
+/// a reference of other timesteps, and writes each step's score beside the image score.
+#[test]
+fn z_scored_modes_need_a_matching_reference_and_runs_keep_per_step_scores() {
+    let dir = tmp("zscore");
+    let images = dir.join("real");
+    std::fs::create_dir_all(&images).unwrap();
+    for k in 0..4u8 {
+        let img = wgsl_diff::images::Image8 {
+            width: 8,
+            height: 8,
+            channels: 1,
+            pixels: (0..64u8)
+                .map(|i| i.wrapping_mul(37).wrapping_add(k * 61))
+                .collect(),
+        };
+        wgsl_diff::images::write_png(&images.join(format!("real_{k}.png")), &img, &[]).unwrap();
+    }
+    let reference = dir.join("ref.npz");
+    let made = bin()
+        .args([
+            "reference",
+            "--model",
+            MODEL,
+            "--steps",
+            "4",
+            "-M",
+            "2",
+            "--images",
+        ])
+        .arg(&images)
+        .arg("--out")
+        .arg(&reference)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let bad_images = bin()
+        .args([
+            "reference",
+            "--model",
+            MODEL,
+            "--steps",
+            "4",
+            "--images",
+            "Cargo.toml",
+        ])
+        .arg("--out")
+        .arg(dir.join("bad.npz"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    common::assert_clean_failure(&bad_images, "reference of Cargo.toml", "idx");
+
+    let r = reference.to_str().unwrap();
+    let refused: [(&[&str], &str); 5] = [
+        (&["--uc-mode", "residual"], "--uc-reference"),
+        (
+            &["--uc-mode", "residual", "-M", "3", "--uc-reference", r],
+            "M = 2",
+        ),
+        (
+            &[
+                "--uc-mode",
+                "posterior-variance",
+                "--steps",
+                "3",
+                "--uc-reference",
+                r,
+            ],
+            "timesteps",
+        ),
+        (
+            &["--uc-mode", "centred", "--uc-reference", r],
+            "only applies",
+        ),
+        (
+            &["--uc-mode", "residual", "--uc-reference", "Cargo.toml"],
+            "Cargo.toml",
+        ),
+    ];
+    for (extra, needle) in refused {
+        let out = bin()
+            .args([
+                "sample",
+                "--quiet",
+                "--model",
+                MODEL,
+                "--uncertainty",
+                "--out",
+            ])
+            .arg(dir.join("refused"))
+            .args(extra)
+            .args(if extra.contains(&"-M") {
+                &[][..]
+            } else {
+                &["-M", "2"][..]
+            })
+            .args(if extra.contains(&"--steps") {
+                &[][..]
+            } else {
+                &["--steps", "4"][..]
+            })
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        common::assert_clean_failure(&out, &format!("{extra:?}"), needle);
+    }
+
+    for mode in ["residual", "posterior-variance", "typicality", "centred"] {
+        let out = dir.join(mode);
+        let mut extra = vec!["--num", "3", "--uncertainty", "-M", "2", "--uc-mode", mode];
+        if mode == "residual" || mode == "posterior-variance" {
+            extra.extend(["--uc-reference", r]);
+        }
+        sample(&out, &extra);
+        let csv = std::fs::read_to_string(out.join("scores.csv")).unwrap();
+        let mut lines = csv.lines();
+        assert_eq!(
+            lines.next().unwrap(),
+            "index,file,score,score_step_0,score_step_1,score_step_2,score_step_3"
+        );
+        for (line, record) in lines.zip(manifest_samples(&out)) {
+            let cells: Vec<f64> = line
+                .split(',')
+                .skip(2)
+                .map(|c| c.parse().unwrap())
+                .collect();
+            let steps = &record["step_scores"];
+            for (i, cell) in cells[1..].iter().enumerate() {
+                assert_eq!(
+                    steps[i.to_string()].as_f64().unwrap(),
+                    *cell,
+                    "{mode} step {i}"
+                );
+            }
+            let want: f64 = match mode {
+                "typicality" => cells[1..].iter().map(|v| v.abs()).sum(),
+                _ => cells[1..].iter().sum(),
+            };
+            assert!(
+                (cells[0] - want).abs() <= 1e-5 * want.abs().max(1.0),
+                "{mode}: score {} is not the sum of its step scores {want}",
+                cells[0]
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

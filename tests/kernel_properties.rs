@@ -461,6 +461,41 @@ fn sampler_step_on_random_shapes() {
 }
 
 #[test]
+fn stein_map_on_random_shapes() {
+    for_random_shapes("stein_map", 10, |d, rng| {
+        let (b, len, m) = (d.int(1, 4), d.int(1, 300), d.int(2, 6));
+        let (copies, noise) = (rng.vec(m * b * len), rng.vec(m * b * len));
+        let (shift, scale) = (rng.vec(len), rng.vec(len));
+        let rho = 0.5 + d.int(0, 100) as f64;
+        let x = r::SteinInputs {
+            copies: &copies,
+            noise: &noise,
+            m,
+            shift: &shift,
+            scale: &scale,
+            rho,
+        };
+        let (c, n) = (
+            upload(&copies, &[m * b, len]),
+            upload(&noise, &[m * b, len]),
+        );
+        let (sh, sc) = (upload(&shift, &[len]), upload(&scale, &[len]));
+        for mode in [
+            UncertaintyMode::Typicality,
+            UncertaintyMode::PosteriorVariance,
+            UncertaintyMode::Residual,
+        ] {
+            let want = r::stein_map(&x, mode);
+            let what = format!("stein_map {:?}", (b, len, m, mode));
+            let map = ops::stein_map(gpu(), &c, &n, (&sh, &sc), m, mode, rho).unwrap();
+            assert_eq!(map.shape(), &[b, len], "{what}");
+            let top = want.iter().fold(1f64, |a, v| a.max(v.abs()));
+            assert_close(&what, &read(&map), &want, 1e-5 * top, 1e-5);
+        }
+    });
+}
+
+#[test]
 fn uncertainty_map_on_random_shapes() {
     for_random_shapes("uncertainty_map", 10, |d, rng| {
         let (b, len, m) = (d.int(1, 4), d.int(1, 300), d.int(2, 6));

@@ -249,6 +249,7 @@ fn scores_sort_with_nan_last() {
         file: String::new(),
         class: None,
         score,
+        step_scores: None,
         heatmap: None,
         non_finite_step: None,
     };

@@ -198,3 +198,77 @@ fn every_step_is_one_submission() {
     assert_eq!(g.submissions() - before, 4);
     drop(x);
 }
+
+/// A reference file that is incomplete, misshapen or broken is refused by name, not used.
+#[test]
+fn broken_reference_files_are_refused() {
+    use wgsl_diff::uncertainty::UncertaintyReference;
+    let dir = common::tmp_dir("bad-reference");
+    let good = UncertaintyReference {
+        source: String::new(),
+        timesteps: vec![500, 0],
+        sample_shape: [1, 2, 2],
+        copies: 3,
+        images: 4,
+        seed: 1,
+        posterior_variance_mean: vec![1.0; 8],
+        posterior_variance_sd: vec![0.5; 8],
+        residual_mean: vec![4.0, 5.0],
+        residual_sd: vec![1.0, 2.0],
+        typicality_mean: vec![0.0, 0.1],
+        typicality_sd: vec![1.0, 1.0],
+    };
+    let path = dir.join("good.npz");
+    good.save(&path).unwrap();
+    let back = UncertaintyReference::load(&path).unwrap();
+    assert_eq!(back.residual_sd, good.residual_sd);
+    assert!(back.check_fits(&[500, 0], [1, 2, 2], 3).is_ok());
+    for (timesteps, shape, m) in [
+        (&[500][..], [1, 2, 2], 3),
+        (&[500, 0], [1, 2, 3], 3),
+        (&[500, 0], [1, 2, 2], 5),
+    ] {
+        let e = back
+            .check_fits(timesteps, shape, m)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("make one with the run's model"), "{e}");
+    }
+    let broken = |name: &str, edit: &dyn Fn(&mut UncertaintyReference), needle: &str| {
+        let mut r = good.clone();
+        edit(&mut r);
+        let path = dir.join(format!("{name}.npz"));
+        r.save(&path).unwrap();
+        let e = UncertaintyReference::load(&path).unwrap_err().to_string();
+        assert!(e.contains(needle), "{name}: {e}");
+    };
+    broken("nan", &|r| r.posterior_variance_mean[3] = f64::NAN, "NaN");
+    broken(
+        "zero-sd",
+        &|r| r.residual_sd[1] = 0.0,
+        "spread at step 1 is 0",
+    );
+    // One array of another length than the steps: rewrite the good file with it.
+    let mut arrays = wgsl_diff::npz::read(&path).unwrap();
+    let residual = arrays.get_mut("residual_mean").unwrap();
+    residual.shape = vec![3];
+    residual.data.push(1.0);
+    let members: Vec<(&str, &[usize], &[f64])> = arrays
+        .iter()
+        .map(|(k, a)| (k.as_str(), &a.shape[..], &a.data[..]))
+        .collect();
+    wgsl_diff::npz::write(&dir.join("shape.npz"), &members).unwrap();
+    let e = UncertaintyReference::load(&dir.join("shape.npz"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("residual_mean has shape [3]"), "{e}");
+    let e = UncertaintyReference::load(&common::fixture("unet_tiny_gray.safetensors"))
+        .unwrap_err()
+        .to_string();
+    assert!(!e.is_empty());
+    wgsl_diff::npz::write(&dir.join("partial.npz"), &[("timesteps", &[1], &[0.0])]).unwrap();
+    let e = UncertaintyReference::load(&dir.join("partial.npz"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no array sample_shape"), "{e}");
+}

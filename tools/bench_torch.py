@@ -28,7 +28,9 @@ shapes, float32 and the same semantics:
                                                    its input gradient by torch.autograd
 
 Each torch benchmark is warmed up, then timed --repeat times (time.perf_counter, with
-torch.cuda.synchronize on a GPU) and the median is reported. wgsl-diff's figure is the mean point
+torch.cuda.synchronize on a GPU) and the median is reported, in float32 and (with --fp16, on by
+default on a GPU) again under torch.autocast(dtype=float16), the mixed precision the official
+code samples with. wgsl-diff's figure is the mean point
 estimate from <criterion-dir>/<group>/<bench>/new/estimates.json (criterion writes it during
 `cargo bench`); a benchmark missing there is shown as "not run". The last column is
 torch time / wgsl-diff time, so a value above 1 means wgsl-diff is faster.
@@ -43,18 +45,30 @@ Usage (from the repository root):
     .venv/bin/python tools/bench_torch.py --device cuda --json /tmp/bench.json
     .venv/bin/python tools/bench_torch.py --only kernels/ --threads 4
     .venv/bin/python tools/bench_torch.py --criterion-dir /other/target/criterion
+    .venv/bin/python tools/bench_torch.py --only none --memory 64   # activation peak only
+
+--memory B measures PyTorch's activation peak of one CIFAR-10 forward at batch B: every tensor an
+aten op returns is counted from its creation until its storage is freed (a TorchDispatchMode and
+weakref finalizers on the storages, views counted once), under torch.inference_mode; the weights
+and the input, made before, are not counted, nor are buffers an op allocates and frees inside
+itself (oneDNN's scratch space). wgsl-diff's figure for the same forward comes from the pool's
+statistics (tests/profile.rs, cifar10_forward_peak_is_its_largest_live_set).
 """
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import statistics
 import time
+import weakref
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from guidance_torch import guide
 
@@ -303,11 +317,18 @@ BENCHES = [
 ]
 
 
-def time_it(fn, device, warmup, repeat):
+def precision(device, fp16):
+    """float32, or float16 autocast (the official code's mixed precision)."""
+    if not fp16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.float16)
+
+
+def time_it(fn, device, warmup, repeat, fp16=False):
     """Per-run wall times in ns of fn() after `warmup` untimed runs."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times = []
-    with torch.inference_mode():
+    with torch.inference_mode(), precision(device, fp16):
         for _ in range(warmup):
             fn()
         sync()
@@ -317,6 +338,49 @@ def time_it(fn, device, warmup, repeat):
             sync()
             times.append((time.perf_counter() - start) * 1e9)
     return times
+
+
+class LiveTensors(TorchDispatchMode):
+    """Bytes of tensors made by aten ops and not yet freed, and their peak."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self.storages = set()
+
+    def _freed(self, key, nbytes):
+        self.live -= nbytes
+        self.storages.discard(key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for o in tree_flatten(out)[0]:
+            if not isinstance(o, torch.Tensor):
+                continue
+            storage = o.untyped_storage()
+            key = storage.data_ptr()
+            if key == 0 or key in self.storages:
+                continue  # a view of a counted storage
+            self.storages.add(key)
+            self.live += storage.nbytes()
+            self.peak = max(self.peak, self.live)
+            weakref.finalize(storage, self._freed, key, storage.nbytes())
+        return out
+
+
+def activation_peak(batch, device, fp16):
+    """PyTorch's activation peak in bytes of one CIFAR-10 forward at `batch` (see --memory)."""
+    model = unet(CIFAR10, device)
+    gen = torch.Generator(device=device).manual_seed(1)
+    x = torch.randn((batch, 3, 32, 32), generator=gen, device=device)
+    t = torch.full((batch,), MODEL_TIMESTEP, device=device)
+    with torch.inference_mode(), precision(device, fp16):
+        model(x[:1], t[:1])  # warm-up: lazily made state is not an activation
+        mode = LiveTensors()
+        with mode:
+            y = model(x, t).sample
+        del y
+    return mode.peak
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,7 +397,10 @@ def fmt_time(ns):
 
 
 def print_table(rows, header):
+    fp16 = any(r.get("torch_fp16_ns") is not None for r in rows)
     cols = ("benchmark", "wgsl-diff", "torch", "torch/wgsl-diff")
+    if fp16:
+        cols += ("torch fp16", "fp16/wgsl-diff")
     cells = []
     for r in rows:
         if r["torch_only"]:
@@ -341,8 +408,14 @@ def print_table(rows, header):
         else:
             wgsl = fmt_time(r["wgsl_diff_ns"])
             ratio = f"{r['ratio']:.3g}x" if r["ratio"] is not None else "-"
-        cells.append((r["name"], wgsl, fmt_time(r["torch_ns"]), ratio))
-    widths = [max(len(c[i]) for c in [cols, *cells]) for i in range(4)]
+        cell = (r["name"], wgsl, fmt_time(r["torch_ns"]), ratio)
+        if fp16:
+            half = r.get("torch_fp16_ns")
+            wgsl_ns = None if r["torch_only"] else r["wgsl_diff_ns"]
+            cell += (fmt_time(half) if half is not None else "-",
+                     f"{half / wgsl_ns:.3g}x" if half is not None and wgsl_ns else "-")
+        cells.append(cell)
+    widths = [max(len(c[i]) for c in [cols, *cells]) for i in range(len(cols))]
     line = lambda c: "  ".join(  # noqa: E731
         [c[0].ljust(widths[0])] + [v.rjust(w) for v, w in zip(c[1:], widths[1:])])
     print(header)
@@ -369,6 +442,10 @@ def main():
                    help="also write the results to this JSON file")
     p.add_argument("--guided-diffusion", metavar="CHECKOUT", type=Path, default=None,
                    help="openai/guided-diffusion checkout for the ADM-64 benchmarks")
+    p.add_argument("--fp16", choices=("auto", "on", "off"), default="auto",
+                   help="also time every benchmark under float16 autocast (auto: on a GPU)")
+    p.add_argument("--memory", metavar="B", type=int, default=None,
+                   help="also measure the activation peak of one CIFAR-10 forward at batch B")
     args = p.parse_args()
     global GUIDED_DIFFUSION
     GUIDED_DIFFUSION = args.guided_diffusion
@@ -380,10 +457,11 @@ def main():
         p.error("--device cuda, but torch.cuda.is_available() is False")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    fp16 = args.fp16 == "on" or (args.fp16 == "auto" and device.type == "cuda")
     selected = [(name, build) for name, build in BENCHES
                 if (args.only is None or name.startswith(args.only))
                 and (build is not adm_benches or GUIDED_DIFFUSION is not None)]
-    if not selected:
+    if not selected and args.memory is None:
         p.error(f"no benchmark id starts with {args.only!r}; ids: "
                 + ", ".join(name for name, _ in BENCHES))
 
@@ -404,11 +482,25 @@ def main():
         torch_ns = statistics.median(times)
         torch_only = name == SEQUENTIAL
         wgsl_ns = None if torch_only else criterion_mean_ns(args.criterion_dir, found, name)
+        half = time_it(built[build][name], device, args.warmup, args.repeat, True) if fp16 else None
+        half_ns = statistics.median(half) if half else None
         rows.append(dict(name=name, torch_only=torch_only, wgsl_diff_ns=wgsl_ns, torch_ns=torch_ns,
-                         ratio=torch_ns / wgsl_ns if wgsl_ns else None, torch_runs_ns=times))
-        print(f"  {name}: torch {fmt_time(torch_ns)}", flush=True)
+                         ratio=torch_ns / wgsl_ns if wgsl_ns else None, torch_runs_ns=times,
+                         torch_fp16_ns=half_ns, torch_fp16_runs_ns=half))
+        print(f"  {name}: torch {fmt_time(torch_ns)}"
+              + (f", fp16 autocast {fmt_time(half_ns)}" if half else ""), flush=True)
     print()
-    print_table(rows, header)
+    if rows:
+        print_table(rows, header)
+    memory = None
+    if args.memory is not None:
+        memory = {"batch": args.memory, "method": "live aten outputs (TorchDispatchMode)",
+                  "float32_bytes": activation_peak(args.memory, device, False)}
+        if fp16:
+            memory["fp16_autocast_bytes"] = activation_peak(args.memory, device, True)
+        print(f"\nactivation peak of one CIFAR-10 forward at B = {args.memory}: "
+              + ", ".join(f"{k.removesuffix('_bytes')} {v / 1e6:.1f} MB"
+                          for k, v in memory.items() if k.endswith("_bytes")))
     by_name = {r["name"]: r for r in rows}
     if SEQUENTIAL in by_name and "sampling_step_b8/uncertainty_m5" in by_name:
         factor = by_name[SEQUENTIAL]["torch_ns"] / by_name["sampling_step_b8/uncertainty_m5"]["torch_ns"]
@@ -424,7 +516,9 @@ def main():
             "warmup": args.warmup,
             "repeat": args.repeat,
             "criterion_dir": str(args.criterion_dir),
+            "fp16_autocast": fp16,
             "results": rows,
+            "activation_peak": memory,
         }, indent=2) + "\n")
         print(f"wrote {args.json}")
 

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # One prepared run for a lent GPU (the session's `device` tool): kernel and pipeline benches beside
-# PyTorch on the same GPU (plain, uncertainty and guided steps, also on the CIFAR-10 architecture),
-# and the shipped model at scale: plain, with uncertainty and guided, each against the PyTorch twin.
+# PyTorch on the same GPU (float32 and float16 autocast; plain, uncertainty and guided steps, also
+# on the CIFAR-10 architecture), profiles (one CIFAR-10 forward and one step per architecture from
+# the benches, a `sample --profile` run of the shipped model), PyTorch's activation peak of a
+# CIFAR-10 forward at B = 64, and the shipped model at scale: plain, with uncertainty and guided,
+# each against the PyTorch twin.
 #
 # Here, once per change (builds the release binary and the bench binaries, gathers the Vulkan
 # loader packages, the diffusers wheels and the Fashion-MNIST test set into git-ignored folders):
@@ -24,7 +27,7 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and "bench" in m["target"]["kind"] and m.get("executable"):
         print(m["target"]["name"], m["executable"])' |
         while read -r name exe; do cp "$exe" ".device/bench-$name"; done
-    cp target/release/wgsl-diff .device/
+    cp "${CARGO_TARGET_DIR:-target}/release/wgsl-diff" .device/
     # guided-diffusion's own code for the ADM-64 benches (the device cannot reach GitHub):
     # GUIDED_DIFFUSION=CHECKOUT tools/device_check.sh prepare
     if [ -n "${GUIDED_DIFFUSION:-}" ]; then
@@ -66,11 +69,15 @@ run() {
     local bin=.device/wgsl-diff test_set=.device/t10k-images-idx3-ubyte.gz
     [ -x "$bin" ] || bin=target/release/wgsl-diff
     [ -f "$test_set" ] || test_set=/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
-    local num=1000 uc_num=256 batch=250 torch_device=cuda bench_filter=""
+    local num=1000 uc_num=256 batch=250 torch_device=cuda bench_filter="" memory_batch=64
     if [ -n "${QUICK:-}" ]; then
-        num=8 uc_num=4 batch=4 torch_device=cpu bench_filter=group_norm
+        num=8 uc_num=4 batch=4 torch_device=cpu bench_filter=group_norm memory_batch=2
     fi
-    [ -n "${QUICK:-}" ] || export WGSL_DIFF_BENCH_CIFAR_STEPS=1 WGSL_DIFF_BENCH_ADM64=1
+    if [ -n "${QUICK:-}" ]; then
+        export WGSL_DIFF_BENCH_QUICK=1
+    else
+        export WGSL_DIFF_BENCH_CIFAR_STEPS=1 WGSL_DIFF_BENCH_ADM64=1
+    fi
     local adm=()
     [ -d .device/guided-diffusion ] && adm=(--guided-diffusion .device/guided-diffusion)
     timed() { local t0=$SECONDS; "$@"; echo "[$(( SECONDS - t0 )) s] $*"; }
@@ -88,14 +95,19 @@ EOF
 
     echo "== device"; nvidia-smi -L 2>/dev/null || true; "$bin" info
 
-    echo "== criterion benches (wgsl-diff)"
+    echo "== criterion benches (wgsl-diff), each forward and plain step profiled first"
     for b in .device/bench-*; do
-        [ -x "$b" ] && timed "$b" --bench $bench_filter
+        [ -x "$b" ] && WGSL_DIFF_PROFILE_DIR="$results/profiles" timed "$b" --bench $bench_filter
     done
 
-    echo "== the same work in PyTorch"
+    echo "== the same work in PyTorch (float32, float16 autocast), and its activation peak"
     timed python3 tools/bench_torch.py --device "$torch_device" --criterion-dir /tmp/target/criterion \
-        --json "$results/bench.json" ${bench_filter:+--only kernels/$bench_filter} "${adm[@]}"
+        --json "$results/bench.json" ${bench_filter:+--only kernels/$bench_filter} "${adm[@]}" \
+        --memory "$memory_batch"
+
+    echo "== profile: shipped model, $batch samples, 10 DDIM steps"
+    timed "$bin" sample --num "$batch" --batch "$batch" --steps 10 --quiet --profile \
+        --out "$results/profile"
 
     echo "== shipped model, $num samples, 10 DDIM steps: wgsl-diff, then PyTorch/diffusers"
     timed "$bin" sample --num "$num" --batch "$batch" --steps 10 --quiet --out "$results/wgsl"
@@ -125,7 +137,7 @@ EOF
             --guidance $rule -M 5 --device "$torch_device" --out /tmp/torch_guided_$rule
         compare_pngs "$results/guided_$rule" /tmp/torch_guided_$rule
     done
-    rm -f "$results"/wgsl/sample_*.png "$results"/guided_*/sample_*.png  # the grid and the eval keep what matters; stay under 16 MiB
+    rm -f "$results"/wgsl/sample_*.png "$results"/guided_*/sample_*.png "$results"/profile/sample_*.png  # the grid and the eval keep what matters; stay under 16 MiB
     tar -czf "$OUT/results.tar.gz" -C "$results" .
     ls -la "$OUT"
 }

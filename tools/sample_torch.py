@@ -12,14 +12,33 @@ strength, percentile and threshold-file options as wgsl-diff) is tools/guidance_
 torch.autograd, Rule P in closed form, with wgsl-diff's guidance noise stream; the estimator then sees
 the guided ε, as in wgsl-diff. Everything runs in float32.
 
+The Stein modes (typicality, posterior-variance, residual; tools/reference_uncertainty.py and README.md
+"Uncertainty modes") use the same re-noise draws n_m; the z-scored two need --uc-reference, a
+reference file of `wgsl-diff reference` or of this script's --make-reference (the same .npz).
+
 Writes sample_NNNNNN.png (grayscale or RGB, diffusers' quantisation), and with --uncertainty
-scores.csv (index,file,score, like wgsl-diff) and step_scores.npy (N, steps) with each step's summed
-map of --uc-mode (zero outside the window), for analysing which steps' uncertainty tracks sample
-quality; step_scores_MODE.npy hold the same for every mode (one run computes all three).
+scores.csv (index,file,score, then score_step_i for each window step, like wgsl-diff) and
+step_scores.npy (N, steps) with each step's score of --uc-mode (the sum of its map; for typicality
+Δ_t; zero outside the window); step_scores_MODE.npy hold the same for every mode the run can compute
+(all six with --uc-reference, else the four that need none). --save-total-maps also writes
+total_maps_MODE.npy (N, C, H, W), each mode's map summed over the window.
+
+Runs resume: each finished batch leaves parts/*.pt (its scores) after its PNGs, and a rerun of the
+same command skips the batches that have one (delete parts/ when changing any setting).
+
+Real images instead of samples (--real-images IDX): image k (padded like training) is noised to each
+step's timestep with wgsl-diff's reference noise (purpose 6) and scored at that step alone;
+step_scores_MODE.npy (K, steps) and the images as sample_NNNNNN.png go to --out (a "run" that
+tools/uncertainty_study.py reads like a sampled one), and --make-reference FILE writes the
+statistics file that `wgsl-diff reference` writes for the same images, seed and M.
 
 Usage:
     .venv/bin/python tools/sample_torch.py --num 1000 --steps 10 --out /tmp/torch_run
     .venv/bin/python tools/sample_torch.py --num 256 --steps 10 --uncertainty -M 5 --out /tmp/uc
+    .venv/bin/python tools/sample_torch.py --steps 10 -M 5 --real-images TRAIN_IDX --num 500 \
+        --seed 1 --make-reference /tmp/ref.npz --out /tmp/real_train
+    .venv/bin/python tools/sample_torch.py --num 1000 --steps 10 --uncertainty -M 5 \
+        --uc-reference /tmp/ref.npz --out /tmp/uc
 """
 
 import argparse
@@ -35,25 +54,65 @@ from safetensors import safe_open
 
 import wgsl_noise
 from guidance_torch import guide
-from reference_uncertainty import REPO_ROOT, load_unet, uncertainty_maps
+from reference_uncertainty import REFERENCE_STATS, REPO_ROOT, load_unet, stein_maps, uncertainty_maps
+from train_demo import read_idx_images
 
 DEFAULT_MODEL = REPO_ROOT / "weights" / "fashion_mnist_ddpm.safetensors"
 
 
 # The modes as wgsl-diff's --uc-mode spells them, and as reference_uncertainty.py names its maps.
-MODES = {"centred": "centred", "variance": "variance", "variance-biased": "variance_biased"}
+MODES = {"centred": "centred", "variance": "variance", "variance-biased": "variance_biased",
+         "typicality": "typicality", "posterior-variance": "posterior_variance", "residual": "residual"}
+Z_SCORED = ("posterior-variance", "residual")
+
+
+def run_modes(reference):
+    """The modes a run computes: the z-scored ones only against a reference."""
+    return [m for m in MODES if reference is not None or m not in Z_SCORED]
+
+
+def load_reference(path, timesteps, sample_shape, copies):
+    """A reference .npz (`wgsl-diff reference`, --make-reference) as float64 tensors, checked
+    against the run's timesteps, sample shape and M like src/uncertainty/reference.rs."""
+    data = np.load(path)
+    if [int(t) for t in data["timesteps"]] != [int(t) for t in timesteps] \
+            or tuple(int(v) for v in data["sample_shape"]) != tuple(sample_shape) \
+            or int(data["copies"][0]) != copies:
+        raise SystemExit(f"{path}: made for timesteps {data['timesteps'].tolist()}, samples "
+                         f"{data['sample_shape'].tolist()} and M = {int(data['copies'][0])}; the run has "
+                         f"{list(timesteps)}, {sample_shape} and M = {copies}")
+    if (data["residual_sd"] <= 0).any():
+        raise SystemExit(f"{path}: a step's residual spread is 0")
+    return {k: torch.from_numpy(data[k]) for k in REFERENCE_STATS}
+
+
+def step_maps(unet, eps, x0_hat, t, abar, perturbation, copies, reference, step):
+    """Every mode's map at one step (B, C, H, W), keyed by wgsl-diff's mode names."""
+    shape = x0_hat.shape
+    renoised = abar.sqrt() * x0_hat.repeat(copies, 1, 1, 1) + (1 - abar).sqrt() * perturbation
+    eps_copies = unet(renoised, t).sample.view(copies, *shape)
+    maps = uncertainty_maps(eps, eps_copies)
+    maps.update(stein_maps(eps_copies.double(), perturbation.view(copies, *shape).double(),
+                           float((1 - abar) / abar), reference, step))
+    return {mode: maps[name] for mode, name in MODES.items() if mode in run_modes(reference)}
 
 
 @torch.no_grad()
-def sample_batch(unet, scheduler, args, first, count, window):
-    """Samples first .. first + count; returns (images in [-1, 1], {mode: per-step scores})."""
+def sample_batch(unet, scheduler, args, first, count, window, x=None, start=0):
+    """Samples first .. first + count (from x at step `start` when given, for AUSE's half-way
+    start); returns (images in [-1, 1], {mode: per-step scores}, {mode: map summed over window})."""
     c, size = unet.config.in_channels, unet.config.sample_size
     shape = (count, c, size, size)
     device = next(unet.parameters()).device
     noise = lambda n: torch.from_numpy(n).to(device)
-    x = noise(wgsl_noise.normal(args.seed, wgsl_noise.INITIAL, 0, shape, first))
-    step_scores = {mode: torch.zeros(count, len(scheduler.timesteps)) for mode in MODES}
+    if x is None:
+        x = noise(wgsl_noise.normal(args.seed, wgsl_noise.INITIAL, 0, shape, first))
+    modes = run_modes(args.reference)
+    step_scores = {mode: torch.zeros(count, len(scheduler.timesteps), dtype=torch.float64) for mode in modes}
+    totals = {mode: torch.zeros(shape, dtype=torch.float64) for mode in modes}
     for i, t in enumerate(scheduler.timesteps):
+        if i < start:
+            continue
         eps = unet(x, t).sample
         if args.guidance and i in args.guidance_window:
             perturbation = noise(
@@ -71,14 +130,110 @@ def sample_batch(unet, scheduler, args, first, count, window):
             abar = scheduler.alphas_cumprod[t]
             perturbation = noise(
                 wgsl_noise.copies(args.seed, wgsl_noise.UNCERTAINTY, i, args.mc_samples, shape, first))
-            x0 = out.pred_original_sample.repeat(args.mc_samples, 1, 1, 1)
-            renoised = abar.sqrt() * x0 + (1 - abar).sqrt() * perturbation
-            eps_copies = unet(renoised, t).sample.view(args.mc_samples, *shape)
-            maps = uncertainty_maps(eps, eps_copies)
-            for mode, name in MODES.items():
-                step_scores[mode][:, i] = maps[name].sum(dim=(1, 2, 3)).cpu()
+            maps = step_maps(unet, eps, out.pred_original_sample, t, abar, perturbation,
+                             args.mc_samples, args.reference, i)
+            for mode, value in maps.items():
+                step_scores[mode][:, i] = value.sum(dim=(1, 2, 3)).cpu().double()
+                totals[mode] += value.cpu().double()
         x = out.prev_sample
-    return x, step_scores
+    return x, step_scores, totals
+
+
+def image_score(mode, step_scores):
+    """The image score from per-step scores (N, steps): their sum (typicality: of |Δ_t|)."""
+    return np.abs(step_scores).sum(axis=1) if mode == "typicality" else step_scores.sum(axis=1)
+
+
+def pad_images(pixels, shape):
+    """uint8 (K, H0, W0) images centred on the model's (C, H, W) canvas in [-1, 1], background -1
+    (as tools/train_demo.py pads and src/uncertainty/reference.rs reads real images)."""
+    c, h, w = shape
+    out = -torch.ones((len(pixels), c, h, w))
+    dy, dx = (h - pixels.shape[1]) // 2, (w - pixels.shape[2]) // 2
+    out[:, :, dy:dy + pixels.shape[1], dx:dx + pixels.shape[2]] = \
+        torch.from_numpy(pixels.astype(np.float32) / 127.5 - 1.0).unsqueeze(1)
+    return out
+
+
+@torch.no_grad()
+def real_batch(unet, scheduler, args, x0, first):
+    """Real images x0 (B, C, H, W) noised to every step's timestep and scored at that step alone:
+    ({mode: (B, steps) step scores}, {raw statistic: (steps, B, ...)}) as `wgsl-diff reference`."""
+    device = next(unet.parameters()).device
+    shape = tuple(x0.shape)
+    modes = run_modes(args.reference)
+    steps = len(scheduler.timesteps)
+    scores = {mode: torch.zeros(shape[0], steps, dtype=torch.float64) for mode in modes}
+    raw = {"posterior_variance": [], "residual": [], "typicality": []}
+    for i, t in enumerate(scheduler.timesteps):
+        abar = scheduler.alphas_cumprod[t]
+        z = torch.from_numpy(wgsl_noise.normal(args.seed, wgsl_noise.REFERENCE, i, shape, first)).to(device)
+        x = abar.sqrt() * x0 + (1 - abar).sqrt() * z
+        eps = unet(x, t).sample
+        x0_hat = (x - (1 - abar).sqrt() * eps) / abar.sqrt()
+        if scheduler.config.clip_sample:
+            x0_hat = x0_hat.clamp(-scheduler.config.clip_sample_range, scheduler.config.clip_sample_range)
+        n = torch.from_numpy(
+            wgsl_noise.copies(args.seed, wgsl_noise.UNCERTAINTY, i, args.mc_samples, shape, first)).to(device)
+        renoised = abar.sqrt() * x0_hat.repeat(args.mc_samples, 1, 1, 1) + (1 - abar).sqrt() * n
+        eps_copies = unet(renoised, t).sample.view(args.mc_samples, *shape)
+        n = n.view(args.mc_samples, *shape).double()
+        rho = float((1 - abar) / abar)
+        unscaled = stein_maps(eps_copies.double(), n, rho, None, i)
+        raw["posterior_variance"].append(unscaled["posterior_variance"].cpu())
+        raw["residual"].append(unscaled["residual"].sum(dim=(1, 2, 3)).cpu())
+        raw["typicality"].append(unscaled["typicality"].sum(dim=(1, 2, 3)).cpu())
+        maps = uncertainty_maps(eps, eps_copies)
+        maps.update(stein_maps(eps_copies.double(), n, rho, args.reference, i))
+        for mode in modes:
+            scores[mode][:, i] = maps[MODES[mode]].sum(dim=(1, 2, 3)).cpu().double()
+    return scores, {k: torch.stack(v) for k, v in raw.items()}
+
+
+def real_run(unet, scheduler, args):
+    """--real-images: step scores of real images, and with --make-reference the statistics file."""
+    pixels = read_idx_images(args.real_images)[args.start_index:args.start_index + args.num]
+    shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    images = pad_images(pixels, shape)
+    device = next(unet.parameters()).device
+    all_scores, all_raw = [], []
+    start = time.time()
+    for first in range(0, len(images), args.batch):
+        x0 = images[first:first + args.batch]
+        # Noise rows are image indices in the file, as `wgsl-diff reference` draws them.
+        part = args.out / "parts" / f"real_{args.start_index + first:06}_{len(x0)}.pt"
+        if part.exists():
+            scores, raw = torch.load(part)
+        else:
+            scores, raw = real_batch(unet, scheduler, args, x0.to(device), args.start_index + first)
+            for k, image in enumerate(x0):
+                save_png(image, args.out / f"sample_{args.start_index + first + k:06}.png")
+            save_part((scores, raw), part)
+        all_scores.append(scores)
+        all_raw.append(raw)
+        print(f"real images {first}..{first + len(x0)} done, {time.time() - start:.0f} s", flush=True)
+    for mode in all_scores[0]:
+        np.save(args.out / f"step_scores_{mode}.npy", torch.cat([s[mode] for s in all_scores]).numpy())
+    if args.make_reference:
+        if args.start_index != 0:
+            raise SystemExit("--make-reference: wgsl-diff reference starts at image 0; drop --start-index")
+        raw = {k: torch.cat([r[k] for r in all_raw], dim=1) for k in all_raw[0]}  # (steps, K, ...)
+        stats = {}
+        for name, v in raw.items():
+            stats[f"{name}_mean"] = v.mean(dim=1).numpy()
+            stats[f"{name}_sd"] = v.std(dim=1, unbiased=True).numpy()
+        np.savez(args.make_reference, timesteps=scheduler.timesteps.numpy().astype(np.float64),
+                 sample_shape=np.array(shape, dtype=np.float64), copies=np.array([args.mc_samples], dtype=np.float64),
+                 images=np.array([len(images)], dtype=np.float64), seed=np.array([args.seed], dtype=np.float64),
+                 **stats)
+        print(f"reference of {len(images)} images in {args.make_reference}")
+
+
+def save_part(value, path):
+    """One finished batch's scores, written last (atomically) so a rerun resumes after it."""
+    path.parent.mkdir(exist_ok=True)
+    torch.save(value, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)
 
 
 def save_png(image, path):
@@ -100,7 +255,14 @@ def main():
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--uncertainty", action="store_true")
     p.add_argument("-M", "--mc-samples", type=int, default=5)
-    p.add_argument("--uc-mode", choices=("centred", "variance", "variance-biased"), default="centred")
+    p.add_argument("--uc-mode", choices=tuple(MODES), default="centred")
+    p.add_argument("--uc-reference", type=Path, help="reference .npz for the z-scored modes")
+    p.add_argument("--save-total-maps", action="store_true",
+                   help="also write total_maps_MODE.npy (N, C, H, W): each map summed over the window")
+    p.add_argument("--real-images", type=Path, metavar="IDX",
+                   help="score real images (--num of them from --start-index) instead of sampling")
+    p.add_argument("--make-reference", type=Path, metavar="FILE",
+                   help="with --real-images: write the reference .npz of `wgsl-diff reference`")
     p.add_argument("--uc-start", type=int, default=0)
     p.add_argument("--uc-steps", type=int, help="[default: all from --uc-start]")
     p.add_argument("--guidance", choices=("gradient", "posterior"))
@@ -112,8 +274,10 @@ def main():
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     args = p.parse_args()
-    if args.uncertainty and args.mc_samples < 2:
+    if (args.uncertainty or args.real_images) and args.mc_samples < 2:
         p.error("-M must be at least 2")
+    if args.make_reference and not args.real_images:
+        p.error("--make-reference needs --real-images")
     torch.set_num_threads(args.threads)
 
     unet = load_unet(args.model).to(args.device)
@@ -127,26 +291,48 @@ def main():
     if args.threshold_file is not None:
         args.threshold = torch.from_numpy(np.load(args.threshold_file))
 
+    shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    args.reference = None
+    if args.uc_reference is not None:
+        args.reference = load_reference(args.uc_reference, scheduler.timesteps.tolist(), shape,
+                                        args.mc_samples)
+    if args.uncertainty and args.uc_mode in Z_SCORED and args.reference is None:
+        p.error(f"--uc-mode {args.uc_mode} is z-scored against real images: pass --uc-reference")
+
     args.out.mkdir(parents=True, exist_ok=True)
-    all_scores = []
+    if args.real_images:
+        real_run(unet, scheduler, args)
+        return
+    all_scores, all_totals = [], []
     start = time.time()
     for first in range(args.start_index, args.start_index + args.num, args.batch):
         count = min(args.batch, args.start_index + args.num - first)
-        images, step_scores = sample_batch(unet, scheduler, args, first, count, window)
-        for k, image in enumerate(images.cpu()):
-            save_png(image, args.out / f"sample_{first + k:06}.png")
+        part = args.out / "parts" / f"samples_{first:06}_{count}.pt"
+        if part.exists():
+            step_scores, totals = torch.load(part)
+        else:
+            images, step_scores, totals = sample_batch(unet, scheduler, args, first, count, window)
+            for k, image in enumerate(images.cpu()):
+                save_png(image, args.out / f"sample_{first + k:06}.png")
+            save_part((step_scores, totals if args.save_total_maps else {}), part)
         all_scores.append(step_scores)
+        all_totals.append(totals)
         print(f"samples {first}..{first + count} done, {time.time() - start:.0f} s", flush=True)
 
     if args.uncertainty:
-        for mode in MODES:
+        for mode in all_scores[0]:
             scores = torch.cat([s[mode] for s in all_scores]).numpy()
             np.save(args.out / f"step_scores_{mode}.npy", scores)
+            if args.save_total_maps:
+                np.save(args.out / f"total_maps_{mode}.npy", torch.cat([t[mode] for t in all_totals]).numpy())
         step_scores = np.load(args.out / f"step_scores_{args.uc_mode}.npy")
         np.save(args.out / "step_scores.npy", step_scores)
-        totals = step_scores.astype(np.float64).sum(axis=1)
-        lines = ["index,file,score"] + [
-            f"{args.start_index + k},sample_{args.start_index + k:06}.png,{s:.9g}" for k, s in enumerate(totals)]
+        totals = image_score(args.uc_mode, step_scores.astype(np.float64))
+        header = ",".join(["index,file,score"] + [f"score_step_{i}" for i in window])
+        lines = [header] + [
+            ",".join([f"{args.start_index + k},sample_{args.start_index + k:06}.png,{s:.9g}"]
+                     + [f"{step_scores[k, i]:.9g}" for i in window])
+            for k, s in enumerate(totals)]
         (args.out / "scores.csv").write_text("\n".join(lines) + "\n")
     print(f"{args.num} samples in {args.out} ({time.time() - start:.0f} s)")
 

@@ -9,7 +9,9 @@ Layout (see shaders/rng.wgsl and src/sampling/noise.rs `NoisePlan::key`): elemen
 tensor with row length C*H*W comes from block j // 4 of
     philox4x32_10(counter = (j // 4, i, tag_lo, tag_hi + copy), key = (seed_lo, seed_hi))
 with tag = purpose << 48 | step, purpose 1 = initial, 2 = ancestral, 3 = uncertainty,
-4 = guidance. A block's four words (x, y, z, w) give (r0 cos t0, r0 sin t0, r1 cos t1, r1 sin t1), r = sqrt(-2 ln u(x or z)),
+4 = guidance, 5 = dropout, 6 = reference (real images noised to a step's timestep by
+`wgsl-diff reference`). A block's four words (x, y, z, w) give (r0 cos t0, r0 sin t0, r1 cos t1,
+r1 sin t1), r = sqrt(-2 ln u(x or z)),
 t = 2 pi u(y or w), u(b) = ((b >> 8) + 0.5) / 2^24.
 
 Usage:
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-INITIAL, ANCESTRAL, UNCERTAINTY, GUIDANCE = 1, 2, 3, 4
+INITIAL, ANCESTRAL, UNCERTAINTY, GUIDANCE, DROPOUT, REFERENCE = 1, 2, 3, 4, 5, 6
 _M0, _M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
 _W0, _W1 = 0x9E3779B9, 0xBB67AE85
 _MASK32 = np.uint64(0xFFFFFFFF)

@@ -5,6 +5,7 @@ pub mod calibrate;
 pub mod eval;
 pub mod fid;
 pub mod filter;
+pub mod reference;
 pub mod sample;
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};

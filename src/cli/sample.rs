@@ -5,8 +5,9 @@ use anyhow::{bail, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::ops::Range;
-use std::path::PathBuf;
-use wgsl_diff::gpu::{AdapterChoice, Gpu};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use wgsl_diff::gpu::{AdapterChoice, Gpu, NO_TIMESTAMPS};
 use wgsl_diff::guidance::{GuidanceConfig, GuidanceRule, Threshold};
 use wgsl_diff::limits::{MAX_BATCH, MAX_COPIES, MAX_TRAIN_TIMESTEPS, SAMPLE_INDEX_END};
 use wgsl_diff::ops::UncertaintyMode;
@@ -14,7 +15,7 @@ use wgsl_diff::run_dir::{
     HeatmapScale, SampleJob, SampleProgress, SampleRequest, Shard, DEFAULT_MODEL,
 };
 use wgsl_diff::sampling::{ClassChoice, SamplerChoice, SamplerKind, Spacing};
-use wgsl_diff::uncertainty::{UncertaintyConfig, UncertaintyMethod};
+use wgsl_diff::uncertainty::{UncertaintyConfig, UncertaintyMethod, UncertaintyReference};
 use wgsl_diff::Error;
 
 /// The model and how to sample it; shared by `sample` and `calibrate`.
@@ -108,6 +109,10 @@ pub struct SampleArgs {
     /// How the M predictions are summarised [default: centred; variance for mc-dropout]
     #[arg(long, value_parser = named::<UncertaintyMode>(UncertaintyMode::NAMES), requires = "uncertainty")]
     pub uc_mode: Option<UncertaintyMode>,
+    /// The real-image reference (`wgsl-diff reference`) that the posterior-variance and
+    /// residual modes are z-scored against
+    #[arg(long, requires = "uncertainty")]
+    pub uc_reference: Option<PathBuf>,
     /// First sampling step (0-based) with uncertainty estimation
     #[arg(long, default_value_t = 0, requires = "uncertainty")]
     pub uc_start: usize,
@@ -152,6 +157,12 @@ pub struct SampleArgs {
     /// Hide the progress bar
     #[arg(long)]
     pub quiet: bool,
+    /// Profile the run: GPU time per kernel family, kernel, UNet block and module (timestamp
+    /// queries, where the adapter has them), dispatches, submits and bytes per step, and
+    /// memory; printed as tables and saved as profile.json in --out. Each submit then waits
+    /// for its timestamps, so the run is a little slower
+    #[arg(long)]
+    pub profile: bool,
 }
 
 impl SampleArgs {
@@ -189,6 +200,12 @@ impl SampleArgs {
                 ..paper
             }
         });
+        let reference = self
+            .uc_reference
+            .as_deref()
+            .map(UncertaintyReference::load)
+            .transpose()?
+            .map(Arc::new);
         let uncertainty = self.uncertainty.then(|| UncertaintyConfig {
             copies,
             method: self.uc_method,
@@ -199,6 +216,7 @@ impl SampleArgs {
             start: self.uc_start,
             steps: self.uc_steps,
             keep_maps: self.save_maps.is_some(),
+            reference,
             ..Default::default()
         });
         let request = SampleRequest {
@@ -228,6 +246,17 @@ impl SampleArgs {
     }
 }
 
+/// Rows of the module and kernel tables `--profile` prints (profile.json has them all).
+const PROFILE_TOP: usize = 20;
+
+/// Where `--profile` saves its JSON: beside the manifest, one file per shard.
+fn profile_path(out: &Path, shard: Option<&Shard>) -> PathBuf {
+    match shard {
+        Some(s) => out.join(format!("profile-{}-of-{}.json", s.index, s.count)),
+        None => out.join("profile.json"),
+    }
+}
+
 /// The progress bar, counted in sample-steps.
 struct Bar(ProgressBar);
 
@@ -244,7 +273,11 @@ impl SampleProgress for Bar {
 /// Checks the flags before the GPU is opened, then samples.
 pub fn run(adapter: &AdapterChoice, args: &SampleArgs) -> Result<()> {
     let request = args.request()?;
+    let profile_file = profile_path(&args.out, request.shard.as_ref());
     let gpu = Gpu::new(adapter)?;
+    if args.profile && !gpu.start_profile() {
+        eprintln!("note: {NO_TIMESTAMPS}");
+    }
     let job = SampleJob::prepare(&gpu, request)?;
     let (todo, own) = (job.todo().len(), job.own().len());
     let bar = if args.quiet {
@@ -282,6 +315,11 @@ pub fn run(adapter: &AdapterChoice, args: &SampleArgs) -> Result<()> {
         );
     }
     println!("{} samples in {}", summary.samples, args.out.display());
+    if let Some(profile) = gpu.finish_profile()? {
+        profile.save(&profile_file)?;
+        println!("{}", profile.table(PROFILE_TOP));
+        println!("profile saved as {}", profile_file.display());
+    }
     if summary.missing > 0 {
         println!(
             "{} samples of the run are not there yet (other shards): the last worker to finish \

@@ -332,7 +332,9 @@ impl Gpu {
             return Ok(());
         }
         let cached = self.pipeline(kernel, inputs.len(), outputs.len());
-        self.with_encoder(|encoder, arena| {
+        self.record(|encoder, arena, profiler| {
+            let timed = profiler
+                .and_then(|p| p.dispatch(&self.device, kernel.shader.name, kernel.entry));
             let (chunk, offset) = arena.push(&self.device, params);
             let mut entries = vec![wgpu::BindGroupEntry {
                 binding: 0,
@@ -355,7 +357,13 @@ impl Gpu {
             });
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(kernel.entry),
-                timestamp_writes: None,
+                timestamp_writes: timed.as_ref().map(|(query_set, first)| {
+                    wgpu::ComputePassTimestampWrites {
+                        query_set,
+                        beginning_of_pass_write_index: Some(*first),
+                        end_of_pass_write_index: Some(first + 1),
+                    }
+                }),
             });
             pass.set_pipeline(&cached.pipeline);
             pass.set_bind_group(0, &bind_group, &[]);

@@ -2,19 +2,24 @@
 //!
 //! Every op records its dispatches into the open encoder; nothing reaches the GPU until
 //! [`Gpu::flush`] (one submit per sampling step) or a read-back, which flushes first. Tensors
-//! stay in GPU memory; only [`Gpu::read`] brings data back.
+//! stay in GPU memory; only [`Gpu::read`] brings data back. While a [`Profile`] is recorded
+//! ([`Gpu::start_profile`]) every dispatch is also timed and attributed to its kernel and to the
+//! [`Gpu::scope`] the model code opened.
 
 mod kernel;
+mod profile;
 mod tensor;
 
 pub(crate) use kernel::kernel_params;
 #[cfg(test)]
 pub(crate) use kernel::wgsl;
 pub use kernel::{checked_u32, shaders, Kernel, KernelParams, Shader, LINEAR_WORKGROUP};
+pub use profile::{Profile, ProfileMemory, Row, Scope, Step, StepRow, NO_TIMESTAMPS, UNSCOPED};
 pub use tensor::{MemoryStats, Shape, Tensor};
 
 use crate::error::{Error, Result};
 use kernel::{ParamArena, PipelineCache};
+use profile::Profiler;
 use std::sync::{Arc, Mutex};
 use tensor::BufferPool;
 
@@ -97,6 +102,8 @@ struct Recording {
     params: ParamArena,
     dispatches: usize,
     submissions: usize,
+    /// Set while a profile is recorded ([`Gpu::start_profile`]).
+    profiler: Option<Profiler>,
 }
 
 fn instance() -> wgpu::Instance {
@@ -173,6 +180,7 @@ impl Gpu {
                 params,
                 dispatches: 0,
                 submissions: 0,
+                profiler: None,
             }),
         })
     }
@@ -212,12 +220,20 @@ impl Gpu {
     /// Submits everything recorded so far as one command buffer.
     pub fn flush(&self) {
         let mut rec = self.state.lock().unwrap();
-        if let Some(encoder) = rec.encoder.take() {
+        let rec = &mut *rec;
+        if let Some(mut encoder) = rec.encoder.take() {
+            let timestamps = rec
+                .profiler
+                .as_mut()
+                .and_then(|p| p.resolve(&self.device, &mut encoder));
             rec.params.upload(&self.queue);
             self.queue.submit([encoder.finish()]);
             rec.params.reset();
             rec.dispatches = 0;
             rec.submissions += 1;
+            if let Some(p) = rec.profiler.as_mut() {
+                p.submitted(&self.device, timestamps);
+            }
         }
     }
 
@@ -240,10 +256,21 @@ impl Gpu {
         self.state.lock().unwrap().dispatches
     }
 
-    /// Records `f` into the open encoder, creating one if needed.
-    fn with_encoder<R>(
+    /// Records a copy or clear `f` into the open encoder, creating one if needed.
+    fn with_encoder<R>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> R) -> R {
+        self.record(|encoder, _, profiler| {
+            if let Some(p) = profiler {
+                p.copy();
+            }
+            f(encoder)
+        })
+    }
+
+    /// Records `f` into the open encoder, creating one if needed; `f` also gets the dispatch
+    /// parameters and the profiler, if one is attached.
+    fn record<R>(
         &self,
-        f: impl FnOnce(&mut wgpu::CommandEncoder, &mut ParamArena) -> R,
+        f: impl FnOnce(&mut wgpu::CommandEncoder, &mut ParamArena, Option<&mut Profiler>) -> R,
     ) -> R {
         let mut rec = self.state.lock().unwrap();
         let rec = &mut *rec;
@@ -254,7 +281,7 @@ impl Gpu {
                 })
         });
         rec.dispatches += 1;
-        f(encoder, &mut rec.params)
+        f(encoder, &mut rec.params, rec.profiler.as_mut())
     }
 
     /// Copies a tensor's contents back to the CPU (flushing pending work first).
@@ -273,7 +300,7 @@ impl Gpu {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        self.with_encoder(|enc, _| {
+        self.with_encoder(|enc| {
             let mut offset = 0;
             for t in tensors {
                 enc.copy_buffer_to_buffer(t.buffer(), 0, &staging, offset, t.byte_len());

@@ -6,7 +6,7 @@
 
 use super::Gpu;
 use crate::error::{Error, Result};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -16,50 +16,109 @@ const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::COPY_SRC)
     .union(wgpu::BufferUsages::COPY_DST);
 
-/// Free buffers by exact byte size (sizes repeat layer after layer, so exact reuse hits), and
-/// the bytes that live tensors hold.
+/// How much larger than a request a free buffer may be and still serve it. Reusing a larger
+/// buffer keeps what the device holds near the live set when sizes differ from layer to layer
+/// (the up path's concatenations, attention's sequences); the cap bounds what one tensor can
+/// waste.
+const REUSE_SLACK: u64 = 2;
+
+/// Free buffers by byte size, each with the trim epoch in which it was freed, and the bytes
+/// that live tensors hold. A request takes the smallest free buffer that fits it (up to
+/// [`REUSE_SLACK`] times its size): a tensor dropped after its last use hands its buffer to
+/// the next op, so a forward holds about its largest live set.
 #[derive(Default)]
 pub(crate) struct BufferPool {
-    free: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
+    free: Mutex<BTreeMap<u64, Vec<(wgpu::Buffer, u64)>>>,
+    epoch: AtomicU64,
     live: AtomicU64,
     peak: AtomicU64,
+    peak_held: AtomicU64,
     created: AtomicU64,
+    requested: AtomicU64,
+    pooled: AtomicU64,
 }
 
-/// GPU memory held through the pool, in bytes.
+/// GPU memory held through the pool, in bytes. Live and held bytes count whole buffers, which
+/// may be larger than the tensors in them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemoryStats {
     /// Held by live tensors now.
     pub live: u64,
     /// The most held by live tensors at once since the last [`Gpu::reset_peak_memory`].
     pub peak: u64,
+    /// The most held by the pool at once (live and free buffers: what the device holds for
+    /// tensors) since the last [`Gpu::reset_peak_memory`].
+    pub peak_held: u64,
     /// Every buffer created so far, live or pooled.
     pub created: u64,
+    /// Every tensor made so far (its own bytes), from a pooled buffer or a new one.
+    pub requested: u64,
+    /// Held by free buffers in the pool now.
+    pub pooled: u64,
 }
 
 impl BufferPool {
+    /// The smallest free buffer of at least `size` bytes and at most [`REUSE_SLACK`] times that.
     fn take(&self, size: u64) -> Option<wgpu::Buffer> {
-        self.free.lock().unwrap().get_mut(&size)?.pop()
+        let mut free = self.free.lock().unwrap();
+        let (_, list) = free
+            .range_mut(size..=size.saturating_mul(REUSE_SLACK))
+            .find(|(_, list)| !list.is_empty())?;
+        let (buffer, _) = list.pop()?;
+        self.pooled.fetch_sub(buffer.size(), Ordering::Relaxed);
+        Some(buffer)
     }
     fn give(&self, buffer: wgpu::Buffer) {
         self.live.fetch_sub(buffer.size(), Ordering::Relaxed);
+        self.pooled.fetch_add(buffer.size(), Ordering::Relaxed);
+        let epoch = self.epoch.load(Ordering::Relaxed);
         let mut free = self.free.lock().unwrap();
-        free.entry(buffer.size()).or_default().push(buffer);
+        free.entry(buffer.size()).or_default().push((buffer, epoch));
     }
-    fn hold(&self, bytes: u64) {
+    fn create(&self, bytes: u64) {
+        self.created.fetch_add(bytes, Ordering::Relaxed);
+    }
+    /// A tensor of `requested` bytes now lives in a buffer of `bytes`.
+    fn hold(&self, bytes: u64, requested: u64) {
+        self.requested.fetch_add(requested, Ordering::Relaxed);
         let live = self.live.fetch_add(bytes, Ordering::Relaxed) + bytes;
         self.peak.fetch_max(live, Ordering::Relaxed);
+        let held = live + self.pooled.load(Ordering::Relaxed);
+        self.peak_held.fetch_max(held, Ordering::Relaxed);
+    }
+    /// Frees the buffers that stayed free since the last trim (`all`: every free buffer), and
+    /// starts a new epoch.
+    fn trim(&self, all: bool) {
+        let mut free = self.free.lock().unwrap();
+        let now = self.epoch.fetch_add(1, Ordering::Relaxed);
+        let mut released = 0;
+        for list in free.values_mut() {
+            list.retain(|(buffer, freed)| {
+                let keep = !all && *freed >= now;
+                if !keep {
+                    released += buffer.size();
+                }
+                keep
+            });
+        }
+        free.retain(|_, list| !list.is_empty());
+        self.pooled.fetch_sub(released, Ordering::Relaxed);
     }
     pub(crate) fn stats(&self) -> MemoryStats {
         MemoryStats {
             live: self.live.load(Ordering::Relaxed),
             peak: self.peak.load(Ordering::Relaxed),
+            peak_held: self.peak_held.load(Ordering::Relaxed),
             created: self.created.load(Ordering::Relaxed),
+            requested: self.requested.load(Ordering::Relaxed),
+            pooled: self.pooled.load(Ordering::Relaxed),
         }
     }
     pub(crate) fn reset_peak(&self) {
-        self.peak
-            .store(self.live.load(Ordering::Relaxed), Ordering::Relaxed);
+        let live = self.live.load(Ordering::Relaxed);
+        self.peak.store(live, Ordering::Relaxed);
+        let held = live + self.pooled.load(Ordering::Relaxed);
+        self.peak_held.store(held, Ordering::Relaxed);
     }
 }
 
@@ -147,8 +206,8 @@ impl Gpu {
         Ok(bytes)
     }
 
-    fn wrap(&self, buffer: wgpu::Buffer, shape: &[usize]) -> Tensor {
-        self.pool.hold(buffer.size());
+    fn wrap(&self, buffer: wgpu::Buffer, shape: &[usize], requested: u64) -> Tensor {
+        self.pool.hold(buffer.size(), requested);
         Tensor {
             storage: Arc::new(Storage {
                 buffer: Some(buffer),
@@ -163,16 +222,29 @@ impl Gpu {
         self.pool.stats()
     }
 
-    /// Starts a new peak measurement from what is live now.
+    /// Starts a new peak measurement from what is live (and held) now.
     pub fn reset_peak_memory(&self) {
         self.pool.reset_peak()
+    }
+
+    /// Releases the pooled buffers that no tensor took since the previous call: called once
+    /// per sampling step, it keeps what every step reuses and lets go of what a run no longer
+    /// needs (an earlier phase's sizes, a last smaller batch, guidance's copies after its
+    /// steps).
+    pub fn trim_idle_memory(&self) {
+        self.pool.trim(false)
+    }
+
+    /// Releases every pooled buffer (live tensors keep theirs).
+    pub fn release_free_memory(&self) {
+        self.pool.trim(true)
     }
 
     /// An uninitialised tensor, reusing a pooled buffer when one of the right size is free.
     pub fn empty(&self, shape: &[usize]) -> Result<Tensor> {
         let bytes = self.check_size(shape)?;
         let buffer = self.pool.take(bytes).unwrap_or_else(|| {
-            self.pool.created.fetch_add(bytes, Ordering::Relaxed);
+            self.pool.create(bytes);
             self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: None,
                 size: bytes,
@@ -180,7 +252,7 @@ impl Gpu {
                 mapped_at_creation: false,
             })
         });
-        Ok(self.wrap(buffer, shape))
+        Ok(self.wrap(buffer, shape, bytes))
     }
 
     /// A new tensor holding `data` (a fresh buffer, filled at creation, so ordering is trivially right).
@@ -191,7 +263,7 @@ impl Gpu {
             "upload",
             || format!("{} values for shape {shape:?}", data.len()),
         )?;
-        self.pool.created.fetch_add(bytes, Ordering::Relaxed);
+        self.pool.create(bytes);
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: None,
             size: bytes,
@@ -206,20 +278,20 @@ impl Gpu {
             .map_err(|e| Error::Device(format!("mapping an upload buffer: {e:?}")))?
             .copy_from_slice(&padded);
         buffer.unmap();
-        Ok(self.wrap(buffer, shape))
+        Ok(self.wrap(buffer, shape, bytes))
     }
 
     /// A zero-filled tensor (cleared inside the open encoder, so it is ordered with other work).
     pub fn zeros(&self, shape: &[usize]) -> Result<Tensor> {
         let t = self.empty(shape)?;
-        self.with_encoder(|enc, _| enc.clear_buffer(t.buffer(), 0, None));
+        self.with_encoder(|enc| enc.clear_buffer(t.buffer(), 0, None));
         Ok(t)
     }
 
     /// Copies `src` into a new tensor (recorded, not immediate).
     pub fn copy(&self, src: &Tensor) -> Result<Tensor> {
         let dst = self.empty(src.shape())?;
-        self.with_encoder(|enc, _| {
+        self.with_encoder(|enc| {
             enc.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, src.byte_len())
         });
         Ok(dst)
@@ -238,7 +310,7 @@ impl Gpu {
                 )
             },
         )?;
-        self.with_encoder(|enc, _| {
+        self.with_encoder(|enc| {
             enc.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), offset, src.byte_len())
         });
         Ok(())
@@ -257,7 +329,7 @@ impl Gpu {
                 )
             },
         )?;
-        self.with_encoder(|enc, _| {
+        self.with_encoder(|enc| {
             enc.copy_buffer_to_buffer(src.buffer(), offset, dst.buffer(), 0, dst.byte_len())
         });
         Ok(())

@@ -57,48 +57,57 @@ impl Attention {
 
     /// [`Self::forward`] and what [`Self::backward`] needs.
     pub fn forward_saving(&self, gpu: &Gpu, x: &Tensor) -> Result<(Tensor, AttentionTape)> {
-        self.run(gpu, x, true)
+        let (y, tape) = self.run(gpu, x, true)?;
+        Ok((y, tape.expect("a saving run keeps its tape")))
     }
 
-    /// The forward; with `save_lse` the attention kernel also writes the softmax log-sum-exp,
-    /// the one value the plain forward does not compute anyway.
-    fn run(&self, gpu: &Gpu, x: &Tensor, save_lse: bool) -> Result<(Tensor, AttentionTape)> {
+    /// The forward; with `save` it keeps the tape, and the attention kernel also writes the
+    /// softmax log-sum-exp, the one value the plain forward does not compute anyway. Without
+    /// it each intermediate is dropped after its last use, so its buffer can serve the next op.
+    fn run(&self, gpu: &Gpu, x: &Tensor, save: bool) -> Result<(Tensor, Option<AttentionTape>)> {
         let &[b, c, h, w] = x.shape() else {
             return Err(Error::Shape {
                 op: "attention block",
                 msg: format!("input {:?} is not NCHW", x.shape()),
             });
         };
-        let (normed, norm) = match &self.group_norm {
-            Some(norm) => {
+        let (normed, norm) = match (&self.group_norm, save) {
+            (Some(norm), true) => {
                 let (y, tape) = norm.forward_saving(gpu, x, false)?;
                 (y, Some(tape))
             }
-            None => (x.clone(), None),
+            (Some(norm), false) => (norm.forward(gpu, x, false)?, None),
+            (None, _) => (x.clone(), None),
         };
         let tokens = ops::transpose_last2(gpu, &normed.reshape(&[b, c, h * w])?)?;
+        drop(normed);
         let q = self.to_q.forward(gpu, &tokens)?;
         let k = self.to_k.forward(gpu, &tokens)?;
         let v = self.to_v.forward(gpu, &tokens)?;
+        drop(tokens);
         let (heads, scale) = (self.heads, self.scale());
-        let (attended, lse) = if save_lse {
+        let (attended, lse) = if save {
             let (out, lse) = ops::attention_saving(gpu, &q, &k, &v, heads, scale)?;
             (out, Some(lse))
         } else {
             (ops::attention(gpu, &q, &k, &v, heads, scale)?, None)
         };
         let projected = self.to_out.forward(gpu, &attended)?;
+        let tape = match save {
+            true => Some(AttentionTape {
+                norm,
+                q,
+                k,
+                v,
+                attended,
+                lse,
+            }),
+            false => None,
+        };
         let planes = ops::transpose_last2(gpu, &projected)?.reshape(&[b, c, h, w])?;
+        drop(projected);
         let s = self.out_scale();
         let y = ops::lincomb(gpu, s, &planes, s, x)?;
-        let tape = AttentionTape {
-            norm,
-            q,
-            k,
-            v,
-            attended,
-            lse,
-        };
         Ok((y, tape))
     }
 

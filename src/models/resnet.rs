@@ -72,7 +72,7 @@ impl ResnetBlock2D {
     /// `temb_act` is SiLU(time embedding): every block applies the same SiLU to the same
     /// embedding, so the network computes it once.
     pub fn forward(&self, gpu: &Gpu, x: &Tensor, temb_act: &Tensor) -> Result<Tensor> {
-        Ok(self.forward_saving(gpu, x, temb_act)?.0)
+        Ok(self.run(gpu, x, temb_act, false)?.0)
     }
 
     /// [`Self::forward`] and what [`Self::backward`] needs, all of which the forward computes
@@ -83,19 +83,44 @@ impl ResnetBlock2D {
         x: &Tensor,
         temb_act: &Tensor,
     ) -> Result<(Tensor, ResnetTape)> {
-        let (h, norm1) = self.norm1.forward_saving(gpu, x, true)?;
-        let h = self.conv1.forward(gpu, &h)?;
+        let (y, tape) = self.run(gpu, x, temb_act, true)?;
+        Ok((y, tape.expect("a saving run keeps its tape")))
+    }
+
+    /// The forward, keeping the tape only when `save`: without one, each intermediate is
+    /// freed at its last use, so its buffer can serve the next op.
+    fn run(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        temb_act: &Tensor,
+        save: bool,
+    ) -> Result<(Tensor, Option<ResnetTape>)> {
+        let norm = |n: &GroupNorm, h: &Tensor, silu: bool| -> Result<(Tensor, Option<GroupNormTape>)> {
+            match save {
+                true => n.forward_saving(gpu, h, silu).map(|(y, t)| (y, Some(t))),
+                false => Ok((n.forward(gpu, h, silu)?, None)),
+            }
+        };
+        // Each intermediate is dropped (not shadowed, which would keep it alive) after its
+        // last use.
+        let (n1, norm1) = norm(&self.norm1, x, true)?;
+        let h = self.conv1.forward(gpu, &n1)?;
+        drop(n1);
         let t = self.time_emb_proj.forward(gpu, temb_act)?;
-        let (h, norm2, scale_shift) = match self.time_norm {
+        let (a, norm2, scale_shift) = match self.time_norm {
             TimeEmbeddingNorm::Default => {
-                let h = ops::add_channel_vec(gpu, &h, &t)?;
-                let (h, norm2) = self.norm2.forward_saving(gpu, &h, true)?;
-                (h, norm2, None)
+                let sum = ops::add_channel_vec(gpu, &h, &t)?;
+                drop(h);
+                let (a, norm2) = norm(&self.norm2, &sum, true)?;
+                (a, norm2, None)
             }
             TimeEmbeddingNorm::ScaleShift => {
-                let (h, norm2) = self.norm2.forward_saving(gpu, &h, false)?;
-                let u = ops::scale_shift(gpu, &h, &t)?;
-                (ops::silu(gpu, &u)?, norm2, Some((u, t)))
+                let (n2, norm2) = norm(&self.norm2, &h, false)?;
+                drop(h);
+                let u = ops::scale_shift(gpu, &n2, &t)?;
+                drop(n2);
+                (ops::silu(gpu, &u)?, norm2, save.then_some((u, t)))
             }
         };
         let shortcut = match &self.conv_shortcut {
@@ -104,11 +129,14 @@ impl ResnetBlock2D {
         };
         let y = self
             .conv2
-            .forward_residual(gpu, &h, Some(&shortcut), self.out_scale())?;
-        let tape = ResnetTape {
-            norm1,
-            norm2,
-            scale_shift,
+            .forward_residual(gpu, &a, Some(&shortcut), self.out_scale())?;
+        let tape = match (norm1, norm2) {
+            (Some(norm1), Some(norm2)) => Some(ResnetTape {
+                norm1,
+                norm2,
+                scale_shift,
+            }),
+            _ => None,
         };
         Ok((y, tape))
     }

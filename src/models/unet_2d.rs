@@ -539,39 +539,55 @@ impl UNet2DModel {
 
         // 1. time (and class) embedding. Every resnet applies SiLU to it first, so that is
         // done once here. It does not depend on the sample: no gradient flows through it.
-        let emb = self.embed(gpu, timesteps, class_labels)?;
-        let temb_act = ops::silu(gpu, &emb)?;
+        let temb_act = {
+            let _scope = gpu.scope("time_embedding");
+            ops::silu(gpu, &self.embed(gpu, timesteps, class_labels)?)?
+        };
 
         // 2. pre-process
-        let mut x = self.conv_in.forward(gpu, sample)?;
+        let mut x = {
+            let _scope = gpu.scope("conv_in");
+            self.conv_in.forward(gpu, sample)?
+        };
 
-        // 3. down
+        // 3. down (each block in its profile scope, named as in diffusers)
         let mut down_block_res_samples = vec![x.clone()];
-        for block in &self.down_blocks {
+        for (i, block) in self.down_blocks.iter().enumerate() {
+            let _scope = gpu.scope(format_args!("down_blocks.{i}"));
             let block_tape = tape.as_deref_mut().map(|t| push_default(&mut t.down));
             x = block.forward(gpu, &x, &temb_act, &mut down_block_res_samples, block_tape)?;
         }
 
         // 4. mid
-        let mid_tape = tape.as_deref_mut().map(|t| &mut t.mid);
-        x = self.mid_block.forward(gpu, &x, &temb_act, mid_tape)?;
+        {
+            let _scope = gpu.scope("mid_block");
+            let mid_tape = tape.as_deref_mut().map(|t| &mut t.mid);
+            x = self.mid_block.forward(gpu, &x, &temb_act, mid_tape)?;
+        }
 
         // 5. up
-        for block in &self.up_blocks {
+        for (i, block) in self.up_blocks.iter().enumerate() {
+            let _scope = gpu.scope(format_args!("up_blocks.{i}"));
             let block_tape = tape.as_deref_mut().map(|t| push_default(&mut t.up));
-            x = block.forward(gpu, &x, &mut down_block_res_samples, &temb_act, block_tape)?;
+            // Taken by value: the block frees its input once joined with the first skip.
+            x = block.forward(gpu, x, &mut down_block_res_samples, &temb_act, block_tape)?;
         }
 
         // 6. post-process: norm and SiLU in one kernel, then conv_out
-        let x = match tape {
-            Some(tape) => {
-                let (x, norm_tape) = self.conv_norm_out.forward_saving(gpu, &x, true)?;
-                tape.norm_out = Some(norm_tape);
-                x
+        let normed = {
+            let _scope = gpu.scope("conv_norm_out");
+            match tape {
+                Some(tape) => {
+                    let (y, norm_tape) = self.conv_norm_out.forward_saving(gpu, &x, true)?;
+                    tape.norm_out = Some(norm_tape);
+                    y
+                }
+                None => self.conv_norm_out.forward(gpu, &x, true)?,
             }
-            None => self.conv_norm_out.forward(gpu, &x, true)?,
         };
-        self.conv_out.forward(gpu, &x)
+        drop((x, down_block_res_samples));
+        let _scope = gpu.scope("conv_out");
+        self.conv_out.forward(gpu, &normed)
     }
 
     /// ∂⟨ε, v⟩/∂sample for the forward that recorded `tape`: the forward's steps in reverse,
@@ -583,6 +599,7 @@ impl UNet2DModel {
         if !recorded {
             return Err(incomplete_tape());
         }
+        let _scope = gpu.scope("backward");
         let d = self.conv_out.same_size_input_grad(gpu, v)?;
         let mut d = self.conv_norm_out.backward(gpu, norm_tape, &d)?;
         let mut skip_grads = Vec::new();

@@ -155,13 +155,14 @@ impl DownBlock2D {
     ) -> Result<Tensor> {
         let mut x = x.clone();
         for (j, resnet) in self.resnets.iter().enumerate() {
-            x = tape.record_resnet(gpu, resnet, &x, temb_act)?;
+            x = tape.record_resnet(gpu, j, resnet, &x, temb_act)?;
             if let Some(attn) = attentions.get(j) {
-                x = tape.record_attention(gpu, attn, &x)?;
+                x = tape.record_attention(gpu, j, attn, &x)?;
             }
             output_states.push(x.clone());
         }
         if let Some(down) = &self.downsamplers {
+            let _scope = gpu.scope("downsamplers.0");
             if let Some(tape) = tape {
                 tape.sampler_input_hw = Some((x.dim(2), x.dim(3)));
             }
@@ -254,29 +255,49 @@ trait Record {
     fn record_resnet(
         &mut self,
         gpu: &Gpu,
+        j: usize,
         resnet: &ResnetBlock2D,
         x: &Tensor,
         temb_act: &Tensor,
     ) -> Result<Tensor>;
-    fn record_attention(&mut self, gpu: &Gpu, attention: &Attention, x: &Tensor) -> Result<Tensor>;
+    fn record_attention(
+        &mut self,
+        gpu: &Gpu,
+        j: usize,
+        attention: &Attention,
+        x: &Tensor,
+    ) -> Result<Tensor>;
 }
 
+/// Each runs in the module's profile scope, `resnets.{j}` or `attentions.{j}`.
 impl Record for Option<&mut BlockTape> {
     fn record_resnet(
         &mut self,
         gpu: &Gpu,
+        j: usize,
         resnet: &ResnetBlock2D,
         x: &Tensor,
         temb_act: &Tensor,
     ) -> Result<Tensor> {
-        let (y, tape) = resnet.forward_saving(gpu, x, temb_act)?;
-        if let Some(block) = self {
-            block.resnets.push(tape);
+        let _scope = gpu.scope(format_args!("resnets.{j}"));
+        match self {
+            Some(block) => {
+                let (y, tape) = resnet.forward_saving(gpu, x, temb_act)?;
+                block.resnets.push(tape);
+                Ok(y)
+            }
+            None => resnet.forward(gpu, x, temb_act),
         }
-        Ok(y)
     }
 
-    fn record_attention(&mut self, gpu: &Gpu, attention: &Attention, x: &Tensor) -> Result<Tensor> {
+    fn record_attention(
+        &mut self,
+        gpu: &Gpu,
+        j: usize,
+        attention: &Attention,
+        x: &Tensor,
+    ) -> Result<Tensor> {
+        let _scope = gpu.scope(format_args!("attentions.{j}"));
         match self {
             Some(block) => {
                 let (y, tape) = attention.forward_saving(gpu, x)?;
@@ -429,12 +450,12 @@ impl UNetMidBlock2D {
         temb_act: &Tensor,
         mut tape: Option<&mut BlockTape>,
     ) -> Result<Tensor> {
-        let mut x = tape.record_resnet(gpu, &self.resnets[0], x, temb_act)?;
-        for (attn, resnet) in self.attentions.iter().zip(&self.resnets[1..]) {
+        let mut x = tape.record_resnet(gpu, 0, &self.resnets[0], x, temb_act)?;
+        for (j, (attn, resnet)) in self.attentions.iter().zip(&self.resnets[1..]).enumerate() {
             if let Some(attn) = attn {
-                x = tape.record_attention(gpu, attn, &x)?;
+                x = tape.record_attention(gpu, j, attn, &x)?;
             }
-            x = tape.record_resnet(gpu, resnet, &x, temb_act)?;
+            x = tape.record_resnet(gpu, j + 1, resnet, &x, temb_act)?;
         }
         Ok(x)
     }
@@ -489,10 +510,11 @@ impl UpBlock2D {
 
     /// Takes one skip per resnet off the end of `res_hidden_states` (what the down path
     /// appended, consumed in reverse). With a `tape`, records what [`Self::backward`] needs.
+    /// `x` is taken by value so that it is freed once joined with the first skip.
     pub fn forward(
         &self,
         gpu: &Gpu,
-        x: &Tensor,
+        x: Tensor,
         res_hidden_states: &mut Vec<Tensor>,
         temb_act: &Tensor,
         tape: Option<&mut BlockTape>,
@@ -504,13 +526,12 @@ impl UpBlock2D {
     fn forward_attending(
         &self,
         gpu: &Gpu,
-        x: &Tensor,
+        mut x: Tensor,
         res_hidden_states: &mut Vec<Tensor>,
         temb_act: &Tensor,
         attentions: &[Attention],
         mut tape: Option<&mut BlockTape>,
     ) -> Result<Tensor> {
-        let mut x = x.clone();
         for (j, resnet) in self.resnets.iter().enumerate() {
             // UNet2DModel builds as many up-block resnets as the down path leaves skips.
             let skip = res_hidden_states
@@ -519,14 +540,23 @@ impl UpBlock2D {
             if let Some(tape) = tape.as_deref_mut() {
                 tape.x_channels.push(x.dim(1));
             }
-            let joined = ops::concat_channels(gpu, &[&x, &skip])?;
-            x = tape.record_resnet(gpu, resnet, &joined, temb_act)?;
+            let joined = {
+                let _scope = gpu.scope(format_args!("resnets.{j}"));
+                ops::concat_channels(gpu, &[&x, &skip])?
+            };
+            // The parts are dead once joined: freed now, their buffers serve the resnet.
+            drop((x, skip));
+            x = tape.record_resnet(gpu, j, resnet, &joined, temb_act)?;
+            drop(joined);
             if let Some(attn) = attentions.get(j) {
-                x = tape.record_attention(gpu, attn, &x)?;
+                x = tape.record_attention(gpu, j, attn, &x)?;
             }
         }
         match &self.upsamplers {
-            Some(up) => up.forward(gpu, &x),
+            Some(up) => {
+                let _scope = gpu.scope("upsamplers.0");
+                up.forward(gpu, &x)
+            }
             None => Ok(x),
         }
     }
@@ -591,7 +621,7 @@ impl AttnUpBlock2D {
     pub fn forward(
         &self,
         gpu: &Gpu,
-        x: &Tensor,
+        x: Tensor,
         res_hidden_states: &mut Vec<Tensor>,
         temb_act: &Tensor,
         tape: Option<&mut BlockTape>,
@@ -636,7 +666,7 @@ impl UpBlock {
     pub fn forward(
         &self,
         gpu: &Gpu,
-        x: &Tensor,
+        x: Tensor,
         res_hidden_states: &mut Vec<Tensor>,
         temb_act: &Tensor,
         tape: Option<&mut BlockTape>,

@@ -45,7 +45,7 @@ pub use sampler::{sampler_step, StepCoeffs};
 pub use select::{
     order_statistics, quantile_per_sample, quantile_per_sample_with, quantiles, SelectPath,
 };
-pub use uncertainty::{sum_per_sample, uncertainty_map, UncertaintyMode};
+pub use uncertainty::{stein_map, sum_per_sample, uncertainty_map, UncertaintyMode};
 
 use crate::error::{Error, Result};
 
@@ -96,6 +96,7 @@ mod tests {
         wgsl::assert_params_mirror::<select::SelectParams>();
         wgsl::assert_params_mirror::<uncertainty::MapParams>();
         wgsl::assert_params_mirror::<uncertainty::SumParams>();
+        wgsl::assert_params_mirror::<uncertainty::SteinParams>();
         wgsl::assert_params_mirror::<attention_grad::AttentionGradParams>();
         wgsl::assert_params_mirror::<conv_grad::ConvGradParams>();
         wgsl::assert_params_mirror::<elementwise_grad::ElementwiseGradParams>();
@@ -129,6 +130,9 @@ mod tests {
                     ("MODE_CENTRED", mode(Mode::Centred)),
                     ("MODE_VARIANCE", mode(Mode::Variance)),
                     ("MODE_VARIANCE_BIASED", mode(Mode::VarianceBiased)),
+                    ("MODE_TYPICALITY", mode(Mode::Typicality)),
+                    ("MODE_POSTERIOR_VARIANCE", mode(Mode::PosteriorVariance)),
+                    ("MODE_RESIDUAL", mode(Mode::Residual)),
                 ],
             ),
             (

@@ -1,10 +1,11 @@
 //! The run folder's index: one record per sample PNG, rebuilt from the PNGs' tEXt chunks (index,
-//! class, score), written as `samples.json` and `scores.csv`.
+//! class, score, per-step scores), written as `samples.json` and `scores.csv`.
 
 use super::{heatmap_name, png_name};
 use crate::error::{Error, Result};
 use crate::images;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -15,6 +16,14 @@ pub struct SampleRecord {
     pub class: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub score: Option<f64>,
+    /// Each window step's score (step → the sum of its map; for typicality, Δ_t), so a study
+    /// can choose its window after the fact.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        default,
+        deserialize_with = "non_finite_as_nan"
+    )]
+    pub step_scores: Option<BTreeMap<usize, f64>>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub heatmap: Option<String>,
     /// The first step at which the sample held a NaN or ±Inf (written only with
@@ -25,6 +34,9 @@ pub struct SampleRecord {
 
 /// The PNG tEXt keyword of [`SampleRecord::non_finite_step`].
 pub const NON_FINITE_KEY: &str = "non_finite_step";
+
+/// The PNG tEXt keyword of [`SampleRecord::step_scores`]: `step:score` pairs joined by commas.
+pub const STEP_SCORES_KEY: &str = "uncertainty_step_scores";
 
 #[derive(Serialize, Deserialize)]
 pub struct Manifest {
@@ -106,12 +118,40 @@ fn read_record(dir: &Path, index: usize) -> Result<Option<SampleRecord>> {
         file: png_name(index),
         class: count("class")?,
         score: float("uncertainty_score")?,
+        step_scores: text
+            .get(STEP_SCORES_KEY)
+            .map(|v| parse_step_scores(v).ok_or_else(|| bad(STEP_SCORES_KEY, &v)))
+            .transpose()?,
         heatmap: dir
             .join(heatmap_name(index))
             .exists()
             .then(|| heatmap_name(index)),
         non_finite_step: count(NON_FINITE_KEY)?,
     }))
+}
+
+/// JSON writes a NaN or ±Inf step score as null; it reads back as NaN.
+fn non_finite_as_nan<'de, D>(d: D) -> std::result::Result<Option<BTreeMap<usize, f64>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let scores = Option::<BTreeMap<usize, Option<f64>>>::deserialize(d)?;
+    Ok(scores.map(|m| {
+        m.into_iter()
+            .map(|(step, v)| (step, v.unwrap_or(f64::NAN)))
+            .collect()
+    }))
+}
+
+/// `step:score,step:score,…` (empty: no steps).
+fn parse_step_scores(text: &str) -> Option<BTreeMap<usize, f64>> {
+    text.split(',')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (step, score) = pair.split_once(':')?;
+            Some((step.parse().ok()?, score.parse().ok()?))
+        })
+        .collect()
 }
 
 pub fn write_manifest(
@@ -145,11 +185,26 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
     })
 }
 
+/// `index,file,score`, then one `score_step_{i}` column per window step any sample has (empty
+/// where a sample lacks it).
 pub fn write_scores_csv(dir: &Path, samples: &[SampleRecord]) -> Result<()> {
-    let mut csv = String::from("index,file,score\n");
+    let steps: std::collections::BTreeSet<usize> = samples
+        .iter()
+        .flat_map(|s| s.step_scores.iter().flat_map(|m| m.keys().copied()))
+        .collect();
+    let mut csv = String::from("index,file,score");
+    steps
+        .iter()
+        .for_each(|i| csv.push_str(&format!(",score_step_{i}")));
+    csv.push('\n');
     for s in samples {
         if let Some(score) = s.score {
-            csv.push_str(&format!("{},{},{score}\n", s.index, s.file));
+            csv.push_str(&format!("{},{},{score}", s.index, s.file));
+            for i in &steps {
+                let value = s.step_scores.as_ref().and_then(|m| m.get(i));
+                csv.push_str(&value.map_or(",".into(), |v| format!(",{v}")));
+            }
+            csv.push('\n');
         }
     }
     crate::io::write_atomic(&dir.join("scores.csv"), csv.as_bytes())

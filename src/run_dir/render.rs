@@ -12,9 +12,9 @@ use std::path::Path;
 /// How heatmap colours are scaled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HeatmapScale {
-    /// Each heatmap spans its own maximum.
+    /// Each heatmap spans its own range (from 0, or its minimum when negative, to its maximum).
     Image,
-    /// One scale (the run's maximum) for all heatmaps, so they compare across samples.
+    /// One scale (the run's range) for all heatmaps, so they compare across samples.
     Shared,
 }
 
@@ -48,20 +48,22 @@ pub fn render_heatmaps(
         planes.push((s.index, h, w, plane));
     }
     // Scales span finite values: one kept non-finite map must not blacken every other heatmap.
-    let finite_max = |values: &mut dyn Iterator<Item = &f32>| {
+    // They run from 0 (or the lowest value of a signed map: typicality, the z-scored modes) to
+    // the highest.
+    let finite_range = |values: &mut dyn Iterator<Item = &f32>| {
         values
             .filter(|v| v.is_finite())
-            .fold(0f32, |m, &v| m.max(v))
+            .fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)))
     };
-    let shared = finite_max(&mut planes.iter().flat_map(|p| p.3.iter()));
+    let shared = finite_range(&mut planes.iter().flat_map(|p| p.3.iter()));
     for (index, h, w, plane) in &planes {
-        let top = match scale {
-            HeatmapScale::Image => finite_max(&mut plane.iter()),
+        let range = match scale {
+            HeatmapScale::Image => finite_range(&mut plane.iter()),
             HeatmapScale::Shared => shared,
         };
         images::write_png(
             &dir.join(heatmap_name(*index)),
-            &images::heatmap(plane, *h, *w, top),
+            &images::heatmap(plane, *h, *w, range),
             &[],
         )?;
     }

@@ -174,6 +174,11 @@ impl<'g> SampleJob<'g> {
         check_method(&request, &*model)?;
         let labels = ClassLabels::new(model.num_classes(), request.class)?;
         let sample_shape = model.sample_shape()?;
+        if let Some(uc) = &request.uncertainty {
+            if let Some(r) = &uc.reference {
+                r.check_fits(&scheduler.timesteps, sample_shape, uc.copies)?;
+            }
+        }
         let init_noise = read_init_noise(&request, sample_shape)?;
         let guidance = guidance_config(&request, &scheduler, sample_shape)?;
         create_folders(&request)?;
@@ -404,6 +409,14 @@ fn parameters(
         "uncertainty": request.uncertainty.as_ref().map(|uc| serde_json::json!({
             "M": uc.copies, "mode": uc.mode, "start": uc.start, "steps": uc.steps })),
     });
+    // Only z-scored runs name their reference, so other runs keep their identity.
+    let reference = request
+        .uncertainty
+        .as_ref()
+        .and_then(|uc| uc.reference.as_ref());
+    if let (Some(r), Some(uc)) = (reference, parameters.get_mut("uncertainty")) {
+        uc["reference"] = r.source.clone().into();
+    }
     if let (Some(g), Some(map)) = (guidance, parameters.as_object_mut()) {
         map.insert("guidance".into(), g.describe());
     }

@@ -1,6 +1,6 @@
 //! Writing finished batches into the folder, and telling which samples are already there.
 
-use super::manifest::NON_FINITE_KEY;
+use super::manifest::{NON_FINITE_KEY, STEP_SCORES_KEY};
 use super::{png_name, raw_name, total_map_name};
 use crate::error::{Error, Result};
 use crate::images;
@@ -93,6 +93,12 @@ impl BatchWriter {
         }
         if let Some(uc) = uc {
             text.push(("uncertainty_score", uc.scores[k].to_string()));
+            let steps: Vec<String> = uc
+                .step_scores
+                .iter()
+                .map(|(step, s)| format!("{step}:{}", s[k]))
+                .collect();
+            text.push((STEP_SCORES_KEY, steps.join(",")));
         }
         if let Some(step) = non_finite {
             text.push((NON_FINITE_KEY, step.to_string()));

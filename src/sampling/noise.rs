@@ -25,6 +25,9 @@ pub enum NoisePurpose {
     Guidance = 4,
     /// z deciding MC-Dropout's masks: one draw per dropout layer, M copies.
     Dropout = 5,
+    /// z noising a real image to step `step`'s timestep, for the real-image reference of the
+    /// z-scored uncertainty modes (`wgsl-diff reference`); rows are image indices.
+    Reference = 6,
 }
 
 /// Dropout draws put their layer above the sampling step in the key's step field:
@@ -40,6 +43,7 @@ impl NoisePurpose {
             NoisePurpose::Uncertainty => "uncertainty",
             NoisePurpose::Guidance => "guidance",
             NoisePurpose::Dropout => "dropout",
+            NoisePurpose::Reference => "reference",
         }
     }
 
@@ -128,6 +132,24 @@ impl NoisePlan {
         self.draw_new(
             gpu,
             NoisePurpose::Ancestral,
+            (step, 0),
+            1,
+            shape,
+            first_index,
+        )
+    }
+
+    /// z noising real images `first_index ..` to step `step`'s timestep (the reference).
+    pub fn reference(
+        &self,
+        gpu: &Gpu,
+        shape: &[usize],
+        step: usize,
+        first_index: usize,
+    ) -> Result<Tensor> {
+        self.draw_new(
+            gpu,
+            NoisePurpose::Reference,
             (step, 0),
             1,
             shape,

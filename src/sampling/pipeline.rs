@@ -167,6 +167,8 @@ pub fn sample_batch(
     let non_finite = NonFiniteFlags::new(gpu, spec.size)?;
     let mut x0_prev: Option<Tensor> = None;
     for (i, &t) in scheduler.timesteps.iter().enumerate() {
+        // A profile counts per step; the scopes name what is not the network.
+        let _step = gpu.profile_step(format_args!("sample {} step {i}", spec.first_index));
         let (mut eps, variance) =
             predict(gpu, model, scheduler, &x, &timesteps[i], labels.as_ref())?;
         let ctx = StepContext {
@@ -183,18 +185,24 @@ pub fn sample_batch(
             non_finite: &non_finite,
         };
         for hook in hooks.iter_mut() {
+            let _scope = gpu.scope("hooks");
             eps = hook.on_eps(&ctx, eps)?;
         }
-        // ε itself: with x̂0 clamped, a NaN ε can leave x finite but meaningless.
-        non_finite.record(gpu, &eps, i)?;
-        let k = scheduler.coeffs(i);
-        let z = ancestral(i, variance.as_ref())?;
-        let prev = if k.e != 0.0 { x0_prev.as_ref() } else { None };
-        let (next, x0) = ops::sampler_step(gpu, &k, &x, &eps, prev, z.as_ref())?;
-        non_finite.record(gpu, &next, i)?;
+        let (next, x0) = {
+            let _scope = gpu.scope("scheduler");
+            // ε itself: with x̂0 clamped, a NaN ε can leave x finite but meaningless.
+            non_finite.record(gpu, &eps, i)?;
+            let k = scheduler.coeffs(i);
+            let z = ancestral(i, variance.as_ref())?;
+            let prev = if k.e != 0.0 { x0_prev.as_ref() } else { None };
+            let (next, x0) = ops::sampler_step(gpu, &k, &x, &eps, prev, z.as_ref())?;
+            non_finite.record(gpu, &next, i)?;
+            (next, x0)
+        };
         x = next;
         x0_prev = Some(x0);
         gpu.flush();
+        gpu.trim_idle_memory();
         on_step(i);
     }
     Ok(SampledBatch { x, non_finite })

@@ -5,16 +5,25 @@
 //! one batched forward (split only when a buffer would exceed the device limit), and the map
 //! U_t from one Welford pass. The trajectory itself is untouched: ε is returned unchanged.
 //!
+//! The Stein modes (typicality, posterior-variance, residual; [`UncertaintyMode::needs_noise`])
+//! read the re-noise draws n_m too, and the z-scored ones a real-image [`reference`]. Every step
+//! in the window also gives each sample a per-step score, the sum of its map (for typicality,
+//! Δ_t); the image score sums them over the window (for typicality, their absolute values).
+//!
 //! The MC-Dropout baseline ([`UncertaintyMethod::McDropout`], [`mc_dropout`]) replaces the
 //! re-noised copies with M dropout passes on x_t itself; its map is the unbiased variance.
 
 pub mod mc_dropout;
+pub mod reference;
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::limits::{self, MAX_COPIES};
 use crate::ops::{self, UncertaintyMode};
 use crate::sampling::{BatchHook, NoisePurpose, StepContext, StepHook};
+pub use reference::{build_reference, ReferenceRequest, UncertaintyReference};
+use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Where the M predictions of a step come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +53,8 @@ pub struct UncertaintyConfig {
     pub max_copies_per_forward: Option<usize>,
     /// Keep each step's map (B, C, H, W) for saving.
     pub keep_maps: bool,
+    /// The real-image statistics the z-scored modes need ([`UncertaintyMode::needs_reference`]).
+    pub reference: Option<Arc<UncertaintyReference>>,
 }
 
 impl Default for UncertaintyConfig {
@@ -56,6 +67,7 @@ impl Default for UncertaintyConfig {
             steps: None,
             max_copies_per_forward: None,
             keep_maps: false,
+            reference: None,
         }
     }
 }
@@ -83,6 +95,21 @@ impl UncertaintyConfig {
             return Err(Error::Invalid(format!(
                 "MC-Dropout's map is the unbiased variance of its M passes (uc-mode variance), \
                  not {}",
+                self.mode
+            )));
+        }
+        if self.mode.needs_reference() && self.reference.is_none() {
+            return Err(Error::Invalid(format!(
+                "--uc-mode {} is z-scored against real images: make a reference file with \
+                 `wgsl-diff reference` (same model, sampler and --steps) and pass it with \
+                 --uc-reference",
+                self.mode
+            )));
+        }
+        if self.reference.is_some() && !self.mode.needs_reference() {
+            return Err(Error::Invalid(format!(
+                "--uc-reference only applies to the z-scored modes (posterior-variance, \
+                 residual), not --uc-mode {}",
                 self.mode
             )));
         }
@@ -121,6 +148,10 @@ pub struct UncertaintyEstimator {
     total: Option<Tensor>,
     /// (step, U_t) when `keep_maps`.
     pub maps: Vec<(usize, Tensor)>,
+    /// (step, per-sample sum of U_t (B)) for every window step.
+    pub step_sums: Vec<(usize, Tensor)>,
+    /// The Stein modes' (shift, scale) per step, uploaded once per run.
+    standardisation: HashMap<usize, (Tensor, Tensor)>,
 }
 
 impl UncertaintyEstimator {
@@ -130,6 +161,8 @@ impl UncertaintyEstimator {
             config,
             total: None,
             maps: Vec::new(),
+            step_sums: Vec::new(),
+            standardisation: HashMap::new(),
         })
     }
 
@@ -138,7 +171,8 @@ impl UncertaintyEstimator {
         self.total.as_ref()
     }
 
-    /// Image scores s_b = Σ over window steps, channels and pixels of U (B), on the GPU.
+    /// Σ over window steps, channels and pixels of U (B), on the GPU: the image scores of
+    /// every mode but typicality (whose score is Σ_t |Δ_t|, [`UncertaintyBatch::scores`]).
     pub fn scores(&self, gpu: &Gpu) -> Result<Option<Tensor>> {
         self.total
             .as_ref()
@@ -152,12 +186,21 @@ impl StepHook for UncertaintyEstimator {
         if !self.config.in_window(ctx.step) {
             return Ok(eps);
         }
-        let eps_copies = match self.config.method {
-            UncertaintyMethod::Renoise => self.renoised_copies(ctx, &eps)?,
-            UncertaintyMethod::McDropout => mc_dropout::predict_copies(ctx, self.config.copies)?,
-        };
+        let copies = self.config.copies;
         let gpu = ctx.gpu;
-        let map = ops::uncertainty_map(gpu, &eps, &eps_copies, self.config.mode)?;
+        let map = match self.config.method {
+            UncertaintyMethod::Renoise => {
+                let (noise, eps_copies) =
+                    renoised_copies(ctx, &eps, copies, self.config.max_copies_per_forward)?;
+                self.map(ctx, &eps, &eps_copies, &noise)?
+            }
+            UncertaintyMethod::McDropout => {
+                let eps_copies = mc_dropout::predict_copies(ctx, copies)?;
+                ops::uncertainty_map(gpu, &eps, &eps_copies, self.config.mode)?
+            }
+        };
+        self.step_sums
+            .push((ctx.step, ops::sum_per_sample(gpu, &map)?));
         let total = match &self.total {
             Some(t) => ops::add(gpu, t, &map)?,
             None => map.clone(),
@@ -173,23 +216,62 @@ impl StepHook for UncertaintyEstimator {
 }
 
 impl UncertaintyEstimator {
-    /// ε_θ at the M re-noisings of x̂0 (Algorithm 1), stacked copy-major.
-    fn renoised_copies(&self, ctx: &StepContext, eps: &Tensor) -> Result<Tensor> {
-        let gpu = ctx.gpu;
-        let x0 = ctx.scheduler.predict_x0(gpu, ctx.timestep, ctx.x, eps)?;
-        let shape = x0.shape().to_vec();
-        let copies = self.config.copies;
-        let noise = ctx.noise.perturbation(
+    /// U_t of the configured mode from ε, the copies' predictions and their re-noise draws.
+    fn map(
+        &mut self,
+        ctx: &StepContext,
+        eps: &Tensor,
+        eps_copies: &Tensor,
+        noise: &Tensor,
+    ) -> Result<Tensor> {
+        let (gpu, mode) = (ctx.gpu, self.config.mode);
+        if !mode.needs_noise() {
+            return ops::uncertainty_map(gpu, eps, eps_copies, mode);
+        }
+        let sample = &eps.shape()[1..];
+        if !self.standardisation.contains_key(&ctx.step) {
+            let len = sample.iter().product();
+            let reference = self.config.reference.as_deref();
+            let (shift, scale) = reference::standardisation(mode, reference, ctx.step, len)?;
+            let tensors = (gpu.upload(sample, &shift)?, gpu.upload(sample, &scale)?);
+            self.standardisation.insert(ctx.step, tensors);
+        }
+        let (shift, scale) = &self.standardisation[&ctx.step];
+        let a = ctx.scheduler.alpha_bar(ctx.timestep);
+        ops::stein_map(
             gpu,
-            NoisePurpose::Uncertainty,
-            &shape,
-            copies,
-            ctx.step,
-            ctx.first_index,
-        )?;
-        let noisy = ctx.scheduler.add_noise(gpu, ctx.timestep, &x0, &noise)?;
-        ctx.predict_copies(&noisy, copies, self.config.max_copies_per_forward)
+            eps_copies,
+            noise,
+            (shift, scale),
+            self.config.copies,
+            mode,
+            (1.0 - a) / a,
+        )
     }
+}
+
+/// (n_m, ε_m): the M re-noise draws of x̂0 at the context's step (Algorithm 1) and ε_θ at the
+/// re-noised copies, both stacked copy-major (M·B, C, H, W).
+pub fn renoised_copies(
+    ctx: &StepContext,
+    eps: &Tensor,
+    copies: usize,
+    max_copies_per_forward: Option<usize>,
+) -> Result<(Tensor, Tensor)> {
+    let gpu = ctx.gpu;
+    let x0 = ctx.scheduler.predict_x0(gpu, ctx.timestep, ctx.x, eps)?;
+    let shape = x0.shape().to_vec();
+    let noise = ctx.noise.perturbation(
+        gpu,
+        NoisePurpose::Uncertainty,
+        &shape,
+        copies,
+        ctx.step,
+        ctx.first_index,
+    )?;
+    let noisy = ctx.scheduler.add_noise(gpu, ctx.timestep, &x0, &noise)?;
+    let eps_copies = ctx.predict_copies(&noisy, copies, max_copies_per_forward)?;
+    Ok((noise, eps_copies))
 }
 
 /// What the estimator collected over one batch, read back.
@@ -197,6 +279,9 @@ impl UncertaintyEstimator {
 pub struct UncertaintyBatch {
     /// Image scores s_b (B).
     pub scores: Vec<f32>,
+    /// (step, per-step score of each sample (B)) for every window step: the sum of U_t (for
+    /// typicality, Δ_t).
+    pub step_scores: Vec<(usize, Vec<f32>)>,
     /// Σ_t U_t (B, C, H, W).
     pub total: Vec<f32>,
     /// (step, U_t) for each window step, when `keep_maps`.
@@ -210,6 +295,7 @@ impl BatchHook for UncertaintyEstimator {
     fn start_batch(&mut self) {
         self.total = None;
         self.maps.clear();
+        self.step_sums.clear();
     }
 
     fn finish_batch(&mut self, gpu: &Gpu) -> Result<Option<UncertaintyBatch>> {
@@ -221,8 +307,24 @@ impl BatchHook for UncertaintyEstimator {
             .iter()
             .map(|(step, map)| Ok((*step, gpu.read(map)?)))
             .collect::<Result<_>>()?;
+        let step_scores: Vec<(usize, Vec<f32>)> = self
+            .step_sums
+            .iter()
+            .map(|(step, sums)| Ok((*step, gpu.read(sums)?)))
+            .collect::<Result<_>>()?;
+        let mut scores = gpu.read(&scores)?;
+        if self.config.mode == UncertaintyMode::Typicality {
+            // Σ_t |Δ_t|, in f64 over the steps.
+            for (b, score) in scores.iter_mut().enumerate() {
+                *score = step_scores
+                    .iter()
+                    .map(|(_, s)| (s[b] as f64).abs())
+                    .sum::<f64>() as f32;
+            }
+        }
         Ok(Some(UncertaintyBatch {
-            scores: gpu.read(&scores)?,
+            scores,
+            step_scores,
             total: gpu.read(total)?,
             maps,
         }))

@@ -544,7 +544,45 @@ pub fn uncertainty_map(
                 }
                 UncertaintyMode::Variance => ss / (m - 1) as f64,
                 UncertaintyMode::VarianceBiased => ss / m as f64,
+                stein => panic!("{stein} needs the re-noise draws: use stein_map"),
             }
+        })
+        .collect()
+}
+
+/// A Stein mode's map from the copies ε_m and their draws n_m (M·n each, copy-major), written
+/// from the definitions in two passes: Ĵ_i = Σ_m n_m,i (ε_m,i − ε̄_i)/(M − 1), raw_i as in
+/// shaders/uncertainty.wgsl, map_i = (raw_i − shift_j)·scale_j with j = i mod len.
+pub struct SteinInputs<'a> {
+    pub copies: &'a [f32],
+    pub noise: &'a [f32],
+    pub m: usize,
+    pub shift: &'a [f32],
+    pub scale: &'a [f32],
+    pub rho: f64,
+}
+
+pub fn stein_map(x: &SteinInputs, mode: wgsl_diff::ops::UncertaintyMode) -> Vec<f64> {
+    use wgsl_diff::ops::UncertaintyMode;
+    let (m, len) = (x.m, x.shift.len());
+    let n = x.copies.len() / m;
+    (0..n)
+        .map(|i| {
+            let e: Vec<f64> = (0..m).map(|k| x.copies[k * n + i] as f64).collect();
+            let z: Vec<f64> = (0..m).map(|k| x.noise[k * n + i] as f64).collect();
+            let mean = e.iter().sum::<f64>() / m as f64;
+            let jac = z.iter().zip(&e).map(|(z, e)| z * (e - mean)).sum::<f64>() / (m - 1) as f64;
+            let raw = match mode {
+                UncertaintyMode::Typicality => {
+                    e.iter().map(|e| e * e).sum::<f64>() / m as f64 - jac
+                }
+                UncertaintyMode::PosteriorVariance => x.rho * (1.0 - jac).max(0.0),
+                UncertaintyMode::Residual => {
+                    e.iter().zip(&z).map(|(e, z)| (e - z).powi(2)).sum::<f64>() / m as f64
+                }
+                other => panic!("{other} is not a Stein mode"),
+            };
+            (raw - x.shift[i % len] as f64) * x.scale[i % len] as f64
         })
         .collect()
 }

@@ -98,22 +98,23 @@ impl ResBlock {
         emb_act: &Tensor,
         masks: Option<&DropoutMasks>,
     ) -> Result<Tensor> {
-        let h = self.in_norm.forward(gpu, x, true)?;
-        let h = self.resample.apply(gpu, &h)?;
+        // `h` is reassigned, not shadowed, so each intermediate is freed once replaced.
+        let mut h = self.in_norm.forward(gpu, x, true)?;
+        h = self.resample.apply(gpu, &h)?;
         let x = self.resample.apply(gpu, x)?;
-        let h = self.in_conv.forward(gpu, &h)?;
+        h = self.in_conv.forward(gpu, &h)?;
         let emb_out = self.emb_proj.forward(gpu, emb_act)?;
-        let h = match self.use_scale_shift_norm {
+        h = match self.use_scale_shift_norm {
             true => {
-                let h = self.out_norm.forward(gpu, &h, false)?;
-                ops::silu(gpu, &ops::scale_shift(gpu, &h, &emb_out)?)?
+                let n = self.out_norm.forward(gpu, &h, false)?;
+                ops::silu(gpu, &ops::scale_shift(gpu, &n, &emb_out)?)?
             }
             false => {
-                let h = ops::add_channel_vec(gpu, &h, &emb_out)?;
-                self.out_norm.forward(gpu, &h, true)?
+                let sum = ops::add_channel_vec(gpu, &h, &emb_out)?;
+                self.out_norm.forward(gpu, &sum, true)?
             }
         };
-        let h = match masks {
+        h = match masks {
             Some(masks) if self.dropout > 0.0 => masks.apply(gpu, &h, self.dropout)?,
             _ => h,
         };
@@ -194,7 +195,8 @@ impl TimestepEmbedSequential {
         masks: Option<&DropoutMasks>,
     ) -> Result<Tensor> {
         let mut h = x.clone();
-        for layer in &self.0 {
+        for (k, layer) in self.0.iter().enumerate() {
+            let _scope = gpu.scope(k);
             h = match layer {
                 Layer::Conv(conv) => conv.forward(gpu, &h)?,
                 Layer::Res(block) => block.forward(gpu, &h, emb_act, masks)?,

@@ -224,19 +224,31 @@ impl AdmModel {
         variance: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
         self.check_inputs(x, timesteps)?;
-        let emb_act = ops::silu(gpu, &self.embed(gpu, timesteps, y)?)?;
+        // Each block runs in its profile scope, named as in guided-diffusion.
+        let emb_act = {
+            let _scope = gpu.scope("time_embed");
+            ops::silu(gpu, &self.embed(gpu, timesteps, y)?)?
+        };
         let mut hs = Vec::with_capacity(self.input_blocks.len());
         let mut h = x.clone();
-        for block in &self.input_blocks {
+        for (i, block) in self.input_blocks.iter().enumerate() {
+            let _scope = gpu.scope(format_args!("input_blocks.{i}"));
             h = block.forward(gpu, &h, &emb_act, masks)?;
             hs.push(h.clone());
         }
-        h = self.middle_block.forward(gpu, &h, &emb_act, masks)?;
-        for block in &self.output_blocks {
+        {
+            let _scope = gpu.scope("middle_block");
+            h = self.middle_block.forward(gpu, &h, &emb_act, masks)?;
+        }
+        for (i, block) in self.output_blocks.iter().enumerate() {
+            let _scope = gpu.scope(format_args!("output_blocks.{i}"));
             let skip = hs.pop().expect("one skip per output block");
             h = ops::concat_channels(gpu, &[&h, &skip])?;
+            // Dead once joined: freed now, its buffer serves the block.
+            drop(skip);
             h = block.forward(gpu, &h, &emb_act, masks)?;
         }
+        let _scope = gpu.scope("out");
         let h = self.out_norm.forward(gpu, &h, true)?;
         let eps = self.out_eps.conv3x3(gpu, &h)?;
         let var = match (&self.out_var, variance) {
