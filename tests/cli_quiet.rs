@@ -26,17 +26,40 @@ fn no_subcommand_prints_the_runtime_dir_noise() {
     let dir = tmp_dir("cli_quiet");
     let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
     let (run, thresholds) = (path("run"), path("thresholds.npy"));
-    let (a, b) = (fixture("fid_stats_full_a.npz"), fixture("fid_stats_full_b.npz"));
+    let (a, b) = (
+        fixture("fid_stats_full_a.npz"),
+        fixture("fid_stats_full_b.npz"),
+    );
     let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
     let commands: Vec<Vec<&str>> = vec![
         vec!["info"],
         vec![
-            "sample", "--num", "2", "--batch", "2", "--steps", "2", "--uncertainty", "-M", "2",
-            "--quiet", "--out", &run,
+            "sample",
+            "--num",
+            "2",
+            "--batch",
+            "2",
+            "--steps",
+            "2",
+            "--uncertainty",
+            "-M",
+            "2",
+            "--quiet",
+            "--out",
+            &run,
         ],
         vec!["filter", &run, "--keep-fraction", "0.5"],
         vec![
-            "calibrate", "--num", "2", "--batch", "2", "--steps", "2", "-M", "2", "--out",
+            "calibrate",
+            "--num",
+            "2",
+            "--batch",
+            "2",
+            "--steps",
+            "2",
+            "-M",
+            "2",
+            "--out",
             &thresholds,
         ],
         vec!["eval", "--real", &run, "--fake", &run],

@@ -36,7 +36,9 @@ fn model(gpu: &Gpu, json: &str) -> UNet2DModel {
 /// One forward at batch `b`, recorded (not yet submitted).
 fn forward(gpu: &Gpu, unet: &UNet2DModel, b: usize) -> wgsl_diff::gpu::Tensor {
     let [c, side] = [unet.config.in_channels, unet.config.sample_size.unwrap()];
-    let x = NoisePlan::new(1).initial(gpu, &[b, c, side, side], 0).unwrap();
+    let x = NoisePlan::new(1)
+        .initial(gpu, &[b, c, side, side], 0)
+        .unwrap();
     let t = gpu.upload(&[b], &vec![500.0; b]).unwrap();
     unet.forward(gpu, &x, &t, None).unwrap()
 }
@@ -190,11 +192,25 @@ fn the_json_holds_every_section() {
     assert!(row["name"].is_string() && row["dispatches"].is_u64());
     assert_eq!(row["gpu_ns"].is_u64(), p.timestamps);
     let step = &json["steps"][1];
-    for key in ["label", "dispatches", "copies", "submits", "bytes_requested", "bytes_created"] {
+    for key in [
+        "label",
+        "dispatches",
+        "copies",
+        "submits",
+        "bytes_requested",
+        "bytes_created",
+    ] {
         assert!(step.get(key).is_some(), "steps[1].{key} missing");
     }
     assert_eq!(step["label"], "step 1");
-    for key in ["peak_live", "peak_held", "live", "held", "created", "requested"] {
+    for key in [
+        "peak_live",
+        "peak_held",
+        "live",
+        "held",
+        "created",
+        "requested",
+    ] {
         assert!(json["memory"][key].is_u64(), "memory.{key}");
     }
     let table = p.table(5);
@@ -206,7 +222,10 @@ fn without_timestamps_the_profile_counts_and_says_so() {
     let mut gpu = own_gpu();
     gpu.caps.timestamps = false;
     let unet = model(&gpu, TINY);
-    assert!(!gpu.start_profile(), "no timestamps, but start_profile says timed");
+    assert!(
+        !gpu.start_profile(),
+        "no timestamps, but start_profile says timed"
+    );
     drop(forward(&gpu, &unet, 1));
     let p = gpu.finish_profile().unwrap().unwrap();
     assert!(!p.timestamps);
@@ -215,7 +234,10 @@ fn without_timestamps_the_profile_counts_and_says_so() {
     assert!(p.total.gpu_ns.is_none() && p.by_family.iter().all(|r| r.gpu_ns.is_none()));
     assert_eq!(sum(&p.by_module), (p.total.dispatches, None));
     let table = p.table(5);
-    assert!(table.contains("not measured") && table.contains(NO_TIMESTAMPS), "{table}");
+    assert!(
+        table.contains("not measured") && table.contains(NO_TIMESTAMPS),
+        "{table}"
+    );
 }
 
 #[test]
@@ -244,18 +266,27 @@ fn profiling_changes_no_output() {
     let run = |name: &str, profile: bool| {
         let dir = tmp_dir(name);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_wgsl-diff"));
-        cmd.args(["sample", "--num", "2", "--batch", "2", "--steps", "2", "--quiet"]);
+        cmd.args([
+            "sample", "--num", "2", "--batch", "2", "--steps", "2", "--quiet",
+        ]);
         cmd.arg("--out").arg(&dir);
         if profile {
             cmd.arg("--profile");
         }
         let out = cmd.output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         (dir, String::from_utf8_lossy(&out.stdout).into_owned())
     };
     let (plain, _) = run("profile_cli_plain", false);
     let (profiled, stdout) = run("profile_cli_profiled", true);
-    assert!(stdout.contains("by kernel family") && stdout.contains("profile.json"), "{stdout}");
+    assert!(
+        stdout.contains("by kernel family") && stdout.contains("profile.json"),
+        "{stdout}"
+    );
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(profiled.join("profile.json")).unwrap()).unwrap();
     assert_eq!(json["steps"].as_array().unwrap().len(), 2);
@@ -315,7 +346,11 @@ fn the_pool_reuses_larger_buffers_and_trims_what_stays_idle() {
     let m = gpu.memory();
     assert_eq!((m.created, m.pooled), (start.created, 0), "not reused");
     assert_eq!(m.requested - start.requested, bytes(600));
-    assert_eq!(m.live - start.live, bytes(1000), "live counts the whole buffer");
+    assert_eq!(
+        m.live - start.live,
+        bytes(1000),
+        "live counts the whole buffer"
+    );
     drop(smaller);
     // Less than half the free buffer: a new one.
     drop(gpu.empty(&[100]).unwrap());
@@ -368,7 +403,10 @@ fn cifar10_forward_peak_is_its_largest_live_set() {
         // The output and the timestep embedding are all the bound leaves out: every tensor is
         // freed at its last use.
         let slack = y.byte_len() + 4096 * b as u64;
-        assert!(activations <= bound + slack, "{activations} > {bound} + {slack}");
+        assert!(
+            activations <= bound + slack,
+            "{activations} > {bound} + {slack}"
+        );
         // Buffers are not split or merged (a dispatch may not bind one buffer as both input
         // and output), so what the pool holds exceeds the live set where sizes change; this
         // guards today's 2.27×.

@@ -97,7 +97,11 @@ impl Ceiling {
         let ceiling = self.flops_per_s.max(again.flops_per_s);
         eprintln!("SGEMM ceiling of this run: {:.2} GFLOP/s", ceiling / 1e9);
         // A benchmark a filter skipped has no time.
-        let ran = self.reports.take().into_iter().filter(|r| r.2 < Duration::MAX);
+        let ran = self
+            .reports
+            .take()
+            .into_iter()
+            .filter(|r| r.2 < Duration::MAX);
         for (name, flop, fastest) in ran {
             let rate = flop / fastest.as_secs_f64();
             eprintln!(

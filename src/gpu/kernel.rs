@@ -333,8 +333,8 @@ impl Gpu {
         }
         let cached = self.pipeline(kernel, inputs.len(), outputs.len());
         self.record(|encoder, arena, profiler| {
-            let timed = profiler
-                .and_then(|p| p.dispatch(&self.device, kernel.shader.name, kernel.entry));
+            let timed =
+                profiler.and_then(|p| p.dispatch(&self.device, kernel.shader.name, kernel.entry));
             let (chunk, offset) = arena.push(&self.device, params);
             let mut entries = vec![wgpu::BindGroupEntry {
                 binding: 0,

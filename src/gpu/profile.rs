@@ -229,17 +229,19 @@ impl Profiler {
         let query = 2 * ts.pending.len() as u32;
         let set = (query / QUERIES_PER_SET) as usize;
         if set == ts.sets.len() {
-            ts.sets.push(device.create_query_set(&wgpu::QuerySetDescriptor {
-                label: Some("profile"),
-                ty: wgpu::QueryType::Timestamp,
-                count: QUERIES_PER_SET,
-            }));
-            ts.resolve.push(device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("profile-resolve"),
-                size: QUERIES_PER_SET as u64 * wgpu::QUERY_SIZE as u64,
-                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-                mapped_at_creation: false,
-            }));
+            ts.sets
+                .push(device.create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some("profile"),
+                    ty: wgpu::QueryType::Timestamp,
+                    count: QUERIES_PER_SET,
+                }));
+            ts.resolve
+                .push(device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("profile-resolve"),
+                    size: QUERIES_PER_SET as u64 * wgpu::QUERY_SIZE as u64,
+                    usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: false,
+                }));
         }
         ts.pending.push(index);
         Some((ts.sets[set].clone(), query % QUERIES_PER_SET))
@@ -429,9 +431,7 @@ fn read_ticks(device: &wgpu::Device, staging: &wgpu::Buffer) -> Result<Vec<u64>,
     rx.recv()
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-    let view = staging
-        .get_mapped_range(..)
-        .map_err(|e| format!("{e:?}"))?;
+    let view = staging.get_mapped_range(..).map_err(|e| format!("{e:?}"))?;
     let ticks = bytemuck::cast_slice::<u8, u64>(&view).to_vec();
     drop(view);
     staging.unmap();

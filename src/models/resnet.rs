@@ -96,12 +96,13 @@ impl ResnetBlock2D {
         temb_act: &Tensor,
         save: bool,
     ) -> Result<(Tensor, Option<ResnetTape>)> {
-        let norm = |n: &GroupNorm, h: &Tensor, silu: bool| -> Result<(Tensor, Option<GroupNormTape>)> {
-            match save {
-                true => n.forward_saving(gpu, h, silu).map(|(y, t)| (y, Some(t))),
-                false => Ok((n.forward(gpu, h, silu)?, None)),
-            }
-        };
+        let norm =
+            |n: &GroupNorm, h: &Tensor, silu: bool| -> Result<(Tensor, Option<GroupNormTape>)> {
+                match save {
+                    true => n.forward_saving(gpu, h, silu).map(|(y, t)| (y, Some(t))),
+                    false => Ok((n.forward(gpu, h, silu)?, None)),
+                }
+            };
         // Each intermediate is dropped (not shadowed, which would keep it alive) after its
         // last use.
         let (n1, norm1) = norm(&self.norm1, x, true)?;
