@@ -40,7 +40,8 @@ const TILE_K: u32 = 16u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> weight: array<f32>;
+// The weights as raw 32-bit words, decoded by `weight_at` (and `weight4_at`, `weight4_quad`).
+@group(0) @binding(2) var<storage, read> weight: array<u32>;
 // Bindings 3 and 4 are only read when their flag is set; the host binds a stand-in otherwise.
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read> residual: array<f32>;
@@ -49,12 +50,25 @@ const TILE_K: u32 = 16u;
 // a binding; buffers are padded to whole vec4s).
 @group(0) @binding(1) var<storage, read> x4: array<vec4<f32>>;
 
+// Set by the host for an f16 weight tensor: IEEE half values packed two to a word (element i
+// in the low half of word i / 2 when i is even), else f32. Either way the products accumulate
+// in f32; only the weight loads differ.
+override F16_WEIGHTS: bool = false;
+
+// Weight element i through the scalar view (the tiled kernel's).
+fn weight_at(i: u32) -> f32 {
+    if F16_WEIGHTS {
+        return unpack2x16float(weight[i / 2u])[i % 2u];
+    }
+    return bitcast<f32>(weight[i]);
+}
+
 var<workgroup> tile_w: array<f32, TILE_K * TILE>;
 var<workgroup> tile_x: array<vec4<f32>, TILE_K * TILE / 4u>;
 
 fn load_weight(row: u32, k: u32, k_total: u32) -> f32 {
     if row < p.c_out && k < k_total {
-        return weight[row * k_total + k];
+        return weight_at(row * k_total + k);
     }
     return 0.0;
 }
@@ -180,21 +194,41 @@ fn gather4(plane: u32, iy: i32, ix0: i32) -> vec4<f32> {
 // transposed to (C_in·KH·KW, C_out) with C_out % 4 = 0, so a block's 16 rows under one tap are
 // four aligned vec4s with one address for all lanes (half the kernel's time went to 16 scalar
 // weight loads before); rows past C_out then read the next tap's weights, which are not stored.
-@group(0) @binding(2) var<storage, read> weight4: array<vec4<f32>>;
+// With F16_WEIGHTS the host passes them as stored (WEIGHT_T off).
+@group(0) @binding(2) var<storage, read> weight4: array<vec4<u32>>;
 override WEIGHT_T: bool = false;
+
+// Weight element i through the vec4 view.
+fn weight4_at(i: u32) -> f32 {
+    if F16_WEIGHTS {
+        let word = i / 2u;
+        return unpack2x16float(weight4[word / 4u][word % 4u])[i % 2u];
+    }
+    return bitcast<f32>(weight4[i / 4u][i % 4u]);
+}
+
+// Weight elements 4q .. 4q + 3 through the vec4 view.
+fn weight4_quad(q: u32) -> vec4<f32> {
+    if F16_WEIGHTS {
+        let w = weight4[q / 2u];
+        let pair = select(w.xy, w.zw, q % 2u == 1u);
+        return vec4<f32>(unpack2x16float(pair.x), unpack2x16float(pair.y));
+    }
+    return bitcast<vec4<f32>>(weight4[q]);
+}
 
 // The 4 rows co .. co + 3 (co % 4 = 0) of the block under tap k.
 fn weights4(k: u32, co: u32, k_total: u32) -> vec4<f32> {
     if WEIGHT_T {
-        return weight4[(k * p.c_out + co) / 4u];
+        return weight4_quad((k * p.c_out + co) / 4u);
     }
     // Row-major (C_out, K): rows past C_out repeat the last one.
     let last = p.c_out - 1u;
     return vec4<f32>(
-        weight4[(min(co, last) * k_total + k) / 4u][(min(co, last) * k_total + k) % 4u],
-        weight4[(min(co + 1u, last) * k_total + k) / 4u][(min(co + 1u, last) * k_total + k) % 4u],
-        weight4[(min(co + 2u, last) * k_total + k) / 4u][(min(co + 2u, last) * k_total + k) % 4u],
-        weight4[(min(co + 3u, last) * k_total + k) / 4u][(min(co + 3u, last) * k_total + k) % 4u],
+        weight4_at(min(co, last) * k_total + k),
+        weight4_at(min(co + 1u, last) * k_total + k),
+        weight4_at(min(co + 2u, last) * k_total + k),
+        weight4_at(min(co + 3u, last) * k_total + k),
     );
 }
 

@@ -1,4 +1,4 @@
-// Tiled matrix multiply with optional bias: C[b] = A[b] · op(B[b]) (+ bias), f32.
+// Tiled matrix multiply with optional bias: C[b] = A[b] · op(B[b]) (+ bias), f32 (B f32 or f16).
 // A is (M, K) row-major; B is (N, K) when TRANS_B (a PyTorch Linear weight) else (K, N).
 // Each 16x16 workgroup computes a TILE x TILE block of C, each thread a 4x4 patch held
 // in vec4 accumulators; operand tiles are staged through workgroup memory TILE_K at a time.
@@ -23,14 +23,38 @@ const THREADS: u32 = 256u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
+// B as raw 32-bit words, decoded by `b_elem` and `b_quad`.
+@group(0) @binding(2) var<storage, read> b: array<u32>;
 // Without HAS_BIAS the host binds any buffer here and it is never read.
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
 
 // The same operands seen as vec4 rows, for matmul_vec4.
 @group(0) @binding(1) var<storage, read> a4: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> b4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> b4: array<vec4<u32>>;
+
+// Set by the host for an f16 B (a weight): IEEE half values packed two to a word (element i in
+// the low half of word i / 2 when i is even), else f32. The products accumulate in f32 either
+// way; only B's loads differ.
+override F16_WEIGHTS: bool = false;
+
+// B element i through the scalar view (matmul, matmul_blocked).
+fn b_elem(i: u32) -> f32 {
+    if F16_WEIGHTS {
+        return unpack2x16float(b[i / 2u])[i % 2u];
+    }
+    return bitcast<f32>(b[i]);
+}
+
+// B elements 4q .. 4q + 3 through the vec4 view (matmul_vec4, matmul_blocked_vec4).
+fn b_quad(q: u32) -> vec4<f32> {
+    if F16_WEIGHTS {
+        let w = b4[q / 2u];
+        let pair = select(w.xy, w.zw, q % 2u == 1u);
+        return vec4<f32>(unpack2x16float(pair.x), unpack2x16float(pair.y));
+    }
+    return bitcast<vec4<f32>>(b4[q]);
+}
 
 var<workgroup> tile_a: array<array<f32, TILE>, TILE_K>;
 var<workgroup> tile_b: array<array<vec4<f32>, 16>, TILE_K>;
@@ -45,9 +69,9 @@ fn load_a(base: u32, row: u32, col: u32) -> f32 {
 fn load_b(base: u32, kk: u32, col: u32) -> f32 {
     if kk < p.k && col < p.n {
         if TRANS_B {
-            return b[base + col * p.k + kk];
+            return b_elem(base + col * p.k + kk);
         }
-        return b[base + kk * p.n + col];
+        return b_elem(base + kk * p.n + col);
     }
     return 0.0;
 }
@@ -88,7 +112,7 @@ fn stage_vec4(tid: u32, wid: vec3<u32>, k0: u32) {
     let n_row = wid.x * TILE + row;
     var vb = vec4<f32>(0.0);
     if n_row < p.n && k < p.k {
-        vb = b4[(wid.z * p.batch_stride_b + n_row * p.k + k) / 4u];
+        vb = b_quad((wid.z * p.batch_stride_b + n_row * p.k + k) / 4u);
     }
     for (var e = 0u; e < 4u; e++) {
         tile_a[quad * 4u + e][row] = va[e];
@@ -163,9 +187,9 @@ override BLOCKED_WG: u32 = 16u;
 fn b_at(base: u32, kk: u32, col: u32) -> f32 {
     let c = min(col, p.n - 1u);
     if TRANS_B {
-        return b[base + c * p.k + kk];
+        return b_elem(base + c * p.k + kk);
     }
-    return b[base + kk * p.n + c];
+    return b_elem(base + kk * p.n + c);
 }
 
 fn store_row(base: u32, row: u32, col0: u32, lo: vec4<f32>, hi: vec4<f32>) {
@@ -326,7 +350,7 @@ fn b_rows(base4: u32, k: u32, col4: u32) -> mat4x4<f32> {
     let n4 = p.n / 4u;
     let c = min(col4, n4 - 1u);
     let i = base4 + k * n4 + c;
-    return mat4x4<f32>(b4[i], b4[i + n4], b4[i + 2u * n4], b4[i + 3u * n4]);
+    return mat4x4<f32>(b_quad(i), b_quad(i + n4), b_quad(i + 2u * n4), b_quad(i + 3u * n4));
 }
 
 fn store_vec4_row(base: u32, row: u32, col0: u32, acc: mat4x4<f32>) {

@@ -232,6 +232,7 @@ fn request(start: usize, num: usize, batch: usize, shard: Option<Shard>) -> Samp
         report: false,
         shard,
         keep_non_finite: false,
+        f16_weights: false,
     }
 }
 

@@ -123,6 +123,7 @@ fn request(model: &Path, out: &Path) -> SampleRequest {
         report: false,
         shard: None,
         keep_non_finite: false,
+        f16_weights: false,
     }
 }
 

@@ -58,6 +58,7 @@ fn request(out: &Path) -> SampleRequest {
         report: true,
         shard: None,
         keep_non_finite: false,
+        f16_weights: false,
     }
 }
 

@@ -163,6 +163,12 @@ pub struct SampleArgs {
     /// for its timestamps, so the run is a little slower
     #[arg(long)]
     pub profile: bool,
+    /// Store the network's conv and linear weights in f16 on the GPU (half their memory; an f16
+    /// checkpoint from `tools/convert.py --half` is uploaded as stored). Products still
+    /// accumulate in f32; activations stay f32. Not with --guidance gradient (it differentiates the network, which needs f32
+    /// weights). README.md ("f16 weights") states the error against f32
+    #[arg(long)]
+    pub f16_weights: bool,
 }
 
 impl SampleArgs {
@@ -240,6 +246,7 @@ impl SampleArgs {
             report: self.report,
             shard,
             keep_non_finite: self.keep_non_finite,
+            f16_weights: self.f16_weights,
         };
         request.validate()?;
         Ok(request)

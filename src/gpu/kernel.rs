@@ -4,7 +4,7 @@
 //! (the kernel's `Params`), then one read-only storage buffer per input, then one read-write
 //! storage buffer per output, all in `@group(0)`.
 
-use super::{Gpu, Tensor};
+use super::{DType, Gpu, Tensor};
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -100,6 +100,10 @@ impl Kernel {
         self.with(name, on as u32)
     }
 }
+
+/// The bool `override` of conv2d.wgsl and matmul.wgsl that makes them read their weight
+/// operand as packed f16 pairs (set by the op from the weight's [`DType`]).
+pub const F16_WEIGHTS: &str = "F16_WEIGHTS";
 
 /// Threads per workgroup of every kernel launched over a [`Gpu::grid_1d`]: the `WG` constant of
 /// those shaders (checked against them by `ops`' tests).
@@ -325,6 +329,19 @@ impl Gpu {
             return Err(Error::Invalid(format!(
                 "{}::{} needs {workgroups:?} workgroups, over this device's {max} per dimension; \
                  use a smaller batch or resolution",
+                kernel.shader.name, kernel.entry
+            )));
+        }
+        // An f16 tensor goes only to a kernel specialised to read its weight operand as f16
+        // (the op checks which operand that is).
+        let reads_f16 = kernel.constants.contains(&(F16_WEIGHTS, 1));
+        if let Some(t) = inputs
+            .iter()
+            .find(|t| t.dtype() == DType::F16 && !reads_f16)
+            .or(outputs.iter().find(|t| t.dtype() == DType::F16))
+        {
+            return Err(Error::Invalid(format!(
+                "{}::{} takes f32 tensors, got {t:?} (f16 weights are read by conv2d and matmul only)",
                 kernel.shader.name, kernel.entry
             )));
         }

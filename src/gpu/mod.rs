@@ -13,9 +13,9 @@ mod tensor;
 pub(crate) use kernel::kernel_params;
 #[cfg(test)]
 pub(crate) use kernel::wgsl;
-pub use kernel::{checked_u32, shaders, Kernel, KernelParams, Shader, LINEAR_WORKGROUP};
+pub use kernel::{checked_u32, shaders, Kernel, KernelParams, Shader, F16_WEIGHTS, LINEAR_WORKGROUP};
 pub use profile::{Profile, ProfileMemory, Row, Scope, Step, StepRow, NO_TIMESTAMPS, UNSCOPED};
-pub use tensor::{MemoryStats, Shape, Tensor};
+pub use tensor::{DType, MemoryStats, Shape, Tensor};
 
 use crate::error::{Error, Result};
 use kernel::{ParamArena, PipelineCache};
@@ -293,6 +293,9 @@ impl Gpu {
     /// Copies several tensors back with one submit and one mapping: one read-back, however
     /// many tensors a finished batch hands over.
     pub fn read_many(&self, tensors: &[&Tensor]) -> Result<Vec<Vec<f32>>> {
+        for t in tensors {
+            t.ensure_f32("read")?;
+        }
         let total: u64 = tensors.iter().map(|t| t.byte_len()).sum();
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("read-back"),

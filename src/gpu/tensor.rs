@@ -1,4 +1,5 @@
-//! GPU-resident f32 tensors whose buffers return to a pool when the last handle drops.
+//! GPU-resident f32 tensors (and f16 weights, see [`DType`]) whose buffers return to a pool
+//! when the last handle drops.
 //!
 //! Reusing a pooled buffer inside the same open encoder is safe: dispatches execute in the
 //! order they were recorded, so a later writer runs after every earlier reader. Uploads never
@@ -135,21 +136,44 @@ impl Drop for Storage {
     }
 }
 
-/// A dense row-major (NCHW for images) f32 tensor in GPU memory. Cloning shares the buffer.
+/// How a tensor's elements are stored. Every op reads and writes f32; F16 holds weights that
+/// only the kernels taking an f16 weight read (conv2d, matmul's B operand: IEEE half values,
+/// element `i` in the low 16 bits of 32-bit word `i / 2` when `i` is even), which
+/// [`Gpu::dispatch`] checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    F16,
+}
+
+impl DType {
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F16 => 2,
+        }
+    }
+}
+
+/// A dense row-major (NCHW for images) tensor in GPU memory. Cloning shares the buffer.
 #[derive(Clone)]
 pub struct Tensor {
     storage: Arc<Storage>,
     shape: Shape,
+    dtype: DType,
 }
 
 /// Buffer sizes are rounded so vec4 loads past the logical end stay inside the buffer.
-fn padded_bytes(numel: usize) -> u64 {
-    ((numel.max(1) * 4) as u64).div_ceil(16) * 16
+fn padded_bytes(numel: usize, dtype: DType) -> u64 {
+    ((numel.max(1) * dtype.size()) as u64).div_ceil(16) * 16
 }
 
 impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Tensor{:?}", self.shape)
+        match self.dtype {
+            DType::F32 => write!(f, "Tensor{:?}", self.shape),
+            DType::F16 => write!(f, "Tensor{:?} f16", self.shape),
+        }
     }
 }
 
@@ -160,8 +184,13 @@ impl Tensor {
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    /// The bytes its elements take (an f16 tensor's last odd element rounds up to 4 bytes, so
+    /// copies stay whole words).
     pub fn byte_len(&self) -> u64 {
-        (self.numel() * 4) as u64
+        ((self.numel() * self.dtype.size()) as u64).div_ceil(4) * 4
     }
     pub fn buffer(&self) -> &wgpu::Buffer {
         self.storage
@@ -171,6 +200,12 @@ impl Tensor {
     }
     pub fn dim(&self, i: usize) -> usize {
         self.shape[i]
+    }
+    /// Refuses an f16 tensor where `op` reads or writes f32 values.
+    pub fn ensure_f32(&self, op: &'static str) -> Result<()> {
+        crate::error::ensure(self.dtype == DType::F32, op, || {
+            format!("{self:?} is f16; this op takes f32 tensors only")
+        })
     }
     /// The same buffer seen with another shape of equal element count.
     pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
@@ -185,17 +220,18 @@ impl Tensor {
         Ok(Tensor {
             storage: self.storage.clone(),
             shape: shape.to_vec(),
+            dtype: self.dtype,
         })
     }
 }
 
 impl Gpu {
-    fn check_size(&self, shape: &[usize]) -> Result<u64> {
+    fn check_size(&self, shape: &[usize], dtype: DType) -> Result<u64> {
         let numel = shape
             .iter()
             .try_fold(1usize, |a, &d| a.checked_mul(d))
             .ok_or_else(|| Error::Invalid(format!("tensor shape {shape:?} overflows")))?;
-        let bytes = padded_bytes(numel);
+        let bytes = padded_bytes(numel, dtype);
         if bytes > self.max_tensor_bytes() {
             return Err(Error::TooLarge {
                 what: format!("a tensor of shape {shape:?}"),
@@ -206,7 +242,7 @@ impl Gpu {
         Ok(bytes)
     }
 
-    fn wrap(&self, buffer: wgpu::Buffer, shape: &[usize], requested: u64) -> Tensor {
+    fn wrap(&self, buffer: wgpu::Buffer, shape: &[usize], dtype: DType, requested: u64) -> Tensor {
         self.pool.hold(buffer.size(), requested);
         Tensor {
             storage: Arc::new(Storage {
@@ -214,6 +250,7 @@ impl Gpu {
                 pool: self.pool.clone(),
             }),
             shape: shape.to_vec(),
+            dtype,
         }
     }
 
@@ -242,7 +279,7 @@ impl Gpu {
 
     /// An uninitialised tensor, reusing a pooled buffer when one of the right size is free.
     pub fn empty(&self, shape: &[usize]) -> Result<Tensor> {
-        let bytes = self.check_size(shape)?;
+        let bytes = self.check_size(shape, DType::F32)?;
         let buffer = self.pool.take(bytes).unwrap_or_else(|| {
             self.pool.create(bytes);
             self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -252,17 +289,24 @@ impl Gpu {
                 mapped_at_creation: false,
             })
         });
-        Ok(self.wrap(buffer, shape, bytes))
+        Ok(self.wrap(buffer, shape, DType::F32, bytes))
     }
 
     /// A new tensor holding `data` (a fresh buffer, filled at creation, so ordering is trivially right).
     pub fn upload(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
-        let bytes = self.check_size(shape)?;
-        crate::error::ensure(
-            data.len() == shape.iter().product::<usize>(),
-            "upload",
-            || format!("{} values for shape {shape:?}", data.len()),
-        )?;
+        self.upload_typed(shape, DType::F32, data.len(), bytemuck::cast_slice(data))
+    }
+
+    /// A new f16 tensor holding `data` as is (for weights read by the kernels that take f16).
+    pub fn upload_f16(&self, shape: &[usize], data: &[half::f16]) -> Result<Tensor> {
+        self.upload_typed(shape, DType::F16, data.len(), bytemuck::cast_slice(data))
+    }
+
+    fn upload_typed(&self, shape: &[usize], dtype: DType, len: usize, raw: &[u8]) -> Result<Tensor> {
+        let bytes = self.check_size(shape, dtype)?;
+        crate::error::ensure(len == shape.iter().product::<usize>(), "upload", || {
+            format!("{len} values for shape {shape:?}")
+        })?;
         self.pool.create(bytes);
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: None,
@@ -270,7 +314,7 @@ impl Gpu {
             usage: USAGE,
             mapped_at_creation: true,
         });
-        let mut padded = bytemuck::cast_slice::<f32, u8>(data).to_vec();
+        let mut padded = raw.to_vec();
         padded.resize(bytes as usize, 0);
         buffer
             .slice(..)
@@ -278,7 +322,7 @@ impl Gpu {
             .map_err(|e| Error::Device(format!("mapping an upload buffer: {e:?}")))?
             .copy_from_slice(&padded);
         buffer.unmap();
-        Ok(self.wrap(buffer, shape, bytes))
+        Ok(self.wrap(buffer, shape, dtype, bytes))
     }
 
     /// A zero-filled tensor (cleared inside the open encoder, so it is ordered with other work).
@@ -290,6 +334,7 @@ impl Gpu {
 
     /// Copies `src` into a new tensor (recorded, not immediate).
     pub fn copy(&self, src: &Tensor) -> Result<Tensor> {
+        src.ensure_f32("copy")?;
         let dst = self.empty(src.shape())?;
         self.with_encoder(|enc| {
             enc.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, src.byte_len())
@@ -299,6 +344,8 @@ impl Gpu {
 
     /// Copies all of `src` into `dst` starting at byte `offset` (recorded, not immediate).
     pub fn copy_into(&self, src: &Tensor, dst: &Tensor, offset: u64) -> Result<()> {
+        src.ensure_f32("copy_into")?;
+        dst.ensure_f32("copy_into")?;
         crate::error::ensure(
             offset + src.byte_len() <= dst.byte_len() && offset.is_multiple_of(4),
             "copy_into",
@@ -318,6 +365,8 @@ impl Gpu {
 
     /// Fills `dst` from `src` starting at byte `offset` of `src` (recorded, not immediate).
     pub fn copy_range(&self, src: &Tensor, offset: u64, dst: &Tensor) -> Result<()> {
+        src.ensure_f32("copy_range")?;
+        dst.ensure_f32("copy_range")?;
         crate::error::ensure(
             offset + dst.byte_len() <= src.byte_len() && offset.is_multiple_of(4),
             "copy_range",

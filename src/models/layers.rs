@@ -25,7 +25,7 @@ impl Conv2d {
         padding: usize,
     ) -> Result<Conv2d> {
         Ok(Conv2d {
-            weight: vb.get("weight", &[c_out, c_in, k, k])?,
+            weight: vb.get_weight("weight", &[c_out, c_in, k, k])?,
             bias: vb.get("bias", &[c_out])?,
             stride,
             padding,
@@ -97,7 +97,7 @@ pub struct Linear {
 impl Linear {
     pub fn load(vb: &VarBuilder, d_in: usize, d_out: usize) -> Result<Linear> {
         Ok(Linear {
-            weight: vb.get("weight", &[d_out, d_in])?,
+            weight: vb.get_weight("weight", &[d_out, d_in])?,
             bias: vb.get("bias", &[d_out])?,
         })
     }

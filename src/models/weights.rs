@@ -24,6 +24,8 @@ pub struct WeightFile {
     path: PathBuf,
     mmap: memmap2::Mmap,
     pub metadata: HashMap<String, String>,
+    /// Conv and linear weights go to the GPU as f16 (see [`VarBuilder::get_weight`]).
+    f16_weights: bool,
 }
 
 impl WeightFile {
@@ -62,7 +64,16 @@ impl WeightFile {
             path: path.to_path_buf(),
             mmap,
             metadata,
+            f16_weights: false,
         })
+    }
+
+    /// Stores the conv and linear weights of the model built from this file as f16 on the GPU
+    /// (half their memory; the kernels still accumulate in f32). Biases, norms, embeddings and
+    /// activations stay f32. The error this costs is stated in README.md ("f16 weights").
+    pub fn with_f16_weights(mut self, on: bool) -> WeightFile {
+        self.f16_weights = on;
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -265,6 +276,40 @@ impl<'a> VarBuilder<'a> {
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let data = self.get_host(name, shape)?;
         self.shared.gpu.upload(shape, &data)
+    }
+
+    /// A conv or linear weight: as f16 on the GPU when the file was opened
+    /// [`with_f16_weights`](WeightFile::with_f16_weights) (an f16 file's values uploaded as
+    /// stored, with no f32 round trip; an f32 file's rounded to nearest), else as
+    /// [`get`](Self::get) does.
+    pub fn get_weight(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let gpu = self.shared.gpu;
+        let Source::File { file, tensors } = &self.shared.source else {
+            return self.get(name, shape);
+        };
+        if !file.f16_weights {
+            return self.get(name, shape);
+        }
+        let full = format!("{}{name}", self.prefix);
+        let data: Vec<half::f16> = match tensors.tensor(&full) {
+            Ok(view) if view.dtype() == Dtype::F16 && view.shape() == shape => {
+                self.shared.used.borrow_mut().insert(full.clone());
+                bytemuck::pod_collect_to_vec(view.data())
+            }
+            // Anything else (f32, bf16, or a problem get_host records) goes through f32.
+            _ => self
+                .get_host(name, shape)?
+                .into_iter()
+                .map(half::f16::from_f32)
+                .collect(),
+        };
+        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Weights(format!(
+                "`{full}` element {i} is not a finite f16 value (outside f16's range of ±65504?); \
+                 load this file without f16 weights"
+            )));
+        }
+        gpu.upload_f16(shape, &data)
     }
 
     /// The parameter `name` as f32 values on the CPU, for a model that rearranges it before

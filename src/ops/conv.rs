@@ -2,7 +2,9 @@
 
 use super::{dims, ensure};
 use crate::error::{Error, Result};
-use crate::gpu::{checked_u32, kernel_params, shaders, Gpu, Kernel, KernelClass, Tensor};
+use crate::gpu::{
+    checked_u32, kernel_params, shaders, DType, Gpu, Kernel, KernelClass, Tensor, F16_WEIGHTS,
+};
 
 kernel_params! {
     pub(super) struct ConvParams for CONV2D::Params {
@@ -122,6 +124,10 @@ fn output_shape(
 ) -> Result<[usize; 4]> {
     let [b, c_in, h, w] = dims::<4>(x, OP, "input")?;
     let [c_out, wc_in, kh, kw] = dims::<4>(weight, OP, "weight")?;
+    // Only the weight may be f16.
+    x.ensure_f32(OP)?;
+    bias.map_or(Ok(()), |t| t.ensure_f32(OP))?;
+    args.residual.map_or(Ok(()), |t| t.ensure_f32(OP))?;
     ensure(wc_in == c_in, OP, || {
         format!(
             "weight {:?} expects {wc_in} input channels, input {:?} has {c_in}",
@@ -154,7 +160,8 @@ fn output_shape(
     Ok([b, c_out, h_out, w_out])
 }
 
-/// 2-D convolution: x (B, C_in, H, W), weight (C_out, C_in, KH, KW), bias (C_out).
+/// 2-D convolution: x (B, C_in, H, W), weight (C_out, C_in, KH, KW), bias (C_out). The weight
+/// may be f16 ([`DType::F16`]); the products still accumulate in f32.
 pub fn conv2d(
     gpu: &Gpu,
     x: &Tensor,
@@ -167,6 +174,10 @@ pub fn conv2d(
     let [_, _, kh, kw] = dims::<4>(weight, OP, "weight")?;
     let u = |what, v| checked_u32(OP, what, v);
     let n = b * h_out * w_out;
+    let f16 = weight.dtype() == DType::F16;
+    // conv2d_blocked's WEIGHT_T layout: (C_in·KH·KW, C_out), a copy as large as the weight made
+    // by an f32 transpose, so f16 weights are read as stored.
+    let weight_t = gpu.kernel_class() == KernelClass::Blocked && c_out % 4 == 0 && !f16;
     let (kernel, workgroups) = match gpu.kernel_class() {
         KernelClass::Tiled => {
             let tile = tile_for(c_out);
@@ -185,7 +196,7 @@ pub fn conv2d(
             let aligned = args.stride == 1 && w % 4 == 0 && pad_x <= 4 && kw <= pad_x + 5;
             let kernel = Kernel::new(&shaders::CONV2D, "conv2d_blocked")
                 .flag("ALIGNED_ROWS", aligned)
-                .flag("WEIGHT_T", c_out % 4 == 0);
+                .flag("WEIGHT_T", weight_t);
             (kernel, groups)
         }
     };
@@ -197,7 +208,8 @@ pub fn conv2d(
         .with("PAD_X", u("padding", args.pad_hw().1)?)
         .flag("HAS_BIAS", bias.is_some())
         .flag("HAS_RESIDUAL", args.residual.is_some())
-        .flag("RELU", args.relu);
+        .flag("RELU", args.relu)
+        .flag(F16_WEIGHTS, f16);
     let params = ConvParams {
         batch: u("batch", b)?,
         c_in: u("c_in", c_in)?,
@@ -208,9 +220,8 @@ pub fn conv2d(
         w_out: u("w_out", w_out)?,
         out_scale: args.out_scale,
     };
-    // conv2d_blocked's WEIGHT_T layout: (C_in·KH·KW, C_out), a copy as large as the weight.
     let transposed;
-    let weight = if gpu.kernel_class() == KernelClass::Blocked && c_out % 4 == 0 {
+    let weight = if weight_t {
         let k = c_in * kh * kw;
         transposed = super::transpose_last2(gpu, &weight.reshape(&[1, c_out, k])?)?;
         &transposed

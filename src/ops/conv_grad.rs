@@ -3,7 +3,7 @@
 use super::conv::{tile_for, Conv2dArgs};
 use super::{dims, ensure};
 use crate::error::Result;
-use crate::gpu::{checked_u32, kernel_params, shaders, Gpu, Kernel, Tensor};
+use crate::gpu::{checked_u32, kernel_params, shaders, DType, Gpu, Kernel, Tensor};
 
 kernel_params! {
     pub(super) struct ConvGradParams for CONV2D_GRAD::Params {
@@ -33,6 +33,11 @@ pub fn conv2d_input_grad(
     let [b, c_out, h_out, w_out] = dims::<4>(dy, OP, "dy")?;
     let [wc_out, c_in, kh, kw] = dims::<4>(weight, OP, "weight")?;
     let (h, w) = input_hw;
+    ensure(weight.dtype() == DType::F32, OP, || {
+        "the input gradient (guidance through the network) needs f32 weights; load the model \
+         without f16 weights"
+            .into()
+    })?;
     ensure(
         args.residual.is_none() && args.out_scale == 1.0 && !args.relu,
         OP,

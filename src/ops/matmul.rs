@@ -2,7 +2,9 @@
 
 use super::{dims, ensure};
 use crate::error::{Error, Result};
-use crate::gpu::{checked_u32, kernel_params, shaders, Gpu, Kernel, KernelClass, Tensor};
+use crate::gpu::{
+    checked_u32, kernel_params, shaders, DType, Gpu, Kernel, KernelClass, Tensor, F16_WEIGHTS,
+};
 
 kernel_params! {
     pub(super) struct MatmulParams for MATMUL::Params {
@@ -57,7 +59,8 @@ fn check_depth(gpu: &Gpu, k: usize) -> Result<()> {
 }
 
 /// C = A · op(B) (+ bias) over a batch: A (batch, M, K); B (N, K) when `trans_b` else (K, N),
-/// optionally with a leading batch dimension of its own (else shared by all batch items).
+/// optionally with a leading batch dimension of its own (else shared by all batch items). B may
+/// be f16 (a weight; [`DType::F16`]); the products still accumulate in f32.
 pub(super) fn matmul_impl(
     gpu: &Gpu,
     a: &Tensor,
@@ -67,6 +70,8 @@ pub(super) fn matmul_impl(
 ) -> Result<Tensor> {
     const OP: &str = "matmul";
     let [batch, m, k] = dims::<3>(a, OP, "A")?;
+    a.ensure_f32(OP)?;
+    bias.map_or(Ok(()), |t| t.ensure_f32(OP))?;
     let (b_batched, rows, cols) = match b.shape() {
         &[r, c] => (false, r, c),
         &[bb, r, c] => {
@@ -121,7 +126,8 @@ pub(super) fn matmul_impl(
     };
     let kernel = Kernel::new(&shaders::MATMUL, entry)
         .flag("TRANS_B", trans_b)
-        .flag("HAS_BIAS", bias.is_some());
+        .flag("HAS_BIAS", bias.is_some())
+        .flag(F16_WEIGHTS, b.dtype() == DType::F16);
     let u = |what, v| checked_u32(OP, what, v);
     let params = MatmulParams {
         m: u("m", m)?,

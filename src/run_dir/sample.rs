@@ -16,7 +16,9 @@ use super::shared::{claim, remove_abandoned, FolderLock, Presence, RUN_FILE};
 use super::write::{check_same_run, BatchWriter};
 use crate::error::{Error, NonFiniteSample, Result};
 use crate::gpu::Gpu;
-use crate::guidance::{CalibratedThreshold, GuidanceConfig, GuidanceHook, Threshold};
+use crate::guidance::{
+    CalibratedThreshold, GuidanceConfig, GuidanceHook, GuidanceRule, Threshold,
+};
 use crate::limits::{self, MAX_BATCH};
 use crate::models::{load_eps_model, EpsModel};
 use crate::npy;
@@ -76,6 +78,8 @@ pub struct SampleRequest {
     /// Write samples that go non-finite (marked in their PNG and the manifest) instead of
     /// stopping with [`Error::NonFinite`].
     pub keep_non_finite: bool,
+    /// Store the network's conv and linear weights as f16 (`WeightFile::with_f16_weights`).
+    pub f16_weights: bool,
 }
 
 impl SampleRequest {
@@ -112,6 +116,13 @@ impl SampleRequest {
             kept_count(fraction, run.len())?;
         }
         match &self.guidance {
+            Some(g) if self.f16_weights && matches!(g.rule, GuidanceRule::Gradient) => {
+                Err(Error::Invalid(
+                    "gradient guidance differentiates the network, which needs f32 weights: \
+                     drop --f16-weights"
+                        .into(),
+                ))
+            }
             Some(g) => g.validate(),
             None if self.threshold_file.is_some() => Err(Error::Invalid(
                 "a threshold file only applies to guided sampling".into(),
@@ -170,7 +181,7 @@ impl<'g> SampleJob<'g> {
         if let Some(uc) = &request.uncertainty {
             uc.check_window(scheduler.timesteps.len())?;
         }
-        let model = load_eps_model(gpu, &file)?;
+        let model = load_eps_model(gpu, &file.with_f16_weights(request.f16_weights))?;
         check_method(&request, &*model)?;
         let labels = ClassLabels::new(model.num_classes(), request.class)?;
         let sample_shape = model.sample_shape()?;
@@ -419,6 +430,10 @@ fn parameters(
     }
     if let (Some(g), Some(map)) = (guidance, parameters.as_object_mut()) {
         map.insert("guidance".into(), g.describe());
+    }
+    // Only f16-weight runs say so, so f32 runs keep their identity (and neither resumes the other).
+    if let (true, Some(map)) = (request.f16_weights, parameters.as_object_mut()) {
+        map.insert("f16_weights".into(), true.into());
     }
     // Renoising runs keep the identity they had before MC-Dropout existed.
     let method = request.uncertainty.as_ref().map(|uc| uc.method);
