@@ -13,7 +13,9 @@ mod tensor;
 pub(crate) use kernel::kernel_params;
 #[cfg(test)]
 pub(crate) use kernel::wgsl;
-pub use kernel::{checked_u32, shaders, Kernel, KernelParams, Shader, F16_WEIGHTS, LINEAR_WORKGROUP};
+pub use kernel::{
+    checked_u32, shaders, Kernel, KernelParams, Shader, F16_WEIGHTS, LINEAR_WORKGROUP,
+};
 pub use profile::{Profile, ProfileMemory, Row, Scope, Step, StepRow, NO_TIMESTAMPS, UNSCOPED};
 pub use tensor::{DType, MemoryStats, Shape, Tensor};
 

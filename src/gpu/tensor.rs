@@ -302,7 +302,13 @@ impl Gpu {
         self.upload_typed(shape, DType::F16, data.len(), bytemuck::cast_slice(data))
     }
 
-    fn upload_typed(&self, shape: &[usize], dtype: DType, len: usize, raw: &[u8]) -> Result<Tensor> {
+    fn upload_typed(
+        &self,
+        shape: &[usize],
+        dtype: DType,
+        len: usize,
+        raw: &[u8],
+    ) -> Result<Tensor> {
         let bytes = self.check_size(shape, dtype)?;
         crate::error::ensure(len == shape.iter().product::<usize>(), "upload", || {
             format!("{len} values for shape {shape:?}")

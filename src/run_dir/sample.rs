@@ -16,9 +16,7 @@ use super::shared::{claim, remove_abandoned, FolderLock, Presence, RUN_FILE};
 use super::write::{check_same_run, BatchWriter};
 use crate::error::{Error, NonFiniteSample, Result};
 use crate::gpu::Gpu;
-use crate::guidance::{
-    CalibratedThreshold, GuidanceConfig, GuidanceHook, GuidanceRule, Threshold,
-};
+use crate::guidance::{CalibratedThreshold, GuidanceConfig, GuidanceHook, GuidanceRule, Threshold};
 use crate::limits::{self, MAX_BATCH};
 use crate::models::{load_eps_model, EpsModel};
 use crate::npy;
