@@ -238,3 +238,22 @@ fn shipped_model_with_f16_weights_stays_near_f32() {
     assert_close("shipped f16 vs f32", &half_out, &to_f64(&full), 2e-3, 0.0);
     assert_ne!(full, half_out);
 }
+
+/// Gradient guidance needs the network's backward pass, which reads f32 weights: refused before
+/// any sampling.
+#[test]
+fn gradient_guidance_refuses_f16_weights() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wgsl-diff"))
+        .args(["sample", "--num", "1", "--steps", "2", "--quiet"])
+        .args([
+            "--uncertainty",
+            "--guidance",
+            "gradient",
+            "--f16-weights",
+            "--out",
+        ])
+        .arg(common::tmp_dir("f16-guidance"))
+        .output()
+        .unwrap();
+    common::assert_clean_failure(&out, "guided f16 sampling", "needs f32 weights");
+}
