@@ -165,6 +165,9 @@ fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
 // lavapipe). Only the input-channel and tap loops remain; the host checks them against the
 // device's loop budget.
 const BLOCK_ROWS: u32 = 16u;
+// Set by the host: 32 output channels per invocation instead of 16 (twice the FMAs per input
+// load).
+override WIDE_BLOCK: bool = false;
 const BLOCK_PIXELS: u32 = 8u;
 // Invocations per workgroup of conv2d_blocked.
 override BLOCKED_WG: u32 = 16u;
@@ -309,7 +312,7 @@ fn store_row(b: u32, co: u32, oy: u32, ox0: u32, lo: vec4<f32>, hi: vec4<f32>) {
 
 @compute @workgroup_size(BLOCKED_WG, 1, 1)
 fn conv2d_blocked(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    let co0 = wid.y * BLOCK_ROWS;
+    let co0 = wid.y * select(BLOCK_ROWS, 2u * BLOCK_ROWS, WIDE_BLOCK);
     let x_blocks = (p.w_out + BLOCK_PIXELS - 1u) / BLOCK_PIXELS;
     let n = wid.x * BLOCKED_WG + lid.x;
     let valid_n = n < p.batch * p.h_out * x_blocks;
@@ -350,6 +353,38 @@ fn conv2d_blocked(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgro
     var hi14 = vec4<f32>(0.0);
     var lo15 = vec4<f32>(0.0);
     var hi15 = vec4<f32>(0.0);
+    var lo16 = vec4<f32>(0.0);
+    var hi16 = vec4<f32>(0.0);
+    var lo17 = vec4<f32>(0.0);
+    var hi17 = vec4<f32>(0.0);
+    var lo18 = vec4<f32>(0.0);
+    var hi18 = vec4<f32>(0.0);
+    var lo19 = vec4<f32>(0.0);
+    var hi19 = vec4<f32>(0.0);
+    var lo20 = vec4<f32>(0.0);
+    var hi20 = vec4<f32>(0.0);
+    var lo21 = vec4<f32>(0.0);
+    var hi21 = vec4<f32>(0.0);
+    var lo22 = vec4<f32>(0.0);
+    var hi22 = vec4<f32>(0.0);
+    var lo23 = vec4<f32>(0.0);
+    var hi23 = vec4<f32>(0.0);
+    var lo24 = vec4<f32>(0.0);
+    var hi24 = vec4<f32>(0.0);
+    var lo25 = vec4<f32>(0.0);
+    var hi25 = vec4<f32>(0.0);
+    var lo26 = vec4<f32>(0.0);
+    var hi26 = vec4<f32>(0.0);
+    var lo27 = vec4<f32>(0.0);
+    var hi27 = vec4<f32>(0.0);
+    var lo28 = vec4<f32>(0.0);
+    var hi28 = vec4<f32>(0.0);
+    var lo29 = vec4<f32>(0.0);
+    var hi29 = vec4<f32>(0.0);
+    var lo30 = vec4<f32>(0.0);
+    var hi30 = vec4<f32>(0.0);
+    var lo31 = vec4<f32>(0.0);
+    var hi31 = vec4<f32>(0.0);
     let iy0 = i32(oy * STRIDE) - i32(PAD_Y);
     let ix0 = i32(ox0 * STRIDE) - i32(PAD_X);
     for (var ci = 0u; ci < p.c_in; ci++) {
@@ -411,6 +446,44 @@ fn conv2d_blocked(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgro
                 hi14 += wq3.z * xh;
                 lo15 += wq3.w * xl;
                 hi15 += wq3.w * xh;
+                if WIDE_BLOCK {
+                    let wq4 = weights4(k, co0 + 16u, k_total);
+                    lo16 += wq4.x * xl;
+                    hi16 += wq4.x * xh;
+                    lo17 += wq4.y * xl;
+                    hi17 += wq4.y * xh;
+                    lo18 += wq4.z * xl;
+                    hi18 += wq4.z * xh;
+                    lo19 += wq4.w * xl;
+                    hi19 += wq4.w * xh;
+                    let wq5 = weights4(k, co0 + 20u, k_total);
+                    lo20 += wq5.x * xl;
+                    hi20 += wq5.x * xh;
+                    lo21 += wq5.y * xl;
+                    hi21 += wq5.y * xh;
+                    lo22 += wq5.z * xl;
+                    hi22 += wq5.z * xh;
+                    lo23 += wq5.w * xl;
+                    hi23 += wq5.w * xh;
+                    let wq6 = weights4(k, co0 + 24u, k_total);
+                    lo24 += wq6.x * xl;
+                    hi24 += wq6.x * xh;
+                    lo25 += wq6.y * xl;
+                    hi25 += wq6.y * xh;
+                    lo26 += wq6.z * xl;
+                    hi26 += wq6.z * xh;
+                    lo27 += wq6.w * xl;
+                    hi27 += wq6.w * xh;
+                    let wq7 = weights4(k, co0 + 28u, k_total);
+                    lo28 += wq7.x * xl;
+                    hi28 += wq7.x * xh;
+                    lo29 += wq7.y * xl;
+                    hi29 += wq7.y * xh;
+                    lo30 += wq7.z * xl;
+                    hi30 += wq7.z * xh;
+                    lo31 += wq7.w * xl;
+                    hi31 += wq7.w * xh;
+                }
             }
         }
     }
@@ -433,4 +506,22 @@ fn conv2d_blocked(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgro
     store_row(b, co0 + 13u, oy, ox0, lo13, hi13);
     store_row(b, co0 + 14u, oy, ox0, lo14, hi14);
     store_row(b, co0 + 15u, oy, ox0, lo15, hi15);
+    if WIDE_BLOCK {
+        store_row(b, co0 + 16u, oy, ox0, lo16, hi16);
+        store_row(b, co0 + 17u, oy, ox0, lo17, hi17);
+        store_row(b, co0 + 18u, oy, ox0, lo18, hi18);
+        store_row(b, co0 + 19u, oy, ox0, lo19, hi19);
+        store_row(b, co0 + 20u, oy, ox0, lo20, hi20);
+        store_row(b, co0 + 21u, oy, ox0, lo21, hi21);
+        store_row(b, co0 + 22u, oy, ox0, lo22, hi22);
+        store_row(b, co0 + 23u, oy, ox0, lo23, hi23);
+        store_row(b, co0 + 24u, oy, ox0, lo24, hi24);
+        store_row(b, co0 + 25u, oy, ox0, lo25, hi25);
+        store_row(b, co0 + 26u, oy, ox0, lo26, hi26);
+        store_row(b, co0 + 27u, oy, ox0, lo27, hi27);
+        store_row(b, co0 + 28u, oy, ox0, lo28, hi28);
+        store_row(b, co0 + 29u, oy, ox0, lo29, hi29);
+        store_row(b, co0 + 30u, oy, ox0, lo30, hi30);
+        store_row(b, co0 + 31u, oy, ox0, lo31, hi31);
+    }
 }

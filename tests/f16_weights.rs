@@ -197,9 +197,11 @@ fn forward(g: &Gpu, path: &Path, f16_weights: bool, batch: usize) -> (Vec<f32>, 
     (read_from(g, &eps), uploaded)
 }
 
-/// An f16 checkpoint's weights reach the GPU as stored: with f16 storage the output equals, bit
-/// for bit, the file's output with its values widened to f32 (the kernels multiply the same
-/// values in the same order), while the weights take about half the bytes.
+/// An f16 checkpoint's weights reach the GPU as stored: with f16 storage the output matches the
+/// file's output with its values widened to f32 up to f32 summation order (on a CPU adapter the
+/// widened linear layers run the transposed-weight product, which sums in another order; the
+/// convolutions are bit-identical), far closer than either is to the unrounded f32 model, while
+/// the weights take about half the bytes.
 #[test]
 fn f16_checkpoints_load_as_stored() {
     let g = gpu();
@@ -209,8 +211,19 @@ fn f16_checkpoints_load_as_stored() {
     let (widened, bytes_f32) = forward(g, &half_file, false, 2);
     let (full, _) = forward(g, &src, false, 2);
     std::fs::remove_file(&half_file).ok();
-    assert_eq!(stored, widened);
-    assert_ne!(stored, full, "the f16 file really holds rounded weights");
+    let max_diff = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max)
+    };
+    let order = max_diff(&stored, &widened);
+    let rounding = max_diff(&stored, &full);
+    assert!(order <= 1e-5, "f16 storage vs widened f32: {order}");
+    assert!(
+        rounding >= 100.0 * order.max(1e-7),
+        "the f16 file really holds rounded weights: {rounding} vs {order}"
+    );
     assert!(
         bytes_f16 < bytes_f32 * 3 / 4,
         "f16 weights uploaded {bytes_f16} bytes, f32 {bytes_f32}"

@@ -34,6 +34,9 @@ fn conv2d_matches_reference() {
         (1, 3, 4, 16, 20, 5, 1, 2, 0),
         (2, 6, 9, 8, 8, 1, 1, 0, 0),
         (1, 2, 7, 4, 4, 3, 1, 1, 1),
+        // 32 channels per invocation (C_out % 32 = 0) on both the aligned and the gather path.
+        (2, 5, 6, 12, 64, 3, 1, 1, 0),
+        (1, 3, 5, 9, 32, 3, 2, 1, 0),
     ];
     for (b, ci, h, w, co, k, stride, pad, extra) in cases {
         let x = rng.vec(b * ci * h * w);
@@ -56,15 +59,21 @@ fn conv2d_matches_reference() {
             ..Default::default()
         };
         for g in gpus() {
-            let y = ops::conv2d(
-                g,
-                &upload_to(g, &x, &[b, ci, h, w]),
-                &upload_to(g, &wt, &[co, ci, k, k]),
-                Some(&upload_to(g, &bias, &[co])),
-                args,
-            )
-            .unwrap();
+            let (x, wt, bias) = (
+                upload_to(g, &x, &[b, ci, h, w]),
+                upload_to(g, &wt, &[co, ci, k, k]),
+                upload_to(g, &bias, &[co]),
+            );
+            let y = ops::conv2d(g, &x, &wt, Some(&bias), args).unwrap();
             assert_eq!(y.shape(), [b, co, ho, wo]);
+            // The layout made once at load gives the same result as the per-call one.
+            let weight_t = ops::conv2d_weight_t(g, &wt).unwrap();
+            let args_t = Conv2dArgs {
+                weight_t: weight_t.as_ref(),
+                ..args
+            };
+            let y_t = ops::conv2d(g, &x, &wt, Some(&bias), args_t).unwrap();
+            assert_eq!(read_from(g, &y_t), read_from(g, &y));
             assert_close(
                 &format!(
                     "conv2d {:?} {:?}",
@@ -129,6 +138,28 @@ fn conv2d_rejects_bad_shapes() {
     let w = upload(&[0.0; 5 * 2 * 9], &[5, 2, 3, 3]);
     let err = ops::conv2d(gpu(), &x, &w, None, Conv2dArgs::padded(1)).unwrap_err();
     assert!(err.to_string().contains("input channels"), "{err}");
+    // A transposed weight that is not the weight's own layout is refused where it is read.
+    let x = upload(&[0.0; 2 * 3 * 4 * 4], &[2, 3, 4, 4]);
+    let w = upload(&[0.0; 8 * 3 * 9], &[8, 3, 3, 3]);
+    let wrong = upload(&[0.0; 8 * 3 * 9], &[8, 27]);
+    for g in gpus() {
+        let (x, w, wrong) = (
+            upload_to(g, &read(&x), &[2, 3, 4, 4]),
+            upload_to(g, &read(&w), &[8, 3, 3, 3]),
+            upload_to(g, &read(&wrong), &[8, 27]),
+        );
+        let args = Conv2dArgs {
+            weight_t: Some(&wrong),
+            ..Conv2dArgs::padded(1)
+        };
+        match ops::conv2d_weight_t(g, &w).unwrap() {
+            Some(_) => {
+                let err = ops::conv2d(g, &x, &w, None, args).unwrap_err();
+                assert!(err.to_string().contains("transposed weight"), "{err}");
+            }
+            None => assert!(ops::conv2d(g, &x, &w, None, args).is_ok()),
+        }
+    }
 }
 
 #[test]
@@ -144,6 +175,8 @@ fn matmul_and_linear_match_reference() {
         (1, 3, 4, 2),
         (2, 37, 64, 45),
         (1, 70, 128, 66),
+        // K, N multiples of 4: the blocked class's linear from a transposed weight.
+        (2, 9, 12, 20),
     ] {
         let a = rng.vec(batch * m * k);
         let b = rng.vec(k * n);
@@ -174,6 +207,20 @@ fn matmul_and_linear_match_reference() {
             .unwrap();
             assert_eq!(y.shape(), [batch, m, n]);
             assert_close(&what("linear"), &read_from(g, &y), &want_linear, 1e-5, 1e-4);
+            // The transposed weight a layer keeps where the device's product is faster with it.
+            let w_gpu = upload_to(g, &wt, &[n, k]);
+            if let Some(weight_t) = ops::linear_weight_t(g, &w_gpu).unwrap() {
+                assert_eq!(weight_t.shape(), [k, n]);
+                let bias = upload_to(g, &bias, &[n]);
+                let y = ops::linear_from_t(g, &a_gpu, &weight_t, Some(&bias)).unwrap();
+                assert_close(
+                    &what("linear_t"),
+                    &read_from(g, &y),
+                    &want_linear,
+                    1e-5,
+                    1e-4,
+                );
+            }
         }
     }
 }

@@ -32,6 +32,8 @@ pub const MIN_SIDE: usize = 75;
 /// Conv + folded batch norm + ReLU.
 pub struct BasicConv {
     weight: Tensor,
+    /// The forward kernel's layout of `weight`, where the device reads another.
+    weight_t: Option<Tensor>,
     bias: Tensor,
     stride: usize,
     /// (rows, columns) of zero padding on each side.
@@ -45,6 +47,7 @@ impl BasicConv {
             padding: self.pad.0,
             padding_w: Some(self.pad.1),
             relu: true,
+            weight_t: self.weight_t.as_ref(),
             ..Default::default()
         };
         ops::conv2d(gpu, x, &self.weight, Some(&self.bias), args)
@@ -125,6 +128,7 @@ impl Builder<'_> {
             }
         };
         Ok(BasicConv {
+            weight_t: ops::conv2d_weight_t(self.gpu, &weight)?,
             weight,
             bias,
             stride: spec.stride,

@@ -9,6 +9,8 @@ use crate::ops::{self, Conv2dArgs};
 
 pub struct Conv2d {
     weight: Tensor,
+    /// The forward kernel's layout of `weight`, where the device reads another.
+    weight_t: Option<Tensor>,
     bias: Tensor,
     stride: usize,
     padding: usize,
@@ -24,8 +26,10 @@ impl Conv2d {
         stride: usize,
         padding: usize,
     ) -> Result<Conv2d> {
+        let weight = vb.get_weight("weight", &[c_out, c_in, k, k])?;
         Ok(Conv2d {
-            weight: vb.get_weight("weight", &[c_out, c_in, k, k])?,
+            weight_t: ops::conv2d_weight_t(vb.gpu(), &weight)?,
+            weight,
             bias: vb.get("bias", &[c_out])?,
             stride,
             padding,
@@ -57,6 +61,7 @@ impl Conv2d {
         let args = Conv2dArgs {
             residual,
             out_scale,
+            weight_t: self.weight_t.as_ref(),
             ..self.geometry()
         };
         ops::conv2d(gpu, x, &self.weight, Some(&self.bias), args)
@@ -91,19 +96,26 @@ impl Conv2d {
 
 pub struct Linear {
     weight: Tensor,
+    /// Wᵀ, where the device's product is faster from it.
+    weight_t: Option<Tensor>,
     bias: Tensor,
 }
 
 impl Linear {
     pub fn load(vb: &VarBuilder, d_in: usize, d_out: usize) -> Result<Linear> {
+        let weight = vb.get_weight("weight", &[d_out, d_in])?;
         Ok(Linear {
-            weight: vb.get_weight("weight", &[d_out, d_in])?,
+            weight_t: ops::linear_weight_t(vb.gpu(), &weight)?,
+            weight,
             bias: vb.get("bias", &[d_out])?,
         })
     }
 
     pub fn forward(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
-        ops::linear(gpu, x, &self.weight, Some(&self.bias))
+        match &self.weight_t {
+            Some(weight_t) => ops::linear_from_t(gpu, x, weight_t, Some(&self.bias)),
+            None => ops::linear(gpu, x, &self.weight, Some(&self.bias)),
+        }
     }
 
     /// ∂⟨linear(x), dy⟩/∂x = dy·W.

@@ -155,13 +155,49 @@ pub fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// PyTorch `Linear`: x (…, K) · Wᵀ + bias with W (N, K); leading dimensions are kept.
 pub fn linear(gpu: &Gpu, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    linear_impl(gpu, x, weight, bias, true)
+}
+
+/// Wᵀ (K, N) of a `Linear` weight W (N, K) where [`linear_from_t`] with it is faster on this
+/// device than [`linear`] (the blocked class's vec4 product reads B as (K, N) with K and N
+/// multiples of 4), else `None`. Layers make it once at load.
+pub fn linear_weight_t(gpu: &Gpu, weight: &Tensor) -> Result<Option<Tensor>> {
+    let [n, k] = dims::<2>(weight, "linear", "weight")?;
+    let faster = gpu.kernel_class() == KernelClass::Blocked
+        && n % 4 == 0
+        && k % 4 == 0
+        && weight.dtype() == DType::F32;
+    if !faster {
+        return Ok(None);
+    }
+    let t = super::transpose_last2(gpu, &weight.reshape(&[1, n, k])?)?;
+    Ok(Some(t.reshape(&[k, n])?))
+}
+
+/// [`linear`] with the weight given transposed, Wᵀ (K, N), as [`linear_weight_t`] makes it.
+pub fn linear_from_t(
+    gpu: &Gpu,
+    x: &Tensor,
+    weight_t: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    linear_impl(gpu, x, weight_t, bias, false)
+}
+
+fn linear_impl(
+    gpu: &Gpu,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    trans_b: bool,
+) -> Result<Tensor> {
     let shape = x.shape();
     ensure(!shape.is_empty(), "linear", || {
         "x must have rank ≥ 1".into()
     })?;
     let k = shape[shape.len() - 1];
     let rows = x.numel() / k.max(1);
-    let y = matmul_impl(gpu, &x.reshape(&[1, rows, k])?, weight, bias, true)?;
+    let y = matmul_impl(gpu, &x.reshape(&[1, rows, k])?, weight, bias, trans_b)?;
     let mut out_shape = shape.to_vec();
     *out_shape.last_mut().unwrap() = y.dim(2);
     y.reshape(&out_shape)
