@@ -66,14 +66,12 @@ fn conv2d_matches_reference() {
             );
             let y = ops::conv2d(g, &x, &wt, Some(&bias), args).unwrap();
             assert_eq!(y.shape(), [b, co, ho, wo]);
-            // The layout made once at load gives the same result as the per-call one.
-            let weight_t = ops::conv2d_weight_t(g, &wt).unwrap();
-            let args_t = Conv2dArgs {
-                weight_t: weight_t.as_ref(),
-                ..args
-            };
-            let y_t = ops::conv2d(g, &x, &wt, Some(&bias), args_t).unwrap();
-            assert_eq!(read_from(g, &y_t), read_from(g, &y));
+            // The layout made once at load gives the same result as the per-call one, and
+            // gives the weight back as stored.
+            let prepared = ops::ConvWeight::new(g, wt.clone()).unwrap();
+            let y_p = ops::conv2d_prepared(g, &x, &prepared, Some(&bias), args).unwrap();
+            assert_eq!(read_from(g, &y_p), read_from(g, &y));
+            assert_eq!(read_from(g, &prepared.oihw(g).unwrap()), read_from(g, &wt));
             assert_close(
                 &format!(
                     "conv2d {:?} {:?}",
@@ -138,28 +136,6 @@ fn conv2d_rejects_bad_shapes() {
     let w = upload(&[0.0; 5 * 2 * 9], &[5, 2, 3, 3]);
     let err = ops::conv2d(gpu(), &x, &w, None, Conv2dArgs::padded(1)).unwrap_err();
     assert!(err.to_string().contains("input channels"), "{err}");
-    // A transposed weight that is not the weight's own layout is refused where it is read.
-    let x = upload(&[0.0; 2 * 3 * 4 * 4], &[2, 3, 4, 4]);
-    let w = upload(&[0.0; 8 * 3 * 9], &[8, 3, 3, 3]);
-    let wrong = upload(&[0.0; 8 * 3 * 9], &[8, 27]);
-    for g in gpus() {
-        let (x, w, wrong) = (
-            upload_to(g, &read(&x), &[2, 3, 4, 4]),
-            upload_to(g, &read(&w), &[8, 3, 3, 3]),
-            upload_to(g, &read(&wrong), &[8, 27]),
-        );
-        let args = Conv2dArgs {
-            weight_t: Some(&wrong),
-            ..Conv2dArgs::padded(1)
-        };
-        match ops::conv2d_weight_t(g, &w).unwrap() {
-            Some(_) => {
-                let err = ops::conv2d(g, &x, &w, None, args).unwrap_err();
-                assert!(err.to_string().contains("transposed weight"), "{err}");
-            }
-            None => assert!(ops::conv2d(g, &x, &w, None, args).is_ok()),
-        }
-    }
 }
 
 #[test]
@@ -207,20 +183,19 @@ fn matmul_and_linear_match_reference() {
             .unwrap();
             assert_eq!(y.shape(), [batch, m, n]);
             assert_close(&what("linear"), &read_from(g, &y), &want_linear, 1e-5, 1e-4);
-            // The transposed weight a layer keeps where the device's product is faster with it.
-            let w_gpu = upload_to(g, &wt, &[n, k]);
-            if let Some(weight_t) = ops::linear_weight_t(g, &w_gpu).unwrap() {
-                assert_eq!(weight_t.shape(), [k, n]);
-                let bias = upload_to(g, &bias, &[n]);
-                let y = ops::linear_from_t(g, &a_gpu, &weight_t, Some(&bias)).unwrap();
-                assert_close(
-                    &what("linear_t"),
-                    &read_from(g, &y),
-                    &want_linear,
-                    1e-5,
-                    1e-4,
-                );
-            }
+            // The layout a layer holds (Wᵀ where the device's product is faster with it), and
+            // the input gradient through it.
+            let prepared = ops::LinearWeight::new(g, upload_to(g, &wt, &[n, k])).unwrap();
+            let bias = upload_to(g, &bias, &[n]);
+            let y = ops::linear_prepared(g, &a_gpu, &prepared, Some(&bias)).unwrap();
+            let what_p = what("linear_prepared");
+            assert_close(&what_p, &read_from(g, &y), &want_linear, 1e-5, 1e-4);
+            let dy = read_from(g, &y);
+            let want_dx = r::matmul(&to_f64(&dy), &to_f64(&wt), batch, m, n, k, false, None);
+            let dy = upload_to(g, &dy, &[batch, m, n]);
+            let dx = ops::linear_input_grad_prepared(g, &dy, &prepared).unwrap();
+            let what_dx = what("linear_input_grad_prepared");
+            assert_close(&what_dx, &read_from(g, &dx), &want_dx, 1e-5, 1e-4);
         }
     }
 }

@@ -14,7 +14,7 @@
 use super::weights::WeightFile;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
-use crate::ops::{self, Conv2dArgs, Pool2dArgs, PoolMode};
+use crate::ops::{self, Conv2dArgs, ConvWeight, Pool2dArgs, PoolMode};
 use crate::splitmix::SplitMix64;
 
 /// The `arch` metadata of converted weights.
@@ -31,9 +31,7 @@ pub const MIN_SIDE: usize = 75;
 
 /// Conv + folded batch norm + ReLU.
 pub struct BasicConv {
-    weight: Tensor,
-    /// The forward kernel's layout of `weight`, where the device reads another.
-    weight_t: Option<Tensor>,
+    weight: ConvWeight,
     bias: Tensor,
     stride: usize,
     /// (rows, columns) of zero padding on each side.
@@ -47,10 +45,9 @@ impl BasicConv {
             padding: self.pad.0,
             padding_w: Some(self.pad.1),
             relu: true,
-            weight_t: self.weight_t.as_ref(),
             ..Default::default()
         };
-        ops::conv2d(gpu, x, &self.weight, Some(&self.bias), args)
+        ops::conv2d_prepared(gpu, x, &self.weight, Some(&self.bias), args)
     }
 }
 
@@ -128,8 +125,7 @@ impl Builder<'_> {
             }
         };
         Ok(BasicConv {
-            weight_t: ops::conv2d_weight_t(self.gpu, &weight)?,
-            weight,
+            weight: ConvWeight::new(self.gpu, weight)?,
             bias,
             stride: spec.stride,
             pad: spec.pad,

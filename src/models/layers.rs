@@ -5,12 +5,10 @@
 use super::weights::VarBuilder;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
-use crate::ops::{self, Conv2dArgs};
+use crate::ops::{self, Conv2dArgs, ConvWeight, LinearWeight};
 
 pub struct Conv2d {
-    weight: Tensor,
-    /// The forward kernel's layout of `weight`, where the device reads another.
-    weight_t: Option<Tensor>,
+    weight: ConvWeight,
     bias: Tensor,
     stride: usize,
     padding: usize,
@@ -28,8 +26,7 @@ impl Conv2d {
     ) -> Result<Conv2d> {
         let weight = vb.get_weight("weight", &[c_out, c_in, k, k])?;
         Ok(Conv2d {
-            weight_t: ops::conv2d_weight_t(vb.gpu(), &weight)?,
-            weight,
+            weight: ConvWeight::new(vb.gpu(), weight)?,
             bias: vb.get("bias", &[c_out])?,
             stride,
             padding,
@@ -61,10 +58,9 @@ impl Conv2d {
         let args = Conv2dArgs {
             residual,
             out_scale,
-            weight_t: self.weight_t.as_ref(),
             ..self.geometry()
         };
-        ops::conv2d(gpu, x, &self.weight, Some(&self.bias), args)
+        ops::conv2d_prepared(gpu, x, &self.weight, Some(&self.bias), args)
     }
 
     fn geometry(&self) -> Conv2dArgs<'static> {
@@ -79,7 +75,8 @@ impl Conv2d {
     /// ∂⟨conv(x), dy⟩/∂x for an input of spatial size `input_hw` (the convolution is linear in
     /// x, so nothing of the forward is needed).
     pub fn input_grad(&self, gpu: &Gpu, dy: &Tensor, input_hw: (usize, usize)) -> Result<Tensor> {
-        ops::conv2d_input_grad(gpu, dy, &self.weight, input_hw, self.geometry())
+        let weight = self.weight.oihw(gpu)?;
+        ops::conv2d_input_grad(gpu, dy, &weight, input_hw, self.geometry())
     }
 
     /// [`Self::input_grad`] of a size-preserving (stride 1, "same" padding) convolution.
@@ -95,9 +92,7 @@ impl Conv2d {
 }
 
 pub struct Linear {
-    weight: Tensor,
-    /// Wᵀ, where the device's product is faster from it.
-    weight_t: Option<Tensor>,
+    weight: LinearWeight,
     bias: Tensor,
 }
 
@@ -105,22 +100,18 @@ impl Linear {
     pub fn load(vb: &VarBuilder, d_in: usize, d_out: usize) -> Result<Linear> {
         let weight = vb.get_weight("weight", &[d_out, d_in])?;
         Ok(Linear {
-            weight_t: ops::linear_weight_t(vb.gpu(), &weight)?,
-            weight,
+            weight: LinearWeight::new(vb.gpu(), weight)?,
             bias: vb.get("bias", &[d_out])?,
         })
     }
 
     pub fn forward(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
-        match &self.weight_t {
-            Some(weight_t) => ops::linear_from_t(gpu, x, weight_t, Some(&self.bias)),
-            None => ops::linear(gpu, x, &self.weight, Some(&self.bias)),
-        }
+        ops::linear_prepared(gpu, x, &self.weight, Some(&self.bias))
     }
 
     /// ∂⟨linear(x), dy⟩/∂x = dy·W.
     pub fn input_grad(&self, gpu: &Gpu, dy: &Tensor) -> Result<Tensor> {
-        ops::linear_input_grad(gpu, dy, &self.weight)
+        ops::linear_input_grad_prepared(gpu, dy, &self.weight)
     }
 }
 

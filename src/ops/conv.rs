@@ -83,10 +83,6 @@ pub struct Conv2dArgs<'a> {
     pub out_scale: f32,
     /// Fused `max(·, 0)` after everything else (Inception's BasicConv2d).
     pub relu: bool,
-    /// The weight in the layout this device's kernel reads, made once by [`conv2d_weight_t`]
-    /// when the layer is loaded; without it, a device that reads a transposed weight
-    /// transposes it on every call.
-    pub weight_t: Option<&'a Tensor>,
 }
 
 impl Default for Conv2dArgs<'_> {
@@ -99,7 +95,6 @@ impl Default for Conv2dArgs<'_> {
             residual: None,
             out_scale: 1.0,
             relu: false,
-            weight_t: None,
         }
     }
 }
@@ -123,20 +118,19 @@ const OP: &str = "conv2d";
 /// Checks the operands of a [`conv2d`] against each other and returns the output's shape.
 fn output_shape(
     x: &Tensor,
-    weight: &Tensor,
+    weight_shape: [usize; 4],
     bias: Option<&Tensor>,
     args: &Conv2dArgs,
 ) -> Result<[usize; 4]> {
     let [b, c_in, h, w] = dims::<4>(x, OP, "input")?;
-    let [c_out, wc_in, kh, kw] = dims::<4>(weight, OP, "weight")?;
+    let [c_out, wc_in, kh, kw] = weight_shape;
     // Only the weight may be f16.
     x.ensure_f32(OP)?;
     bias.map_or(Ok(()), |t| t.ensure_f32(OP))?;
     args.residual.map_or(Ok(()), |t| t.ensure_f32(OP))?;
     ensure(wc_in == c_in, OP, || {
         format!(
-            "weight {:?} expects {wc_in} input channels, input {:?} has {c_in}",
-            weight.shape(),
+            "weight {weight_shape:?} expects {wc_in} input channels, input {:?} has {c_in}",
             x.shape()
         )
     })?;
@@ -165,30 +159,60 @@ fn output_shape(
     Ok([b, c_out, h_out, w_out])
 }
 
-/// Whether [`conv2d`] on this device reads `weight` transposed, as (C_in·KH·KW, C_out):
-/// conv2d_blocked's WEIGHT_T layout, a copy as large as the weight made by an f32 transpose
-/// (so f16 weights are read as stored).
-fn reads_transposed(gpu: &Gpu, weight: &Tensor) -> bool {
-    let c_out = weight.shape().first().copied().unwrap_or(0);
-    gpu.kernel_class() == KernelClass::Blocked && c_out % 4 == 0 && weight.dtype() != DType::F16
+/// A convolution weight (C_out, C_in, KH, KW) held once, in the layout this device's forward
+/// kernel reads: as stored, or on the blocked class (f32, C_out % 4 = 0) transposed to
+/// (C_in·KH·KW, C_out), conv2d_blocked's WEIGHT_T layout, so that a block's rows under one tap
+/// are aligned vec4s. Layers make it at load, so the forward transposes nothing.
+#[derive(Clone, Debug)]
+pub struct ConvWeight {
+    tensor: Tensor,
+    shape: [usize; 4],
+    transposed: bool,
 }
 
-/// The copy of a weight (C_out, C_in, KH, KW) that [`conv2d`] reads on this device, for
-/// [`Conv2dArgs::weight_t`]; `None` where it reads the weight as stored. Layers make it once
-/// at load: on a CPU adapter it doubles the memory of convolution weights and saves one
-/// transpose per call.
-pub fn conv2d_weight_t(gpu: &Gpu, weight: &Tensor) -> Result<Option<Tensor>> {
-    let [c_out, c_in, kh, kw] = dims::<4>(weight, OP, "weight")?;
-    if !reads_transposed(gpu, weight) {
-        return Ok(None);
+impl ConvWeight {
+    pub fn new(gpu: &Gpu, weight: Tensor) -> Result<ConvWeight> {
+        let shape = dims::<4>(&weight, OP, "weight")?;
+        let [c_out, c_in, kh, kw] = shape;
+        let transposed = gpu.kernel_class() == KernelClass::Blocked
+            && c_out % 4 == 0
+            && weight.dtype() != DType::F16;
+        let tensor = match transposed {
+            true => {
+                let k = c_in * kh * kw;
+                super::transpose_last2(gpu, &weight.reshape(&[1, c_out, k])?)?
+                    .reshape(&[k, c_out])?
+            }
+            false => weight,
+        };
+        Ok(ConvWeight {
+            tensor,
+            shape,
+            transposed,
+        })
     }
-    let k = c_in * kh * kw;
-    let t = super::transpose_last2(gpu, &weight.reshape(&[1, c_out, k])?)?;
-    Ok(Some(t.reshape(&[k, c_out])?))
+
+    /// (C_out, C_in, KH, KW).
+    pub fn shape(&self) -> [usize; 4] {
+        self.shape
+    }
+
+    /// The weight as stored, (C_out, C_in, KH, KW), transposed back where it is held
+    /// transposed: the input gradient reads it so.
+    pub fn oihw(&self, gpu: &Gpu) -> Result<Tensor> {
+        if !self.transposed {
+            return Ok(self.tensor.clone());
+        }
+        let [c_out, c_in, kh, kw] = self.shape;
+        let k = c_in * kh * kw;
+        super::transpose_last2(gpu, &self.tensor.reshape(&[1, k, c_out])?)?.reshape(&self.shape)
+    }
 }
 
 /// 2-D convolution: x (B, C_in, H, W), weight (C_out, C_in, KH, KW), bias (C_out). The weight
-/// may be f16 ([`DType::F16`]); the products still accumulate in f32.
+/// may be f16 ([`DType::F16`]); the products still accumulate in f32. Where the device reads
+/// the weight in another layout this rearranges it on every call; a layer applied many times
+/// holds a [`ConvWeight`] and calls [`conv2d_prepared`].
 pub fn conv2d(
     gpu: &Gpu,
     x: &Tensor,
@@ -196,13 +220,27 @@ pub fn conv2d(
     bias: Option<&Tensor>,
     args: Conv2dArgs,
 ) -> Result<Tensor> {
-    let [b, c_out, h_out, w_out] = output_shape(x, weight, bias, &args)?;
+    // Checked before any rearranging, so a bad call fails with the operands' own shapes.
+    output_shape(x, dims::<4>(weight, OP, "weight")?, bias, &args)?;
+    conv2d_prepared(gpu, x, &ConvWeight::new(gpu, weight.clone())?, bias, args)
+}
+
+/// [`conv2d`] with the weight in the layout the device reads.
+pub fn conv2d_prepared(
+    gpu: &Gpu,
+    x: &Tensor,
+    weight: &ConvWeight,
+    bias: Option<&Tensor>,
+    args: Conv2dArgs,
+) -> Result<Tensor> {
+    let [b, c_out, h_out, w_out] = output_shape(x, weight.shape, bias, &args)?;
     let [_, c_in, h, w] = dims::<4>(x, OP, "input")?;
-    let [_, _, kh, kw] = dims::<4>(weight, OP, "weight")?;
+    let [_, _, kh, kw] = weight.shape;
+    let weight_t = weight.transposed;
+    let weight = &weight.tensor;
     let u = |what, v| checked_u32(OP, what, v);
     let n = b * h_out * w_out;
     let f16 = weight.dtype() == DType::F16;
-    let weight_t = reads_transposed(gpu, weight);
     let (kernel, workgroups) = match gpu.kernel_class() {
         KernelClass::Tiled => {
             let tile = tile_for(c_out);
@@ -249,25 +287,6 @@ pub fn conv2d(
         h_out: u("h_out", h_out)?,
         w_out: u("w_out", w_out)?,
         out_scale: args.out_scale,
-    };
-    let transposed;
-    let weight = match (weight_t, args.weight_t) {
-        (false, _) => weight,
-        (true, Some(given)) => {
-            let expect = [c_in * kh * kw, c_out];
-            ensure(given.shape() == expect, OP, || {
-                format!(
-                    "transposed weight {:?} must be {expect:?} for weight {:?}",
-                    given.shape(),
-                    weight.shape()
-                )
-            })?;
-            given
-        }
-        (true, None) => {
-            transposed = conv2d_weight_t(gpu, weight)?.expect("reads_transposed");
-            &transposed
-        }
     };
     let out = gpu.empty(&[b, c_out, h_out, w_out])?;
     gpu.dispatch(

@@ -158,30 +158,38 @@ pub fn linear(gpu: &Gpu, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> 
     linear_impl(gpu, x, weight, bias, true)
 }
 
-/// Wᵀ (K, N) of a `Linear` weight W (N, K) where [`linear_from_t`] with it is faster on this
-/// device than [`linear`] (the blocked class's vec4 product reads B as (K, N) with K and N
-/// multiples of 4), else `None`. Layers make it once at load.
-pub fn linear_weight_t(gpu: &Gpu, weight: &Tensor) -> Result<Option<Tensor>> {
-    let [n, k] = dims::<2>(weight, "linear", "weight")?;
-    let faster = gpu.kernel_class() == KernelClass::Blocked
-        && n % 4 == 0
-        && k % 4 == 0
-        && weight.dtype() == DType::F32;
-    if !faster {
-        return Ok(None);
-    }
-    let t = super::transpose_last2(gpu, &weight.reshape(&[1, n, k])?)?;
-    Ok(Some(t.reshape(&[k, n])?))
+/// A `Linear` weight W (N, K) held once, in the layout this device's product is fastest with:
+/// as stored, or on the blocked class (f32, K and N multiples of 4) as Wᵀ (K, N), which the
+/// vec4 product reads. Layers make it at load.
+#[derive(Clone, Debug)]
+pub struct LinearWeight {
+    tensor: Tensor,
+    transposed: bool,
 }
 
-/// [`linear`] with the weight given transposed, Wᵀ (K, N), as [`linear_weight_t`] makes it.
-pub fn linear_from_t(
+impl LinearWeight {
+    pub fn new(gpu: &Gpu, weight: Tensor) -> Result<LinearWeight> {
+        let [n, k] = dims::<2>(&weight, "linear", "weight")?;
+        let transposed = gpu.kernel_class() == KernelClass::Blocked
+            && n % 4 == 0
+            && k % 4 == 0
+            && weight.dtype() == DType::F32;
+        let tensor = match transposed {
+            true => super::transpose_last2(gpu, &weight.reshape(&[1, n, k])?)?.reshape(&[k, n])?,
+            false => weight,
+        };
+        Ok(LinearWeight { tensor, transposed })
+    }
+}
+
+/// [`linear`] with the weight in the layout the device is fastest with.
+pub fn linear_prepared(
     gpu: &Gpu,
     x: &Tensor,
-    weight_t: &Tensor,
+    weight: &LinearWeight,
     bias: Option<&Tensor>,
 ) -> Result<Tensor> {
-    linear_impl(gpu, x, weight_t, bias, false)
+    linear_impl(gpu, x, &weight.tensor, bias, !weight.transposed)
 }
 
 fn linear_impl(
@@ -206,14 +214,37 @@ fn linear_impl(
 /// ∂⟨linear(x, weight, bias), dy⟩/∂x = dy · W for dy (…, N) and W (N, K): a plain product with
 /// the weight as stored.
 pub fn linear_input_grad(gpu: &Gpu, dy: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    let [n, k] = dims::<2>(weight, "linear_input_grad", "weight")?;
+    linear_input_grad_impl(gpu, dy, weight, (n, k), false)
+}
+
+/// [`linear_input_grad`] with the weight as a layer holds it (held as Wᵀ, the product reads it
+/// transposed back).
+pub fn linear_input_grad_prepared(gpu: &Gpu, dy: &Tensor, weight: &LinearWeight) -> Result<Tensor> {
+    let t = &weight.tensor;
+    let [rows, cols] = dims::<2>(t, "linear_input_grad", "weight")?;
+    let (n, k) = if weight.transposed {
+        (cols, rows)
+    } else {
+        (rows, cols)
+    };
+    linear_input_grad_impl(gpu, dy, t, (n, k), weight.transposed)
+}
+
+fn linear_input_grad_impl(
+    gpu: &Gpu,
+    dy: &Tensor,
+    weight: &Tensor,
+    (n, k): (usize, usize),
+    trans_b: bool,
+) -> Result<Tensor> {
     const OP: &str = "linear_input_grad";
-    let [n, k] = dims::<2>(weight, OP, "weight")?;
     let shape = dy.shape();
     ensure(shape.last() == Some(&n), OP, || {
         format!("dy {shape:?} must end in the weight's {n} outputs")
     })?;
     let rows = dy.numel() / n.max(1);
-    let dx = matmul_impl(gpu, &dy.reshape(&[1, rows, n])?, weight, None, false)?;
+    let dx = matmul_impl(gpu, &dy.reshape(&[1, rows, n])?, weight, None, trans_b)?;
     let mut out_shape = shape.to_vec();
     *out_shape.last_mut().unwrap() = k;
     dx.reshape(&out_shape)

@@ -24,7 +24,7 @@ mod uncertainty;
 
 pub use attention::{attention, attention_saving};
 pub use attention_grad::{attention_grad, AttentionSaved};
-pub use conv::{conv2d, conv2d_weight_t, Conv2dArgs};
+pub use conv::{conv2d, conv2d_prepared, Conv2dArgs, ConvWeight};
 pub use conv_grad::conv2d_input_grad;
 pub use elementwise::{
     add, add_channel_vec, affine, avg_pool2x, broadcast_lincomb, concat_channels, lincomb, mul,
@@ -34,7 +34,9 @@ pub use elementwise_grad::{silu_grad, slice_channels, upsample_nearest2x_grad};
 pub use embedding::{embedding_lookup, timestep_embedding};
 pub use finite::{decode_first_steps, non_finite_flags, record_non_finite, NO_STEP};
 pub use guidance::{gradient_cotangent, masked_update, posterior, sum_copies, MaskedRule};
-pub use matmul::{linear, linear_from_t, linear_input_grad, linear_weight_t, matmul};
+pub use matmul::{
+    linear, linear_input_grad, linear_input_grad_prepared, linear_prepared, matmul, LinearWeight,
+};
 pub use noise_scale::{dropout, dropout_threshold, learned_range_noise, normal_quantile};
 pub use norm::{group_norm, group_norm_saving};
 pub use norm_grad::group_norm_input_grad;

@@ -177,8 +177,8 @@ impl Upsample {
 /// One layer of a `TimestepEmbedSequential`.
 pub enum Layer {
     Conv(Conv2d),
-    Res(ResBlock),
-    Attention(AttentionBlock),
+    Res(Box<ResBlock>),
+    Attention(Box<AttentionBlock>),
     Down(Downsample),
     Up(Upsample),
 }

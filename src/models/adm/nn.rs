@@ -35,14 +35,8 @@ impl HostParams {
         let bias: Vec<f32> = rows.iter().map(|&r| self.bias[r]).collect();
         let mut shape = vec![rows.len()];
         shape.extend_from_slice(rest);
-        let weight = gpu.upload(&shape, &weight)?;
-        let weight_t = match rest.len() {
-            1 => ops::linear_weight_t(gpu, &weight)?,
-            _ => ops::conv2d_weight_t(gpu, &weight)?,
-        };
         Ok(Dense {
-            weight,
-            weight_t,
+            weight: gpu.upload(&shape, &weight)?,
             bias: gpu.upload(&[rows.len()], &bias)?,
         })
     }
@@ -51,19 +45,13 @@ impl HostParams {
 /// A weight and bias on the GPU, applied as a token-wise linear map or a 3×3 convolution.
 pub struct Dense {
     weight: Tensor,
-    /// The weight in the layout the device's linear or convolution kernel is fastest with, where
-    /// that is another.
-    weight_t: Option<Tensor>,
     bias: Tensor,
 }
 
 impl Dense {
     /// x (…, K) · Wᵀ + b for a weight (N, K): a 1-D kernel-size-1 convolution over tokens.
     pub fn linear(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
-        match &self.weight_t {
-            Some(weight_t) => ops::linear_from_t(gpu, x, weight_t, Some(&self.bias)),
-            None => ops::linear(gpu, x, &self.weight, Some(&self.bias)),
-        }
+        ops::linear(gpu, x, &self.weight, Some(&self.bias))
     }
 
     /// A 3×3 convolution with padding 1 for a weight (N, C, 3, 3).
@@ -73,10 +61,7 @@ impl Dense {
             x,
             &self.weight,
             Some(&self.bias),
-            Conv2dArgs {
-                weight_t: self.weight_t.as_ref(),
-                ..Conv2dArgs::padded(1)
-            },
+            Conv2dArgs::padded(1),
         )
     }
 }

@@ -47,7 +47,7 @@ impl Cursor<'_> {
     fn res_block(&mut self, vb: &VarBuilder, out: usize, resample: Resample) -> Result<Layer> {
         let block = ResBlock::load(vb, self.ch, out, resample, &self.res)?;
         self.ch = out;
-        Ok(Layer::Res(block))
+        Ok(Layer::Res(Box::new(block)))
     }
 
     /// The attention block at the current width, if the current rate has one.
@@ -57,9 +57,8 @@ impl Cursor<'_> {
         }
         let heads = self.config.heads(self.ch, upsample)?;
         let new_order = self.config.use_new_attention_order;
-        Ok(Some(Layer::Attention(AttentionBlock::load(
-            vb, self.ch, heads, new_order,
-        )?)))
+        let block = AttentionBlock::load(vb, self.ch, heads, new_order)?;
+        Ok(Some(Layer::Attention(Box::new(block))))
     }
 }
 
@@ -174,7 +173,12 @@ impl AdmModel {
         let new_order = cur.config.use_new_attention_order;
         Ok(TimestepEmbedSequential(vec![
             cur.res_block(&vb.pp(0), ch, Resample::Keep)?,
-            Layer::Attention(AttentionBlock::load(&vb.pp(1), ch, heads, new_order)?),
+            Layer::Attention(Box::new(AttentionBlock::load(
+                &vb.pp(1),
+                ch,
+                heads,
+                new_order,
+            )?)),
             cur.res_block(&vb.pp(2), ch, Resample::Keep)?,
         ]))
     }
