@@ -5,6 +5,7 @@ mod common;
 use common::{
     assert_close, gpu, gpus, read, read_from, reference as r, to_f64, upload, upload_to, Rng,
 };
+use wgsl_diff::gpu::{AdapterChoice, Gpu, KernelClass};
 use wgsl_diff::ops::{self, Conv2dArgs};
 
 #[test]
@@ -429,6 +430,40 @@ fn attention_matches_reference() {
                 1e-4,
             );
         }
+    }
+}
+
+/// On the blocked class, attention whose scores exceed one tensor runs in groups of (item,
+/// head) pairs that fit: the same output and log-sum-exp.
+#[test]
+fn attention_in_groups_matches_reference() {
+    let mut rng = Rng::new(81);
+    // (batch, tokens, channels, heads, score matrices the limit admits before 16-byte rounding):
+    // groups of 2 + 2 and 2 + 1.
+    for (b, n, c, heads, fit) in [(2, 37, 16, 2, 3), (3, 20, 8, 1, 2)] {
+        let g = Gpu::new(&AdapterChoice::Default)
+            .unwrap()
+            .with_kernel_class(KernelClass::Blocked)
+            .with_max_tensor_bytes((fit * n * n * 4) as u64);
+        let (q, k, v) = (rng.vec(b * n * c), rng.vec(b * n * c), rng.vec(b * n * c));
+        let scale = 1.0 / ((c / heads) as f64).sqrt();
+        let (q64, k64, v64) = (to_f64(&q), to_f64(&k), to_f64(&v));
+        let want = r::attention(&q64, &k64, &v64, b, n, c, heads, scale);
+        let want_lse = r::attention_lse(&q64, &k64, (b, n, c), heads, scale);
+        let s = [b, n, c];
+        let (out, lse) = ops::attention_saving(
+            &g,
+            &upload_to(&g, &q, &s),
+            &upload_to(&g, &k, &s),
+            &upload_to(&g, &v, &s),
+            heads,
+            scale as f32,
+        )
+        .unwrap();
+        let what = |t| format!("grouped attention {t} {:?}", (b, n, c, heads, fit));
+        assert_close(&what("out"), &read_from(&g, &out), &want, 1e-5, 1e-4);
+        assert_eq!(lse.shape(), [b, heads, n]);
+        assert_close(&what("lse"), &read_from(&g, &lse), &want_lse, 1e-5, 1e-4);
     }
 }
 

@@ -198,6 +198,15 @@ impl Gpu {
         self
     }
 
+    /// This device with tensors limited to `bytes` (at most the device's own limit), so that
+    /// tests reach on small shapes the paths that split work at the limit.
+    pub fn with_max_tensor_bytes(mut self, bytes: u64) -> Gpu {
+        let l = &mut self.limits;
+        l.max_storage_buffer_binding_size = l.max_storage_buffer_binding_size.min(bytes);
+        l.max_buffer_size = l.max_buffer_size.min(bytes);
+        self
+    }
+
     /// The largest buffer one tensor may occupy: a storage binding must cover it whole.
     pub fn max_tensor_bytes(&self) -> u64 {
         self.limits

@@ -81,28 +81,90 @@ pub fn attention_saving(
 
 /// Whether attention runs as matmul, row softmax, matmul (attention.wgsl's `softmax_rows`): on
 /// the blocked kernel class (CPU adapters, where it is over 10x faster than the fused kernel),
-/// with one head (the products then need no per-head layout), when the (B, N, N) scores fit
-/// one tensor and the softmax's three passes over a row fit the loop budget.
+/// when one head's N × N scores fit one tensor and the softmax's three passes over a row fit
+/// the loop budget.
 fn by_products(gpu: &Gpu, p: &AttentionParams) -> bool {
-    let (b, n) = (p.batch as usize, p.tokens as usize);
+    let n = p.tokens as usize;
     gpu.kernel_class() == KernelClass::Blocked
-        && p.heads == 1
-        && ((b * n * n * 4) as u64) <= gpu.max_tensor_bytes()
+        && ((n * n * 4) as u64) <= gpu.max_tensor_bytes() / 16 * 16
         && gpu
             .max_loop_iterations()
             .is_none_or(|budget| 3 * (n + 1) <= budget)
 }
 
-/// Output and lse as S = Q·Kᵀ, P = softmax(S·scale) by rows, P·V.
+/// Token-major (B, N, heads·D) as head-major (B·heads, D, N): one transpose, and each head's
+/// rows are then contiguous.
+fn head_major_t(gpu: &Gpu, x: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, n, c) = (x.dim(0), x.dim(1), x.dim(2));
+    super::transpose_last2(gpu, x)?.reshape(&[b * heads, c / heads, n])
+}
+
+/// Items start .. start + count of a batch (R, …), as a tensor of its own.
+fn batch_items(gpu: &Gpu, x: &Tensor, start: usize, count: usize) -> Result<Tensor> {
+    let mut shape = x.shape().to_vec();
+    let inner = x.numel() / shape[0];
+    let part = super::slice_channels(gpu, &x.reshape(&[1, shape[0], inner, 1])?, start, count)?;
+    shape[0] = count;
+    part.reshape(&shape)
+}
+
+/// Output and lse as S = Q·Kᵀ, P = softmax(S·scale) by rows, P·V, per (batch item, head). With
+/// more than one head the operands are laid out head-major by transposes first (memory-bound,
+/// a small cost beside the N²·D products) and the output back to token-major after. Where the
+/// scores of every (item, head) would exceed one tensor, they run in groups that fit.
 fn products(gpu: &Gpu, p: &AttentionParams, [q, k, v]: [&Tensor; 3]) -> Result<(Tensor, Tensor)> {
-    let (b, n) = (q.dim(0), q.dim(1));
-    let scores = super::matmul::matmul_impl(gpu, q, k, None, true)?;
-    let probs = gpu.empty(&[b, n, n])?;
-    let lse = gpu.empty(&[b, 1, n])?;
+    let (b, n, c) = (q.dim(0), q.dim(1), q.dim(2));
+    let heads = p.heads as usize;
+    let rows = b * heads;
+    // Q (rows, N, D); K as Kᵀ (rows, D, N), or as stored (transposed by the product) for one
+    // head; V (rows, N, D).
+    let (q_h, k_op, k_stored, v_h) = if heads == 1 {
+        (q.clone(), k.clone(), true, v.clone())
+    } else {
+        (
+            super::transpose_last2(gpu, &head_major_t(gpu, q, heads)?)?,
+            head_major_t(gpu, k, heads)?,
+            false,
+            super::transpose_last2(gpu, &head_major_t(gpu, v, heads)?)?,
+        )
+    };
+    // Tensors occupy whole 16-byte units.
+    let usable = gpu.max_tensor_bytes() / 16 * 16;
+    let group = ((usable / (n * n * 4) as u64) as usize).clamp(1, rows);
     let softmax = Kernel::new(&shaders::ATTENTION, "softmax_rows");
-    gpu.dispatch(&softmax, p, &[&scores], &[&probs, &lse], gpu.grid_1d(b * n))?;
-    drop(scores);
-    let out = super::matmul::matmul_impl(gpu, &probs, v, None, false)?;
+    let (mut outs, mut lses) = (Vec::new(), Vec::new());
+    for start in (0..rows).step_by(group) {
+        let count = group.min(rows - start);
+        let pick = |t: &Tensor| match count == rows {
+            true => Ok(t.clone()),
+            false => batch_items(gpu, t, start, count),
+        };
+        let scores = super::matmul::matmul_impl(gpu, &pick(&q_h)?, &pick(&k_op)?, None, k_stored)?;
+        let probs = gpu.empty(&[count, n, n])?;
+        let lse = gpu.empty(&[1, count, n, 1])?;
+        let per_row = AttentionParams {
+            batch: checked_u32("attention", "rows", count)?,
+            ..*p
+        };
+        let grid = gpu.grid_1d(count * n);
+        gpu.dispatch(&softmax, &per_row, &[&scores], &[&probs, &lse], grid)?;
+        drop(scores);
+        let out = super::matmul::matmul_impl(gpu, &probs, &pick(&v_h)?, None, false)?;
+        outs.push(out.reshape(&[1, count, n, c / heads])?);
+        lses.push(lse);
+    }
+    drop((q_h, k_op, v_h));
+    let join = |parts: Vec<Tensor>| match parts.len() {
+        1 => Ok(parts.into_iter().next().expect("one part")),
+        _ => super::concat_channels(gpu, &parts.iter().collect::<Vec<_>>()),
+    };
+    let lse = join(lses)?.reshape(&[b, heads, n])?;
+    let out_h = join(outs)?;
+    if heads == 1 {
+        return Ok((out_h.reshape(&[b, n, c])?, lse));
+    }
+    let out_t = super::transpose_last2(gpu, &out_h.reshape(&[rows, n, c / heads])?)?;
+    let out = super::transpose_last2(gpu, &out_t.reshape(&[b, c, n])?)?;
     Ok((out, lse))
 }
 
