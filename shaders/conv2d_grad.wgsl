@@ -116,3 +116,35 @@ fn conv2d_input_grad(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(work
         }
     }
 }
+
+// ---- flip_weight: the weight whose convolution is a stride-1 convolution's input gradient ----
+// For stride 1, ∂⟨conv(x, w, pad), dy⟩/∂x = conv(dy, w', KH − 1 − pad) with
+// w'[ci, co, ky, kx] = w[co, ci, KH − 1 − ky, KW − 1 − kx]: the host runs that through conv2d.wgsl's
+// kernels where they are faster than conv2d_input_grad above (the blocked class). Reversing both
+// spatial axes reverses the flattened tap index ky·KW + kx.
+
+struct FlipParams {
+    c_out: u32,
+    c_in: u32,
+    taps: u32,
+}
+
+const LINEAR_WG: u32 = 256u;
+
+@group(0) @binding(0) var<uniform> fp: FlipParams;
+@group(0) @binding(1) var<storage, read> flip_src: array<f32>;
+@group(0) @binding(2) var<storage, read_write> flip_dst: array<f32>;
+
+@compute @workgroup_size(LINEAR_WG)
+fn flip_weight(@builtin(global_invocation_id) gid: vec3<u32>,
+               @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = gid.x + gid.y * groups.x * LINEAR_WG;
+    if i >= fp.c_out * fp.c_in * fp.taps {
+        return;
+    }
+    // i indexes w' as (ci, co, tap).
+    let tap = i % fp.taps;
+    let co = (i / fp.taps) % fp.c_out;
+    let ci = i / (fp.taps * fp.c_out);
+    flip_dst[i] = flip_src[(co * fp.c_in + ci) * fp.taps + (fp.taps - 1u - tap)];
+}

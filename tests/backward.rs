@@ -5,7 +5,9 @@
 
 mod common;
 
-use common::{assert_close, gpu, read, reference as r, to_f64, upload, Rng};
+use common::{
+    assert_close, gpu, gpus, read, read_from, reference as r, to_f64, upload, upload_to, Rng,
+};
 use wgsl_diff::ops::{self, AttentionSaved, Conv2dArgs};
 
 fn rand64(rng: &mut Rng, n: usize) -> Vec<f64> {
@@ -191,7 +193,10 @@ fn reference_elementwise_grads_match_finite_differences() {
 #[test]
 fn conv2d_input_grad_matches_reference() {
     let mut rng = Rng::new(20);
-    let cases: [ConvCase; 7] = [
+    // Stride 1 without extra padding runs, on the blocked class, as the forward convolution with
+    // the flipped weight (the 64-channel case through its 32-row blocks); the rest, and every case
+    // on the tiled class, through conv2d_input_grad.
+    let cases: [ConvCase; 9] = [
         (1, 1, 1, 1, 1, 1, 1, 0, 0),
         (2, 3, 7, 5, 5, 3, 1, 1, 0),
         (3, 5, 9, 11, 67, 3, 2, 1, 0),
@@ -199,6 +204,8 @@ fn conv2d_input_grad_matches_reference() {
         (2, 70, 8, 7, 4, 3, 1, 1, 0),
         (1, 2, 5, 7, 4, 5, 1, 2, 0),
         (2, 3, 8, 7, 5, 3, 2, 0, 1),
+        (2, 64, 6, 8, 5, 3, 1, 1, 0),
+        (1, 4, 6, 5, 3, 3, 1, 0, 0),
     ];
     for case in cases {
         let (b, ci, h, w, co, k, stride, pad, extra) = case;
@@ -220,17 +227,19 @@ fn conv2d_input_grad_matches_reference() {
             ..Default::default()
         };
         let (ho, wo) = conv_out_hw(case);
-        let dy_t = upload(&dy, &[b, co, ho, wo]);
-        let wt_t = upload(&wt, &[co, ci, k, k]);
-        let dx = ops::conv2d_input_grad(gpu(), &dy_t, &wt_t, (h, w), args).unwrap();
-        assert_eq!(dx.shape(), [b, ci, h, w]);
-        assert_close(
-            &format!("conv2d_input_grad {case:?}"),
-            &read(&dx),
-            &want,
-            1e-5,
-            1e-4,
-        );
+        for g in gpus() {
+            let dy_t = upload_to(g, &dy, &[b, co, ho, wo]);
+            let wt_t = upload_to(g, &wt, &[co, ci, k, k]);
+            let dx = ops::conv2d_input_grad(g, &dy_t, &wt_t, (h, w), args).unwrap();
+            assert_eq!(dx.shape(), [b, ci, h, w]);
+            assert_close(
+                &format!("conv2d_input_grad {:?} {case:?}", g.kernel_class()),
+                &read_from(g, &dx),
+                &want,
+                1e-5,
+                1e-4,
+            );
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 use super::conv::{tile_for, Conv2dArgs};
 use super::{dims, ensure};
 use crate::error::Result;
-use crate::gpu::{checked_u32, kernel_params, shaders, DType, Gpu, Kernel, Tensor};
+use crate::gpu::{checked_u32, kernel_params, shaders, DType, Gpu, Kernel, KernelClass, Tensor};
 
 kernel_params! {
     pub(super) struct ConvGradParams for CONV2D_GRAD::Params {
@@ -17,7 +17,31 @@ kernel_params! {
     }
 }
 
+kernel_params! {
+    pub(super) struct FlipParams for CONV2D_GRAD::FlipParams {
+        c_out: u32,
+        c_in: u32,
+        taps: u32,
+    }
+}
+
 const OP: &str = "conv2d_input_grad";
+
+/// w'[ci, co, ky, kx] = w[co, ci, KH − 1 − ky, KW − 1 − kx] of a weight (C_out, C_in, KH, KW).
+fn flip_weight(gpu: &Gpu, weight: &Tensor) -> Result<Tensor> {
+    let [c_out, c_in, kh, kw] = dims::<4>(weight, OP, "weight")?;
+    let u = |what, v| checked_u32(OP, what, v);
+    let params = FlipParams {
+        c_out: u("c_out", c_out)?,
+        c_in: u("c_in", c_in)?,
+        taps: u("taps", kh * kw)?,
+    };
+    let flipped = gpu.empty(&[c_in, c_out, kh, kw])?;
+    let kernel = Kernel::new(&shaders::CONV2D_GRAD, "flip_weight");
+    let grid = gpu.grid_1d(weight.numel());
+    gpu.dispatch(&kernel, &params, &[weight], &[&flipped], grid)?;
+    Ok(flipped)
+}
 
 /// ∂⟨conv2d(x, weight, args), dy⟩/∂x for an input x of spatial size `input_hw`: dy (B, C_out,
 /// H_out, W_out) is the gradient of the convolution's output, weight (C_out, C_in, KH, KW).
@@ -64,6 +88,22 @@ pub fn conv2d_input_grad(
             weight.shape()
         )
     })?;
+    // On the blocked class a stride-1 input gradient runs as the forward convolution of dy with
+    // the flipped weight, whose kernels are many times faster there than the tiled one below.
+    let (pad_h, pad_w) = (args.padding, args.padding);
+    if gpu.kernel_class() == KernelClass::Blocked
+        && args.stride == 1
+        && args.pad_bottom_right == 0
+        && pad_h < kh
+        && pad_w < kw
+    {
+        let as_conv = Conv2dArgs {
+            padding: kh - 1 - pad_h,
+            padding_w: Some(kw - 1 - pad_w),
+            ..Default::default()
+        };
+        return super::conv2d(gpu, dy, &flip_weight(gpu, weight)?, None, as_conv);
+    }
     let u = |what, v| checked_u32(OP, what, v);
     let tile = tile_for(c_in);
     let kernel = Kernel::new(&shaders::CONV2D_GRAD, "conv2d_input_grad")

@@ -101,6 +101,7 @@ mod tests {
         wgsl::assert_params_mirror::<uncertainty::SteinParams>();
         wgsl::assert_params_mirror::<attention_grad::AttentionGradParams>();
         wgsl::assert_params_mirror::<conv_grad::ConvGradParams>();
+        wgsl::assert_params_mirror::<conv_grad::FlipParams>();
         wgsl::assert_params_mirror::<elementwise_grad::ElementwiseGradParams>();
         wgsl::assert_params_mirror::<norm_grad::GroupNormGradParams>();
     }
@@ -214,7 +215,10 @@ mod tests {
                     ("LINEAR_WG", wg),
                 ],
             ),
-            (&shaders::CONV2D_GRAD, &[("TILE", conv::WIDE_TILE as u64)]),
+            (
+                &shaders::CONV2D_GRAD,
+                &[("TILE", conv::WIDE_TILE as u64), ("LINEAR_WG", wg)],
+            ),
             (
                 &shaders::CONV2D,
                 &[
