@@ -6,7 +6,8 @@
 mod common;
 
 use common::{
-    assert_close, gpu, gpus, read, read_from, reference as r, to_f64, upload, upload_to, Rng,
+    assert_close, conv_out_hw, conv_out_len, gpu, gpus, read, read_from, reference as r, to_f64,
+    upload, upload_to, ConvCase, Rng, CONV_CASES,
 };
 use wgsl_diff::ops::{self, AttentionSaved, Conv2dArgs};
 
@@ -53,31 +54,6 @@ fn check_vjp(what: &str, f: impl Fn(&[f64]) -> Vec<f64>, x: &[f64], v: &[f64], g
         "{what}: ⟨J·u, v⟩ − ⟨u, Jᵀ·v⟩ = {adjoint_err:.2e} (relative)"
     );
     eprintln!("{what}: finite differences {worst:.2e}, adjoint {adjoint_err:.2e} (relative)");
-}
-
-// (batch, c_in, h, w, c_out, k, stride, pad, extra bottom/right pad)
-type ConvCase = (
-    usize,
-    usize,
-    usize,
-    usize,
-    usize,
-    usize,
-    usize,
-    usize,
-    usize,
-);
-
-/// The output's spatial size.
-fn conv_out_hw(case: ConvCase) -> (usize, usize) {
-    let (_, _, h, w, _, k, stride, pad, extra) = case;
-    let side = |s: usize| (s + 2 * pad + extra - k) / stride + 1;
-    (side(h), side(w))
-}
-
-fn conv_out_len(case: ConvCase) -> usize {
-    let (ho, wo) = conv_out_hw(case);
-    case.0 * case.4 * ho * wo
 }
 
 #[test]
@@ -194,19 +170,10 @@ fn reference_elementwise_grads_match_finite_differences() {
 fn conv2d_input_grad_matches_reference() {
     let mut rng = Rng::new(20);
     // Stride 1 without extra padding runs, on the blocked class, as the forward convolution with
-    // the flipped weight (the 64-channel case through its 32-row blocks); the rest, and every case
-    // on the tiled class, through conv2d_input_grad.
-    let cases: [ConvCase; 9] = [
-        (1, 1, 1, 1, 1, 1, 1, 0, 0),
-        (2, 3, 7, 5, 5, 3, 1, 1, 0),
-        (3, 5, 9, 11, 67, 3, 2, 1, 0),
-        (1, 17, 6, 6, 3, 1, 1, 0, 0),
-        (2, 70, 8, 7, 4, 3, 1, 1, 0),
-        (1, 2, 5, 7, 4, 5, 1, 2, 0),
-        (2, 3, 8, 7, 5, 3, 2, 0, 1),
-        (2, 64, 6, 8, 5, 3, 1, 1, 0),
-        (1, 4, 6, 5, 3, 3, 1, 0, 0),
-    ];
+    // the flipped weight (C_in is then its output channels: 64 takes the 32-row blocks); the
+    // rest, and every case on the tiled class, through conv2d_input_grad.
+    let extra_cases: [ConvCase; 2] = [(2, 64, 6, 8, 5, 3, 1, 1, 0), (1, 4, 6, 5, 3, 3, 1, 0, 0)];
+    let cases = CONV_CASES.iter().chain(&extra_cases).copied();
     for case in cases {
         let (b, ci, h, w, co, k, stride, pad, extra) = case;
         let wt = rng.vec(co * ci * k * k);

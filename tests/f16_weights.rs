@@ -7,7 +7,7 @@ mod common;
 
 use common::{
     assert_close, fixture, gpu, gpus, read_from, read_safetensors, reference as r, to_f64,
-    upload_to, Rng,
+    upload_to, Rng, CONV_CASES,
 };
 use half::f16;
 use std::path::Path;
@@ -26,18 +26,8 @@ fn halves(g: &Gpu, data: &[f32], shape: &[usize]) -> (Tensor, Vec<f64>) {
 #[test]
 fn conv2d_with_f16_weights_matches_reference() {
     let mut rng = Rng::new(161);
-    // (batch, c_in, h, w, c_out, k, stride, pad, extra bottom/right pad): odd weight counts
-    // (the last word half-filled), C_out % 4 = 0 and not, the blocked aligned-row path, stride 2.
-    let cases = [
-        (1, 1, 1, 1, 1, 1, 1, 0, 0),
-        (2, 3, 7, 5, 5, 3, 1, 1, 0),
-        (3, 5, 9, 11, 67, 3, 2, 1, 0),
-        (2, 5, 6, 12, 36, 3, 1, 1, 0),
-        (1, 3, 4, 16, 20, 5, 1, 2, 0),
-        (2, 7, 8, 7, 9, 3, 2, 0, 1),
-        (1, 33, 8, 8, 70, 1, 1, 0, 0),
-    ];
-    for (b, ci, h, w, co, k, stride, pad, extra) in cases {
+    // The f32 kernel tests' cases, with the weight rounded to f16.
+    for (b, ci, h, w, co, k, stride, pad, extra) in CONV_CASES {
         let x = rng.vec(b * ci * h * w);
         let wt = rng.vec(co * ci * k * k);
         let bias = rng.vec(co);

@@ -4,6 +4,7 @@ mod common;
 
 use common::{
     assert_close, gpu, gpus, read, read_from, reference as r, to_f64, upload, upload_to, Rng,
+    CONV_CASES,
 };
 use wgsl_diff::gpu::{AdapterChoice, Gpu, KernelClass};
 use wgsl_diff::ops::{self, Conv2dArgs};
@@ -20,26 +21,7 @@ fn adapter_is_vulkan_when_requested() {
 #[test]
 fn conv2d_matches_reference() {
     let mut rng = Rng::new(1);
-    // (batch, c_in, h, w, c_out, k, stride, pad, extra bottom/right pad)
-    let cases = [
-        (1, 1, 1, 1, 1, 1, 1, 0, 0),
-        (2, 3, 7, 5, 5, 3, 1, 1, 0),
-        (3, 5, 9, 11, 67, 3, 2, 1, 0),
-        (1, 17, 6, 6, 3, 1, 1, 0, 0),
-        (2, 4, 8, 8, 70, 3, 1, 1, 0),
-        (1, 2, 5, 7, 4, 5, 1, 2, 0),
-        (2, 3, 8, 7, 5, 3, 2, 0, 1),
-        // The blocked variant's aligned-row path (stride 1, W % 4 = 0) with transposed weights
-        // (C_out % 4 = 0, not a whole block), a part-filled pixel block, 5x5 and 1x1 taps.
-        (2, 5, 6, 12, 36, 3, 1, 1, 0),
-        (1, 3, 4, 16, 20, 5, 1, 2, 0),
-        (2, 6, 9, 8, 8, 1, 1, 0, 0),
-        (1, 2, 7, 4, 4, 3, 1, 1, 1),
-        // 32 channels per invocation (C_out % 32 = 0) on both the aligned and the gather path.
-        (2, 5, 6, 12, 64, 3, 1, 1, 0),
-        (1, 3, 5, 9, 32, 3, 2, 1, 0),
-    ];
-    for (b, ci, h, w, co, k, stride, pad, extra) in cases {
+    for (b, ci, h, w, co, k, stride, pad, extra) in CONV_CASES {
         let x = rng.vec(b * ci * h * w);
         let wt = rng.vec(co * ci * k * k);
         let bias = rng.vec(co);

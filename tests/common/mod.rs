@@ -216,3 +216,52 @@ pub fn files(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
     out.sort();
     out
 }
+
+/// A convolution's shape: (batch, c_in, h, w, c_out, k, stride, pad, extra bottom/right pad).
+pub type ConvCase = (
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+);
+
+/// The convolutions every conv2d kernel (forward, f16 weights, input gradient) is checked on,
+/// on both kernel classes: sizes 1, odd and off-tile; C_out % 4 = 0 or not and % 32 = 0 (the
+/// blocked kernel's transposed weights and 32-row blocks); part-filled pixel blocks; the
+/// blocked aligned-row path (stride 1, W % 4 = 0); 1×1 and 5×5 taps; stride 2 with and without
+/// extra bottom/right padding; odd weight counts (an f16 word half-filled).
+pub const CONV_CASES: [ConvCase; 15] = [
+    (1, 1, 1, 1, 1, 1, 1, 0, 0),
+    (2, 3, 7, 5, 5, 3, 1, 1, 0),
+    (3, 5, 9, 11, 67, 3, 2, 1, 0),
+    (1, 17, 6, 6, 3, 1, 1, 0, 0),
+    (2, 4, 8, 8, 70, 3, 1, 1, 0),
+    (1, 2, 5, 7, 4, 5, 1, 2, 0),
+    (2, 3, 8, 7, 5, 3, 2, 0, 1),
+    (2, 5, 6, 12, 36, 3, 1, 1, 0),
+    (1, 3, 4, 16, 20, 5, 1, 2, 0),
+    (2, 6, 9, 8, 8, 1, 1, 0, 0),
+    (1, 2, 7, 4, 4, 3, 1, 1, 1),
+    (2, 5, 6, 12, 64, 3, 1, 1, 0),
+    (1, 3, 5, 9, 32, 3, 2, 1, 0),
+    (2, 70, 8, 7, 4, 3, 1, 1, 0),
+    (1, 33, 8, 8, 70, 1, 1, 0, 0),
+];
+
+/// A convolution's output size (rows, columns).
+pub fn conv_out_hw(case: ConvCase) -> (usize, usize) {
+    let (_, _, h, w, _, k, stride, pad, extra) = case;
+    let side = |s: usize| (s + 2 * pad + extra - k) / stride + 1;
+    (side(h), side(w))
+}
+
+/// A convolution's output element count.
+pub fn conv_out_len(case: ConvCase) -> usize {
+    let (ho, wo) = conv_out_hw(case);
+    case.0 * case.4 * ho * wo
+}
