@@ -186,12 +186,14 @@ fn matmul_and_linear_match_reference() {
 #[test]
 fn group_norm_matches_reference() {
     let mut rng = Rng::new(4);
-    // The 64×64×8-channel case spans several statistics workgroups per group.
+    // The 64×64×8-channel case spans several statistics workgroups per group; planes of
+    // H·W % 4 = 0 are normalised four elements per invocation (apply4), the others one.
     for (b, c, h, w, groups, silu) in [
         (1, 1, 1, 1, 1, false),
         (2, 6, 5, 3, 3, true),
         (3, 8, 64, 64, 2, false),
         (2, 32, 7, 9, 32, true),
+        (2, 12, 2, 6, 4, true),
     ] {
         common::check_group_norm(&mut rng, (b, c, h, w, groups, silu));
     }

@@ -111,7 +111,12 @@ pub fn group_norm_saving(
     )?;
 
     let out = gpu.empty(x.shape())?;
-    let apply = Kernel::new(&shaders::GROUP_NORM, "apply").flag("FUSE_SILU", silu);
+    // Four elements per invocation where a plane holds whole vec4s.
+    let (entry, invocations) = match (h * w) % 4 {
+        0 => ("apply4", x.numel() / 4),
+        _ => ("apply", x.numel()),
+    };
+    let apply = Kernel::new(&shaders::GROUP_NORM, entry).flag("FUSE_SILU", silu);
     let p = GroupNormParams {
         total: u("total", x.numel())?,
         ..p
@@ -121,7 +126,7 @@ pub fn group_norm_saving(
         &p,
         &[x, &moments, gamma, beta],
         &[&out],
-        gpu.grid_1d(x.numel()),
+        gpu.grid_1d(invocations),
     )?;
     Ok((out, moments))
 }
