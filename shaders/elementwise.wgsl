@@ -85,6 +85,38 @@ fn channel_op(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     }
 }
 
+// channel_op and copy_channels four elements per invocation, where the planes (inner) hold whole
+// vec4s: a CPU rasteriser spends these kernels on per-invocation index divisions.
+@group(0) @binding(1) var<storage, read> bin_a4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> bin_out4: array<vec4<f32>>;
+
+@compute @workgroup_size(WG)
+fn channel_op4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let q = linear_index(gid, nwg);
+    if q >= p.total / 4u {
+        return;
+    }
+    let v = bin_b[(4u * q / p.inner) % p.outer];
+    switch OP {
+        case CHANNEL_ADD: { bin_out4[q] = bin_a4[q] + v; }
+        case CHANNEL_MUL, default: { bin_out4[q] = bin_a4[q] * v; }
+    }
+}
+
+@group(0) @binding(1) var<storage, read> un_x4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> un_out4: array<vec4<f32>>;
+
+@compute @workgroup_size(WG)
+fn copy_channels4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let q = linear_index(gid, nwg);
+    if q >= p.total / 4u {
+        return;
+    }
+    let i = 4u * q;
+    let b = i / p.inner;
+    un_out4[(b * p.outer + p.offset + i % p.inner) / 4u] = un_x4[q];
+}
+
 // ADM's scale-shift norm: y = x·(1 + scale[b,c]) + shift[b,c], with emb = [scale | shift] of
 // shape (B, 2C). Here outer = C.
 @compute @workgroup_size(WG)

@@ -238,32 +238,6 @@ fn elementwise_ops_match_reference() {
         1e-5,
     );
 
-    let v = rng.vec(b * c);
-    let want: Vec<f64> = fa
-        .iter()
-        .enumerate()
-        .map(|(i, x)| x + v[i / (h * w)] as f64)
-        .collect();
-    assert_close(
-        "add_channel_vec (B,C)",
-        &read(&ops::add_channel_vec(g, &a, &upload(&v, &[b, c])).unwrap()),
-        &want,
-        1e-6,
-        1e-5,
-    );
-    let want: Vec<f64> = fa
-        .iter()
-        .enumerate()
-        .map(|(i, x)| x * v[(i / (h * w)) % c] as f64)
-        .collect();
-    assert_close(
-        "mul_channel_vec (C)",
-        &read(&ops::mul_channel_vec(g, &a, &upload(&v[..c], &[c])).unwrap()),
-        &want,
-        1e-6,
-        1e-5,
-    );
-
     let emb = rng.vec(b * 2 * c);
     let want: Vec<f64> = fa
         .iter()
@@ -282,34 +256,73 @@ fn elementwise_ops_match_reference() {
     );
 }
 
+/// Per-channel vector ops, on planes of an odd size and of a multiple of 4 elements (the vec4
+/// entry point).
+#[test]
+fn channel_ops_match_reference() {
+    let g = gpu();
+    let mut rng = Rng::new(51);
+    for (b, c, h, w) in [(3, 5, 7, 3), (2, 3, 2, 6)] {
+        let a_host = rng.vec(b * c * h * w);
+        let (a, fa) = (upload(&a_host, &[b, c, h, w]), to_f64(&a_host));
+        let v = rng.vec(b * c);
+        let want: Vec<f64> = fa
+            .iter()
+            .enumerate()
+            .map(|(i, x)| x + v[i / (h * w)] as f64)
+            .collect();
+        assert_close(
+            "add_channel_vec (B,C)",
+            &read(&ops::add_channel_vec(g, &a, &upload(&v, &[b, c])).unwrap()),
+            &want,
+            1e-6,
+            1e-5,
+        );
+        let want: Vec<f64> = fa
+            .iter()
+            .enumerate()
+            .map(|(i, x)| x * v[(i / (h * w)) % c] as f64)
+            .collect();
+        assert_close(
+            "mul_channel_vec (C)",
+            &read(&ops::mul_channel_vec(g, &a, &upload(&v[..c], &[c])).unwrap()),
+            &want,
+            1e-6,
+            1e-5,
+        );
+    }
+}
+
 #[test]
 fn layout_ops_are_exact() {
     let g = gpu();
     let mut rng = Rng::new(6);
-    let (b, h, w) = (2, 3, 5);
-    let (c1, c2) = (3, 4);
-    let x1 = rng.vec(b * c1 * h * w);
-    let x2 = rng.vec(b * c2 * h * w);
-    let cat = read(
-        &ops::concat_channels(
-            g,
-            &[&upload(&x1, &[b, c1, h, w]), &upload(&x2, &[b, c2, h, w])],
-        )
-        .unwrap(),
-    );
-    for n in 0..b {
-        for c in 0..c1 + c2 {
-            for p in 0..h * w {
-                let want = if c < c1 {
-                    x1[(n * c1 + c) * h * w + p]
-                } else {
-                    x2[(n * c2 + c - c1) * h * w + p]
-                };
-                assert_eq!(cat[(n * (c1 + c2) + c) * h * w + p], want);
+    // Planes of 15 elements, and of 8 (the vec4 entry point).
+    for (b, h, w) in [(2, 3, 5), (2, 2, 4)] {
+        let (c1, c2) = (3, 4);
+        let x1 = rng.vec(b * c1 * h * w);
+        let x2 = rng.vec(b * c2 * h * w);
+        let cat = read(
+            &ops::concat_channels(
+                g,
+                &[&upload(&x1, &[b, c1, h, w]), &upload(&x2, &[b, c2, h, w])],
+            )
+            .unwrap(),
+        );
+        for n in 0..b {
+            for c in 0..c1 + c2 {
+                for p in 0..h * w {
+                    let want = if c < c1 {
+                        x1[(n * c1 + c) * h * w + p]
+                    } else {
+                        x2[(n * c2 + c - c1) * h * w + p]
+                    };
+                    assert_eq!(cat[(n * (c1 + c2) + c) * h * w + p], want);
+                }
             }
         }
     }
-
+    let (b, h, w) = (2, 3, 5);
     let (rows, cols) = (7, 3);
     let x = rng.vec(b * rows * cols);
     let t = read(&ops::transpose_last2(g, &upload(&x, &[b, rows, cols])).unwrap());

@@ -55,9 +55,14 @@ enum Entry {
     Unary(UnaryOp),
     Binary(BinaryOp),
     Channel(ChannelOp),
+    /// `channel_op` four elements per invocation: planes of a multiple of 4 elements.
+    Channel4(ChannelOp),
     BroadcastLincomb,
     ScaleShift,
     CopyChannels,
+    /// `copy_channels` four elements per invocation: source and destination planes of a
+    /// multiple of 4 elements.
+    CopyChannels4,
     Transpose,
 }
 
@@ -67,9 +72,11 @@ impl Entry {
             Entry::Unary(op) => ("unary", Some(op as u32)),
             Entry::Binary(op) => ("binary", Some(op as u32)),
             Entry::Channel(op) => ("channel_op", Some(op as u32)),
+            Entry::Channel4(op) => ("channel_op4", Some(op as u32)),
             Entry::BroadcastLincomb => ("broadcast_lincomb", None),
             Entry::ScaleShift => ("scale_shift", None),
             Entry::CopyChannels => ("copy_channels", None),
+            Entry::CopyChannels4 => ("copy_channels4", None),
             Entry::Transpose => ("transpose", None),
         };
         let kernel = Kernel::new(&shaders::ELEMENTWISE, entry);
@@ -90,7 +97,8 @@ impl ElementwiseParams {
     }
 }
 
-/// One 1-D launch of `entry` over `p.total` invocations.
+/// One 1-D launch of `entry` over `p.total` elements (a quarter as many invocations for the
+/// vec4 entries).
 fn launch(
     gpu: &Gpu,
     entry: Entry,
@@ -98,7 +106,11 @@ fn launch(
     inputs: &[&Tensor],
     out: &Tensor,
 ) -> Result<()> {
-    let grid = gpu.grid_1d(p.total as usize);
+    let invocations = match entry {
+        Entry::Channel4(_) | Entry::CopyChannels4 => p.total as usize / 4,
+        _ => p.total as usize,
+    };
+    let grid = gpu.grid_1d(invocations);
     gpu.dispatch(&entry.kernel(), p, inputs, &[out], grid)
 }
 
@@ -222,7 +234,11 @@ fn channel_op(
         ..ElementwiseParams::over(name, x)?
     };
     let out = gpu.empty(x.shape())?;
-    launch(gpu, Entry::Channel(op), &p, &[x, v], &out)?;
+    let entry = match (h * w) % 4 {
+        0 => Entry::Channel4(op),
+        _ => Entry::Channel(op),
+    };
+    launch(gpu, entry, &p, &[x, v], &out)?;
     Ok(out)
 }
 
@@ -281,7 +297,12 @@ pub fn concat_channels(gpu: &Gpu, parts: &[&Tensor]) -> Result<Tensor> {
             offset: u("offset", offset * h * w)?,
             ..ElementwiseParams::over(OP, t)?
         };
-        launch(gpu, Entry::CopyChannels, &p, &[t], &out)?;
+        // inner, outer and offset are then all multiples of 4.
+        let entry = match (h * w) % 4 {
+            0 => Entry::CopyChannels4,
+            _ => Entry::CopyChannels,
+        };
+        launch(gpu, entry, &p, &[t], &out)?;
         offset += c;
     }
     Ok(out)
