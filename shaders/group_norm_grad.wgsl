@@ -20,6 +20,9 @@ override FUSE_SILU: bool = false;
 
 const WG: u32 = 256u;
 const FINALIZE_WG: u32 = 64u;
+// Threads of one statistics workgroup: WG, or on a CPU rasteriser a narrower one (the host sets
+// it as for the forward's statistics, where its barriers cost more than its width saves).
+override STATS_WG: u32 = WG;
 
 @group(0) @binding(0) var<uniform> p: Params;
 // stats and apply
@@ -47,9 +50,9 @@ fn grad_and_xhat(i: u32) -> vec2<f32> {
 // stats
 @group(0) @binding(6) var<storage, read_write> partials: array<vec2<f32>>;
 
-var<workgroup> shared_sums: array<vec2<f32>, WG>;
+var<workgroup> shared_sums: array<vec2<f32>, STATS_WG>;
 
-@compute @workgroup_size(WG)
+@compute @workgroup_size(STATS_WG)
 fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let group = wid.y;
     let split = wid.x;
@@ -58,13 +61,13 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
     let end = min(start + p.chunk, group_len);
     let base = group * group_len;
     var acc = vec2<f32>(0.0);
-    for (var i = start + lid; i < end; i += WG) {
+    for (var i = start + lid; i < end; i += STATS_WG) {
         let gx = grad_and_xhat(base + i);
         acc += vec2<f32>(gx.x, gx.x * gx.y);
     }
     shared_sums[lid] = acc;
     workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
+    for (var stride = STATS_WG / 2u; stride > 0u; stride /= 2u) {
         if lid < stride {
             shared_sums[lid] += shared_sums[lid + stride];
         }
@@ -107,4 +110,31 @@ fn apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
     let gx = grad_and_xhat(i);
     let m = means_in[group];
     dx[i] = moments[group].y * (gx.x - m.x - gx.y * m.y);
+}
+
+// apply4: `apply` four elements per invocation, for a plane size HW % 4 = 0 (the four share one
+// channel and group), as the forward's apply4.
+@group(0) @binding(1) var<storage, read> x4: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> dy4: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read_write> dx4: array<vec4<f32>>;
+
+@compute @workgroup_size(WG)
+fn apply4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let q = gid.x + gid.y * nwg.x * WG;
+    if q >= p.total / 4u {
+        return;
+    }
+    let plane = 4u * q / p.hw;
+    let c = plane % p.channels;
+    let group = plane / p.channels * p.groups + c / (p.channels / p.groups);
+    let mr = moments[group];
+    let xhat = (x4[q] - mr.x) * mr.y;
+    var g = dy4[q];
+    if FUSE_SILU {
+        let z = xhat * gamma[c] + beta[c];
+        let s = 1.0 / (1.0 + exp(-z));
+        g *= s * (1.0 + z * (1.0 - s));
+    }
+    let m = means_in[group];
+    dx4[q] = mr.y * (g * gamma[c] - m.x - xhat * m.y);
 }

@@ -214,13 +214,15 @@ fn conv2d_input_grad_matches_reference() {
 fn group_norm_input_grad_matches_reference() {
     let mut rng = Rng::new(21);
     // (batch, channels, h, w, groups, fused SiLU); the third splits each group's reductions over
-    // two workgroups (3·40·41 > 4096 elements).
+    // two workgroups (3·40·41 > 4096 elements); the last two have planes of whole vec4s (apply4).
     let cases = [
         (2, 6, 7, 5, 3, true),
         (1, 9, 3, 3, 3, false),
         (2, 6, 40, 41, 2, true),
         (3, 5, 1, 2, 5, false),
         (1, 1, 1, 1, 1, true),
+        (2, 6, 4, 6, 3, true),
+        (1, 8, 48, 48, 2, false),
     ];
     for (b, c, h, w, groups, silu) in cases {
         let x = rng.vec(b * c * h * w);
@@ -238,22 +240,28 @@ fn group_norm_input_grad_matches_reference() {
             silu,
             &to_f64(&dy),
         );
-        let g = gpu();
-        let (x_t, gamma_t, beta_t) = (
-            upload(&x, &[b, c, h, w]),
-            upload(&gamma, &[c]),
-            upload(&beta, &[c]),
-        );
-        let (_, moments) =
-            ops::group_norm_saving(g, &x_t, groups, eps, &gamma_t, &beta_t, silu).unwrap();
-        let dy_t = upload(&dy, &[b, c, h, w]);
-        let dx =
-            ops::group_norm_input_grad(g, &x_t, &moments, groups, &gamma_t, &beta_t, silu, &dy_t)
-                .unwrap();
-        let what = format!("group_norm_input_grad {:?}", (b, c, h, w, groups, silu));
-        // A single-element group has variance 0: rstd = 1/sqrt(eps) amplifies f32 rounding of
-        // x − mean (which is exactly 0 here, so the gradient is 0 and atol covers it).
-        assert_close(&what, &read(&dx), &want, 1e-5, 1e-4);
+        for g in gpus() {
+            let (x_t, gamma_t, beta_t) = (
+                upload_to(g, &x, &[b, c, h, w]),
+                upload_to(g, &gamma, &[c]),
+                upload_to(g, &beta, &[c]),
+            );
+            let (_, moments) =
+                ops::group_norm_saving(g, &x_t, groups, eps, &gamma_t, &beta_t, silu).unwrap();
+            let dy_t = upload_to(g, &dy, &[b, c, h, w]);
+            let dx = ops::group_norm_input_grad(
+                g, &x_t, &moments, groups, &gamma_t, &beta_t, silu, &dy_t,
+            )
+            .unwrap();
+            let what = format!(
+                "group_norm_input_grad {:?} {:?}",
+                g.kernel_class(),
+                (b, c, h, w, groups, silu)
+            );
+            // A single-element group has variance 0: rstd = 1/sqrt(eps) amplifies f32 rounding
+            // of x − mean (which is exactly 0 here, so the gradient is 0 and atol covers it).
+            assert_close(&what, &read_from(g, &dx), &want, 1e-5, 1e-4);
+        }
     }
 }
 

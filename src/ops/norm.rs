@@ -18,9 +18,9 @@ kernel_params! {
 
 /// Elements one statistics workgroup reduces before the work is split further.
 const CHUNK: usize = 4096;
-/// group_norm.wgsl's `STATS_WG` on CPU adapters: threads per statistics workgroup (a power of
+/// group_norm.wgsl's (and group_norm_grad.wgsl's) `STATS_WG` on CPU adapters: threads per statistics workgroup (a power of
 /// two, for the reduction tree); each loops over CHUNK / 8 = 512 elements.
-const BLOCKED_STATS_WG: u32 = 8;
+pub(super) const BLOCKED_STATS_WG: u32 = 8;
 /// group_norm.wgsl's `FINALIZE_WG`: threads per `finalize` workgroup, one per group.
 pub(super) const FINALIZE_WG: usize = 64;
 

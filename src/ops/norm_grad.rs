@@ -1,9 +1,9 @@
 //! The input gradient of [`group_norm`](super::group_norm) (group_norm_grad.wgsl).
 
-use super::norm::{split_groups, FINALIZE_WG};
+use super::norm::{split_groups, BLOCKED_STATS_WG, FINALIZE_WG};
 use super::{dims, ensure};
 use crate::error::Result;
-use crate::gpu::{checked_u32, kernel_params, shaders, Gpu, Kernel, Tensor};
+use crate::gpu::{checked_u32, kernel_params, shaders, Gpu, Kernel, KernelClass, Tensor};
 
 kernel_params! {
     pub(super) struct GroupNormGradParams for GROUP_NORM_GRAD::Params {
@@ -53,6 +53,10 @@ pub fn group_norm_input_grad(
 
     let partials = gpu.empty(&[n_groups * splits, 2])?;
     let stats = Kernel::new(&shaders::GROUP_NORM_GRAD, "stats").flag("FUSE_SILU", silu);
+    let stats = match gpu.kernel_class() {
+        KernelClass::Tiled => stats,
+        KernelClass::Blocked => stats.with("STATS_WG", BLOCKED_STATS_WG),
+    };
     gpu.dispatch(&stats, &p, &inputs, &[&partials], [splits, n_groups, 1])?;
 
     let means = gpu.empty(&[n_groups, 2])?;
@@ -65,13 +69,18 @@ pub fn group_norm_input_grad(
     gpu.dispatch(&finalize, &p, &[&partials], &[&means], grid)?;
 
     let dx = gpu.empty(x.shape())?;
-    let apply = Kernel::new(&shaders::GROUP_NORM_GRAD, "apply").flag("FUSE_SILU", silu);
+    // Four elements per invocation where a plane holds whole vec4s.
+    let (entry, invocations) = match (h * w) % 4 {
+        0 => ("apply4", x.numel() / 4),
+        _ => ("apply", x.numel()),
+    };
+    let apply = Kernel::new(&shaders::GROUP_NORM_GRAD, entry).flag("FUSE_SILU", silu);
     let p = GroupNormGradParams {
         total: u("total", x.numel())?,
         ..p
     };
     let mut with_means = inputs.to_vec();
     with_means.push(&means);
-    gpu.dispatch(&apply, &p, &with_means, &[&dx], gpu.grid_1d(x.numel()))?;
+    gpu.dispatch(&apply, &p, &with_means, &[&dx], gpu.grid_1d(invocations))?;
     Ok(dx)
 }
