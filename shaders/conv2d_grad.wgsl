@@ -117,11 +117,14 @@ fn conv2d_input_grad(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(work
     }
 }
 
-// ---- flip_weight: the weight whose convolution is a stride-1 convolution's input gradient ----
-// For stride 1, ∂⟨conv(x, w, pad), dy⟩/∂x = conv(dy, w', KH − 1 − pad) with
-// w'[ci, co, ky, kx] = w[co, ci, KH − 1 − ky, KW − 1 − kx]: the host runs that through conv2d.wgsl's
-// kernels where they are faster than conv2d_input_grad above (the blocked class). Reversing both
-// spatial axes reverses the flattened tap index ky·KW + kx.
+// ---- The input gradient as a forward convolution (the host's path on the blocked class) ----
+// ∂⟨conv(x, w, stride s, pad p), dy⟩/∂x = conv(dy', w', pad 0) where
+//   w'[ci, co, ky, kx] = w[co, ci, KH − 1 − ky, KW − 1 − kx]                   (flip_weight)
+//   dy' (B, C_out, H + KH − 1, W + KW − 1) holds dy[oy, ox] at (KH − 1 − p + s·oy,
+//       KW − 1 − p + s·ox) and zeros elsewhere                                 (dilate_pad)
+// so conv2d.wgsl's kernels, faster there than conv2d_input_grad above, compute it. For stride 1
+// the host skips dy' and pads the convolution by K − 1 − p instead. Reversing both spatial axes
+// reverses the flattened tap index ky·KW + kx.
 
 struct FlipParams {
     c_out: u32,
@@ -147,4 +150,44 @@ fn flip_weight(@builtin(global_invocation_id) gid: vec3<u32>,
     let co = (i / fp.taps) % fp.c_out;
     let ci = i / (fp.taps * fp.c_out);
     flip_dst[i] = flip_src[(co * fp.c_in + ci) * fp.taps + (fp.taps - 1u - tap)];
+}
+
+struct DilateParams {
+    planes: u32,   // B·C_out
+    h_out: u32,
+    w_out: u32,
+    h_pad: u32,    // H + KH − 1
+    w_pad: u32,    // W + KW − 1
+    stride: u32,
+    top: u32,      // KH − 1 − p
+    left: u32,     // KW − 1 − p
+}
+
+@group(0) @binding(0) var<uniform> dp: DilateParams;
+@group(0) @binding(1) var<storage, read> dilate_src: array<f32>;
+@group(0) @binding(2) var<storage, read_write> dilate_dst: array<f32>;
+
+// One invocation per element of dy', reading the dy element that lands there, if any (taps of dy
+// beyond dy' only ever meet the forward's padding, so they are dropped).
+@compute @workgroup_size(LINEAR_WG)
+fn dilate_pad(@builtin(global_invocation_id) gid: vec3<u32>,
+              @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = gid.x + gid.y * groups.x * LINEAR_WG;
+    if i >= dp.planes * dp.h_pad * dp.w_pad {
+        return;
+    }
+    let plane = i / (dp.h_pad * dp.w_pad);
+    let y = (i / dp.w_pad) % dp.h_pad;
+    let x = i % dp.w_pad;
+    var v = 0.0;
+    if y >= dp.top && x >= dp.left {
+        let ry = y - dp.top;
+        let rx = x - dp.left;
+        let oy = ry / dp.stride;
+        let ox = rx / dp.stride;
+        if ry % dp.stride == 0u && rx % dp.stride == 0u && oy < dp.h_out && ox < dp.w_out {
+            v = dilate_src[(plane * dp.h_out + oy) * dp.w_out + ox];
+        }
+    }
+    dilate_dst[i] = v;
 }

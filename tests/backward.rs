@@ -169,10 +169,16 @@ fn reference_elementwise_grads_match_finite_differences() {
 #[test]
 fn conv2d_input_grad_matches_reference() {
     let mut rng = Rng::new(20);
-    // Stride 1 without extra padding runs, on the blocked class, as the forward convolution with
-    // the flipped weight (C_in is then its output channels: 64 takes the 32-row blocks); the
-    // rest, and every case on the tiled class, through conv2d_input_grad.
-    let extra_cases: [ConvCase; 2] = [(2, 64, 6, 8, 5, 3, 1, 1, 0), (1, 4, 6, 5, 3, 3, 1, 0, 0)];
+    // On the blocked class every case runs as a forward convolution with the flipped weight (C_in
+    // is then its output channels: 64 takes the 32-row blocks), of dy spread out in zeros where
+    // the stride is 2 or there is extra bottom/right padding; on the tiled class through
+    // conv2d_input_grad.
+    // The last: padding plus extra padding beyond K − 1, so some of dy meets only padding.
+    let extra_cases: [ConvCase; 3] = [
+        (2, 64, 6, 8, 5, 3, 1, 1, 0),
+        (1, 4, 6, 5, 3, 3, 1, 0, 0),
+        (1, 3, 7, 6, 4, 3, 2, 2, 1),
+    ];
     let cases = CONV_CASES.iter().chain(&extra_cases).copied();
     for case in cases {
         let (b, ci, h, w, co, k, stride, pad, extra) = case;

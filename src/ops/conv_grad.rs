@@ -25,7 +25,49 @@ kernel_params! {
     }
 }
 
+kernel_params! {
+    pub(super) struct DilateParams for CONV2D_GRAD::DilateParams {
+        planes: u32,
+        h_out: u32,
+        w_out: u32,
+        h_pad: u32,
+        w_pad: u32,
+        stride: u32,
+        top: u32,
+        left: u32,
+    }
+}
+
 const OP: &str = "conv2d_input_grad";
+
+/// dy' of conv2d_grad.wgsl's `dilate_pad`: dy (B, C_out, H_out, W_out) spread `stride` apart
+/// from (KH − 1 − pad, KW − 1 − pad) in zeros of (B, C_out, H + KH − 1, W + KW − 1).
+fn dilate_pad(
+    gpu: &Gpu,
+    dy: &Tensor,
+    (h, w): (usize, usize),
+    (kh, kw): (usize, usize),
+    stride: usize,
+    pad: usize,
+) -> Result<Tensor> {
+    let [b, c_out, h_out, w_out] = dims::<4>(dy, OP, "dy")?;
+    let (h_pad, w_pad) = (h + kh - 1, w + kw - 1);
+    let u = |what, v| checked_u32(OP, what, v);
+    let params = DilateParams {
+        planes: u("planes", b * c_out)?,
+        h_out: u("h_out", h_out)?,
+        w_out: u("w_out", w_out)?,
+        h_pad: u("h_pad", h_pad)?,
+        w_pad: u("w_pad", w_pad)?,
+        stride: u("stride", stride)?,
+        top: u("top", kh - 1 - pad)?,
+        left: u("left", kw - 1 - pad)?,
+    };
+    let out = gpu.empty(&[b, c_out, h_pad, w_pad])?;
+    let kernel = Kernel::new(&shaders::CONV2D_GRAD, "dilate_pad");
+    gpu.dispatch(&kernel, &params, &[dy], &[&out], gpu.grid_1d(out.numel()))?;
+    Ok(out)
+}
 
 /// w'[ci, co, ky, kx] = w[co, ci, KH − 1 − ky, KW − 1 − kx] of a weight (C_out, C_in, KH, KW).
 fn flip_weight(gpu: &Gpu, weight: &Tensor) -> Result<Tensor> {
@@ -88,21 +130,23 @@ pub fn conv2d_input_grad(
             weight.shape()
         )
     })?;
-    // On the blocked class a stride-1 input gradient runs as the forward convolution of dy with
-    // the flipped weight, whose kernels are many times faster there than the tiled one below.
-    let (pad_h, pad_w) = (args.padding, args.padding);
-    if gpu.kernel_class() == KernelClass::Blocked
-        && args.stride == 1
-        && args.pad_bottom_right == 0
-        && pad_h < kh
-        && pad_w < kw
-    {
-        let as_conv = Conv2dArgs {
-            padding: kh - 1 - pad_h,
-            padding_w: Some(kw - 1 - pad_w),
-            ..Default::default()
-        };
-        return super::conv2d(gpu, dy, &flip_weight(gpu, weight)?, None, as_conv);
+    // On the blocked class the input gradient runs as a forward convolution with the flipped
+    // weight (conv2d_grad.wgsl's `dilate_pad` says how), whose kernels are many times faster
+    // there than the tiled one below: of dy itself, padded by K − 1 − p, for stride 1; of dy
+    // spread out in zeros otherwise.
+    let pad = args.padding;
+    if gpu.kernel_class() == KernelClass::Blocked && pad < kh && pad < kw {
+        let flipped = flip_weight(gpu, weight)?;
+        if args.stride == 1 && args.pad_bottom_right == 0 {
+            let as_conv = Conv2dArgs {
+                padding: kh - 1 - pad,
+                padding_w: Some(kw - 1 - pad),
+                ..Default::default()
+            };
+            return super::conv2d(gpu, dy, &flipped, None, as_conv);
+        }
+        let spread = dilate_pad(gpu, dy, (h, w), (kh, kw), args.stride, pad)?;
+        return super::conv2d(gpu, &spread, &flipped, None, Conv2dArgs::default());
     }
     let u = |what, v| checked_u32(OP, what, v);
     let tile = tile_for(c_in);

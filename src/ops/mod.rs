@@ -102,6 +102,7 @@ mod tests {
         wgsl::assert_params_mirror::<attention_grad::AttentionGradParams>();
         wgsl::assert_params_mirror::<conv_grad::ConvGradParams>();
         wgsl::assert_params_mirror::<conv_grad::FlipParams>();
+        wgsl::assert_params_mirror::<conv_grad::DilateParams>();
         wgsl::assert_params_mirror::<elementwise_grad::ElementwiseGradParams>();
         wgsl::assert_params_mirror::<norm_grad::GroupNormGradParams>();
     }
