@@ -110,14 +110,15 @@ fn matmul_over_a_deep_inner_dimension() {
 /// A convolution over many input channels: the register-blocked (CPU) variant loops over them
 /// in one invocation, so on a loop-bounded device the deepest it allows must be right (which
 /// bounds the driver's count at 65535 / 2520 = 26 per channel, twice the 13 the host assumes)
-/// and one channel more is refused; the tiled variant, and real GPUs, just compute.
+/// and one channel more is refused; the tiled variant, and real GPUs, just compute. Planes of
+/// 4 × 4 take conv2d_blocked, of 16 × 16 its 16-pixel form conv2d_blocked_row16.
 #[test]
 fn conv2d_over_many_input_channels() {
     let mut rng = Rng::new(43);
-    let (c_max, co, hw) = (2520, 4, 4);
-    let x = rng.vec((c_max + 1) * hw * hw);
-    let w = rng.vec(co * (c_max + 1) * 9);
-    for g in gpus() {
+    let (c_max, co) = (2520, 4);
+    for (hw, g) in [4, 16].into_iter().flat_map(|hw| gpus().map(|g| (hw, g))) {
+        let x = rng.vec((c_max + 1) * hw * hw);
+        let w = rng.vec(co * (c_max + 1) * 9);
         let blocked_bound =
             g.kernel_class() == KernelClass::Blocked && g.max_loop_iterations().is_some();
         for ci in [c_max, c_max + 1] {
@@ -129,7 +130,7 @@ fn conv2d_over_many_input_channels() {
                 None,
                 Conv2dArgs::padded(1),
             );
-            let what = format!("conv2d {:?} C_in={ci}", g.kernel_class());
+            let what = format!("conv2d {:?} C_in={ci} {hw}x{hw}", g.kernel_class());
             if blocked_bound && ci > c_max {
                 match got {
                     Err(wgsl_diff::Error::Invalid(msg)) => assert!(msg.contains("2521"), "{msg}"),

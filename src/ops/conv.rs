@@ -38,6 +38,9 @@ pub(super) fn tile_for(rows: usize) -> u32 {
 /// invocation of `conv2d_blocked` computes.
 pub(super) const BLOCK_ROWS: usize = 16;
 pub(super) const BLOCK_PIXELS: usize = 8;
+/// conv2d.wgsl's `ROW16_PIXELS`: pixels along a row one invocation of `conv2d_blocked_row16`
+/// computes.
+pub(super) const ROW16_PIXELS: usize = 16;
 /// conv2d.wgsl's `BLOCKED_WG`: invocations per workgroup of `conv2d_blocked`.
 pub(super) const BLOCKED_WG: usize = 16;
 
@@ -261,11 +264,20 @@ pub fn conv2d_prepared(
             // The vec4 window path (see conv2d.wgsl's ALIGNED_ROWS).
             let (_, pad_x) = args.pad_hw();
             let aligned = args.stride == 1 && w % 4 == 0 && pad_x <= 4 && kw <= pad_x + 5;
-            let kernel = Kernel::new(&shaders::CONV2D, "conv2d_blocked")
-                .flag("ALIGNED_ROWS", aligned)
-                .flag("WEIGHT_T", weight_t)
-                .flag("WIDE_BLOCK", wide);
-            (kernel, groups)
+            if aligned && w % ROW16_PIXELS == 0 {
+                // 16 channels x 16 pixels (conv2d_blocked_row16) where rows hold whole blocks.
+                let lanes = b * h_out * w_out.div_ceil(ROW16_PIXELS);
+                let groups = [lanes.div_ceil(BLOCKED_WG), c_out.div_ceil(BLOCK_ROWS), 1];
+                let kernel = Kernel::new(&shaders::CONV2D, "conv2d_blocked_row16")
+                    .flag("WEIGHT_T", weight_t);
+                (kernel, groups)
+            } else {
+                let kernel = Kernel::new(&shaders::CONV2D, "conv2d_blocked")
+                    .flag("ALIGNED_ROWS", aligned)
+                    .flag("WEIGHT_T", weight_t)
+                    .flag("WIDE_BLOCK", wide);
+                (kernel, groups)
+            }
         }
     };
     let kernel = kernel

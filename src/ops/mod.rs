@@ -226,6 +226,7 @@ mod tests {
                     ("TILE", conv::WIDE_TILE as u64),
                     ("BLOCK_ROWS", conv::BLOCK_ROWS as u64),
                     ("BLOCK_PIXELS", conv::BLOCK_PIXELS as u64),
+                    ("ROW16_PIXELS", conv::ROW16_PIXELS as u64),
                     ("BLOCKED_WG", conv::BLOCKED_WG as u64),
                 ],
             ),

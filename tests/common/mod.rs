@@ -233,9 +233,10 @@ pub type ConvCase = (
 /// The convolutions every conv2d kernel (forward, f16 weights, input gradient) is checked on,
 /// on both kernel classes: sizes 1, odd and off-tile; C_out % 4 = 0 or not and % 32 = 0 (the
 /// blocked kernel's transposed weights and 32-row blocks); part-filled pixel blocks; the
-/// blocked aligned-row path (stride 1, W % 4 = 0); 1×1 and 5×5 taps; stride 2 with and without
+/// blocked aligned-row path (stride 1, W % 4 = 0) and its 16-pixel blocks (W % 16 = 0, with
+/// W_out = W and W − 2); 1×1 and 5×5 taps; stride 2 with and without
 /// extra bottom/right padding; odd weight counts (an f16 word half-filled).
-pub const CONV_CASES: [ConvCase; 15] = [
+pub const CONV_CASES: [ConvCase; 17] = [
     (1, 1, 1, 1, 1, 1, 1, 0, 0),
     (2, 3, 7, 5, 5, 3, 1, 1, 0),
     (3, 5, 9, 11, 67, 3, 2, 1, 0),
@@ -251,6 +252,8 @@ pub const CONV_CASES: [ConvCase; 15] = [
     (1, 3, 5, 9, 32, 3, 2, 1, 0),
     (2, 70, 8, 7, 4, 3, 1, 1, 0),
     (1, 33, 8, 8, 70, 1, 1, 0, 0),
+    (2, 5, 3, 32, 16, 3, 1, 1, 0),
+    (1, 4, 5, 16, 8, 3, 1, 0, 0),
 ];
 
 /// A convolution's output size (rows, columns).
