@@ -310,15 +310,34 @@ fn store_row(b: u32, co: u32, oy: u32, ox0: u32, lo: vec4<f32>, hi: vec4<f32>) {
     }
 }
 
+// The output pixels of a blocked invocation: `pixels` consecutive ones of row `oy` of image `b`
+// from column `ox0`; `valid` is false for the invocations past the last block (they still run
+// the loops, on clamped indices, and store nothing).
+struct PixelBlock {
+    b: u32,
+    oy: u32,
+    ox0: u32,
+    valid: bool,
+}
+
+fn pixel_block(wid: vec3<u32>, lid: vec3<u32>, pixels: u32) -> PixelBlock {
+    let x_blocks = (p.w_out + pixels - 1u) / pixels;
+    let n = wid.x * BLOCKED_WG + lid.x;
+    return PixelBlock(
+        min(n / (p.h_out * x_blocks), p.batch - 1u),
+        (n / x_blocks) % p.h_out,
+        (n % x_blocks) * pixels,
+        n < p.batch * p.h_out * x_blocks,
+    );
+}
+
 @compute @workgroup_size(BLOCKED_WG, 1, 1)
 fn conv2d_blocked(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let co0 = wid.y * select(BLOCK_ROWS, 2u * BLOCK_ROWS, WIDE_BLOCK);
-    let x_blocks = (p.w_out + BLOCK_PIXELS - 1u) / BLOCK_PIXELS;
-    let n = wid.x * BLOCKED_WG + lid.x;
-    let valid_n = n < p.batch * p.h_out * x_blocks;
-    let b = min(n / (p.h_out * x_blocks), p.batch - 1u);
-    let oy = (n / x_blocks) % p.h_out;
-    let ox0 = (n % x_blocks) * BLOCK_PIXELS;
+    let block = pixel_block(wid, lid, BLOCK_PIXELS);
+    let b = block.b;
+    let oy = block.oy;
+    let ox0 = block.ox0;
     let taps = KH * KW;
     let k_total = p.c_in * taps;
     var lo0 = vec4<f32>(0.0);
@@ -487,7 +506,7 @@ fn conv2d_blocked(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgro
             }
         }
     }
-    if !valid_n {
+    if !block.valid {
         return;
     }
     store_row(b, co0 + 0u, oy, ox0, lo0, hi0);
@@ -569,12 +588,10 @@ fn row_window6(plane: u32, iy: i32, ox0: u32) -> array<vec4<f32>, 6> {
 @compute @workgroup_size(BLOCKED_WG, 1, 1)
 fn conv2d_blocked_row16(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let co0 = wid.y * BLOCK_ROWS;
-    let x_blocks = (p.w_out + ROW16_PIXELS - 1u) / ROW16_PIXELS;
-    let n = wid.x * BLOCKED_WG + lid.x;
-    let valid_n = n < p.batch * p.h_out * x_blocks;
-    let b = min(n / (p.h_out * x_blocks), p.batch - 1u);
-    let oy = (n / x_blocks) % p.h_out;
-    let ox0 = (n % x_blocks) * ROW16_PIXELS;
+    let block = pixel_block(wid, lid, ROW16_PIXELS);
+    let b = block.b;
+    let oy = block.oy;
+    let ox0 = block.ox0;
     let taps = KH * KW;
     let k_total = p.c_in * taps;
     var a0_0 = vec4<f32>(0.0);
@@ -730,7 +747,7 @@ fn conv2d_blocked_row16(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(w
             }
         }
     }
-    if !valid_n {
+    if !block.valid {
         return;
     }
     store_row(b, co0 + 0u, oy, ox0, a0_0, a0_1);
