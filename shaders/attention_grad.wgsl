@@ -249,3 +249,28 @@ fn segment_sum(@builtin(global_invocation_id) gid: vec3<u32>,
     }
     seg_total[idx] = acc;
 }
+
+// ---- softmax_grad_rows: the elementwise middle of the products path (blocked class) ----
+// The host forms S = Q·Kᵀ and dP = g·Vᵀ per (item, head) as batched products (batch entry =
+// pair, p.batch pairs here) and finishes with dV = Pᵀ·g, dQ = dS·K, dK = dSᵀ·Q; this writes
+//   P_ij = exp(scale·S_ij − lse_i)   and   dS_ij = scale · P_ij · (dP_ij − delta_i)
+// (dS with respect to the unscaled scores) for row i = pair·N + query.
+@group(0) @binding(1) var<storage, read> sg_scores: array<f32>;
+@group(0) @binding(2) var<storage, read> sg_dprobs: array<f32>;
+@group(0) @binding(3) var<storage, read> sg_lse: array<f32>;
+@group(0) @binding(4) var<storage, read> sg_delta: array<f32>;
+@group(0) @binding(5) var<storage, read_write> sg_probs: array<f32>;
+@group(0) @binding(6) var<storage, read_write> sg_dscores: array<f32>;
+
+@compute @workgroup_size(LINEAR_WG)
+fn softmax_grad_rows(@builtin(global_invocation_id) gid: vec3<u32>,
+                     @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = gid.x + gid.y * groups.x * LINEAR_WG;
+    if i >= p.batch * p.tokens * p.tokens {
+        return;
+    }
+    let row = i / p.tokens;
+    let prob = exp(sg_scores[i] * p.scale - sg_lse[row]);
+    sg_probs[i] = prob;
+    sg_dscores[i] = p.scale * prob * (sg_dprobs[i] - sg_delta[row]);
+}

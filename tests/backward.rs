@@ -9,6 +9,7 @@ use common::{
     assert_close, conv_out_hw, conv_out_len, gpu, gpus, read, read_from, reference as r, to_f64,
     upload, upload_to, ConvCase, Rng, CONV_CASES,
 };
+use wgsl_diff::gpu::{AdapterChoice, Gpu, KernelClass};
 use wgsl_diff::ops::{self, AttentionSaved, Conv2dArgs};
 
 fn rand64(rng: &mut Rng, n: usize) -> Vec<f64> {
@@ -271,61 +272,77 @@ fn group_norm_input_grad_matches_reference() {
     }
 }
 
+/// attention_saving and attention_grad on `g` against the f64 references for one
+/// (batch, tokens, channels, heads) case.
+fn check_attention(g: &Gpu, rng: &mut Rng, (b, n, c, heads): (usize, usize, usize, usize)) {
+    let len = b * n * c;
+    let (q, k, v, d_out) = (rng.vec(len), rng.vec(len), rng.vec(len), rng.vec(len));
+    let scale = 1.0 / ((c / heads) as f32).sqrt();
+    let (q64, k64, v64) = (to_f64(&q), to_f64(&k), to_f64(&v));
+    let what = |t: &str| {
+        format!(
+            "attention {t} {:?} {:?}",
+            g.kernel_class(),
+            (b, n, c, heads)
+        )
+    };
+    let shape = [b, n, c];
+    let up = |x: &[f32]| upload_to(g, x, &shape);
+    let (qt, kt, vt) = (up(&q), up(&k), up(&v));
+    let (out, lse) = ops::attention_saving(g, &qt, &kt, &vt, heads, scale).unwrap();
+    let plain = ops::attention(g, &qt, &kt, &vt, heads, scale).unwrap();
+    let same = read_from(g, &out) == read_from(g, &plain);
+    assert!(same, "{}", what("saving output = plain output"));
+    let want_out = r::attention(&q64, &k64, &v64, b, n, c, heads, scale as f64);
+    assert_close(&what("output"), &read_from(g, &out), &want_out, 1e-5, 1e-4);
+    let want_lse = r::attention_lse(&q64, &k64, (b, n, c), heads, scale as f64);
+    assert_close(&what("lse"), &read_from(g, &lse), &want_lse, 1e-5, 1e-5);
+
+    let saved = AttentionSaved {
+        q: &qt,
+        k: &kt,
+        v: &vt,
+        out: &out,
+        lse: &lse,
+    };
+    let (dq, dk, dv) = ops::attention_grad(g, saved, &up(&d_out), heads, scale).unwrap();
+    let d_out = to_f64(&d_out);
+    let (wq, wk, wv) = r::attention_grad(&q64, &k64, &v64, (b, n, c), heads, scale as f64, &d_out);
+    assert_close(&what("dq"), &read_from(g, &dq), &wq, 1e-5, 1e-4);
+    assert_close(&what("dk"), &read_from(g, &dk), &wk, 1e-5, 1e-4);
+    assert_close(&what("dv"), &read_from(g, &dv), &wv, 1e-5, 1e-4);
+}
+
+/// Both kernel classes: the blocked one as batched products per (item, head), the tiled one
+/// flash style.
 #[test]
 fn attention_saving_and_grad_match_reference() {
     let mut rng = Rng::new(22);
     // (batch, tokens, channels, heads): one token; odd head widths; two threads per query
     // (head dim 65, 70) with more tokens than one staged tile; one 64-wide head.
-    for (b, n, c, heads) in [
+    for case in [
         (1, 1, 4, 1),
         (2, 7, 6, 3),
         (2, 37, 70, 1),
         (1, 20, 130, 2),
         (1, 16, 64, 1),
     ] {
-        let len = b * n * c;
-        let (q, k, v, d_out) = (rng.vec(len), rng.vec(len), rng.vec(len), rng.vec(len));
-        let scale = 1.0 / ((c / heads) as f32).sqrt();
-        let (q64, k64, v64) = (to_f64(&q), to_f64(&k), to_f64(&v));
-        let what = |t: &str| format!("attention {t} {:?}", (b, n, c, heads));
-        let g = gpu();
-        let shape = [b, n, c];
-        let (qt, kt, vt) = (upload(&q, &shape), upload(&k, &shape), upload(&v, &shape));
-        let (out, lse) = ops::attention_saving(g, &qt, &kt, &vt, heads, scale).unwrap();
-        let plain = ops::attention(g, &qt, &kt, &vt, heads, scale).unwrap();
-        assert_eq!(
-            read(&out),
-            read(&plain),
-            "{}",
-            what("saving output = plain output")
-        );
-        let want_out = r::attention(&q64, &k64, &v64, b, n, c, heads, scale as f64);
-        assert_close(&what("output"), &read(&out), &want_out, 1e-5, 1e-4);
-        let want_lse = r::attention_lse(&q64, &k64, (b, n, c), heads, scale as f64);
-        assert_close(&what("lse"), &read(&lse), &want_lse, 1e-5, 1e-5);
-
-        let saved = AttentionSaved {
-            q: &qt,
-            k: &kt,
-            v: &vt,
-            out: &out,
-            lse: &lse,
-        };
-        let (dq, dk, dv) =
-            ops::attention_grad(g, saved, &upload(&d_out, &shape), heads, scale).unwrap();
-        let (wq, wk, wv) = r::attention_grad(
-            &q64,
-            &k64,
-            &v64,
-            (b, n, c),
-            heads,
-            scale as f64,
-            &to_f64(&d_out),
-        );
-        assert_close(&what("dq"), &read(&dq), &wq, 1e-5, 1e-4);
-        assert_close(&what("dk"), &read(&dk), &wk, 1e-5, 1e-4);
-        assert_close(&what("dv"), &read(&dv), &wv, 1e-5, 1e-4);
+        for g in gpus() {
+            check_attention(g, &mut rng, case);
+        }
     }
+}
+
+/// On the blocked class, where the scores of all (item, head) pairs exceed one tensor, the
+/// products run in groups: 6 pairs in 3 groups of 2.
+#[test]
+fn attention_in_groups_saving_and_grad_match_reference() {
+    let (n, pairs_per_tensor) = (7, 3);
+    let g = Gpu::new(&AdapterChoice::Default)
+        .unwrap()
+        .with_kernel_class(KernelClass::Blocked)
+        .with_max_tensor_bytes((pairs_per_tensor * n * n * 4) as u64);
+    check_attention(&g, &mut Rng::new(24), (2, n, 6, 3));
 }
 
 #[test]

@@ -86,85 +86,146 @@ pub fn attention_saving(
 fn by_products(gpu: &Gpu, p: &AttentionParams) -> bool {
     let n = p.tokens as usize;
     gpu.kernel_class() == KernelClass::Blocked
-        && ((n * n * 4) as u64) <= gpu.max_tensor_bytes() / 16 * 16
+        && scores_fit(gpu, n)
         && gpu
             .max_loop_iterations()
             .is_none_or(|budget| 3 * (n + 1) <= budget)
 }
 
-/// Token-major (B, N, heads·D) as head-major (B·heads, D, N): one transpose, and each head's
-/// rows are then contiguous.
-fn head_major_t(gpu: &Gpu, x: &Tensor, heads: usize) -> Result<Tensor> {
-    let (b, n, c) = (x.dim(0), x.dim(1), x.dim(2));
-    super::transpose_last2(gpu, x)?.reshape(&[b * heads, c / heads, n])
+/// Whether one (item, head) pair's N × N scores fit one tensor (the products path's condition;
+/// tensors occupy whole 16-byte units).
+pub(super) fn scores_fit(gpu: &Gpu, n: usize) -> bool {
+    ((n * n * 4) as u64) <= gpu.max_tensor_bytes() / 16 * 16
 }
 
-/// Items start .. start + count of a batch (R, …), as a tensor of its own.
-fn batch_items(gpu: &Gpu, x: &Tensor, start: usize, count: usize) -> Result<Tensor> {
-    let mut shape = x.shape().to_vec();
-    let inner = x.numel() / shape[0];
-    let part = super::slice_channels(gpu, &x.reshape(&[1, shape[0], inner, 1])?, start, count)?;
-    shape[0] = count;
-    part.reshape(&shape)
+/// The layout of attention's products on the blocked class: token-major (B, N, heads·D)
+/// operands as head-major (B·heads, N, D), one batch entry per (item, head) pair, run in groups
+/// of pairs whose N × N scores fit one tensor.
+pub(super) struct HeadLayout {
+    b: usize,
+    n: usize,
+    c: usize,
+    heads: usize,
 }
 
-/// Output and lse as S = Q·Kᵀ, P = softmax(S·scale) by rows, P·V, per (batch item, head). With
-/// more than one head the operands are laid out head-major by transposes first (memory-bound,
-/// a small cost beside the N²·D products) and the output back to token-major after. Where the
-/// scores of every (item, head) would exceed one tensor, they run in groups that fit.
+impl HeadLayout {
+    pub(super) fn of(x: &Tensor, heads: usize) -> HeadLayout {
+        HeadLayout {
+            b: x.dim(0),
+            n: x.dim(1),
+            c: x.dim(2),
+            heads,
+        }
+    }
+
+    /// (item, head) pairs.
+    pub(super) fn rows(&self) -> usize {
+        self.b * self.heads
+    }
+
+    /// (B, N, heads·D) → (B·heads, N, D): two transposes (memory-bound, small beside the N²·D
+    /// products), none for one head.
+    pub(super) fn split(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
+        if self.heads == 1 {
+            return Ok(x.clone());
+        }
+        let (d, n) = (self.c / self.heads, self.n);
+        let t = super::transpose_last2(gpu, x)?.reshape(&[self.rows(), d, n])?;
+        super::transpose_last2(gpu, &t)
+    }
+
+    /// The inverse of [`Self::split`].
+    pub(super) fn merge(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
+        let (b, n, c) = (self.b, self.n, self.c);
+        if self.heads == 1 {
+            return x.reshape(&[b, n, c]);
+        }
+        let t = super::transpose_last2(gpu, &x.reshape(&[self.rows(), n, c / self.heads])?)?;
+        super::transpose_last2(gpu, &t.reshape(&[b, c, n])?)
+    }
+
+    /// (first pair, pairs) of each group.
+    pub(super) fn groups(&self, gpu: &Gpu) -> Vec<(usize, usize)> {
+        let usable = gpu.max_tensor_bytes() / 16 * 16;
+        let rows = self.rows();
+        let group = ((usable / (self.n * self.n * 4) as u64) as usize).clamp(1, rows);
+        (0..rows)
+            .step_by(group)
+            .map(|start| (start, group.min(rows - start)))
+            .collect()
+    }
+
+    /// The batch entries of group `(start, count)` of `x` (B·heads, …), `x` itself for all.
+    pub(super) fn pick(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        (start, count): (usize, usize),
+    ) -> Result<Tensor> {
+        if count == self.rows() {
+            return Ok(x.clone());
+        }
+        let mut shape = x.shape().to_vec();
+        let inner = x.numel() / shape[0];
+        let part = super::slice_channels(gpu, &x.reshape(&[1, shape[0], inner, 1])?, start, count)?;
+        shape[0] = count;
+        part.reshape(&shape)
+    }
+
+    /// The groups' parts, each (pairs, …), joined along the batch axis.
+    pub(super) fn join(&self, gpu: &Gpu, parts: Vec<Tensor>) -> Result<Tensor> {
+        if parts.len() == 1 {
+            return Ok(parts.into_iter().next().expect("one part"));
+        }
+        let mut shape = parts[0].shape().to_vec();
+        let flat = parts
+            .iter()
+            .map(|t| t.reshape(&[1, t.dim(0), t.numel() / t.dim(0), 1]))
+            .collect::<Result<Vec<_>>>()?;
+        shape[0] = self.rows();
+        super::concat_channels(gpu, &flat.iter().collect::<Vec<_>>())?.reshape(&shape)
+    }
+}
+
+/// Output and lse as S = Q·Kᵀ, P = softmax(S·scale) by rows, P·V, per (item, head), in the
+/// groups of [`HeadLayout`].
 fn products(gpu: &Gpu, p: &AttentionParams, [q, k, v]: [&Tensor; 3]) -> Result<(Tensor, Tensor)> {
-    let (b, n, c) = (q.dim(0), q.dim(1), q.dim(2));
-    let heads = p.heads as usize;
-    let rows = b * heads;
-    // Q (rows, N, D); K as Kᵀ (rows, D, N), or as stored (transposed by the product) for one
-    // head; V (rows, N, D).
-    let (q_h, k_op, k_stored, v_h) = if heads == 1 {
-        (q.clone(), k.clone(), true, v.clone())
-    } else {
-        (
-            super::transpose_last2(gpu, &head_major_t(gpu, q, heads)?)?,
-            head_major_t(gpu, k, heads)?,
-            false,
-            super::transpose_last2(gpu, &head_major_t(gpu, v, heads)?)?,
-        )
-    };
-    // Tensors occupy whole 16-byte units.
-    let usable = gpu.max_tensor_bytes() / 16 * 16;
-    let group = ((usable / (n * n * 4) as u64) as usize).clamp(1, rows);
+    let layout = HeadLayout::of(q, p.heads as usize);
+    let n = layout.n;
+    let (q_h, k_h, v_h) = (
+        layout.split(gpu, q)?,
+        layout.split(gpu, k)?,
+        layout.split(gpu, v)?,
+    );
     let softmax = Kernel::new(&shaders::ATTENTION, "softmax_rows");
     let (mut outs, mut lses) = (Vec::new(), Vec::new());
-    for start in (0..rows).step_by(group) {
-        let count = group.min(rows - start);
-        let pick = |t: &Tensor| match count == rows {
-            true => Ok(t.clone()),
-            false => batch_items(gpu, t, start, count),
-        };
-        let scores = super::matmul::matmul_impl(gpu, &pick(&q_h)?, &pick(&k_op)?, None, k_stored)?;
+    for group in layout.groups(gpu) {
+        let count = group.1;
+        let pick = |t: &Tensor| layout.pick(gpu, t, group);
+        let scores = super::matmul::matmul_impl(gpu, &pick(&q_h)?, &pick(&k_h)?, None, true)?;
         let probs = gpu.empty(&[count, n, n])?;
-        let lse = gpu.empty(&[1, count, n, 1])?;
-        let per_row = AttentionParams {
-            batch: checked_u32("attention", "rows", count)?,
+        let lse = gpu.empty(&[count, n])?;
+        let per_pair = AttentionParams {
+            batch: checked_u32("attention", "pairs", count)?,
             ..*p
         };
         let grid = gpu.grid_1d(count * n);
-        gpu.dispatch(&softmax, &per_row, &[&scores], &[&probs, &lse], grid)?;
+        gpu.dispatch(&softmax, &per_pair, &[&scores], &[&probs, &lse], grid)?;
         drop(scores);
-        let out = super::matmul::matmul_impl(gpu, &probs, &pick(&v_h)?, None, false)?;
-        outs.push(out.reshape(&[1, count, n, c / heads])?);
+        outs.push(super::matmul::matmul_impl(
+            gpu,
+            &probs,
+            &pick(&v_h)?,
+            None,
+            false,
+        )?);
         lses.push(lse);
     }
-    drop((q_h, k_op, v_h));
-    let join = |parts: Vec<Tensor>| match parts.len() {
-        1 => Ok(parts.into_iter().next().expect("one part")),
-        _ => super::concat_channels(gpu, &parts.iter().collect::<Vec<_>>()),
-    };
-    let lse = join(lses)?.reshape(&[b, heads, n])?;
-    let out_h = join(outs)?;
-    if heads == 1 {
-        return Ok((out_h.reshape(&[b, n, c])?, lse));
-    }
-    let out_t = super::transpose_last2(gpu, &out_h.reshape(&[rows, n, c / heads])?)?;
-    let out = super::transpose_last2(gpu, &out_t.reshape(&[b, c, n])?)?;
+    drop((q_h, k_h, v_h));
+    let lse = layout
+        .join(gpu, lses)?
+        .reshape(&[layout.b, layout.heads, n])?;
+    let out = layout.merge(gpu, &layout.join(gpu, outs)?)?;
     Ok((out, lse))
 }
 

@@ -4,10 +4,10 @@
 //! device bounds loop lengths the row loops are split into segments whose partial gradients are
 //! summed (see [`segment_rows`]).
 
-use super::attention::segment_rows;
+use super::attention::{scores_fit, segment_rows, HeadLayout};
 use super::{dims, ensure};
 use crate::error::Result;
-use crate::gpu::{checked_u32, kernel_params, shaders, Gpu, Kernel, Tensor};
+use crate::gpu::{checked_u32, kernel_params, shaders, Gpu, Kernel, KernelClass, Tensor};
 
 // attention_grad.wgsl's constants of the same names (checked in ops' tests).
 /// Threads per workgroup of `grad_q` and `grad_kv`.
@@ -102,6 +102,9 @@ pub fn attention_grad(
     let row_dot = Kernel::new(&shaders::ATTENTION_GRAD, "row_dot");
     let grid = [lse.numel().div_ceil(ROW_WG), 1, 1];
     gpu.dispatch(&row_dot, &p, &[out, d_out], &[&delta], grid)?;
+    if gpu.kernel_class() == KernelClass::Blocked && scores_fit(gpu, n) {
+        return products(gpu, &p, saved, d_out, &delta);
+    }
 
     let inputs = [q, k, v, d_out, lse, &delta];
     let grid = [n.div_ceil(WG / chunks), b * heads, segments];
@@ -133,4 +136,50 @@ pub fn attention_grad(
         Ok(total)
     };
     Ok((sum(dq)?, sum(dk)?, sum(dv)?))
+}
+
+/// The gradients on the blocked class as batched products per (item, head), in the groups of
+/// [`HeadLayout`] (attention_grad.wgsl's `softmax_grad_rows` says how): many times faster there
+/// than the flash kernels, at the cost of N × N scores per pair.
+fn products(
+    gpu: &Gpu,
+    p: &AttentionGradParams,
+    saved: AttentionSaved,
+    d_out: &Tensor,
+    delta: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let AttentionSaved { q, k, v, lse, .. } = saved;
+    let layout = HeadLayout::of(q, p.heads as usize);
+    let (rows, n) = (layout.rows(), p.tokens as usize);
+    let [q_h, k_h, v_h, g_h] = [q, k, v, d_out].map(|t| layout.split(gpu, t));
+    let (q_h, k_h, v_h, g_h) = (q_h?, k_h?, v_h?, g_h?);
+    let (lse, delta) = (lse.reshape(&[rows, n])?, delta.reshape(&[rows, n])?);
+    let kernel = Kernel::new(&shaders::ATTENTION_GRAD, "softmax_grad_rows");
+    let matmul = super::matmul::matmul_impl;
+    let (mut dqs, mut dks, mut dvs) = (Vec::new(), Vec::new(), Vec::new());
+    for group in layout.groups(gpu) {
+        let count = group.1;
+        let pick = |t: &Tensor| layout.pick(gpu, t, group);
+        let (q_g, k_g) = (pick(&q_h)?, pick(&k_h)?);
+        let (v_g, g_g) = (pick(&v_h)?, pick(&g_h)?);
+        let scores = matmul(gpu, &q_g, &k_g, None, true)?;
+        let d_probs = matmul(gpu, &g_g, &v_g, None, true)?;
+        let probs = gpu.empty(&[count, n, n])?;
+        let d_scores = gpu.empty(&[count, n, n])?;
+        let per_pair = AttentionGradParams {
+            batch: checked_u32(OP, "pairs", count)?,
+            ..*p
+        };
+        let inputs = [&scores, &d_probs, &pick(&lse)?, &pick(&delta)?];
+        let grid = gpu.grid_1d(count * n * n);
+        gpu.dispatch(&kernel, &per_pair, &inputs, &[&probs, &d_scores], grid)?;
+        drop((scores, d_probs));
+        let probs_t = super::transpose_last2(gpu, &probs)?;
+        dvs.push(matmul(gpu, &probs_t, &g_g, None, false)?);
+        dqs.push(matmul(gpu, &d_scores, &k_g, None, false)?);
+        let d_scores_t = super::transpose_last2(gpu, &d_scores)?;
+        dks.push(matmul(gpu, &d_scores_t, &q_g, None, false)?);
+    }
+    let merge = |parts| layout.merge(gpu, &layout.join(gpu, parts)?);
+    Ok((merge(dqs)?, merge(dks)?, merge(dvs)?))
 }
