@@ -30,6 +30,27 @@ fn upsample_nearest2x(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
     out[i] = x[(plane * p.h_in + oy / 2u) * p.w_in + ox / 2u];
 }
 
+// upsample_nearest2x four output elements (one vec4: two input pixels, each twice) per
+// invocation, for an even input width W: on a CPU rasteriser the per-invocation index divisions
+// bound the scalar kernel.
+@group(0) @binding(2) var<storage, read_write> out4: array<vec4<f32>>;
+
+@compute @workgroup_size(WG)
+fn upsample_nearest2x_4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let q = linear_index(gid, nwg);
+    if q >= p.total / 4u {
+        return;
+    }
+    let i = 4u * q;
+    let w_out = p.w_in * 2u;
+    let plane = i / (p.h_in * 2u * w_out);
+    let oy = (i / w_out) % (p.h_in * 2u);
+    let src = (plane * p.h_in + oy / 2u) * p.w_in + (i % w_out) / 2u;
+    let a = x[src];
+    let b = x[src + 1u];
+    out4[q] = vec4<f32>(a, a, b, b);
+}
+
 // Floor semantics like torch's avg_pool2d(kernel 2, stride 2): an odd last row/column is dropped.
 @compute @workgroup_size(WG)
 fn avg_pool2x(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {

@@ -334,18 +334,23 @@ fn layout_ops_are_exact() {
         }
     }
 
-    let x = rng.vec(b * 2 * h * w);
-    let up = read(&ops::upsample_nearest2x(g, &upload(&x, &[b, 2, h, w])).unwrap());
-    for plane in 0..b * 2 {
-        for y in 0..2 * h {
-            for xx in 0..2 * w {
-                assert_eq!(
-                    up[(plane * 2 * h + y) * 2 * w + xx],
-                    x[(plane * h + y / 2) * w + xx / 2]
-                );
+    // An odd width, and an even one (four outputs per invocation).
+    for (h, w) in [(h, w), (3, 4)] {
+        let x = rng.vec(b * 2 * h * w);
+        let up = read(&ops::upsample_nearest2x(g, &upload(&x, &[b, 2, h, w])).unwrap());
+        for plane in 0..b * 2 {
+            for y in 0..2 * h {
+                for xx in 0..2 * w {
+                    assert_eq!(
+                        up[(plane * 2 * h + y) * 2 * w + xx],
+                        x[(plane * h + y / 2) * w + xx / 2]
+                    );
+                }
             }
         }
     }
+
+    let x = rng.vec(b * 2 * h * w);
 
     let pooled = read(&ops::avg_pool2x(g, &upload(&x, &[b, 2, h, w])).unwrap());
     let want: Vec<f64> = (0..b * 2)

@@ -332,8 +332,13 @@ fn resample(gpu: &Gpu, entry: &'static str, x: &Tensor, out_hw: (usize, usize)) 
         w_in: u("w_in", w)?,
     };
     let out = gpu.empty(&[b, c, out_hw.0, out_hw.1])?;
+    // Upsampling an even width writes whole vec4s: four outputs per invocation.
+    let (entry, invocations) = match (entry, w % 2) {
+        ("upsample_nearest2x", 0) => ("upsample_nearest2x_4", total / 4),
+        _ => (entry, total),
+    };
     let kernel = Kernel::new(&shaders::RESAMPLE, entry);
-    gpu.dispatch(&kernel, &p, &[x], &[&out], gpu.grid_1d(total))?;
+    gpu.dispatch(&kernel, &p, &[x], &[&out], gpu.grid_1d(invocations))?;
     Ok(out)
 }
 
