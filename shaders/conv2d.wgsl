@@ -242,26 +242,32 @@ override ALIGNED_ROWS: bool = false;
 
 // Input row `iy` of `plane`: the four vec4s from column ox0 - 4 (ox0 a multiple of 8).
 fn row_window(plane: u32, iy: i32, ox0: u32) -> array<vec4<f32>, 4> {
-    var v = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-    if iy < 0 || iy >= i32(p.h) {
-        return v;
+    let row = input_row(plane, iy);
+    let q = i32(ox0 / 4u) - 1;  // the vec4 before column ox0's
+    return array<vec4<f32>, 4>(row_quad(row, q), row_quad(row, q + 1), row_quad(row, q + 2),
+                               row_quad(row, q + 3));
+}
+
+// Row `iy` of `plane` in the vec4 view: its first vec4, its length in vec4s, and whether it lies
+// inside the input (rows in the padding read as zeros).
+struct InputRow {
+    start4: u32,
+    len4: u32,
+    inside: bool,
+}
+
+fn input_row(plane: u32, iy: i32) -> InputRow {
+    let inside = iy >= 0 && iy < i32(p.h);
+    let start4 = select(0u, (plane + u32(iy) * p.w) / 4u, inside);
+    return InputRow(start4, p.w / 4u, inside);
+}
+
+// The vec4 of columns 4q .. 4q + 3 of `row`, zero outside the input.
+fn row_quad(row: InputRow, q: i32) -> vec4<f32> {
+    if !row.inside || q < 0 || q >= i32(row.len4) {
+        return vec4<f32>(0.0);
     }
-    let row4 = (plane + u32(iy) * p.w) / 4u;
-    let w4 = p.w / 4u;
-    let first = ox0 / 4u;  // vec4 index of column ox0; the window starts one before it
-    if first > 0u {
-        v[0] = x4[row4 + first - 1u];
-    }
-    if first < w4 {
-        v[1] = x4[row4 + first];
-    }
-    if first + 1u < w4 {
-        v[2] = x4[row4 + first + 1u];
-    }
-    if first + 2u < w4 {
-        v[3] = x4[row4 + first + 2u];
-    }
-    return v;
+    return x4[row.start4 + u32(q)];
 }
 
 // Values s .. s + 3 of the eight in (a, b), s ≤ 4.
@@ -555,34 +561,10 @@ const ROW16_PIXELS: u32 = 16u;
 
 // Input row `iy` of `plane`: the six vec4s from column ox0 - 4 (ox0 a multiple of 16).
 fn row_window6(plane: u32, iy: i32, ox0: u32) -> array<vec4<f32>, 6> {
-    var v = array<vec4<f32>, 6>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0),
-                                vec4<f32>(0.0), vec4<f32>(0.0));
-    if iy < 0 || iy >= i32(p.h) {
-        return v;
-    }
-    let row4 = (plane + u32(iy) * p.w) / 4u;
-    let w4 = p.w / 4u;
-    let first = ox0 / 4u;
-    // Written out, not looped: the host's loop budget counts only the channel and tap loops.
-    if first > 0u {
-        v[0] = x4[row4 + first - 1u];
-    }
-    if first < w4 {
-        v[1] = x4[row4 + first];
-    }
-    if first + 1u < w4 {
-        v[2] = x4[row4 + first + 1u];
-    }
-    if first + 2u < w4 {
-        v[3] = x4[row4 + first + 2u];
-    }
-    if first + 3u < w4 {
-        v[4] = x4[row4 + first + 3u];
-    }
-    if first + 4u < w4 {
-        v[5] = x4[row4 + first + 4u];
-    }
-    return v;
+    let row = input_row(plane, iy);
+    let q = i32(ox0 / 4u) - 1;
+    return array<vec4<f32>, 6>(row_quad(row, q), row_quad(row, q + 1), row_quad(row, q + 2),
+                               row_quad(row, q + 3), row_quad(row, q + 4), row_quad(row, q + 5));
 }
 
 @compute @workgroup_size(BLOCKED_WG, 1, 1)
