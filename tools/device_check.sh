@@ -18,16 +18,27 @@ cd "$(dirname "$0")/.."
 
 prepare() {
     cargo build --release
-    # The bench executables, by name (cargo prints their paths as JSON lines).
-    mkdir -p .device
-    cargo bench --no-run --message-format=json 2>/dev/null |
+    # The binary, the bench and the test executables, stripped and packed into one archive (the
+    # working tree that travels is limited to 64 MiB). Cargo prints their paths as JSON lines.
+    local staging=/tmp/device_bin
+    rm -rf "$staging" .device && mkdir -p "$staging" .device
+    executables() {
         python3 -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and "bench" in m["target"]["kind"] and m.get("executable"):
-        print(m["target"]["name"], m["executable"])' |
-        while read -r name exe; do cp "$exe" ".device/bench-$name"; done
-    cp "${CARGO_TARGET_DIR:-target}/release/wgsl-diff" .device/
+    if m.get("reason") == "compiler-artifact" and m["profile"]["test"] and m.get("executable"):
+        kind = "bench" if "bench" in m["target"]["kind"] else "test"
+        if kind == "bench" or "test" in m["target"]["kind"]:
+            print(kind, m["target"]["name"], m["executable"])'
+    }
+    { cargo bench --no-run --message-format=json 2>/dev/null | executables
+      cargo test --release --no-run --message-format=json 2>/dev/null | executables; } |
+        while read -r kind name exe; do cp "$exe" "$staging/$kind-$name"; done
+    cp "${CARGO_TARGET_DIR:-target}/release/wgsl-diff" "$staging/"
+    strip "$staging"/*
+    tar -cJf .device/bin.tar.xz -C "$staging" .
+    # The tests find their fixtures and the CLI through paths compiled in: recreated there as links.
+    echo "$PWD ${CARGO_TARGET_DIR:-$PWD/target}/release/wgsl-diff" >.device/compiled_paths
     # guided-diffusion's own code for the ADM-64 benches (the device cannot reach GitHub):
     # GUIDED_DIFFUSION=CHECKOUT tools/device_check.sh prepare
     if [ -n "${GUIDED_DIFFUSION:-}" ]; then
@@ -66,14 +77,15 @@ run() {
         export PYTHONPATH=/tmp/site
     fi
     export WGPU_BACKEND=vulkan CARGO_TARGET_DIR=/tmp/target
-    local bin=.device/wgsl-diff test_set=.device/t10k-images-idx3-ubyte.gz
-    [ -x "$bin" ] || bin=target/release/wgsl-diff
+    local exes=/tmp/device_bin
+    rm -rf "$exes" && mkdir -p "$exes" && tar -xJf .device/bin.tar.xz -C "$exes"
+    local bin=$exes/wgsl-diff test_set=.device/t10k-images-idx3-ubyte.gz
     [ -f "$test_set" ] || test_set=/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
     local num=1000 uc_num=256 batch=250 torch_device=cuda bench_filter="" memory_batch=64
+    local tests=("$exes"/test-*) bench_time=(--warm-up-time 1 --measurement-time 3)
     if [ -n "${QUICK:-}" ]; then
         num=8 uc_num=4 batch=4 torch_device=cpu bench_filter=group_norm memory_batch=2
-    fi
-    if [ -n "${QUICK:-}" ]; then
+        tests=("$exes"/test-select) bench_time=()
         export WGSL_DIFF_BENCH_QUICK=1
     else
         export WGSL_DIFF_BENCH_CIFAR_STEPS=1 WGSL_DIFF_BENCH_ADM64=1
@@ -81,6 +93,8 @@ run() {
     local adm=()
     [ -d .device/guided-diffusion ] && adm=(--guided-diffusion .device/guided-diffusion)
     timed() { local t0=$SECONDS; "$@"; echo "[$(( SECONDS - t0 )) s] $*"; }
+    # What is done so far comes back even if the call runs out of time.
+    save() { tar -czf "$OUT/results.tar.gz" -C "$results" .; }
     compare_pngs() {
         python3 - "$1" "$2" <<'EOF'
 import sys, numpy as np
@@ -95,19 +109,32 @@ EOF
 
     echo "== device"; nvidia-smi -L 2>/dev/null || true; "$bin" info
 
-    echo "== criterion benches (wgsl-diff), each forward and plain step profiled first"
-    for b in .device/bench-*; do
-        [ -x "$b" ] && WGSL_DIFF_PROFILE_DIR="$results/profiles" timed "$b" --bench $bench_filter
+    echo "== the test suite on this adapter (both kernel classes meet the f64 references)"
+    local manifest compiled_bin
+    read -r manifest compiled_bin <.device/compiled_paths
+    if [ "$manifest" != "$PWD" ]; then mkdir -p "$(dirname "$manifest")" && ln -sfn "$PWD" "$manifest"; fi
+    if [ ! -e "$compiled_bin" ]; then mkdir -p "$(dirname "$compiled_bin")" && ln -sf "$bin" "$compiled_bin"; fi
+    for t in "${tests[@]}"; do
+        (cd "$manifest" && timeout 120 "$t" --test-threads 8 2>&1 | grep -E '^test .*FAILED|panicked|^test result' |
+            sed "s|^|${t##*/}: |") || echo "${t##*/}: exit status $?"
     done
+
+    echo "== criterion benches (wgsl-diff), each forward and plain step profiled first"
+    for b in "$exes"/bench-*; do
+        WGSL_DIFF_PROFILE_DIR="$results/profiles" timed "$b" --bench $bench_filter "${bench_time[@]}"
+    done
+    save
 
     echo "== the same work in PyTorch (float32, float16 autocast), and its activation peak"
     timed python3 tools/bench_torch.py --device "$torch_device" --criterion-dir /tmp/target/criterion \
         --json "$results/bench.json" ${bench_filter:+--only kernels/$bench_filter} "${adm[@]}" \
         --memory "$memory_batch"
+    save
 
     echo "== profile: shipped model, $batch samples, 10 DDIM steps"
     timed "$bin" sample --num "$batch" --batch "$batch" --steps 10 --quiet --profile \
         --out "$results/profile"
+    save
 
     echo "== shipped model, $num samples, 10 DDIM steps: wgsl-diff, then PyTorch/diffusers"
     timed "$bin" sample --num "$num" --batch "$batch" --steps 10 --quiet --out "$results/wgsl"
