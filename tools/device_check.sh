@@ -50,7 +50,8 @@ for line in sys.stdin:
         local o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
         mkdir -p .gl /tmp/amd64/partial
         apt-get $o update -qq
-        (cd .gl && apt-get $o download libvulkan1)
+        # The NVIDIA Vulkan driver resolves through glvnd: without these it cannot make an instance.
+        (cd .gl && apt-get $o download libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2)
     fi
     if [ ! -d .whl ]; then
         # Everything else diffusers needs is in the device image (torch, numpy, safetensors, ...).
@@ -69,7 +70,8 @@ run() {
         for f in .gl/*.deb; do dpkg -x "$f" /; done
         ldconfig
         local icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-        [ -f "$icd" ] && export VK_DRIVER_FILES=$icd
+        [ -f "$icd" ] && export VK_DRIVER_FILES=$icd \
+            __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
     fi
     if [ -d .whl ]; then
         python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -83,6 +85,12 @@ run() {
     [ -f "$test_set" ] || test_set=/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
     local num=1000 uc_num=256 batch=250 torch_device=cuda bench_filter="" memory_batch=64
     local tests=("$exes"/test-*) bench_time=(--warm-up-time 1 --measurement-time 3)
+    # A rerun can take only some sections (SECTIONS="tests torch") and some test executables
+    # (TESTS="cli guidance").
+    if [ -n "${TESTS:-}" ]; then
+        tests=() && for t in $TESTS; do tests+=("$exes/test-$t"); done
+    fi
+    want() { [[ " ${SECTIONS:-tests benches torch samples} " == *" $1 "* ]]; }
     if [ -n "${QUICK:-}" ]; then
         num=8 uc_num=4 batch=4 torch_device=cpu bench_filter=group_norm memory_batch=2
         tests=("$exes"/test-select) bench_time=()
@@ -109,27 +117,42 @@ EOF
 
     echo "== device"; nvidia-smi -L 2>/dev/null || true; "$bin" info
 
-    echo "== the test suite on this adapter (both kernel classes meet the f64 references)"
-    local manifest compiled_bin
-    read -r manifest compiled_bin <.device/compiled_paths
-    if [ "$manifest" != "$PWD" ]; then mkdir -p "$(dirname "$manifest")" && ln -sfn "$PWD" "$manifest"; fi
-    if [ ! -e "$compiled_bin" ]; then mkdir -p "$(dirname "$compiled_bin")" && ln -sf "$bin" "$compiled_bin"; fi
-    for t in "${tests[@]}"; do
-        (cd "$manifest" && timeout 120 "$t" --test-threads 8 2>&1 | grep -E '^test .*FAILED|panicked|^test result' |
-            sed "s|^|${t##*/}: |") || echo "${t##*/}: exit status $?"
-    done
+    if want tests; then
+        echo "== the test suite on this adapter (both kernel classes meet the f64 references)"
+        local manifest compiled_bin
+        read -r manifest compiled_bin <.device/compiled_paths
+        if [ "$manifest" != "$PWD" ]; then mkdir -p "$(dirname "$manifest")" && ln -sfn "$PWD" "$manifest"; fi
+        if [ ! -e "$compiled_bin" ]; then mkdir -p "$(dirname "$compiled_bin")" && ln -sf "$bin" "$compiled_bin"; fi
+        mkdir -p "$results/tests"
+        for t in "${tests[@]}"; do
+            local log=$results/tests/${t##*/}.txt
+            (cd "$manifest" && timeout 120 "$t" --test-threads 8 >"$log" 2>&1) || echo "${t##*/}: exit status $?"
+            # Each failure whole (its message is on the lines after "panicked"), then the tally.
+            grep -E -A6 'panicked' "$log" | cut -c1-600 || true
+            grep -E '^test result' "$log" | sed "s|^|${t##*/}: |"
+        done
+        save
+    fi
 
-    echo "== criterion benches (wgsl-diff), each forward and plain step profiled first"
-    for b in "$exes"/bench-*; do
-        WGSL_DIFF_PROFILE_DIR="$results/profiles" timed "$b" --bench $bench_filter "${bench_time[@]}"
-    done
-    save
+    if want benches; then
+        echo "== criterion benches (wgsl-diff), each forward and plain step profiled first"
+        for b in "$exes"/bench-*; do
+            WGSL_DIFF_PROFILE_DIR="$results/profiles" timed "$b" --bench $bench_filter "${bench_time[@]}"
+        done
+        save
+    fi
 
-    echo "== the same work in PyTorch (float32, float16 autocast), and its activation peak"
-    timed python3 tools/bench_torch.py --device "$torch_device" --criterion-dir /tmp/target/criterion \
-        --json "$results/bench.json" ${bench_filter:+--only kernels/$bench_filter} "${adm[@]}" \
-        --memory "$memory_batch"
-    save
+    if want torch; then
+        echo "== the same work in PyTorch (float32, float16 autocast), and its activation peak"
+        # Without the benches of this call, the table reads the criterion results that came along.
+        local criterion=/tmp/target/criterion
+        [ -d "$criterion" ] || criterion=.device/criterion
+        timed python3 tools/bench_torch.py --device "$torch_device" --criterion-dir "$criterion" \
+            --json "$results/bench.json" ${bench_filter:+--only kernels/$bench_filter} "${adm[@]}" \
+            --memory "$memory_batch"
+        save
+    fi
+    want samples || { ls -la "$OUT"; return; }
 
     echo "== profile: shipped model, $batch samples, 10 DDIM steps"
     timed "$bin" sample --num "$batch" --batch "$batch" --steps 10 --quiet --profile \

@@ -28,7 +28,7 @@ def renoised(unet, x, t, y, eps, abar, noise):
     copies = noise.shape[0] // x.shape[0]
     x0 = (x - (1 - abar).sqrt() * eps) / abar.sqrt()
     x_tilde = abar.sqrt() * x0.repeat(copies, 1, 1, 1) + (1 - abar).sqrt() * noise
-    t_rep = torch.full((x_tilde.shape[0],), float(t), dtype=x.dtype)
+    t_rep = torch.full((x_tilde.shape[0],), float(t), dtype=x.dtype, device=x.device)
     y_rep = None if y is None else y.repeat(copies)
     eps_copies = unet(x_tilde, t_rep, class_labels=y_rep).sample
     return x_tilde, eps_copies.view(copies, *x.shape)
