@@ -1,23 +1,30 @@
-// Sinusoidal timestep embedding (diffusers `get_timestep_embedding`) and table look-ups
-// (class embeddings). Timesteps and ids arrive as f32 tensors on the GPU.
+// Sinusoidal timestep embedding (diffusers `get_timestep_embedding`, guided-diffusion's
+// `timestep_embedding`) and table look-ups (class embeddings). Timesteps and ids arrive as f32
+// tensors on the GPU.
 
 struct Params {
     batch: u32,
     dim: u32,
-    freq_shift: f32,    // diffusers' downscale_freq_shift
     flip: u32,          // flip_sin_to_cos: [cos | sin] instead of [sin | cos]
-    log_max_period: f32,
-    scale: f32,
 }
 
 const WG: u32 = 64u;
+// 2π split in two (Cody–Waite): HI is the f32 nearest 2π, LO the rest, so k·HI is exact inside
+// an fma and the reduced argument keeps the f32 argument's own accuracy.
+const TWO_PI_HI: f32 = 6.28318548202514648;
+const TWO_PI_LO: f32 = -1.7484556025237907e-7;
+const INV_TWO_PI: f32 = 0.15915494309189535;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> timesteps: array<f32>;
-@group(0) @binding(2) var<storage, read_write> emb: array<f32>;
+@group(0) @binding(2) var<storage, read> freqs: array<f32>;
+@group(0) @binding(3) var<storage, read_write> emb: array<f32>;
 
-// emb[b, j]: with half = dim/2 and freq_i = exp(−ln(max_period)·i / (half − shift)),
-// the first half is sin(t·freq), the second cos(t·freq) (swapped when flip). Odd dim: zero pad.
+// emb[b, j]: with half = dim/2, the first half is sin(t·freq_i), the second cos(t·freq_i)
+// (swapped when flip), i = j mod half. Odd dim: zero pad. The frequencies come from the host
+// (the f32 values the reference computes); t·freq is rounded to f32 as the reference rounds it.
+// The argument is reduced to [−π, π] here because a GPU's sin/cos may only be accurate there:
+// NVIDIA's Vulkan driver lost ~1e-4 at arguments near 1000.
 @compute @workgroup_size(WG)
 fn timestep_embedding(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.x;
@@ -31,15 +38,15 @@ fn timestep_embedding(@builtin(global_invocation_id) gid: vec3<u32>) {
         emb[i] = 0.0;
         return;
     }
-    let idx = j % half;
-    let freq = exp(-p.log_max_period * f32(idx) / (f32(half) - p.freq_shift));
-    let arg = p.scale * timesteps[b] * freq;
+    let arg = timesteps[b] * freqs[j % half];
+    let k = round(arg * INV_TWO_PI);
+    let reduced = fma(-k, TWO_PI_LO, fma(-k, TWO_PI_HI, arg));
     let first = j < half;
     var use_sin = first;
     if p.flip != 0u {
         use_sin = !first;
     }
-    emb[i] = select(cos(arg), sin(arg), use_sin);
+    emb[i] = select(cos(reduced), sin(reduced), use_sin);
 }
 
 @group(0) @binding(1) var<storage, read> table: array<f32>;

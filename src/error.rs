@@ -20,13 +20,20 @@ pub enum Error {
         limit: u64,
     },
     #[error(
-        "a batch of {batch} samples needs a {bytes}-byte buffer, but this device allows {limit} \
-         bytes per storage binding: batches of {fits} samples fit"
+        "{kernel} needs {workgroups:?} workgroups, over this device's {max} per dimension; use a \
+         smaller batch or resolution"
     )]
+    TooManyWorkgroups {
+        kernel: String,
+        workgroups: [usize; 3],
+        max: u32,
+    },
+    /// [`Error::TooLarge`] or [`Error::TooManyWorkgroups`] met by a run's batch: `why` says which
+    /// limit, `fits` how many samples per batch stay within it.
+    #[error("a batch of {batch} samples {why}: batches of {fits} samples fit")]
     BatchTooLarge {
         batch: usize,
-        bytes: u64,
-        limit: u64,
+        why: String,
         fits: usize,
     },
     #[error("the device lacks {0}")]

@@ -213,7 +213,8 @@ fn bad_input_is_an_error_not_a_panic() {
             vec!["--num", "200000", "--batch", "200000"],
             "--batch is 200000",
         ),
-        // Within the stated limit but over this device's binding size.
+        // Within the stated limit but over one of this device's limits (binding size on lavapipe,
+        // workgroups per dimension on NVIDIA's driver).
         (vec!["--num", "65536", "--batch", "65536"], "use --batch"),
         (vec!["--init-noise", "Cargo.toml"], "npy"),
     ];

@@ -383,7 +383,8 @@ fn timestep_embedding_on_random_shapes() {
             .map(|_| ((rng.uniform() + 1.0) * 500.0).floor())
             .collect();
         let want = r::timestep_embedding(&to_f64(&t), dim, flip, shift);
-        let y = ops::timestep_embedding(gpu(), &upload(&t, &[b]), dim, flip, shift as f32).unwrap();
+        let freqs = ops::timestep_frequencies(gpu(), dim, shift as f32).unwrap();
+        let y = ops::timestep_embedding(gpu(), &upload(&t, &[b]), &freqs, dim, flip).unwrap();
         // As in tests/kernels.rs: the f32 argument's own rounding at t ≈ 1000 is ~6e-5.
         let what = format!("timestep_embedding {:?}", (b, dim, flip, shift));
         assert_close(&what, &read(&y), &want, 2e-4, 0.0);

@@ -368,8 +368,8 @@ fn timestep_embedding_matches_diffusers_definition() {
     let t = [0.0f32, 1.0, 17.0, 999.0, 500.0];
     for (dim, flip, shift) in [(32, true, 0.0), (33, false, 1.0), (128, false, 1.0)] {
         let want = r::timestep_embedding(&to_f64(&t), dim, flip, shift);
-        let y = ops::timestep_embedding(gpu(), &upload(&t, &[t.len()]), dim, flip, shift as f32)
-            .unwrap();
+        let freqs = ops::timestep_frequencies(gpu(), dim, shift as f32).unwrap();
+        let y = ops::timestep_embedding(gpu(), &upload(&t, &[t.len()]), &freqs, dim, flip).unwrap();
         // sin/cos of arguments up to ~1000 in f32: the argument's own rounding is ~6e-5.
         assert_close(
             &format!("timestep_embedding dim={dim} flip={flip}"),
@@ -378,6 +378,40 @@ fn timestep_embedding_matches_diffusers_definition() {
             2e-4,
             0.0,
         );
+        // Given the f32 argument diffusers computes (its f32 frequency times t), the kernel's
+        // sin/cos are accurate to the rounding of that product (half an ulp: a compiler may fuse
+        // it into the reduction unrounded) plus f32's own: a GPU's own sin/cos of an argument near
+        // 1000 is not (NVIDIA's Vulkan driver lost ~1e-4 before the kernel reduced it to [−π, π]).
+        let freqs = read(&freqs);
+        let half = dim / 2;
+        for (i, &f) in freqs.iter().enumerate() {
+            let exact = (-(10000f64.ln()) * i as f64 / (half as f64 - shift)).exp();
+            // The f32 exponent (up to ln 10000 ≈ 9.2) is rounded to 2^-24·9.2 ≈ 5.5e-7, then exp.
+            assert!(
+                (f as f64 - exact).abs() <= 7e-7 * exact,
+                "freq {i}: {f} vs {exact}"
+            );
+        }
+        let y = read(&y);
+        for (b, &tb) in t.iter().enumerate() {
+            for (i, &f) in freqs.iter().enumerate() {
+                let arg = (tb * f) as f64;
+                let half_ulp = if arg == 0.0 {
+                    0.0
+                } else {
+                    (arg.abs().log2().floor() - 24.0).exp2()
+                };
+                let (sin, cos) = arg.sin_cos();
+                let (first, second) = if flip { (cos, sin) } else { (sin, cos) };
+                for (j, want) in [(i, first), (half + i, second)] {
+                    let got = y[b * dim + j] as f64;
+                    assert!(
+                        (got - want).abs() <= half_ulp + 1e-6,
+                        "dim {dim}, t {tb}, element {j}: {got} vs {want} of the f32 argument {arg}"
+                    );
+                }
+            }
+        }
     }
 }
 
@@ -567,9 +601,11 @@ fn kernel_parameters_beyond_u32_are_errors_not_panics() {
 
 #[test]
 fn a_step_is_one_encoder_and_buffers_are_reused() {
-    let g = gpu();
+    // A device of its own: the shared one's encoder and pool are used by the tests running beside
+    // this one, which flush and take buffers between these lines (seen on an 8-thread run).
+    let g = &Gpu::new(&AdapterChoice::Default).unwrap();
+    let x = g.upload(&[1, 1, 8, 8], &[1.0; 64]).unwrap();
     g.flush();
-    let x = upload(&[1.0; 64], &[1, 1, 8, 8]);
     let y = ops::silu(g, &x).unwrap();
     let z = ops::affine(g, &y, 2.0, 0.0).unwrap();
     assert_eq!(

@@ -304,12 +304,9 @@ pub fn run(adapter: &AdapterChoice, args: &SampleArgs) -> Result<()> {
     }
     let mut progress = Bar(bar);
     let summary = match job.run(&mut progress) {
-        Err(Error::BatchTooLarge {
-            batch,
-            bytes,
-            limit,
-            fits,
-        }) => bail!("batch {batch} needs a {bytes}-byte buffer but this device allows {limit} per binding: use --batch {fits} or less"),
+        Err(Error::BatchTooLarge { batch, why, fits }) => {
+            bail!("batch {batch} {why}: use --batch {fits} or less")
+        }
         other => other?,
     };
     progress.0.finish_and_clear();

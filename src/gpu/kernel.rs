@@ -326,11 +326,11 @@ impl Gpu {
         debug_assert_eq!(kernel.shader.name, P::SHADER.name, "{}", kernel.entry);
         let max = self.limits.max_compute_workgroups_per_dimension;
         if workgroups.iter().any(|&w| w > max as usize) {
-            return Err(Error::Invalid(format!(
-                "{}::{} needs {workgroups:?} workgroups, over this device's {max} per dimension; \
-                 use a smaller batch or resolution",
-                kernel.shader.name, kernel.entry
-            )));
+            return Err(Error::TooManyWorkgroups {
+                kernel: format!("{}::{}", kernel.shader.name, kernel.entry),
+                workgroups,
+                max,
+            });
         }
         // An f16 tensor goes only to a kernel specialised to read its weight operand as f16
         // (the op checks which operand that is).

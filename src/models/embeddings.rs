@@ -7,20 +7,26 @@ use crate::error::Result;
 use crate::gpu::{Gpu, Tensor};
 use crate::ops;
 
-/// diffusers `Timesteps`: sinusoidal features of the (fractional) timestep; no parameters.
+/// diffusers `Timesteps`: sinusoidal features of the (fractional) timestep; no parameters, only
+/// the frequency table made at load.
 pub struct Timesteps {
     num_channels: usize,
     flip_sin_to_cos: bool,
-    downscale_freq_shift: f32,
+    freqs: Tensor,
 }
 
 impl Timesteps {
-    pub fn new(num_channels: usize, flip_sin_to_cos: bool, downscale_freq_shift: f32) -> Timesteps {
-        Timesteps {
+    pub fn new(
+        gpu: &Gpu,
+        num_channels: usize,
+        flip_sin_to_cos: bool,
+        downscale_freq_shift: f32,
+    ) -> Result<Timesteps> {
+        Ok(Timesteps {
             num_channels,
             flip_sin_to_cos,
-            downscale_freq_shift,
-        }
+            freqs: ops::timestep_frequencies(gpu, num_channels, downscale_freq_shift)?,
+        })
     }
 
     /// (B, num_channels) features of `timesteps` (B).
@@ -28,9 +34,9 @@ impl Timesteps {
         ops::timestep_embedding(
             gpu,
             timesteps,
+            &self.freqs,
             self.num_channels,
             self.flip_sin_to_cos,
-            self.downscale_freq_shift,
         )
     }
 }

@@ -374,7 +374,7 @@ impl UNet2DModel {
         };
         Ok(UNet2DModel {
             conv_in: Conv2d::load(&vb.pp("conv_in"), config.in_channels, ch[0], 3, 1, 1)?,
-            time_proj: Timesteps::new(ch[0], config.flip_sin_to_cos, config.freq_shift),
+            time_proj: Timesteps::new(vb.gpu(), ch[0], config.flip_sin_to_cos, config.freq_shift)?,
             time_embedding: TimestepEmbedding::load(
                 &vb.pp("time_embedding"),
                 ch[0],

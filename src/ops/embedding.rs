@@ -8,10 +8,7 @@ kernel_params! {
     pub(super) struct EmbeddingParams for EMBEDDING::Params {
         batch: u32,
         dim: u32,
-        freq_shift: f32,
         flip: u32,
-        log_max_period: f32,
-        scale: f32,
     }
 }
 
@@ -30,27 +27,48 @@ fn launch(
     gpu.dispatch(&kernel, p, inputs, &[out], [out.numel().div_ceil(WG), 1, 1])
 }
 
-/// diffusers' `get_timestep_embedding(t, dim, flip_sin_to_cos, downscale_freq_shift)` for t (B).
+/// The dim/2 frequencies of a sinusoidal timestep embedding, freq_i = exp(−ln(10000)·i /
+/// (dim/2 − shift)), as the f32 values diffusers and guided-diffusion compute: the exponent in f32
+/// arithmetic, its exponential rounded once. Made on the host, once per model: a GPU's `exp` may
+/// be a few ulps off, which t ≈ 1000 turns into ~1e-4 of phase.
+pub fn timestep_frequencies(gpu: &Gpu, dim: usize, freq_shift: f32) -> Result<Tensor> {
+    const OP: &str = "timestep_embedding";
+    ensure(dim >= 2, OP, || format!("dim {dim} < 2"))?;
+    let half = dim / 2;
+    ensure(half as f32 != freq_shift, OP, || {
+        format!("dim {dim} with frequency shift {freq_shift} divides by zero")
+    })?;
+    let freqs: Vec<f32> = (0..half)
+        .map(|i| {
+            let exponent = -10000f32.ln() * i as f32 / (half as f32 - freq_shift);
+            (exponent as f64).exp() as f32
+        })
+        .collect();
+    gpu.upload(&[half], &freqs)
+}
+
+/// diffusers' `get_timestep_embedding(t, dim, flip_sin_to_cos, downscale_freq_shift)` for t (B),
+/// with `freqs` from [`timestep_frequencies`] for that dim and shift.
 pub fn timestep_embedding(
     gpu: &Gpu,
     timesteps: &Tensor,
+    freqs: &Tensor,
     dim: usize,
     flip_sin_to_cos: bool,
-    freq_shift: f32,
 ) -> Result<Tensor> {
     const OP: &str = "timestep_embedding";
     let [b] = dims::<1>(timesteps, OP, "timesteps")?;
-    ensure(dim >= 2, OP, || format!("dim {dim} < 2"))?;
+    let [half] = dims::<1>(freqs, OP, "freqs")?;
+    ensure(half == dim / 2 && half > 0, OP, || {
+        format!("{half} frequencies for dim {dim}")
+    })?;
     let p = EmbeddingParams {
         batch: checked_u32(OP, "batch", b)?,
         dim: checked_u32(OP, "dim", dim)?,
-        freq_shift,
         flip: flip_sin_to_cos as u32,
-        log_max_period: 10000f32.ln(),
-        scale: 1.0,
     };
     let out = gpu.empty(&[b, dim])?;
-    launch(gpu, "timestep_embedding", &p, &[timesteps], &out)?;
+    launch(gpu, "timestep_embedding", &p, &[timesteps, freqs], &out)?;
     Ok(out)
 }
 

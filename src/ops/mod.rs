@@ -31,7 +31,7 @@ pub use elementwise::{
     mul_channel_vec, repeat_batch, scale_shift, silu, transpose_last2, upsample_nearest2x,
 };
 pub use elementwise_grad::{silu_grad, slice_channels, upsample_nearest2x_grad};
-pub use embedding::{embedding_lookup, timestep_embedding};
+pub use embedding::{embedding_lookup, timestep_embedding, timestep_frequencies};
 pub use finite::{decode_first_steps, non_finite_flags, record_non_finite, NO_STEP};
 pub use guidance::{gradient_cotangent, masked_update, posterior, sum_copies, MaskedRule};
 pub use matmul::{

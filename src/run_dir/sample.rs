@@ -513,15 +513,63 @@ fn read_init_noise(request: &SampleRequest, shape: [usize; 3]) -> Result<Option<
     }))
 }
 
-/// A buffer over the device's binding limit, said in samples per batch.
+/// A buffer over the device's binding limit or a dispatch over its workgroup limit, said in
+/// samples per batch (both grow in proportion to the batch).
 fn batch_too_large(e: Error, batch: usize) -> Error {
-    match e {
-        Error::TooLarge { bytes, limit, .. } => Error::BatchTooLarge {
-            batch,
+    let (why, need, limit) = match e {
+        Error::TooLarge { bytes, limit, .. } => (
+            format!("needs a {bytes}-byte buffer but this device allows {limit} per binding"),
             bytes,
             limit,
-            fits: (batch as u64 * limit / bytes.max(1)).max(1) as usize,
-        },
-        other => other,
+        ),
+        Error::TooManyWorkgroups {
+            kernel,
+            workgroups,
+            max,
+        } => {
+            let most = workgroups.into_iter().max().unwrap_or(0);
+            let why = format!(
+                "needs {most} workgroups of {kernel} along one dimension but this device allows {max}"
+            );
+            (why, most as u64, max as u64)
+        }
+        other => return other,
+    };
+    Error::BatchTooLarge {
+        batch,
+        why,
+        fits: (batch as u64 * limit / need.max(1)).max(1) as usize,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_device_limits_become_a_batch_that_fits() {
+        let bytes = Error::TooLarge {
+            what: "x".into(),
+            bytes: 1000,
+            limit: 300,
+        };
+        let Error::BatchTooLarge { fits, why, .. } = batch_too_large(bytes, 10) else {
+            panic!("not a batch error")
+        };
+        assert_eq!(fits, 3);
+        assert!(why.contains("1000-byte buffer"), "{why}");
+        // The limit NVIDIA's Vulkan driver met first for `--batch 65536` on the shipped model.
+        let workgroups = Error::TooManyWorkgroups {
+            kernel: "conv2d::conv2d".into(),
+            workgroups: [131072, 1, 1],
+            max: 65535,
+        };
+        let Error::BatchTooLarge { fits, why, .. } = batch_too_large(workgroups, 65536) else {
+            panic!("not a batch error")
+        };
+        assert_eq!(fits, 32767);
+        assert!(why.contains("131072 workgroups of conv2d::conv2d"), "{why}");
+        let other = batch_too_large(Error::Invalid("x".into()), 4);
+        assert!(matches!(other, Error::Invalid(_)));
     }
 }

@@ -110,7 +110,7 @@ impl AdmModel {
         let eps_rows: Vec<usize> = (0..c).collect();
         let var_rows: Vec<usize> = (c..config.out_channels).collect();
         Ok(AdmModel {
-            time_proj: Timesteps::new(mc, true, 0.0),
+            time_proj: Timesteps::new(vb.gpu(), mc, true, 0.0)?,
             time_embed: [
                 Linear::load(&time_embed.pp(0), mc, ted)?,
                 Linear::load(&time_embed.pp(2), ted, ted)?,
