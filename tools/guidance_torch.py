@@ -19,8 +19,9 @@ import torch
 
 def percentile_threshold(uncertainty, p):
     """torch.quantile of each image's flattened map at level p, shaped to broadcast: (B, 1, 1, 1)."""
-    flat = uncertainty.flatten(1)
-    return torch.quantile(flat, p, dim=1).view(-1, *([1] * (uncertainty.dim() - 1)))
+    flat = uncertainty.flatten(1).float()  # torch.quantile takes no float16 (autocast's maps)
+    q = torch.quantile(flat, p, dim=1).to(uncertainty.dtype)
+    return q.view(-1, *([1] * (uncertainty.dim() - 1)))
 
 
 def renoised(unet, x, t, y, eps, abar, noise):
