@@ -116,6 +116,11 @@ EOF
     }
 
     echo "== device"; nvidia-smi -L 2>/dev/null || true; "$bin" info
+    # The clocks and power through the whole call, a line a second: a GPU left idle between
+    # small submits may never leave its lowest clock.
+    if command -v nvidia-smi >/dev/null; then
+        nvidia-smi dmon -s pc -d 1 >"$results/dmon.txt" 2>&1 &
+    fi
 
     if want tests; then
         echo "== the test suite on this adapter (both kernel classes meet the f64 references)"
