@@ -11,7 +11,7 @@ use common::{
 };
 use half::f16;
 use std::path::Path;
-use wgsl_diff::gpu::{DType, Gpu, Tensor};
+use wgsl_diff::gpu::{AdapterChoice, DType, Gpu, Tensor};
 use wgsl_diff::models::{load_eps_model, WeightFile};
 use wgsl_diff::ops::{self, Conv2dArgs};
 
@@ -164,10 +164,17 @@ fn write_half(src: &Path, name: &str) -> std::path::PathBuf {
     path
 }
 
+/// A device of the test's own, so the bytes it holds are the model's: on the shared device the
+/// tests running beside this one hold tensors too, and its pool hands out free buffers up to
+/// twice a request's size (on an 8-thread run on NVIDIA the f16 model seemed to hold 2.4 times
+/// the f32 one's bytes).
+fn own_device() -> Gpu {
+    Gpu::new(&AdapterChoice::Default).expect("the adapter opens again")
+}
+
 /// One forward of the model in `path` on fixed input, loaded with or without f16 weights, with
-/// the bytes the loaded model holds. (Not the bytes of buffers created while loading: that counts
-/// the scratch of the weight preparation, which a pool warmed by an earlier load does not create
-/// again, so it depends on the order of the loads.)
+/// the bytes the loaded model holds. Exact on a device of its own ([`own_device`]); on a shared
+/// one the weights can land in larger pooled buffers that other work freed.
 fn forward(g: &Gpu, path: &Path, f16_weights: bool, batch: usize) -> (Vec<f32>, u64) {
     let before = g.memory().live;
     let file = WeightFile::open(path)
@@ -199,8 +206,8 @@ fn f16_checkpoints_load_as_stored() {
     let g = gpu();
     let src = fixture("unet_tiny_gray.safetensors");
     let half_file = write_half(&src, "tiny-f16.safetensors");
-    let (stored, bytes_f16) = forward(g, &half_file, true, 2);
-    let (widened, bytes_f32) = forward(g, &half_file, false, 2);
+    let (stored, bytes_f16) = forward(&own_device(), &half_file, true, 2);
+    let (widened, bytes_f32) = forward(&own_device(), &half_file, false, 2);
     let (full, _) = forward(g, &src, false, 2);
     std::fs::remove_file(&half_file).ok();
     let max_diff = |a: &[f32], b: &[f32]| {
@@ -223,13 +230,13 @@ fn f16_checkpoints_load_as_stored() {
 }
 
 /// The shipped model with f16 weights stays within 2e-3 of its f32 self on one forward
-/// (measured on lavapipe: max abs error 5.4e-4 over ε of magnitude up to 3.9).
+/// (measured on lavapipe with the step-20,000 weights: max abs error 6.0e-4 over ε of magnitude up
+/// to 4.35).
 #[test]
 fn shipped_model_with_f16_weights_stays_near_f32() {
-    let g = gpu();
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/fashion_mnist_ddpm.safetensors");
-    let (full, bytes_f32) = forward(g, &path, false, 2);
-    let (half_out, bytes_f16) = forward(g, &path, true, 2);
+    let (full, bytes_f32) = forward(&own_device(), &path, false, 2);
+    let (half_out, bytes_f16) = forward(&own_device(), &path, true, 2);
     let max_err = full
         .iter()
         .zip(&half_out)
