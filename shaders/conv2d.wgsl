@@ -3,8 +3,8 @@
 //   columns n = (batch, output pixel)       (N = B * H_out * W_out)
 //   depth   k = (input channel, ky, kx)     (K = C_in * KH * KW)
 // The weight matrix is read as is; the input patch matrix is gathered on the fly
-// (no im2col buffer). Tiling as in matmul.wgsl: 64x64 per workgroup, 4x4 per thread,
-// TILE_K deep through workgroup memory. Optional fused epilogue:
+// (no im2col buffer). Tiling as in matmul.wgsl: 64x64 per workgroup, 4x4 per thread in four
+// named vec4 accumulators, TILE_K deep through workgroup memory. Optional fused epilogue:
 //   out = (conv + bias + residual) * out_scale
 // which is a diffusers ResnetBlock2D's `(shortcut + h) / output_scale_factor`, then optionally
 // max(out, 0) (Inception's conv + folded batch norm + ReLU).
@@ -63,7 +63,7 @@ fn weight_at(i: u32) -> f32 {
     return bitcast<f32>(weight[i]);
 }
 
-var<workgroup> tile_w: array<f32, TILE_K * TILE>;
+var<workgroup> tile_w: array<vec4<f32>, TILE_K * TILE / 4u>;
 var<workgroup> tile_x: array<vec4<f32>, TILE_K * TILE / 4u>;
 
 fn load_weight(row: u32, k: u32, k_total: u32) -> f32 {
@@ -105,13 +105,18 @@ fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
     let my_oy = (my_n % hw_out) / p.w_out;
     let my_ox = my_n % p.w_out;
 
-    var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    // Output channel m0 + lid.y·4 + i of this thread's patch in acc<i>, its 4 pixels in the lanes
+    // (named, not an array: see matmul.wgsl).
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
     for (var k0 = 0u; k0 < k_total; k0 += TILE_K) {
         for (var r = 0u; r < TILE * TILE_K / THREADS; r++) {
             let e = tid + r * THREADS;
             let row = e / TILE_K;
             let kw = e % TILE_K;
-            tile_w[kw * TILE + row] = load_weight(m0 + row, k0 + kw, k_total);
+            tile_w[kw * (TILE / 4u) + row / 4u][row % 4u] = load_weight(m0 + row, k0 + kw, k_total);
             let kx = e / TILE;
             tile_x[kx * (TILE / 4u) + my_col / 4u][my_col % 4u] =
                 load_patch(k0 + kx, k_total, my_b, my_oy, my_ox, valid_n);
@@ -119,38 +124,44 @@ fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
         workgroupBarrier();
         for (var kk = 0u; kk < TILE_K; kk++) {
             let xv = tile_x[kk * (TILE / 4u) + lid.x];
-            for (var i = 0u; i < 4u; i++) {
-                acc[i] += tile_w[kk * TILE + lid.y * 4u + i] * xv;
-            }
+            let wv = tile_w[kk * (TILE / 4u) + lid.y];
+            acc0 += wv.x * xv;
+            acc1 += wv.y * xv;
+            acc2 += wv.z * xv;
+            acc3 += wv.w * xv;
         }
         workgroupBarrier();
     }
 
+    store_channel(m0 + lid.y * 4u, n0 + lid.x * 4u, hw_out, n_total, acc0);
+    store_channel(m0 + lid.y * 4u + 1u, n0 + lid.x * 4u, hw_out, n_total, acc1);
+    store_channel(m0 + lid.y * 4u + 2u, n0 + lid.x * 4u, hw_out, n_total, acc2);
+    store_channel(m0 + lid.y * 4u + 3u, n0 + lid.x * 4u, hw_out, n_total, acc3);
+}
+
+// Output channel `co` at columns n0 .. n0 + 3 (batch, pixel) through the fused epilogue; columns
+// past the end skipped.
+fn store_channel(co: u32, n0: u32, hw_out: u32, n_total: u32, v: vec4<f32>) {
+    if co >= p.c_out {
+        return;
+    }
     for (var j = 0u; j < 4u; j++) {
-        let n = n0 + lid.x * 4u + j;
+        let n = n0 + j;
         if n >= n_total {
-            continue;
+            return;
         }
-        let b = n / hw_out;
-        let pix = n % hw_out;
-        for (var i = 0u; i < 4u; i++) {
-            let co = m0 + lid.y * 4u + i;
-            if co >= p.c_out {
-                continue;
-            }
-            let idx = (b * p.c_out + co) * hw_out + pix;
-            var v = acc[i][j];
-            if HAS_BIAS {
-                v += bias[co];
-            }
-            if HAS_RESIDUAL {
-                v = (v + residual[idx]) * p.out_scale;
-            }
-            if RELU {
-                v = max(v, 0.0);
-            }
-            out[idx] = v;
+        let idx = ((n / hw_out) * p.c_out + co) * hw_out + n % hw_out;
+        var value = v[j];
+        if HAS_BIAS {
+            value += bias[co];
         }
+        if HAS_RESIDUAL {
+            value = (value + residual[idx]) * p.out_scale;
+        }
+        if RELU {
+            value = max(value, 0.0);
+        }
+        out[idx] = value;
     }
 }
 

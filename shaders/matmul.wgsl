@@ -1,7 +1,10 @@
 // Tiled matrix multiply with optional bias: C[b] = A[b] · op(B[b]) (+ bias), f32 (B f32 or f16).
 // A is (M, K) row-major; B is (N, K) when TRANS_B (a PyTorch Linear weight) else (K, N).
 // Each 16x16 workgroup computes a TILE x TILE block of C, each thread a 4x4 patch held
-// in vec4 accumulators; operand tiles are staged through workgroup memory TILE_K at a time.
+// in four named vec4 accumulators (`Patch`: an array indexed by a loop variable may live in
+// memory where the driver does not unroll the loop); operand tiles are staged through
+// workgroup memory TILE_K at a time, both as vec4s so a thread reads its 4 rows and its 4
+// columns with one load each.
 // `matmul` loads scalars with bounds checks (any M, N, K); `matmul_vec4` loads both operands
 // as vec4 along K and needs TRANS_B and K % 4 == 0 (the host picks it when that holds).
 
@@ -56,7 +59,7 @@ fn b_quad(q: u32) -> vec4<f32> {
     return bitcast<vec4<f32>>(b4[q]);
 }
 
-var<workgroup> tile_a: array<array<f32, TILE>, TILE_K>;
+var<workgroup> tile_a: array<array<vec4<f32>, 16>, TILE_K>;
 var<workgroup> tile_b: array<array<vec4<f32>, 16>, TILE_K>;
 
 fn load_a(base: u32, row: u32, col: u32) -> f32 {
@@ -85,7 +88,7 @@ fn stage_scalar(tid: u32, wid: vec3<u32>, k0: u32) {
         // A: consecutive threads walk K so global reads are contiguous.
         let row = e / TILE_K;
         let ka = e % TILE_K;
-        tile_a[ka][row] = load_a(base_a, wid.y * TILE + row, k0 + ka);
+        tile_a[ka][row / 4u][row % 4u] = load_a(base_a, wid.y * TILE + row, k0 + ka);
         var kb: u32;
         var col: u32;
         if TRANS_B {
@@ -115,41 +118,60 @@ fn stage_vec4(tid: u32, wid: vec3<u32>, k0: u32) {
         vb = b_quad((wid.z * p.batch_stride_b + n_row * p.k + k) / 4u);
     }
     for (var e = 0u; e < 4u; e++) {
-        tile_a[quad * 4u + e][row] = va[e];
+        tile_a[quad * 4u + e][row / 4u][row % 4u] = va[e];
         tile_b[quad * 4u + e][row / 4u][row % 4u] = vb[e];
     }
 }
 
-// acc[i] (row i of this thread's patch, 4 columns) += the staged slice's contribution.
-fn accumulate(lid: vec3<u32>, acc: ptr<function, array<vec4<f32>, 4>>) {
+// One thread's 4x4 patch of C: row i of the patch in r<i>, its 4 columns in the lanes.
+struct Patch {
+    r0: vec4<f32>,
+    r1: vec4<f32>,
+    r2: vec4<f32>,
+    r3: vec4<f32>,
+}
+
+// The patch += the staged slice's contribution.
+fn accumulate(lid: vec3<u32>, acc: ptr<function, Patch>) {
     for (var kk = 0u; kk < TILE_K; kk++) {
+        let av = tile_a[kk][lid.y];
         let bv = tile_b[kk][lid.x];
-        for (var i = 0u; i < 4u; i++) {
-            (*acc)[i] += tile_a[kk][lid.y * 4u + i] * bv;
+        (*acc).r0 += av.x * bv;
+        (*acc).r1 += av.y * bv;
+        (*acc).r2 += av.z * bv;
+        (*acc).r3 += av.w * bv;
+    }
+}
+
+// Row `i` of the patch (+ bias) into C, the columns past N skipped.
+fn store_patch_row(lid: vec3<u32>, wid: vec3<u32>, i: u32, v: vec4<f32>) {
+    let row = wid.y * TILE + lid.y * 4u + i;
+    if row >= p.m {
+        return;
+    }
+    let base = wid.z * p.batch_stride_c + row * p.n;
+    for (var j = 0u; j < 4u; j++) {
+        let col = wid.x * TILE + lid.x * 4u + j;
+        if col < p.n {
+            var value = v[j];
+            if HAS_BIAS {
+                value += bias[col];
+            }
+            c[base + col] = value;
         }
     }
 }
 
-fn store(lid: vec3<u32>, wid: vec3<u32>, acc: array<vec4<f32>, 4>) {
-    let base_c = wid.z * p.batch_stride_c;
-    for (var i = 0u; i < 4u; i++) {
-        let row = wid.y * TILE + lid.y * 4u + i;
-        for (var j = 0u; j < 4u; j++) {
-            let col = wid.x * TILE + lid.x * 4u + j;
-            if row < p.m && col < p.n {
-                var v = acc[i][j];
-                if HAS_BIAS {
-                    v += bias[col];
-                }
-                c[base_c + row * p.n + col] = v;
-            }
-        }
-    }
+fn store(lid: vec3<u32>, wid: vec3<u32>, acc: Patch) {
+    store_patch_row(lid, wid, 0u, acc.r0);
+    store_patch_row(lid, wid, 1u, acc.r1);
+    store_patch_row(lid, wid, 2u, acc.r2);
+    store_patch_row(lid, wid, 3u, acc.r3);
 }
 
 @compute @workgroup_size(16, 16, 1)
 fn matmul(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    var acc = Patch(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     for (var k0 = 0u; k0 < p.k; k0 += TILE_K) {
         stage_scalar(lid.y * 16u + lid.x, wid, k0);
         workgroupBarrier();
@@ -161,7 +183,7 @@ fn matmul(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
 
 @compute @workgroup_size(16, 16, 1)
 fn matmul_vec4(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    var acc = Patch(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     for (var k0 = 0u; k0 < p.k; k0 += TILE_K) {
         stage_vec4(lid.y * 16u + lid.x, wid, k0);
         workgroupBarrier();
