@@ -31,7 +31,7 @@ const TILE_K: u32 = 16u;
 @group(0) @binding(2) var<storage, read> weight: array<f32>;
 @group(0) @binding(3) var<storage, read_write> dx: array<f32>;
 
-var<workgroup> tile_w: array<f32, TILE_K * TILE>;
+var<workgroup> tile_w: array<vec4<f32>, TILE_K * TILE / 4u>;
 var<workgroup> tile_g: array<vec4<f32>, TILE_K * TILE / 4u>;
 
 // Weight entry (row ci, depth k = (co, tap)) of the transposed weight matrix.
@@ -80,13 +80,17 @@ fn conv2d_input_grad(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(work
     let my_iy = (my_n % hw) / p.w;
     let my_ix = my_n % p.w;
 
-    var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    // Input channel m0 + lid.y·4 + i in acc<i>, named as in conv2d.wgsl's tiled kernel.
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
     for (var k0 = 0u; k0 < k_total; k0 += TILE_K) {
         for (var r = 0u; r < TILE * TILE_K / THREADS; r++) {
             let e = tid + r * THREADS;
             let row = e / TILE_K;
             let kw = e % TILE_K;
-            tile_w[kw * TILE + row] = load_weight(m0 + row, k0 + kw, k_total);
+            tile_w[kw * (TILE / 4u) + row / 4u][row % 4u] = load_weight(m0 + row, k0 + kw, k_total);
             let kg = e / TILE;
             tile_g[kg * (TILE / 4u) + my_col / 4u][my_col % 4u] =
                 load_grad(k0 + kg, k_total, my_b, my_iy, my_ix, valid_n);
@@ -94,26 +98,32 @@ fn conv2d_input_grad(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(work
         workgroupBarrier();
         for (var kk = 0u; kk < TILE_K; kk++) {
             let gv = tile_g[kk * (TILE / 4u) + lid.x];
-            for (var i = 0u; i < 4u; i++) {
-                acc[i] += tile_w[kk * TILE + lid.y * 4u + i] * gv;
-            }
+            let wv = tile_w[kk * (TILE / 4u) + lid.y];
+            acc0 += wv.x * gv;
+            acc1 += wv.y * gv;
+            acc2 += wv.z * gv;
+            acc3 += wv.w * gv;
         }
         workgroupBarrier();
     }
 
+    store_input_channel(m0 + lid.y * 4u, n0 + lid.x * 4u, hw, n_total, acc0);
+    store_input_channel(m0 + lid.y * 4u + 1u, n0 + lid.x * 4u, hw, n_total, acc1);
+    store_input_channel(m0 + lid.y * 4u + 2u, n0 + lid.x * 4u, hw, n_total, acc2);
+    store_input_channel(m0 + lid.y * 4u + 3u, n0 + lid.x * 4u, hw, n_total, acc3);
+}
+
+// Input channel `ci` of dx at columns n0 .. n0 + 3 (batch, pixel); columns past the end skipped.
+fn store_input_channel(ci: u32, n0: u32, hw: u32, n_total: u32, v: vec4<f32>) {
+    if ci >= p.c_in {
+        return;
+    }
     for (var j = 0u; j < 4u; j++) {
-        let n = n0 + lid.x * 4u + j;
+        let n = n0 + j;
         if n >= n_total {
-            continue;
+            return;
         }
-        let b = n / hw;
-        let pix = n % hw;
-        for (var i = 0u; i < 4u; i++) {
-            let ci = m0 + lid.y * 4u + i;
-            if ci < p.c_in {
-                dx[(b * p.c_in + ci) * hw + pix] = acc[i][j];
-            }
-        }
+        dx[((n / hw) * p.c_in + ci) * hw + n % hw] = v[j];
     }
 }
 
