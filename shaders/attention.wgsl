@@ -180,10 +180,10 @@ fn attention_combine(@builtin(global_invocation_id) gid: vec3<u32>,
     }
 }
 
-// ---- softmax_rows: the blocked (CPU-adapter) path's softmax, between two matmuls ----
-// With one head, attention is two matrix products around a row softmax; on a CPU adapter the
-// register-blocked matmul runs those an order of magnitude faster than the fused kernel above
-// runs with its barriers. The scores S = Q·Kᵀ (B, N, N) come in; each invocation turns one
+// ---- softmax_rows: the products path's softmax, between two matmuls ----
+// Per (item, head), attention is two matrix products around a row softmax; the matmul kernels
+// run those faster than the fused kernel above on both kernel classes where the scores fit
+// (ops::attention's `by_products` has the figures). The scores S = Q·Kᵀ (B, N, N) come in; each invocation turns one
 // query's row into probabilities softmax(S·scale) and writes its lse (laid out (B, 1, N), as
 // `attention_lse` does). Three passes over the row: the host keeps 3·N under the loop budget.
 @group(0) @binding(1) var<storage, read> scores: array<f32>;

@@ -250,7 +250,7 @@ fn segment_sum(@builtin(global_invocation_id) gid: vec3<u32>,
     seg_total[idx] = acc;
 }
 
-// ---- softmax_grad_rows: the elementwise middle of the products path (blocked class) ----
+// ---- softmax_grad_rows: the elementwise middle of the products path ----
 // The host forms S = Q·Kᵀ and dP = g·Vᵀ per (item, head) as batched products (batch entry =
 // pair, p.batch pairs here) and finishes with dV = Pᵀ·g, dQ = dS·K, dK = dSᵀ·Q; this writes
 //   P_ij = exp(scale·S_ij − lse_i)   and   dS_ij = scale · P_ij · (dP_ij − delta_i)

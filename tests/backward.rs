@@ -6,8 +6,8 @@
 mod common;
 
 use common::{
-    assert_close, conv_out_hw, conv_out_len, gpu, gpus, read, read_from, reference as r, to_f64,
-    upload, upload_to, ConvCase, Rng, CONV_CASES,
+    assert_close, attention_gpus, attention_path, conv_out_hw, conv_out_len, gpu, gpus, read,
+    read_from, reference as r, to_f64, upload, upload_to, ConvCase, Rng, CONV_CASES,
 };
 use wgsl_diff::gpu::{AdapterChoice, Gpu, KernelClass};
 use wgsl_diff::ops::{self, AttentionSaved, Conv2dArgs};
@@ -279,13 +279,7 @@ fn check_attention(g: &Gpu, rng: &mut Rng, (b, n, c, heads): (usize, usize, usiz
     let (q, k, v, d_out) = (rng.vec(len), rng.vec(len), rng.vec(len), rng.vec(len));
     let scale = 1.0 / ((c / heads) as f32).sqrt();
     let (q64, k64, v64) = (to_f64(&q), to_f64(&k), to_f64(&v));
-    let what = |t: &str| {
-        format!(
-            "attention {t} {:?} {:?}",
-            g.kernel_class(),
-            (b, n, c, heads)
-        )
-    };
+    let what = |t: &str| format!("attention {t} {} {:?}", attention_path(g), (b, n, c, heads));
     let shape = [b, n, c];
     let up = |x: &[f32]| upload_to(g, x, &shape);
     let (qt, kt, vt) = (up(&q), up(&k), up(&v));
@@ -313,8 +307,7 @@ fn check_attention(g: &Gpu, rng: &mut Rng, (b, n, c, heads): (usize, usize, usiz
     assert_close(&what("dv"), &read_from(g, &dv), &wv, 1e-5, 1e-4);
 }
 
-/// Both kernel classes: the blocked one as batched products per (item, head), the tiled one
-/// flash style.
+/// Both kernel classes as batched products per (item, head), and the fused flash-style kernels.
 #[test]
 fn attention_saving_and_grad_match_reference() {
     let mut rng = Rng::new(22);
@@ -327,7 +320,7 @@ fn attention_saving_and_grad_match_reference() {
         (1, 20, 130, 2),
         (1, 16, 64, 1),
     ] {
-        for g in gpus() {
+        for g in attention_gpus() {
             check_attention(g, &mut rng, case);
         }
     }

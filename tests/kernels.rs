@@ -3,8 +3,8 @@
 mod common;
 
 use common::{
-    assert_close, gpu, gpus, read, read_from, reference as r, to_f64, upload, upload_to, Rng,
-    CONV_CASES,
+    assert_close, attention_gpus, attention_path, gpu, gpus, read, read_from, reference as r,
+    to_f64, upload, upload_to, Rng, CONV_CASES,
 };
 use wgsl_diff::gpu::{AdapterChoice, Gpu, KernelClass};
 use wgsl_diff::ops::{self, Conv2dArgs};
@@ -447,8 +447,7 @@ fn attention_matches_reference() {
         let scale = 1.0 / ((c / heads) as f64).sqrt();
         let want = r::attention(&to_f64(&q), &to_f64(&k), &to_f64(&v), b, n, c, heads, scale);
         let s = [b, n, c];
-        // The blocked class runs one head as matmul, softmax, matmul; the tiled one fused.
-        for g in gpus() {
+        for g in attention_gpus() {
             let y = ops::attention(
                 g,
                 &upload_to(g, &q, &s),
@@ -459,7 +458,7 @@ fn attention_matches_reference() {
             )
             .unwrap();
             assert_close(
-                &format!("attention {:?} {:?}", g.kernel_class(), (b, n, c, heads)),
+                &format!("attention {} {:?}", attention_path(g), (b, n, c, heads)),
                 &read_from(g, &y),
                 &want,
                 1e-5,

@@ -93,6 +93,9 @@ pub struct Gpu {
     pub limits: wgpu::Limits,
     pub caps: Capabilities,
     kernel_class: KernelClass,
+    /// Attention through attention.wgsl's fused kernel even where the products path fits
+    /// ([`Gpu::with_fused_attention`]).
+    fused_attention: bool,
     pool: Arc<BufferPool>,
     pipelines: PipelineCache,
     state: Mutex<Recording>,
@@ -175,6 +178,7 @@ impl Gpu {
             limits,
             caps,
             kernel_class,
+            fused_attention: false,
             pool: Arc::new(BufferPool::default()),
             pipelines: PipelineCache::default(),
             state: Mutex::new(Recording {
@@ -196,6 +200,19 @@ impl Gpu {
     pub fn with_kernel_class(mut self, class: KernelClass) -> Gpu {
         self.kernel_class = class;
         self
+    }
+
+    /// This device with attention (and its gradient) always through the fused flash-style
+    /// kernels, which otherwise run only where one head's N × N scores exceed a tensor or the
+    /// softmax's passes exceed a CPU adapter's loop budget: tests reach them on small shapes.
+    pub fn with_fused_attention(mut self) -> Gpu {
+        self.fused_attention = true;
+        self
+    }
+
+    /// Whether [`Gpu::with_fused_attention`] was asked for.
+    pub fn fused_attention(&self) -> bool {
+        self.fused_attention
     }
 
     /// This device with tensors limited to `bytes` (at most the device's own limit), so that

@@ -7,7 +7,7 @@
 use super::attention::{scores_fit, segment_rows, HeadLayout};
 use super::{dims, ensure};
 use crate::error::Result;
-use crate::gpu::{checked_u32, kernel_params, shaders, Gpu, Kernel, KernelClass, Tensor};
+use crate::gpu::{checked_u32, kernel_params, shaders, Gpu, Kernel, Tensor};
 
 // attention_grad.wgsl's constants of the same names (checked in ops' tests).
 /// Threads per workgroup of `grad_q` and `grad_kv`.
@@ -102,7 +102,7 @@ pub fn attention_grad(
     let row_dot = Kernel::new(&shaders::ATTENTION_GRAD, "row_dot");
     let grid = [lse.numel().div_ceil(ROW_WG), 1, 1];
     gpu.dispatch(&row_dot, &p, &[out, d_out], &[&delta], grid)?;
-    if gpu.kernel_class() == KernelClass::Blocked && scores_fit(gpu, n) {
+    if !gpu.fused_attention() && scores_fit(gpu, n) {
         return products(gpu, &p, saved, d_out, &delta);
     }
 
@@ -138,9 +138,10 @@ pub fn attention_grad(
     Ok((sum(dq)?, sum(dk)?, sum(dv)?))
 }
 
-/// The gradients on the blocked class as batched products per (item, head), in the groups of
-/// [`HeadLayout`] (attention_grad.wgsl's `softmax_grad_rows` says how): many times faster there
-/// than the flash kernels, at the cost of N × N scores per pair.
+/// The gradients as batched products per (item, head), in the groups of [`HeadLayout`]
+/// (attention_grad.wgsl's `softmax_grad_rows` says how): faster than the flash kernels where the
+/// forward's products are (see attention.rs's `by_products`), at the cost of N × N scores per
+/// pair.
 fn products(
     gpu: &Gpu,
     p: &AttentionGradParams,

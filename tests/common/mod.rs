@@ -44,6 +44,29 @@ pub fn gpus() -> [&'static Gpu; 2] {
     [own, other]
 }
 
+/// The adapter under test three ways for attention: both kernel classes (which run it as
+/// matmul, softmax, matmul where the scores fit) and the fused flash-style kernels forced
+/// ([`Gpu::with_fused_attention`]), so each path meets the same references.
+pub fn attention_gpus() -> [&'static Gpu; 3] {
+    static FUSED: OnceLock<Gpu> = OnceLock::new();
+    let [own, other] = gpus();
+    let fused = FUSED.get_or_init(|| {
+        Gpu::new(&AdapterChoice::Default)
+            .expect("the adapter opens again")
+            .with_kernel_class(own.kernel_class())
+            .with_fused_attention()
+    });
+    [own, other, fused]
+}
+
+/// How a test names a device of [`attention_gpus`].
+pub fn attention_path(g: &Gpu) -> String {
+    match g.fused_attention() {
+        true => "fused".into(),
+        false => format!("products on {:?}", g.kernel_class()),
+    }
+}
+
 /// Seeded test data from the crate's SplitMix64.
 pub struct Rng(wgsl_diff::splitmix::SplitMix64);
 
