@@ -467,7 +467,9 @@ def main():
 
     found = read_criterion(args.criterion_dir)
     if device.type == "cuda":
-        where = f"cuda ({torch.cuda.get_device_name(device)})"
+        # PyTorch's defaults, as the official code runs: cuDNN convolutions in TF32.
+        where = (f"cuda ({torch.cuda.get_device_name(device)}; TF32 convolutions "
+                 f"{torch.backends.cudnn.allow_tf32}, matmuls {torch.backends.cuda.matmul.allow_tf32})")
     else:
         where = f"cpu ({cpu_name()})"
     header = (f"torch {torch.__version__} on {where}, {torch.get_num_threads()} threads; "
