@@ -85,12 +85,12 @@ run() {
     [ -f "$test_set" ] || test_set=/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
     local num=1000 uc_num=256 batch=250 torch_device=cuda bench_filter="" memory_batch=64
     local tests=("$exes"/test-*) bench_time=(--warm-up-time 1 --measurement-time 3)
-    # A rerun can take only some sections (SECTIONS="tests torch") and some test executables
-    # (TESTS="cli guidance").
+    # A rerun can take only some sections (SECTIONS="tests torch"; all: tests benches torch ab
+    # samples) and some test executables (TESTS="cli guidance").
     if [ -n "${TESTS:-}" ]; then
         tests=() && for t in $TESTS; do tests+=("$exes/test-$t"); done
     fi
-    want() { [[ " ${SECTIONS:-tests benches torch samples} " == *" $1 "* ]]; }
+    want() { [[ " ${SECTIONS:-tests benches torch ab samples} " == *" $1 "* ]]; }
     if [ -n "${QUICK:-}" ]; then
         num=8 uc_num=4 batch=4 torch_device=cpu bench_filter=group_norm memory_batch=2
         tests=("$exes"/test-select) bench_time=()
@@ -156,6 +156,16 @@ EOF
             --json "$results/bench.json" ${bench_filter:+--only kernels/$bench_filter} "${adm[@]}" \
             --memory "$memory_batch"
         save
+    fi
+    if want ab && [ -z "${QUICK:-}" ]; then
+        echo "== A/B: the CIFAR-10 forward with the other kernel class, and with fused attention"
+        # Criterion results of their own, so the table above keeps the default settings' figures.
+        for setting in WGSL_DIFF_KERNELS=blocked WGSL_DIFF_KERNELS=tiled WGSL_DIFF_FUSED_ATTENTION=1; do
+            echo "-- $setting"
+            env -u WGSL_DIFF_BENCH_ADM64 CARGO_TARGET_DIR=/tmp/target_ab "$setting" \
+                "$exes/bench-pipeline" --bench unet_forward/cifar10 "${bench_time[@]}" 2>&1 |
+                grep -E "time:|ceiling" || true
+        done
     fi
     want samples || { ls -la "$OUT"; return; }
 

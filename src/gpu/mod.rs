@@ -86,6 +86,10 @@ impl KernelClass {
     }
 }
 
+/// Environment variable that, set to `1`, makes every device attend through the fused kernels
+/// ([`Gpu::with_fused_attention`]), so benches can set the two paths side by side.
+pub const FUSED_ATTENTION_ENV: &str = "WGSL_DIFF_FUSED_ATTENTION";
+
 pub struct Gpu {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
@@ -178,7 +182,7 @@ impl Gpu {
             limits,
             caps,
             kernel_class,
-            fused_attention: false,
+            fused_attention: std::env::var(FUSED_ATTENTION_ENV).is_ok_and(|v| v == "1"),
             pool: Arc::new(BufferPool::default()),
             pipelines: PipelineCache::default(),
             state: Mutex::new(Recording {
