@@ -158,9 +158,10 @@ EOF
         save
     fi
     if want ab && [ -z "${QUICK:-}" ]; then
-        echo "== A/B: the CIFAR-10 forward with the other kernel class, and with fused attention"
+        echo "== A/B: the CIFAR-10 forward per kernel class, with fused attention, without loop bounding"
         # Criterion results of their own, so the table above keeps the default settings' figures.
-        for setting in WGSL_DIFF_KERNELS=blocked WGSL_DIFF_KERNELS=tiled WGSL_DIFF_FUSED_ATTENTION=1; do
+        for setting in WGSL_DIFF_KERNELS=blocked WGSL_DIFF_KERNELS=tiled WGSL_DIFF_FUSED_ATTENTION=1 \
+            WGSL_DIFF_LOOP_BOUNDING=0; do
             echo "-- $setting"
             env -u WGSL_DIFF_BENCH_ADM64 CARGO_TARGET_DIR=/tmp/target_ab "$setting" \
                 "$exes/bench-pipeline" --bench unet_forward/cifar10 "${bench_time[@]}" 2>&1 |

@@ -101,6 +101,12 @@ impl Kernel {
     }
 }
 
+/// Environment variable that, set to `0`, builds the shaders without naga's loop-bounding
+/// counters (an extra counter and exit test per loop iteration, which may also keep a driver from
+/// unrolling). A diagnostic for measuring their cost on a GPU: on lavapipe it changed neither
+/// the blocked nor the tiled bench conv.
+pub const LOOP_BOUNDING_ENV: &str = "WGSL_DIFF_LOOP_BOUNDING";
+
 /// The bool `override` of conv2d.wgsl and matmul.wgsl that makes them read their weight
 /// operand as packed f16 pairs (set by the op from the weight's [`DType`]).
 pub const F16_WEIGHTS: &str = "F16_WEIGHTS";
@@ -259,11 +265,22 @@ impl Gpu {
             .unwrap()
             .entry(k.shader.name)
             .or_insert_with(|| {
-                self.device
-                    .create_shader_module(wgpu::ShaderModuleDescriptor {
-                        label: Some(k.shader.name),
-                        source: wgpu::ShaderSource::Wgsl(k.shader.source.into()),
-                    })
+                let desc = wgpu::ShaderModuleDescriptor {
+                    label: Some(k.shader.name),
+                    source: wgpu::ShaderSource::Wgsl(k.shader.source.into()),
+                };
+                match std::env::var(LOOP_BOUNDING_ENV).is_ok_and(|v| v == "0") {
+                    // SAFETY: the one check dropped is naga's counter on every loop, which
+                    // guards against loops that never end; every loop in shaders/ ends, its bound
+                    // and step coming from shapes the ops check (the attention tiles' steps are
+                    // clamped to at least 1).
+                    true => unsafe {
+                        let mut checks = wgpu::ShaderRuntimeChecks::checked();
+                        checks.force_loop_bounding = false;
+                        self.device.create_shader_module_trusted(desc, checks)
+                    },
+                    false => self.device.create_shader_module(desc),
+                }
             })
             .clone();
         let mut entries = vec![wgpu::BindGroupLayoutEntry {
