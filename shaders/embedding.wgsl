@@ -9,10 +9,11 @@ struct Params {
 }
 
 const WG: u32 = 64u;
-// 2π split in two (Cody–Waite): HI is the f32 nearest 2π, LO the rest, so k·HI is exact inside
-// an fma and the reduced argument keeps the f32 argument's own accuracy.
-const TWO_PI_HI: f32 = 6.28318548202514648;
-const TWO_PI_LO: f32 = -1.7484556025237907e-7;
+// 2π split in two (Cody–Waite): HI = 201/32 has 8 significant bits, so k·HI is exact for
+// k < 2^16 (|t·freq| below ~4e5) and so is arg − k·HI, whether or not a driver fuses the
+// products; LO is the rest of 2π rounded to f32 (its own error times k stays below 1e-7).
+const TWO_PI_HI: f32 = 6.28125;
+const TWO_PI_LO: f32 = 0.0019353071795864769;
 const INV_TWO_PI: f32 = 0.15915494309189535;
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -40,7 +41,7 @@ fn timestep_embedding(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     let arg = timesteps[b] * freqs[j % half];
     let k = round(arg * INV_TWO_PI);
-    let reduced = fma(-k, TWO_PI_LO, fma(-k, TWO_PI_HI, arg));
+    let reduced = (arg - k * TWO_PI_HI) - k * TWO_PI_LO;
     let first = j < half;
     var use_sin = first;
     if p.flip != 0u {

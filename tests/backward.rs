@@ -5,12 +5,13 @@
 
 mod common;
 
+use common::attention_case::AttentionCase;
 use common::{
-    assert_close, attention_gpus, attention_path, conv_out_hw, conv_out_len, gpu, gpus, read,
-    read_from, reference as r, to_f64, upload, upload_to, ConvCase, Rng, CONV_CASES,
+    assert_close, attention_gpus, conv_out_hw, conv_out_len, gpu, gpus, read, read_from,
+    reference as r, to_f64, upload, upload_to, ConvCase, Rng, CONV_CASES,
 };
 use wgsl_diff::gpu::{AdapterChoice, Gpu, KernelClass};
-use wgsl_diff::ops::{self, AttentionSaved, Conv2dArgs};
+use wgsl_diff::ops::{self, Conv2dArgs};
 
 fn rand64(rng: &mut Rng, n: usize) -> Vec<f64> {
     to_f64(&rng.vec(n))
@@ -272,41 +273,6 @@ fn group_norm_input_grad_matches_reference() {
     }
 }
 
-/// attention_saving and attention_grad on `g` against the f64 references for one
-/// (batch, tokens, channels, heads) case.
-fn check_attention(g: &Gpu, rng: &mut Rng, (b, n, c, heads): (usize, usize, usize, usize)) {
-    let len = b * n * c;
-    let (q, k, v, d_out) = (rng.vec(len), rng.vec(len), rng.vec(len), rng.vec(len));
-    let scale = 1.0 / ((c / heads) as f32).sqrt();
-    let (q64, k64, v64) = (to_f64(&q), to_f64(&k), to_f64(&v));
-    let what = |t: &str| format!("attention {t} {} {:?}", attention_path(g), (b, n, c, heads));
-    let shape = [b, n, c];
-    let up = |x: &[f32]| upload_to(g, x, &shape);
-    let (qt, kt, vt) = (up(&q), up(&k), up(&v));
-    let (out, lse) = ops::attention_saving(g, &qt, &kt, &vt, heads, scale).unwrap();
-    let plain = ops::attention(g, &qt, &kt, &vt, heads, scale).unwrap();
-    let same = read_from(g, &out) == read_from(g, &plain);
-    assert!(same, "{}", what("saving output = plain output"));
-    let want_out = r::attention(&q64, &k64, &v64, b, n, c, heads, scale as f64);
-    assert_close(&what("output"), &read_from(g, &out), &want_out, 1e-5, 1e-4);
-    let want_lse = r::attention_lse(&q64, &k64, (b, n, c), heads, scale as f64);
-    assert_close(&what("lse"), &read_from(g, &lse), &want_lse, 1e-5, 1e-5);
-
-    let saved = AttentionSaved {
-        q: &qt,
-        k: &kt,
-        v: &vt,
-        out: &out,
-        lse: &lse,
-    };
-    let (dq, dk, dv) = ops::attention_grad(g, saved, &up(&d_out), heads, scale).unwrap();
-    let d_out = to_f64(&d_out);
-    let (wq, wk, wv) = r::attention_grad(&q64, &k64, &v64, (b, n, c), heads, scale as f64, &d_out);
-    assert_close(&what("dq"), &read_from(g, &dq), &wq, 1e-5, 1e-4);
-    assert_close(&what("dk"), &read_from(g, &dk), &wk, 1e-5, 1e-4);
-    assert_close(&what("dv"), &read_from(g, &dv), &wv, 1e-5, 1e-4);
-}
-
 /// Both kernel classes as batched products per (item, head), and the fused flash-style kernels.
 #[test]
 fn attention_saving_and_grad_match_reference() {
@@ -320,22 +286,25 @@ fn attention_saving_and_grad_match_reference() {
         (1, 20, 130, 2),
         (1, 16, 64, 1),
     ] {
+        let case = AttentionCase::new(&mut rng, case, true);
         for g in attention_gpus() {
-            check_attention(g, &mut rng, case);
+            case.check(g);
         }
     }
 }
 
-/// On the blocked class, where the scores of all (item, head) pairs exceed one tensor, the
-/// products run in groups: 6 pairs in 3 groups of 2.
+/// On both classes, where the scores of all (item, head) pairs exceed one tensor, the products
+/// run in groups: 6 pairs in 3 groups of 2.
 #[test]
 fn attention_in_groups_saving_and_grad_match_reference() {
     let (n, pairs_per_tensor) = (7, 3);
-    let g = Gpu::new(&AdapterChoice::Default)
-        .unwrap()
-        .with_kernel_class(KernelClass::Blocked)
-        .with_max_tensor_bytes((pairs_per_tensor * n * n * 4) as u64);
-    check_attention(&g, &mut Rng::new(24), (2, n, 6, 3));
+    for class in [KernelClass::Blocked, KernelClass::Tiled] {
+        let g = Gpu::new(&AdapterChoice::Default)
+            .unwrap()
+            .with_kernel_class(class)
+            .with_max_tensor_bytes((pairs_per_tensor * n * n * 4) as u64);
+        AttentionCase::new(&mut Rng::new(24), (2, n, 6, 3), true).check(&g);
+    }
 }
 
 #[test]

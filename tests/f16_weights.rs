@@ -173,8 +173,8 @@ fn own_device() -> Gpu {
 }
 
 /// One forward of the model in `path` on fixed input, loaded with or without f16 weights, with
-/// the bytes the loaded model holds. Exact on a device of its own ([`own_device`]); on a shared
-/// one the weights can land in larger pooled buffers that other work freed.
+/// the bytes the loaded model holds: the model's own on a device of its own ([`own_device`]),
+/// up to the pool's slack for buffers that the load itself freed and reused.
 fn forward(g: &Gpu, path: &Path, f16_weights: bool, batch: usize) -> (Vec<f32>, u64) {
     let before = g.memory().live;
     let file = WeightFile::open(path)

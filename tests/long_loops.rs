@@ -8,80 +8,22 @@
 
 mod common;
 
+use common::attention_case::{AttentionCase, AttentionShape};
 use common::reference as r;
 use common::{
-    assert_close, attention_gpus, attention_path, gpu, gpus, read, read_from, to_f64, upload,
-    upload_to, Rng,
+    assert_close, attention_gpus, gpu, gpus, read, read_from, to_f64, upload, upload_to, Rng,
 };
-use wgsl_diff::gpu::{Gpu, KernelClass, Tensor};
-use wgsl_diff::ops::{self, AttentionSaved, Conv2dArgs};
+use wgsl_diff::gpu::KernelClass;
+use wgsl_diff::ops::{self, Conv2dArgs};
 
-/// Forward, log-sum-exp and backward of one attention shape against the f64 references, through
-/// the products path and through the fused kernels (which split the keys where loops are bounded).
-fn check_attention(rng: &mut Rng, (b, n, c, heads): (usize, usize, usize, usize), grad: bool) {
-    let len = b * n * c;
-    let (q, k, v, d_out) = (rng.vec(len), rng.vec(len), rng.vec(len), rng.vec(len));
-    let scale = 1.0 / ((c / heads) as f32).sqrt();
-    let (q64, k64, v64) = (to_f64(&q), to_f64(&k), to_f64(&v));
-    let want_out = r::attention(&q64, &k64, &v64, b, n, c, heads, scale as f64);
+/// One attention shape through the products path and through the fused kernels (which split
+/// the keys where loops are bounded), against the f64 references.
+fn check_attention(rng: &mut Rng, shape: AttentionShape, grad: bool) {
+    let case = AttentionCase::new(rng, shape, grad);
     let [own, _, fused] = attention_gpus();
     for g in [own, fused] {
-        let what = |t: &str| format!("attention {t} {} {:?}", attention_path(g), (b, n, c, heads));
-        let shape = [b, n, c];
-        let up = |x: &[f32]| upload_to(g, x, &shape);
-        let (qt, kt, vt) = (up(&q), up(&k), up(&v));
-        let plain = ops::attention(g, &qt, &kt, &vt, heads, scale).unwrap();
-        assert_close(
-            &what("output"),
-            &read_from(g, &plain),
-            &want_out,
-            1e-5,
-            1e-4,
-        );
-        if grad {
-            check_grad(g, [&qt, &kt, &vt], &plain, &up(&d_out), heads, scale, &what);
-        }
+        case.check(g);
     }
-}
-
-/// attention_saving and attention_grad on `g` for the inputs `plain` was computed from.
-fn check_grad(
-    g: &Gpu,
-    [qt, kt, vt]: [&Tensor; 3],
-    plain: &Tensor,
-    d_out: &Tensor,
-    heads: usize,
-    scale: f32,
-    what: &dyn Fn(&str) -> String,
-) {
-    let [b, n, c] = [qt.dim(0), qt.dim(1), qt.dim(2)];
-    let (q64, k64, v64) = (
-        to_f64(&read_from(g, qt)),
-        to_f64(&read_from(g, kt)),
-        to_f64(&read_from(g, vt)),
-    );
-    let (out, lse) = ops::attention_saving(g, qt, kt, vt, heads, scale).unwrap();
-    assert_eq!(
-        read_from(g, &out),
-        read_from(g, plain),
-        "{}",
-        what("saving = plain")
-    );
-    let want_lse = r::attention_lse(&q64, &k64, (b, n, c), heads, scale as f64);
-    assert_close(&what("lse"), &read_from(g, &lse), &want_lse, 1e-5, 1e-5);
-    let saved = AttentionSaved {
-        q: qt,
-        k: kt,
-        v: vt,
-        out: &out,
-        lse: &lse,
-    };
-    let (dq, dk, dv) = ops::attention_grad(g, saved, d_out, heads, scale).unwrap();
-    let d64 = to_f64(&read_from(g, d_out));
-    let (wq, wk, wv) = r::attention_grad(&q64, &k64, &v64, (b, n, c), heads, scale as f64, &d64);
-    assert_close(&what("dq"), &read_from(g, &dq), &wq, 1e-5, 1e-4);
-    assert_close(&what("dk"), &read_from(g, &dk), &wk, 1e-5, 1e-4);
-    assert_close(&what("dv"), &read_from(g, &dv), &wv, 1e-5, 1e-4);
 }
 
 /// Head dim 16: unsplit, one invocation's nest counts about 35 iterations per key, so 1840

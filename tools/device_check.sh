@@ -31,8 +31,8 @@ for line in sys.stdin:
         if kind == "bench" or "test" in m["target"]["kind"]:
             print(kind, m["target"]["name"], m["executable"])'
     }
-    { cargo bench --no-run --message-format=json 2>/dev/null | executables
-      cargo test --release --no-run --message-format=json 2>/dev/null | executables; } |
+    { cargo bench --no-run --message-format=json | executables
+      cargo test --release --no-run --message-format=json | executables; } |
         while read -r kind name exe; do cp "$exe" "$staging/$kind-$name"; done
     cp "${CARGO_TARGET_DIR:-target}/release/wgsl-diff" "$staging/"
     strip "$staging"/*
@@ -87,9 +87,6 @@ run() {
     local tests=("$exes"/test-*) bench_time=(--warm-up-time 1 --measurement-time 3)
     # A rerun can take only some sections (SECTIONS="tests torch"; all: tests benches torch ab
     # samples) and some test executables (TESTS="cli guidance").
-    if [ -n "${TESTS:-}" ]; then
-        tests=() && for t in $TESTS; do tests+=("$exes/test-$t"); done
-    fi
     want() { [[ " ${SECTIONS:-tests benches torch ab samples} " == *" $1 "* ]]; }
     if [ -n "${QUICK:-}" ]; then
         num=8 uc_num=4 batch=4 torch_device=cpu bench_filter=group_norm memory_batch=2
@@ -97,6 +94,9 @@ run() {
         export WGSL_DIFF_BENCH_QUICK=1
     else
         export WGSL_DIFF_BENCH_CIFAR_STEPS=1 WGSL_DIFF_BENCH_ADM64=1
+    fi
+    if [ -n "${TESTS:-}" ]; then
+        tests=() && for t in $TESTS; do tests+=("$exes/test-$t"); done
     fi
     local adm=()
     [ -d .device/guided-diffusion ] && adm=(--guided-diffusion .device/guided-diffusion)
@@ -116,10 +116,11 @@ EOF
     }
 
     echo "== device"; nvidia-smi -L 2>/dev/null || true; "$bin" info
-    # The clocks and power through the whole call, a line a second: a GPU left idle between
-    # small submits may never leave its lowest clock.
+    # The clocks and power through the whole call, a line a second (a GPU left idle between
+    # small submits may never leave its lowest clock), straight into $OUT.
     if command -v nvidia-smi >/dev/null; then
-        nvidia-smi dmon -s pc -d 1 >"$results/dmon.txt" 2>&1 &
+        nvidia-smi dmon -s pc -d 1 >"$OUT/dmon.txt" 2>&1 &
+        trap "kill $! 2>/dev/null || true" EXIT
     fi
 
     if want tests; then
@@ -134,7 +135,7 @@ EOF
             (cd "$manifest" && timeout 120 "$t" --test-threads 8 >"$log" 2>&1) || echo "${t##*/}: exit status $?"
             # Each failure whole (its message is on the lines after "panicked"), then the tally.
             grep -E -A6 'panicked' "$log" | cut -c1-600 || true
-            grep -E '^test result' "$log" | sed "s|^|${t##*/}: |"
+            grep -E '^test result' "$log" | sed "s|^|${t##*/}: |" || true
         done
         save
     fi
@@ -149,10 +150,8 @@ EOF
 
     if want torch; then
         echo "== the same work in PyTorch (float32, float16 autocast), and its activation peak"
-        # Without the benches of this call, the table reads the criterion results that came along.
-        local criterion=/tmp/target/criterion
-        [ -d "$criterion" ] || criterion=.device/criterion
-        timed python3 tools/bench_torch.py --device "$torch_device" --criterion-dir "$criterion" \
+        # Without the benches of this call, the table has the PyTorch side only.
+        timed python3 tools/bench_torch.py --device "$torch_device" --criterion-dir /tmp/target/criterion \
             --json "$results/bench.json" ${bench_filter:+--only kernels/$bench_filter} "${adm[@]}" \
             --memory "$memory_batch"
         save

@@ -90,6 +90,18 @@ impl KernelClass {
 /// ([`Gpu::with_fused_attention`]), so benches can set the two paths side by side.
 pub const FUSED_ATTENTION_ENV: &str = "WGSL_DIFF_FUSED_ATTENTION";
 
+/// [`FUSED_ATTENTION_ENV`]: `1` forces the fused kernels, `0` or unset leaves the choice to the
+/// ops; anything else is an error, as a misspelt [`KernelClass::ENV`] is.
+fn fused_attention_from_env() -> Result<bool> {
+    match std::env::var(FUSED_ATTENTION_ENV).ok().as_deref() {
+        None | Some("") | Some("0") => Ok(false),
+        Some("1") => Ok(true),
+        Some(other) => Err(Error::Invalid(format!(
+            "{FUSED_ATTENTION_ENV}={other:?}: expected \"1\" or \"0\""
+        ))),
+    }
+}
+
 pub struct Gpu {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
@@ -182,7 +194,7 @@ impl Gpu {
             limits,
             caps,
             kernel_class,
-            fused_attention: std::env::var(FUSED_ATTENTION_ENV).is_ok_and(|v| v == "1"),
+            fused_attention: fused_attention_from_env()?,
             pool: Arc::new(BufferPool::default()),
             pipelines: PipelineCache::default(),
             state: Mutex::new(Recording {

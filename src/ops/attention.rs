@@ -80,12 +80,12 @@ pub fn attention_saving(
 }
 
 /// Whether attention runs as matmul, row softmax, matmul (attention.wgsl's `softmax_rows`):
-/// when one head's N × N scores fit one tensor and the softmax's three passes over a row fit the
+/// when one head's N × N scores fit a group and the softmax's three passes over a row fit the
 /// loop budget, on both kernel classes. On lavapipe (blocked) it is over 10x faster than the
-/// fused kernel; on an H200 (tiled) the fused kernel took 1.64 ms a dispatch at the CIFAR-10
-/// UNet's 16 × 16 attention (256 tokens, 256 channels), where the tiled matmul the products use
-/// ran the model's linear layers at 139 µs a dispatch (its per-thread query and accumulator
-/// arrays are indexed by runtime bounds, so a GPU keeps them in memory).
+/// fused kernel. On an H200 (tiled) the fused kernel took 1.64 ms a dispatch at the CIFAR-10
+/// UNet's 16 × 16 attention (256 tokens, 256 channels), its per-thread query and accumulator
+/// arrays indexed by runtime bounds (which a GPU may keep in memory); the products path was not
+/// measured there (the tiled matmul ran the model's linear layers at 139 µs a dispatch).
 fn by_products(gpu: &Gpu, p: &AttentionParams) -> bool {
     let n = p.tokens as usize;
     !gpu.fused_attention()
@@ -95,10 +95,19 @@ fn by_products(gpu: &Gpu, p: &AttentionParams) -> bool {
             .is_none_or(|budget| 3 * (n + 1) <= budget)
 }
 
-/// Whether one (item, head) pair's N × N scores fit one tensor (the products path's condition;
+/// The most bytes one group's N × N scores take: the device's tensor limit (128 MiB on lavapipe),
+/// and at most 256 MiB where the limit is larger (GiBs on a GPU), since the gradient holds
+/// several such tensors at once.
+const MAX_SCORE_BYTES: u64 = 256 << 20;
+
+fn score_bytes(gpu: &Gpu) -> u64 {
+    gpu.max_tensor_bytes().min(MAX_SCORE_BYTES) / 16 * 16
+}
+
+/// Whether one (item, head) pair's N × N scores fit one group (the products path's condition;
 /// tensors occupy whole 16-byte units).
 pub(super) fn scores_fit(gpu: &Gpu, n: usize) -> bool {
-    ((n * n * 4) as u64) <= gpu.max_tensor_bytes() / 16 * 16
+    ((n * n * 4) as u64) <= score_bytes(gpu)
 }
 
 /// The layout of attention's products: token-major (B, N, heads·D)
@@ -149,7 +158,7 @@ impl HeadLayout {
 
     /// (first pair, pairs) of each group.
     pub(super) fn groups(&self, gpu: &Gpu) -> Vec<(usize, usize)> {
-        let usable = gpu.max_tensor_bytes() / 16 * 16;
+        let usable = score_bytes(gpu);
         let rows = self.rows();
         let group = ((usable / (self.n * self.n * 4) as u64) as usize).clamp(1, rows);
         (0..rows)

@@ -1,6 +1,7 @@
-//! The input gradients of [`attention`](super::attention) (attention_grad.wgsl), flash style:
-//! the probabilities are recomputed from the forward's saved log-sum-exp, a tile of rows at a
-//! time, so memory stays linear in the sequence length whatever the image size. Where the
+//! The input gradients of [`attention`](super::attention) (attention_grad.wgsl). Where one
+//! head's scores fit a group, as batched products per (item, head) (see `products`); else flash
+//! style: the probabilities are recomputed from the forward's saved log-sum-exp, a tile of rows
+//! at a time, so memory stays linear in the sequence length whatever the image size. Where the
 //! device bounds loop lengths the row loops are split into segments whose partial gradients are
 //! summed (see [`segment_rows`]).
 

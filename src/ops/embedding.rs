@@ -40,7 +40,8 @@ pub fn timestep_frequencies(gpu: &Gpu, dim: usize, freq_shift: f32) -> Result<Te
     })?;
     let freqs: Vec<f32> = (0..half)
         .map(|i| {
-            let exponent = -10000f32.ln() * i as f32 / (half as f32 - freq_shift);
+            // −ln(10000) enters as PyTorch casts a Python float: rounded to f32 once.
+            let exponent = -(10000f64.ln() as f32) * i as f32 / (half as f32 - freq_shift);
             (exponent as f64).exp() as f32
         })
         .collect();

@@ -1,6 +1,7 @@
 //! Shared test support: the GPU under test, seeded random data and f64 reference kernels.
 #![allow(dead_code)]
 
+pub mod attention_case;
 pub mod reference;
 pub mod weights_file;
 
@@ -63,7 +64,10 @@ pub fn attention_gpus() -> [&'static Gpu; 3] {
 pub fn attention_path(g: &Gpu) -> String {
     match g.fused_attention() {
         true => "fused".into(),
-        false => format!("products on {:?}", g.kernel_class()),
+        false => format!(
+            "{:?} class (products where the scores fit)",
+            g.kernel_class()
+        ),
     }
 }
 
