@@ -3,8 +3,8 @@
 //   columns n = (batch, output pixel)       (N = B * H_out * W_out)
 //   depth   k = (input channel, ky, kx)     (K = C_in * KH * KW)
 // The weight matrix is read as is; the input patch matrix is gathered on the fly
-// (no im2col buffer). Tiling as in matmul.wgsl: 64x64 per workgroup, 4x4 per thread in four
-// named vec4 accumulators, TILE_K deep through workgroup memory. Optional fused epilogue:
+// (no im2col buffer). The tiled kernel is tiled_gemm.wgsl's (appended by the host) with this
+// file's `gemm_a` (weights) and `gemm_b` (input patches). Optional fused epilogue:
 //   out = (conv + bias + residual) * out_scale
 // which is a diffusers ResnetBlock2D's `(shortcut + h) / output_scale_factor`, then optionally
 // max(out, 0) (Inception's conv + folded batch norm + ReLU).
@@ -32,12 +32,6 @@ override HAS_BIAS: bool = true;
 override HAS_RESIDUAL: bool = false;
 override RELU: bool = false;
 
-// Output tile TILE x TILE per workgroup of (TILE/4)² invocations, each a 4x4 patch:
-// 64 for wide layers, 32 when C_out ≤ 32 so half the tile is not idle.
-override TILE: u32 = 64u;
-override THREADS: u32 = TILE * TILE / 16u;
-const TILE_K: u32 = 16u;
-
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 // The weights as raw 32-bit words, decoded by `weight_at` (and `weight4_at`, `weight4_quad`).
@@ -63,80 +57,39 @@ fn weight_at(i: u32) -> f32 {
     return bitcast<f32>(weight[i]);
 }
 
-var<workgroup> tile_w: array<vec4<f32>, TILE_K * TILE / 4u>;
-var<workgroup> tile_x: array<vec4<f32>, TILE_K * TILE / 4u>;
-
-fn load_weight(row: u32, k: u32, k_total: u32) -> f32 {
+fn gemm_a(row: u32, k: u32, k_total: u32) -> f32 {
     if row < p.c_out && k < k_total {
         return weight_at(row * k_total + k);
     }
     return 0.0;
 }
 
-// One element of the virtual patch matrix: input pixel under tap k for output column n.
-fn load_patch(k: u32, k_total: u32, b: u32, oy: u32, ox: u32, valid_n: bool) -> f32 {
-    if !valid_n || k >= k_total {
+// One element of the virtual patch matrix: the input pixel under tap k for output pixel `col`.
+fn gemm_b(k: u32, k_total: u32, col: GemmColumn) -> f32 {
+    if !col.valid || k >= k_total {
         return 0.0;
     }
     let ci = k / (KH * KW);
     let tap = k % (KH * KW);
-    let iy = i32(oy * STRIDE + tap / KW) - i32(PAD_Y);
-    let ix = i32(ox * STRIDE + tap % KW) - i32(PAD_X);
+    let iy = i32(col.y * STRIDE + tap / KW) - i32(PAD_Y);
+    let ix = i32(col.x * STRIDE + tap % KW) - i32(PAD_X);
     if iy < 0 || ix < 0 || iy >= i32(p.h) || ix >= i32(p.w) {
         return 0.0;
     }
-    return x[((b * p.c_in + ci) * p.h + u32(iy)) * p.w + u32(ix)];
+    return x[((col.b * p.c_in + ci) * p.h + u32(iy)) * p.w + u32(ix)];
 }
 
 @compute @workgroup_size(TILE / 4u, TILE / 4u, 1)
 fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    let tid = lid.y * (TILE / 4u) + lid.x;
-    let m0 = wid.y * TILE;
-    let n0 = wid.x * TILE;
-    let k_total = p.c_in * KH * KW;
     let hw_out = p.h_out * p.w_out;
     let n_total = p.batch * hw_out;
-
-    // Each thread gathers one fixed patch column, so its pixel is decoded once.
-    let my_col = tid % TILE;
-    let my_n = n0 + my_col;
-    let valid_n = my_n < n_total;
-    let my_b = my_n / hw_out;
-    let my_oy = (my_n % hw_out) / p.w_out;
-    let my_ox = my_n % p.w_out;
-
-    // Output channel m0 + lid.y·4 + i of this thread's patch in acc<i>, its 4 pixels in the lanes
-    // (named, not an array: see matmul.wgsl).
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
-    for (var k0 = 0u; k0 < k_total; k0 += TILE_K) {
-        for (var r = 0u; r < TILE * TILE_K / THREADS; r++) {
-            let e = tid + r * THREADS;
-            let row = e / TILE_K;
-            let kw = e % TILE_K;
-            tile_w[kw * (TILE / 4u) + row / 4u][row % 4u] = load_weight(m0 + row, k0 + kw, k_total);
-            let kx = e / TILE;
-            tile_x[kx * (TILE / 4u) + my_col / 4u][my_col % 4u] =
-                load_patch(k0 + kx, k_total, my_b, my_oy, my_ox, valid_n);
-        }
-        workgroupBarrier();
-        for (var kk = 0u; kk < TILE_K; kk++) {
-            let xv = tile_x[kk * (TILE / 4u) + lid.x];
-            let wv = tile_w[kk * (TILE / 4u) + lid.y];
-            acc0 += wv.x * xv;
-            acc1 += wv.y * xv;
-            acc2 += wv.z * xv;
-            acc3 += wv.w * xv;
-        }
-        workgroupBarrier();
-    }
-
-    store_channel(m0 + lid.y * 4u, n0 + lid.x * 4u, hw_out, n_total, acc0);
-    store_channel(m0 + lid.y * 4u + 1u, n0 + lid.x * 4u, hw_out, n_total, acc1);
-    store_channel(m0 + lid.y * 4u + 2u, n0 + lid.x * 4u, hw_out, n_total, acc2);
-    store_channel(m0 + lid.y * 4u + 3u, n0 + lid.x * 4u, hw_out, n_total, acc3);
+    let acc = gemm_patch(lid, wid, p.c_in * KH * KW, n_total, p.w_out, hw_out);
+    let co = wid.y * TILE + lid.y * 4u;
+    let n0 = wid.x * TILE + lid.x * 4u;
+    store_channel(co, n0, hw_out, n_total, acc.r0);
+    store_channel(co + 1u, n0, hw_out, n_total, acc.r1);
+    store_channel(co + 2u, n0, hw_out, n_total, acc.r2);
+    store_channel(co + 3u, n0, hw_out, n_total, acc.r3);
 }
 
 // Output channel `co` at columns n0 .. n0 + 3 (batch, pixel) through the fused epilogue; columns

@@ -6,7 +6,8 @@
 // over the taps with oy·STRIDE + ky − PAD = iy and ox·STRIDE + kx − PAD = ix inside dy. Taps that
 // fall between strided outputs or off dy contribute nothing, so no transposed or flipped weight is
 // materialised. The forward's extra bottom/right padding only shapes dy (h_out, w_out): the zeros
-// it adds have no gradient. Tiling as in conv2d.wgsl: TILE x TILE per workgroup, 4x4 per thread.
+// it adds have no gradient. The tiled kernel is tiled_gemm.wgsl's (appended by the host) with
+// this file's `gemm_a` (the transposed weight) and `gemm_b` (the output gradient).
 
 struct Params {
     batch: u32,
@@ -22,20 +23,14 @@ override KH: u32 = 3u;
 override KW: u32 = 3u;
 override STRIDE: u32 = 1u;
 override PAD: u32 = 1u;
-override TILE: u32 = 64u;
-override THREADS: u32 = TILE * TILE / 16u;
-const TILE_K: u32 = 16u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> dy: array<f32>;
 @group(0) @binding(2) var<storage, read> weight: array<f32>;
 @group(0) @binding(3) var<storage, read_write> dx: array<f32>;
 
-var<workgroup> tile_w: array<vec4<f32>, TILE_K * TILE / 4u>;
-var<workgroup> tile_g: array<vec4<f32>, TILE_K * TILE / 4u>;
-
 // Weight entry (row ci, depth k = (co, tap)) of the transposed weight matrix.
-fn load_weight(ci: u32, k: u32, k_total: u32) -> f32 {
+fn gemm_a(ci: u32, k: u32, k_total: u32) -> f32 {
     if ci < p.c_in && k < k_total {
         let taps = KH * KW;
         return weight[((k / taps) * p.c_in + ci) * taps + k % taps];
@@ -43,15 +38,15 @@ fn load_weight(ci: u32, k: u32, k_total: u32) -> f32 {
     return 0.0;
 }
 
-// The dy value that tap k = (co, ky, kx) of input pixel (iy, ix) reads, or 0 where none does.
-fn load_grad(k: u32, k_total: u32, b: u32, iy: u32, ix: u32, valid_n: bool) -> f32 {
-    if !valid_n || k >= k_total {
+// The dy value that tap k = (co, ky, kx) of input pixel `col` reads, or 0 where none does.
+fn gemm_b(k: u32, k_total: u32, col: GemmColumn) -> f32 {
+    if !col.valid || k >= k_total {
         return 0.0;
     }
     let co = k / (KH * KW);
     let tap = k % (KH * KW);
-    let ty = i32(iy + PAD) - i32(tap / KW);
-    let tx = i32(ix + PAD) - i32(tap % KW);
+    let ty = i32(col.y + PAD) - i32(tap / KW);
+    let tx = i32(col.x + PAD) - i32(tap % KW);
     if ty < 0 || tx < 0 || u32(ty) % STRIDE != 0u || u32(tx) % STRIDE != 0u {
         return 0.0;
     }
@@ -60,57 +55,20 @@ fn load_grad(k: u32, k_total: u32, b: u32, iy: u32, ix: u32, valid_n: bool) -> f
     if oy >= p.h_out || ox >= p.w_out {
         return 0.0;
     }
-    return dy[((b * p.c_out + co) * p.h_out + oy) * p.w_out + ox];
+    return dy[((col.b * p.c_out + co) * p.h_out + oy) * p.w_out + ox];
 }
 
 @compute @workgroup_size(TILE / 4u, TILE / 4u, 1)
 fn conv2d_input_grad(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    let tid = lid.y * (TILE / 4u) + lid.x;
-    let m0 = wid.y * TILE;
-    let n0 = wid.x * TILE;
-    let k_total = p.c_out * KH * KW;
     let hw = p.h * p.w;
     let n_total = p.batch * hw;
-
-    // Each thread gathers one fixed column, so its pixel is decoded once.
-    let my_col = tid % TILE;
-    let my_n = n0 + my_col;
-    let valid_n = my_n < n_total;
-    let my_b = my_n / hw;
-    let my_iy = (my_n % hw) / p.w;
-    let my_ix = my_n % p.w;
-
-    // Input channel m0 + lid.y·4 + i in acc<i>, named as in conv2d.wgsl's tiled kernel.
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
-    for (var k0 = 0u; k0 < k_total; k0 += TILE_K) {
-        for (var r = 0u; r < TILE * TILE_K / THREADS; r++) {
-            let e = tid + r * THREADS;
-            let row = e / TILE_K;
-            let kw = e % TILE_K;
-            tile_w[kw * (TILE / 4u) + row / 4u][row % 4u] = load_weight(m0 + row, k0 + kw, k_total);
-            let kg = e / TILE;
-            tile_g[kg * (TILE / 4u) + my_col / 4u][my_col % 4u] =
-                load_grad(k0 + kg, k_total, my_b, my_iy, my_ix, valid_n);
-        }
-        workgroupBarrier();
-        for (var kk = 0u; kk < TILE_K; kk++) {
-            let gv = tile_g[kk * (TILE / 4u) + lid.x];
-            let wv = tile_w[kk * (TILE / 4u) + lid.y];
-            acc0 += wv.x * gv;
-            acc1 += wv.y * gv;
-            acc2 += wv.z * gv;
-            acc3 += wv.w * gv;
-        }
-        workgroupBarrier();
-    }
-
-    store_input_channel(m0 + lid.y * 4u, n0 + lid.x * 4u, hw, n_total, acc0);
-    store_input_channel(m0 + lid.y * 4u + 1u, n0 + lid.x * 4u, hw, n_total, acc1);
-    store_input_channel(m0 + lid.y * 4u + 2u, n0 + lid.x * 4u, hw, n_total, acc2);
-    store_input_channel(m0 + lid.y * 4u + 3u, n0 + lid.x * 4u, hw, n_total, acc3);
+    let acc = gemm_patch(lid, wid, p.c_out * KH * KW, n_total, p.w, hw);
+    let ci = wid.y * TILE + lid.y * 4u;
+    let n0 = wid.x * TILE + lid.x * 4u;
+    store_input_channel(ci, n0, hw, n_total, acc.r0);
+    store_input_channel(ci + 1u, n0, hw, n_total, acc.r1);
+    store_input_channel(ci + 2u, n0, hw, n_total, acc.r2);
+    store_input_channel(ci + 3u, n0, hw, n_total, acc.r3);
 }
 
 // Input channel `ci` of dx at columns n0 .. n0 + 3 (batch, pixel); columns past the end skipped.

@@ -23,13 +23,25 @@ macro_rules! shader {
             source: include_str!(concat!("../../shaders/", $file, ".wgsl")),
         };
     };
+    // WGSL has no includes: `$shared`'s file is appended to the module (functions that call ones
+    // the file defines, which WGSL allows in any order). Appended, not prepended: with the shared
+    // overrides declared before the file's own, naga 30's override processing panicked.
+    ($ident:ident, $file:literal, with $shared:literal) => {
+        pub const $ident: Shader = Shader {
+            name: $file,
+            source: concat!(
+                include_str!(concat!("../../shaders/", $file, ".wgsl")),
+                include_str!(concat!("../../shaders/", $shared, ".wgsl"))
+            ),
+        };
+    };
 }
 
 /// The kernel families.
 pub mod shaders {
     use super::Shader;
     shader!(MATMUL, "matmul");
-    shader!(CONV2D, "conv2d");
+    shader!(CONV2D, "conv2d", with "tiled_gemm");
     shader!(GROUP_NORM, "group_norm");
     shader!(ELEMENTWISE, "elementwise");
     shader!(RESAMPLE, "resample");
@@ -40,7 +52,7 @@ pub mod shaders {
     shader!(UNCERTAINTY, "uncertainty");
     shader!(GUIDANCE, "guidance");
     // Input gradients (the UNet's vector-Jacobian product).
-    shader!(CONV2D_GRAD, "conv2d_grad");
+    shader!(CONV2D_GRAD, "conv2d_grad", with "tiled_gemm");
     shader!(GROUP_NORM_GRAD, "group_norm_grad");
     shader!(ATTENTION_GRAD, "attention_grad");
     shader!(ELEMENTWISE_GRAD, "elementwise_grad");
