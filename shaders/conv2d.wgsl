@@ -104,18 +104,24 @@ fn store_channel(co: u32, n0: u32, hw_out: u32, n_total: u32, v: vec4<f32>) {
             return;
         }
         let idx = ((n / hw_out) * p.c_out + co) * hw_out + n % hw_out;
-        var value = v[j];
-        if HAS_BIAS {
-            value += bias[co];
-        }
-        if HAS_RESIDUAL {
-            value = (value + residual[idx]) * p.out_scale;
-        }
-        if RELU {
-            value = max(value, 0.0);
-        }
-        out[idx] = value;
+        out[idx] = epilogue(v[j], co, idx);
     }
+}
+
+// The fused epilogue of output element `idx` (channel `co`): + bias, then (· + residual) ·
+// out_scale, then max(·, 0), each where the host set its flag.
+fn epilogue(conv: f32, co: u32, idx: u32) -> f32 {
+    var v = conv;
+    if HAS_BIAS {
+        v += bias[co];
+    }
+    if HAS_RESIDUAL {
+        v = (v + residual[idx]) * p.out_scale;
+    }
+    if RELU {
+        v = max(v, 0.0);
+    }
+    return v;
 }
 
 // ---- conv2d_blocked: the variant for CPU adapters (see `KernelClass`) ----
@@ -266,17 +272,7 @@ fn store_row(b: u32, co: u32, oy: u32, ox0: u32, lo: vec4<f32>, hi: vec4<f32>) {
             return;
         }
         let idx = row + ox;
-        var v = select(hi[j - 4u], lo[j], j < 4u);
-        if HAS_BIAS {
-            v += bias[co];
-        }
-        if HAS_RESIDUAL {
-            v = (v + residual[idx]) * p.out_scale;
-        }
-        if RELU {
-            v = max(v, 0.0);
-        }
-        out[idx] = v;
+        out[idx] = epilogue(select(hi[j - 4u], lo[j], j < 4u), co, idx);
     }
 }
 
