@@ -75,7 +75,12 @@ fn forward(c: &mut Criterion) {
     let gpu = Gpu::new(&AdapterChoice::Default).expect("a GPU adapter");
     eprintln!("{}", gpu.describe());
     let ceiling = Ceiling::measure();
-    let unet = model(&gpu, CIFAR10);
+    // The model with f32 activations, and with f16 ones where the adapter has SHADER_F16.
+    let variants: Vec<(&str, UNet2DModel)> = [("", false), ("_f16act", true)]
+        .into_iter()
+        .filter(|&(_, half)| !half || gpu.caps.shader_f16)
+        .map(|(suffix, half)| (suffix, model(&gpu, CIFAR10).with_f16_activations(half)))
+        .collect();
     let mut group = c.benchmark_group("unet_forward");
     group.sample_size(10);
     let batches: &[usize] = if std::env::var("WGSL_DIFF_BENCH_QUICK").is_ok() {
@@ -86,19 +91,21 @@ fn forward(c: &mut Criterion) {
     for &b in batches {
         let x = NoisePlan::new(1).initial(&gpu, &[b, 3, 32, 32], 0).unwrap();
         let t = gpu.upload(&[b], &vec![500.0; b]).unwrap();
-        let name = format!("cifar10_b{b}");
-        profile(&gpu, &format!("unet_forward/{name}"), || {
-            unet.forward(&gpu, &x, &t, None).unwrap()
-        });
-        let best = Cell::new(Duration::MAX);
-        group.bench_function(&name, |it| {
-            it.iter_custom(timed(&best, || {
-                drop(unet.forward(&gpu, &x, &t, None).unwrap());
-                gpu.sync().unwrap();
-            }))
-        });
-        let flop = CIFAR10_FLOP_PER_SAMPLE * b as f64;
-        ceiling.report(&format!("unet_forward/{name}"), flop, best.get());
+        for (suffix, unet) in &variants {
+            let name = format!("cifar10_b{b}{suffix}");
+            profile(&gpu, &format!("unet_forward/{name}"), || {
+                unet.forward(&gpu, &x, &t, None).unwrap()
+            });
+            let best = Cell::new(Duration::MAX);
+            group.bench_function(&name, |it| {
+                it.iter_custom(timed(&best, || {
+                    drop(unet.forward(&gpu, &x, &t, None).unwrap());
+                    gpu.sync().unwrap();
+                }))
+            });
+            let flop = CIFAR10_FLOP_PER_SAMPLE * b as f64;
+            ceiling.report(&format!("unet_forward/{name}"), flop, best.get());
+        }
     }
     group.finish();
     ceiling.finish();

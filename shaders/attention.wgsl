@@ -186,8 +186,10 @@ fn attention_combine(@builtin(global_invocation_id) gid: vec3<u32>,
 // (ops::attention's `by_products` has the figures). The scores S = Q·Kᵀ (B, N, N) come in; each invocation turns one
 // query's row into probabilities softmax(S·scale) and writes its lse (laid out (B, 1, N), as
 // `attention_lse` does). Three passes over the row: the host keeps 3·N under the loop budget.
-@group(0) @binding(1) var<storage, read> scores: array<f32>;
-@group(0) @binding(2) var<storage, read_write> probs: array<f32>;
+// Scores and probabilities are activations (`act`: f32, or f16 in the half variant); each
+// probability is written once, its exponential taken again in the last pass rather than read back.
+@group(0) @binding(1) var<storage, read> scores: array<act>;
+@group(0) @binding(2) var<storage, read_write> probs: array<act>;
 @group(0) @binding(3) var<storage, read_write> row_lse: array<f32>;
 
 @compute @workgroup_size(LINEAR_WG)
@@ -200,17 +202,15 @@ fn softmax_rows(@builtin(global_invocation_id) gid: vec3<u32>,
     let base = row * p.tokens;
     var m = -3.4e38;
     for (var j = 0u; j < p.tokens; j++) {
-        m = max(m, scores[base + j] * p.scale);
+        m = max(m, f32(scores[base + j]) * p.scale);
     }
     var sum = 0.0;
     for (var j = 0u; j < p.tokens; j++) {
-        let e = exp(scores[base + j] * p.scale - m);
-        probs[base + j] = e;
-        sum += e;
+        sum += exp(f32(scores[base + j]) * p.scale - m);
     }
     let inv = 1.0 / sum;
     for (var j = 0u; j < p.tokens; j++) {
-        probs[base + j] *= inv;
+        probs[base + j] = act(exp(f32(scores[base + j]) * p.scale - m) * inv);
     }
     row_lse[row] = m + log(sum);
 }

@@ -32,17 +32,19 @@ override HAS_BIAS: bool = true;
 override HAS_RESIDUAL: bool = false;
 override RELU: bool = false;
 
+// Activations (x, residual, out) are `act`: f32, or f16 in the half variant (f16 activations);
+// products and sums are f32 either way.
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<act>;
 // The weights as raw 32-bit words, decoded by `weight_at` (and `weight4_at`, `weight4_quad`).
 @group(0) @binding(2) var<storage, read> weight: array<u32>;
 // Bindings 3 and 4 are only read when their flag is set; the host binds a stand-in otherwise.
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read> residual: array<f32>;
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<storage, read> residual: array<act>;
+@group(0) @binding(5) var<storage, read_write> out: array<act>;
 // The input seen as vec4s, conv2d_blocked's only view of it (an entry point may use one view of
 // a binding; buffers are padded to whole vec4s).
-@group(0) @binding(1) var<storage, read> x4: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> x4: array<act4>;
 
 // Set by the host for an f16 weight tensor: IEEE half values packed two to a word (element i
 // in the low half of word i / 2 when i is even), else f32. Either way the products accumulate
@@ -76,7 +78,7 @@ fn gemm_b(k: u32, k_total: u32, col: GemmColumn) -> f32 {
     if iy < 0 || ix < 0 || iy >= i32(p.h) || ix >= i32(p.w) {
         return 0.0;
     }
-    return x[((col.b * p.c_in + ci) * p.h + u32(iy)) * p.w + u32(ix)];
+    return f32(x[((col.b * p.c_in + ci) * p.h + u32(iy)) * p.w + u32(ix)]);
 }
 
 @compute @workgroup_size(TILE / 4u, TILE / 4u, 1)
@@ -104,7 +106,7 @@ fn store_channel(co: u32, n0: u32, hw_out: u32, n_total: u32, v: vec4<f32>) {
             return;
         }
         let idx = ((n / hw_out) * p.c_out + co) * hw_out + n % hw_out;
-        out[idx] = epilogue(v[j], co, idx);
+        out[idx] = act(epilogue(v[j], co, idx));
     }
 }
 
@@ -116,7 +118,7 @@ fn epilogue(conv: f32, co: u32, idx: u32) -> f32 {
         v += bias[co];
     }
     if HAS_RESIDUAL {
-        v = (v + residual[idx]) * p.out_scale;
+        v = (v + f32(residual[idx])) * p.out_scale;
     }
     if RELU {
         v = max(v, 0.0);
@@ -144,7 +146,7 @@ override BLOCKED_WG: u32 = 16u;
 
 // Input element i through the vec4 view.
 fn x_at(i: u32) -> f32 {
-    return x4[i / 4u][i % 4u];
+    return f32(x4[i / 4u][i % 4u]);
 }
 
 // Input row `iy` of `plane` at columns ix0, ix0 + STRIDE, ... (four of them), zero in the padding.
@@ -237,7 +239,7 @@ fn row_quad(row: InputRow, q: i32) -> vec4<f32> {
     if !row.inside || q < 0 || q >= i32(row.len4) {
         return vec4<f32>(0.0);
     }
-    return x4[row.start4 + u32(q)];
+    return vec4<f32>(x4[row.start4 + u32(q)]);
 }
 
 // Values s .. s + 3 of the eight in (a, b), s ≤ 4.
@@ -272,7 +274,7 @@ fn store_row(b: u32, co: u32, oy: u32, ox0: u32, lo: vec4<f32>, hi: vec4<f32>) {
             return;
         }
         let idx = row + ox;
-        out[idx] = epilogue(select(hi[j - 4u], lo[j], j < 4u), co, idx);
+        out[idx] = act(epilogue(select(hi[j - 4u], lo[j], j < 4u), co, idx));
     }
 }
 

@@ -1,5 +1,7 @@
-// Element-wise kernels over flat f32 tensors. Launched as a 1-D grid folded into y when
-// large: the linear index is gid.x + gid.y * num_workgroups.x * WG.
+// Element-wise kernels over flat tensors of `act` elements (f32, or f16 in the half variant the
+// host builds for f16 activations; see gpu::kernel's ACT_F16): read widened to f32, computed in
+// f32, written back as `act`. Launched as a 1-D grid folded into y when large: the linear index
+// is gid.x + gid.y * num_workgroups.x * WG.
 
 struct Params {
     total: u32,   // elements to write
@@ -28,8 +30,8 @@ fn linear_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.x + gid.y * nwg.x * WG;
 }
 
-@group(0) @binding(1) var<storage, read> un_x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> un_out: array<f32>;
+@group(0) @binding(1) var<storage, read> un_x: array<act>;
+@group(0) @binding(2) var<storage, read_write> un_out: array<act>;
 
 @compute @workgroup_size(WG)
 fn unary(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -37,16 +39,16 @@ fn unary(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
     if i >= p.total {
         return;
     }
-    let v = un_x[i];
+    let v = f32(un_x[i]);
     switch OP {
-        case UNARY_SILU: { un_out[i] = v / (1.0 + exp(-v)); }
-        case UNARY_AFFINE, default: { un_out[i] = p.alpha * v + p.beta; }
+        case UNARY_SILU: { un_out[i] = act(v / (1.0 + exp(-v))); }
+        case UNARY_AFFINE, default: { un_out[i] = act(p.alpha * v + p.beta); }
     }
 }
 
-@group(0) @binding(1) var<storage, read> bin_a: array<f32>;
-@group(0) @binding(2) var<storage, read> bin_b: array<f32>;
-@group(0) @binding(3) var<storage, read_write> bin_out: array<f32>;
+@group(0) @binding(1) var<storage, read> bin_a: array<act>;
+@group(0) @binding(2) var<storage, read> bin_b: array<act>;
+@group(0) @binding(3) var<storage, read_write> bin_out: array<act>;
 
 @compute @workgroup_size(WG)
 fn binary(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -55,8 +57,8 @@ fn binary(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
         return;
     }
     switch OP {
-        case BINARY_LINCOMB: { bin_out[i] = p.alpha * bin_a[i] + p.beta * bin_b[i]; }
-        case BINARY_MUL, default: { bin_out[i] = bin_a[i] * bin_b[i]; }
+        case BINARY_LINCOMB: { bin_out[i] = act(p.alpha * f32(bin_a[i]) + p.beta * f32(bin_b[i])); }
+        case BINARY_MUL, default: { bin_out[i] = act(f32(bin_a[i]) * f32(bin_b[i])); }
     }
 }
 
@@ -68,7 +70,7 @@ fn broadcast_lincomb(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
     if i >= p.total {
         return;
     }
-    bin_out[i] = p.alpha * bin_a[i % p.inner] + p.beta * bin_b[i];
+    bin_out[i] = act(p.alpha * f32(bin_a[i % p.inner]) + p.beta * f32(bin_b[i]));
 }
 
 // x is (…, HW) planes; plane j takes v[j % outer], so v may be per (batch, channel) or per channel.
@@ -78,17 +80,17 @@ fn channel_op(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     if i >= p.total {
         return;
     }
-    let v = bin_b[(i / p.inner) % p.outer];
+    let v = f32(bin_b[(i / p.inner) % p.outer]);
     switch OP {
-        case CHANNEL_ADD: { bin_out[i] = bin_a[i] + v; }
-        case CHANNEL_MUL, default: { bin_out[i] = bin_a[i] * v; }
+        case CHANNEL_ADD: { bin_out[i] = act(f32(bin_a[i]) + v); }
+        case CHANNEL_MUL, default: { bin_out[i] = act(f32(bin_a[i]) * v); }
     }
 }
 
 // channel_op and copy_channels four elements per invocation, where the planes (inner) hold whole
 // vec4s: a CPU rasteriser spends these kernels on per-invocation index divisions.
-@group(0) @binding(1) var<storage, read> bin_a4: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read_write> bin_out4: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> bin_a4: array<act4>;
+@group(0) @binding(3) var<storage, read_write> bin_out4: array<act4>;
 
 @compute @workgroup_size(WG)
 fn channel_op4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -96,15 +98,15 @@ fn channel_op4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     if q >= p.total / 4u {
         return;
     }
-    let v = bin_b[(4u * q / p.inner) % p.outer];
+    let v = f32(bin_b[(4u * q / p.inner) % p.outer]);
     switch OP {
-        case CHANNEL_ADD: { bin_out4[q] = bin_a4[q] + v; }
-        case CHANNEL_MUL, default: { bin_out4[q] = bin_a4[q] * v; }
+        case CHANNEL_ADD: { bin_out4[q] = act4(vec4<f32>(bin_a4[q]) + v); }
+        case CHANNEL_MUL, default: { bin_out4[q] = act4(vec4<f32>(bin_a4[q]) * v); }
     }
 }
 
-@group(0) @binding(1) var<storage, read> un_x4: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read_write> un_out4: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> un_x4: array<act4>;
+@group(0) @binding(2) var<storage, read_write> un_out4: array<act4>;
 
 @compute @workgroup_size(WG)
 fn copy_channels4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -128,9 +130,9 @@ fn scale_shift(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     let plane = i / p.inner;
     let b = plane / p.outer;
     let c = plane % p.outer;
-    let scale = bin_b[b * 2u * p.outer + c];
-    let shift = bin_b[b * 2u * p.outer + p.outer + c];
-    bin_out[i] = bin_a[i] * (1.0 + scale) + shift;
+    let scale = f32(bin_b[b * 2u * p.outer + c]);
+    let shift = f32(bin_b[b * 2u * p.outer + p.outer + c]);
+    bin_out[i] = act(f32(bin_a[i]) * (1.0 + scale) + shift);
 }
 
 // Writes src (B, C_src, HW) into channels [offset/HW, offset/HW + C_src) of dst (B, C_dst, HW):
@@ -157,4 +159,28 @@ fn transpose(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     let r = (i % plane) / p.inner;
     let c = i % p.inner;
     un_out[b * plane + c * p.outer + r] = un_x[i];
+}
+
+// Between storage types: f32 → act (`to_act`) and act → f32 (`from_act`); copies in the f32
+// variant. A model with f16 activations converts its input and output with these.
+@group(0) @binding(1) var<storage, read> cast_f32: array<f32>;
+@group(0) @binding(2) var<storage, read_write> cast_to_act: array<act>;
+
+@compute @workgroup_size(WG)
+fn to_act(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_index(gid, nwg);
+    if i < p.total {
+        cast_to_act[i] = act(cast_f32[i]);
+    }
+}
+
+@group(0) @binding(1) var<storage, read> cast_act: array<act>;
+@group(0) @binding(2) var<storage, read_write> cast_to_f32: array<f32>;
+
+@compute @workgroup_size(WG)
+fn from_act(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_index(gid, nwg);
+    if i < p.total {
+        cast_to_f32[i] = f32(cast_act[i]);
+    }
 }

@@ -34,8 +34,9 @@ fn silu_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
 
 // slice_channels: dst (B, C_out, HW) = channels [offset/HW, offset/HW + C_out) of src (B, C_src,
 // HW), the adjoint of copy_channels (the gradient of a channel concatenation, part by part).
-@group(0) @binding(1) var<storage, read> src: array<f32>;
-@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
+// Elements are `act` (f32, or f16 in the half variant: the forward slices f16 activations too).
+@group(0) @binding(1) var<storage, read> src: array<act>;
+@group(0) @binding(2) var<storage, read_write> dst: array<act>;
 
 @compute @workgroup_size(WG)
 fn slice_channels(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {

@@ -26,7 +26,7 @@ override STATS_WG: u32 = WG;
 @group(0) @binding(0) var<uniform> p: Params;
 
 // stats
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<act>;
 @group(0) @binding(2) var<storage, read_write> partials: array<vec4<f32>>;
 
 struct Welford {
@@ -60,7 +60,7 @@ fn stats(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
     let base = group * group_len;
     var acc = Welford(0.0, 0.0, 0.0);
     for (var i = start + lid; i < end; i += STATS_WG) {
-        let v = x[base + i];
+        let v = f32(x[base + i]);
         acc.n += 1.0;
         let d = v - acc.mean;
         acc.mean += d / acc.n;
@@ -106,11 +106,11 @@ fn finalize(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 // apply
-@group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(1) var<storage, read> src: array<act>;
 @group(0) @binding(2) var<storage, read> moments_in: array<vec2<f32>>;
 @group(0) @binding(3) var<storage, read> gamma: array<f32>;
 @group(0) @binding(4) var<storage, read> beta: array<f32>;
-@group(0) @binding(5) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dst: array<act>;
 
 @compute @workgroup_size(WG)
 fn apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -121,18 +121,18 @@ fn apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
     let c = (i / p.hw) % p.channels;
     let group = (i / p.hw) / p.channels * p.groups + c / (p.channels / p.groups);
     let mr = moments_in[group];
-    var y = (src[i] - mr.x) * mr.y * gamma[c] + beta[c];
+    var y = (f32(src[i]) - mr.x) * mr.y * gamma[c] + beta[c];
     if FUSE_SILU {
         y = y / (1.0 + exp(-y));
     }
-    dst[i] = y;
+    dst[i] = act(y);
 }
 
 // apply4: `apply` four elements per invocation, for a plane size HW % 4 = 0 (the four then share
 // one channel and group). On a CPU rasteriser the per-invocation index divisions, not the
 // memory traffic, bound `apply`: this quarters them.
-@group(0) @binding(1) var<storage, read> src4: array<vec4<f32>>;
-@group(0) @binding(5) var<storage, read_write> dst4: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> src4: array<act4>;
+@group(0) @binding(5) var<storage, read_write> dst4: array<act4>;
 
 @compute @workgroup_size(WG)
 fn apply4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -144,9 +144,9 @@ fn apply4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     let c = plane % p.channels;
     let group = plane / p.channels * p.groups + c / (p.channels / p.groups);
     let mr = moments_in[group];
-    var y = (src4[q] - mr.x) * mr.y * gamma[c] + beta[c];
+    var y = (vec4<f32>(src4[q]) - mr.x) * mr.y * gamma[c] + beta[c];
     if FUSE_SILU {
         y = y / (1.0 + exp(-y));
     }
-    dst4[q] = y;
+    dst4[q] = act4(y);
 }

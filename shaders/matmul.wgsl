@@ -24,16 +24,18 @@ const TILE: u32 = 64u;
 const TILE_K: u32 = 16u;
 const THREADS: u32 = 256u;
 
+// A and C are activations, `act`: f32, or f16 in the half variant; B is a weight (f32 or packed
+// f16 pairs) or, in attention's products, an activation read as packed f16 pairs; sums are f32.
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(1) var<storage, read> a: array<act>;
 // B as raw 32-bit words, decoded by `b_elem` and `b_quad`.
 @group(0) @binding(2) var<storage, read> b: array<u32>;
 // Without HAS_BIAS the host binds any buffer here and it is never read.
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> c: array<f32>;
+@group(0) @binding(4) var<storage, read_write> c: array<act>;
 
 // The same operands seen as vec4 rows, for matmul_vec4.
-@group(0) @binding(1) var<storage, read> a4: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> a4: array<act4>;
 @group(0) @binding(2) var<storage, read> b4: array<vec4<u32>>;
 
 // Set by the host for an f16 B (a weight): IEEE half values packed two to a word (element i in
@@ -64,7 +66,7 @@ var<workgroup> tile_b: array<array<vec4<f32>, 16>, TILE_K>;
 
 fn load_a(base: u32, row: u32, col: u32) -> f32 {
     if row < p.m && col < p.k {
-        return a[base + row * p.k + col];
+        return f32(a[base + row * p.k + col]);
     }
     return 0.0;
 }
@@ -110,7 +112,7 @@ fn stage_vec4(tid: u32, wid: vec3<u32>, k0: u32) {
     let m_row = wid.y * TILE + row;
     var va = vec4<f32>(0.0);
     if m_row < p.m && k < p.k {
-        va = a4[(wid.z * p.batch_stride_a + m_row * p.k + k) / 4u];
+        va = vec4<f32>(a4[(wid.z * p.batch_stride_a + m_row * p.k + k) / 4u]);
     }
     let n_row = wid.x * TILE + row;
     var vb = vec4<f32>(0.0);
@@ -157,7 +159,7 @@ fn store_patch_row(lid: vec3<u32>, wid: vec3<u32>, i: u32, v: vec4<f32>) {
             if HAS_BIAS {
                 value += bias[col];
             }
-            c[base + col] = value;
+            c[base + col] = act(value);
         }
     }
 }
@@ -227,7 +229,7 @@ fn store_row(base: u32, row: u32, col0: u32, lo: vec4<f32>, hi: vec4<f32>) {
         if HAS_BIAS {
             v += bias[col];
         }
-        c[base + row * p.n + col] = v;
+        c[base + row * p.n + col] = act(v);
     }
 }
 
@@ -292,52 +294,52 @@ fn matmul_blocked(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgro
                            b_at(base_b, kk, col0 + 2u), b_at(base_b, kk, col0 + 3u));
         let bh = vec4<f32>(b_at(base_b, kk, col0 + 4u), b_at(base_b, kk, col0 + 5u),
                            b_at(base_b, kk, col0 + 6u), b_at(base_b, kk, col0 + 7u));
-        let v0 = a[a0 + kk];
+        let v0 = f32(a[a0 + kk]);
         lo0 += v0 * bl;
         hi0 += v0 * bh;
-        let v1 = a[a1 + kk];
+        let v1 = f32(a[a1 + kk]);
         lo1 += v1 * bl;
         hi1 += v1 * bh;
-        let v2 = a[a2 + kk];
+        let v2 = f32(a[a2 + kk]);
         lo2 += v2 * bl;
         hi2 += v2 * bh;
-        let v3 = a[a3 + kk];
+        let v3 = f32(a[a3 + kk]);
         lo3 += v3 * bl;
         hi3 += v3 * bh;
-        let v4 = a[a4 + kk];
+        let v4 = f32(a[a4 + kk]);
         lo4 += v4 * bl;
         hi4 += v4 * bh;
-        let v5 = a[a5 + kk];
+        let v5 = f32(a[a5 + kk]);
         lo5 += v5 * bl;
         hi5 += v5 * bh;
-        let v6 = a[a6 + kk];
+        let v6 = f32(a[a6 + kk]);
         lo6 += v6 * bl;
         hi6 += v6 * bh;
-        let v7 = a[a7 + kk];
+        let v7 = f32(a[a7 + kk]);
         lo7 += v7 * bl;
         hi7 += v7 * bh;
-        let v8 = a[a8 + kk];
+        let v8 = f32(a[a8 + kk]);
         lo8 += v8 * bl;
         hi8 += v8 * bh;
-        let v9 = a[a9 + kk];
+        let v9 = f32(a[a9 + kk]);
         lo9 += v9 * bl;
         hi9 += v9 * bh;
-        let v10 = a[a10 + kk];
+        let v10 = f32(a[a10 + kk]);
         lo10 += v10 * bl;
         hi10 += v10 * bh;
-        let v11 = a[a11 + kk];
+        let v11 = f32(a[a11 + kk]);
         lo11 += v11 * bl;
         hi11 += v11 * bh;
-        let v12 = a[a12 + kk];
+        let v12 = f32(a[a12 + kk]);
         lo12 += v12 * bl;
         hi12 += v12 * bh;
-        let v13 = a[a13 + kk];
+        let v13 = f32(a[a13 + kk]);
         lo13 += v13 * bl;
         hi13 += v13 * bh;
-        let v14 = a[a14 + kk];
+        let v14 = f32(a[a14 + kk]);
         lo14 += v14 * bl;
         hi14 += v14 * bh;
-        let v15 = a[a15 + kk];
+        let v15 = f32(a[a15 + kk]);
         lo15 += v15 * bl;
         hi15 += v15 * bh;
     }
@@ -389,7 +391,7 @@ fn store_vec4_row(base: u32, row: u32, col0: u32, acc: mat4x4<f32>) {
                 if HAS_BIAS {
                     v += bias[col];
                 }
-                c[base + row * p.n + col] = v;
+                c[base + row * p.n + col] = act(v);
             }
         }
     }
@@ -441,37 +443,37 @@ fn matmul_blocked_vec4(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(wo
         let b1 = b_rows(base_b4, 4u * k4, col0 / 4u + 1u);
         let b2 = b_rows(base_b4, 4u * k4, col0 / 4u + 2u);
         let b3 = b_rows(base_b4, 4u * k4, col0 / 4u + 3u);
-        let v0 = a4[ra0 + k4];
+        let v0 = vec4<f32>(a4[ra0 + k4]);
         c0 += mat4x4<f32>(b0 * v0, b1 * v0, b2 * v0, b3 * v0);
-        let v1 = a4[ra1 + k4];
+        let v1 = vec4<f32>(a4[ra1 + k4]);
         c1 += mat4x4<f32>(b0 * v1, b1 * v1, b2 * v1, b3 * v1);
-        let v2 = a4[ra2 + k4];
+        let v2 = vec4<f32>(a4[ra2 + k4]);
         c2 += mat4x4<f32>(b0 * v2, b1 * v2, b2 * v2, b3 * v2);
-        let v3 = a4[ra3 + k4];
+        let v3 = vec4<f32>(a4[ra3 + k4]);
         c3 += mat4x4<f32>(b0 * v3, b1 * v3, b2 * v3, b3 * v3);
-        let v4 = a4[ra4 + k4];
+        let v4 = vec4<f32>(a4[ra4 + k4]);
         c4 += mat4x4<f32>(b0 * v4, b1 * v4, b2 * v4, b3 * v4);
-        let v5 = a4[ra5 + k4];
+        let v5 = vec4<f32>(a4[ra5 + k4]);
         c5 += mat4x4<f32>(b0 * v5, b1 * v5, b2 * v5, b3 * v5);
-        let v6 = a4[ra6 + k4];
+        let v6 = vec4<f32>(a4[ra6 + k4]);
         c6 += mat4x4<f32>(b0 * v6, b1 * v6, b2 * v6, b3 * v6);
-        let v7 = a4[ra7 + k4];
+        let v7 = vec4<f32>(a4[ra7 + k4]);
         c7 += mat4x4<f32>(b0 * v7, b1 * v7, b2 * v7, b3 * v7);
-        let v8 = a4[ra8 + k4];
+        let v8 = vec4<f32>(a4[ra8 + k4]);
         c8 += mat4x4<f32>(b0 * v8, b1 * v8, b2 * v8, b3 * v8);
-        let v9 = a4[ra9 + k4];
+        let v9 = vec4<f32>(a4[ra9 + k4]);
         c9 += mat4x4<f32>(b0 * v9, b1 * v9, b2 * v9, b3 * v9);
-        let v10 = a4[ra10 + k4];
+        let v10 = vec4<f32>(a4[ra10 + k4]);
         c10 += mat4x4<f32>(b0 * v10, b1 * v10, b2 * v10, b3 * v10);
-        let v11 = a4[ra11 + k4];
+        let v11 = vec4<f32>(a4[ra11 + k4]);
         c11 += mat4x4<f32>(b0 * v11, b1 * v11, b2 * v11, b3 * v11);
-        let v12 = a4[ra12 + k4];
+        let v12 = vec4<f32>(a4[ra12 + k4]);
         c12 += mat4x4<f32>(b0 * v12, b1 * v12, b2 * v12, b3 * v12);
-        let v13 = a4[ra13 + k4];
+        let v13 = vec4<f32>(a4[ra13 + k4]);
         c13 += mat4x4<f32>(b0 * v13, b1 * v13, b2 * v13, b3 * v13);
-        let v14 = a4[ra14 + k4];
+        let v14 = vec4<f32>(a4[ra14 + k4]);
         c14 += mat4x4<f32>(b0 * v14, b1 * v14, b2 * v14, b3 * v14);
-        let v15 = a4[ra15 + k4];
+        let v15 = vec4<f32>(a4[ra15 + k4]);
         c15 += mat4x4<f32>(b0 * v15, b1 * v15, b2 * v15, b3 * v15);
     }
     store_vec4_row(base_c, m0 + 0u, col0, c0);

@@ -125,22 +125,22 @@ fn matmul_and_linear_with_f16_weights_match_reference() {
     }
 }
 
+/// f16 tensors go where a kernel reads them (a weight operand, or the activations of an op with
+/// a half variant, tests/f16_activations.rs) and nowhere else.
 #[test]
 fn f16_tensors_are_refused_where_f32_is_read() {
     let g = gpu();
     let (w16, _) = halves(g, &[0.5; 12], &[3, 4]);
     let err = g.read(&w16).unwrap_err().to_string();
     assert!(err.contains("f16"), "{err}");
-    // As the f32 operand of a product, and as the input of an op that takes no f16 weight.
-    let err = ops::matmul(
-        g,
-        &w16.reshape(&[1, 3, 4]).unwrap(),
-        &upload_to(g, &[0.0; 8], &[4, 2]),
-    )
-    .unwrap_err()
-    .to_string();
+    // As the input of a kernel with f32 bindings only (the backward pass's), and beside f32
+    // activations.
+    let z = upload_to(g, &[0.0; 12], &[3, 4]);
+    let err = ops::silu_grad(g, &w16, &z).unwrap_err().to_string();
     assert!(err.contains("f16"), "{err}");
-    let err = ops::silu(g, &w16).unwrap_err().to_string();
+    let err = ops::silu_grad(g, &w16, &w16).unwrap_err().to_string();
+    assert!(err.contains("f16"), "{err}");
+    let err = ops::add(g, &w16, &z).unwrap_err().to_string();
     assert!(err.contains("f16"), "{err}");
 }
 

@@ -124,6 +124,7 @@ fn request(model: &Path, out: &Path) -> SampleRequest {
         shard: None,
         keep_non_finite: false,
         f16_weights: false,
+        f16_activations: false,
     }
 }
 

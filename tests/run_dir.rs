@@ -59,6 +59,7 @@ fn request(out: &Path) -> SampleRequest {
         shard: None,
         keep_non_finite: false,
         f16_weights: false,
+        f16_activations: false,
     }
 }
 

@@ -169,6 +169,12 @@ pub struct SampleArgs {
     /// weights). README.md ("f16 weights") states the error against f32
     #[arg(long)]
     pub f16_weights: bool,
+    /// Store the network's activations in f16 between kernels (half their memory and traffic;
+    /// needs the adapter's SHADER_F16). Products and sums stay f32, and so do the sample and ε
+    /// the sampler sees. diffusers UNets only; not with --guidance gradient (its backward
+    /// pass reads f32 activations). README.md ("f16 activations") states the error against f32
+    #[arg(long)]
+    pub f16_activations: bool,
 }
 
 impl SampleArgs {
@@ -247,6 +253,7 @@ impl SampleArgs {
             shard,
             keep_non_finite: self.keep_non_finite,
             f16_weights: self.f16_weights,
+            f16_activations: self.f16_activations,
         };
         request.validate()?;
         Ok(request)

@@ -16,6 +16,15 @@ pub struct Shader {
     pub source: &'static str,
 }
 
+impl Shader {
+    /// The module's source: the activation type header ([`ACT_F32`], or [`ACT_F16`] for the
+    /// half variant), then the file.
+    pub fn module_source(&self, half: bool) -> String {
+        let header = if half { ACT_F16 } else { ACT_F32 };
+        format!("{header}{}", self.source)
+    }
+}
+
 macro_rules! shader {
     ($ident:ident, $file:literal) => {
         pub const $ident: Shader = Shader {
@@ -93,7 +102,17 @@ pub struct Kernel {
     pub entry: &'static str,
     /// WGSL `override` constants; values are integers or bools (as 0/1).
     pub constants: Vec<(&'static str, u32)>,
+    /// Built with `act` = f16 ([`ACT_F16`]): its activation bindings hold f16.
+    pub half: bool,
 }
+
+/// What every shader module starts with: the storage type `act` (and `act4`) of activations,
+/// f32 here. Shaders read activations widened to f32 and compute in f32.
+pub const ACT_F32: &str = "alias act = f32;\nalias act4 = vec4<f32>;\n";
+
+/// The same for a kernel's half variant ([`Kernel::half`]): activations stored as f16, which
+/// needs the device's `SHADER_F16`.
+pub const ACT_F16: &str = "enable f16;\nalias act = f16;\nalias act4 = vec4<f16>;\n";
 
 impl Kernel {
     pub fn new(shader: &'static Shader, entry: &'static str) -> Kernel {
@@ -101,7 +120,13 @@ impl Kernel {
             shader,
             entry,
             constants: Vec::new(),
+            half: false,
         }
+    }
+    /// The variant whose activation bindings are f16 where `on` (f16 activations).
+    pub fn half(mut self, on: bool) -> Kernel {
+        self.half = on;
+        self
     }
     pub fn with(mut self, name: &'static str, value: u32) -> Kernel {
         self.constants.push((name, value));
@@ -237,17 +262,19 @@ pub(crate) struct CachedPipeline {
     layout: wgpu::BindGroupLayout,
 }
 
+/// (shader, entry, constants, inputs, outputs, half variant).
 type PipelineKey = (
     &'static str,
     &'static str,
     Vec<(&'static str, u32)>,
     usize,
     usize,
+    bool,
 );
 
 #[derive(Default)]
 pub(crate) struct PipelineCache {
-    modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
+    modules: Mutex<HashMap<(&'static str, bool), wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<PipelineKey, Arc<CachedPipeline>>>,
 }
 
@@ -266,7 +293,14 @@ fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
 
 impl Gpu {
     fn pipeline(&self, k: &Kernel, inputs: usize, outputs: usize) -> Arc<CachedPipeline> {
-        let key = (k.shader.name, k.entry, k.constants.clone(), inputs, outputs);
+        let key = (
+            k.shader.name,
+            k.entry,
+            k.constants.clone(),
+            inputs,
+            outputs,
+            k.half,
+        );
         if let Some(p) = self.pipelines.pipelines.lock().unwrap().get(&key) {
             return p.clone();
         }
@@ -275,11 +309,11 @@ impl Gpu {
             .modules
             .lock()
             .unwrap()
-            .entry(k.shader.name)
+            .entry((k.shader.name, k.half))
             .or_insert_with(|| {
                 let desc = wgpu::ShaderModuleDescriptor {
                     label: Some(k.shader.name),
-                    source: wgpu::ShaderSource::Wgsl(k.shader.source.into()),
+                    source: wgpu::ShaderSource::Wgsl(k.shader.module_source(k.half).into()),
                 };
                 match std::env::var(LOOP_BOUNDING_ENV).is_ok_and(|v| v == "0") {
                     // SAFETY: the one check dropped is naga's counter on every loop, which
@@ -361,13 +395,19 @@ impl Gpu {
                 max,
             });
         }
-        // An f16 tensor goes only to a kernel specialised to read its weight operand as f16
-        // (the op checks which operand that is).
-        let reads_f16 = kernel.constants.contains(&(F16_WEIGHTS, 1));
+        if kernel.half && !self.caps.shader_f16 {
+            return Err(Error::MissingFeature("SHADER_F16 (f16 activations)"));
+        }
+        // An f16 tensor goes only to a half variant (the op checks which bindings are
+        // activations) or to a kernel specialised to read its weight operand as f16 (the op
+        // checks which operand that is).
+        let reads_f16 = kernel.half || kernel.constants.contains(&(F16_WEIGHTS, 1));
         if let Some(t) = inputs
             .iter()
             .find(|t| t.dtype() == DType::F16 && !reads_f16)
-            .or(outputs.iter().find(|t| t.dtype() == DType::F16))
+            .or(outputs
+                .iter()
+                .find(|t| t.dtype() == DType::F16 && !kernel.half))
         {
             return Err(Error::Invalid(format!(
                 "{}::{} takes f32 tensors, got {t:?} (f16 weights are read by conv2d and matmul only)",
@@ -443,9 +483,16 @@ impl Gpu {
 pub(crate) mod wgsl {
     use super::{KernelParams, Shader};
 
+    /// The module as naga parses it (which resolves every expression's type), in the f32 or the
+    /// half variant.
+    pub(crate) fn parse_variant(shader: &Shader, half: bool) -> naga::Module {
+        let source = shader.module_source(half);
+        naga::front::wgsl::parse_str(&source)
+            .unwrap_or_else(|e| panic!("{}: {}", shader.name, e.emit_to_string(&source)))
+    }
+
     fn parse(shader: &Shader) -> naga::Module {
-        naga::front::wgsl::parse_str(shader.source)
-            .unwrap_or_else(|e| panic!("{}: {}", shader.name, e.emit_to_string(shader.source)))
+        parse_variant(shader, false)
     }
 
     /// The value of the integer `const` (or `override` default) `name` that `shader` declares.
@@ -518,19 +565,22 @@ pub(crate) mod wgsl {
 
 #[cfg(test)]
 mod tests {
-    /// Every shader parses and validates with naga, so a typo fails here with naga's message
-    /// rather than as a device error at first dispatch.
+    /// Every shader parses and validates with naga, with f32 and with f16 activations, so a
+    /// typo fails here with naga's message rather than as a device error at first dispatch.
     #[test]
     fn all_shaders_validate() {
         for shader in super::shaders::ALL {
-            let module = naga::front::wgsl::parse_str(shader.source)
-                .unwrap_or_else(|e| panic!("{}: {}", shader.name, e.emit_to_string(shader.source)));
-            naga::valid::Validator::new(
-                naga::valid::ValidationFlags::all(),
-                naga::valid::Capabilities::all(),
-            )
-            .validate(&module)
-            .unwrap_or_else(|e| panic!("{}: {}", shader.name, e.emit_to_string(shader.source)));
+            for half in [false, true] {
+                let source = shader.module_source(half);
+                let module = naga::front::wgsl::parse_str(&source)
+                    .unwrap_or_else(|e| panic!("{}: {}", shader.name, e.emit_to_string(&source)));
+                naga::valid::Validator::new(
+                    naga::valid::ValidationFlags::all(),
+                    naga::valid::Capabilities::all(),
+                )
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{}: {}", shader.name, e.emit_to_string(&source)));
+            }
         }
     }
 }

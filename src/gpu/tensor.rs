@@ -277,9 +277,14 @@ impl Gpu {
         self.pool.trim(true)
     }
 
-    /// An uninitialised tensor, reusing a pooled buffer when one of the right size is free.
+    /// An uninitialised f32 tensor, reusing a pooled buffer when one of the right size is free.
     pub fn empty(&self, shape: &[usize]) -> Result<Tensor> {
-        let bytes = self.check_size(shape, DType::F32)?;
+        self.empty_typed(shape, DType::F32)
+    }
+
+    /// An uninitialised tensor of `dtype` (f16: activations for the half kernel variants).
+    pub fn empty_typed(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let bytes = self.check_size(shape, dtype)?;
         let buffer = self.pool.take(bytes).unwrap_or_else(|| {
             self.pool.create(bytes);
             self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -289,7 +294,7 @@ impl Gpu {
                 mapped_at_creation: false,
             })
         });
-        Ok(self.wrap(buffer, shape, DType::F32, bytes))
+        Ok(self.wrap(buffer, shape, dtype, bytes))
     }
 
     /// A new tensor holding `data` (a fresh buffer, filled at creation, so ordering is trivially right).

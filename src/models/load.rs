@@ -8,8 +8,17 @@ use crate::gpu::Gpu;
 /// The ε-model a converted weight file holds: a diffusers `UNet2DModel` or a guided-diffusion
 /// ADM `UNetModel`, by the file's `arch` metadata.
 pub fn load_eps_model(gpu: &Gpu, file: &WeightFile) -> Result<Box<dyn EpsModel>> {
+    let half = file.f16_activations();
+    if half && !gpu.caps.shader_f16 {
+        return Err(Error::MissingFeature("SHADER_F16 (f16 activations)"));
+    }
     match file.meta("arch")? {
-        UNet2DModel::ARCH => Ok(Box::new(UNet2DModel::load(gpu, file)?)),
+        UNet2DModel::ARCH => Ok(Box::new(
+            UNet2DModel::load(gpu, file)?.with_f16_activations(half),
+        )),
+        AdmModel::ARCH if half => Err(Error::Invalid(
+            "f16 activations are implemented for diffusers UNet2DModel files only, not ADM".into(),
+        )),
         AdmModel::ARCH => Ok(Box::new(AdmModel::load(gpu, file)?)),
         other => Err(Error::Weights(format!(
             "{} holds a {other:?} model; sampling takes a {:?} or an {:?}",

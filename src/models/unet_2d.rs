@@ -333,9 +333,20 @@ pub struct UNet2DModel {
     up_blocks: Vec<UpBlock>,
     conv_norm_out: GroupNorm,
     conv_out: Conv2d,
+    /// Activations stored as f16 between kernels ([`Self::with_f16_activations`]).
+    f16_activations: bool,
 }
 
 impl UNet2DModel {
+    /// This model with its activations stored as f16 between kernels (products and sums stay
+    /// f32; input and ε stay f32): half the activation memory and traffic. Needs the device's
+    /// `SHADER_F16`; sampling only (the backward pass refuses it), and attention as products
+    /// (one head's scores within a group).
+    pub fn with_f16_activations(mut self, on: bool) -> UNet2DModel {
+        self.f16_activations = on;
+        self
+    }
+
     /// The `arch` metadata of a UNet2DModel weight file (written by `tools/convert.py`).
     pub const ARCH: &'static str = "UNet2DModel";
 
@@ -397,6 +408,7 @@ impl UNet2DModel {
                 ch[0],
                 config.norm_eps,
             )?,
+            f16_activations: false,
             conv_out: Conv2d::load(&vb.pp("conv_out"), ch[0], config.out_channels, 3, 1, 1)?,
             config,
         })
@@ -536,18 +548,33 @@ impl UNet2DModel {
         mut tape: Option<&mut UNetTape>,
     ) -> Result<Tensor> {
         self.check_inputs(sample, timesteps)?;
+        let half = self.f16_activations;
+        if half && tape.is_some() {
+            return Err(Error::Invalid(
+                "the UNet's backward pass reads f32 activations: f16 activations are for sampling \
+                 (not gradient guidance)"
+                    .into(),
+            ));
+        }
+        // The embedding and the sample enter as f32; with f16 activations they are stored as
+        // f16 from here on.
+        let to_act = |t: &Tensor| match half {
+            true => ops::to_half(gpu, t),
+            false => Ok(t.clone()),
+        };
 
         // 1. time (and class) embedding. Every resnet applies SiLU to it first, so that is
         // done once here. It does not depend on the sample: no gradient flows through it.
         let temb_act = {
             let _scope = gpu.scope("time_embedding");
-            ops::silu(gpu, &self.embed(gpu, timesteps, class_labels)?)?
+            let emb = self.embed(gpu, timesteps, class_labels, half)?;
+            ops::silu(gpu, &emb)?
         };
 
         // 2. pre-process
         let mut x = {
             let _scope = gpu.scope("conv_in");
-            self.conv_in.forward(gpu, sample)?
+            self.conv_in.forward(gpu, &to_act(sample)?)?
         };
 
         // 3. down (each block in its profile scope, named as in diffusers)
@@ -587,7 +614,7 @@ impl UNet2DModel {
         };
         drop((x, down_block_res_samples));
         let _scope = gpu.scope("conv_out");
-        self.conv_out.forward(gpu, &normed)
+        ops::to_f32(gpu, &self.conv_out.forward(gpu, &normed)?)
     }
 
     /// ∂⟨ε, v⟩/∂sample for the forward that recorded `tape`: the forward's steps in reverse,
@@ -649,16 +676,25 @@ impl UNet2DModel {
     }
 
     /// diffusers' step 1: the time embedding plus, for a class-conditional model, the label's.
+    /// The time (and class) embedding, stored as f16 when `half` (made in f32: the sinusoid
+    /// and the class table, then converted before the MLP).
     fn embed(
         &self,
         gpu: &Gpu,
         timesteps: &Tensor,
         class_labels: Option<&Tensor>,
+        half: bool,
     ) -> Result<Tensor> {
-        let t_emb = self.time_proj.forward(gpu, timesteps)?;
+        let to_act = |t: Tensor| match half {
+            true => ops::to_half(gpu, &t),
+            false => Ok(t),
+        };
+        let t_emb = to_act(self.time_proj.forward(gpu, timesteps)?)?;
         let emb = self.time_embedding.forward(gpu, &t_emb)?;
         match (&self.class_embedding, class_labels) {
-            (Some(table), Some(labels)) => ops::add(gpu, &emb, &table.forward(gpu, labels)?),
+            (Some(table), Some(labels)) => {
+                ops::add(gpu, &emb, &to_act(table.forward(gpu, labels)?)?)
+            }
             (Some(_), None) => Err(Error::Invalid(
                 "this model is class-conditional: class labels are required".into(),
             )),

@@ -26,6 +26,8 @@ pub struct WeightFile {
     pub metadata: HashMap<String, String>,
     /// Conv and linear weights go to the GPU as f16 (see [`VarBuilder::get_weight`]).
     f16_weights: bool,
+    /// The model built from this file stores its activations as f16 (see `load_eps_model`).
+    f16_activations: bool,
 }
 
 impl WeightFile {
@@ -65,6 +67,7 @@ impl WeightFile {
             mmap,
             metadata,
             f16_weights: false,
+            f16_activations: false,
         })
     }
 
@@ -74,6 +77,19 @@ impl WeightFile {
     pub fn with_f16_weights(mut self, on: bool) -> WeightFile {
         self.f16_weights = on;
         self
+    }
+
+    /// Builds the model from this file with its activations stored as f16 between kernels
+    /// (`UNet2DModel::with_f16_activations`; diffusers UNets only). The error this costs is
+    /// stated in README.md ("f16 activations").
+    pub fn with_f16_activations(mut self, on: bool) -> WeightFile {
+        self.f16_activations = on;
+        self
+    }
+
+    /// Whether [`Self::with_f16_activations`] was asked for.
+    pub fn f16_activations(&self) -> bool {
+        self.f16_activations
     }
 
     pub fn path(&self) -> &Path {

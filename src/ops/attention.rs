@@ -6,7 +6,7 @@
 
 use super::{dims, ensure};
 use crate::error::Result;
-use crate::gpu::{checked_u32, kernel_params, shaders, Gpu, Kernel, Tensor};
+use crate::gpu::{checked_u32, kernel_params, shaders, DType, Gpu, Kernel, Tensor};
 
 // attention.wgsl's constants of the same names, which size its arrays (checked in ops' tests).
 /// Threads per workgroup.
@@ -46,6 +46,7 @@ pub fn attention(
     if by_products(gpu, &p) {
         return Ok(products(gpu, &p, [q, k, v])?.0);
     }
+    fused_reads_f32(q)?;
     if p.segments > 1 {
         return Ok(segmented(gpu, &p, [q, k, v], grid)?.0);
     }
@@ -69,6 +70,7 @@ pub fn attention_saving(
     if by_products(gpu, &p) {
         return products(gpu, &p, [q, k, v]);
     }
+    fused_reads_f32(q)?;
     if p.segments > 1 {
         return segmented(gpu, &p, [q, k, v], grid);
     }
@@ -77,6 +79,17 @@ pub fn attention_saving(
     let kernel = Kernel::new(&shaders::ATTENTION, "attention_lse");
     gpu.dispatch(&kernel, &p, &[q, k, v], &[&out, &lse], grid)?;
     Ok((out, lse))
+}
+
+/// The fused kernels read f32 only: f16 activations need the products path.
+fn fused_reads_f32(q: &Tensor) -> Result<()> {
+    ensure(q.dtype() == DType::F32, "attention", || {
+        format!(
+            "{q:?}: f16 activations run attention as products, which need one head's {n} × {n} \
+             scores within a group (or a loop budget for 3·{n} steps); the fused kernels read f32",
+            n = q.dim(1)
+        )
+    })
 }
 
 /// Whether attention runs as matmul, row softmax, matmul (attention.wgsl's `softmax_rows`):
@@ -209,13 +222,13 @@ fn products(gpu: &Gpu, p: &AttentionParams, [q, k, v]: [&Tensor; 3]) -> Result<(
         layout.split(gpu, k)?,
         layout.split(gpu, v)?,
     );
-    let softmax = Kernel::new(&shaders::ATTENTION, "softmax_rows");
+    let softmax = Kernel::new(&shaders::ATTENTION, "softmax_rows").half(q.dtype() == DType::F16);
     let (mut outs, mut lses) = (Vec::new(), Vec::new());
     for group in layout.groups(gpu) {
         let count = group.1;
         let pick = |t: &Tensor| layout.pick(gpu, t, group);
         let scores = super::matmul::matmul_impl(gpu, &pick(&q_h)?, &pick(&k_h)?, None, true)?;
-        let probs = gpu.empty(&[count, n, n])?;
+        let probs = gpu.empty_typed(&[count, n, n], scores.dtype())?;
         let lse = gpu.empty(&[count, n])?;
         let per_pair = AttentionParams {
             batch: checked_u32("attention", "pairs", count)?,

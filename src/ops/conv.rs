@@ -127,10 +127,14 @@ fn output_shape(
 ) -> Result<[usize; 4]> {
     let [b, c_in, h, w] = dims::<4>(x, OP, "input")?;
     let [c_out, wc_in, kh, kw] = weight_shape;
-    // Only the weight may be f16.
-    x.ensure_f32(OP)?;
+    // The weight may be f16, and so may the activations (input, residual, output) together;
+    // the bias stays f32.
     bias.map_or(Ok(()), |t| t.ensure_f32(OP))?;
-    args.residual.map_or(Ok(()), |t| t.ensure_f32(OP))?;
+    if let Some(r) = args.residual {
+        ensure(r.dtype() == x.dtype(), OP, || {
+            format!("residual {r:?} and input {x:?} differ in storage type")
+        })?;
+    }
     ensure(wc_in == c_in, OP, || {
         format!(
             "weight {weight_shape:?} expects {wc_in} input channels, input {:?} has {c_in}",
@@ -289,7 +293,8 @@ pub fn conv2d_prepared(
         .flag("HAS_BIAS", bias.is_some())
         .flag("HAS_RESIDUAL", args.residual.is_some())
         .flag("RELU", args.relu)
-        .flag(F16_WEIGHTS, f16);
+        .flag(F16_WEIGHTS, f16)
+        .half(x.dtype() == DType::F16);
     let params = ConvParams {
         batch: u("batch", b)?,
         c_in: u("c_in", c_in)?,
@@ -300,7 +305,7 @@ pub fn conv2d_prepared(
         w_out: u("w_out", w_out)?,
         out_scale: args.out_scale,
     };
-    let out = gpu.empty(&[b, c_out, h_out, w_out])?;
+    let out = gpu.empty_typed(&[b, c_out, h_out, w_out], x.dtype())?;
     gpu.dispatch(
         &kernel,
         &params,

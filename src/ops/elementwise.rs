@@ -2,7 +2,7 @@
 
 use super::{dims, ensure};
 use crate::error::Result;
-use crate::gpu::{checked_u32, kernel_params, shaders, Gpu, Kernel, Tensor};
+use crate::gpu::{checked_u32, kernel_params, shaders, DType, Gpu, Kernel, Tensor};
 
 kernel_params! {
     pub(super) struct ElementwiseParams for ELEMENTWISE::Params {
@@ -67,6 +67,10 @@ enum Entry {
 }
 
 impl Entry {
+    fn name(self) -> &'static str {
+        self.kernel().entry
+    }
+
     fn kernel(self) -> Kernel {
         let (entry, op) = match self {
             Entry::Unary(op) => ("unary", Some(op as u32)),
@@ -98,7 +102,7 @@ impl ElementwiseParams {
 }
 
 /// One 1-D launch of `entry` over `p.total` elements (a quarter as many invocations for the
-/// vec4 entries).
+/// vec4 entries), in the half variant where the tensors are f16 activations.
 fn launch(
     gpu: &Gpu,
     entry: Entry,
@@ -110,8 +114,48 @@ fn launch(
         Entry::Channel4(_) | Entry::CopyChannels4 => p.total as usize / 4,
         _ => p.total as usize,
     };
-    let grid = gpu.grid_1d(invocations);
-    gpu.dispatch(&entry.kernel(), p, inputs, &[out], grid)
+    let kernel = entry
+        .kernel()
+        .half(one_dtype(entry.name(), inputs, out)? == DType::F16);
+    gpu.dispatch(&kernel, p, inputs, &[out], gpu.grid_1d(invocations))
+}
+
+/// The one storage type of an element-wise op's tensors (all f32, or all f16 activations).
+pub(super) fn one_dtype(op: &'static str, inputs: &[&Tensor], out: &Tensor) -> Result<DType> {
+    let mixed = inputs.iter().find(|t| t.dtype() != out.dtype());
+    ensure(mixed.is_none(), op, || {
+        format!(
+            "{:?} and {:?}: f32 and f16 activations mix (convert with to_half or to_f32)",
+            mixed.unwrap(),
+            out
+        )
+    })?;
+    Ok(out.dtype())
+}
+
+/// x (f32) stored as f16 activations, rounded to nearest: what a model with f16 activations
+/// starts from. Needs the device's `SHADER_F16`.
+pub fn to_half(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
+    x.ensure_f32("to_half")?;
+    let out = gpu.empty_typed(x.shape(), DType::F16)?;
+    cast(gpu, "to_act", x, &out)?;
+    Ok(out)
+}
+
+/// f16 activations widened to f32 (x itself, shared, when already f32).
+pub fn to_f32(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
+    if x.dtype() == DType::F32 {
+        return Ok(x.clone());
+    }
+    let out = gpu.empty(x.shape())?;
+    cast(gpu, "from_act", x, &out)?;
+    Ok(out)
+}
+
+fn cast(gpu: &Gpu, entry: &'static str, x: &Tensor, out: &Tensor) -> Result<()> {
+    let p = ElementwiseParams::over(entry, x)?;
+    let kernel = Kernel::new(&shaders::ELEMENTWISE, entry).half(true);
+    gpu.dispatch(&kernel, &p, &[x], &[out], gpu.grid_1d(x.numel()))
 }
 
 fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
@@ -123,7 +167,7 @@ fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
 /// SiLU(x) = x·sigmoid(x).
 pub fn silu(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
     let p = ElementwiseParams::over("silu", x)?;
-    let out = gpu.empty(x.shape())?;
+    let out = gpu.empty_typed(x.shape(), x.dtype())?;
     launch(gpu, Entry::Unary(UnaryOp::Silu), &p, &[x], &out)?;
     Ok(out)
 }
@@ -135,7 +179,7 @@ pub fn affine(gpu: &Gpu, x: &Tensor, alpha: f32, beta: f32) -> Result<Tensor> {
         beta,
         ..ElementwiseParams::over("affine", x)?
     };
-    let out = gpu.empty(x.shape())?;
+    let out = gpu.empty_typed(x.shape(), x.dtype())?;
     launch(gpu, Entry::Unary(UnaryOp::Affine), &p, &[x], &out)?;
     Ok(out)
 }
@@ -148,7 +192,7 @@ pub fn lincomb(gpu: &Gpu, alpha: f32, a: &Tensor, beta: f32, b: &Tensor) -> Resu
         beta,
         ..ElementwiseParams::over("lincomb", a)?
     };
-    let out = gpu.empty(a.shape())?;
+    let out = gpu.empty_typed(a.shape(), a.dtype())?;
     launch(gpu, Entry::Binary(BinaryOp::Lincomb), &p, &[a, b], &out)?;
     Ok(out)
 }
@@ -184,7 +228,7 @@ pub fn broadcast_lincomb(
         beta,
         ..ElementwiseParams::over(OP, b)?
     };
-    let out = gpu.empty(b.shape())?;
+    let out = gpu.empty_typed(b.shape(), b.dtype())?;
     launch(gpu, Entry::BroadcastLincomb, &p, &[a, b], &out)?;
     Ok(out)
 }
@@ -207,7 +251,7 @@ pub fn repeat_batch(gpu: &Gpu, x: &Tensor, copies: usize) -> Result<Tensor> {
 pub fn mul(gpu: &Gpu, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     same_shape("mul", a, b)?;
     let p = ElementwiseParams::over("mul", a)?;
-    let out = gpu.empty(a.shape())?;
+    let out = gpu.empty_typed(a.shape(), a.dtype())?;
     launch(gpu, Entry::Binary(BinaryOp::Mul), &p, &[a, b], &out)?;
     Ok(out)
 }
@@ -233,7 +277,7 @@ fn channel_op(
         outer: checked_u32(name, "outer", v.numel())?,
         ..ElementwiseParams::over(name, x)?
     };
-    let out = gpu.empty(x.shape())?;
+    let out = gpu.empty_typed(x.shape(), x.dtype())?;
     let entry = match (h * w) % 4 {
         0 => Entry::Channel4(op),
         _ => Entry::Channel(op),
@@ -264,7 +308,7 @@ pub fn scale_shift(gpu: &Gpu, x: &Tensor, emb: &Tensor) -> Result<Tensor> {
         outer: checked_u32(OP, "outer", c)?,
         ..ElementwiseParams::over(OP, x)?
     };
-    let out = gpu.empty(x.shape())?;
+    let out = gpu.empty_typed(x.shape(), x.dtype())?;
     launch(gpu, Entry::ScaleShift, &p, &[x, emb], &out)?;
     Ok(out)
 }
@@ -286,7 +330,7 @@ pub fn concat_channels(gpu: &Gpu, parts: &[&Tensor]) -> Result<Tensor> {
         })?;
         c_total += tc;
     }
-    let out = gpu.empty(&[b, c_total, h, w])?;
+    let out = gpu.empty_typed(&[b, c_total, h, w], parts[0].dtype())?;
     let u = |what, v| checked_u32(OP, what, v);
     let mut offset = 0;
     for t in parts {
@@ -317,7 +361,7 @@ pub fn transpose_last2(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
         outer: checked_u32(OP, "outer", r)?,
         ..ElementwiseParams::over(OP, x)?
     };
-    let out = gpu.empty(&[b, c, r])?;
+    let out = gpu.empty_typed(&[b, c, r], x.dtype())?;
     launch(gpu, Entry::Transpose, &p, &[x], &out)?;
     Ok(out)
 }
@@ -331,13 +375,13 @@ fn resample(gpu: &Gpu, entry: &'static str, x: &Tensor, out_hw: (usize, usize)) 
         h_in: u("h_in", h)?,
         w_in: u("w_in", w)?,
     };
-    let out = gpu.empty(&[b, c, out_hw.0, out_hw.1])?;
+    let out = gpu.empty_typed(&[b, c, out_hw.0, out_hw.1], x.dtype())?;
     // Upsampling an even width writes whole vec4s: four outputs per invocation.
     let (entry, invocations) = match (entry, w % 2) {
         ("upsample_nearest2x", 0) => ("upsample_nearest2x_4", total / 4),
         _ => (entry, total),
     };
-    let kernel = Kernel::new(&shaders::RESAMPLE, entry);
+    let kernel = Kernel::new(&shaders::RESAMPLE, entry).half(x.dtype() == DType::F16);
     gpu.dispatch(&kernel, &p, &[x], &[&out], gpu.grid_1d(invocations))?;
     Ok(out)
 }

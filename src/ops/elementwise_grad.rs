@@ -3,7 +3,7 @@
 
 use super::{avg_pool2x, dims, ensure};
 use crate::error::Result;
-use crate::gpu::{checked_u32, kernel_params, shaders, Gpu, Kernel, Tensor};
+use crate::gpu::{checked_u32, kernel_params, shaders, DType, Gpu, Kernel, Tensor};
 
 kernel_params! {
     pub(super) struct ElementwiseGradParams for ELEMENTWISE_GRAD::Params {
@@ -22,7 +22,11 @@ fn launch(
     inputs: &[&Tensor],
     out: &Tensor,
 ) -> Result<()> {
-    let kernel = Kernel::new(&shaders::ELEMENTWISE_GRAD, entry);
+    // Only slice_channels has `act` bindings (the forward slices f16 activations too); every
+    // gradient entry reads f32, and an f16 tensor there is refused by the dispatch.
+    let half = entry == "slice_channels"
+        && super::elementwise::one_dtype(entry, inputs, out)? == DType::F16;
+    let kernel = Kernel::new(&shaders::ELEMENTWISE_GRAD, entry).half(half);
     gpu.dispatch(&kernel, p, inputs, &[out], gpu.grid_1d(out.numel()))
 }
 
@@ -57,7 +61,7 @@ pub fn slice_channels(gpu: &Gpu, x: &Tensor, start: usize, count: usize) -> Resu
         outer: u("outer", c * hw)?,
         offset: u("offset", start * hw)?,
     };
-    let out = gpu.empty(&[b, count, h, w])?;
+    let out = gpu.empty_typed(&[b, count, h, w], x.dtype())?;
     launch(gpu, "slice_channels", &p, &[x], &out)?;
     Ok(out)
 }

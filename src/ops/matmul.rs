@@ -60,7 +60,8 @@ fn check_depth(gpu: &Gpu, k: usize) -> Result<()> {
 
 /// C = A · op(B) (+ bias) over a batch: A (batch, M, K); B (N, K) when `trans_b` else (K, N),
 /// optionally with a leading batch dimension of its own (else shared by all batch items). B may
-/// be f16 (a weight; [`DType::F16`]); the products still accumulate in f32.
+/// be f16 (a weight, or an f16 activation; [`DType::F16`]); A f16 activations make C f16 too (the
+/// half variant); the products accumulate in f32 either way.
 pub(super) fn matmul_impl(
     gpu: &Gpu,
     a: &Tensor,
@@ -70,7 +71,6 @@ pub(super) fn matmul_impl(
 ) -> Result<Tensor> {
     const OP: &str = "matmul";
     let [batch, m, k] = dims::<3>(a, OP, "A")?;
-    a.ensure_f32(OP)?;
     bias.map_or(Ok(()), |t| t.ensure_f32(OP))?;
     let (b_batched, rows, cols) = match b.shape() {
         &[r, c] => (false, r, c),
@@ -127,7 +127,8 @@ pub(super) fn matmul_impl(
     let kernel = Kernel::new(&shaders::MATMUL, entry)
         .flag("TRANS_B", trans_b)
         .flag("HAS_BIAS", bias.is_some())
-        .flag(F16_WEIGHTS, b.dtype() == DType::F16);
+        .flag(F16_WEIGHTS, b.dtype() == DType::F16)
+        .half(a.dtype() == DType::F16);
     let u = |what, v| checked_u32(OP, what, v);
     let params = MatmulParams {
         m: u("m", m)?,
@@ -137,7 +138,7 @@ pub(super) fn matmul_impl(
         batch_stride_b: u("batch_stride_b", if b_batched { n * k } else { 0 })?,
         batch_stride_c: u("batch_stride_c", m * n)?,
     };
-    let out = gpu.empty(&[batch, m, n])?;
+    let out = gpu.empty_typed(&[batch, m, n], a.dtype())?;
     gpu.dispatch(
         &kernel,
         &params,

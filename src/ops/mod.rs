@@ -28,7 +28,8 @@ pub use conv::{conv2d, conv2d_prepared, Conv2dArgs, ConvWeight};
 pub use conv_grad::conv2d_input_grad;
 pub use elementwise::{
     add, add_channel_vec, affine, avg_pool2x, broadcast_lincomb, concat_channels, lincomb, mul,
-    mul_channel_vec, repeat_batch, scale_shift, silu, transpose_last2, upsample_nearest2x,
+    mul_channel_vec, repeat_batch, scale_shift, silu, to_f32, to_half, transpose_last2,
+    upsample_nearest2x,
 };
 pub use elementwise_grad::{silu_grad, slice_channels, upsample_nearest2x_grad};
 pub use embedding::{embedding_lookup, timestep_embedding, timestep_frequencies};
@@ -78,6 +79,16 @@ mod tests {
     use super::elementwise::{BinaryOp, ChannelOp, UnaryOp};
     use super::*;
     use crate::gpu::{shaders, wgsl, Shader, LINEAR_WORKGROUP};
+
+    /// Every `act` read and write typechecks with activations stored as f16 as well as f32.
+    #[test]
+    fn every_shader_parses_in_both_activation_types() {
+        for shader in shaders::ALL {
+            for half in [false, true] {
+                wgsl::parse_variant(shader, half);
+            }
+        }
+    }
 
     #[test]
     fn parameter_structs_mirror_the_wgsl_structs() {

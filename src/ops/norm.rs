@@ -2,7 +2,7 @@
 
 use super::{dims, ensure};
 use crate::error::Result;
-use crate::gpu::{checked_u32, kernel_params, shaders, Gpu, Kernel, KernelClass, Tensor};
+use crate::gpu::{checked_u32, kernel_params, shaders, DType, Gpu, Kernel, KernelClass, Tensor};
 
 kernel_params! {
     pub(super) struct GroupNormParams for GROUP_NORM::Params {
@@ -89,7 +89,9 @@ pub fn group_norm_saving(
     };
 
     let partials = gpu.empty(&[n_groups * splits, 4])?;
-    let stats = Kernel::new(&shaders::GROUP_NORM, "stats");
+    // f16 activations in, f32 statistics, f16 out (the half variant's `act` bindings).
+    let half = x.dtype() == DType::F16;
+    let stats = Kernel::new(&shaders::GROUP_NORM, "stats").half(half);
     let stats = match gpu.kernel_class() {
         KernelClass::Tiled => stats,
         KernelClass::Blocked => stats.with("STATS_WG", BLOCKED_STATS_WG),
@@ -110,13 +112,15 @@ pub fn group_norm_saving(
         [n_groups.div_ceil(FINALIZE_WG), 1, 1],
     )?;
 
-    let out = gpu.empty(x.shape())?;
+    let out = gpu.empty_typed(x.shape(), x.dtype())?;
     // Four elements per invocation where a plane holds whole vec4s.
     let (entry, invocations) = match (h * w) % 4 {
         0 => ("apply4", x.numel() / 4),
         _ => ("apply", x.numel()),
     };
-    let apply = Kernel::new(&shaders::GROUP_NORM, entry).flag("FUSE_SILU", silu);
+    let apply = Kernel::new(&shaders::GROUP_NORM, entry)
+        .flag("FUSE_SILU", silu)
+        .half(half);
     let p = GroupNormParams {
         total: u("total", x.numel())?,
         ..p

@@ -78,6 +78,8 @@ pub struct SampleRequest {
     pub keep_non_finite: bool,
     /// Store the network's conv and linear weights as f16 (`WeightFile::with_f16_weights`).
     pub f16_weights: bool,
+    /// Store the network's activations as f16 (`WeightFile::with_f16_activations`).
+    pub f16_activations: bool,
 }
 
 impl SampleRequest {
@@ -118,6 +120,13 @@ impl SampleRequest {
                 Err(Error::Invalid(
                     "gradient guidance differentiates the network, which needs f32 weights: \
                      drop --f16-weights"
+                        .into(),
+                ))
+            }
+            Some(g) if self.f16_activations && matches!(g.rule, GuidanceRule::Gradient) => {
+                Err(Error::Invalid(
+                    "gradient guidance differentiates the network, whose backward pass reads \
+                     f32 activations: drop --f16-activations"
                         .into(),
                 ))
             }
@@ -179,7 +188,10 @@ impl<'g> SampleJob<'g> {
         if let Some(uc) = &request.uncertainty {
             uc.check_window(scheduler.timesteps.len())?;
         }
-        let model = load_eps_model(gpu, &file.with_f16_weights(request.f16_weights))?;
+        let file = file
+            .with_f16_weights(request.f16_weights)
+            .with_f16_activations(request.f16_activations);
+        let model = load_eps_model(gpu, &file)?;
         check_method(&request, &*model)?;
         let labels = ClassLabels::new(model.num_classes(), request.class)?;
         let sample_shape = model.sample_shape()?;
@@ -429,9 +441,13 @@ fn parameters(
     if let (Some(g), Some(map)) = (guidance, parameters.as_object_mut()) {
         map.insert("guidance".into(), g.describe());
     }
-    // Only f16-weight runs say so, so f32 runs keep their identity (and neither resumes the other).
+    // Only f16-weight and f16-activation runs say so, so f32 runs keep their identity (and
+    // none resumes another).
     if let (true, Some(map)) = (request.f16_weights, parameters.as_object_mut()) {
         map.insert("f16_weights".into(), true.into());
+    }
+    if let (true, Some(map)) = (request.f16_activations, parameters.as_object_mut()) {
+        map.insert("f16_activations".into(), true.into());
     }
     // Renoising runs keep the identity they had before MC-Dropout existed.
     let method = request.uncertainty.as_ref().map(|uc| uc.method);
