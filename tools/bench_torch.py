@@ -11,6 +11,8 @@ shapes, float32 and the same semantics:
     kernels/quantile_b1_2p20_p95 (elements)        torch.quantile(x (1, 2^20), 0.95, dim=1)
     unet_forward/cifar10_b1, cifar10_b8            UNet2DModel of google/ddpm-cifar10-32's
                                                    architecture, random weights, t = 500
+    unet_forward/cifar10_b1_f16act, …_b8_f16act   the same torch work, beside wgsl-diff's forward
+                                                   with f16 activations
     unet_forward/adm64_b1, adm64_b8                openai/guided-diffusion's UNetModel of the released
                                                    64x64 model (random weights, class 207, t = 500),
                                                    imported from --guided-diffusion CHECKOUT (skipped
@@ -217,6 +219,9 @@ def forward_benches(device):
         x = torch.randn((b, 3, 32, 32), generator=gen, device=device)
         t = torch.full((b,), MODEL_TIMESTEP, device=device)
         benches[f"unet_forward/cifar10_b{b}"] = (lambda x=x, t=t: model(x, t).sample)
+        # wgsl-diff's f16-activation forward beside the same torch work (its fp16 column is
+        # the like-for-like one).
+        benches[f"unet_forward/cifar10_b{b}_f16act"] = benches[f"unet_forward/cifar10_b{b}"]
     return benches
 
 
@@ -307,6 +312,8 @@ BENCHES = [
     ("kernels/quantile_b1_2p20_p95 (elements)", kernel_benches),
     ("unet_forward/cifar10_b1", forward_benches),
     ("unet_forward/cifar10_b8", forward_benches),
+    ("unet_forward/cifar10_b1_f16act", forward_benches),
+    ("unet_forward/cifar10_b8_f16act", forward_benches),
     ("unet_forward/adm64_b1", adm_benches),
     ("unet_forward/adm64_b8", adm_benches),
     ("sampling_step_b8/plain", step_benches),
