@@ -2,8 +2,8 @@
 //!
 //! Each op's half variant reads the same values as its f32 variant (the inputs are f16-rounded
 //! first and fed to both) and computes in f32, so its output must be the f32 output (itself held
-//! to the f64 references elsewhere) rounded to f16: within half an f16 ulp, 2^-11 relative. On
-//! both kernel classes. Then the models: the fixture UNets against their float64 PyTorch outputs,
+//! to the f64 references elsewhere) rounded to f16: one of its two f16 neighbours (WGSL leaves
+//! which to the implementation), within 2^-10 relative. On both kernel classes. Then the models: the fixture UNets against their float64 PyTorch outputs,
 //! and the shipped model against its f32 self, with the error stated.
 
 mod common;
@@ -31,8 +31,8 @@ fn pair(g: &Gpu, rng: &mut Rng, shape: &[usize]) -> (Tensor, Tensor) {
     (full, half)
 }
 
-/// `half` (an f16 activation) is `full` rounded to f16: within half an f16 ulp (2^-11 relative,
-/// and 2^-25 absolute below f16's normal range).
+/// `half` (an f16 activation) is `full` rounded to f16, up or down: within one f16 ulp (2^-10
+/// relative, and 2^-24 absolute below f16's normal range).
 fn assert_rounded(g: &Gpu, what: &str, half: &Tensor, full: &Tensor) {
     assert_eq!(half.dtype(), DType::F16, "{what}: output storage");
     assert_eq!(half.shape(), full.shape(), "{what}: shape");
@@ -40,7 +40,7 @@ fn assert_rounded(g: &Gpu, what: &str, half: &Tensor, full: &Tensor) {
     let want = read_from(g, full);
     let mut worst = 0f64;
     for (i, (&h, &f)) in got.iter().zip(&want).enumerate() {
-        let bound = (f.abs() as f64) * 2f64.powi(-11) + 2f64.powi(-25);
+        let bound = (f.abs() as f64) * 2f64.powi(-10) + 2f64.powi(-24);
         let err = (h as f64 - f as f64).abs();
         assert!(
             err <= bound,
@@ -64,14 +64,19 @@ fn conversions_round_to_nearest_and_back_exactly() {
     data.extend([1.0 + 2f32.powi(-11), 3e-6, -6e-8, 65504.0, 70000.0, -0.0]);
     let x = upload_to(g, &data, &[data.len()]);
     let back = read_from(g, &ops::to_f32(g, &ops::to_half(g, &x).unwrap()).unwrap());
-    let want: Vec<f32> = data.iter().map(|&v| f16::from_f32(v).to_f32()).collect();
-    assert_eq!(back.len(), want.len());
-    for (i, (b, w)) in back.iter().zip(&want).enumerate() {
-        assert!(
-            b == w || (b.is_nan() && w.is_nan()),
-            "{i}: {} → {b}, want {w}",
-            data[i]
-        );
+    assert_eq!(back.len(), data.len());
+    // WGSL lets a conversion round to either neighbour: the nearest f16 (lavapipe does) or the
+    // one toward zero (65504 rather than infinity for 70000); f16-exact values come back as is.
+    for (i, (&b, &v)) in back.iter().zip(&data).enumerate() {
+        let nearest = f16::from_f32(v);
+        let toward_zero = match nearest.to_f32().abs() > v.abs() {
+            true => f16::from_bits(nearest.to_bits() - 1),
+            false => nearest,
+        };
+        let ok = [nearest, toward_zero]
+            .iter()
+            .any(|h| h.to_f32().to_bits() == b.to_bits());
+        assert!(ok, "{i}: {v} → {b}, want {nearest} or {toward_zero}");
     }
     let err = ops::add(g, &x, &ops::to_half(g, &x).unwrap()).unwrap_err();
     assert!(err.to_string().contains("f16 activations mix"), "{err}");
@@ -276,7 +281,8 @@ fn fixture_forward(g: &Gpu, name: &str, half: bool) -> (Vec<f32>, Vec<f64>) {
 }
 
 /// The fixture UNets with f16 activations against their float64 PyTorch outputs: f16's 2^-11
-/// rounding at every layer, stated and bounded relative to the output's size.
+/// rounding at every layer, stated and bounded relative to the output's size (measured on
+/// lavapipe: 1.7e-3 to 2.7e-3 over ε up to 1.4–2.2, where f32 activations give ≤ 2.9e-6).
 #[test]
 fn fixture_unets_with_f16_activations_stay_near_float64() {
     for g in gpus() {
@@ -299,7 +305,7 @@ fn fixture_unets_with_f16_activations_stay_near_float64() {
             let (e_half, e_full) = (err(&half), err(&full));
             eprintln!("{name} {:?}: max abs error f16 activations {e_half:.2e}, f32 {e_full:.2e} (|ε| up to {scale:.2})", g.kernel_class());
             assert!(
-                e_half <= 1e-2 * scale,
+                e_half <= 5e-3 * scale,
                 "{name}: f16 activations off by {e_half} (|ε| up to {scale})"
             );
             assert!(
@@ -315,40 +321,47 @@ fn fixture_unets_with_f16_activations_stay_near_float64() {
 fn shipped_model_with_f16_activations_stays_near_f32() {
     let g = gpus()[0];
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/fashion_mnist_ddpm.safetensors");
-    let forward = |half| {
-        let model = load_eps_model(
-            g,
-            &WeightFile::open(&path).unwrap().with_f16_activations(half),
-        )
-        .unwrap();
+    let forward = |half_activations, half_weights| {
+        let file = WeightFile::open(&path)
+            .unwrap()
+            .with_f16_activations(half_activations)
+            .with_f16_weights(half_weights);
+        let model = load_eps_model(g, &file).unwrap();
         let [c, h, w] = model.sample_shape().unwrap();
         let x = Rng::new(163).vec(2 * c * h * w);
         let t = [100.0, 500.0];
-        read_from(
-            g,
-            &model
-                .predict_eps(
-                    g,
-                    &upload_to(g, &x, &[2, c, h, w]),
-                    &upload_to(g, &t, &[2]),
-                    None,
-                )
-                .unwrap(),
-        )
+        let eps = model
+            .predict_eps(
+                g,
+                &upload_to(g, &x, &[2, c, h, w]),
+                &upload_to(g, &t, &[2]),
+                None,
+            )
+            .unwrap();
+        read_from(g, &eps)
     };
-    let (full, half) = (forward(false), forward(true));
-    let max_err = full
-        .iter()
-        .zip(&half)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let full = forward(false, false);
     let max_abs = full.iter().fold(0f32, |m, v| m.max(v.abs()));
-    eprintln!("shipped model, f16 activations vs f32: max abs error {max_err:.3e} (|ε| up to {max_abs:.2})");
-    assert!(
-        max_err <= 1e-2 * max_abs,
-        "{max_err} vs |ε| up to {max_abs}"
-    );
-    assert_ne!(full, half);
+    // f16 activations alone, and with f16 weights (whose own error is 6.0e-4 here,
+    // tests/f16_weights.rs).
+    for (what, half, bound) in [
+        ("f16 activations", forward(true, false), 2e-3),
+        ("f16 activations and weights", forward(true, true), 3e-3),
+    ] {
+        let max_err = full
+            .iter()
+            .zip(&half)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        eprintln!(
+            "shipped model, {what} vs f32: max abs error {max_err:.3e} (|ε| up to {max_abs:.2})"
+        );
+        assert!(
+            max_err <= bound * max_abs,
+            "{what}: {max_err} vs |ε| up to {max_abs}"
+        );
+        assert_ne!(full, half, "{what}");
+    }
 }
 
 /// From the CLI: a run with f16 activations records them in run.json (so it never resumes an

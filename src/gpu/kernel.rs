@@ -410,7 +410,8 @@ impl Gpu {
                 .find(|t| t.dtype() == DType::F16 && !kernel.half))
         {
             return Err(Error::Invalid(format!(
-                "{}::{} takes f32 tensors, got {t:?} (f16 weights are read by conv2d and matmul only)",
+                "{}::{} takes f32 tensors, got {t:?} (f16 weights are read by conv2d and matmul, f16 \
+                 activations by the half variants of the forward's kernels)",
                 kernel.shader.name, kernel.entry
             )));
         }

@@ -136,9 +136,10 @@ impl Drop for Storage {
     }
 }
 
-/// How a tensor's elements are stored. Every op reads and writes f32; F16 holds weights that
-/// only the kernels taking an f16 weight read (conv2d, matmul's B operand: IEEE half values,
-/// element `i` in the low 16 bits of 32-bit word `i / 2` when `i` is even), which
+/// How a tensor's elements are stored: IEEE half values for F16, element `i` in the low 16 bits
+/// of 32-bit word `i / 2` when `i` is even. F16 holds weights, which the kernels taking an f16
+/// weight read (conv2d, matmul's B operand), or activations, which the half variants of the
+/// forward's kernels read and write (`Kernel::half`); everything else reads f32, which
 /// [`Gpu::dispatch`] checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DType {

@@ -217,12 +217,18 @@ impl HeadLayout {
 fn products(gpu: &Gpu, p: &AttentionParams, [q, k, v]: [&Tensor; 3]) -> Result<(Tensor, Tensor)> {
     let layout = HeadLayout::of(q, p.heads as usize);
     let n = layout.n;
-    let (q_h, k_h, v_h) = (
-        layout.split(gpu, q)?,
-        layout.split(gpu, k)?,
-        layout.split(gpu, v)?,
-    );
-    let softmax = Kernel::new(&shaders::ATTENTION, "softmax_rows").half(q.dtype() == DType::F16);
+    let half = q.dtype() == DType::F16;
+    // With f16 activations the scores are stored as f16: Q is scaled first, so what is stored
+    // is the logits (a raw q·k could pass f16's 65504 where the logits do not).
+    let (q_h, softmax_scale) = match half {
+        true => (
+            super::affine(gpu, &layout.split(gpu, q)?, p.scale, 0.0)?,
+            1.0,
+        ),
+        false => (layout.split(gpu, q)?, p.scale),
+    };
+    let (k_h, v_h) = (layout.split(gpu, k)?, layout.split(gpu, v)?);
+    let softmax = Kernel::new(&shaders::ATTENTION, "softmax_rows").half(half);
     let (mut outs, mut lses) = (Vec::new(), Vec::new());
     for group in layout.groups(gpu) {
         let count = group.1;
@@ -232,6 +238,7 @@ fn products(gpu: &Gpu, p: &AttentionParams, [q, k, v]: [&Tensor; 3]) -> Result<(
         let lse = gpu.empty(&[count, n])?;
         let per_pair = AttentionParams {
             batch: checked_u32("attention", "pairs", count)?,
+            scale: softmax_scale,
             ..*p
         };
         let grid = gpu.grid_1d(count * n);

@@ -34,6 +34,9 @@ pub(super) fn split_groups(
     beta: &Tensor,
 ) -> Result<(usize, usize, usize)> {
     let [b, c, h, w] = dims::<4>(x, op, "x")?;
+    // The affine parameters are f32 whatever the activations' storage.
+    gamma.ensure_f32(op)?;
+    beta.ensure_f32(op)?;
     ensure(groups > 0 && c % groups == 0, op, || {
         format!("{c} channels are not divisible into {groups} groups")
     })?;
