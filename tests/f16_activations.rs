@@ -342,6 +342,16 @@ fn shipped_model_with_f16_activations_stays_near_f32() {
     };
     let full = forward(false, false);
     let max_abs = full.iter().fold(0f32, |m, v| m.max(v.abs()));
+    // Half the bytes per activation: twice the batch per binding.
+    let max_batch = |half| {
+        let file = WeightFile::open(&path).unwrap().with_f16_activations(half);
+        load_eps_model(g, &file).unwrap().max_batch(g)
+    };
+    let (half_batch, full_batch) = (max_batch(true), max_batch(false));
+    assert!(
+        (2 * full_batch..=2 * full_batch + 1).contains(&half_batch),
+        "{half_batch} vs {full_batch}"
+    );
     // f16 activations alone, and with f16 weights (whose own error is 6.0e-4 here,
     // tests/f16_weights.rs).
     for (what, half, bound) in [

@@ -494,7 +494,7 @@ impl UNet2DModel {
 
     /// The largest batch whose biggest activation fits one storage binding. The widest tensors
     /// are the up path's concatenations and the attention sequences: at most
-    /// (2·max channels) × H × W values per sample at any level.
+    /// (2·max channels) × H × W values per sample at any level, of 2 bytes with f16 activations.
     pub fn max_batch(&self, gpu: &Gpu) -> usize {
         let side = self.config.sample_size.unwrap_or(1);
         let widest = 2 * self
@@ -504,7 +504,8 @@ impl UNet2DModel {
             .max()
             .copied()
             .unwrap_or(1);
-        let per_sample = (widest * side * side * 4) as u64;
+        let bytes = if self.f16_activations { 2 } else { 4 };
+        let per_sample = (widest * side * side * bytes) as u64;
         (gpu.max_tensor_bytes() / per_sample.max(1)).max(1) as usize
     }
 
