@@ -371,29 +371,38 @@ fn the_pool_reuses_larger_buffers_and_trims_what_stays_idle() {
 /// this architecture and this crate's ops (see the report of issue 13): at the first resnet of
 /// up_blocks.3 (32×32), two skips of 128 channels wait, the joined [x | skip] (384 channels)
 /// feeds norm1 (384) and conv1 (128): 4 × 128 + 2 × 384 + 128 = 1 179 648 values per sample.
-/// About 5 s per sample on lavapipe: run with `--ignored`; prints the figures for B = 1, 2
-/// (every activation scales with B, so B = 64 is 64 times B = 1).
+/// Prints the figures for B = 1, 2 (every activation scales with B, so B = 64 is 64 times
+/// B = 1), with f32 and with f16 activations (2 bytes a value; the sample and ε stay f32). About
+/// 5 s on lavapipe.
 #[test]
-#[ignore]
 fn cifar10_forward_peak_is_its_largest_live_set() {
-    const LARGEST_LIVE_PER_SAMPLE: u64 = 1_179_648 * 4;
+    const LARGEST_LIVE_VALUES_PER_SAMPLE: u64 = 1_179_648;
     let gpu = own_gpu();
-    let unet = model(&gpu, CIFAR10);
+    for half in [false, true] {
+        let unet = model(&gpu, CIFAR10).with_f16_activations(half);
+        let value_bytes = if half { 2 } else { 4 };
+        eprintln!("f16 activations: {half}");
+        check_peak(&gpu, &unet, LARGEST_LIVE_VALUES_PER_SAMPLE * value_bytes);
+    }
+}
+
+fn check_peak(gpu: &Gpu, unet: &UNet2DModel, largest_live_per_sample: u64) {
     gpu.sync().unwrap();
+    gpu.release_free_memory();
     let weights = gpu.memory().live;
     for b in [1, 2] {
-        let x = NoisePlan::new(1).initial(&gpu, &[b, 3, 32, 32], 0).unwrap();
+        let x = NoisePlan::new(1).initial(gpu, &[b, 3, 32, 32], 0).unwrap();
         let t = gpu.upload(&[b], &vec![500.0; b]).unwrap();
         gpu.sync().unwrap();
         gpu.release_free_memory();
         gpu.reset_peak_memory();
         let before = gpu.memory();
-        let y = unet.forward(&gpu, &x, &t, None).unwrap();
+        let y = unet.forward(gpu, &x, &t, None).unwrap();
         gpu.sync().unwrap();
         let m = gpu.memory();
         let activations = m.peak - before.live;
         let held = m.peak_held - before.live;
-        let bound = b as u64 * LARGEST_LIVE_PER_SAMPLE;
+        let bound = b as u64 * largest_live_per_sample;
         eprintln!(
             "B = {b}: weights {weights} B; peak of live activations {activations} B, of buffers \
              held for them {held} B; largest live set {bound} B (ratios {:.4}, {:.4})",
