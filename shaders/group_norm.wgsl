@@ -118,8 +118,9 @@ fn apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
     if i >= p.total {
         return;
     }
-    let c = (i / p.hw) % p.channels;
-    let group = (i / p.hw) / p.channels * p.groups + c / (p.channels / p.groups);
+    let cg = channel_and_group(i / p.hw);
+    let c = cg.x;
+    let group = cg.y;
     let mr = moments_in[group];
     var y = (f32(src[i]) - mr.x) * mr.y * gamma[c] + beta[c];
     if FUSE_SILU {
@@ -141,8 +142,9 @@ fn apply4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
         return;
     }
     let plane = 4u * q / p.hw;
-    let c = plane % p.channels;
-    let group = plane / p.channels * p.groups + c / (p.channels / p.groups);
+    let cg = channel_and_group(plane);
+    let c = cg.x;
+    let group = cg.y;
     let mr = moments_in[group];
     var y = (vec4<f32>(src4[q]) - mr.x) * mr.y * gamma[c] + beta[c];
     if FUSE_SILU {

@@ -34,8 +34,9 @@ override STATS_WG: u32 = WG;
 
 // (g, x̂) of element i.
 fn grad_and_xhat(i: u32) -> vec2<f32> {
-    let c = (i / p.hw) % p.channels;
-    let group = (i / p.hw) / p.channels * p.groups + c / (p.channels / p.groups);
+    let cg = channel_and_group(i / p.hw);
+    let c = cg.x;
+    let group = cg.y;
     let mr = moments[group];
     let xhat = (x[i] - mr.x) * mr.y;
     var g = dy[i];
@@ -105,8 +106,7 @@ fn apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
     if i >= p.total {
         return;
     }
-    let c = (i / p.hw) % p.channels;
-    let group = (i / p.hw) / p.channels * p.groups + c / (p.channels / p.groups);
+    let group = channel_and_group(i / p.hw).y;
     let gx = grad_and_xhat(i);
     let m = means_in[group];
     dx[i] = moments[group].y * (gx.x - m.x - gx.y * m.y);
@@ -125,8 +125,9 @@ fn apply4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
         return;
     }
     let plane = 4u * q / p.hw;
-    let c = plane % p.channels;
-    let group = plane / p.channels * p.groups + c / (p.channels / p.groups);
+    let cg = channel_and_group(plane);
+    let c = cg.x;
+    let group = cg.y;
     let mr = moments[group];
     let xhat = (x4[q] - mr.x) * mr.y;
     var g = dy4[q];

@@ -51,7 +51,7 @@ pub mod shaders {
     use super::Shader;
     shader!(MATMUL, "matmul");
     shader!(CONV2D, "conv2d", with "tiled_gemm");
-    shader!(GROUP_NORM, "group_norm");
+    shader!(GROUP_NORM, "group_norm", with "group_norm_planes");
     shader!(ELEMENTWISE, "elementwise");
     shader!(RESAMPLE, "resample");
     shader!(EMBEDDING, "embedding");
@@ -62,7 +62,7 @@ pub mod shaders {
     shader!(GUIDANCE, "guidance");
     // Input gradients (the UNet's vector-Jacobian product).
     shader!(CONV2D_GRAD, "conv2d_grad", with "tiled_gemm");
-    shader!(GROUP_NORM_GRAD, "group_norm_grad");
+    shader!(GROUP_NORM_GRAD, "group_norm_grad", with "group_norm_planes");
     shader!(ATTENTION_GRAD, "attention_grad");
     shader!(ELEMENTWISE_GRAD, "elementwise_grad");
     shader!(SELECT, "select");

@@ -549,33 +549,25 @@ impl UNet2DModel {
         mut tape: Option<&mut UNetTape>,
     ) -> Result<Tensor> {
         self.check_inputs(sample, timesteps)?;
-        let half = self.f16_activations;
-        if half && tape.is_some() {
+        if self.f16_activations && tape.is_some() {
             return Err(Error::Invalid(
                 "the UNet's backward pass reads f32 activations: f16 activations are for sampling \
                  (not gradient guidance)"
                     .into(),
             ));
         }
-        // The embedding and the sample enter as f32; with f16 activations they are stored as
-        // f16 from here on.
-        let to_act = |t: &Tensor| match half {
-            true => ops::to_half(gpu, t),
-            false => Ok(t.clone()),
-        };
-
         // 1. time (and class) embedding. Every resnet applies SiLU to it first, so that is
         // done once here. It does not depend on the sample: no gradient flows through it.
         let temb_act = {
             let _scope = gpu.scope("time_embedding");
-            let emb = self.embed(gpu, timesteps, class_labels, half)?;
+            let emb = self.embed(gpu, timesteps, class_labels)?;
             ops::silu(gpu, &emb)?
         };
 
         // 2. pre-process
         let mut x = {
             let _scope = gpu.scope("conv_in");
-            self.conv_in.forward(gpu, &to_act(sample)?)?
+            self.conv_in.forward(gpu, &self.to_act(gpu, sample)?)?
         };
 
         // 3. down (each block in its profile scope, named as in diffusers)
@@ -677,24 +669,28 @@ impl UNet2DModel {
     }
 
     /// diffusers' step 1: the time embedding plus, for a class-conditional model, the label's.
-    /// The time (and class) embedding, stored as f16 when `half` (made in f32: the sinusoid
+    /// An f32 tensor entering the network (the sample, the sinusoid, a class row) in the
+    /// activations' storage: f16 with f16 activations, else itself.
+    fn to_act(&self, gpu: &Gpu, t: &Tensor) -> Result<Tensor> {
+        match self.f16_activations {
+            true => ops::to_half(gpu, t),
+            false => Ok(t.clone()),
+        }
+    }
+
+    /// The time (and class) embedding in the activations' storage (made in f32: the sinusoid
     /// and the class table, then converted before the MLP).
     fn embed(
         &self,
         gpu: &Gpu,
         timesteps: &Tensor,
         class_labels: Option<&Tensor>,
-        half: bool,
     ) -> Result<Tensor> {
-        let to_act = |t: Tensor| match half {
-            true => ops::to_half(gpu, &t),
-            false => Ok(t),
-        };
-        let t_emb = to_act(self.time_proj.forward(gpu, timesteps)?)?;
+        let t_emb = self.to_act(gpu, &self.time_proj.forward(gpu, timesteps)?)?;
         let emb = self.time_embedding.forward(gpu, &t_emb)?;
         match (&self.class_embedding, class_labels) {
             (Some(table), Some(labels)) => {
-                ops::add(gpu, &emb, &to_act(table.forward(gpu, labels)?)?)
+                ops::add(gpu, &emb, &self.to_act(gpu, &table.forward(gpu, labels)?)?)
             }
             (Some(_), None) => Err(Error::Invalid(
                 "this model is class-conditional: class labels are required".into(),

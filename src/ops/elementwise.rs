@@ -67,12 +67,9 @@ enum Entry {
 }
 
 impl Entry {
-    fn name(self) -> &'static str {
-        self.kernel().entry
-    }
-
-    fn kernel(self) -> Kernel {
-        let (entry, op) = match self {
+    /// The entry point's name and its `OP` override, where it takes one.
+    fn name_and_op(self) -> (&'static str, Option<u32>) {
+        match self {
             Entry::Unary(op) => ("unary", Some(op as u32)),
             Entry::Binary(op) => ("binary", Some(op as u32)),
             Entry::Channel(op) => ("channel_op", Some(op as u32)),
@@ -82,7 +79,11 @@ impl Entry {
             Entry::CopyChannels => ("copy_channels", None),
             Entry::CopyChannels4 => ("copy_channels4", None),
             Entry::Transpose => ("transpose", None),
-        };
+        }
+    }
+
+    fn kernel(self) -> Kernel {
+        let (entry, op) = self.name_and_op();
         let kernel = Kernel::new(&shaders::ELEMENTWISE, entry);
         match op {
             Some(op) => kernel.with("OP", op),
@@ -116,7 +117,7 @@ fn launch(
     };
     let kernel = entry
         .kernel()
-        .half(one_dtype(entry.name(), inputs, out)? == DType::F16);
+        .half(one_dtype(entry.name_and_op().0, inputs, out)? == DType::F16);
     gpu.dispatch(&kernel, p, inputs, &[out], gpu.grid_1d(invocations))
 }
 
