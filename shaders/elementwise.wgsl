@@ -5,9 +5,12 @@
 
 struct Params {
     total: u32,   // elements to write
-    inner: u32,   // channel_op / scale_shift: HW; copy_channels: C_src·HW; transpose: cols
-    outer: u32,   // channel_op: length of the vector; copy_channels: C_dst·HW; transpose: rows
-    offset: u32,  // copy_channels: first destination channel × HW
+    inner: u32,   // channel_op / scale_shift: HW; copy_channels: C_src·HW;
+                  // slice_channels: C_out·HW; transpose: cols
+    outer: u32,   // channel_op: length of the vector; copy_channels: C_dst·HW;
+                  // slice_channels: C_src·HW; transpose: rows
+    offset: u32,  // copy_channels: first destination channel × HW; slice_channels: first
+                  // source channel × HW
     alpha: f32,
     beta: f32,
 }
@@ -145,6 +148,18 @@ fn copy_channels(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     }
     let b = i / p.inner;
     un_out[b * p.outer + p.offset + i % p.inner] = un_x[i];
+}
+
+// dst (B, C_out, HW) = channels [offset/HW, offset/HW + C_out) of src (B, C_src, HW) with
+// inner = C_out·HW, outer = C_src·HW: copy_channels' adjoint (a channel slice in the forward,
+// the gradient of one part of a concatenation in the backward).
+@compute @workgroup_size(WG)
+fn slice_channels(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_index(gid, nwg);
+    if i >= p.total {
+        return;
+    }
+    un_out[i] = un_x[(i / p.inner) * p.outer + p.offset + i % p.inner];
 }
 
 // (batch, rows, cols) -> (batch, cols, rows): NCHW planes <-> token-major sequences.

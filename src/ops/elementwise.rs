@@ -63,6 +63,7 @@ enum Entry {
     /// `copy_channels` four elements per invocation: source and destination planes of a
     /// multiple of 4 elements.
     CopyChannels4,
+    SliceChannels,
     Transpose,
 }
 
@@ -78,6 +79,7 @@ impl Entry {
             Entry::ScaleShift => ("scale_shift", None),
             Entry::CopyChannels => ("copy_channels", None),
             Entry::CopyChannels4 => ("copy_channels4", None),
+            Entry::SliceChannels => ("slice_channels", None),
             Entry::Transpose => ("transpose", None),
         }
     }
@@ -350,6 +352,28 @@ pub fn concat_channels(gpu: &Gpu, parts: &[&Tensor]) -> Result<Tensor> {
         launch(gpu, entry, &p, &[t], &out)?;
         offset += c;
     }
+    Ok(out)
+}
+
+/// Channels [start, start + count) of x (B, C, H, W): copy_channels' adjoint, so also the
+/// gradient of one part of a [`concat_channels`].
+pub fn slice_channels(gpu: &Gpu, x: &Tensor, start: usize, count: usize) -> Result<Tensor> {
+    const OP: &str = "slice_channels";
+    let [b, c, h, w] = dims::<4>(x, OP, "x")?;
+    ensure(start + count <= c, OP, || {
+        format!("channels {start}..{} of {c}", start + count)
+    })?;
+    let hw = h * w;
+    let u = |what, v| checked_u32(OP, what, v);
+    let p = ElementwiseParams {
+        total: u("total", b * count * hw)?,
+        inner: u("inner", count * hw)?,
+        outer: u("outer", c * hw)?,
+        offset: u("offset", start * hw)?,
+        ..Default::default()
+    };
+    let out = gpu.empty_typed(&[b, count, h, w], x.dtype())?;
+    launch(gpu, Entry::SliceChannels, &p, &[x], &out)?;
     Ok(out)
 }
 

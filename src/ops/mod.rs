@@ -28,10 +28,10 @@ pub use conv::{conv2d, conv2d_prepared, Conv2dArgs, ConvWeight};
 pub use conv_grad::conv2d_input_grad;
 pub use elementwise::{
     add, add_channel_vec, affine, avg_pool2x, broadcast_lincomb, concat_channels, lincomb, mul,
-    mul_channel_vec, repeat_batch, scale_shift, silu, to_f32, to_half, transpose_last2,
-    upsample_nearest2x,
+    mul_channel_vec, repeat_batch, scale_shift, silu, slice_channels, to_f32, to_half,
+    transpose_last2, upsample_nearest2x,
 };
-pub use elementwise_grad::{silu_grad, slice_channels, upsample_nearest2x_grad};
+pub use elementwise_grad::{silu_grad, upsample_nearest2x_grad};
 pub use embedding::{embedding_lookup, timestep_embedding, timestep_frequencies};
 pub use finite::{decode_first_steps, non_finite_flags, record_non_finite, NO_STEP};
 pub use guidance::{gradient_cotangent, masked_update, posterior, sum_copies, MaskedRule};
