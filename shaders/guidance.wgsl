@@ -1,6 +1,6 @@
 // Uncertainty-guided sampling (Algorithm 2 of De Vita & Belagiannis): the per-element statistics
 // of the M predictions at re-noised copies, and the masked update of ε. Copies are stacked
-// copy-major: element i of copy m is at m·total + i. See ALGORITHM.md §3.
+// copy-major: element i of copy m is at m·total + i. See docs/method.md §3.
 
 const WG: u32 = 256u;
 

@@ -151,9 +151,9 @@ EOF
     if want torch; then
         echo "== the same work in PyTorch (float32, float16 autocast), and its activation peak"
         # Without the benches of this call, the table has the PyTorch side only.
-        timed python3 tools/bench_torch.py --device "$torch_device" --criterion-dir /tmp/target/criterion \
-            --json "$results/bench.json" ${bench_filter:+--only kernels/$bench_filter} "${adm[@]}" \
-            --memory "$memory_batch"
+        timed python3 -m tools.bench.bench_torch --device "$torch_device" \
+            --criterion-dir /tmp/target/criterion --json "$results/bench.json" \
+            ${bench_filter:+--only kernels/$bench_filter} "${adm[@]}" --memory "$memory_batch"
         save
     fi
     if want ab && [ -z "${QUICK:-}" ]; then
@@ -176,7 +176,7 @@ EOF
 
     echo "== shipped model, $num samples, 10 DDIM steps: wgsl-diff, then PyTorch/diffusers"
     timed "$bin" sample --num "$num" --batch "$batch" --steps 10 --quiet --out "$results/wgsl"
-    timed python3 tools/sample_torch.py --num "$num" --batch "$batch" --steps 10 \
+    timed python3 -m tools.twin.sample_torch --num "$num" --batch "$batch" --steps 10 \
         --device "$torch_device" --out /tmp/torch_samples
     compare_pngs "$results/wgsl" /tmp/torch_samples
     timed "$bin" eval --real "$test_set" --real-range 0..5000 --fake "$results/wgsl" \
@@ -185,8 +185,8 @@ EOF
     echo "== uncertainty, all steps, M = 5, $uc_num samples: wgsl-diff, then PyTorch"
     timed "$bin" sample --num "$uc_num" --batch "$batch" --steps 10 --uncertainty -M 5 \
         --keep-fraction 0.85 --report --quiet --out "$results/uncertainty"
-    timed python3 tools/sample_torch.py --num "$uc_num" --batch "$batch" --steps 10 --uncertainty \
-        -M 5 --device "$torch_device" --out /tmp/torch_uncertainty
+    timed python3 -m tools.twin.sample_torch --num "$uc_num" --batch "$batch" --steps 10 \
+        --uncertainty -M 5 --device "$torch_device" --out /tmp/torch_uncertainty
     python3 - "$results/uncertainty" /tmp/torch_uncertainty <<'EOF'
 import sys
 from pathlib import Path
@@ -198,7 +198,7 @@ EOF
     for rule in gradient posterior; do
         timed "$bin" sample --num "$uc_num" --batch "$batch" --steps 10 --guidance $rule -M 5 \
             --quiet --out "$results/guided_$rule"
-        timed python3 tools/sample_torch.py --num "$uc_num" --batch "$batch" --steps 10 \
+        timed python3 -m tools.twin.sample_torch --num "$uc_num" --batch "$batch" --steps 10 \
             --guidance $rule -M 5 --device "$torch_device" --out /tmp/torch_guided_$rule
         compare_pngs "$results/guided_$rule" /tmp/torch_guided_$rule
     done

@@ -1,0 +1,25 @@
+"""Float64 reference helpers shared by the fixture makers: float32-exact normal draws, the linear
+β schedule, DDIM "leading" timesteps."""
+
+import torch
+
+NUM_TRAIN_TIMESTEPS = 1000
+BETA_START, BETA_END = 1e-4, 0.02
+
+
+def randn_f32_exact(shape, gen):
+    """float64 normal samples that are exactly representable in float32, so the float32 copy
+    stored in a fixture is the very input the float64 reference used."""
+    return torch.randn(shape, generator=gen, dtype=torch.float32).to(torch.float64)
+
+
+def linear_alphas_cumprod():
+    """abar_t for t = 0 .. T-1 of the linear beta schedule, entirely in float64."""
+    betas = torch.linspace(BETA_START, BETA_END, NUM_TRAIN_TIMESTEPS, dtype=torch.float64)
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def leading_timesteps(num_steps):
+    """DDIM "leading" spacing: (steps-1)*r, ..., r, 0 with r = T // steps (steps_offset 0)."""
+    stride = NUM_TRAIN_TIMESTEPS // num_steps
+    return [k * stride for k in reversed(range(num_steps))]
