@@ -308,70 +308,10 @@ fn conv2d_blocked(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgro
     let ox0 = block.ox0;
     let taps = KH * KW;
     let k_total = p.c_in * taps;
-    var lo0 = vec4<f32>(0.0);
-    var hi0 = vec4<f32>(0.0);
-    var lo1 = vec4<f32>(0.0);
-    var hi1 = vec4<f32>(0.0);
-    var lo2 = vec4<f32>(0.0);
-    var hi2 = vec4<f32>(0.0);
-    var lo3 = vec4<f32>(0.0);
-    var hi3 = vec4<f32>(0.0);
-    var lo4 = vec4<f32>(0.0);
-    var hi4 = vec4<f32>(0.0);
-    var lo5 = vec4<f32>(0.0);
-    var hi5 = vec4<f32>(0.0);
-    var lo6 = vec4<f32>(0.0);
-    var hi6 = vec4<f32>(0.0);
-    var lo7 = vec4<f32>(0.0);
-    var hi7 = vec4<f32>(0.0);
-    var lo8 = vec4<f32>(0.0);
-    var hi8 = vec4<f32>(0.0);
-    var lo9 = vec4<f32>(0.0);
-    var hi9 = vec4<f32>(0.0);
-    var lo10 = vec4<f32>(0.0);
-    var hi10 = vec4<f32>(0.0);
-    var lo11 = vec4<f32>(0.0);
-    var hi11 = vec4<f32>(0.0);
-    var lo12 = vec4<f32>(0.0);
-    var hi12 = vec4<f32>(0.0);
-    var lo13 = vec4<f32>(0.0);
-    var hi13 = vec4<f32>(0.0);
-    var lo14 = vec4<f32>(0.0);
-    var hi14 = vec4<f32>(0.0);
-    var lo15 = vec4<f32>(0.0);
-    var hi15 = vec4<f32>(0.0);
-    var lo16 = vec4<f32>(0.0);
-    var hi16 = vec4<f32>(0.0);
-    var lo17 = vec4<f32>(0.0);
-    var hi17 = vec4<f32>(0.0);
-    var lo18 = vec4<f32>(0.0);
-    var hi18 = vec4<f32>(0.0);
-    var lo19 = vec4<f32>(0.0);
-    var hi19 = vec4<f32>(0.0);
-    var lo20 = vec4<f32>(0.0);
-    var hi20 = vec4<f32>(0.0);
-    var lo21 = vec4<f32>(0.0);
-    var hi21 = vec4<f32>(0.0);
-    var lo22 = vec4<f32>(0.0);
-    var hi22 = vec4<f32>(0.0);
-    var lo23 = vec4<f32>(0.0);
-    var hi23 = vec4<f32>(0.0);
-    var lo24 = vec4<f32>(0.0);
-    var hi24 = vec4<f32>(0.0);
-    var lo25 = vec4<f32>(0.0);
-    var hi25 = vec4<f32>(0.0);
-    var lo26 = vec4<f32>(0.0);
-    var hi26 = vec4<f32>(0.0);
-    var lo27 = vec4<f32>(0.0);
-    var hi27 = vec4<f32>(0.0);
-    var lo28 = vec4<f32>(0.0);
-    var hi28 = vec4<f32>(0.0);
-    var lo29 = vec4<f32>(0.0);
-    var hi29 = vec4<f32>(0.0);
-    var lo30 = vec4<f32>(0.0);
-    var hi30 = vec4<f32>(0.0);
-    var lo31 = vec4<f32>(0.0);
-    var hi31 = vec4<f32>(0.0);
+//#for r in 0..32
+    var lo${r} = vec4<f32>(0.0);
+    var hi${r} = vec4<f32>(0.0);
+//#end
     let iy0 = i32(oy * STRIDE) - i32(PAD_Y);
     let ix0 = i32(ox0 * STRIDE) - i32(PAD_X);
     for (var ci = 0u; ci < p.c_in; ci++) {
@@ -397,79 +337,21 @@ fn conv2d_blocked(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgro
                     xh = gather4(plane, iy0 + i32(ky), ix0 + i32(kx + 4u * STRIDE));
                 }
                 let k = ci * taps + ky * KW + kx;
-                let wq0 = weights4(k, co0 + 0u, k_total);
-                lo0 += wq0.x * xl;
-                hi0 += wq0.x * xh;
-                lo1 += wq0.y * xl;
-                hi1 += wq0.y * xh;
-                lo2 += wq0.z * xl;
-                hi2 += wq0.z * xh;
-                lo3 += wq0.w * xl;
-                hi3 += wq0.w * xh;
-                let wq1 = weights4(k, co0 + 4u, k_total);
-                lo4 += wq1.x * xl;
-                hi4 += wq1.x * xh;
-                lo5 += wq1.y * xl;
-                hi5 += wq1.y * xh;
-                lo6 += wq1.z * xl;
-                hi6 += wq1.z * xh;
-                lo7 += wq1.w * xl;
-                hi7 += wq1.w * xh;
-                let wq2 = weights4(k, co0 + 8u, k_total);
-                lo8 += wq2.x * xl;
-                hi8 += wq2.x * xh;
-                lo9 += wq2.y * xl;
-                hi9 += wq2.y * xh;
-                lo10 += wq2.z * xl;
-                hi10 += wq2.z * xh;
-                lo11 += wq2.w * xl;
-                hi11 += wq2.w * xh;
-                let wq3 = weights4(k, co0 + 12u, k_total);
-                lo12 += wq3.x * xl;
-                hi12 += wq3.x * xh;
-                lo13 += wq3.y * xl;
-                hi13 += wq3.y * xh;
-                lo14 += wq3.z * xl;
-                hi14 += wq3.z * xh;
-                lo15 += wq3.w * xl;
-                hi15 += wq3.w * xh;
+//#for q in 0..4
+                let wq${q} = weights4(k, co0 + ${4*q}u, k_total);
+//#for i in 0..4
+                lo${4*q+i} += wq${q}.${xyzw i} * xl;
+                hi${4*q+i} += wq${q}.${xyzw i} * xh;
+//#end
+//#end
                 if WIDE_BLOCK {
-                    let wq4 = weights4(k, co0 + 16u, k_total);
-                    lo16 += wq4.x * xl;
-                    hi16 += wq4.x * xh;
-                    lo17 += wq4.y * xl;
-                    hi17 += wq4.y * xh;
-                    lo18 += wq4.z * xl;
-                    hi18 += wq4.z * xh;
-                    lo19 += wq4.w * xl;
-                    hi19 += wq4.w * xh;
-                    let wq5 = weights4(k, co0 + 20u, k_total);
-                    lo20 += wq5.x * xl;
-                    hi20 += wq5.x * xh;
-                    lo21 += wq5.y * xl;
-                    hi21 += wq5.y * xh;
-                    lo22 += wq5.z * xl;
-                    hi22 += wq5.z * xh;
-                    lo23 += wq5.w * xl;
-                    hi23 += wq5.w * xh;
-                    let wq6 = weights4(k, co0 + 24u, k_total);
-                    lo24 += wq6.x * xl;
-                    hi24 += wq6.x * xh;
-                    lo25 += wq6.y * xl;
-                    hi25 += wq6.y * xh;
-                    lo26 += wq6.z * xl;
-                    hi26 += wq6.z * xh;
-                    lo27 += wq6.w * xl;
-                    hi27 += wq6.w * xh;
-                    let wq7 = weights4(k, co0 + 28u, k_total);
-                    lo28 += wq7.x * xl;
-                    hi28 += wq7.x * xh;
-                    lo29 += wq7.y * xl;
-                    hi29 += wq7.y * xh;
-                    lo30 += wq7.z * xl;
-                    hi30 += wq7.z * xh;
-                    lo31 += wq7.w * xl;
-                    hi31 += wq7.w * xh;
+//#for q in 4..8
+                    let wq${q} = weights4(k, co0 + ${4*q}u, k_total);
+//#for i in 0..4
+                    lo${4*q+i} += wq${q}.${xyzw i} * xl;
+                    hi${4*q+i} += wq${q}.${xyzw i} * xh;
+//#end
+//#end
                 }
             }
         }
@@ -477,39 +359,13 @@ fn conv2d_blocked(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgro
     if !block.valid {
         return;
     }
-    store_row(b, co0 + 0u, oy, ox0, lo0, hi0);
-    store_row(b, co0 + 1u, oy, ox0, lo1, hi1);
-    store_row(b, co0 + 2u, oy, ox0, lo2, hi2);
-    store_row(b, co0 + 3u, oy, ox0, lo3, hi3);
-    store_row(b, co0 + 4u, oy, ox0, lo4, hi4);
-    store_row(b, co0 + 5u, oy, ox0, lo5, hi5);
-    store_row(b, co0 + 6u, oy, ox0, lo6, hi6);
-    store_row(b, co0 + 7u, oy, ox0, lo7, hi7);
-    store_row(b, co0 + 8u, oy, ox0, lo8, hi8);
-    store_row(b, co0 + 9u, oy, ox0, lo9, hi9);
-    store_row(b, co0 + 10u, oy, ox0, lo10, hi10);
-    store_row(b, co0 + 11u, oy, ox0, lo11, hi11);
-    store_row(b, co0 + 12u, oy, ox0, lo12, hi12);
-    store_row(b, co0 + 13u, oy, ox0, lo13, hi13);
-    store_row(b, co0 + 14u, oy, ox0, lo14, hi14);
-    store_row(b, co0 + 15u, oy, ox0, lo15, hi15);
+//#for r in 0..16
+    store_row(b, co0 + ${r}u, oy, ox0, lo${r}, hi${r});
+//#end
     if WIDE_BLOCK {
-        store_row(b, co0 + 16u, oy, ox0, lo16, hi16);
-        store_row(b, co0 + 17u, oy, ox0, lo17, hi17);
-        store_row(b, co0 + 18u, oy, ox0, lo18, hi18);
-        store_row(b, co0 + 19u, oy, ox0, lo19, hi19);
-        store_row(b, co0 + 20u, oy, ox0, lo20, hi20);
-        store_row(b, co0 + 21u, oy, ox0, lo21, hi21);
-        store_row(b, co0 + 22u, oy, ox0, lo22, hi22);
-        store_row(b, co0 + 23u, oy, ox0, lo23, hi23);
-        store_row(b, co0 + 24u, oy, ox0, lo24, hi24);
-        store_row(b, co0 + 25u, oy, ox0, lo25, hi25);
-        store_row(b, co0 + 26u, oy, ox0, lo26, hi26);
-        store_row(b, co0 + 27u, oy, ox0, lo27, hi27);
-        store_row(b, co0 + 28u, oy, ox0, lo28, hi28);
-        store_row(b, co0 + 29u, oy, ox0, lo29, hi29);
-        store_row(b, co0 + 30u, oy, ox0, lo30, hi30);
-        store_row(b, co0 + 31u, oy, ox0, lo31, hi31);
+//#for r in 16..32
+        store_row(b, co0 + ${r}u, oy, ox0, lo${r}, hi${r});
+//#end
     }
 }
 
@@ -538,70 +394,11 @@ fn conv2d_blocked_row16(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(w
     let ox0 = block.ox0;
     let taps = KH * KW;
     let k_total = p.c_in * taps;
-    var a0_0 = vec4<f32>(0.0);
-    var a0_1 = vec4<f32>(0.0);
-    var a0_2 = vec4<f32>(0.0);
-    var a0_3 = vec4<f32>(0.0);
-    var a1_0 = vec4<f32>(0.0);
-    var a1_1 = vec4<f32>(0.0);
-    var a1_2 = vec4<f32>(0.0);
-    var a1_3 = vec4<f32>(0.0);
-    var a2_0 = vec4<f32>(0.0);
-    var a2_1 = vec4<f32>(0.0);
-    var a2_2 = vec4<f32>(0.0);
-    var a2_3 = vec4<f32>(0.0);
-    var a3_0 = vec4<f32>(0.0);
-    var a3_1 = vec4<f32>(0.0);
-    var a3_2 = vec4<f32>(0.0);
-    var a3_3 = vec4<f32>(0.0);
-    var a4_0 = vec4<f32>(0.0);
-    var a4_1 = vec4<f32>(0.0);
-    var a4_2 = vec4<f32>(0.0);
-    var a4_3 = vec4<f32>(0.0);
-    var a5_0 = vec4<f32>(0.0);
-    var a5_1 = vec4<f32>(0.0);
-    var a5_2 = vec4<f32>(0.0);
-    var a5_3 = vec4<f32>(0.0);
-    var a6_0 = vec4<f32>(0.0);
-    var a6_1 = vec4<f32>(0.0);
-    var a6_2 = vec4<f32>(0.0);
-    var a6_3 = vec4<f32>(0.0);
-    var a7_0 = vec4<f32>(0.0);
-    var a7_1 = vec4<f32>(0.0);
-    var a7_2 = vec4<f32>(0.0);
-    var a7_3 = vec4<f32>(0.0);
-    var a8_0 = vec4<f32>(0.0);
-    var a8_1 = vec4<f32>(0.0);
-    var a8_2 = vec4<f32>(0.0);
-    var a8_3 = vec4<f32>(0.0);
-    var a9_0 = vec4<f32>(0.0);
-    var a9_1 = vec4<f32>(0.0);
-    var a9_2 = vec4<f32>(0.0);
-    var a9_3 = vec4<f32>(0.0);
-    var a10_0 = vec4<f32>(0.0);
-    var a10_1 = vec4<f32>(0.0);
-    var a10_2 = vec4<f32>(0.0);
-    var a10_3 = vec4<f32>(0.0);
-    var a11_0 = vec4<f32>(0.0);
-    var a11_1 = vec4<f32>(0.0);
-    var a11_2 = vec4<f32>(0.0);
-    var a11_3 = vec4<f32>(0.0);
-    var a12_0 = vec4<f32>(0.0);
-    var a12_1 = vec4<f32>(0.0);
-    var a12_2 = vec4<f32>(0.0);
-    var a12_3 = vec4<f32>(0.0);
-    var a13_0 = vec4<f32>(0.0);
-    var a13_1 = vec4<f32>(0.0);
-    var a13_2 = vec4<f32>(0.0);
-    var a13_3 = vec4<f32>(0.0);
-    var a14_0 = vec4<f32>(0.0);
-    var a14_1 = vec4<f32>(0.0);
-    var a14_2 = vec4<f32>(0.0);
-    var a14_3 = vec4<f32>(0.0);
-    var a15_0 = vec4<f32>(0.0);
-    var a15_1 = vec4<f32>(0.0);
-    var a15_2 = vec4<f32>(0.0);
-    var a15_3 = vec4<f32>(0.0);
+//#for r in 0..16
+//#for j in 0..4
+    var a${r}_${j} = vec4<f32>(0.0);
+//#end
+//#end
     let iy0 = i32(oy * STRIDE) - i32(PAD_Y);
     for (var ci = 0u; ci < p.c_in; ci++) {
         let plane = (b * p.c_in + ci) * p.h * p.w;
@@ -620,110 +417,22 @@ fn conv2d_blocked_row16(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(w
                 let x2 = window4(in2, in3, in4, s);
                 let x3 = window4(in3, in4, in5, s);
                 let k = ci * taps + ky * KW + kx;
-                let wq0 = weights4(k, co0 + 0u, k_total);
-                a0_0 += wq0.x * x0;
-                a0_1 += wq0.x * x1;
-                a0_2 += wq0.x * x2;
-                a0_3 += wq0.x * x3;
-                a1_0 += wq0.y * x0;
-                a1_1 += wq0.y * x1;
-                a1_2 += wq0.y * x2;
-                a1_3 += wq0.y * x3;
-                a2_0 += wq0.z * x0;
-                a2_1 += wq0.z * x1;
-                a2_2 += wq0.z * x2;
-                a2_3 += wq0.z * x3;
-                a3_0 += wq0.w * x0;
-                a3_1 += wq0.w * x1;
-                a3_2 += wq0.w * x2;
-                a3_3 += wq0.w * x3;
-                let wq1 = weights4(k, co0 + 4u, k_total);
-                a4_0 += wq1.x * x0;
-                a4_1 += wq1.x * x1;
-                a4_2 += wq1.x * x2;
-                a4_3 += wq1.x * x3;
-                a5_0 += wq1.y * x0;
-                a5_1 += wq1.y * x1;
-                a5_2 += wq1.y * x2;
-                a5_3 += wq1.y * x3;
-                a6_0 += wq1.z * x0;
-                a6_1 += wq1.z * x1;
-                a6_2 += wq1.z * x2;
-                a6_3 += wq1.z * x3;
-                a7_0 += wq1.w * x0;
-                a7_1 += wq1.w * x1;
-                a7_2 += wq1.w * x2;
-                a7_3 += wq1.w * x3;
-                let wq2 = weights4(k, co0 + 8u, k_total);
-                a8_0 += wq2.x * x0;
-                a8_1 += wq2.x * x1;
-                a8_2 += wq2.x * x2;
-                a8_3 += wq2.x * x3;
-                a9_0 += wq2.y * x0;
-                a9_1 += wq2.y * x1;
-                a9_2 += wq2.y * x2;
-                a9_3 += wq2.y * x3;
-                a10_0 += wq2.z * x0;
-                a10_1 += wq2.z * x1;
-                a10_2 += wq2.z * x2;
-                a10_3 += wq2.z * x3;
-                a11_0 += wq2.w * x0;
-                a11_1 += wq2.w * x1;
-                a11_2 += wq2.w * x2;
-                a11_3 += wq2.w * x3;
-                let wq3 = weights4(k, co0 + 12u, k_total);
-                a12_0 += wq3.x * x0;
-                a12_1 += wq3.x * x1;
-                a12_2 += wq3.x * x2;
-                a12_3 += wq3.x * x3;
-                a13_0 += wq3.y * x0;
-                a13_1 += wq3.y * x1;
-                a13_2 += wq3.y * x2;
-                a13_3 += wq3.y * x3;
-                a14_0 += wq3.z * x0;
-                a14_1 += wq3.z * x1;
-                a14_2 += wq3.z * x2;
-                a14_3 += wq3.z * x3;
-                a15_0 += wq3.w * x0;
-                a15_1 += wq3.w * x1;
-                a15_2 += wq3.w * x2;
-                a15_3 += wq3.w * x3;
+//#for q in 0..4
+                let wq${q} = weights4(k, co0 + ${4*q}u, k_total);
+//#for i in 0..4
+//#for j in 0..4
+                a${4*q+i}_${j} += wq${q}.${xyzw i} * x${j};
+//#end
+//#end
+//#end
             }
         }
     }
     if !block.valid {
         return;
     }
-    store_row(b, co0 + 0u, oy, ox0, a0_0, a0_1);
-    store_row(b, co0 + 0u, oy, ox0 + 8u, a0_2, a0_3);
-    store_row(b, co0 + 1u, oy, ox0, a1_0, a1_1);
-    store_row(b, co0 + 1u, oy, ox0 + 8u, a1_2, a1_3);
-    store_row(b, co0 + 2u, oy, ox0, a2_0, a2_1);
-    store_row(b, co0 + 2u, oy, ox0 + 8u, a2_2, a2_3);
-    store_row(b, co0 + 3u, oy, ox0, a3_0, a3_1);
-    store_row(b, co0 + 3u, oy, ox0 + 8u, a3_2, a3_3);
-    store_row(b, co0 + 4u, oy, ox0, a4_0, a4_1);
-    store_row(b, co0 + 4u, oy, ox0 + 8u, a4_2, a4_3);
-    store_row(b, co0 + 5u, oy, ox0, a5_0, a5_1);
-    store_row(b, co0 + 5u, oy, ox0 + 8u, a5_2, a5_3);
-    store_row(b, co0 + 6u, oy, ox0, a6_0, a6_1);
-    store_row(b, co0 + 6u, oy, ox0 + 8u, a6_2, a6_3);
-    store_row(b, co0 + 7u, oy, ox0, a7_0, a7_1);
-    store_row(b, co0 + 7u, oy, ox0 + 8u, a7_2, a7_3);
-    store_row(b, co0 + 8u, oy, ox0, a8_0, a8_1);
-    store_row(b, co0 + 8u, oy, ox0 + 8u, a8_2, a8_3);
-    store_row(b, co0 + 9u, oy, ox0, a9_0, a9_1);
-    store_row(b, co0 + 9u, oy, ox0 + 8u, a9_2, a9_3);
-    store_row(b, co0 + 10u, oy, ox0, a10_0, a10_1);
-    store_row(b, co0 + 10u, oy, ox0 + 8u, a10_2, a10_3);
-    store_row(b, co0 + 11u, oy, ox0, a11_0, a11_1);
-    store_row(b, co0 + 11u, oy, ox0 + 8u, a11_2, a11_3);
-    store_row(b, co0 + 12u, oy, ox0, a12_0, a12_1);
-    store_row(b, co0 + 12u, oy, ox0 + 8u, a12_2, a12_3);
-    store_row(b, co0 + 13u, oy, ox0, a13_0, a13_1);
-    store_row(b, co0 + 13u, oy, ox0 + 8u, a13_2, a13_3);
-    store_row(b, co0 + 14u, oy, ox0, a14_0, a14_1);
-    store_row(b, co0 + 14u, oy, ox0 + 8u, a14_2, a14_3);
-    store_row(b, co0 + 15u, oy, ox0, a15_0, a15_1);
-    store_row(b, co0 + 15u, oy, ox0 + 8u, a15_2, a15_3);
+//#for r in 0..16
+    store_row(b, co0 + ${r}u, oy, ox0, a${r}_0, a${r}_1);
+    store_row(b, co0 + ${r}u, oy, ox0 + 8u, a${r}_2, a${r}_3);
+//#end
 }

@@ -44,7 +44,7 @@ fn unary(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
     }
     let v = f32(un_x[i]);
     switch OP {
-        case UNARY_SILU: { un_out[i] = act(v / (1.0 + exp(-v))); }
+        case UNARY_SILU: { un_out[i] = act(silu(v)); }
         case UNARY_AFFINE, default: { un_out[i] = act(p.alpha * v + p.beta); }
     }
 }

@@ -24,7 +24,5 @@ fn silu_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     if i >= p.total {
         return;
     }
-    let v = z[i];
-    let s = 1.0 / (1.0 + exp(-v));
-    dx[i] = dy[i] * s * (1.0 + v * (1.0 - s));
+    dx[i] = dy[i] * silu_derivative(z[i]);
 }

@@ -124,7 +124,7 @@ fn apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
     let mr = moments_in[group];
     var y = (f32(src[i]) - mr.x) * mr.y * gamma[c] + beta[c];
     if FUSE_SILU {
-        y = y / (1.0 + exp(-y));
+        y = silu(y);
     }
     dst[i] = act(y);
 }
@@ -148,7 +148,7 @@ fn apply4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     let mr = moments_in[group];
     var y = (vec4<f32>(src4[q]) - mr.x) * mr.y * gamma[c] + beta[c];
     if FUSE_SILU {
-        y = y / (1.0 + exp(-y));
+        y = silu4(y);
     }
     dst4[q] = act4(y);
 }

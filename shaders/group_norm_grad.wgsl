@@ -41,9 +41,7 @@ fn grad_and_xhat(i: u32) -> vec2<f32> {
     let xhat = (x[i] - mr.x) * mr.y;
     var g = dy[i];
     if FUSE_SILU {
-        let z = xhat * gamma[c] + beta[c];
-        let s = 1.0 / (1.0 + exp(-z));
-        g *= s * (1.0 + z * (1.0 - s));
+        g *= silu_derivative(xhat * gamma[c] + beta[c]);
     }
     return vec2<f32>(g * gamma[c], xhat);
 }
@@ -132,9 +130,7 @@ fn apply4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     let xhat = (x4[q] - mr.x) * mr.y;
     var g = dy4[q];
     if FUSE_SILU {
-        let z = xhat * gamma[c] + beta[c];
-        let s = 1.0 / (1.0 + exp(-z));
-        g *= s * (1.0 + z * (1.0 - s));
+        g *= silu_derivative4(xhat * gamma[c] + beta[c]);
     }
     let m = means_in[group];
     dx4[q] = mr.y * (g * gamma[c] - m.x - xhat * m.y);

@@ -241,125 +241,28 @@ fn matmul_blocked(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgro
     let base_b = wid.z * p.batch_stride_b;
     // Rows of A; rows past M repeat the last one and are not stored.
     let last = p.m - 1u;
-    let a0 = base_a + min(m0 + 0u, last) * p.k;
-    let a1 = base_a + min(m0 + 1u, last) * p.k;
-    let a2 = base_a + min(m0 + 2u, last) * p.k;
-    let a3 = base_a + min(m0 + 3u, last) * p.k;
-    let a4 = base_a + min(m0 + 4u, last) * p.k;
-    let a5 = base_a + min(m0 + 5u, last) * p.k;
-    let a6 = base_a + min(m0 + 6u, last) * p.k;
-    let a7 = base_a + min(m0 + 7u, last) * p.k;
-    let a8 = base_a + min(m0 + 8u, last) * p.k;
-    let a9 = base_a + min(m0 + 9u, last) * p.k;
-    let a10 = base_a + min(m0 + 10u, last) * p.k;
-    let a11 = base_a + min(m0 + 11u, last) * p.k;
-    let a12 = base_a + min(m0 + 12u, last) * p.k;
-    let a13 = base_a + min(m0 + 13u, last) * p.k;
-    let a14 = base_a + min(m0 + 14u, last) * p.k;
-    let a15 = base_a + min(m0 + 15u, last) * p.k;
-    var lo0 = vec4<f32>(0.0);
-    var hi0 = vec4<f32>(0.0);
-    var lo1 = vec4<f32>(0.0);
-    var hi1 = vec4<f32>(0.0);
-    var lo2 = vec4<f32>(0.0);
-    var hi2 = vec4<f32>(0.0);
-    var lo3 = vec4<f32>(0.0);
-    var hi3 = vec4<f32>(0.0);
-    var lo4 = vec4<f32>(0.0);
-    var hi4 = vec4<f32>(0.0);
-    var lo5 = vec4<f32>(0.0);
-    var hi5 = vec4<f32>(0.0);
-    var lo6 = vec4<f32>(0.0);
-    var hi6 = vec4<f32>(0.0);
-    var lo7 = vec4<f32>(0.0);
-    var hi7 = vec4<f32>(0.0);
-    var lo8 = vec4<f32>(0.0);
-    var hi8 = vec4<f32>(0.0);
-    var lo9 = vec4<f32>(0.0);
-    var hi9 = vec4<f32>(0.0);
-    var lo10 = vec4<f32>(0.0);
-    var hi10 = vec4<f32>(0.0);
-    var lo11 = vec4<f32>(0.0);
-    var hi11 = vec4<f32>(0.0);
-    var lo12 = vec4<f32>(0.0);
-    var hi12 = vec4<f32>(0.0);
-    var lo13 = vec4<f32>(0.0);
-    var hi13 = vec4<f32>(0.0);
-    var lo14 = vec4<f32>(0.0);
-    var hi14 = vec4<f32>(0.0);
-    var lo15 = vec4<f32>(0.0);
-    var hi15 = vec4<f32>(0.0);
+//#for r in 0..16
+    let a${r} = base_a + min(m0 + ${r}u, last) * p.k;
+//#end
+//#for r in 0..16
+    var lo${r} = vec4<f32>(0.0);
+    var hi${r} = vec4<f32>(0.0);
+//#end
     for (var kk = 0u; kk < p.k; kk++) {
         let bl = vec4<f32>(b_at(base_b, kk, col0), b_at(base_b, kk, col0 + 1u),
                            b_at(base_b, kk, col0 + 2u), b_at(base_b, kk, col0 + 3u));
         let bh = vec4<f32>(b_at(base_b, kk, col0 + 4u), b_at(base_b, kk, col0 + 5u),
                            b_at(base_b, kk, col0 + 6u), b_at(base_b, kk, col0 + 7u));
-        let v0 = f32(a[a0 + kk]);
-        lo0 += v0 * bl;
-        hi0 += v0 * bh;
-        let v1 = f32(a[a1 + kk]);
-        lo1 += v1 * bl;
-        hi1 += v1 * bh;
-        let v2 = f32(a[a2 + kk]);
-        lo2 += v2 * bl;
-        hi2 += v2 * bh;
-        let v3 = f32(a[a3 + kk]);
-        lo3 += v3 * bl;
-        hi3 += v3 * bh;
-        let v4 = f32(a[a4 + kk]);
-        lo4 += v4 * bl;
-        hi4 += v4 * bh;
-        let v5 = f32(a[a5 + kk]);
-        lo5 += v5 * bl;
-        hi5 += v5 * bh;
-        let v6 = f32(a[a6 + kk]);
-        lo6 += v6 * bl;
-        hi6 += v6 * bh;
-        let v7 = f32(a[a7 + kk]);
-        lo7 += v7 * bl;
-        hi7 += v7 * bh;
-        let v8 = f32(a[a8 + kk]);
-        lo8 += v8 * bl;
-        hi8 += v8 * bh;
-        let v9 = f32(a[a9 + kk]);
-        lo9 += v9 * bl;
-        hi9 += v9 * bh;
-        let v10 = f32(a[a10 + kk]);
-        lo10 += v10 * bl;
-        hi10 += v10 * bh;
-        let v11 = f32(a[a11 + kk]);
-        lo11 += v11 * bl;
-        hi11 += v11 * bh;
-        let v12 = f32(a[a12 + kk]);
-        lo12 += v12 * bl;
-        hi12 += v12 * bh;
-        let v13 = f32(a[a13 + kk]);
-        lo13 += v13 * bl;
-        hi13 += v13 * bh;
-        let v14 = f32(a[a14 + kk]);
-        lo14 += v14 * bl;
-        hi14 += v14 * bh;
-        let v15 = f32(a[a15 + kk]);
-        lo15 += v15 * bl;
-        hi15 += v15 * bh;
+//#for r in 0..16
+        let v${r} = f32(a[a${r} + kk]);
+        lo${r} += v${r} * bl;
+        hi${r} += v${r} * bh;
+//#end
     }
     let base_c = wid.z * p.batch_stride_c;
-    store_row(base_c, m0 + 0u, col0, lo0, hi0);
-    store_row(base_c, m0 + 1u, col0, lo1, hi1);
-    store_row(base_c, m0 + 2u, col0, lo2, hi2);
-    store_row(base_c, m0 + 3u, col0, lo3, hi3);
-    store_row(base_c, m0 + 4u, col0, lo4, hi4);
-    store_row(base_c, m0 + 5u, col0, lo5, hi5);
-    store_row(base_c, m0 + 6u, col0, lo6, hi6);
-    store_row(base_c, m0 + 7u, col0, lo7, hi7);
-    store_row(base_c, m0 + 8u, col0, lo8, hi8);
-    store_row(base_c, m0 + 9u, col0, lo9, hi9);
-    store_row(base_c, m0 + 10u, col0, lo10, hi10);
-    store_row(base_c, m0 + 11u, col0, lo11, hi11);
-    store_row(base_c, m0 + 12u, col0, lo12, hi12);
-    store_row(base_c, m0 + 13u, col0, lo13, hi13);
-    store_row(base_c, m0 + 14u, col0, lo14, hi14);
-    store_row(base_c, m0 + 15u, col0, lo15, hi15);
+//#for r in 0..16
+    store_row(base_c, m0 + ${r}u, col0, lo${r}, hi${r});
+//#end
 }
 
 // ---- matmul_blocked_vec4: matmul_blocked's fast path (B as (K, N), K and N multiples of 4) ----
@@ -406,90 +309,23 @@ fn matmul_blocked_vec4(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(wo
     let base_b4 = wid.z * p.batch_stride_b / 4u;
     let base_c = wid.z * p.batch_stride_c;
     let last = p.m - 1u;
-    let ra0 = base_a4 + min(m0 + 0u, last) * k4s;
-    let ra1 = base_a4 + min(m0 + 1u, last) * k4s;
-    let ra2 = base_a4 + min(m0 + 2u, last) * k4s;
-    let ra3 = base_a4 + min(m0 + 3u, last) * k4s;
-    let ra4 = base_a4 + min(m0 + 4u, last) * k4s;
-    let ra5 = base_a4 + min(m0 + 5u, last) * k4s;
-    let ra6 = base_a4 + min(m0 + 6u, last) * k4s;
-    let ra7 = base_a4 + min(m0 + 7u, last) * k4s;
-    let ra8 = base_a4 + min(m0 + 8u, last) * k4s;
-    let ra9 = base_a4 + min(m0 + 9u, last) * k4s;
-    let ra10 = base_a4 + min(m0 + 10u, last) * k4s;
-    let ra11 = base_a4 + min(m0 + 11u, last) * k4s;
-    let ra12 = base_a4 + min(m0 + 12u, last) * k4s;
-    let ra13 = base_a4 + min(m0 + 13u, last) * k4s;
-    let ra14 = base_a4 + min(m0 + 14u, last) * k4s;
-    let ra15 = base_a4 + min(m0 + 15u, last) * k4s;
-    var c0 = mat4x4<f32>();
-    var c1 = mat4x4<f32>();
-    var c2 = mat4x4<f32>();
-    var c3 = mat4x4<f32>();
-    var c4 = mat4x4<f32>();
-    var c5 = mat4x4<f32>();
-    var c6 = mat4x4<f32>();
-    var c7 = mat4x4<f32>();
-    var c8 = mat4x4<f32>();
-    var c9 = mat4x4<f32>();
-    var c10 = mat4x4<f32>();
-    var c11 = mat4x4<f32>();
-    var c12 = mat4x4<f32>();
-    var c13 = mat4x4<f32>();
-    var c14 = mat4x4<f32>();
-    var c15 = mat4x4<f32>();
+//#for r in 0..16
+    let ra${r} = base_a4 + min(m0 + ${r}u, last) * k4s;
+//#end
+//#for r in 0..16
+    var c${r} = mat4x4<f32>();
+//#end
     for (var k4 = 0u; k4 < k4s; k4++) {
         let b0 = b_rows(base_b4, 4u * k4, col0 / 4u);
         let b1 = b_rows(base_b4, 4u * k4, col0 / 4u + 1u);
         let b2 = b_rows(base_b4, 4u * k4, col0 / 4u + 2u);
         let b3 = b_rows(base_b4, 4u * k4, col0 / 4u + 3u);
-        let v0 = vec4<f32>(a4[ra0 + k4]);
-        c0 += mat4x4<f32>(b0 * v0, b1 * v0, b2 * v0, b3 * v0);
-        let v1 = vec4<f32>(a4[ra1 + k4]);
-        c1 += mat4x4<f32>(b0 * v1, b1 * v1, b2 * v1, b3 * v1);
-        let v2 = vec4<f32>(a4[ra2 + k4]);
-        c2 += mat4x4<f32>(b0 * v2, b1 * v2, b2 * v2, b3 * v2);
-        let v3 = vec4<f32>(a4[ra3 + k4]);
-        c3 += mat4x4<f32>(b0 * v3, b1 * v3, b2 * v3, b3 * v3);
-        let v4 = vec4<f32>(a4[ra4 + k4]);
-        c4 += mat4x4<f32>(b0 * v4, b1 * v4, b2 * v4, b3 * v4);
-        let v5 = vec4<f32>(a4[ra5 + k4]);
-        c5 += mat4x4<f32>(b0 * v5, b1 * v5, b2 * v5, b3 * v5);
-        let v6 = vec4<f32>(a4[ra6 + k4]);
-        c6 += mat4x4<f32>(b0 * v6, b1 * v6, b2 * v6, b3 * v6);
-        let v7 = vec4<f32>(a4[ra7 + k4]);
-        c7 += mat4x4<f32>(b0 * v7, b1 * v7, b2 * v7, b3 * v7);
-        let v8 = vec4<f32>(a4[ra8 + k4]);
-        c8 += mat4x4<f32>(b0 * v8, b1 * v8, b2 * v8, b3 * v8);
-        let v9 = vec4<f32>(a4[ra9 + k4]);
-        c9 += mat4x4<f32>(b0 * v9, b1 * v9, b2 * v9, b3 * v9);
-        let v10 = vec4<f32>(a4[ra10 + k4]);
-        c10 += mat4x4<f32>(b0 * v10, b1 * v10, b2 * v10, b3 * v10);
-        let v11 = vec4<f32>(a4[ra11 + k4]);
-        c11 += mat4x4<f32>(b0 * v11, b1 * v11, b2 * v11, b3 * v11);
-        let v12 = vec4<f32>(a4[ra12 + k4]);
-        c12 += mat4x4<f32>(b0 * v12, b1 * v12, b2 * v12, b3 * v12);
-        let v13 = vec4<f32>(a4[ra13 + k4]);
-        c13 += mat4x4<f32>(b0 * v13, b1 * v13, b2 * v13, b3 * v13);
-        let v14 = vec4<f32>(a4[ra14 + k4]);
-        c14 += mat4x4<f32>(b0 * v14, b1 * v14, b2 * v14, b3 * v14);
-        let v15 = vec4<f32>(a4[ra15 + k4]);
-        c15 += mat4x4<f32>(b0 * v15, b1 * v15, b2 * v15, b3 * v15);
+//#for r in 0..16
+        let v${r} = vec4<f32>(a4[ra${r} + k4]);
+        c${r} += mat4x4<f32>(b0 * v${r}, b1 * v${r}, b2 * v${r}, b3 * v${r});
+//#end
     }
-    store_vec4_row(base_c, m0 + 0u, col0, c0);
-    store_vec4_row(base_c, m0 + 1u, col0, c1);
-    store_vec4_row(base_c, m0 + 2u, col0, c2);
-    store_vec4_row(base_c, m0 + 3u, col0, c3);
-    store_vec4_row(base_c, m0 + 4u, col0, c4);
-    store_vec4_row(base_c, m0 + 5u, col0, c5);
-    store_vec4_row(base_c, m0 + 6u, col0, c6);
-    store_vec4_row(base_c, m0 + 7u, col0, c7);
-    store_vec4_row(base_c, m0 + 8u, col0, c8);
-    store_vec4_row(base_c, m0 + 9u, col0, c9);
-    store_vec4_row(base_c, m0 + 10u, col0, c10);
-    store_vec4_row(base_c, m0 + 11u, col0, c11);
-    store_vec4_row(base_c, m0 + 12u, col0, c12);
-    store_vec4_row(base_c, m0 + 13u, col0, c13);
-    store_vec4_row(base_c, m0 + 14u, col0, c14);
-    store_vec4_row(base_c, m0 + 15u, col0, c15);
+//#for r in 0..16
+    store_vec4_row(base_c, m0 + ${r}u, col0, c${r});
+//#end
 }

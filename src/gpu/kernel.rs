@@ -29,18 +29,19 @@ macro_rules! shader {
     ($ident:ident, $file:literal) => {
         pub const $ident: Shader = Shader {
             name: $file,
-            source: include_str!(concat!("../../shaders/", $file, ".wgsl")),
+            source: include_str!(concat!(env!("OUT_DIR"), "/shaders/", $file, ".wgsl")),
         };
     };
-    // WGSL has no includes: `$shared`'s file is appended to the module (functions that call ones
-    // the file defines, which WGSL allows in any order). Appended, not prepended: with the shared
-    // overrides declared before the file's own, naga 30's override processing panicked.
-    ($ident:ident, $file:literal, with $shared:literal) => {
+    // WGSL has no includes: each listed snippet (`shaders/prelude.wgsl`'s pure helpers, a
+    // GEMM core two families share) is appended to the module, in order; WGSL allows functions
+    // to call ones declared later. Appended, not prepended: with shared overrides declared
+    // before the file's own, naga 30's override processing panicked.
+    ($ident:ident, $file:literal, with [$($shared:literal),+]) => {
         pub const $ident: Shader = Shader {
             name: $file,
             source: concat!(
-                include_str!(concat!("../../shaders/", $file, ".wgsl")),
-                include_str!(concat!("../../shaders/", $shared, ".wgsl"))
+                include_str!(concat!(env!("OUT_DIR"), "/shaders/", $file, ".wgsl")),
+                $(include_str!(concat!(env!("OUT_DIR"), "/shaders/", $shared, ".wgsl"))),+
             ),
         };
     };
@@ -50,9 +51,9 @@ macro_rules! shader {
 pub mod shaders {
     use super::Shader;
     shader!(MATMUL, "matmul");
-    shader!(CONV2D, "conv2d", with "tiled_gemm");
-    shader!(GROUP_NORM, "group_norm", with "group_norm_planes");
-    shader!(ELEMENTWISE, "elementwise");
+    shader!(CONV2D, "conv2d", with["tiled_gemm"]);
+    shader!(GROUP_NORM, "group_norm", with ["group_norm_planes", "prelude"]);
+    shader!(ELEMENTWISE, "elementwise", with["prelude"]);
     shader!(RESAMPLE, "resample");
     shader!(EMBEDDING, "embedding");
     shader!(ATTENTION, "attention");
@@ -61,10 +62,10 @@ pub mod shaders {
     shader!(UNCERTAINTY, "uncertainty");
     shader!(GUIDANCE, "guidance");
     // Input gradients (the UNet's vector-Jacobian product).
-    shader!(CONV2D_GRAD, "conv2d_grad", with "tiled_gemm");
-    shader!(GROUP_NORM_GRAD, "group_norm_grad", with "group_norm_planes");
+    shader!(CONV2D_GRAD, "conv2d_grad", with["tiled_gemm"]);
+    shader!(GROUP_NORM_GRAD, "group_norm_grad", with ["group_norm_planes", "prelude"]);
     shader!(ATTENTION_GRAD, "attention_grad");
-    shader!(ELEMENTWISE_GRAD, "elementwise_grad");
+    shader!(ELEMENTWISE_GRAD, "elementwise_grad", with["prelude"]);
     shader!(SELECT, "select");
     shader!(NOISE_SCALE, "noise_scale");
     shader!(POOL, "pool");

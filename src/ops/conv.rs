@@ -216,6 +216,79 @@ impl ConvWeight {
     }
 }
 
+/// A convolution as the planner sees it: what decides the kernel variant and its grid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvProblem {
+    pub batch: usize,
+    pub c_in: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub h_out: usize,
+    pub w_out: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub pad_x: usize,
+}
+
+/// Which conv2d.wgsl entry runs a problem.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvVariant {
+    /// The tiled implicit GEMM (GPU class): `tile` output channels and pixels per workgroup.
+    Tiled { tile: u32 },
+    /// Register blocks (CPU class): 16 channels (32 when `wide`) × 8 pixels per invocation;
+    /// `aligned` reads the input row window as vec4s.
+    Blocked { aligned: bool, wide: bool },
+    /// 16 channels × 16 pixels per invocation, where every row holds whole blocks.
+    Row16,
+}
+
+/// A planned launch: the variant and its workgroup grid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvLaunch {
+    pub variant: ConvVariant,
+    pub workgroups: [usize; 3],
+}
+
+/// The one place a convolution's kernel variant and grid are chosen, from the device's kernel
+/// class and the problem's shape alone (so it is tested on its own, per class).
+pub fn plan_conv2d(class: KernelClass, p: &ConvProblem) -> ConvLaunch {
+    let pixels = p.batch * p.h_out * p.w_out;
+    match class {
+        KernelClass::Tiled => {
+            let tile = tile_for(p.c_out);
+            ConvLaunch {
+                variant: ConvVariant::Tiled { tile },
+                workgroups: [
+                    pixels.div_ceil(tile as usize),
+                    p.c_out.div_ceil(tile as usize),
+                    1,
+                ],
+            }
+        }
+        KernelClass::Blocked => {
+            // The vec4 window path (see conv2d.wgsl's ALIGNED_ROWS).
+            let aligned =
+                p.stride == 1 && p.w.is_multiple_of(4) && p.pad_x <= 4 && p.kw <= p.pad_x + 5;
+            if aligned && p.w.is_multiple_of(ROW16_PIXELS) {
+                let lanes = p.batch * p.h_out * p.w_out.div_ceil(ROW16_PIXELS);
+                return ConvLaunch {
+                    variant: ConvVariant::Row16,
+                    workgroups: [lanes.div_ceil(BLOCKED_WG), p.c_out.div_ceil(BLOCK_ROWS), 1],
+                };
+            }
+            // 32 channels per invocation where they divide C_out: 9 % faster on the 128→128
+            // bench conv than 16.
+            let wide = p.c_out.is_multiple_of(2 * BLOCK_ROWS);
+            let rows = if wide { 2 * BLOCK_ROWS } else { BLOCK_ROWS };
+            let lanes = p.batch * p.h_out * p.w_out.div_ceil(BLOCK_PIXELS);
+            ConvLaunch {
+                variant: ConvVariant::Blocked { aligned, wide },
+                workgroups: [lanes.div_ceil(BLOCKED_WG), p.c_out.div_ceil(rows), 1],
+            }
+        }
+    }
+}
+
 /// 2-D convolution: x (B, C_in, H, W), weight (C_out, C_in, KH, KW), bias (C_out). The weight
 /// may be f16 ([`DType::F16`]); the products still accumulate in f32. Where the device reads
 /// the weight in another layout this rearranges it on every call; a layer applied many times
@@ -246,44 +319,36 @@ pub fn conv2d_prepared(
     let weight_t = weight.transposed;
     let weight = &weight.tensor;
     let u = |what, v| checked_u32(OP, what, v);
-    let n = b * h_out * w_out;
     let f16 = weight.dtype() == DType::F16;
-    let (kernel, workgroups) = match gpu.kernel_class() {
-        KernelClass::Tiled => {
-            let tile = tile_for(c_out);
-            let groups = [n.div_ceil(tile as usize), c_out.div_ceil(tile as usize), 1];
-            (
-                Kernel::new(&shaders::CONV2D, "conv2d").with("TILE", tile),
-                groups,
-            )
-        }
-        KernelClass::Blocked => {
-            check_depth(gpu, c_in, kh, kw)?;
-            let lanes = b * h_out * w_out.div_ceil(BLOCK_PIXELS);
-            // 32 channels per invocation where they divide C_out (WIDE_BLOCK): 9 % faster on
-            // the 128→128 bench conv than 16.
-            let wide = c_out % (2 * BLOCK_ROWS) == 0;
-            let rows = if wide { 2 * BLOCK_ROWS } else { BLOCK_ROWS };
-            let groups = [lanes.div_ceil(BLOCKED_WG), c_out.div_ceil(rows), 1];
-            // The vec4 window path (see conv2d.wgsl's ALIGNED_ROWS).
-            let (_, pad_x) = args.pad_hw();
-            let aligned = args.stride == 1 && w % 4 == 0 && pad_x <= 4 && kw <= pad_x + 5;
-            if aligned && w % ROW16_PIXELS == 0 {
-                // 16 channels x 16 pixels (conv2d_blocked_row16) where rows hold whole blocks.
-                let lanes = b * h_out * w_out.div_ceil(ROW16_PIXELS);
-                let groups = [lanes.div_ceil(BLOCKED_WG), c_out.div_ceil(BLOCK_ROWS), 1];
-                let kernel = Kernel::new(&shaders::CONV2D, "conv2d_blocked_row16")
-                    .flag("WEIGHT_T", weight_t);
-                (kernel, groups)
-            } else {
-                let kernel = Kernel::new(&shaders::CONV2D, "conv2d_blocked")
-                    .flag("ALIGNED_ROWS", aligned)
-                    .flag("WEIGHT_T", weight_t)
-                    .flag("WIDE_BLOCK", wide);
-                (kernel, groups)
-            }
-        }
+    let problem = ConvProblem {
+        batch: b,
+        c_in,
+        w,
+        c_out,
+        h_out,
+        w_out,
+        kw,
+        stride: args.stride,
+        pad_x: args.pad_hw().1,
     };
+    let launch = plan_conv2d(gpu.kernel_class(), &problem);
+    if matches!(
+        launch.variant,
+        ConvVariant::Blocked { .. } | ConvVariant::Row16
+    ) {
+        check_depth(gpu, c_in, kh, kw)?;
+    }
+    let kernel = match launch.variant {
+        ConvVariant::Tiled { tile } => Kernel::new(&shaders::CONV2D, "conv2d").with("TILE", tile),
+        ConvVariant::Row16 => {
+            Kernel::new(&shaders::CONV2D, "conv2d_blocked_row16").flag("WEIGHT_T", weight_t)
+        }
+        ConvVariant::Blocked { aligned, wide } => Kernel::new(&shaders::CONV2D, "conv2d_blocked")
+            .flag("ALIGNED_ROWS", aligned)
+            .flag("WEIGHT_T", weight_t)
+            .flag("WIDE_BLOCK", wide),
+    };
+    let workgroups = launch.workgroups;
     let kernel = kernel
         .with("KH", u("kernel height", kh)?)
         .with("KW", u("kernel width", kw)?)

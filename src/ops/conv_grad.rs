@@ -85,6 +85,41 @@ fn flip_weight(gpu: &Gpu, weight: &Tensor) -> Result<Tensor> {
     Ok(flipped)
 }
 
+/// How the input gradient of a convolution runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvGradVariant {
+    /// A forward convolution of dy padded by K − 1 − p with the flipped weight (stride 1): on
+    /// the blocked class its kernels are many times faster than the tiled gradient.
+    FlippedConv,
+    /// The same of dy spread out in zeros (`dilate_pad`), for strided convolutions.
+    FlippedConvOfSpread,
+    /// conv2d_grad.wgsl's tiled kernel, `tile` input channels and pixels per workgroup.
+    Tiled { tile: u32 },
+}
+
+/// The one place the input gradient's variant is chosen: for a convolution with `c_in` input
+/// channels, kernel (KH, KW), padding, stride and extra bottom/right padding.
+pub fn plan_conv2d_input_grad(
+    class: KernelClass,
+    c_in: usize,
+    (kh, kw): (usize, usize),
+    pad: usize,
+    stride: usize,
+    pad_bottom_right: usize,
+) -> ConvGradVariant {
+    match class {
+        KernelClass::Blocked if pad < kh && pad < kw => {
+            match stride == 1 && pad_bottom_right == 0 {
+                true => ConvGradVariant::FlippedConv,
+                false => ConvGradVariant::FlippedConvOfSpread,
+            }
+        }
+        _ => ConvGradVariant::Tiled {
+            tile: tile_for(c_in),
+        },
+    }
+}
+
 /// ∂⟨conv2d(x, weight, args), dy⟩/∂x for an input x of spatial size `input_hw`: dy (B, C_out,
 /// H_out, W_out) is the gradient of the convolution's output, weight (C_out, C_in, KH, KW).
 /// Bias and residual do not enter the input gradient, so `args` may carry none (its stride and
@@ -130,26 +165,32 @@ pub fn conv2d_input_grad(
             weight.shape()
         )
     })?;
-    // On the blocked class the input gradient runs as a forward convolution with the flipped
-    // weight (conv2d_grad.wgsl's `dilate_pad` says how), whose kernels are many times faster
-    // there than the tiled one below: of dy itself, padded by K − 1 − p, for stride 1; of dy
-    // spread out in zeros otherwise.
     let pad = args.padding;
-    if gpu.kernel_class() == KernelClass::Blocked && pad < kh && pad < kw {
-        let flipped = flip_weight(gpu, weight)?;
-        if args.stride == 1 && args.pad_bottom_right == 0 {
+    let variant = plan_conv2d_input_grad(
+        gpu.kernel_class(),
+        c_in,
+        (kh, kw),
+        pad,
+        args.stride,
+        args.pad_bottom_right,
+    );
+    let tile = match variant {
+        ConvGradVariant::FlippedConv => {
             let as_conv = Conv2dArgs {
                 padding: kh - 1 - pad,
                 padding_w: Some(kw - 1 - pad),
                 ..Default::default()
             };
-            return super::conv2d(gpu, dy, &flipped, None, as_conv);
+            return super::conv2d(gpu, dy, &flip_weight(gpu, weight)?, None, as_conv);
         }
-        let spread = dilate_pad(gpu, dy, (h, w), (kh, kw), args.stride, pad)?;
-        return super::conv2d(gpu, &spread, &flipped, None, Conv2dArgs::default());
-    }
+        ConvGradVariant::FlippedConvOfSpread => {
+            let flipped = flip_weight(gpu, weight)?;
+            let spread = dilate_pad(gpu, dy, (h, w), (kh, kw), args.stride, pad)?;
+            return super::conv2d(gpu, &spread, &flipped, None, Conv2dArgs::default());
+        }
+        ConvGradVariant::Tiled { tile } => tile,
+    };
     let u = |what, v| checked_u32(OP, what, v);
-    let tile = tile_for(c_in);
     let kernel = Kernel::new(&shaders::CONV2D_GRAD, "conv2d_input_grad")
         .with("TILE", tile)
         .with("KH", u("kernel height", kh)?)

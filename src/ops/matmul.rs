@@ -58,6 +58,59 @@ fn check_depth(gpu: &Gpu, k: usize) -> Result<()> {
     Ok(())
 }
 
+/// A matrix product as the planner sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MatmulProblem {
+    pub batch: usize,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub trans_b: bool,
+}
+
+/// A planned launch: the matmul.wgsl entry point and its workgroup grid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MatmulLaunch {
+    pub entry: &'static str,
+    pub workgroups: [usize; 3],
+}
+
+/// The one place a matrix product's kernel variant and grid are chosen, from the device's
+/// kernel class and the problem's shape alone.
+pub fn plan_matmul(class: KernelClass, p: &MatmulProblem) -> MatmulLaunch {
+    let MatmulProblem {
+        batch,
+        m,
+        n,
+        k,
+        trans_b,
+    } = *p;
+    let (entry, workgroups) = match class {
+        // Both operands are contiguous along K when B is transposed: vec4 loads if K allows.
+        KernelClass::Tiled if trans_b && k % 4 == 0 => {
+            ("matmul_vec4", [n.div_ceil(TILE), m.div_ceil(TILE), batch])
+        }
+        KernelClass::Tiled => ("matmul", [n.div_ceil(TILE), m.div_ceil(TILE), batch]),
+        KernelClass::Blocked if !trans_b && k % 4 == 0 && n % 4 == 0 => (
+            "matmul_blocked_vec4",
+            [
+                n.div_ceil(VEC4_COLS * BLOCKED_WG),
+                m.div_ceil(BLOCK_ROWS),
+                batch,
+            ],
+        ),
+        KernelClass::Blocked => (
+            "matmul_blocked",
+            [
+                n.div_ceil(BLOCK_COLS * BLOCKED_WG),
+                m.div_ceil(BLOCK_ROWS),
+                batch,
+            ],
+        ),
+    };
+    MatmulLaunch { entry, workgroups }
+}
+
 /// C = A · op(B) (+ bias) over a batch: A (batch, M, K); B (N, K) when `trans_b` else (K, N),
 /// optionally with a leading batch dimension of its own (else shared by all batch items). B may
 /// be f16 (a weight, or an f16 activation; [`DType::F16`]); A f16 activations make C f16 too (the
@@ -101,29 +154,17 @@ pub(super) fn matmul_impl(
         })?;
     }
     check_depth(gpu, k)?;
-    let (entry, workgroups) = match gpu.kernel_class() {
-        // Both operands are contiguous along K when B is transposed: vec4 loads if K allows.
-        KernelClass::Tiled if trans_b && k % 4 == 0 => {
-            ("matmul_vec4", [n.div_ceil(TILE), m.div_ceil(TILE), batch])
-        }
-        KernelClass::Tiled => ("matmul", [n.div_ceil(TILE), m.div_ceil(TILE), batch]),
-        KernelClass::Blocked if !trans_b && k % 4 == 0 && n % 4 == 0 => (
-            "matmul_blocked_vec4",
-            [
-                n.div_ceil(VEC4_COLS * BLOCKED_WG),
-                m.div_ceil(BLOCK_ROWS),
-                batch,
-            ],
-        ),
-        KernelClass::Blocked => (
-            "matmul_blocked",
-            [
-                n.div_ceil(BLOCK_COLS * BLOCKED_WG),
-                m.div_ceil(BLOCK_ROWS),
-                batch,
-            ],
-        ),
-    };
+    let launch = plan_matmul(
+        gpu.kernel_class(),
+        &MatmulProblem {
+            batch,
+            m,
+            n,
+            k,
+            trans_b,
+        },
+    );
+    let (entry, workgroups) = (launch.entry, launch.workgroups);
     let kernel = Kernel::new(&shaders::MATMUL, entry)
         .flag("TRANS_B", trans_b)
         .flag("HAS_BIAS", bias.is_some())

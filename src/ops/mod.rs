@@ -24,8 +24,11 @@ mod uncertainty;
 
 pub use attention::{attention, attention_saving};
 pub use attention_grad::{attention_grad, AttentionSaved};
-pub use conv::{conv2d, conv2d_prepared, Conv2dArgs, ConvWeight};
-pub use conv_grad::conv2d_input_grad;
+pub use conv::{
+    conv2d, conv2d_prepared, plan_conv2d, Conv2dArgs, ConvLaunch, ConvProblem, ConvVariant,
+    ConvWeight,
+};
+pub use conv_grad::{conv2d_input_grad, plan_conv2d_input_grad, ConvGradVariant};
 pub use elementwise::{
     add, add_channel_vec, affine, avg_pool2x, broadcast_lincomb, concat_channels, lincomb, mul,
     mul_channel_vec, repeat_batch, scale_shift, silu, slice_channels, to_f32, to_half,
@@ -36,7 +39,8 @@ pub use embedding::{embedding_lookup, timestep_embedding, timestep_frequencies};
 pub use finite::{decode_first_steps, non_finite_flags, record_non_finite, NO_STEP};
 pub use guidance::{gradient_cotangent, masked_update, posterior, sum_copies, MaskedRule};
 pub use matmul::{
-    linear, linear_input_grad, linear_input_grad_prepared, linear_prepared, matmul, LinearWeight,
+    linear, linear_input_grad, linear_input_grad_prepared, linear_prepared, matmul, plan_matmul,
+    LinearWeight, MatmulLaunch, MatmulProblem,
 };
 pub use noise_scale::{dropout, dropout_threshold, learned_range_noise, normal_quantile};
 pub use norm::{group_norm, group_norm_saving};
