@@ -4,7 +4,7 @@
 //! each with its peak GPU tensor memory printed.
 //! The CIFAR-10 forwards are also stated in GFLOP/s and as a fraction of the adapter's SGEMM
 //! ceiling, measured first in the same run.
-//! `tools/bench_torch.py` runs the same work in PyTorch and prints both side by side.
+//! `tools/bench/bench_torch.py` runs the same work in PyTorch and prints both side by side.
 //!
 //! With `WGSL_DIFF_PROFILE_DIR=DIR`, one untimed run of each forward and of each plain sampling
 //! step is profiled first (`Gpu::start_profile`): the table goes to stderr and the profile to
@@ -20,11 +20,11 @@ use std::time::Duration;
 use wgsl_diff::gpu::{AdapterChoice, Gpu, Tensor};
 use wgsl_diff::guidance::{GuidanceConfig, GuidanceHook, GuidanceRule};
 use wgsl_diff::models::adm::{AdmConfig, AdmModel};
-use wgsl_diff::models::{EpsModel, UNet2DConfig, UNet2DModel};
+use wgsl_diff::models::{Cond, EpsModel, UNet2DConfig, UNet2DModel};
+use wgsl_diff::noise::NoisePlan;
 use wgsl_diff::ops;
 use wgsl_diff::sampling::{
-    NoisePlan, NoiseSchedule, NonFiniteFlags, SamplerConfig, ScheduleConfig, Scheduler,
-    StepContext, StepHook,
+    NoiseSchedule, NonFiniteFlags, SamplerConfig, ScheduleConfig, Scheduler, StepContext, StepHook,
 };
 use wgsl_diff::uncertainty::{UncertaintyConfig, UncertaintyEstimator};
 
@@ -34,13 +34,13 @@ const CIFAR10: &str = r#"{"sample_size":32,"in_channels":3,"out_channels":3,"blo
  "norm_num_groups":32,"norm_eps":1e-6,"freq_shift":1,"flip_sin_to_cos":false,"downsample_padding":0}"#;
 
 /// openai/guided-diffusion's released 64×64 class-conditional model (`--preset 64x64_diffusion`,
-/// 296 M parameters), as tools/convert_adm.py writes its config.
+/// 296 M parameters), as tools/converters/adm.py writes its config.
 const ADM64: &str = r#"{"attention_resolutions":[2,4,8],"channel_mult":[1.0,2.0,3.0,4.0],"conv_resample":true,
  "dims":2,"dropout":0.1,"image_size":64,"in_channels":3,"model_channels":192,"num_classes":1000,
  "num_head_channels":64,"num_heads":4,"num_heads_upsample":-1,"num_res_blocks":3,"out_channels":6,
  "resblock_updown":true,"use_fp16":true,"use_new_attention_order":true,"use_scale_shift_norm":true}"#;
 
-/// The architecture of the shipped model (tools/train_demo.py).
+/// The architecture of the shipped model (tools/train/train_demo.py).
 const FASHION: &str = r#"{"sample_size":32,"in_channels":1,"out_channels":1,"block_out_channels":[32,64,64],
  "layers_per_block":1,"down_block_types":["DownBlock2D","DownBlock2D","DownBlock2D"],
  "up_block_types":["UpBlock2D","UpBlock2D","UpBlock2D"],"norm_num_groups":8,"add_attention":false}"#;
@@ -124,13 +124,13 @@ fn adm64_forward(c: &mut Criterion, gpu: &Gpu, batches: &[usize]) {
     for &b in batches {
         let x = NoisePlan::new(1).initial(gpu, &[b, 3, 64, 64], 0).unwrap();
         let t = gpu.upload(&[b], &vec![500.0; b]).unwrap();
-        let y = gpu.upload(&[b], &vec![207.0; b]).unwrap();
+        let y = Cond::Class(gpu.upload(&[b], &vec![207.0; b]).unwrap());
         profile(gpu, &format!("unet_forward/adm64_b{b}"), || {
-            adm.predict_eps_and_variance(gpu, &x, &t, Some(&y)).unwrap()
+            adm.predict_eps_and_variance(gpu, &x, &t, &y).unwrap()
         });
         group.bench_function(format!("adm64_b{b}"), |it| {
             it.iter(|| {
-                let out = adm.predict_eps_and_variance(gpu, &x, &t, Some(&y)).unwrap();
+                let out = adm.predict_eps_and_variance(gpu, &x, &t, &y).unwrap();
                 gpu.sync().unwrap();
                 out
             })
@@ -158,7 +158,7 @@ fn step(
         step: 10,
         timestep: scheduler.timesteps[10],
         timesteps: t,
-        labels: None,
+        cond: &Cond::None,
         x,
         non_finite: &NonFiniteFlags::new(gpu, x.dim(0)).unwrap(),
     };

@@ -44,10 +44,50 @@ pub enum Error {
     Weights(String),
     #[error("{}", non_finite_message(.0))]
     NonFinite(Vec<NonFiniteSample>),
+    /// A file or folder that could not be read, written, created or listed.
+    #[error("cannot {action} {}: {source}", path.display())]
+    File {
+        action: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// A config (a weight file's `config` or `scheduler` metadata) with a bad key or value.
+    #[error(
+        "weights: {}: invalid {section} metadata: {}{message}",
+        file.display(),
+        key_prefix(key.as_deref())
+    )]
+    Config {
+        file: std::path::PathBuf,
+        section: &'static str,
+        key: Option<String>,
+        message: String,
+    },
+    /// A broken internal invariant: a bug here, not bad input.
+    #[error("internal error (please report it): {0}")]
+    Internal(String),
     #[error("{0}")]
     Invalid(String),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+fn key_prefix(key: Option<&str>) -> String {
+    key.map(|k| format!("`{k}`: ")).unwrap_or_default()
+}
+
+impl Error {
+    /// A closure turning an I/O error on `path` into [`Error::File`], for `map_err`.
+    pub fn file<'a>(
+        action: &'static str,
+        path: &'a std::path::Path,
+    ) -> impl Fn(std::io::Error) -> Error + Copy + 'a {
+        move |source| Error::File {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

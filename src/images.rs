@@ -102,8 +102,7 @@ pub fn grid(images: &[Image8], cols: usize, gap: usize) -> Option<Image8> {
 
 /// The tEXt chunks of a PNG file (keyword → text).
 pub fn read_png_text(path: &Path) -> Result<std::collections::HashMap<String, String>> {
-    let file = std::fs::File::open(path)
-        .map_err(|e| Error::Invalid(format!("cannot read {}: {e}", path.display())))?;
+    let file = std::fs::File::open(path).map_err(Error::file("read", path))?;
     let reader = png::Decoder::new(std::io::BufReader::new(file))
         .read_info()
         .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;

@@ -13,7 +13,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         path.extension().and_then(|e| e.to_str()).unwrap_or(""),
         process_token()
     ));
-    let fail = |e: std::io::Error| Error::Invalid(format!("cannot write {}: {e}", path.display()));
+    let fail = Error::file("write", path);
     let mut f = std::fs::File::create(&tmp).map_err(fail)?;
     f.write_all(bytes).map_err(fail)?;
     f.sync_all().map_err(fail)?;

@@ -43,7 +43,7 @@ pub const MAX_CLASSES: usize = 100_000;
 /// output scale): beyond it f32 activations overflow in the first layers.
 pub const MAX_CONFIG_SCALE: f64 = 1e3;
 
-// The noise tag's fields (see `sampling::NoisePlan::key`) must hold every copy and step.
+// The noise tag's fields (see `noise::NoisePlan::key`) must hold every copy and step.
 const _: () = assert!(MAX_COPIES <= 1 << 16 && MAX_TRAIN_TIMESTEPS as u64 <= 1 << 32);
 
 /// `start .. start + count` as sample indices, or an error naming `what` when it is empty or

@@ -1,7 +1,7 @@
 //! The run's noise plan: the only place that turns (seed, purpose, step, copy, sample index) into
 //! a Philox stream. The sampler's starting and ancestral noise, the estimator's perturbations,
 //! `eval`'s noise images and `--dump-noise` all draw through it, so one draw can always be
-//! regenerated on its own — by wgsl-diff or by `tools/wgsl_noise.py`.
+//! regenerated on its own — by wgsl-diff or by `tools/common/wgsl_noise.py`.
 
 use crate::error::Error;
 use crate::error::Result;

@@ -41,8 +41,7 @@ pub(crate) fn encode(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
 
 /// Reads a float32 (little-endian, C-order) array: (shape, data).
 pub fn read(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| Error::Invalid(format!("cannot read {}: {e}", path.display())))?;
+    let bytes = std::fs::read(path).map_err(Error::file("read", path))?;
     let what = path.display().to_string();
     let (descr, shape, payload) = parse(&bytes, &what)?;
     if descr != "<f4" {

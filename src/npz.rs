@@ -59,8 +59,7 @@ struct Entry {
 
 /// Reads every member of the archive at `path`, keyed by name without `.npy`.
 pub fn read(path: &Path) -> Result<BTreeMap<String, NpzArray>> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| Error::Invalid(format!("cannot read {}: {e}", path.display())))?;
+    let bytes = std::fs::read(path).map_err(Error::file("read", path))?;
     let in_file =
         |e: Error| Error::Invalid(format!("{} is not a valid .npz file: {e}", path.display()));
     let entries = central_directory(&Bytes(&bytes)).map_err(in_file)?;

@@ -1,5 +1,5 @@
 //! ADM (guided-diffusion's UNetModel) against guided-diffusion's own code in float64
-//! (tools/reference_adm.py): forward passes on small random configs covering every option, its
+//! (tools/fixtures/adm.py): forward passes on small random configs covering every option, its
 //! DDPM learned-range and DDIM steps, MC-Dropout maps from the same masks, and bad input.
 
 mod common;
@@ -7,9 +7,10 @@ mod common;
 use common::{assert_close, fixture, gpu, read_safetensors, to_f64};
 use std::collections::HashMap;
 use wgsl_diff::gpu::Tensor;
-use wgsl_diff::models::{AdmModel, DropoutMasks, EpsModel, WeightFile};
+use wgsl_diff::models::{AdmModel, Cond, DropoutMasks, EpsModel, WeightFile};
+use wgsl_diff::noise::NoisePlan;
 use wgsl_diff::ops::{self, UncertaintyMode};
-use wgsl_diff::sampling::{open_scheduler, NoisePlan, SamplerChoice, SamplerKind};
+use wgsl_diff::sampling::{open_scheduler, SamplerChoice, SamplerKind};
 
 type Fixture = HashMap<String, (Vec<usize>, Vec<f32>)>;
 
@@ -49,7 +50,12 @@ fn forward_matches_guided_diffusion() {
         let (model, fx) = load(name);
         let y = fx.contains_key("y").then(|| tensor(&fx, "y"));
         let (eps, var) = model
-            .predict_eps_and_variance(g, &tensor(&fx, "x"), &tensor(&fx, "timesteps"), y.as_ref())
+            .predict_eps_and_variance(
+                g,
+                &tensor(&fx, "x"),
+                &tensor(&fx, "timesteps"),
+                &Cond::from_labels(y),
+            )
             .unwrap();
         let (shape, want) = &fx["output"];
         let c = model.config.in_channels;
@@ -102,7 +108,7 @@ fn sampler_steps_match_guided_diffusion() {
             let x = g.upload(sample, &xs[i * numel..(i + 1) * numel]).unwrap();
             let timesteps = g.upload(&[sample[0]], &vec![t as f32; sample[0]]).unwrap();
             let (eps, var) = model
-                .predict_eps_and_variance(g, &x, &timesteps, Some(&y))
+                .predict_eps_and_variance(g, &x, &timesteps, &Cond::Class(y.clone()))
                 .unwrap();
             let k = sched.coeffs(i);
             let z = match sched.needs_noise(i) {
@@ -147,7 +153,13 @@ fn mc_dropout_maps_match_pytorch_from_the_same_masks() {
     let masks = DropoutMasks::new(&plan, step, copies, first);
     let rep = |name| ops::repeat_batch(g, &tensor(&fx, name), copies).unwrap();
     let eps_copies = model
-        .predict_eps_mc_dropout(g, &rep("x"), &rep("timesteps"), Some(&rep("y")), &masks)
+        .predict_eps_mc_dropout(
+            g,
+            &rep("x"),
+            &rep("timesteps"),
+            &Cond::Class(rep("y")),
+            &masks,
+        )
         .unwrap();
     // One ResBlock per input/output block and two in the middle, each with one dropout.
     assert_eq!(masks.layers(), 10, "dropout layers visited");
@@ -156,7 +168,7 @@ fn mc_dropout_maps_match_pytorch_from_the_same_masks() {
             g,
             &tensor(&fx, "x"),
             &tensor(&fx, "timesteps"),
-            Some(&tensor(&fx, "y")),
+            &Cond::Class(tensor(&fx, "y")),
         )
         .unwrap();
     let map = ops::uncertainty_map(g, &eps, &eps_copies, UncertaintyMode::Variance).unwrap();
@@ -181,7 +193,7 @@ fn mc_dropout_is_refused_without_dropout_layers() {
     let x = ops::repeat_batch(g, &tensor(&fx, "x"), 2).unwrap();
     let t = ops::repeat_batch(g, &tensor(&fx, "timesteps"), 2).unwrap();
     let err = model
-        .predict_eps_mc_dropout(g, &x, &t, None, &masks)
+        .predict_eps_mc_dropout(g, &x, &t, &Cond::None, &masks)
         .unwrap_err()
         .to_string();
     assert!(err.contains("dropout"), "{err}");
@@ -192,13 +204,16 @@ fn labels_are_checked_against_the_model() {
     let g = gpu();
     let (cond, fx) = load("cond");
     let (x, t) = (tensor(&fx, "x"), tensor(&fx, "timesteps"));
-    let err = cond.predict_eps(g, &x, &t, None).unwrap_err().to_string();
+    let err = cond
+        .predict_eps(g, &x, &t, &Cond::None)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("class labels are required"), "{err}");
     let (uncond, ufx) = load("uncond");
     let y = g.upload(&[2], &[0.0, 1.0]).unwrap();
     let (x, t) = (tensor(&ufx, "x"), tensor(&ufx, "timesteps"));
     let err = uncond
-        .predict_eps(g, &x, &t, Some(&y))
+        .predict_eps(g, &x, &t, &Cond::Class(y))
         .unwrap_err()
         .to_string();
     assert!(err.contains("unconditional"), "{err}");
@@ -372,7 +387,7 @@ fn mismatched_adm_weights_are_listed() {
 
 /// The released 64×64 architecture (296 M parameters, random weights): it loads, one forward
 /// matches guided-diffusion in float64, and it samples an image. Needs the git-ignored fixture
-/// from `tools/reference_adm.py --large` (1.2 GB).
+/// from `python -m tools.fixtures.adm --large` (1.2 GB).
 #[test]
 #[ignore]
 fn adm64_architecture_matches_guided_diffusion() {
@@ -385,7 +400,7 @@ fn adm64_architecture_matches_guided_diffusion() {
             g,
             &tensor(&fx, "x"),
             &tensor(&fx, "timesteps"),
-            Some(&tensor(&fx, "y")),
+            &Cond::Class(tensor(&fx, "y")),
         )
         .unwrap();
     let (shape, want) = &fx["output"];

@@ -1,4 +1,4 @@
-//! The Fashion-MNIST classifier against PyTorch (tools/train_classifier.py), and `wgsl-diff eval`
+//! The Fashion-MNIST classifier against PyTorch (tools/train/train_classifier.py), and `wgsl-diff eval`
 //! end to end on small image sets, including bad inputs.
 
 mod common;
@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use wgsl_diff::evaluation::{self, EvalOptions, ImageRange, ImageSource, SetSpec};
 use wgsl_diff::images::{self, Image8};
-use wgsl_diff::models::classifier::FashionClassifier;
+use wgsl_diff::models::evaluation::classifier::FashionClassifier;
 use wgsl_diff::models::WeightFile;
 
 const CLASSIFIER: &str = concat!(

@@ -14,7 +14,7 @@ use common::{
 use half::f16;
 use std::path::Path;
 use wgsl_diff::gpu::{DType, Gpu, Tensor};
-use wgsl_diff::models::{load_eps_model, WeightFile};
+use wgsl_diff::models::{load_eps_model, Cond, WeightFile};
 use wgsl_diff::ops::{self, Conv2dArgs};
 
 /// `data` rounded to f16 and back: the values an f16 activation holds.
@@ -274,7 +274,7 @@ fn fixture_forward(g: &Gpu, name: &str, half: bool) -> (Vec<f32>, Vec<f64>) {
             g,
             &upload_to(g, sample, shape),
             &upload_to(g, t, &[t.len()]),
-            labels.as_ref(),
+            &Cond::from_labels(labels),
         )
         .unwrap();
     (read_from(g, &eps), to_f64(&input("output").1))
@@ -335,7 +335,7 @@ fn shipped_model_with_f16_activations_stays_near_f32() {
                 g,
                 &upload_to(g, &x, &[2, c, h, w]),
                 &upload_to(g, &t, &[2]),
-                None,
+                &Cond::None,
             )
             .unwrap();
         read_from(g, &eps)

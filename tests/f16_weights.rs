@@ -12,7 +12,7 @@ use common::{
 use half::f16;
 use std::path::Path;
 use wgsl_diff::gpu::{AdapterChoice, DType, Gpu, Tensor};
-use wgsl_diff::models::{load_eps_model, WeightFile};
+use wgsl_diff::models::{load_eps_model, Cond, WeightFile};
 use wgsl_diff::ops::{self, Conv2dArgs};
 
 /// `data` rounded to f16, as uploaded and as the f64 values the kernels should multiply by.
@@ -190,7 +190,7 @@ fn forward(g: &Gpu, path: &Path, f16_weights: bool, batch: usize) -> (Vec<f32>, 
             g,
             &g.upload(&[batch, c, h, w], &x).unwrap(),
             &g.upload(&[batch], &t).unwrap(),
-            None,
+            &Cond::None,
         )
         .unwrap();
     (read_from(g, &eps), held)

@@ -1,7 +1,7 @@
 //! FID natively: the kernels FID's Inception adds (non-square and asymmetrically padded
 //! convolutions with a fused ReLU, the pooling variants, bilinear resizing) against f64
 //! references and PyTorch; the whole network on random weights against pytorch-fid's module
-//! (tools/fid_fixtures.py); the Fréchet distance against pytorch-fid's scipy computation;
+//! (tools/fixtures/fid.py); the Fréchet distance against pytorch-fid's scipy computation;
 //! statistics files; `wgsl-diff fid` end to end and on bad input.
 
 mod common;
@@ -14,7 +14,7 @@ use std::process::{Command, Output};
 use wgsl_diff::evaluation::fid;
 use wgsl_diff::images::{self, Image8};
 use wgsl_diff::metrics;
-use wgsl_diff::models::inception::{FidInception, FEATURES};
+use wgsl_diff::models::evaluation::inception::{FidInception, FEATURES};
 use wgsl_diff::ops::{self, Conv2dArgs, Pool2dArgs, PoolMode};
 
 type Fixture = HashMap<String, (Vec<usize>, Vec<f32>)>;
@@ -438,13 +438,13 @@ fn run_folders_use_their_samples_and_other_folders_every_png() {
     write_pngs(&dir, "sample", 3, (28, 28), 1, 5);
     write_pngs(&dir, "heatmap", 1, (28, 28), 3, 6);
     write_pngs(&dir, "grid", 1, (90, 60), 1, 7);
-    let (images, description) = fid::load_images(&dir).unwrap();
+    let (images, description) = wgsl_diff::image_sets::load_images(&dir).unwrap();
     assert_eq!(images.len(), 3, "{description}");
     // A plain folder: every PNG, grayscale and RGB mixed (both become RGB).
     let plain = dir.join("plain");
     std::fs::create_dir_all(&plain).unwrap();
     write_pngs(&plain, "a", 2, (28, 28), 1, 8);
     write_pngs(&plain, "b", 2, (28, 28), 3, 9);
-    let (images, _) = fid::load_images(&plain).unwrap();
+    let (images, _) = wgsl_diff::image_sets::load_images(&plain).unwrap();
     assert_eq!(images.len(), 4);
 }

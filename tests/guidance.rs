@@ -1,6 +1,6 @@
 //! Uncertainty-guided sampling (Algorithm 2): the guidance kernels against f64 CPU references,
 //! a guided step and a whole guided run against an independent float64 PyTorch implementation
-//! (tools/reference_guidance.py, Rule G through torch.autograd), calibration, and bad input.
+//! (tools/fixtures/guidance.py, Rule G through torch.autograd), calibration, and bad input.
 
 mod common;
 
@@ -12,11 +12,10 @@ use wgsl_diff::gpu::{Gpu, Tensor};
 use wgsl_diff::guidance::{
     CalibratedThreshold, GuidanceConfig, GuidanceHook, GuidanceRule, Threshold,
 };
-use wgsl_diff::models::{EpsModel, UNet2DModel};
+use wgsl_diff::models::{Cond, EpsModel, UNet2DModel};
+use wgsl_diff::noise::{NoisePlan, NoisePurpose};
 use wgsl_diff::ops::{self, MaskedRule};
-use wgsl_diff::sampling::{
-    sample_batch, BatchSpec, NoisePlan, NoisePurpose, NonFiniteFlags, StepContext, StepHook,
-};
+use wgsl_diff::sampling::{sample_batch, BatchSpec, NonFiniteFlags, StepContext, StepHook};
 
 type Fixture = HashMap<String, (Vec<usize>, Vec<f32>)>;
 
@@ -66,6 +65,7 @@ fn guided_step(
         vec![tensor(st, &format!("step/{name}/noise"))],
     );
     let scheduler = ddim(10);
+    let cond = Cond::from_labels(labels.clone());
     let ctx = StepContext {
         gpu: g,
         model: unet,
@@ -75,7 +75,7 @@ fn guided_step(
         step: 0,
         timestep: t,
         timesteps: &timesteps,
-        labels: labels.as_ref(),
+        cond: &cond,
         x: &x,
         non_finite: &NonFiniteFlags::new(g, b).unwrap(),
     };
@@ -315,9 +315,9 @@ impl EpsModel for NoBackward {
         gpu: &Gpu,
         x: &Tensor,
         t: &Tensor,
-        labels: Option<&Tensor>,
+        cond: &Cond,
     ) -> wgsl_diff::Result<Tensor> {
-        self.0.predict_eps(gpu, x, t, labels)
+        self.0.predict_eps(gpu, x, t, cond)
     }
     fn sample_shape(&self) -> wgsl_diff::Result<[usize; 3]> {
         self.0.sample_shape()

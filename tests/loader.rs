@@ -13,11 +13,12 @@ use serde_json::{json, Value};
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use wgsl_diff::gpu::Gpu;
-use wgsl_diff::models::classifier::FashionClassifier;
-use wgsl_diff::models::{UNet2DModel, WeightFile};
+use wgsl_diff::models::evaluation::classifier::FashionClassifier;
+use wgsl_diff::models::{Identity, UNet2DModel, WeightFile};
+use wgsl_diff::noise::NoisePlan;
 use wgsl_diff::sampling::{
-    ClassChoice, ClassLabels, NoisePlan, NoiseSchedule, Run, SamplerChoice, SamplerKind,
-    ScheduleConfig, Scheduler,
+    ClassChoice, ClassLabels, NoiseSchedule, Run, SamplerChoice, SamplerKind, ScheduleConfig,
+    Scheduler,
 };
 use wgsl_diff::splitmix::SplitMix64;
 
@@ -342,6 +343,7 @@ fn try_mutant(gpu: &Gpu, path: &Path, what: &str, tally: &mut Tally) {
         noise: &noise,
         labels,
         init_noise: None,
+        decoder: &Identity,
     };
     match run.sample(0, 2, &mut (), |_| {}) {
         Err(_) => tally.other_errors += 1,

@@ -8,8 +8,9 @@ mod common;
 use common::weights_file::WeightsFile;
 use common::{gpu, read, tmp_dir, upload};
 use std::path::{Path, PathBuf};
+use wgsl_diff::job::{SampleJob, SampleRequest};
 use wgsl_diff::ops::{self, UncertaintyMode};
-use wgsl_diff::run_dir::{self, HeatmapScale, SampleJob, SampleRequest};
+use wgsl_diff::run_dir::{self, HeatmapScale};
 use wgsl_diff::sampling::{
     NoiseSchedule, SamplerChoice, SamplerConfig, SamplerKind, ScheduleConfig, Scheduler, Spacing,
 };

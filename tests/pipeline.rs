@@ -1,5 +1,5 @@
 //! End-to-end parity with diffusers' DDIMPipeline, and with an independent PyTorch
-//! implementation of Algorithm 1 (tools/reference_pipeline.py, tools/reference_uncertainty.py).
+//! implementation of Algorithm 1 (tools/fixtures/pipeline.py, tools/fixtures/uncertainty.py).
 
 mod common;
 
@@ -8,10 +8,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use wgsl_diff::models::{UNet2DModel, WeightFile};
+use wgsl_diff::noise::{NoisePlan, NoisePurpose};
 use wgsl_diff::ops::UncertaintyMode;
-use wgsl_diff::sampling::{
-    sample_batch, BatchHook, BatchSpec, NoisePlan, NoisePurpose, SamplerChoice, SamplerKind,
-};
+use wgsl_diff::sampling::{sample_batch, BatchHook, BatchSpec, SamplerChoice, SamplerKind};
 use wgsl_diff::uncertainty::{
     build_reference, ReferenceRequest, UncertaintyConfig, UncertaintyEstimator,
     UncertaintyReference,
@@ -188,7 +187,7 @@ fn uncertainty_maps_match_an_independent_pytorch_implementation() {
 }
 
 /// `wgsl-diff reference`'s statistics against a float64 PyTorch build of the same reference on
-/// the fixture's random images (drawn with tools/wgsl_noise.py, the same Philox streams).
+/// the fixture's random images (drawn with tools/common/wgsl_noise.py, the same Philox streams).
 #[test]
 fn built_reference_matches_an_independent_pytorch_implementation() {
     let st = read_safetensors(&fixture("uncertainty_ddim.safetensors"));
@@ -265,7 +264,7 @@ fn built_reference_matches_an_independent_pytorch_implementation() {
 }
 
 /// The shipped model sampled here and by diffusers' DDIMPipeline from the same noise
-/// (fixture: `tools/reference_pipeline.py --shipped`, regenerated whenever weights/ changes).
+/// (fixture: `python -m tools.fixtures.pipeline --shipped`, regenerated whenever weights/ changes).
 #[test]
 fn shipped_model_matches_the_diffusers_pipeline() {
     let st = read_safetensors(&fixture("shipped_ddim.safetensors"));

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use wgsl_diff::gpu::{AdapterChoice, Gpu, Profile, Row, NO_TIMESTAMPS, UNSCOPED};
 use wgsl_diff::models::{UNet2DConfig, UNet2DModel};
-use wgsl_diff::sampling::NoisePlan;
+use wgsl_diff::noise::NoisePlan;
 
 /// Two levels, attention in the second, two resnets per down block: every block kind.
 const TINY: &str = r#"{"sample_size":8,"in_channels":2,"out_channels":2,"block_out_channels":[8,16],

@@ -1,4 +1,4 @@
-//! The `sample` and `filter` commands as library calls (`run_dir::SampleJob`, `filter_run`),
+//! The `sample` and `filter` commands as library calls (`job::SampleJob`, `run_dir::filter_run`),
 //! against the CLI, and the pieces they are made of: the noise plan, class labels, score order.
 
 mod common;
@@ -6,11 +6,12 @@ mod common;
 use common::gpu;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use wgsl_diff::job::{SampleJob, SampleRequest};
+use wgsl_diff::noise::{NoisePlan, NoisePurpose};
 use wgsl_diff::ops::{self, UncertaintyMode};
-use wgsl_diff::run_dir::{self, HeatmapScale, SampleJob, SampleRecord, SampleRequest};
+use wgsl_diff::run_dir::{self, HeatmapScale, SampleRecord};
 use wgsl_diff::sampling::{
-    contiguous_batches, ClassChoice, ClassLabels, NoisePlan, NoisePurpose, SamplerChoice,
-    SamplerKind,
+    contiguous_batches, ClassChoice, ClassLabels, SamplerChoice, SamplerKind,
 };
 use wgsl_diff::uncertainty::UncertaintyConfig;
 

@@ -310,7 +310,7 @@ fn bad_levels_and_shapes_are_errors() {
     assert!(ops::quantile_per_sample(gpu(), &empty, 0.5).is_err());
 }
 
-/// torch.quantile's own output (tools/reference_quantile.py, float32 input): equal values
+/// torch.quantile's own output (tools/fixtures/quantile.py, float32 input): equal values
 /// everywhere and equal bits wherever the result is not a zero (the sign of a zero may
 /// differ, see ops::quantile_per_sample). The fixture includes rows where torch's fused lerp
 /// and a separately rounded one disagree, and ranks whose fraction differs in f32 and f64.

@@ -6,8 +6,9 @@ mod common;
 use common::{assert_close, ddim, fixture_model, gpu, read, to_f64};
 use wgsl_diff::gpu::Tensor;
 use wgsl_diff::models::{UNet2DModel, WeightFile};
+use wgsl_diff::noise::{NoisePlan, NoisePurpose};
 use wgsl_diff::ops::{self, UncertaintyMode};
-use wgsl_diff::sampling::{sample_batch, BatchSpec, NoisePlan, NoisePurpose, Scheduler, StepHook};
+use wgsl_diff::sampling::{sample_batch, BatchSpec, Scheduler, StepHook};
 use wgsl_diff::uncertainty::{UncertaintyConfig, UncertaintyEstimator};
 
 fn run(

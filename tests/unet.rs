@@ -1,4 +1,4 @@
-//! UNet2DModel against PyTorch/diffusers fixtures (tools/make_fixtures.py), and the weight
+//! UNet2DModel against PyTorch/diffusers fixtures (tools/fixtures/unet_schedulers.py), and the weight
 //! loader's handling of bad files.
 
 mod common;
@@ -71,7 +71,7 @@ fn odd_channels_unet_matches_pytorch() {
 }
 
 /// The full google/ddpm-cifar10-32 architecture with random weights (~143 MB fixture, not
-/// committed: `python tools/make_fixtures.py --full-cifar` writes it).
+/// committed: `python -m tools.fixtures.unet_schedulers --full-cifar` writes it).
 #[test]
 #[ignore]
 fn full_cifar10_architecture_matches_pytorch() {

@@ -1,5 +1,5 @@
 //! The UNet's input gradient (`EpsModel::vjp`) against `torch.autograd.grad` in float64
-//! (tools/make_vjp_fixtures.py), its batch slicing, and the saving forward's equality with the
+//! (tools/fixtures/vjp.py), its batch slicing, and the saving forward's equality with the
 //! plain forward.
 
 mod common;
@@ -7,7 +7,7 @@ mod common;
 use common::{fixture, gpu, read, read_safetensors as read_tensors, Rng};
 use std::path::Path;
 use wgsl_diff::gpu::{Gpu, Tensor};
-use wgsl_diff::models::{EpsModel, UNet2DModel, WeightFile};
+use wgsl_diff::models::{Cond, EpsModel, UNet2DModel, WeightFile};
 
 /// The required agreement with autograd: max |got − want| over max |want|.
 const MAX_REL_ERR: f64 = 1e-4;
@@ -172,7 +172,7 @@ fn bad_cotangents_and_models_without_backward_are_errors() {
             _: &Gpu,
             x: &Tensor,
             _: &Tensor,
-            _: Option<&Tensor>,
+            _: &Cond,
         ) -> wgsl_diff::Result<Tensor> {
             Ok(x.clone())
         }
@@ -187,7 +187,7 @@ fn bad_cotangents_and_models_without_backward_are_errors() {
         }
     }
     let err = ForwardOnly
-        .vjp(g, &x, &t, None, &x)
+        .vjp(g, &x, &t, &Cond::None, &x)
         .unwrap_err()
         .to_string();
     assert!(

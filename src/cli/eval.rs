@@ -36,7 +36,7 @@ pub struct EvalArgs {
     pub real_range: Option<ImageRange>,
     #[arg(long, value_name = "A..B", help = format!("Use only images A..B of --fake (at most {MAX_EVAL_IMAGES}; B ≤ {SAMPLE_INDEX_END} for noise)"))]
     pub fake_range: Option<ImageRange>,
-    /// Classifier written by tools/train_classifier.py [default: weights/fashion_classifier.safetensors]
+    /// Classifier written by tools/train/train_classifier.py [default: weights/fashion_classifier.safetensors]
     #[arg(long)]
     pub classifier: Option<PathBuf>,
     #[arg(long, default_value_t = 256, help = format!("Images per GPU batch (1..={MAX_BATCH})"))]

@@ -15,7 +15,7 @@ Sources (--real, --fake, --save-stats SRC):
   FILE.npz  statistics (mu, sigma) as pytorch-fid --save-stats writes them
   FILE      an idx3 ubyte images file, gzip-compressed or not
 Images are scaled to [0, 1], resized bilinearly to 299x299 and mapped to [-1, 1], as in
-pytorch-fid. Weights: tools/fid_weights.py writes weights/fid_inception.safetensors.";
+pytorch-fid. Weights: tools/converters/fid_weights.py writes weights/fid_inception.safetensors.";
 
 #[derive(Args, Debug)]
 #[command(after_help = SOURCES_HELP)]

@@ -9,11 +9,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use wgsl_diff::gpu::{AdapterChoice, Gpu, NO_TIMESTAMPS};
 use wgsl_diff::guidance::{GuidanceConfig, GuidanceRule, Threshold};
+use wgsl_diff::job::{SampleJob, SampleProgress, SampleRequest, DEFAULT_MODEL};
 use wgsl_diff::limits::{MAX_BATCH, MAX_COPIES, MAX_TRAIN_TIMESTEPS, SAMPLE_INDEX_END};
 use wgsl_diff::ops::UncertaintyMode;
-use wgsl_diff::run_dir::{
-    HeatmapScale, SampleJob, SampleProgress, SampleRequest, Shard, DEFAULT_MODEL,
-};
+use wgsl_diff::run_dir::{HeatmapScale, Shard};
 use wgsl_diff::sampling::{ClassChoice, SamplerChoice, SamplerKind, Spacing};
 use wgsl_diff::uncertainty::{UncertaintyConfig, UncertaintyMethod, UncertaintyReference};
 use wgsl_diff::Error;

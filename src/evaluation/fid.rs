@@ -1,5 +1,5 @@
 //! FID as pytorch-fid computes it: pool3 features of its Inception-V3
-//! ([`FidInception`], weights from `tools/fid_weights.py`), the mean and unbiased covariance of
+//! ([`FidInception`], weights from `tools/converters/fid_weights.py`), the mean and unbiased covariance of
 //! each set, and the Fréchet distance between the two Gaussians ([`metrics::frechet_distance`]).
 //!
 //! A set is a folder of PNGs (a run's `sample_*.png` when there are any, so a run folder or
@@ -9,18 +9,20 @@
 //! pytorch-fid: converted to RGB (grayscale repeated, alpha dropped, as PIL's `convert('RGB')`),
 //! scaled to [0, 1] by x/255, resized bilinearly to 299×299, mapped to [−1, 1] by 2x − 1.
 
-use super::idx::parse_idx_images;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::images::{self, Image8};
+use crate::image_sets::load_images;
+use crate::images::Image8;
 use crate::metrics::{self, FeatureGaussian};
-use crate::models::inception::{FidInception, FEATURES, INPUT_SIDE, LARGEST_ACTIVATION_BYTES};
+use crate::models::evaluation::inception::{
+    FidInception, FEATURES, INPUT_SIDE, LARGEST_ACTIVATION_BYTES,
+};
 use crate::models::WeightFile;
 use crate::{npz, ops};
 use nalgebra::{DMatrix, DVector};
 use std::path::{Path, PathBuf};
 
-/// Where `tools/fid_weights.py` puts the converted weights (git-ignored, ≈ 95 MB).
+/// Where `tools/converters/fid_weights.py` puts the converted weights (git-ignored, ≈ 95 MB).
 pub const DEFAULT_WEIGHTS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/weights/fid_inception.safetensors"
@@ -28,11 +30,6 @@ pub const DEFAULT_WEIGHTS: &str = concat!(
 
 /// pytorch-fid's batch size.
 pub const DEFAULT_BATCH: usize = 50;
-
-/// Image formats pytorch-fid reads that this port does not: their presence is an error rather
-/// than a silently smaller set.
-const OTHER_IMAGE_EXTENSIONS: &[&str] =
-    &["bmp", "jpg", "jpeg", "pgm", "ppm", "tif", "tiff", "webp"];
 
 /// One side of a comparison.
 #[derive(Clone, Debug, PartialEq)]
@@ -256,103 +253,6 @@ fn minmax_rescale(x: &mut [f32]) -> Result<()> {
     }
     x.iter_mut().for_each(|v| *v = (*v - min) / (max - min));
     Ok(())
-}
-
-/// The images of a folder or idx file, all of one size, at least two; and a description.
-pub fn load_images(path: &Path) -> Result<(Vec<Image8>, String)> {
-    let (images, what) = if path.is_dir() {
-        let files = list_pngs(path)?;
-        let images = files
-            .iter()
-            .map(|f| images::read_png(f))
-            .collect::<Result<Vec<_>>>()?;
-        check_sizes(&images, &files)?;
-        (images, format!("folder {}", path.display()))
-    } else if path.is_file() {
-        (read_idx(path)?, format!("idx file {}", path.display()))
-    } else {
-        return Err(Error::Invalid(format!("{} does not exist", path.display())));
-    };
-    if images.len() < 2 {
-        return Err(Error::Invalid(format!(
-            "{} holds {} image(s); a covariance needs at least 2",
-            path.display(),
-            images.len()
-        )));
-    }
-    let description = format!("{} images from {what}", images.len());
-    Ok((images, description))
-}
-
-/// A run's `sample_*.png` if the folder has any, otherwise every `*.png`; sorted by name.
-fn list_pngs(dir: &Path) -> Result<Vec<PathBuf>> {
-    let cannot_list =
-        |e: std::io::Error| Error::Invalid(format!("cannot list {}: {e}", dir.display()));
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(cannot_list)?
-        .map(|entry| entry.map(|e| e.path()))
-        .collect::<std::io::Result<_>>()
-        .map_err(cannot_list)?;
-    files.sort();
-    let extension = |p: &Path| {
-        p.extension()
-            .and_then(|e| e.to_str())
-            .map(str::to_ascii_lowercase)
-    };
-    if let Some(other) = files
-        .iter()
-        .find(|p| extension(p).is_some_and(|e| OTHER_IMAGE_EXTENSIONS.contains(&e.as_str())))
-    {
-        return Err(Error::Invalid(format!(
-            "{} is not a PNG: only PNG images are read (convert the folder to PNG)",
-            other.display()
-        )));
-    }
-    files.retain(|p| p.extension().is_some_and(|e| e == "png"));
-    let is_sample = |p: &PathBuf| {
-        p.file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("sample_"))
-    };
-    if files.iter().any(is_sample) {
-        files.retain(is_sample);
-    }
-    Ok(files)
-}
-
-/// pytorch-fid stacks each batch, so images of different sizes fail there: refuse them here.
-fn check_sizes(images: &[Image8], files: &[PathBuf]) -> Result<()> {
-    if let Some(i) = images
-        .iter()
-        .position(|img| (img.width, img.height) != (images[0].width, images[0].height))
-    {
-        return Err(Error::Invalid(format!(
-            "images differ in size: {} is {}x{}, {} is {}x{} (resize them to one size first)",
-            files[0].display(),
-            images[0].width,
-            images[0].height,
-            files[i].display(),
-            images[i].width,
-            images[i].height
-        )));
-    }
-    Ok(())
-}
-
-fn read_idx(path: &Path) -> Result<Vec<Image8>> {
-    let raw = std::fs::read(path)
-        .map_err(|e| Error::Invalid(format!("cannot read {}: {e}", path.display())))?;
-    let (_, height, width, pixels) =
-        parse_idx_images(&raw).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
-    Ok(pixels
-        .chunks(height * width)
-        .map(|p| Image8 {
-            width,
-            height,
-            channels: 1,
-            pixels: p.to_vec(),
-        })
-        .collect())
 }
 
 /// Reads pytorch-fid statistics: `mu` (d) and `sigma` (d, d), finite.

@@ -1,10 +1,10 @@
-//! Feeding images to the classifier exactly as `tools/train_classifier.py` did: which sizes it
+//! Feeding images to the classifier exactly as `tools/train/train_classifier.py` did: which sizes it
 //! takes, the padding and scaling to its input, and the batched forward passes.
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::images::Image8;
-use crate::models::classifier::FashionClassifier;
+use crate::models::evaluation::classifier::FashionClassifier;
 
 /// Fashion-MNIST's own image side; such images are padded to the classifier's input as in training.
 pub(super) const DATASET_SIDE: usize = 28;
@@ -47,7 +47,7 @@ pub(super) fn classify(
 }
 
 /// Pixels scaled to [−1, 1] by x/127.5 − 1, each image centred on a `side`² canvas of `padding`
-/// (as tools/train_classifier.py pads 28×28 images).
+/// (as tools/train/train_classifier.py pads 28×28 images).
 fn to_input(images: &[Image8], side: usize, padding: f32) -> Vec<f32> {
     let mut out = vec![padding; images.len() * side * side];
     for (img, canvas) in images.iter().zip(out.chunks_mut(side * side)) {
@@ -67,7 +67,7 @@ mod tests {
     use super::*;
 
     /// The Rust input pipeline must feed the classifier exactly what PyTorch saw: the fixture's
-    /// images are t10k images padded by tools/train_classifier.py; rebuild them from 28×28 bytes.
+    /// images are t10k images padded by tools/train/train_classifier.py; rebuild them from 28×28 bytes.
     #[test]
     fn padding_and_scaling_match_the_training_script() {
         let path = concat!(

@@ -1,10 +1,9 @@
 //! How close generated images are to real ones, measured with the Fashion-MNIST classifier of
-//! `tools/train_classifier.py`: the Fréchet distance between Gaussians fitted to its features of
+//! `tools/train/train_classifier.py`: the Fréchet distance between Gaussians fitted to its features of
 //! each set (FID with a domain classifier in place of Inception), and how confidently it
 //! recognises each set. `wgsl-diff eval` is this module behind a command line.
 
 pub mod fid;
-mod idx;
 mod input;
 mod sources;
 
@@ -14,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::limits::{self, MAX_BATCH};
 use crate::metrics::{self, ClassPredictions, FeatureGaussian};
-use crate::models::classifier::FashionClassifier;
+use crate::models::evaluation::classifier::FashionClassifier;
 use crate::models::WeightFile;
 use sources::ImageSet;
 use std::path::PathBuf;
@@ -30,7 +29,7 @@ pub const DEFAULT_CLASSIFIER: &str = concat!(
 pub struct EvalOptions {
     pub real: SetSpec,
     pub fake: SetSpec,
-    /// A classifier written by tools/train_classifier.py, e.g. [`DEFAULT_CLASSIFIER`].
+    /// A classifier written by tools/train/train_classifier.py, e.g. [`DEFAULT_CLASSIFIER`].
     pub classifier: PathBuf,
     /// Images per GPU batch.
     pub batch: usize,

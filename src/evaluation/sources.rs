@@ -1,13 +1,13 @@
 //! Where evaluated images come from: a folder of sample PNGs, an idx3 file, or the sampler's own
 //! starting noise, optionally narrowed to a range of images.
 
-use super::idx::parse_idx_images;
 use super::input::check_size;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
+use crate::idx::parse_idx_images;
 use crate::images::{self, Image8};
 use crate::limits::{self, MAX_EVAL_IMAGES};
-use crate::sampling::NoisePlan;
+use crate::noise::NoisePlan;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -149,8 +149,7 @@ fn describe(count: usize, what: String, range: &Range<usize>) -> String {
 
 /// The `sample_*.png` files of `dir`, in name order.
 fn list_samples(dir: &Path) -> Result<Vec<PathBuf>> {
-    let cannot_list =
-        |e: std::io::Error| Error::Invalid(format!("cannot list {}: {e}", dir.display()));
+    let cannot_list = Error::file("list", dir);
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(cannot_list)?
         .map(|entry| entry.map(|e| e.path()))
@@ -195,8 +194,7 @@ fn load_png_folder(dir: &Path, range: Option<Range<usize>>, side: usize) -> Resu
 }
 
 fn load_idx_file(path: &Path, range: Option<Range<usize>>, side: usize) -> Result<ImageSet> {
-    let raw = std::fs::read(path)
-        .map_err(|e| Error::Invalid(format!("cannot read {}: {e}", path.display())))?;
+    let raw = std::fs::read(path).map_err(Error::file("read", path))?;
     let (count, height, width, pixels) =
         parse_idx_images(&raw).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
     check_size(width, height, side, &path.display())?;

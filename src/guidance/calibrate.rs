@@ -1,4 +1,4 @@
-//! Calibrated thresholds (ALGORITHM.md §3, the official `compute_threshold_pixel_wise.py`): the
+//! Calibrated thresholds (docs/method.md §3, the official `compute_threshold_pixel_wise.py`): the
 //! rule's uncertainty map at every step of N unguided calibration samples, and per (step,
 //! element) the value at sorted index ⌊N·p⌋ over the samples. Stored as float32 .npy of shape
 //! (steps, C, H, W).
@@ -6,9 +6,11 @@
 use super::{GuidanceBatch, GuidanceConfig, GuidanceHook, GuidanceRule, Threshold};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
+use crate::models::Identity;
+use crate::noise::NoisePlan;
 use crate::npy;
 use crate::sampling::{
-    contiguous_batches, load_for_sampling, ClassChoice, ClassLabels, NoisePlan, Run, SamplerChoice,
+    contiguous_batches, load_for_sampling, ClassChoice, ClassLabels, Run, SamplerChoice,
 };
 use std::path::{Path, PathBuf};
 
@@ -106,6 +108,7 @@ pub fn calibrate(gpu: &Gpu, request: &CalibrateRequest) -> Result<CalibratedThre
         noise: &noise,
         labels: ClassLabels::new(model.num_classes(), request.class)?,
         init_noise: None,
+        decoder: &Identity,
     };
     let steps = scheduler.timesteps.len();
     let sample = model.sample_shape()?;

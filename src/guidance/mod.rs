@@ -1,4 +1,4 @@
-//! Uncertainty-guided sampling (Algorithm 2, ALGORITHM.md §3) as a step hook that changes ε.
+//! Uncertainty-guided sampling (Algorithm 2, docs/method.md §3) as a step hook that changes ε.
 //!
 //! At each guided step: x̂0 from (x_t, ε) (never clipped), M re-noised copies
 //! x̃_m = √ᾱ_t·x̂0 + √(1−ᾱ_t)·n_m with their own noise stream ([`NoisePurpose::Guidance`]),
@@ -19,8 +19,9 @@ pub use calibrate::{calibrate, CalibrateRequest, CalibratedThreshold};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
+use crate::noise::NoisePurpose;
 use crate::ops::{self, MaskedRule};
-use crate::sampling::{BatchHook, NoisePurpose, StepContext, StepHook};
+use crate::sampling::{BatchHook, StepContext, StepHook};
 
 /// How the uncertainty steers ε.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,7 +1,9 @@
-//! What samplers, the uncertainty estimator and guidance need from a network: an ε prediction,
-//! the shape of what it denoises and, for gradient guidance, its input gradient. Every model family implements [`EpsModel`], so
-//! none of them forks the sampling code.
+//! What samplers, the uncertainty estimator and guidance need from a network: an ε prediction
+//! under a [`Cond`], the shape of what it denoises and, for gradient guidance, its input
+//! gradient. Every model family implements [`EpsModel`], so none of them forks the sampling
+//! code; classifier-free guidance wraps any of them ([`super::denoise`]).
 
+use super::cond::Cond;
 use super::mc_dropout::DropoutMasks;
 use super::UNet2DModel;
 use crate::error::{Error, Result};
@@ -9,15 +11,11 @@ use crate::gpu::{Gpu, Tensor};
 
 /// A noise-prediction network ε_θ(x_t, t, y).
 pub trait EpsModel {
-    /// ε for `x` (B, C, H, W) at `timesteps` (B) with integer-valued `labels` (B) when
-    /// class-conditional.
-    fn predict_eps(
-        &self,
-        gpu: &Gpu,
-        x: &Tensor,
-        timesteps: &Tensor,
-        labels: Option<&Tensor>,
-    ) -> Result<Tensor>;
+    /// The network's ε for `x` (B, C, H, W) at `timesteps` (B) under one condition (`cond`
+    /// holds no classifier-free guidance: [`denoise`](super::denoise) resolves that around
+    /// this call, and is what samplers and hooks call).
+    fn predict_eps(&self, gpu: &Gpu, x: &Tensor, timesteps: &Tensor, cond: &Cond)
+        -> Result<Tensor>;
 
     /// (C, H, W) of one sample.
     fn sample_shape(&self) -> Result<[usize; 3]>;
@@ -37,9 +35,9 @@ pub trait EpsModel {
         gpu: &Gpu,
         x: &Tensor,
         timesteps: &Tensor,
-        labels: Option<&Tensor>,
+        cond: &Cond,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        Ok((self.predict_eps(gpu, x, timesteps, labels)?, None))
+        Ok((self.predict_eps(gpu, x, timesteps, cond)?, None))
     }
 
     /// The rate of the network's dropout layers (0: it has none, or they are disabled).
@@ -54,7 +52,7 @@ pub trait EpsModel {
         _gpu: &Gpu,
         _x: &Tensor,
         _timesteps: &Tensor,
-        _labels: Option<&Tensor>,
+        _cond: &Cond,
         _masks: &DropoutMasks,
     ) -> Result<Tensor> {
         Err(Error::Invalid(
@@ -73,10 +71,10 @@ pub trait EpsModel {
         gpu: &Gpu,
         x: &Tensor,
         timesteps: &Tensor,
-        labels: Option<&Tensor>,
+        cond: &Cond,
         v: &Tensor,
     ) -> Result<Tensor> {
-        let _ = (gpu, x, timesteps, labels, v);
+        let _ = (gpu, x, timesteps, cond, v);
         Err(Error::Invalid(
             "this model has no backward pass implemented; gradient guidance needs one".into(),
         ))
@@ -89,9 +87,9 @@ impl EpsModel for UNet2DModel {
         gpu: &Gpu,
         x: &Tensor,
         timesteps: &Tensor,
-        labels: Option<&Tensor>,
+        cond: &Cond,
     ) -> Result<Tensor> {
-        self.forward(gpu, x, timesteps, labels)
+        self.forward(gpu, x, timesteps, cond.class_labels()?)
     }
 
     /// Refused for a network whose output is not one ε per input channel (a diffusers UNet
@@ -124,9 +122,9 @@ impl EpsModel for UNet2DModel {
         gpu: &Gpu,
         x: &Tensor,
         timesteps: &Tensor,
-        labels: Option<&Tensor>,
+        cond: &Cond,
         v: &Tensor,
     ) -> Result<Tensor> {
-        UNet2DModel::vjp(self, gpu, x, timesteps, labels, v)
+        UNet2DModel::vjp(self, gpu, x, timesteps, cond.class_labels()?, v)
     }
 }

@@ -4,8 +4,8 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
+use crate::noise::NoisePlan;
 use crate::ops;
-use crate::sampling::NoisePlan;
 use std::cell::Cell;
 
 /// The masks of one MC-Dropout forward at sampling step `step` over `copies` stacked copies

@@ -1,32 +1,33 @@
 //! Networks ported from PyTorch, mirroring their module trees and parameter names. Samplers,
-//! the estimator and guidance see a diffusion network only through [`EpsModel`].
+//! the estimator and guidance see a diffusion network only through [`EpsModel`], conditioned by
+//! a [`Cond`] (with classifier-free guidance applied by [`denoise`]), and its samples become
+//! images through a [`Decoder`].
 //!
-//! The UNet follows diffusers' file layout: [`unet_2d`] (the model and its config) is built
-//! from [`unet_2d_blocks`], which are built from [`resnet`], [`attention`] and
-//! [`embeddings`] modules on the [`layers`] primitives. Each module also has a saving forward
-//! (its output and a small tape of what its backward needs) and a backward giving the gradient
-//! with respect to its input only; [`vjp`] runs them over a batch for gradient guidance.
-//! [`embeddings`] modules on the [`layers`] primitives. [`adm`] is openai/guided-diffusion's
-//! `UNetModel` (ADM), the paper's ImageNet models, mirroring that repository's `unet.py`.
+//! Grouped by family: [`diffusers`] (UNet2DModel, in diffusers' file layout), [`adm`]
+//! (openai/guided-diffusion's `UNetModel`, the paper's ImageNet models, mirroring that
+//! repository's `unet.py`) and [`evaluation`] (the networks `eval` and `fid` use), on the
+//! shared [`layers`] primitives (convolution, linear, group norm, embedding tables) and the
+//! [`weights`] loader. A new family (Stable Diffusion's conditional UNet, its VAE decoder, CLIP)
+//! is a folder here that implements [`EpsModel`] or [`Decoder`].
 
 pub mod adm;
-pub mod attention;
-pub mod classifier;
-pub mod embeddings;
+pub mod cond;
+pub mod decode;
+pub mod diffusers;
 pub mod eps_model;
-pub mod inception;
+pub mod evaluation;
 pub mod layers;
 pub mod load;
 pub mod mc_dropout;
-pub mod resnet;
-pub mod unet_2d;
-pub mod unet_2d_blocks;
-pub mod vjp;
+pub mod pipeline;
 pub mod weights;
 
 pub use adm::{AdmConfig, AdmModel};
+pub use cond::{denoise, denoise_vjp, Cond, Guided};
+pub use decode::{Decoder, Identity, MapSpace};
+pub use diffusers::unet_2d::{UNet2DConfig, UNet2DModel, UNetTape};
 pub use eps_model::EpsModel;
 pub use load::load_eps_model;
 pub use mc_dropout::DropoutMasks;
-pub use unet_2d::{UNet2DConfig, UNet2DModel, UNetTape};
+pub use pipeline::open_model;
 pub use weights::WeightFile;

@@ -87,6 +87,18 @@ impl WeightFile {
         self
     }
 
+    /// The same tensors with `metadata` in place of the file's own: a diffusers folder read in
+    /// place carries its configs beside the weights (`models::pipeline`).
+    pub fn with_metadata(mut self, metadata: HashMap<String, String>) -> WeightFile {
+        self.metadata = metadata;
+        self
+    }
+
+    /// The names of the file's tensors.
+    pub fn tensor_names(&self) -> Vec<String> {
+        self.tensors().names().into_iter().cloned().collect()
+    }
+
     /// Whether [`Self::with_f16_activations`] was asked for.
     pub fn f16_activations(&self) -> bool {
         self.f16_activations
@@ -132,12 +144,7 @@ impl WeightFile {
 
     /// The model's `config` metadata, parsed by [`parse_config`] (the offending key named).
     pub fn config<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
-        parse_config(self.meta("config")?).map_err(|e| {
-            Error::Weights(format!(
-                "{}: invalid config metadata: {e}",
-                self.path().display()
-            ))
-        })
+        parse_config(self.meta("config")?).map_err(|e| e.at(self.path(), "config"))
     }
 
     /// Builds the root [`VarBuilder`] for constructing a model on `gpu`.
@@ -157,11 +164,39 @@ impl WeightFile {
 /// then found by parsing each key on its own (for configs whose keys all have defaults).
 pub(crate) fn parse_config<T: serde::de::DeserializeOwned>(
     json: &str,
-) -> std::result::Result<T, String> {
-    serde_json::from_str(json).map_err(|e| match culprit::<T>(json) {
-        Some(key) => format!("`{key}`: {e}"),
-        None => e.to_string(),
+) -> std::result::Result<T, ConfigError> {
+    serde_json::from_str(json).map_err(|e| ConfigError {
+        key: culprit::<T>(json),
+        message: e.to_string(),
     })
+}
+
+/// Why a config did not parse, and the key that broke it when one key alone does.
+#[derive(Debug)]
+pub(crate) struct ConfigError {
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.key {
+            Some(key) => write!(f, "`{key}`: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl ConfigError {
+    /// [`Error::Config`] for `section` of the weight file at `file`.
+    pub fn at(self, file: &Path, section: &'static str) -> Error {
+        Error::Config {
+            file: file.to_path_buf(),
+            section,
+            key: self.key,
+            message: self.message,
+        }
+    }
 }
 
 /// The first key of a JSON object that `T` refuses on its own.
@@ -178,8 +213,9 @@ fn culprit<T: serde::de::DeserializeOwned>(json: &str) -> Option<String> {
         .map(|(key, _)| key)
 }
 
-/// A safetensors header (or its `__metadata__`) read only to refuse a key that appears twice.
-struct UniqueKeys;
+/// A safetensors header (or its `__metadata__`, or a JSON config) read only to refuse a key that
+/// appears twice (serde_json would keep the last silently).
+pub(crate) struct UniqueKeys;
 
 impl<'de> serde::Deserialize<'de> for UniqueKeys {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {

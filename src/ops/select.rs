@@ -8,7 +8,7 @@
 //! interpolates with `lerp(sorted[⌊rank⌋], sorted[⌈rank⌉], f32(rank − ⌊rank⌋))`, whose CPU and
 //! CUDA kernels round the multiply-add once and switch formula at weight 0.5 (see [`Rank`]).
 //! The shader reproduces that in integer arithmetic, so no device float behaviour (denormal
-//! flushing, contraction) can change a bit. tools/reference_quantile.py checks the formula
+//! flushing, contraction) can change a bit. tools/fixtures/quantile.py checks the formula
 //! against torch.quantile itself and writes the fixture the tests compare with.
 //!
 //! Zeros: the selection orders −0 below +0 (IEEE totalOrder), torch sorts them as equal; where

@@ -46,7 +46,7 @@ pub struct Manifest {
 
 /// The indices of the sample PNGs in `dir`, in order.
 pub fn sample_indices(dir: &Path) -> Result<Vec<usize>> {
-    let cannot = |e: std::io::Error| Error::Invalid(format!("cannot list {}: {e}", dir.display()));
+    let cannot = Error::file("list", dir);
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(cannot)? {
         let name = entry.map_err(cannot)?.file_name();

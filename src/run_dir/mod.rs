@@ -2,17 +2,19 @@
 //! written last so that a killed run loses no finished sample, and everything derived from the
 //! PNGs — manifest, scores, heatmaps, grids, filtered subsets, report. The folder holds one run:
 //! resuming skips finished samples, shards of the run add to it — from one process after another
-//! or from many at once — and other parameters are refused.
+//! or from many at once — and other parameters are refused. This module is the folder format;
+//! the `sample` job that fills it is [`crate::job`].
 
 mod filter;
+mod folder;
 mod manifest;
 mod render;
-mod sample;
 mod shard;
 pub mod shared;
 mod write;
 
 pub use filter::{by_score, filter, filter_run, kept_count, Filtered};
+pub use folder::{FolderPlan, FolderSummary};
 pub use manifest::{
     collect, collect_folder, read_manifest, sample_indices, write_manifest, write_scores_csv,
     Manifest, SampleRecord, NON_FINITE_KEY,
@@ -20,7 +22,6 @@ pub use manifest::{
 pub use render::{
     render_heatmaps, write_grid, write_html_report, write_uncertainty_grids, HeatmapScale,
 };
-pub use sample::{SampleJob, SampleProgress, SampleRequest, SampleSummary, DEFAULT_MODEL};
 pub use shard::Shard;
 pub use write::{check_same_run, BatchWriter};
 

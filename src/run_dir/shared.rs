@@ -28,9 +28,7 @@ impl FolderLock {
     /// Blocks until this process holds the folder's lock.
     pub fn acquire(dir: &Path) -> Result<FolderLock> {
         let path = dir.join(LOCK_FILE);
-        let fail = |what: &str, e: std::io::Error| {
-            Error::Invalid(format!("cannot {what} {}: {e}", path.display()))
-        };
+        let fail = |action: &'static str, e: std::io::Error| Error::file(action, &path)(e);
         let file = File::options()
             .create(true)
             .truncate(false)
@@ -61,12 +59,7 @@ pub fn claim(dir: &Path, parameters: &serde_json::Value) -> Result<()> {
                 .map_err(|e| Error::Invalid(format!("cannot serialise the parameters: {e}")))?;
             return crate::io::write_atomic(&path, json.as_bytes());
         }
-        Err(e) => {
-            return Err(Error::Invalid(format!(
-                "cannot read {}: {e}",
-                path.display()
-            )))
-        }
+        Err(e) => return Err(Error::file("read", &path)(e)),
     };
     let theirs: Option<serde_json::Value> = serde_json::from_str(&text).ok();
     if theirs.as_ref() == Some(parameters) {
@@ -100,8 +93,7 @@ impl Presence {
             crate::io::process_token()
         );
         let path = dir.join(name);
-        let fail =
-            |e: std::io::Error| Error::Invalid(format!("cannot create {}: {e}", path.display()));
+        let fail = Error::file("create", &path);
         let file = File::create(&path).map_err(fail)?;
         file.lock().map_err(fail)?;
         Ok(Presence { file, path })
@@ -154,7 +146,7 @@ pub fn remove_abandoned(out: &Path, dirs: &[&Path]) -> Result<()> {
 
 /// (path, file name) of every entry of `dir`.
 fn entries(dir: &Path) -> Result<Vec<(PathBuf, String)>> {
-    let cannot = |e: std::io::Error| Error::Invalid(format!("cannot list {}: {e}", dir.display()));
+    let cannot = Error::file("list", dir);
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(cannot)? {
         let entry = entry.map_err(cannot)?;

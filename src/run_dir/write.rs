@@ -4,8 +4,9 @@ use super::manifest::{NON_FINITE_KEY, STEP_SCORES_KEY};
 use super::{png_name, raw_name, total_map_name};
 use crate::error::{Error, Result};
 use crate::images;
+use crate::noise::{NoiseDraw, NoisePurpose};
 use crate::npy;
-use crate::sampling::{FinishedBatch, NoiseDraw, NoisePurpose};
+use crate::sampling::FinishedBatch;
 use crate::uncertainty::UncertaintyBatch;
 use std::path::{Path, PathBuf};
 
@@ -46,7 +47,14 @@ impl BatchWriter {
             batch.first_index,
             batch.first_index + batch.len() - 1
         );
-        let batch_shape = [&[batch.len()][..], &batch.sample_shape[..]].concat();
+        if uc.is_some() && !batch.map_space.is_image() {
+            return Err(Error::Invalid(format!(
+                "this run's uncertainty maps are {:?} maps; heatmaps over decoded images need \
+                 them upsampled, which this version does not do",
+                batch.map_space
+            )));
+        }
+        let batch_shape = [&[batch.len()][..], &batch.map_shape[..]].concat();
         if let (Some(dir), Some(uc)) = (&self.save_maps, uc) {
             for (step, map) in &uc.maps {
                 let t = self.timesteps[*step];

@@ -2,7 +2,8 @@
 //! that a label suits the model.
 
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, Tensor};
+use crate::gpu::Gpu;
+use crate::models::Cond;
 
 /// How a user chose the classes of a class-conditional run (`--class N` or `--class cycle`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,19 +91,20 @@ fn check_class(classes: Option<usize>, class: usize) -> Result<()> {
     }
 }
 
-/// Checks `labels` against the model and the batch size and uploads them as floats (B).
+/// Checks `labels` against the model and the batch size and uploads them as floats (B): the
+/// batch's [`Cond`].
 pub(crate) fn upload_labels(
     gpu: &Gpu,
     classes: Option<usize>,
     labels: Option<&[usize]>,
     size: usize,
-) -> Result<Option<Tensor>> {
+) -> Result<Cond> {
     let Some(labels) = labels else {
         return match classes {
             Some(_) => Err(Error::Invalid(
                 "this model is class-conditional: every sample needs a class label".into(),
             )),
-            None => Ok(None),
+            None => Ok(Cond::None),
         };
     };
     for &class in labels {
@@ -115,5 +117,5 @@ pub(crate) fn upload_labels(
         )));
     }
     let values: Vec<f32> = labels.iter().map(|&c| c as f32).collect();
-    Ok(Some(gpu.upload(&[size], &values)?))
+    Ok(Cond::Class(gpu.upload(&[size], &values)?))
 }

@@ -6,7 +6,6 @@
 //! [`Run::sample`] reads the finished batch back.
 
 pub mod labels;
-pub mod noise;
 pub mod pipeline;
 pub mod run;
 pub mod schedule;
@@ -14,9 +13,8 @@ pub mod scheduler;
 pub mod setup;
 
 pub use labels::{ClassChoice, ClassLabels};
-pub use noise::{NoiseDraw, NoisePlan, NoisePurpose};
 pub use pipeline::{sample_batch, BatchSpec, NonFiniteFlags, SampledBatch, StepContext, StepHook};
 pub use run::{contiguous_batches, BatchHook, FinishedBatch, InitNoise, Run};
-pub use schedule::{NoiseSchedule, ScheduleConfig};
-pub use scheduler::{SamplerChoice, SamplerConfig, SamplerKind, Scheduler, Spacing, VarianceType};
+pub use schedule::{NoiseSchedule, ScheduleConfig, Spacing, VarianceType};
+pub use scheduler::{SamplerChoice, SamplerConfig, SamplerKind, SamplerState, Scheduler};
 pub use setup::{load_for_sampling, open_scheduler};

@@ -5,11 +5,11 @@
 //! read-back rather than written out as a black image.
 
 use super::labels::upload_labels;
-use super::noise::NoisePlan;
 use super::scheduler::Scheduler;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
-use crate::models::EpsModel;
+use crate::models::{denoise, denoise_vjp, Cond, EpsModel};
+use crate::noise::NoisePlan;
 use crate::ops;
 
 /// Per-sample record, on the GPU, of the first step at which a NaN or ±Inf appeared in a
@@ -52,25 +52,22 @@ pub struct StepContext<'a> {
     pub step: usize,
     pub timestep: usize,
     pub timesteps: &'a Tensor,
-    pub labels: Option<&'a Tensor>,
+    /// The batch's conditioning, one row per sample.
+    pub cond: &'a Cond,
     pub x: &'a Tensor,
     /// Where a hook records samples its outputs find non-finite.
     pub non_finite: &'a NonFiniteFlags,
 }
 
 impl StepContext<'_> {
-    /// The step's timesteps and labels repeated for `copies` stacked copies of the batch.
-    fn repeated(&self, copies: usize) -> Result<(Tensor, Option<Tensor>)> {
+    /// The step's timesteps and conditioning repeated for `copies` stacked copies of the batch.
+    pub fn repeated(&self, copies: usize) -> Result<(Tensor, Cond)> {
         let timesteps = ops::repeat_batch(self.gpu, self.timesteps, copies)?;
-        let labels = self
-            .labels
-            .map(|l| ops::repeat_batch(self.gpu, l, copies))
-            .transpose()?;
-        Ok((timesteps, labels))
+        Ok((timesteps, self.cond.repeat(self.gpu, copies)?))
     }
 
     /// ε_θ at `noisy`, `copies` stacked copies of the batch (M·B, C, H, W), at this step's
-    /// timestep and labels: one network call, or as few as the device's binding limit (and
+    /// timestep and conditioning: one network call, or as few as the device's binding limit (and
     /// `max_copies_per_call`) allow.
     pub fn predict_copies(
         &self,
@@ -79,13 +76,12 @@ impl StepContext<'_> {
         max_copies_per_call: Option<usize>,
     ) -> Result<Tensor> {
         let (gpu, batch) = (self.gpu, self.x.dim(0));
-        let fit = (self.model.max_batch(gpu) / batch.max(1)).max(1);
+        let rows = batch.max(1) * self.cond.passes();
+        let fit = (self.model.max_batch(gpu) / rows).max(1);
         let per_call = max_copies_per_call.unwrap_or(copies).min(fit).min(copies);
-        let (timesteps, labels) = self.repeated(per_call)?;
+        let (timesteps, cond) = self.repeated(per_call)?;
         if per_call == copies {
-            return self
-                .model
-                .predict_eps(gpu, noisy, &timesteps, labels.as_ref());
+            return denoise(self.model, gpu, noisy, &timesteps, &cond);
         }
         let out = gpu.empty(noisy.shape())?;
         let sample_bytes = noisy.byte_len() / (copies * batch) as u64;
@@ -97,11 +93,11 @@ impl StepContext<'_> {
             let chunk = gpu.empty(&shape)?;
             let offset = (first * batch) as u64 * sample_bytes;
             gpu.copy_range(noisy, offset, &chunk)?;
-            let (t, l) = match n == per_call {
-                true => (timesteps.clone(), labels.clone()),
+            let (t, c) = match n == per_call {
+                true => (timesteps.clone(), cond.clone()),
                 false => self.repeated(n)?,
             };
-            let eps = self.model.predict_eps(gpu, &chunk, &t, l.as_ref())?;
+            let eps = denoise(self.model, gpu, &chunk, &t, &c)?;
             gpu.copy_into(&eps, &out, offset)?;
             first += n;
         }
@@ -110,9 +106,8 @@ impl StepContext<'_> {
 
     /// ∂⟨ε_θ(noisy), v⟩/∂noisy for `copies` stacked copies of the batch.
     pub fn vjp_copies(&self, noisy: &Tensor, v: &Tensor, copies: usize) -> Result<Tensor> {
-        let (timesteps, labels) = self.repeated(copies)?;
-        self.model
-            .vjp(self.gpu, noisy, &timesteps, labels.as_ref(), v)
+        let (timesteps, cond) = self.repeated(copies)?;
+        denoise_vjp(self.model, self.gpu, noisy, &timesteps, &cond, v)
     }
 }
 
@@ -144,7 +139,7 @@ pub fn sample_batch(
 ) -> Result<SampledBatch> {
     let [c, h, w] = model.sample_shape()?;
     let shape = [spec.size, c, h, w];
-    let labels = upload_labels(gpu, model.num_classes(), spec.labels, spec.size)?;
+    let cond = upload_labels(gpu, model.num_classes(), spec.labels, spec.size)?;
     // Timestep tensors are uploaded before the loop so no step waits on the CPU.
     let timesteps: Vec<Tensor> = scheduler
         .timesteps
@@ -165,12 +160,11 @@ pub fn sample_batch(
         step_noise(gpu, scheduler, noise, i, &shape, spec.first_index, variance)
     };
     let non_finite = NonFiniteFlags::new(gpu, spec.size)?;
-    let mut x0_prev: Option<Tensor> = None;
+    let mut state = scheduler.start();
     for (i, &t) in scheduler.timesteps.iter().enumerate() {
         // A profile counts per step; the scopes name what is not the network.
         let _step = gpu.profile_step(format_args!("sample {} step {i}", spec.first_index));
-        let (mut eps, variance) =
-            predict(gpu, model, scheduler, &x, &timesteps[i], labels.as_ref())?;
+        let (mut eps, variance) = predict(gpu, model, scheduler, &x, &timesteps[i], &cond)?;
         let ctx = StepContext {
             gpu,
             model,
@@ -180,7 +174,7 @@ pub fn sample_batch(
             step: i,
             timestep: t,
             timesteps: &timesteps[i],
-            labels: labels.as_ref(),
+            cond: &cond,
             x: &x,
             non_finite: &non_finite,
         };
@@ -188,19 +182,15 @@ pub fn sample_batch(
             let _scope = gpu.scope("hooks");
             eps = hook.on_eps(&ctx, eps)?;
         }
-        let (next, x0) = {
+        x = {
             let _scope = gpu.scope("scheduler");
             // ε itself: with x̂0 clamped, a NaN ε can leave x finite but meaningless.
             non_finite.record(gpu, &eps, i)?;
-            let k = scheduler.coeffs(i);
             let z = ancestral(i, variance.as_ref())?;
-            let prev = if k.e != 0.0 { x0_prev.as_ref() } else { None };
-            let (next, x0) = ops::sampler_step(gpu, &k, &x, &eps, prev, z.as_ref())?;
+            let next = state.step(gpu, i, &x, &eps, z.as_ref())?;
             non_finite.record(gpu, &next, i)?;
-            (next, x0)
+            next
         };
-        x = next;
-        x0_prev = Some(x0);
         gpu.flush();
         gpu.trim_idle_memory();
         on_step(i);
@@ -215,10 +205,10 @@ fn predict(
     scheduler: &Scheduler,
     x: &Tensor,
     timesteps: &Tensor,
-    labels: Option<&Tensor>,
+    cond: &Cond,
 ) -> Result<(Tensor, Option<Tensor>)> {
     if !scheduler.needs_model_variance() {
-        return Ok((model.predict_eps(gpu, x, timesteps, labels)?, None));
+        return Ok((denoise(model, gpu, x, timesteps, cond)?, None));
     }
     if !model.learned_variance() {
         return Err(Error::Invalid(
@@ -226,7 +216,7 @@ fn predict(
                 .into(),
         ));
     }
-    model.predict_eps_and_variance(gpu, x, timesteps, labels)
+    model.predict_eps_and_variance(gpu, x, timesteps, cond)
 }
 
 /// The noise term of step `i` (None for a deterministic step): z, scaled by the model's

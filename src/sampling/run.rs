@@ -3,13 +3,13 @@
 //! index, so how the indices are batched never changes an image.
 
 use super::labels::ClassLabels;
-use super::noise::{NoiseDraw, NoisePlan};
 use super::pipeline::{sample_batch, BatchSpec, StepContext, StepHook};
 use super::scheduler::Scheduler;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::limits;
-use crate::models::EpsModel;
+use crate::models::{Decoder, EpsModel, MapSpace};
+use crate::noise::{NoiseDraw, NoisePlan};
 use crate::ops;
 
 /// A step hook with per-batch state: started before each batch, finished after it, when it
@@ -88,9 +88,13 @@ pub struct InitNoise {
 #[derive(Clone, Debug)]
 pub struct FinishedBatch<T> {
     pub first_index: usize,
-    /// (C, H, W) of one sample.
+    /// (C, H, W) of one decoded image.
     pub sample_shape: [usize; 3],
-    /// The final images in [−1, 1] (unclamped), (B, C, H, W).
+    /// (C, H, W) of one sample in the model's space, where the uncertainty maps live.
+    pub map_shape: [usize; 3],
+    /// Where the maps live relative to the images.
+    pub map_space: MapSpace,
+    /// The final images in [−1, 1] (unclamped), (B, C, H, W), decoded.
     pub images: Vec<f32>,
     /// Each sample's class, for class-conditional models.
     pub classes: Option<Vec<usize>>,
@@ -132,12 +136,19 @@ pub struct Run<'a> {
     pub noise: &'a NoisePlan,
     pub labels: ClassLabels,
     pub init_noise: Option<InitNoise>,
+    /// Turns finished samples into images before they are read back.
+    pub decoder: &'a dyn Decoder,
 }
 
 impl Run<'_> {
-    /// (C, H, W) of one sample.
+    /// (C, H, W) of one sample, in the model's space.
     pub fn sample_shape(&self) -> Result<[usize; 3]> {
         self.model.sample_shape()
+    }
+
+    /// (C, H, W) of one decoded image.
+    pub fn image_shape(&self) -> Result<[usize; 3]> {
+        Ok(self.decoder.image_shape(self.sample_shape()?))
     }
 
     /// Samples `first .. first + size` as one batch, with `hook` running at every step;
@@ -169,10 +180,12 @@ impl Run<'_> {
             &mut [hook as &mut dyn StepHook],
             on_step,
         )?;
-        let [images, flags] = <[Vec<f32>; 2]>::try_from(
-            gpu.read_many(&[&out.x, out.non_finite.tensor()])?,
-        )
-        .map_err(|_| Error::ReadBack("two tensors read, a different count returned".into()))?;
+        let decoded = self.decoder.decode(gpu, &out.x)?;
+        let [images, flags] =
+            <[Vec<f32>; 2]>::try_from(gpu.read_many(&[&decoded, out.non_finite.tensor()])?)
+                .map_err(|_| {
+                    Error::Internal("two tensors read, a different count returned".into())
+                })?;
         let hook = hook.finish_batch(gpu)?;
         let mut noise = Vec::new();
         for draw in self.noise.take_draws() {
@@ -181,7 +194,9 @@ impl Run<'_> {
         }
         Ok(FinishedBatch {
             first_index: first,
-            sample_shape,
+            sample_shape: self.decoder.image_shape(sample_shape),
+            map_shape: sample_shape,
+            map_space: self.decoder.map_space(),
             images,
             classes,
             noise,

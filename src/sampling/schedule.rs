@@ -1,11 +1,40 @@
 //! Noise schedules: β_t and ᾱ_t = Π_{s≤t}(1 − β_s), computed once in f64.
 
-use super::scheduler::{Spacing, VarianceType};
 use crate::error::{Error, Result};
 use crate::limits::MAX_TRAIN_TIMESTEPS;
 use crate::models::weights::parse_config;
 use crate::models::WeightFile;
 use serde::Deserialize;
+
+/// How the N sampling timesteps are spread over the training schedule (diffusers'
+/// `timestep_spacing`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Spacing {
+    Leading,
+    Trailing,
+    Linspace,
+}
+
+/// The variance of a DDPM step (diffusers' `variance_type`; guided-diffusion's
+/// `model_var_type`). DDIM and DPM-Solver ignore it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VarianceType {
+    /// The posterior variance β̃_t = (1−ᾱ_{t'})/(1−ᾱ_t)·β_t (`fixed_small_log` is the same σ).
+    #[serde(alias = "fixed_small_log")]
+    FixedSmall,
+    /// β_t.
+    FixedLarge,
+    /// exp(frac·log β_t + (1−frac)·log β̃_t) per element, frac = (v+1)/2 from the model's
+    /// variance output v.
+    LearnedRange,
+}
+
+crate::names::named_enum!(Spacing {
+    Leading = "leading",
+    Trailing = "trailing",
+    Linspace = "linspace",
+});
 
 /// The `beta_schedule` names [`NoiseSchedule::from_config`] computes (`cosine` is an alias of
 /// diffusers' `squaredcos_cap_v2`).
@@ -89,7 +118,7 @@ impl ScheduleConfig {
             ))
         };
         let config: ScheduleConfig = match file.metadata.get("scheduler") {
-            Some(json) => parse_config(json).map_err(bad)?,
+            Some(json) => parse_config(json).map_err(|e| e.at(file.path(), "scheduler"))?,
             None => ScheduleConfig::default(),
         };
         config.validate().map_err(|e| bad(e.to_string()))?;

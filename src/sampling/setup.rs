@@ -4,7 +4,7 @@
 use super::{NoiseSchedule, SamplerChoice, ScheduleConfig, Scheduler};
 use crate::error::Result;
 use crate::gpu::Gpu;
-use crate::models::{load_eps_model, EpsModel, WeightFile};
+use crate::models::{load_eps_model, open_model, EpsModel, WeightFile};
 use std::path::Path;
 
 /// Validates the sampler against the file's schedule before uploading any weight, so a bad
@@ -18,9 +18,10 @@ pub fn load_for_sampling(
     Ok((load_eps_model(gpu, &file)?, scheduler))
 }
 
-/// The weight file and its scheduler, without loading the network.
+/// The model (a weight file or a diffusers folder, [`open_model`]) and its scheduler, without
+/// loading the network.
 pub fn open_scheduler(path: &Path, choice: &SamplerChoice) -> Result<(WeightFile, Scheduler)> {
-    let file = WeightFile::open(path)?;
+    let file = open_model(path)?;
     let schedule = ScheduleConfig::from_weights(&file)?;
     let scheduler = Scheduler::new(
         choice.resolve(&schedule),

@@ -1,4 +1,4 @@
-//! The MC-Dropout baseline's predictions (the paper's comparison, ALGORITHM.md §6): M passes of
+//! The MC-Dropout baseline's predictions (the paper's comparison, docs/method.md §6): M passes of
 //! the network on the same x_t with dropout active, each copy with its own masks from the run's
 //! noise plan, all M·B copies in one batched forward.
 
@@ -12,12 +12,8 @@ use crate::sampling::StepContext;
 pub fn predict_copies(ctx: &StepContext, copies: usize) -> Result<Tensor> {
     let gpu = ctx.gpu;
     let x = ops::repeat_batch(gpu, ctx.x, copies)?;
-    let timesteps = ops::repeat_batch(gpu, ctx.timesteps, copies)?;
-    let labels = ctx
-        .labels
-        .map(|l| ops::repeat_batch(gpu, l, copies))
-        .transpose()?;
+    let (timesteps, cond) = ctx.repeated(copies)?;
     let masks = DropoutMasks::new(ctx.noise, ctx.step, copies, ctx.first_index);
     ctx.model
-        .predict_eps_mc_dropout(gpu, &x, &timesteps, labels.as_ref(), &masks)
+        .predict_eps_mc_dropout(gpu, &x, &timesteps, &cond, &masks)
 }

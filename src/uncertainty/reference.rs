@@ -11,16 +11,18 @@
 //! The file is a NumPy `.npz` of float64 arrays (documented in README.md, "Uncertainty modes"):
 //! `timesteps` (S), `sample_shape` (3), `copies`, `images`, `seed` (1 each),
 //! `posterior_variance_mean` / `_sd` (S, C, H, W), `residual_mean` / `_sd` (S),
-//! `typicality_mean` / `_sd` (S). tools/sample_torch.py reads and writes the same file.
+//! `typicality_mean` / `_sd` (S). tools/twin/sample_torch.py reads and writes the same file.
 
 use super::renoised_copies;
 use crate::error::{Error, Result};
-use crate::evaluation::fid::load_images;
 use crate::gpu::{Gpu, Tensor};
+use crate::image_sets::load_images;
 use crate::images::Image8;
+use crate::models::Cond;
+use crate::noise::NoisePlan;
 use crate::npz;
 use crate::ops::{self, UncertaintyMode};
-use crate::sampling::{load_for_sampling, NoisePlan, NonFiniteFlags, SamplerChoice, StepContext};
+use crate::sampling::{load_for_sampling, NonFiniteFlags, SamplerChoice, StepContext};
 use std::path::{Path, PathBuf};
 
 /// A pixel whose reference spread is below this fraction of its step's mean spread is scaled as
@@ -257,20 +259,20 @@ pub struct ReferenceRequest {
     pub max_copies_per_forward: Option<usize>,
 }
 
+/// The raw Stein modes the reference measures, in the order [`Accumulator::add`] takes them.
+const MODES: [UncertaintyMode; 3] = [
+    UncertaintyMode::PosteriorVariance,
+    UncertaintyMode::Residual,
+    UncertaintyMode::Typicality,
+];
+
 /// Builds the reference; `progress(done, total)` after each batch of images.
 pub fn build_reference(
     gpu: &Gpu,
     request: &ReferenceRequest,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<UncertaintyReference> {
-    if request.batch == 0 || request.copies < 2 || request.copies > crate::limits::MAX_COPIES {
-        return Err(Error::Invalid(format!(
-            "the reference needs a batch ≥ 1 and 2 ≤ M ≤ {} (got batch {}, M {})",
-            crate::limits::MAX_COPIES,
-            request.batch,
-            request.copies
-        )));
-    }
+    request.validate()?;
     let (model, scheduler) = load_for_sampling(gpu, &request.model, &request.sampler)?;
     if model.num_classes().is_some() {
         return Err(Error::Invalid(
@@ -280,34 +282,12 @@ pub fn build_reference(
         ));
     }
     let sample_shape = model.sample_shape()?;
-    let (mut images, _) = load_images(&request.images)?;
-    images.truncate(request.count.unwrap_or(images.len()));
-    if images.len() < 2 {
-        return Err(Error::Invalid(format!(
-            "a reference needs at least 2 images for a spread, got {}",
-            images.len()
-        )));
-    }
+    let images = request.real_images()?;
     let x0 = to_model_input(&images, sample_shape)?;
     let len: usize = sample_shape.iter().product();
-    let steps = scheduler.timesteps.len();
-    let mut acc = Accumulator::new(steps, len);
+    let mut acc = Accumulator::new(scheduler.timesteps.len(), len);
+    let raw = RawModes::new(gpu, sample_shape)?;
     let noise = NoisePlan::new(request.seed);
-    let modes = [
-        UncertaintyMode::PosteriorVariance,
-        UncertaintyMode::Residual,
-        UncertaintyMode::Typicality,
-    ];
-    let raw: Vec<(Tensor, Tensor)> = modes
-        .iter()
-        .map(|&mode| {
-            let (shift, scale) = standardisation(mode, None, 0, len)?;
-            Ok((
-                gpu.upload(&sample_shape, &shift)?,
-                gpu.upload(&sample_shape, &scale)?,
-            ))
-        })
-        .collect::<Result<_>>()?;
     for first in (0..images.len()).step_by(request.batch) {
         let b = request.batch.min(images.len() - first);
         let shape = [b, sample_shape[0], sample_shape[1], sample_shape[2]];
@@ -317,7 +297,6 @@ pub fn build_reference(
             let z = noise.reference(gpu, &shape, i, first)?;
             let x = scheduler.add_noise(gpu, t, &x0, &z)?;
             let timesteps = gpu.upload(&[b], &vec![t as f32; b])?;
-            let eps = model.predict_eps(gpu, &x, &timesteps, None)?;
             let ctx = StepContext {
                 gpu,
                 model: &*model,
@@ -327,41 +306,12 @@ pub fn build_reference(
                 step: i,
                 timestep: t,
                 timesteps: &timesteps,
-                labels: None,
+                cond: &Cond::None,
                 x: &x,
                 non_finite: &non_finite,
             };
-            let (draws, eps_copies) =
-                renoised_copies(&ctx, &eps, request.copies, request.max_copies_per_forward)?;
-            let a = scheduler.alpha_bar(t);
-            let maps = modes
-                .iter()
-                .zip(&raw)
-                .map(|(&mode, (shift, scale))| {
-                    let rho = (1.0 - a) / a;
-                    let map = ops::stein_map(
-                        gpu,
-                        &eps_copies,
-                        &draws,
-                        (shift, scale),
-                        request.copies,
-                        mode,
-                        rho,
-                    )?;
-                    non_finite.record(gpu, &map, i)?;
-                    Ok(map)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let sums = [
-                ops::sum_per_sample(gpu, &maps[1])?,
-                ops::sum_per_sample(gpu, &maps[2])?,
-            ];
-            acc.add(
-                i,
-                &gpu.read(&maps[0])?,
-                &gpu.read(&sums[0])?,
-                &gpu.read(&sums[1])?,
-            );
+            let [pv, res, typ] = raw.measure(&ctx, request)?;
+            acc.add(i, &pv, &res, &typ);
         }
         let flags = ops::decode_first_steps(&gpu.read(non_finite.tensor())?);
         if let Some(k) = flags.iter().position(Option::is_some) {
@@ -387,6 +337,93 @@ pub fn build_reference(
         typicality_mean: typ.0,
         typicality_sd: typ.1,
     })
+}
+
+impl ReferenceRequest {
+    /// The counts the reference needs before anything is loaded.
+    fn validate(&self) -> Result<()> {
+        if self.batch == 0 || self.copies < 2 || self.copies > crate::limits::MAX_COPIES {
+            return Err(Error::Invalid(format!(
+                "the reference needs a batch ≥ 1 and 2 ≤ M ≤ {} (got batch {}, M {})",
+                crate::limits::MAX_COPIES,
+                self.batch,
+                self.copies
+            )));
+        }
+        Ok(())
+    }
+
+    /// The real images: the first `count` of the source, at least two.
+    fn real_images(&self) -> Result<Vec<Image8>> {
+        let (mut images, _) = load_images(&self.images)?;
+        images.truncate(self.count.unwrap_or(images.len()));
+        if images.len() < 2 {
+            return Err(Error::Invalid(format!(
+                "a reference needs at least 2 images for a spread, got {}",
+                images.len()
+            )));
+        }
+        Ok(images)
+    }
+}
+
+/// The raw (unstandardised) maps of [`MODES`]: each mode's identity (shift, scale) on the GPU.
+struct RawModes(Vec<(Tensor, Tensor)>);
+
+impl RawModes {
+    fn new(gpu: &Gpu, sample_shape: [usize; 3]) -> Result<RawModes> {
+        let len = sample_shape.iter().product();
+        let raw = MODES
+            .iter()
+            .map(|&mode| {
+                let (shift, scale) = standardisation(mode, None, 0, len)?;
+                Ok((
+                    gpu.upload(&sample_shape, &shift)?,
+                    gpu.upload(&sample_shape, &scale)?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        Ok(RawModes(raw))
+    }
+
+    /// One step of a batch of noised real images: the estimator's M re-noised copies, then the
+    /// posterior-variance maps (B·C·H·W) and the residual and typicality sums (B), read back.
+    fn measure(&self, ctx: &StepContext, request: &ReferenceRequest) -> Result<[Vec<f32>; 3]> {
+        let gpu = ctx.gpu;
+        let eps = ctx
+            .model
+            .predict_eps(gpu, ctx.x, ctx.timesteps, &Cond::None)?;
+        let (draws, eps_copies) =
+            renoised_copies(ctx, &eps, request.copies, request.max_copies_per_forward)?;
+        let a = ctx.scheduler.alpha_bar(ctx.timestep);
+        let rho = (1.0 - a) / a;
+        let maps = MODES
+            .iter()
+            .zip(&self.0)
+            .map(|(&mode, (shift, scale))| {
+                let map = ops::stein_map(
+                    gpu,
+                    &eps_copies,
+                    &draws,
+                    (shift, scale),
+                    request.copies,
+                    mode,
+                    rho,
+                )?;
+                ctx.non_finite.record(gpu, &map, ctx.step)?;
+                Ok(map)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let sums = [
+            ops::sum_per_sample(gpu, &maps[1])?,
+            ops::sum_per_sample(gpu, &maps[2])?,
+        ];
+        Ok([
+            gpu.read(&maps[0])?,
+            gpu.read(&sums[0])?,
+            gpu.read(&sums[1])?,
+        ])
+    }
 }
 
 /// Float64 sums and sums of squares per step; each statistic's (mean, sd) at the end.
@@ -441,7 +478,7 @@ impl Accumulator {
 }
 
 /// Real images as model input (K, C, H, W) in [−1, 1]: x/127.5 − 1, each centred on the model's
-/// canvas of background −1 (28×28 Fashion-MNIST on 32×32, as tools/train_demo.py pads).
+/// canvas of background −1 (28×28 Fashion-MNIST on 32×32, as tools/train/train_demo.py pads).
 fn to_model_input(images: &[Image8], [c, h, w]: [usize; 3]) -> Result<Vec<f32>> {
     let mut out = vec![-1.0f32; images.len() * c * h * w];
     for (k, img) in images.iter().enumerate() {

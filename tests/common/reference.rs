@@ -447,7 +447,7 @@ pub fn quantile_f32(row: &[f32], p: f64) -> f32 {
 /// torch's `lerp(start, end, w)` for f32 (aten/src/ATen/native/Lerp.h) as its CPU kernels,
 /// vectorised and scalar, and its CUDA kernel evaluate it: each branch one fused multiply-add,
 /// start + w·(end − start) for |w| < 0.5, else end − (end − start)·(1 − w), where
-/// −(end − start)·(1 − w) = (w − 1)·(end − start) exactly. tools/reference_quantile.py checks
+/// −(end − start)·(1 − w) = (w − 1)·(end − start) exactly. tools/fixtures/quantile.py checks
 /// this against torch on inputs where a separately rounded product gives other bits.
 pub fn torch_lerp_f32(start: f32, end: f32, w: f32) -> f32 {
     let d = end - start;

@@ -1,5 +1,5 @@
 """The small Fashion-MNIST classifier that `wgsl-diff eval` uses as a feature extractor
-(src/models/classifier.rs mirrors it; tools/train/train_classifier.py trains it):
+(src/models/evaluation/classifier.rs mirrors it; tools/train/train_classifier.py trains it):
 
     [conv 3x3 -> SiLU -> avgpool 2x2] per entry of CHANNELS -> flatten (NCHW order)
     -> Linear -> SiLU (= the features) -> Linear (= the logits)

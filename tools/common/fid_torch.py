@@ -1,7 +1,7 @@
 """pytorch-fid's FID Inception without its download, for the fixture, conversion and benchmark
 scripts: the module classes of pytorch_fid.inception (FIDInceptionA/C/E on torchvision's
 Inception-V3) with a state dict of our choosing, and the seeded random parameters that
-wgsl-diff's `FidInception::random` draws (src/models/inception.rs)."""
+wgsl-diff's `FidInception::random` draws (src/models/evaluation/inception.rs)."""
 
 import numpy as np
 import torch

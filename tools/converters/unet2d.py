@@ -48,7 +48,7 @@ SUPPORTED_DOWN_BLOCKS = ("DownBlock2D", "AttnDownBlock2D")
 SUPPORTED_UP_BLOCKS = ("UpBlock2D", "AttnUpBlock2D")
 SUPPORTED_MID_BLOCKS = ("UNetMidBlock2D",)
 # Config options with values wgsl-diff does not implement: option -> accepted values. Mirrors
-# UNet2DConfig::validate in src/models/unet_2d.rs so that unsupported models fail at conversion.
+# UNet2DConfig::validate in src/models/diffusers/unet_2d.rs so that unsupported models fail at conversion.
 SUPPORTED_OPTIONS = {
     "act_fn": ("silu",),
     "time_embedding_type": ("positional",),

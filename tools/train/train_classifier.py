@@ -6,7 +6,7 @@ eval` fits a Gaussian to the features of real and of generated images and report
 distance between them, plus the classifier's mean confidence on each set.
 
 The network uses only layers wgsl-diff's GPU ops implement (3x3 convolutions with padding 1 and
-bias, SiLU, 2x2 average pooling, linear layers), so src/models/classifier.rs can mirror it:
+bias, SiLU, 2x2 average pooling, linear layers), so src/models/evaluation/classifier.rs can mirror it:
 
     [conv 3x3 -> SiLU -> avgpool 2x2] per entry of CHANNELS -> flatten (NCHW order)
     -> Linear -> SiLU (= the features) -> Linear (= the logits)

@@ -9,11 +9,11 @@ use super::nn::{Dense, HostParams};
 use super::{AdmConfig, NORM_EPS, NORM_GROUPS};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
-use crate::models::embeddings::Timesteps;
+use crate::models::diffusers::embeddings::Timesteps;
 use crate::models::layers::{Conv2d, Embedding, GroupNorm, Linear};
 use crate::models::mc_dropout::DropoutMasks;
 use crate::models::weights::{VarBuilder, WeightFile};
-use crate::models::EpsModel;
+use crate::models::{Cond, EpsModel};
 use crate::ops;
 
 /// ADM: ε (and, with `learn_sigma`, the variance interpolation v) for a noisy image at a
@@ -319,9 +319,11 @@ impl EpsModel for AdmModel {
         gpu: &Gpu,
         x: &Tensor,
         timesteps: &Tensor,
-        labels: Option<&Tensor>,
+        cond: &Cond,
     ) -> Result<Tensor> {
-        Ok(self.forward(gpu, x, timesteps, labels, None, false)?.0)
+        Ok(self
+            .forward(gpu, x, timesteps, cond.class_labels()?, None, false)?
+            .0)
     }
 
     fn predict_eps_and_variance(
@@ -329,9 +331,9 @@ impl EpsModel for AdmModel {
         gpu: &Gpu,
         x: &Tensor,
         timesteps: &Tensor,
-        labels: Option<&Tensor>,
+        cond: &Cond,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        self.forward(gpu, x, timesteps, labels, None, true)
+        self.forward(gpu, x, timesteps, cond.class_labels()?, None, true)
     }
 
     fn sample_shape(&self) -> Result<[usize; 3]> {
@@ -361,7 +363,7 @@ impl EpsModel for AdmModel {
         gpu: &Gpu,
         x: &Tensor,
         timesteps: &Tensor,
-        labels: Option<&Tensor>,
+        cond: &Cond,
         masks: &DropoutMasks,
     ) -> Result<Tensor> {
         if self.config.dropout == 0.0 {
@@ -371,7 +373,7 @@ impl EpsModel for AdmModel {
             ));
         }
         Ok(self
-            .forward(gpu, x, timesteps, labels, Some(masks), false)?
+            .forward(gpu, x, timesteps, cond.class_labels()?, Some(masks), false)?
             .0)
     }
 }

@@ -2,10 +2,10 @@
 //! (`_from_deprecated_attn_block`): self-attention over the pixels of a feature map, with the
 //! input gradient of the UNet's backward pass.
 
-use super::layers::{GroupNorm, GroupNormTape, Linear};
-use super::weights::VarBuilder;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
+use crate::models::layers::{GroupNorm, GroupNormTape, Linear};
+use crate::models::weights::VarBuilder;
 use crate::ops;
 
 /// Optional group norm, per-pixel q/k/v projections, softmax attention, output projection,

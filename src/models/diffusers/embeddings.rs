@@ -1,10 +1,10 @@
 //! diffusers' `embeddings.py` for the time conditioning of UNet2DModel: the sinusoidal
 //! `Timesteps` projection and the `TimestepEmbedding` MLP on top of it.
 
-use super::layers::Linear;
-use super::weights::VarBuilder;
 use crate::error::Result;
 use crate::gpu::{Gpu, Tensor};
+use crate::models::layers::Linear;
+use crate::models::weights::VarBuilder;
 use crate::ops;
 
 /// diffusers `Timesteps`: sinusoidal features of the (fractional) timestep; no parameters, only

@@ -2,10 +2,10 @@
 //! `ResnetBlock2D`, and the `Downsample2D`/`Upsample2D` convolutions between resolutions, each
 //! with the input gradient of the UNet's backward pass.
 
-use super::layers::{Conv2d, GroupNorm, GroupNormTape, Linear};
-use super::weights::VarBuilder;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
+use crate::models::layers::{Conv2d, GroupNorm, GroupNormTape, Linear};
+use crate::models::weights::VarBuilder;
 use crate::ops;
 use serde::Deserialize;
 
@@ -25,16 +25,19 @@ pub enum TimeEmbeddingNorm {
 pub struct ResnetConfig {
     pub groups: usize,
     pub eps: f32,
-    pub temb_channels: usize,
+    /// The time embedding's width; None for a block without one (diffusers' `temb_channels=None`,
+    /// as the VAE's blocks are).
+    pub temb_channels: Option<usize>,
     pub time_norm: TimeEmbeddingNorm,
     pub output_scale_factor: f32,
 }
 
-/// diffusers `ResnetBlock2D`: norm1 → SiLU → conv1 → +temb → norm2 → SiLU → conv2, plus shortcut.
+/// diffusers `ResnetBlock2D`: norm1 → SiLU → conv1 → (+temb) → norm2 → SiLU → conv2, plus
+/// shortcut.
 pub struct ResnetBlock2D {
     norm1: GroupNorm,
     conv1: Conv2d,
-    time_emb_proj: Linear,
+    time_emb_proj: Option<Linear>,
     norm2: GroupNorm,
     conv2: Conv2d,
     conv_shortcut: Option<Conv2d>,
@@ -53,10 +56,20 @@ impl ResnetBlock2D {
             TimeEmbeddingNorm::Default => c_out,
             TimeEmbeddingNorm::ScaleShift => 2 * c_out,
         };
+        if cfg.temb_channels.is_none() && cfg.time_norm == TimeEmbeddingNorm::ScaleShift {
+            return Err(Error::Invalid(
+                "a ResnetBlock2D with scale-shift time embedding needs temb_channels".into(),
+            ));
+        }
+        let norm1 = GroupNorm::load(&vb.pp("norm1"), cfg.groups, c_in, cfg.eps)?;
+        let conv1 = Conv2d::load(&vb.pp("conv1"), c_in, c_out, 3, 1, 1)?;
         Ok(ResnetBlock2D {
-            norm1: GroupNorm::load(&vb.pp("norm1"), cfg.groups, c_in, cfg.eps)?,
-            conv1: Conv2d::load(&vb.pp("conv1"), c_in, c_out, 3, 1, 1)?,
-            time_emb_proj: Linear::load(&vb.pp("time_emb_proj"), cfg.temb_channels, proj_out)?,
+            norm1,
+            conv1,
+            time_emb_proj: cfg
+                .temb_channels
+                .map(|t| Linear::load(&vb.pp("time_emb_proj"), t, proj_out))
+                .transpose()?,
             norm2: GroupNorm::load(&vb.pp("norm2"), cfg.groups, c_out, cfg.eps)?,
             conv2: Conv2d::load(&vb.pp("conv2"), c_out, c_out, 3, 1, 1)?,
             conv_shortcut: if c_in != c_out {
@@ -70,8 +83,9 @@ impl ResnetBlock2D {
     }
 
     /// `temb_act` is SiLU(time embedding): every block applies the same SiLU to the same
-    /// embedding, so the network computes it once.
-    pub fn forward(&self, gpu: &Gpu, x: &Tensor, temb_act: &Tensor) -> Result<Tensor> {
+    /// embedding, so the network computes it once. A block loaded without `temb_channels`
+    /// takes None.
+    pub fn forward(&self, gpu: &Gpu, x: &Tensor, temb_act: Option<&Tensor>) -> Result<Tensor> {
         Ok(self.run(gpu, x, temb_act, false)?.0)
     }
 
@@ -81,7 +95,7 @@ impl ResnetBlock2D {
         &self,
         gpu: &Gpu,
         x: &Tensor,
-        temb_act: &Tensor,
+        temb_act: Option<&Tensor>,
     ) -> Result<(Tensor, ResnetTape)> {
         let (y, tape) = self.run(gpu, x, temb_act, true)?;
         Ok((y, tape.expect("a saving run keeps its tape")))
@@ -93,7 +107,7 @@ impl ResnetBlock2D {
         &self,
         gpu: &Gpu,
         x: &Tensor,
-        temb_act: &Tensor,
+        temb_act: Option<&Tensor>,
         save: bool,
     ) -> Result<(Tensor, Option<ResnetTape>)> {
         let norm =
@@ -108,15 +122,33 @@ impl ResnetBlock2D {
         let (n1, norm1) = norm(&self.norm1, x, true)?;
         let h = self.conv1.forward(gpu, &n1)?;
         drop(n1);
-        let t = self.time_emb_proj.forward(gpu, temb_act)?;
-        let (a, norm2, scale_shift) = match self.time_norm {
-            TimeEmbeddingNorm::Default => {
+        let t = match (&self.time_emb_proj, temb_act) {
+            (Some(proj), Some(temb)) => Some(proj.forward(gpu, temb)?),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(Error::Invalid(
+                    "this ResnetBlock2D projects a time embedding: it needs one".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(Error::Invalid(
+                    "this ResnetBlock2D has no time_emb_proj: it takes no time embedding".into(),
+                ))
+            }
+        };
+        let (a, norm2, scale_shift) = match (self.time_norm, t) {
+            (_, None) => {
+                let (a, norm2) = norm(&self.norm2, &h, true)?;
+                drop(h);
+                (a, norm2, None)
+            }
+            (TimeEmbeddingNorm::Default, Some(t)) => {
                 let sum = ops::add_channel_vec(gpu, &h, &t)?;
                 drop(h);
                 let (a, norm2) = norm(&self.norm2, &sum, true)?;
                 (a, norm2, None)
             }
-            TimeEmbeddingNorm::ScaleShift => {
+            (TimeEmbeddingNorm::ScaleShift, Some(t)) => {
                 let (n2, norm2) = norm(&self.norm2, &h, false)?;
                 drop(h);
                 let u = ops::scale_shift(gpu, &n2, &t)?;

@@ -2,20 +2,20 @@
 //! network, built from the blocks of [`super::unet_2d_blocks`].
 
 use super::embeddings::{TimestepEmbedding, Timesteps};
-use super::layers::GroupNormTape;
-use super::layers::{Conv2d, Embedding, GroupNorm};
 use super::resnet::{ResnetConfig, TimeEmbeddingNorm};
 use super::unet_2d_blocks::{
     BlockConfig, BlockTape, DownBlock, DownBlockArgs, DownBlockType, UNetMidBlock2D, UpBlock,
     UpBlockArgs, UpBlockType,
 };
-use super::weights::{VarBuilder, WeightFile};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::limits::{
     MAX_BLOCKS, MAX_CHANNELS, MAX_CLASSES, MAX_CONFIG_SCALE, MAX_LAYERS_PER_BLOCK, MAX_SAMPLE_SIZE,
     MAX_TRAIN_TIMESTEPS,
 };
+use crate::models::layers::GroupNormTape;
+use crate::models::layers::{Conv2d, Embedding, GroupNorm};
+use crate::models::weights::{VarBuilder, WeightFile};
 use crate::ops;
 use serde::Deserialize;
 
@@ -377,7 +377,7 @@ impl UNet2DModel {
             resnet: ResnetConfig {
                 groups,
                 eps: config.norm_eps,
-                temb_channels: time_embed_dim,
+                temb_channels: Some(time_embed_dim),
                 time_norm: config.resnet_time_scale_shift,
                 output_scale_factor: 1.0,
             },
@@ -765,6 +765,7 @@ mod tests {
             (r#"{"norm_eps": "small"}"#, "norm_eps"),
         ] {
             let err = parse_config::<UNet2DConfig>(json).unwrap_err();
+            let err = err.to_string();
             assert!(err.contains(key), "{json}: {err}");
         }
         // The keys diffusers itself adds, with the values it writes, are accepted.

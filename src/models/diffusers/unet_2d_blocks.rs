@@ -13,9 +13,9 @@ use super::attention::{Attention, AttentionTape};
 use super::resnet::{
     Downsample2D, ResnetBlock2D, ResnetConfig, ResnetTape, TimeEmbeddingNorm, Upsample2D,
 };
-use super::weights::VarBuilder;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
+use crate::models::weights::VarBuilder;
 use crate::ops;
 use serde::Deserialize;
 
@@ -282,11 +282,11 @@ impl Record for Option<&mut BlockTape> {
         let _scope = gpu.scope(format_args!("resnets.{j}"));
         match self {
             Some(block) => {
-                let (y, tape) = resnet.forward_saving(gpu, x, temb_act)?;
+                let (y, tape) = resnet.forward_saving(gpu, x, Some(temb_act))?;
                 block.resnets.push(tape);
                 Ok(y)
             }
-            None => resnet.forward(gpu, x, temb_act),
+            None => resnet.forward(gpu, x, Some(temb_act)),
         }
     }
 

@@ -1,9 +1,9 @@
 //! The UNet's vector-Jacobian product with respect to its input, ∂⟨ε_θ(x, t, y), v⟩/∂x, in
 //! batches sized so that the forward's tape fits beside the backward (what gradient guidance
-//! needs, ALGORITHM.md §3, Rule G).
+//! needs, docs/method.md §3, Rule G).
 
+use super::unet_2d::UNet2DModel;
 use super::unet_2d_blocks::{DownBlockType, UpBlockType};
-use super::UNet2DModel;
 use crate::error::{ensure, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::ops::dims;

@@ -1,18 +1,18 @@
-//! The small Fashion-MNIST classifier of `tools/train_classifier.py`, used by `wgsl-diff eval` as
+//! The small Fashion-MNIST classifier of `tools/train/train_classifier.py`, used by `wgsl-diff eval` as
 //! the feature extractor of a Fréchet distance (the role Inception plays in FID).
 //!
 //! `[conv 3×3 → SiLU → avg-pool 2×2]` per entry of `channels`, flatten (NCHW order, as PyTorch's
 //! `flatten(1)`), `hidden` linear → SiLU (the features), `head` linear (the logits).
 
-use super::layers::{Conv2d, Linear};
-use super::weights::{VarBuilder, WeightFile};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::limits::{MAX_BLOCKS, MAX_CHANNELS, MAX_CLASSES, MAX_SAMPLE_SIZE};
+use crate::models::layers::{Conv2d, Linear};
+use crate::models::weights::{VarBuilder, WeightFile};
 use crate::ops;
 use serde::Deserialize;
 
-/// The `config` metadata written by `tools/train_classifier.py`; any other key is refused.
+/// The `config` metadata written by `tools/train/train_classifier.py`; any other key is refused.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClassifierConfig {
@@ -107,7 +107,7 @@ pub struct FashionClassifier {
 impl FashionClassifier {
     pub const ARCH: &'static str = "FashionClassifier";
 
-    /// Loads a file written by `tools/train_classifier.py`, checking every tensor.
+    /// Loads a file written by `tools/train/train_classifier.py`, checking every tensor.
     pub fn load(gpu: &Gpu, file: &WeightFile) -> Result<FashionClassifier> {
         file.expect_arch(Self::ARCH)?;
         let config: ClassifierConfig = file.config()?;

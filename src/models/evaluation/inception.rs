@@ -4,16 +4,16 @@
 //! the last block).
 //!
 //! Every `BasicConv2d` (conv without bias → batch norm, eps 0.001 → ReLU) is one convolution with
-//! bias and a fused ReLU: `tools/fid_weights.py` folds each batch norm into its convolution.
+//! bias and a fused ReLU: `tools/converters/fid_weights.py` folds each batch norm into its convolution.
 //! Tensor names are pytorch-fid's module paths without `.conv`/`.bn`
 //! (`Mixed_5b.branch1x1.weight`, `Mixed_5b.branch1x1.bias`), arch [`ARCH`].
 //!
 //! The network is fully convolutional up to its global average pool: it runs on any input of
 //! at least 75×75 (torchvision's minimum); pytorch-fid resizes to [`INPUT_SIDE`] first.
 
-use super::weights::WeightFile;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
+use crate::models::weights::WeightFile;
 use crate::ops::{self, Conv2dArgs, ConvWeight, Pool2dArgs, PoolMode};
 use crate::splitmix::SplitMix64;
 
@@ -97,7 +97,7 @@ const fn cn1(c_out: usize, n: usize) -> ConvSpec {
 /// Where parameters come from while the network is built: a weight file, or seeded random
 /// values (for tests and benchmarks without the 95 MB checkpoint).
 enum Source<'a> {
-    File(super::weights::VarBuilder<'a>),
+    File(crate::models::weights::VarBuilder<'a>),
     Random(SplitMix64),
 }
 
@@ -151,7 +151,7 @@ impl Builder<'_> {
 
 /// The random parameters of one convolution: He-uniform weights U(−1, 1)·√(6 / fan-in), so
 /// activations keep their scale through the ReLU stack, and biases U(−1, 1)·0.1, drawn in that
-/// order from one SplitMix64 stream (tools/fid_fixtures.py draws the same numbers).
+/// order from one SplitMix64 stream (tools/fixtures/fid.py draws the same numbers).
 pub fn random_conv(rng: &mut SplitMix64, w_shape: &[usize; 4]) -> (Vec<f32>, Vec<f32>) {
     let fan_in = w_shape[1] * w_shape[2] * w_shape[3];
     let scale = (6.0 / fan_in as f64).sqrt();
@@ -439,7 +439,7 @@ pub struct FidInception {
 }
 
 impl FidInception {
-    /// Loads weights converted by `tools/fid_weights.py`.
+    /// Loads weights converted by `tools/converters/fid_weights.py`.
     pub fn load(gpu: &Gpu, file: &WeightFile) -> Result<FidInception> {
         file.expect_arch(ARCH)?;
         let vb = file.var_builder(gpu);

@@ -1,13 +1,21 @@
 //! Samplers with diffusers' semantics, reduced to per-step scalar coefficients for the fused
-//! GPU update (`ops::sampler_step`): DDIM (DDIMScheduler), DDPM ancestral (DDPMScheduler with
-//! fixed_small, fixed_large or learned_range variance) and DPM-Solver++(2M)
-//! (DPMSolverMultistepScheduler, midpoint, lower_order_final, final sigma zero).
+//! GPU update (`ops::sampler_step`, [`StepCoeffs`]): DDIM ([`ddim`]), DDPM ancestral ([`ddpm`],
+//! fixed_small, fixed_large or learned_range variance) and DPM-Solver++(2M) ([`dpmpp2m`]).
+//!
+//! Each update rule is one file implementing [`UpdateRule`]: its coefficients, its defaults and,
+//! for multistep rules, what it keeps of earlier steps. That memory belongs to the batch being
+//! sampled ([`SamplerState`], from [`Scheduler::start`]), not to the sampling loop, so a rule
+//! with a longer history (PNDM's three past ε) changes nothing outside its file. A new sampler
+//! is a file here, a [`SamplerKind`] name and one arm of [`SamplerKind::rule`].
 
-use super::schedule::{NoiseSchedule, ScheduleConfig};
+mod ddim;
+mod ddpm;
+mod dpmpp2m;
+
+use super::schedule::{NoiseSchedule, ScheduleConfig, Spacing, VarianceType};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::ops::{self, StepCoeffs};
-use serde::Deserialize;
 
 /// The update rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,41 +25,11 @@ pub enum SamplerKind {
     Dpmpp2m,
 }
 
-/// How the N sampling timesteps are spread over the training schedule (diffusers'
-/// `timestep_spacing`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Spacing {
-    Leading,
-    Trailing,
-    Linspace,
-}
-
-/// The variance of a DDPM step (diffusers' `variance_type`; guided-diffusion's
-/// `model_var_type`). DDIM and DPM-Solver ignore it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum VarianceType {
-    /// The posterior variance β̃_t = (1−ᾱ_{t'})/(1−ᾱ_t)·β_t (`fixed_small_log` is the same σ).
-    #[serde(alias = "fixed_small_log")]
-    FixedSmall,
-    /// β_t.
-    FixedLarge,
-    /// exp(frac·log β_t + (1−frac)·log β̃_t) per element, frac = (v+1)/2 from the model's
-    /// variance output v.
-    LearnedRange,
-}
-
 crate::names::named_enum!(SamplerKind {
     Ddim = "ddim",
     Ddpm = "ddpm",
     Dpmpp2m = "dpmpp2m",
 });
-crate::names::named_enum!(Spacing {
-    Leading = "leading",
-    Trailing = "trailing",
-    Linspace = "linspace",
-});
-
 #[derive(Clone, Debug)]
 pub struct SamplerConfig {
     pub kind: SamplerKind,
@@ -105,19 +83,14 @@ pub struct SamplerChoice {
 
 impl SamplerChoice {
     pub fn resolve(&self, schedule: &ScheduleConfig) -> SamplerConfig {
-        let default_steps = match self.kind {
-            SamplerKind::Ddpm => schedule.num_train_timesteps,
-            _ => 50,
-        };
-        let default_spacing = match self.kind {
-            SamplerKind::Dpmpp2m => Spacing::Linspace,
-            _ => Spacing::Leading,
-        };
+        let rule = self.kind.rule();
         SamplerConfig {
             kind: self.kind,
-            steps: self.steps.unwrap_or(default_steps),
+            steps: self
+                .steps
+                .unwrap_or(rule.default_steps(schedule.num_train_timesteps)),
             eta: self.eta,
-            spacing: self.spacing.unwrap_or(default_spacing),
+            spacing: self.spacing.unwrap_or(rule.default_spacing()),
             steps_offset: self.steps_offset,
             set_alpha_to_one: schedule.set_alpha_to_one,
             clip_sample: (schedule.clip_sample && self.clip).then_some(schedule.clip_sample_range),
@@ -127,14 +100,104 @@ impl SamplerChoice {
     }
 }
 
+impl SamplerKind {
+    /// The update rule of this kind: the one place a sampler is registered.
+    fn rule(self) -> &'static dyn UpdateRule {
+        match self {
+            SamplerKind::Ddim => &ddim::Ddim,
+            SamplerKind::Ddpm => &ddpm::Ddpm,
+            SamplerKind::Dpmpp2m => &dpmpp2m::Dpmpp2m,
+        }
+    }
+}
+
+/// What one sampler contributes: the coefficients of each step of the fused update, its
+/// defaults, and the step itself where it keeps history.
+trait UpdateRule: std::fmt::Debug + Sync {
+    /// The coefficients of step `i` (0-based, in sampling order).
+    fn coeffs(&self, s: &Scheduler, i: usize) -> StepCoeffs;
+
+    /// Step `i`: x_{t'} from x_t, ε and the noise z, with coefficients `k` =
+    /// [`coeffs`](Self::coeffs)`(i)`. One-step rules keep nothing in `history`.
+    fn step(
+        &self,
+        k: &StepCoeffs,
+        history: &mut History,
+        gpu: &Gpu,
+        x: &Tensor,
+        eps: &Tensor,
+        z: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let _ = history;
+        Ok(ops::sampler_step(gpu, k, x, eps, None, z)?.0)
+    }
+
+    /// Points of diffusers' timestep grid for `steps` steps.
+    fn grid_points(&self, steps: usize) -> usize {
+        steps
+    }
+
+    /// Steps when the user names none.
+    fn default_steps(&self, train_timesteps: usize) -> usize {
+        let _ = train_timesteps;
+        50
+    }
+
+    /// Spacing when the user names none.
+    fn default_spacing(&self) -> Spacing {
+        Spacing::Leading
+    }
+
+    /// ᾱ after the last step.
+    fn final_alpha_bar(&self, s: &Scheduler) -> f64 {
+        let _ = s;
+        1.0
+    }
+
+    /// Whether steps draw the model's learned-range variance.
+    fn samples_model_variance(&self, s: &Scheduler) -> bool {
+        let _ = s;
+        false
+    }
+}
+
+/// What earlier steps of a batch left for later ones, newest last; each rule decides what it
+/// keeps (DPM-Solver++(2M): the last x̂0).
+#[derive(Default)]
+struct History(Vec<Tensor>);
+
+/// One batch's pass through the scheduler's steps, with the history its rule keeps.
+pub struct SamplerState<'a> {
+    scheduler: &'a Scheduler,
+    history: History,
+}
+
+impl SamplerState<'_> {
+    /// Step `i` (0-based, in sampling order): x_{t'} from x_t, ε and the step's noise z (where
+    /// [`Scheduler::needs_noise`]), on the GPU.
+    pub fn step(
+        &mut self,
+        gpu: &Gpu,
+        i: usize,
+        x: &Tensor,
+        eps: &Tensor,
+        z: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let s = self.scheduler;
+        let k = s.coeffs(i);
+        s.config
+            .kind
+            .rule()
+            .step(&k, &mut self.history, gpu, x, eps, z)
+    }
+}
+
 /// A configured sampler: the timesteps to visit and the update coefficients for each.
 #[derive(Clone, Debug)]
 pub struct Scheduler {
     pub config: SamplerConfig,
     pub schedule: NoiseSchedule,
     pub timesteps: Vec<usize>,
-    /// DPM-Solver: σ_i = sqrt((1 − ᾱ)/ᾱ) at each timestep, then 0.
-    sigmas: Vec<f64>,
 }
 
 fn round_half_even(x: f64) -> f64 {
@@ -146,19 +209,14 @@ fn round_half_even(x: f64) -> f64 {
     }
 }
 
-/// diffusers' `set_timesteps`. DPM-Solver's grids have one more point, the last (t = 0) dropped.
+/// diffusers' `set_timesteps` on a grid of `points` ≥ `n` points, the first `n` visited.
 fn spaced_timesteps(
-    kind: SamplerKind,
     spacing: Spacing,
     t_train: usize,
     n: usize,
+    points: usize,
     offset: usize,
 ) -> Vec<usize> {
-    let points = if kind == SamplerKind::Dpmpp2m {
-        n + 1
-    } else {
-        n
-    };
     match spacing {
         Spacing::Leading => {
             let ratio = t_train / points;
@@ -232,20 +290,13 @@ impl Scheduler {
                 config.steps_offset
             )));
         }
-        let timesteps =
-            spaced_timesteps(config.kind, config.spacing, t_train, n, config.steps_offset);
+        let points = config.kind.rule().grid_points(n);
+        let timesteps = spaced_timesteps(config.spacing, t_train, n, points, config.steps_offset);
         check_timesteps(&config, &timesteps, t_train)?;
-        let ac = &schedule.alphas_cumprod;
-        let mut sigmas: Vec<f64> = timesteps
-            .iter()
-            .map(|&t| ((1.0 - ac[t]) / ac[t]).sqrt())
-            .collect();
-        sigmas.push(0.0);
         let scheduler = Scheduler {
             config,
             schedule,
             timesteps,
-            sigmas,
         };
         scheduler.check_coefficients()?;
         Ok(scheduler)
@@ -283,7 +334,7 @@ impl Scheduler {
 
     /// x̂0 = (x_t − √(1−ᾱ_t)·ε)/√ᾱ_t, clipped when the sampler clips: the `p`, `q` and `clip`
     /// of a step's coefficients.
-    fn x0_coeffs(&self, t: usize) -> StepCoeffs {
+    pub(super) fn x0_coeffs(&self, t: usize) -> StepCoeffs {
         let a_t = self.alpha_bar(t);
         StepCoeffs {
             p: 1.0 / a_t.sqrt(),
@@ -324,15 +375,13 @@ impl Scheduler {
     }
 
     /// ᾱ at the timestep after step `i` (diffusers' prev_timestep = t − T/N).
-    fn alpha_bar_prev(&self, i: usize) -> f64 {
+    pub(super) fn alpha_bar_prev(&self, i: usize) -> f64 {
         let ratio = (self.schedule.len() / self.config.steps) as isize;
         let prev = self.timesteps[i] as isize - ratio;
         if prev >= 0 {
             self.schedule.alphas_cumprod[prev as usize]
-        } else if self.config.kind == SamplerKind::Ddim && !self.config.set_alpha_to_one {
-            self.schedule.alphas_cumprod[0]
         } else {
-            1.0
+            self.config.kind.rule().final_alpha_bar(self)
         }
     }
 
@@ -343,55 +392,19 @@ impl Scheduler {
 
     /// The update coefficients of step `i` (0-based, in sampling order).
     pub fn coeffs(&self, i: usize) -> StepCoeffs {
-        let t = self.timesteps[i];
-        let a_t = self.alpha_bar(t);
-        match self.config.kind {
-            SamplerKind::Ddim => {
-                let a_prev = self.alpha_bar_prev(i);
-                let variance = (1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev);
-                let std = self.config.eta * variance.sqrt();
-                let (a, b) = (a_prev.sqrt(), (1.0 - a_prev - std * std).max(0.0).sqrt());
-                if self.config.use_clipped_model_output && self.config.clip_sample.is_some() {
-                    // ε' = (x − √ᾱ_t·x̂0)/√(1−ᾱ_t) folded into the x̂0 and x coefficients.
-                    let s = (1.0 - a_t).sqrt();
-                    return StepCoeffs {
-                        a: a - b * a_t.sqrt() / s,
-                        d: b / s,
-                        c: std,
-                        ..self.x0_coeffs(t)
-                    };
-                }
-                StepCoeffs {
-                    a,
-                    b,
-                    c: std,
-                    ..self.x0_coeffs(t)
-                }
-            }
-            SamplerKind::Ddpm => {
-                let a_prev = self.alpha_bar_prev(i);
-                let alpha = a_t / a_prev;
-                let beta = 1.0 - alpha;
-                // The learned-range σ varies per element: the step's noise arrives scaled
-                // (`ops::learned_range_noise` with `learned_range`'s bounds), so c is 1.
-                let std = match self.config.variance {
-                    VarianceType::FixedSmall => self.posterior_variance(i).sqrt(),
-                    VarianceType::FixedLarge => beta.sqrt(),
-                    VarianceType::LearnedRange => 1.0,
-                };
-                StepCoeffs {
-                    a: a_prev.sqrt() * beta / (1.0 - a_t),
-                    d: alpha.sqrt() * (1.0 - a_prev) / (1.0 - a_t),
-                    c: if t > 0 { std } else { 0.0 },
-                    ..self.x0_coeffs(t)
-                }
-            }
-            SamplerKind::Dpmpp2m => self.dpm_coeffs(i),
+        self.config.kind.rule().coeffs(self, i)
+    }
+
+    /// A batch's pass through the steps, holding what the rule keeps between them.
+    pub fn start(&self) -> SamplerState<'_> {
+        SamplerState {
+            scheduler: self,
+            history: History::default(),
         }
     }
 
     /// DDPM's β̃ at step `i`, clamped at 1e-20 like diffusers' `_get_variance`.
-    fn posterior_variance(&self, i: usize) -> f64 {
+    pub(super) fn posterior_variance(&self, i: usize) -> f64 {
         let a_t = self.alpha_bar(self.timesteps[i]);
         let a_prev = self.alpha_bar_prev(i);
         ((1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev)).max(1e-20)
@@ -399,7 +412,7 @@ impl Scheduler {
 
     /// Whether steps need the model's variance output (DDPM with learned-range variance).
     pub fn needs_model_variance(&self) -> bool {
-        self.config.kind == SamplerKind::Ddpm && self.config.variance == VarianceType::LearnedRange
+        self.config.kind.rule().samples_model_variance(self)
     }
 
     /// (log β̃, log β) of step `i`, the bounds the learned-range log-variance interpolates
@@ -410,55 +423,5 @@ impl Scheduler {
             let beta = 1.0 - self.alpha_bar(self.timesteps[i]) / self.alpha_bar_prev(i);
             (self.posterior_variance(i).ln(), beta.ln())
         })
-    }
-
-    fn dpm_coeffs(&self, i: usize) -> StepCoeffs {
-        let n = self.timesteps.len();
-        let alpha_sigma = |s: f64| {
-            let alpha = 1.0 / (s * s + 1.0).sqrt();
-            (alpha, s * alpha)
-        };
-        let lambda = |s: f64| {
-            let (a, sg) = alpha_sigma(s);
-            a.ln() - sg.ln()
-        };
-        let (s0, s_next) = (self.sigmas[i], self.sigmas[i + 1]);
-        let (alpha0, sigma0) = alpha_sigma(s0);
-        let (alpha_t, sigma_t) = alpha_sigma(s_next);
-        // x̂0 from ε at σ_i: (x − σ·ε)/α in the scaled parametrisation.
-        let base = StepCoeffs {
-            p: 1.0 / alpha0,
-            q: -sigma0 / alpha0,
-            ..Default::default()
-        };
-        // exp(−h) − 1 with h = λ_t − λ_s; the final σ = 0 gives h = ∞, so the update returns x̂0.
-        let (ratio, em1) = if s_next == 0.0 {
-            (0.0, -1.0)
-        } else {
-            (
-                sigma_t / sigma0,
-                (-(lambda(s_next) - lambda(s0))).exp() - 1.0,
-            )
-        };
-        // Second order needs one step of history; the last step is first order
-        // (lower_order_final with a zero final sigma).
-        if i == 0 || i + 1 == n {
-            StepCoeffs {
-                a: -alpha_t * em1,
-                d: ratio,
-                ..base
-            }
-        } else {
-            let h = lambda(s_next) - lambda(s0);
-            let h0 = lambda(s0) - lambda(self.sigmas[i - 1]);
-            let r0 = h0 / h;
-            let c = -0.5 * alpha_t * em1 / r0;
-            StepCoeffs {
-                a: -alpha_t * em1 + c,
-                d: ratio,
-                e: -c,
-                ..base
-            }
-        }
     }
 }
