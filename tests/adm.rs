@@ -95,7 +95,7 @@ fn sampler_steps_match_guided_diffusion() {
             steps: Some(want_t.len()),
             eta: 0.0,
             spacing: None,
-            steps_offset: 0,
+            steps_offset: None,
             clip: true,
         };
         let (_, sched) = open_scheduler(&fixture("adm_cond.safetensors"), &choice).unwrap();
@@ -425,7 +425,7 @@ fn adm64_architecture_matches_guided_diffusion() {
         steps: Some(2),
         eta: 0.0,
         spacing: None,
-        steps_offset: 0,
+        steps_offset: None,
         clip: true,
     };
     let (_, sched) = open_scheduler(&path, &choice).unwrap();

@@ -212,7 +212,7 @@ fn request(start: usize, num: usize, batch: usize, shard: Option<Shard>) -> Samp
             steps: Some(2),
             eta: 0.0,
             spacing: None,
-            steps_offset: 0,
+            steps_offset: None,
             clip: true,
         },
         seed: 0,

@@ -275,7 +275,7 @@ fn calibration_takes_order_statistics_of_the_rules_maps() {
             steps: Some(3),
             eta: 0.0,
             spacing: None,
-            steps_offset: 0,
+            steps_offset: None,
             clip: true,
         },
         rule: GuidanceRule::Posterior,

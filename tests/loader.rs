@@ -33,7 +33,7 @@ fn load(gpu: &Gpu, path: &Path) -> wgsl_diff::Result<(UNet2DModel, Scheduler)> {
         steps: Some(2),
         eta: 0.0,
         spacing: None,
-        steps_offset: 0,
+        steps_offset: None,
         clip: true,
     };
     let scheduler = Scheduler::new(

@@ -103,7 +103,7 @@ fn request(model: &Path, out: &Path) -> SampleRequest {
             steps: Some(3),
             eta: 0.0,
             spacing: None,
-            steps_offset: 0,
+            steps_offset: None,
             clip: true,
         },
         seed: 3,

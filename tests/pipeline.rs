@@ -211,7 +211,7 @@ fn built_reference_matches_an_independent_pytorch_implementation() {
             steps: Some(timesteps.len()),
             eta: 0.0,
             spacing: None,
-            steps_offset: 0,
+            steps_offset: None,
             clip: true,
         },
         images: dir.clone(),

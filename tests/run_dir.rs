@@ -34,7 +34,7 @@ fn request(out: &Path) -> SampleRequest {
             steps: Some(3),
             eta: 0.0,
             spacing: None,
-            steps_offset: 0,
+            steps_offset: None,
             clip: true,
         },
         seed: 7,

@@ -33,9 +33,10 @@ pub struct SamplerArgs {
     /// Timestep spacing [default: leading; linspace for dpmpp2m]
     #[arg(long, value_parser = named::<Spacing>(Spacing::NAMES))]
     pub spacing: Option<Spacing>,
-    /// Added to every timestep with leading spacing (diffusers' steps_offset)
-    #[arg(long, default_value_t = 0)]
-    pub steps_offset: usize,
+    /// Added to every timestep with leading spacing (diffusers' steps_offset) [default: the
+    /// model's scheduler config's, 0 when it names none]
+    #[arg(long)]
+    pub steps_offset: Option<usize>,
     /// Do not clamp x̂0 to [−1, 1] (clamped by default when the model's scheduler config asks)
     #[arg(long)]
     pub no_clip: bool,

@@ -40,7 +40,7 @@ crate::names::named_enum!(Spacing {
 /// diffusers' `squaredcos_cap_v2`).
 const BETA_SCHEDULES: &[&str] = &["linear", "scaled_linear", "squaredcos_cap_v2", "cosine"];
 
-/// A diffusers scheduler config (`DDPMScheduler` / `DDIMScheduler`) as stored in the weight
+/// A diffusers scheduler config (`DDPMScheduler` / `DDIMScheduler` / `PNDMScheduler`) as stored in the weight
 /// file's `scheduler` metadata; absent keys take diffusers' defaults. Every key those schedulers
 /// write is known and any other is refused, so a misspelled key cannot silently fall back to a
 /// default; [`validate`](Self::validate) refuses values outside their range and settings this
@@ -69,12 +69,16 @@ pub struct ScheduleConfig {
     pub thresholding: bool,
     pub dynamic_thresholding_ratio: f64,
     pub sample_max_value: f64,
-    /// The training scheduler's `set_timesteps` settings; sampling takes its spacing and offset
-    /// from the [`SamplerChoice`](super::SamplerChoice) (`--spacing`, `--steps-offset`).
+    /// The training scheduler's `set_timesteps` settings: sampling takes the spacing from the
+    /// [`SamplerChoice`](super::SamplerChoice) (`--spacing`) and the offset from here unless
+    /// `--steps-offset` gives one.
     pub timestep_spacing: String,
     pub steps_offset: usize,
     /// Only false: zero-terminal-SNR rescaling is not implemented.
     pub rescale_betas_zero_snr: bool,
+    /// PNDMScheduler's: PLMS without the Runge–Kutta warm-up. `--sampler pndm` always runs
+    /// PLMS, as Stable Diffusion's config (`true`) asks.
+    pub skip_prk_steps: bool,
     #[serde(rename = "_class_name")]
     pub class_name: Option<String>,
     #[serde(rename = "_diffusers_version")]
@@ -102,6 +106,7 @@ impl Default for ScheduleConfig {
             timestep_spacing: "leading".into(),
             steps_offset: 0,
             rescale_betas_zero_snr: false,
+            skip_prk_steps: true,
             class_name: None,
             diffusers_version: None,
         }

@@ -86,6 +86,7 @@ impl UpdateRule for Dpmpp2m {
     /// step's x̂0 for the next.
     fn step(
         &self,
+        _i: usize,
         k: &StepCoeffs,
         history: &mut History,
         gpu: &Gpu,
@@ -93,9 +94,13 @@ impl UpdateRule for Dpmpp2m {
         eps: &Tensor,
         z: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let previous = if k.e != 0.0 { history.0.last() } else { None };
+        let previous = if k.e != 0.0 {
+            history.tensors.last()
+        } else {
+            None
+        };
         let (next, x0) = ops::sampler_step(gpu, k, x, eps, previous, z)?;
-        history.0 = vec![x0];
+        history.tensors = vec![x0];
         Ok(next)
     }
 }

@@ -11,6 +11,7 @@
 mod ddim;
 mod ddpm;
 mod dpmpp2m;
+mod pndm;
 
 use super::schedule::{NoiseSchedule, ScheduleConfig, Spacing, VarianceType};
 use crate::error::{Error, Result};
@@ -23,12 +24,14 @@ pub enum SamplerKind {
     Ddim,
     Ddpm,
     Dpmpp2m,
+    Pndm,
 }
 
 crate::names::named_enum!(SamplerKind {
     Ddim = "ddim",
     Ddpm = "ddpm",
     Dpmpp2m = "dpmpp2m",
+    Pndm = "pndm",
 });
 #[derive(Clone, Debug)]
 pub struct SamplerConfig {
@@ -76,7 +79,9 @@ pub struct SamplerChoice {
     pub eta: f64,
     /// Default: linspace for DPM-Solver++(2M), leading otherwise.
     pub spacing: Option<Spacing>,
-    pub steps_offset: usize,
+    /// Added to every leading-spacing timestep. Default: the model's scheduler config's
+    /// `steps_offset`, as diffusers takes it (Stable Diffusion's is 1).
+    pub steps_offset: Option<usize>,
     /// Clamp x̂0 when the model's schedule asks for it.
     pub clip: bool,
 }
@@ -91,7 +96,7 @@ impl SamplerChoice {
                 .unwrap_or(rule.default_steps(schedule.num_train_timesteps)),
             eta: self.eta,
             spacing: self.spacing.unwrap_or(rule.default_spacing()),
-            steps_offset: self.steps_offset,
+            steps_offset: self.steps_offset.unwrap_or(schedule.steps_offset),
             set_alpha_to_one: schedule.set_alpha_to_one,
             clip_sample: (schedule.clip_sample && self.clip).then_some(schedule.clip_sample_range),
             variance: schedule.variance_type,
@@ -107,6 +112,7 @@ impl SamplerKind {
             SamplerKind::Ddim => &ddim::Ddim,
             SamplerKind::Ddpm => &ddpm::Ddpm,
             SamplerKind::Dpmpp2m => &dpmpp2m::Dpmpp2m,
+            SamplerKind::Pndm => &pndm::Pndm,
         }
     }
 }
@@ -119,8 +125,10 @@ trait UpdateRule: std::fmt::Debug + Sync {
 
     /// Step `i`: x_{t'} from x_t, ε and the noise z, with coefficients `k` =
     /// [`coeffs`](Self::coeffs)`(i)`. One-step rules keep nothing in `history`.
+    #[allow(clippy::too_many_arguments)] // the step's inputs, as the fused update takes them
     fn step(
         &self,
+        i: usize,
         k: &StepCoeffs,
         history: &mut History,
         gpu: &Gpu,
@@ -128,8 +136,14 @@ trait UpdateRule: std::fmt::Debug + Sync {
         eps: &Tensor,
         z: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let _ = history;
+        let _ = (i, history);
         Ok(ops::sampler_step(gpu, k, x, eps, None, z)?.0)
+    }
+
+    /// The model calls' timesteps from the grid's (strictly decreasing) points: the grid
+    /// itself, or with points visited twice (PNDM).
+    fn visit_order(&self, grid: Vec<usize>) -> Vec<usize> {
+        grid
     }
 
     /// Points of diffusers' timestep grid for `steps` steps.
@@ -161,10 +175,15 @@ trait UpdateRule: std::fmt::Debug + Sync {
     }
 }
 
-/// What earlier steps of a batch left for later ones, newest last; each rule decides what it
-/// keeps (DPM-Solver++(2M): the last x̂0).
+/// What earlier steps of a batch left for later ones; each rule decides what it keeps
+/// (DPM-Solver++(2M): the last x̂0; PNDM: the last four ε and the sample its first step
+/// started from).
 #[derive(Default)]
-struct History(Vec<Tensor>);
+struct History {
+    /// Newest last.
+    tensors: Vec<Tensor>,
+    sample: Option<Tensor>,
+}
 
 /// One batch's pass through the scheduler's steps, with the history its rule keeps.
 pub struct SamplerState<'a> {
@@ -188,7 +207,7 @@ impl SamplerState<'_> {
         s.config
             .kind
             .rule()
-            .step(&k, &mut self.history, gpu, x, eps, z)
+            .step(i, &k, &mut self.history, gpu, x, eps, z)
     }
 }
 
@@ -290,9 +309,11 @@ impl Scheduler {
                 config.steps_offset
             )));
         }
-        let points = config.kind.rule().grid_points(n);
-        let timesteps = spaced_timesteps(config.spacing, t_train, n, points, config.steps_offset);
-        check_timesteps(&config, &timesteps, t_train)?;
+        let rule = config.kind.rule();
+        let points = rule.grid_points(n);
+        let grid = spaced_timesteps(config.spacing, t_train, n, points, config.steps_offset);
+        check_timesteps(&config, &grid, t_train)?;
+        let timesteps = rule.visit_order(grid);
         let scheduler = Scheduler {
             config,
             schedule,
