@@ -94,3 +94,43 @@ fn pndm_resolves_from_the_models_schedule() {
     assert_eq!(*sched.timesteps.last().unwrap(), 1);
     assert!(!sched.config.set_alpha_to_one);
 }
+
+/// `sample` takes the offset from the model's scheduler config unless `--steps-offset` names
+/// one (before, the flag's default 0 silently replaced the model's).
+#[test]
+fn sample_takes_the_models_steps_offset() {
+    use common::weights_file::WeightsFile;
+    let dir = common::tmp_dir("steps-offset");
+    let model = dir.join("offset.safetensors");
+    let mut file = WeightsFile::read(&fixture("unet_tiny_gray.safetensors"));
+    file.edit_meta_json("scheduler", "steps_offset", Some(serde_json::json!(1)));
+    file.write(&model);
+    let timesteps = |out: &str, extra: &[&str]| -> serde_json::Value {
+        let run = std::process::Command::new(env!("CARGO_BIN_EXE_wgsl-diff"))
+            .args(["sample", "--quiet", "--num", "1", "--steps", "4", "--model"])
+            .arg(&model)
+            .args(extra)
+            .arg("--out")
+            .arg(dir.join(out))
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join(out).join("samples.json")).unwrap())
+                .unwrap();
+        manifest["parameters"]["timesteps"].clone()
+    };
+    assert_eq!(
+        timesteps("model", &[]),
+        serde_json::json!([751, 501, 251, 1])
+    );
+    assert_eq!(
+        timesteps("flag", &["--steps-offset", "0"]),
+        serde_json::json!([750, 500, 250, 0])
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
