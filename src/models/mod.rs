@@ -11,6 +11,7 @@
 //! is a folder here that implements [`EpsModel`] or [`Decoder`].
 
 pub mod adm;
+pub mod clip;
 pub mod cond;
 pub mod decode;
 pub mod diffusers;
