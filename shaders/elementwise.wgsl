@@ -20,6 +20,8 @@ struct Params {
 override OP: u32 = 0u;
 const UNARY_SILU: u32 = 0u;
 const UNARY_AFFINE: u32 = 1u;     // alpha·x + beta
+const UNARY_GELU: u32 = 2u;       // x·Φ(x), exact (erf)
+const UNARY_QUICK_GELU: u32 = 3u; // x·σ(1.702x)
 const BINARY_LINCOMB: u32 = 0u;   // alpha·a + beta·b
 const BINARY_MUL: u32 = 1u;       // a·b
 const CHANNEL_ADD: u32 = 0u;      // x + v[c]
@@ -45,6 +47,8 @@ fn unary(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
     let v = f32(un_x[i]);
     switch OP {
         case UNARY_SILU: { un_out[i] = act(silu(v)); }
+        case UNARY_GELU: { un_out[i] = act(gelu(v)); }
+        case UNARY_QUICK_GELU: { un_out[i] = act(quick_gelu(v)); }
         case UNARY_AFFINE, default: { un_out[i] = act(p.alpha * v + p.beta); }
     }
 }

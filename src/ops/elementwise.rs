@@ -30,6 +30,10 @@ pub(super) enum UnaryOp {
     Silu = 0,
     /// alpha·x + beta.
     Affine = 1,
+    /// x·Φ(x), the exact (erf) GELU.
+    Gelu = 2,
+    /// x·σ(1.702·x), CLIP's approximation.
+    QuickGelu = 3,
 }
 
 /// The `binary` entry's operations (elementwise.wgsl's `BINARY_*`).
@@ -169,10 +173,41 @@ fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
 
 /// SiLU(x) = x·sigmoid(x).
 pub fn silu(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
-    let p = ElementwiseParams::over("silu", x)?;
+    unary(gpu, "silu", UnaryOp::Silu, x)
+}
+
+/// GELU(x) = x·Φ(x) in its exact (erf) form, as PyTorch's `F.gelu` and diffusers' GEGLU.
+pub fn gelu(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
+    unary(gpu, "gelu", UnaryOp::Gelu, x)
+}
+
+/// CLIP's quick_gelu(x) = x·σ(1.702·x).
+pub fn quick_gelu(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
+    unary(gpu, "quick_gelu", UnaryOp::QuickGelu, x)
+}
+
+fn unary(gpu: &Gpu, name: &str, op: UnaryOp, x: &Tensor) -> Result<Tensor> {
+    let p = ElementwiseParams::over(name, x)?;
     let out = gpu.empty_typed(x.shape(), x.dtype())?;
-    launch(gpu, Entry::Unary(UnaryOp::Silu), &p, &[x], &out)?;
+    launch(gpu, Entry::Unary(op), &p, &[x], &out)?;
     Ok(out)
+}
+
+/// diffusers' GEGLU on its projection's output: x (…, 2F) split into (h, gate) along the last
+/// axis → h·GELU(gate), (…, F).
+pub fn geglu(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
+    let shape = x.shape();
+    let width = *shape.last().unwrap_or(&0);
+    ensure(width > 0 && width.is_multiple_of(2), "geglu", || {
+        format!("{shape:?}: the last axis must hold two halves")
+    })?;
+    let rows = x.numel() / width.max(1);
+    let planes = x.reshape(&[rows, width, 1, 1])?;
+    let h = super::slice_channels(gpu, &planes, 0, width / 2)?;
+    let gate = super::slice_channels(gpu, &planes, width / 2, width / 2)?;
+    let mut out_shape = shape.to_vec();
+    *out_shape.last_mut().unwrap() = width / 2;
+    mul(gpu, &h, &gelu(gpu, &gate)?)?.reshape(&out_shape)
 }
 
 /// alpha·x + beta.

@@ -11,30 +11,49 @@ kernel_params! {
     }
 }
 
-/// One 1-D launch of `entry` writing every element of `out`.
-fn launch(
+/// The activations whose backward `activation_grad` computes (elementwise_grad.wgsl's
+/// `ACTIVATION_*`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Activation {
+    Silu = 0,
+    Gelu = 1,
+    QuickGelu = 2,
+}
+
+/// ∂⟨f(z), dy⟩/∂z = dy·f'(z) for the activation f.
+fn activation_grad(
     gpu: &Gpu,
-    entry: &'static str,
-    p: &ElementwiseGradParams,
-    inputs: &[&Tensor],
-    out: &Tensor,
-) -> Result<()> {
-    let kernel = Kernel::new(&shaders::ELEMENTWISE_GRAD, entry);
-    gpu.dispatch(&kernel, p, inputs, &[out], gpu.grid_1d(out.numel()))
+    op: &'static str,
+    f: Activation,
+    z: &Tensor,
+    dy: &Tensor,
+) -> Result<Tensor> {
+    ensure(z.shape() == dy.shape(), op, || {
+        format!("z {:?} and dy {:?} differ", z.shape(), dy.shape())
+    })?;
+    let p = ElementwiseGradParams {
+        total: checked_u32(op, "total", z.numel())?,
+    };
+    let dx = gpu.empty(z.shape())?;
+    let kernel = Kernel::new(&shaders::ELEMENTWISE_GRAD, "activation_grad").with("OP", f as u32);
+    gpu.dispatch(&kernel, &p, &[z, dy], &[&dx], gpu.grid_1d(dx.numel()))?;
+    Ok(dx)
 }
 
 /// ∂⟨SiLU(z), dy⟩/∂z = dy·SiLU'(z).
 pub fn silu_grad(gpu: &Gpu, z: &Tensor, dy: &Tensor) -> Result<Tensor> {
-    const OP: &str = "silu_grad";
-    ensure(z.shape() == dy.shape(), OP, || {
-        format!("z {:?} and dy {:?} differ", z.shape(), dy.shape())
-    })?;
-    let p = ElementwiseGradParams {
-        total: checked_u32(OP, "total", z.numel())?,
-    };
-    let dx = gpu.empty(z.shape())?;
-    launch(gpu, "silu_grad", &p, &[z, dy], &dx)?;
-    Ok(dx)
+    activation_grad(gpu, "silu_grad", Activation::Silu, z, dy)
+}
+
+/// ∂⟨GELU(z), dy⟩/∂z = dy·(Φ(z) + z·φ(z)).
+pub fn gelu_grad(gpu: &Gpu, z: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    activation_grad(gpu, "gelu_grad", Activation::Gelu, z, dy)
+}
+
+/// ∂⟨quick_gelu(z), dy⟩/∂z.
+pub fn quick_gelu_grad(gpu: &Gpu, z: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    activation_grad(gpu, "quick_gelu_grad", Activation::QuickGelu, z, dy)
 }
 
 /// ∂⟨upsample_nearest2x(x), dy⟩/∂x: each input pixel sums its 2×2 block of dy, which is

@@ -30,11 +30,11 @@ pub use conv::{
 };
 pub use conv_grad::{conv2d_input_grad, plan_conv2d_input_grad, ConvGradVariant};
 pub use elementwise::{
-    add, add_channel_vec, affine, avg_pool2x, broadcast_lincomb, concat_channels, lincomb, mul,
-    mul_channel_vec, repeat_batch, scale_shift, silu, slice_channels, to_f32, to_half,
-    transpose_last2, upsample_nearest2x,
+    add, add_channel_vec, affine, avg_pool2x, broadcast_lincomb, concat_channels, geglu, gelu,
+    lincomb, mul, mul_channel_vec, quick_gelu, repeat_batch, scale_shift, silu, slice_channels,
+    to_f32, to_half, transpose_last2, upsample_nearest2x,
 };
-pub use elementwise_grad::{silu_grad, upsample_nearest2x_grad};
+pub use elementwise_grad::{gelu_grad, quick_gelu_grad, silu_grad, upsample_nearest2x_grad};
 pub use embedding::{embedding_lookup, timestep_embedding, timestep_frequencies};
 pub use finite::{decode_first_steps, non_finite_flags, record_non_finite, NO_STEP};
 pub use guidance::{gradient_cotangent, masked_update, posterior, sum_copies, MaskedRule};
@@ -43,8 +43,8 @@ pub use matmul::{
     LinearWeight, MatmulLaunch, MatmulProblem,
 };
 pub use noise_scale::{dropout, dropout_threshold, learned_range_noise, normal_quantile};
-pub use norm::{group_norm, group_norm_saving};
-pub use norm_grad::group_norm_input_grad;
+pub use norm::{group_norm, group_norm_saving, layer_norm, layer_norm_saving};
+pub use norm_grad::{group_norm_input_grad, layer_norm_input_grad};
 pub use pool::{global_avg_pool, pool2d, Pool2dArgs, PoolMode};
 pub use resize::resize_bilinear;
 pub use rng::{normal, normal_copies, NoiseKey};
@@ -81,6 +81,7 @@ pub(crate) fn dims<const R: usize>(
 #[cfg(test)]
 mod tests {
     use super::elementwise::{BinaryOp, ChannelOp, UnaryOp};
+    use super::elementwise_grad::Activation;
     use super::*;
     use crate::gpu::{shaders, wgsl, Shader, LINEAR_WORKGROUP};
 
@@ -136,6 +137,8 @@ mod tests {
                     ("WG", wg),
                     ("UNARY_SILU", UnaryOp::Silu as u64),
                     ("UNARY_AFFINE", UnaryOp::Affine as u64),
+                    ("UNARY_GELU", UnaryOp::Gelu as u64),
+                    ("UNARY_QUICK_GELU", UnaryOp::QuickGelu as u64),
                     ("BINARY_LINCOMB", BinaryOp::Lincomb as u64),
                     ("BINARY_MUL", BinaryOp::Mul as u64),
                     ("CHANNEL_ADD", ChannelOp::Add as u64),
@@ -249,7 +252,15 @@ mod tests {
                 &shaders::GROUP_NORM_GRAD,
                 &[("WG", wg), ("FINALIZE_WG", norm::FINALIZE_WG as u64)],
             ),
-            (&shaders::ELEMENTWISE_GRAD, &[("WG", wg)]),
+            (
+                &shaders::ELEMENTWISE_GRAD,
+                &[
+                    ("WG", wg),
+                    ("ACTIVATION_SILU", Activation::Silu as u64),
+                    ("ACTIVATION_GELU", Activation::Gelu as u64),
+                    ("ACTIVATION_QUICK_GELU", Activation::QuickGelu as u64),
+                ],
+            ),
         ];
         for (shader, constants) in checks {
             for &(name, host) in constants {

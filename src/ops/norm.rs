@@ -137,3 +137,39 @@ pub fn group_norm_saving(
     )?;
     Ok((out, moments))
 }
+
+/// The rows of `x` (…, C) as group norm's (rows, C, 1, 1): layer norm over the last axis is
+/// group norm with one group over a one-pixel plane.
+fn as_planes(op: &'static str, x: &Tensor) -> Result<Tensor> {
+    let c = *x.shape().last().unwrap_or(&0);
+    ensure(c > 0 && !x.shape().is_empty(), op, || {
+        format!("{:?}: needs a last axis to normalise", x.shape())
+    })?;
+    x.reshape(&[x.numel() / c, c, 1, 1])
+}
+
+/// LayerNorm over the last axis (PyTorch's `nn.LayerNorm(C)`): each row of x (…, C) becomes
+/// (x − mean)/√(var + eps)·γ + β with the biased variance.
+pub fn layer_norm(
+    gpu: &Gpu,
+    x: &Tensor,
+    eps: f32,
+    gamma: &Tensor,
+    beta: &Tensor,
+) -> Result<Tensor> {
+    Ok(layer_norm_saving(gpu, x, eps, gamma, beta)?.0)
+}
+
+/// [`layer_norm`] and each row's (mean, 1/√(var + eps)), (rows, 2): what its input gradient
+/// needs besides x.
+pub fn layer_norm_saving(
+    gpu: &Gpu,
+    x: &Tensor,
+    eps: f32,
+    gamma: &Tensor,
+    beta: &Tensor,
+) -> Result<(Tensor, Tensor)> {
+    let planes = as_planes("layer_norm", x)?;
+    let (y, moments) = group_norm_saving(gpu, &planes, 1, eps, gamma, beta, false)?;
+    Ok((y.reshape(x.shape())?, moments))
+}

@@ -84,3 +84,28 @@ pub fn group_norm_input_grad(
     gpu.dispatch(&apply, &p, &with_means, &[&dx], gpu.grid_1d(invocations))?;
     Ok(dx)
 }
+
+/// ∂⟨layer_norm(x), dy⟩/∂x from x, the rows' moments ([`super::layer_norm_saving`]) and dy.
+pub fn layer_norm_input_grad(
+    gpu: &Gpu,
+    x: &Tensor,
+    moments: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    dy: &Tensor,
+) -> Result<Tensor> {
+    let c = *x.shape().last().unwrap_or(&0);
+    let rows = x.numel() / c.max(1);
+    let planes = |t: &Tensor| t.reshape(&[rows, c, 1, 1]);
+    let dx = group_norm_input_grad(
+        gpu,
+        &planes(x)?,
+        moments,
+        1,
+        gamma,
+        beta,
+        false,
+        &planes(dy)?,
+    )?;
+    dx.reshape(x.shape())
+}
