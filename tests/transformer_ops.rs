@@ -1,7 +1,7 @@
-//! The transformer blocks' element-wise and normalisation ops (Stable Diffusion's
-//! BasicTransformerBlock and CLIP's encoder; U-ViT's blocks): exact GELU, CLIP's quick_gelu,
-//! diffusers' GEGLU, LayerNorm, and their input gradients, against f64 references (libm's erf)
-//! on awkward shapes, LayerNorm on both kernel classes.
+//! The transformer blocks' ops (Stable Diffusion's BasicTransformerBlock and CLIP's encoder;
+//! U-ViT's blocks): exact GELU, CLIP's quick_gelu, diffusers' GEGLU, LayerNorm, their input
+//! gradients, and attention with queries ≠ keys or a causal mask, against f64 references
+//! (libm's erf) on awkward shapes, LayerNorm and attention on both kernel classes.
 
 mod common;
 
@@ -165,4 +165,105 @@ fn layer_norm_and_its_gradient_match_f64_on_both_classes() {
             );
         }
     }
+}
+
+/// Token-major attention in f64: q (B, Nq, h·D), k and v (B, Nk, h·D), query i seeing keys
+/// 0..=i when causal.
+fn attention64(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    (b, nq, nk, heads, d): (usize, usize, usize, usize, usize),
+    scale: f64,
+    causal: bool,
+) -> Vec<f64> {
+    let c = heads * d;
+    let mut out = vec![0.0; b * nq * c];
+    for item in 0..b {
+        for h in 0..heads {
+            for i in 0..nq {
+                let seen = if causal { i + 1 } else { nk };
+                let qi = &q[(item * nq + i) * c + h * d..][..d];
+                let s: Vec<f64> = (0..seen)
+                    .map(|j| {
+                        let kj = &k[(item * nk + j) * c + h * d..][..d];
+                        scale * qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f64>()
+                    })
+                    .collect();
+                let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
+                for (j, sj) in s.iter().enumerate() {
+                    let p = (sj - m).exp() / z;
+                    for e in 0..d {
+                        out[(item * nq + i) * c + h * d + e] +=
+                            p * v[(item * nk + j) * c + h * d + e];
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn cross_and_causal_attention_match_f64_on_both_classes() {
+    use ops::AttentionMask;
+    for g in gpus() {
+        // (B, Nq, Nk, heads, D, causal): text cross-attention shapes, one head, a causal encoder.
+        for (b, nq, nk, heads, d, causal) in [
+            (2, 5, 7, 3, 4, false),
+            (1, 9, 77, 2, 8, false),
+            (2, 6, 6, 1, 5, false),
+            (2, 6, 6, 2, 5, true),
+            (1, 77, 77, 4, 3, true),
+        ] {
+            let c = heads * d;
+            let mut rng = Rng::new((nq * 131 + nk) as u64);
+            let (q, k, v) = (
+                rng.vec(b * nq * c),
+                rng.vec(b * nk * c),
+                rng.vec(b * nk * c),
+            );
+            let scale = 1.0 / (d as f32).sqrt();
+            let mask = if causal {
+                AttentionMask::Causal
+            } else {
+                AttentionMask::None
+            };
+            let got = ops::cross_attention(
+                g,
+                &upload_to(g, &q, &[b, nq, c]),
+                &upload_to(g, &k, &[b, nk, c]),
+                &upload_to(g, &v, &[b, nk, c]),
+                heads,
+                scale,
+                mask,
+            )
+            .unwrap();
+            assert_eq!(got.shape(), &[b, nq, c]);
+            let want = attention64(
+                &to_f64(&q),
+                &to_f64(&k),
+                &to_f64(&v),
+                (b, nq, nk, heads, d),
+                scale as f64,
+                causal,
+            );
+            let what = format!(
+                "{:?} B{b} Nq{nq} Nk{nk} h{heads} D{d} causal {causal}",
+                g.kernel_class()
+            );
+            assert_close(&what, &read_from(g, &got), &want, 1e-5, 1e-4);
+        }
+    }
+    let g = gpus()[0];
+    let t = |n: usize| upload_to(g, &vec![0.5; 2 * n * 4], &[2, n, 4]);
+    let err = ops::cross_attention(g, &t(3), &t(5), &t(5), 2, 1.0, ops::AttentionMask::Causal)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("as many queries as keys"), "{err}");
+    let err = ops::cross_attention(g, &t(3), &t(5), &t(5), 3, 1.0, ops::AttentionMask::None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("3 heads"), "{err}");
 }

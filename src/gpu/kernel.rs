@@ -71,6 +71,7 @@ pub mod shaders {
     shader!(POOL, "pool");
     shader!(RESIZE, "resize");
     shader!(FINITE, "finite");
+    shader!(SOFTMAX, "softmax");
 
     pub const ALL: &[&Shader] = &[
         &MATMUL,
@@ -93,6 +94,7 @@ pub mod shaders {
         &POOL,
         &RESIZE,
         &FINITE,
+        &SOFTMAX,
     ];
 }
 

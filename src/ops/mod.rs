@@ -6,6 +6,7 @@ mod attention;
 mod attention_grad;
 mod conv;
 mod conv_grad;
+mod cross_attention;
 mod elementwise;
 mod elementwise_grad;
 mod embedding;
@@ -29,6 +30,7 @@ pub use conv::{
     ConvWeight,
 };
 pub use conv_grad::{conv2d_input_grad, plan_conv2d_input_grad, ConvGradVariant};
+pub use cross_attention::{cross_attention, AttentionMask};
 pub use elementwise::{
     add, add_channel_vec, affine, avg_pool2x, broadcast_lincomb, concat_channels, geglu, gelu,
     lincomb, mul, mul_channel_vec, quick_gelu, repeat_batch, scale_shift, silu, slice_channels,
@@ -128,7 +130,7 @@ mod tests {
         use UncertaintyMode as Mode;
         let wg = LINEAR_WORKGROUP as u64;
         let mode = |m| uncertainty::mode_code(m).into();
-        let checks: [(&Shader, &[(&str, u64)]); 20] = [
+        let checks: [(&Shader, &[(&str, u64)]); 21] = [
             // Workgroup sizes and tiles the host sizes its grids by, and the operation
             // selectors it passes as the `OP` and `MODE` overrides.
             (
@@ -197,6 +199,7 @@ mod tests {
                 ],
             ),
             (&shaders::FINITE, &[("WG", wg)]),
+            (&shaders::SOFTMAX, &[("WG", wg)]),
             (
                 &shaders::GROUP_NORM,
                 &[("WG", wg), ("FINALIZE_WG", norm::FINALIZE_WG as u64)],
