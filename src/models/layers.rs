@@ -170,6 +170,27 @@ impl GroupNorm {
     }
 }
 
+/// PyTorch's `nn.LayerNorm` over the last axis.
+pub struct LayerNorm {
+    gamma: Tensor,
+    beta: Tensor,
+    eps: f32,
+}
+
+impl LayerNorm {
+    pub fn load(vb: &VarBuilder, channels: usize, eps: f32) -> Result<LayerNorm> {
+        Ok(LayerNorm {
+            gamma: vb.get("weight", &[channels])?,
+            beta: vb.get("bias", &[channels])?,
+            eps,
+        })
+    }
+
+    pub fn forward(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
+        ops::layer_norm(gpu, x, self.eps, &self.gamma, &self.beta)
+    }
+}
+
 /// What a [`GroupNorm`]'s backward needs: its input and per-group (mean, 1/std).
 pub struct GroupNormTape {
     x: Tensor,
