@@ -19,6 +19,9 @@ pub enum Cond {
     None,
     /// Integer-valued class labels (B), stored as f32.
     Class(Tensor),
+    /// A text encoder's states (B, tokens, width) that cross-attention reads (Stable
+    /// Diffusion's CLIP `last_hidden_state`).
+    Text(Tensor),
     /// Classifier-free guidance: ε = ε(uncond) + scale·(ε(cond) − ε(uncond)), both halves from
     /// one network call on the stacked batch [uncond; cond].
     Guided(Box<Guided>),
@@ -75,6 +78,7 @@ impl Cond {
         match self {
             Cond::None => None,
             Cond::Class(labels) => Some(labels.dim(0)),
+            Cond::Text(states) => Some(states.dim(0)),
             Cond::Guided(g) => g.cond.rows(),
         }
     }
@@ -94,10 +98,20 @@ impl Cond {
         match self {
             Cond::None => Ok(None),
             Cond::Class(labels) => Ok(Some(labels)),
-            Cond::Guided(_) => Err(Error::Invalid(
-                "a network takes one condition: classifier-free guidance is applied by the \
-                 denoiser (models::denoise), not inside the network"
-                    .into(),
+            Cond::Text(_) => Err(Error::Invalid(
+                "this network takes class labels or nothing, not text states".into(),
+            )),
+            Cond::Guided(_) => Err(guidance_outside_the_denoiser()),
+        }
+    }
+
+    /// The text states of a text-conditioned network's input.
+    pub fn text_states(&self) -> Result<&Tensor> {
+        match self {
+            Cond::Text(states) => Ok(states),
+            Cond::Guided(_) => Err(guidance_outside_the_denoiser()),
+            _ => Err(Error::Invalid(
+                "this network is text-conditioned: it needs text states (a prompt)".into(),
             )),
         }
     }
@@ -107,6 +121,7 @@ impl Cond {
         Ok(match self {
             Cond::None => Cond::None,
             Cond::Class(labels) => Cond::Class(ops::repeat_batch(gpu, labels, copies)?),
+            Cond::Text(states) => Cond::Text(ops::repeat_batch(gpu, states, copies)?),
             Cond::Guided(g) => Cond::Guided(Box::new(Guided {
                 cond: g.cond.repeat(gpu, copies)?,
                 uncond: g.uncond.repeat(gpu, copies)?,
@@ -120,6 +135,7 @@ impl Cond {
         Ok(match self {
             Cond::None => Cond::None,
             Cond::Class(labels) => Cond::Class(row_range(gpu, labels, first, n)?),
+            Cond::Text(states) => Cond::Text(row_range(gpu, states, first, n)?),
             Cond::Guided(g) => Cond::Guided(Box::new(Guided {
                 cond: g.cond.rows_range(gpu, first, n)?,
                 uncond: g.uncond.rows_range(gpu, first, n)?,
@@ -127,6 +143,15 @@ impl Cond {
             })),
         })
     }
+}
+
+/// A network asked to resolve classifier-free guidance itself.
+fn guidance_outside_the_denoiser() -> Error {
+    Error::Invalid(
+        "a network takes one condition: classifier-free guidance is applied by the denoiser \
+         (models::denoise), not inside the network"
+            .into(),
+    )
 }
 
 /// Rows `first .. first + n` of `t` along its first axis, as a new tensor.
@@ -161,6 +186,7 @@ impl Guided {
         let cond = match (&self.uncond, &self.cond) {
             (Cond::None, Cond::None) => Cond::None,
             (Cond::Class(u), Cond::Class(c)) => Cond::Class(stack(gpu, u, c)?),
+            (Cond::Text(u), Cond::Text(c)) => Cond::Text(stack(gpu, u, c)?),
             _ => {
                 return Err(Error::Invalid(
                     "classifier-free guidance needs both conditions of one kind".into(),

@@ -105,6 +105,15 @@ impl Linear {
         })
     }
 
+    /// A `Linear(bias=False)`: the bias a zero vector.
+    pub fn load_without_bias(vb: &VarBuilder, d_in: usize, d_out: usize) -> Result<Linear> {
+        let weight = vb.get_weight("weight", &[d_out, d_in])?;
+        Ok(Linear {
+            weight: LinearWeight::new(vb.gpu(), weight)?,
+            bias: vb.gpu().zeros(&[d_out])?,
+        })
+    }
+
     pub fn forward(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
         ops::linear_prepared(gpu, x, &self.weight, Some(&self.bias))
     }

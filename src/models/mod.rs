@@ -24,7 +24,7 @@ pub mod pipeline;
 pub mod weights;
 
 pub use adm::{AdmConfig, AdmModel};
-pub use cond::{denoise, denoise_vjp, Cond, Guided};
+pub use cond::{denoise, denoise_vjp, row_range, Cond, Guided};
 pub use decode::{Decoder, Identity, MapSpace};
 pub use diffusers::unet_2d::{UNet2DConfig, UNet2DModel, UNetTape};
 pub use eps_model::EpsModel;

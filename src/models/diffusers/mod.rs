@@ -8,6 +8,8 @@
 pub mod attention;
 pub mod embeddings;
 pub mod resnet;
+pub mod transformer_2d;
 pub mod unet_2d;
 pub mod unet_2d_blocks;
+pub mod unet_2d_condition;
 pub mod vjp;

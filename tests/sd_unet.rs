@@ -1,0 +1,102 @@
+//! diffusers' UNet2DConditionModel (Stable Diffusion's UNet) against PyTorch float64 at random
+//! weights (tests/fixtures/sd_unet_*.safetensors, `python -m tools.fixtures.sd_unet`): an SD-shaped
+//! toy, diffusers' own test config and three levels with per-block heads, each on an
+//! [uncond; cond] pair of text states with H ≠ W; and through the denoiser with classifier-free
+//! guidance.
+
+mod common;
+
+use common::{assert_close, fixture, gpu, read, read_safetensors, to_f64};
+use wgsl_diff::models::diffusers::unet_2d_condition::UNet2DConditionModel;
+use wgsl_diff::models::{denoise, row_range, Cond, EpsModel, WeightFile};
+
+fn load(name: &str) -> UNet2DConditionModel {
+    let file = WeightFile::open(&fixture(&format!("sd_unet_{name}.safetensors"))).unwrap();
+    UNet2DConditionModel::load(gpu(), &file).unwrap()
+}
+
+#[test]
+fn eps_matches_diffusers() {
+    let g = gpu();
+    for name in ["sd_tiny", "diffusers_test", "three_levels"] {
+        let model = load(name);
+        let io = read_safetensors(&fixture(&format!("sd_unet_{name}_io.safetensors")));
+        let up = |key: &str| g.upload(&io[key].0, &io[key].1).unwrap();
+        let cond = Cond::Text(up("encoder_hidden_states"));
+        let eps = model
+            .predict_eps(g, &up("sample"), &up("timestep"), &cond)
+            .unwrap();
+        let (shape, want) = &io["output"];
+        assert_eq!(eps.shape(), &shape[..]);
+        let want = to_f64(want);
+        let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+        assert_close(
+            &format!("sd_unet_{name}"),
+            &read(&eps),
+            &want,
+            1e-4 * scale.max(1.0),
+            1e-4,
+        );
+    }
+}
+
+/// Classifier-free guidance on the text UNet: one stacked call, ε_u + w·(ε_c − ε_u), against
+/// the fixture's two rows combined in f64 (row 0 the unconditional states, row 1 the prompt's).
+#[test]
+fn classifier_free_guidance_on_text_states() {
+    let g = gpu();
+    let model = load("sd_tiny");
+    let io = read_safetensors(&fixture("sd_unet_sd_tiny_io.safetensors"));
+    let up = |key: &str| g.upload(&io[key].0, &io[key].1).unwrap();
+    let (sample, states) = (up("sample"), up("encoder_hidden_states"));
+    // The second sample at its timestep, guided between the two text states.
+    let x = row_range(g, &sample, 1, 1).unwrap();
+    let t = g.upload(&[1], &[17.0]).unwrap();
+    let uncond = Cond::Text(row_range(g, &states, 0, 1).unwrap());
+    let cond = Cond::Text(row_range(g, &states, 1, 1).unwrap());
+    let e_u = read(&model.predict_eps(g, &x, &t, &uncond).unwrap());
+    let e_c = read(&model.predict_eps(g, &x, &t, &cond).unwrap());
+    let w = 7.5;
+    let guided = Cond::guided(cond, uncond, w).unwrap();
+    let got = read(&denoise(&model, g, &x, &t, &guided).unwrap());
+    let want: Vec<f64> = e_u
+        .iter()
+        .zip(&e_c)
+        .map(|(&u, &c)| u as f64 + w as f64 * (c as f64 - u as f64))
+        .collect();
+    assert_close("guided ε", &got, &want, 1e-4, 1e-5);
+    // A class-label or missing condition is refused by this network.
+    let err = model
+        .predict_eps(g, &x, &t, &Cond::None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("text states"), "{err}");
+}
+
+/// Options of Stable Diffusion 2.x, SDXL and inpainting UNets are refused by name.
+#[test]
+fn other_stable_diffusion_unets_are_refused() {
+    use wgsl_diff::models::diffusers::unet_2d_condition::UNet2DConditionConfig;
+    for (json, key) in [
+        (
+            r#"{"use_linear_projection": true}"#,
+            "use_linear_projection",
+        ),
+        (
+            r#"{"addition_embed_type": "text_time"}"#,
+            "addition_embed_type",
+        ),
+        (
+            r#"{"transformer_layers_per_block": [1, 2, 10]}"#,
+            "transformer_layers_per_block",
+        ),
+        (r#"{"in_channels": 9}"#, "9 channels"),
+        (
+            r#"{"down_block_types": ["DownBlock2D"], "up_block_types": ["UpBlock2D"], "block_out_channels": [32], "mid_block_type": "UNetMidBlock2DSimpleCrossAttn"}"#,
+            "mid block",
+        ),
+    ] {
+        let err = UNet2DConditionConfig::parse(json).unwrap_err().to_string();
+        assert!(err.contains(key), "{json}: {err}");
+    }
+}
