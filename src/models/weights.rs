@@ -400,6 +400,20 @@ impl<'a> VarBuilder<'a> {
 
     /// Every problem found so far and, once the model is built, every tensor it did not ask
     /// for. `stopped`: building gave up early, so unasked tensors say nothing.
+    /// Marks every tensor under `prefix` (`encoder.` for a VAE that only decodes) as used: a
+    /// part of the checkpoint this model does not run, not a tensor it failed to ask for.
+    pub fn skip(&self, prefix: &str) {
+        if let Source::File { tensors, .. } = &self.shared.source {
+            let full = format!("{}{prefix}", self.prefix);
+            let mut used = self.shared.used.borrow_mut();
+            for name in tensors.names() {
+                if name.starts_with(&full) {
+                    used.insert(name.clone());
+                }
+            }
+        }
+    }
+
     fn problems(&self, stopped: bool) -> Vec<String> {
         let s = &self.shared;
         let Source::File { tensors, .. } = &s.source else {

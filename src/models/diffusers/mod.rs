@@ -6,6 +6,7 @@
 //! runs them over a batch for gradient guidance.
 
 pub mod attention;
+pub mod autoencoder_kl;
 pub mod embeddings;
 pub mod resnet;
 pub mod transformer_2d;
