@@ -13,7 +13,10 @@ pub mod scheduler;
 pub mod setup;
 
 pub use labels::{ClassChoice, ClassLabels};
-pub use pipeline::{sample_batch, BatchSpec, NonFiniteFlags, SampledBatch, StepContext, StepHook};
+pub use pipeline::{
+    sample_batch, sample_batch_conditioned, BatchSpec, NonFiniteFlags, SampledBatch, StepContext,
+    StepHook,
+};
 pub use run::{contiguous_batches, BatchHook, FinishedBatch, InitNoise, Run};
 pub use schedule::{NoiseSchedule, ScheduleConfig, Spacing, VarianceType};
 pub use scheduler::{SamplerChoice, SamplerConfig, SamplerKind, SamplerState, Scheduler};

@@ -127,7 +127,7 @@ pub struct BatchSpec<'a> {
 }
 
 /// Generates a batch: the final images in [−1, 1] (unclamped) and the non-finite flags, on the
-/// GPU.
+/// GPU, conditioned on the batch's class labels (or nothing).
 pub fn sample_batch(
     gpu: &Gpu,
     model: &dyn EpsModel,
@@ -135,11 +135,39 @@ pub fn sample_batch(
     noise: &NoisePlan,
     spec: BatchSpec,
     hooks: &mut [&mut dyn StepHook],
+    on_step: impl FnMut(usize),
+) -> Result<SampledBatch> {
+    let cond = upload_labels(gpu, model.num_classes(), spec.labels, spec.size)?;
+    let spec = BatchSpec {
+        labels: None,
+        ..spec
+    };
+    sample_batch_conditioned(gpu, model, scheduler, noise, spec, &cond, hooks, on_step)
+}
+
+/// [`sample_batch`] under a condition given whole (text states, classifier-free guidance), one
+/// row per sample; `spec.labels` must be None.
+#[allow(clippy::too_many_arguments)] // sample_batch's inputs and the condition
+pub fn sample_batch_conditioned(
+    gpu: &Gpu,
+    model: &dyn EpsModel,
+    scheduler: &Scheduler,
+    noise: &NoisePlan,
+    spec: BatchSpec,
+    cond: &Cond,
+    hooks: &mut [&mut dyn StepHook],
     mut on_step: impl FnMut(usize),
 ) -> Result<SampledBatch> {
+    if spec.labels.is_some() || cond.rows().is_some_and(|r| r != spec.size) {
+        return Err(Error::Invalid(format!(
+            "a batch of {} samples takes one condition row per sample and no separate labels \
+             (the condition holds {:?} rows)",
+            spec.size,
+            cond.rows()
+        )));
+    }
     let [c, h, w] = model.sample_shape()?;
     let shape = [spec.size, c, h, w];
-    let cond = upload_labels(gpu, model.num_classes(), spec.labels, spec.size)?;
     // Timestep tensors are uploaded before the loop so no step waits on the CPU.
     let timesteps: Vec<Tensor> = scheduler
         .timesteps
@@ -164,7 +192,7 @@ pub fn sample_batch(
     for (i, &t) in scheduler.timesteps.iter().enumerate() {
         // A profile counts per step; the scopes name what is not the network.
         let _step = gpu.profile_step(format_args!("sample {} step {i}", spec.first_index));
-        let (mut eps, variance) = predict(gpu, model, scheduler, &x, &timesteps[i], &cond)?;
+        let (mut eps, variance) = predict(gpu, model, scheduler, &x, &timesteps[i], cond)?;
         let ctx = StepContext {
             gpu,
             model,
@@ -174,7 +202,7 @@ pub fn sample_batch(
             step: i,
             timestep: t,
             timesteps: &timesteps[i],
-            cond: &cond,
+            cond,
             x: &x,
             non_finite: &non_finite,
         };
