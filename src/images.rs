@@ -102,16 +102,26 @@ pub fn grid(images: &[Image8], cols: usize, gap: usize) -> Option<Image8> {
 
 /// The tEXt chunks of a PNG file (keyword → text).
 pub fn read_png_text(path: &Path) -> Result<std::collections::HashMap<String, String>> {
-    let file = std::fs::File::open(path).map_err(Error::file("read", path))?;
-    let reader = png::Decoder::new(std::io::BufReader::new(file))
-        .read_info()
-        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+    let reader = png_header(path)?;
     Ok(reader
         .info()
         .uncompressed_latin1_text
         .iter()
         .map(|c| (c.keyword.clone(), c.text.clone()))
         .collect())
+}
+
+/// (height, width) of a PNG, from its header alone.
+pub fn png_size(path: &Path) -> Result<(usize, usize)> {
+    let info = png_header(path)?.info().clone();
+    Ok((info.height as usize, info.width as usize))
+}
+
+fn png_header(path: &Path) -> Result<png::Reader<std::io::BufReader<std::fs::File>>> {
+    let file = std::fs::File::open(path).map_err(Error::file("read", path))?;
+    png::Decoder::new(std::io::BufReader::new(file))
+        .read_info()
+        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
 }
 
 /// Matplotlib's "inferno" sampled at nine points (perceptually uniform, dark = low).

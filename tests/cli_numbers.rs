@@ -235,6 +235,7 @@ fn request(start: usize, num: usize, batch: usize, shard: Option<Shard>) -> Samp
         keep_non_finite: false,
         f16_weights: false,
         f16_activations: false,
+        prompt: None,
     }
 }
 

@@ -344,6 +344,7 @@ fn try_mutant(gpu: &Gpu, path: &Path, what: &str, tally: &mut Tally) {
         labels,
         init_noise: None,
         decoder: &Identity,
+        prompt: None,
     };
     match run.sample(0, 2, &mut (), |_| {}) {
         Err(_) => tally.other_errors += 1,

@@ -126,6 +126,7 @@ fn request(model: &Path, out: &Path) -> SampleRequest {
         keep_non_finite: false,
         f16_weights: false,
         f16_activations: false,
+        prompt: None,
     }
 }
 

@@ -61,6 +61,7 @@ fn request(out: &Path) -> SampleRequest {
         keep_non_finite: false,
         f16_weights: false,
         f16_activations: false,
+        prompt: None,
     }
 }
 

@@ -205,6 +205,7 @@ fn runs_decode_each_finished_batch() {
             labels: ClassLabels::new(model.num_classes(), Some(ClassChoice::Cycle)).unwrap(),
             init_noise: None,
             decoder,
+            prompt: None,
         }
         .sample(0, 2, &mut (), |_| {})
         .unwrap()

@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use wgsl_diff::gpu::{AdapterChoice, Gpu, NO_TIMESTAMPS};
 use wgsl_diff::guidance::{GuidanceConfig, GuidanceRule, Threshold};
-use wgsl_diff::job::{SampleJob, SampleProgress, SampleRequest, DEFAULT_MODEL};
+use wgsl_diff::job::{PromptRequest, SampleJob, SampleProgress, SampleRequest, DEFAULT_MODEL};
 use wgsl_diff::limits::{MAX_BATCH, MAX_COPIES, MAX_TRAIN_TIMESTEPS, SAMPLE_INDEX_END};
 use wgsl_diff::ops::UncertaintyMode;
 use wgsl_diff::run_dir::{HeatmapScale, Shard};
-use wgsl_diff::sampling::{ClassChoice, SamplerChoice, SamplerKind, Spacing};
+use wgsl_diff::sampling::{default_sampler, ClassChoice, SamplerChoice, SamplerKind, Spacing};
 use wgsl_diff::uncertainty::{UncertaintyConfig, UncertaintyMethod, UncertaintyReference};
 use wgsl_diff::Error;
 
@@ -25,8 +25,9 @@ pub struct SamplerArgs {
     pub model: Option<PathBuf>,
     #[arg(long, help = format!("Sampling steps, at most the model's training timesteps (≤ {MAX_TRAIN_TIMESTEPS}) [default: 50; all of them for ddpm]"))]
     pub steps: Option<usize>,
-    #[arg(long, default_value = "ddim", value_parser = named::<SamplerKind>(SamplerKind::NAMES))]
-    pub sampler: SamplerKind,
+    /// Sampler [default: ddim; a Stable Diffusion folder's own scheduler (pndm for SD 1.5)]
+    #[arg(long, value_parser = named::<SamplerKind>(SamplerKind::NAMES))]
+    pub sampler: Option<SamplerKind>,
     /// DDIM's η (finite, ≥ 0): 0 is deterministic, 1 is DDPM-like
     #[arg(long, default_value_t = 0.0)]
     pub eta: f64,
@@ -49,7 +50,9 @@ impl SamplerArgs {
 
     pub fn choice(&self) -> SamplerChoice {
         SamplerChoice {
-            kind: self.sampler,
+            kind: self
+                .sampler
+                .unwrap_or_else(|| default_sampler(&self.model())),
             steps: self.steps,
             eta: self.eta,
             spacing: self.spacing,
@@ -175,6 +178,16 @@ pub struct SampleArgs {
     /// pass reads f32 activations). README.md ("f16 activations") states the error against f32
     #[arg(long)]
     pub f16_activations: bool,
+    /// What to draw (Stable Diffusion models: a diffusers folder with text_encoder/, tokenizer/,
+    /// unet/, vae/; at most 75 tokens are read, as diffusers reads them)
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// What to steer away from: the unconditional side of classifier-free guidance
+    #[arg(long, default_value = "", requires = "prompt")]
+    pub negative_prompt: String,
+    /// Classifier-free guidance scale w: ε = ε_u + w·(ε_c − ε_u), none at w ≤ 1
+    #[arg(long, default_value_t = 7.5, requires = "prompt")]
+    pub cfg_scale: f64,
 }
 
 impl SampleArgs {
@@ -254,6 +267,11 @@ impl SampleArgs {
             keep_non_finite: self.keep_non_finite,
             f16_weights: self.f16_weights,
             f16_activations: self.f16_activations,
+            prompt: self.prompt.clone().map(|prompt| PromptRequest {
+                prompt,
+                negative_prompt: self.negative_prompt.clone(),
+                cfg_scale: self.cfg_scale,
+            }),
         };
         request.validate()?;
         Ok(request)
@@ -293,6 +311,9 @@ pub fn run(adapter: &AdapterChoice, args: &SampleArgs) -> Result<()> {
         eprintln!("note: {NO_TIMESTAMPS}");
     }
     let job = SampleJob::prepare(&gpu, request)?;
+    for warning in job.warnings() {
+        eprintln!("warning: {warning}");
+    }
     let (todo, own) = (job.todo().len(), job.own().len());
     let bar = if args.quiet {
         ProgressBar::hidden()

@@ -109,6 +109,7 @@ pub fn calibrate(gpu: &Gpu, request: &CalibrateRequest) -> Result<CalibratedThre
         labels: ClassLabels::new(model.num_classes(), request.class)?,
         init_noise: None,
         decoder: &Identity,
+        prompt: None,
     };
     let steps = scheduler.timesteps.len();
     let sample = model.sample_shape()?;

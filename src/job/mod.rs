@@ -7,14 +7,17 @@
 //! jobs, each a [`Shard`](crate::run_dir::Shard) of one run, may share a folder (see
 //! [`crate::run_dir::shared`]).
 
+mod prompt;
 mod request;
 
+pub use prompt::PromptRequest;
 pub use request::{SampleRequest, DEFAULT_MODEL};
 
 use crate::error::{Error, NonFiniteSample, Result};
 use crate::gpu::Gpu;
 use crate::guidance::{GuidanceConfig, GuidanceHook};
-use crate::models::{load_eps_model, Decoder, EpsModel, Identity};
+use crate::models::pipeline::stable_diffusion_parts;
+use crate::models::{load_eps_model, Cond, Decoder, EpsModel, Identity};
 use crate::noise::NoisePlan;
 use crate::run_dir::shared::{FolderLock, Presence};
 use crate::run_dir::{
@@ -45,6 +48,10 @@ pub struct SampleJob<'g> {
     model: Box<dyn EpsModel>,
     /// The decode stage of the model's pipeline (the identity for pixel-space models).
     decoder: Box<dyn Decoder>,
+    /// A text-to-image run's encoded prompt, every sample's condition.
+    prompt: Option<Cond>,
+    /// What the caller should be told (a prompt cut at 77 tokens).
+    warnings: Vec<String>,
     scheduler: Scheduler,
     folder: FolderPlan,
     noise: NoisePlan,
@@ -74,7 +81,46 @@ impl<'g> SampleJob<'g> {
             .with_f16_activations(request.f16_activations);
         let model = load_eps_model(gpu, &file)?;
         check_method(&request, &*model)?;
+        let text = match (stable_diffusion_parts(&request.model)?, &request.prompt) {
+            (Some(parts), Some(prompt)) => Some(prompt::prepare(gpu, &parts, prompt)?),
+            (Some(_), None) => {
+                return Err(Error::Invalid(format!(
+                    "{} is a Stable Diffusion model: say what to draw with --prompt",
+                    request.model.display()
+                )))
+            }
+            (None, Some(_)) => {
+                return Err(Error::Invalid(format!(
+                    "--prompt applies to Stable Diffusion models; {} is not one",
+                    request.model.display()
+                )))
+            }
+            (None, None) => None,
+        };
+        let mut warnings = Vec::new();
+        if let Some(t) = &text {
+            for (what, dropped) in ["--prompt", "--negative-prompt"].iter().zip(t.truncated) {
+                if dropped > 0 {
+                    warnings.push(format!(
+                        "{what} is {dropped} token(s) past CLIP's 77 positions; they were cut \
+                         (as diffusers does)"
+                    ));
+                }
+            }
+            if matches!(&request.guidance, Some(g) if g.rule == crate::guidance::GuidanceRule::Gradient)
+            {
+                return Err(Error::Invalid(
+                    "gradient guidance needs the UNet's backward pass, which Stable Diffusion's \
+                     UNet does not have yet here: use --guidance posterior"
+                        .into(),
+                ));
+            }
+        }
         let labels = ClassLabels::new(model.num_classes(), request.class)?;
+        let (decoder, prompt): (Box<dyn Decoder>, _) = match text {
+            Some(t) => (t.decoder, Some(t.cond)),
+            None => (Box::new(Identity), None),
+        };
         let sample_shape = model.sample_shape()?;
         if let Some(uc) = &request.uncertainty {
             if let Some(r) = &uc.reference {
@@ -105,7 +151,9 @@ impl<'g> SampleJob<'g> {
             gpu,
             request,
             model,
-            decoder: Box::new(Identity),
+            decoder,
+            prompt,
+            warnings,
             scheduler,
             folder,
             noise,
@@ -117,6 +165,11 @@ impl<'g> SampleJob<'g> {
             known: BTreeMap::new(),
             _presence: presence,
         })
+    }
+
+    /// What the caller should tell the user before the run (a prompt cut at 77 tokens).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// Samples still to make.
@@ -144,6 +197,7 @@ impl<'g> SampleJob<'g> {
             labels: self.labels,
             init_noise: self.init_noise.take(),
             decoder: &*self.decoder,
+            prompt: self.prompt.as_ref(),
         };
         let estimator = self.request.uncertainty.clone();
         let guidance = self.guidance.take();

@@ -62,6 +62,8 @@ pub struct SampleRequest {
     pub f16_weights: bool,
     /// Store the network's activations as f16 (`WeightFile::with_f16_activations`).
     pub f16_activations: bool,
+    /// What to draw, for a Stable Diffusion model (required there, refused elsewhere).
+    pub prompt: Option<super::PromptRequest>,
 }
 
 impl SampleRequest {
@@ -100,6 +102,9 @@ impl SampleRequest {
     pub fn validate(&self) -> Result<()> {
         limits::count_in("--batch", self.batch, MAX_BATCH)?;
         let run = self.own_range().and(self.run_range())?;
+        if let Some(prompt) = &self.prompt {
+            prompt.validate()?;
+        }
         match &self.uncertainty {
             Some(uc) => uc.validate()?,
             None if self.save_maps.is_some() || self.keep_fraction.is_some() || self.report => {
@@ -196,6 +201,12 @@ pub(super) fn parameters(
     }
     if let (Some(g), Some(map)) = (guidance, parameters.as_object_mut()) {
         map.insert("guidance".into(), g.describe());
+    }
+    // Only text-to-image runs carry a prompt, so pixel runs keep their identity.
+    if let (Some(p), Some(map)) = (&request.prompt, parameters.as_object_mut()) {
+        map.insert("prompt".into(), p.prompt.clone().into());
+        map.insert("negative_prompt".into(), p.negative_prompt.clone().into());
+        map.insert("cfg_scale".into(), p.cfg_scale.into());
     }
     // Only f16-weight and f16-activation runs say so, so f32 runs keep their identity (and
     // none resumes another).

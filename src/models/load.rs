@@ -1,6 +1,7 @@
 //! Opening any diffusion network for sampling: the weight file's `arch` metadata picks the
 //! model family, so samplers, the estimator and guidance take whichever it is.
 
+use super::diffusers::unet_2d_condition::UNet2DConditionModel;
 use super::{AdmModel, EpsModel, UNet2DModel, WeightFile};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -20,10 +21,17 @@ pub fn load_eps_model(gpu: &Gpu, file: &WeightFile) -> Result<Box<dyn EpsModel>>
             "f16 activations are implemented for diffusers UNet2DModel files only, not ADM".into(),
         )),
         AdmModel::ARCH => Ok(Box::new(AdmModel::load(gpu, file)?)),
+        UNet2DConditionModel::ARCH if half => Err(Error::Invalid(
+            "f16 activations are implemented for diffusers UNet2DModel files only, not Stable \
+             Diffusion's UNet yet"
+                .into(),
+        )),
+        UNet2DConditionModel::ARCH => Ok(Box::new(UNet2DConditionModel::load(gpu, file)?)),
         other => Err(Error::Weights(format!(
-            "{} holds a {other:?} model; sampling takes a {:?} or an {:?}",
+            "{} holds a {other:?} model; sampling takes a {:?}, a {:?} or an {:?}",
             file.path().display(),
             UNet2DModel::ARCH,
+            UNet2DConditionModel::ARCH,
             AdmModel::ARCH
         ))),
     }

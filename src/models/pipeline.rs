@@ -9,11 +9,16 @@
 //! `UNet2DModel` and its scheduler). Any other component is refused by name, never skipped.
 //! Only safetensors weights are read, never pickles (`.bin`).
 
+use super::diffusers::unet_2d_condition::UNet2DConditionModel;
 use super::weights::{UniqueKeys, WeightFile, FORMAT, FORMAT_VERSION};
 use super::UNet2DModel;
 use crate::error::{Error, Result};
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// The metadata key of the scheduler class a folder's `scheduler_config.json` names (a Stable
+/// Diffusion folder samples with it unless `--sampler` says otherwise).
+pub const SCHEDULER_CLASS: &str = "scheduler_class";
 
 /// The index file of a diffusers pipeline folder.
 pub const MODEL_INDEX: &str = "model_index.json";
@@ -42,28 +47,165 @@ pub fn open_model(path: &Path) -> Result<WeightFile> {
             index.display()
         ))
     })?;
-    if unet != "UNet2DModel" {
-        return Err(Error::Weights(format!(
-            "{}: the `unet` component is a {unet}; this version runs UNet2DModel pipelines",
-            index.display()
-        )));
-    }
+    let allowed: &[&str] = match unet.as_str() {
+        UNet2DModel::ARCH => &["unet", "scheduler"],
+        UNet2DConditionModel::ARCH => {
+            check_stable_diffusion(&index, &components)?;
+            &STABLE_DIFFUSION
+        }
+        other => {
+            return Err(Error::Weights(format!(
+                "{}: the `unet` component is a {other}; this version runs UNet2DModel and \
+                 Stable Diffusion 1.x (UNet2DConditionModel) pipelines",
+                index.display()
+            )))
+        }
+    };
     if let Some((name, class)) = components
         .iter()
-        .find(|(name, _)| !["unet", "scheduler"].contains(&name.as_str()))
+        .find(|(name, _)| !allowed.contains(&name.as_str()))
     {
         return Err(Error::Weights(format!(
             "{}: component `{name}` ({class}) is not supported yet: this version runs \
-             pixel-space pipelines (a unet and its scheduler)",
+             pixel-space pipelines (a unet and its scheduler) and Stable Diffusion 1.x",
             index.display()
         )));
     }
-    let scheduler = path.join("scheduler/scheduler_config.json");
     let scheduler = components
         .contains_key("scheduler")
-        .then(|| read_json_object(&scheduler))
+        .then(|| read_json_object(&path.join("scheduler/scheduler_config.json")))
         .transpose()?;
     open_unet_folder(&path.join("unet"), scheduler)
+}
+
+/// The components of a Stable Diffusion folder this version reads (the safety checker and its
+/// feature extractor, which judge finished images, are not run).
+const STABLE_DIFFUSION: [&str; 7] = [
+    "unet",
+    "scheduler",
+    "vae",
+    "text_encoder",
+    "tokenizer",
+    "safety_checker",
+    "feature_extractor",
+];
+
+fn check_stable_diffusion(index: &Path, components: &HashMap<String, String>) -> Result<()> {
+    let needed = [
+        ("vae", "AutoencoderKL"),
+        ("text_encoder", "CLIPTextModel"),
+        ("tokenizer", "CLIPTokenizer"),
+    ];
+    let missing: Vec<String> = needed
+        .iter()
+        .filter(|(name, class)| components.get(*name).map(String::as_str) != Some(*class))
+        .map(|(name, class)| format!("`{name}` ({class})"))
+        .collect();
+    match missing.is_empty() {
+        true => Ok(()),
+        false => Err(Error::Weights(format!(
+            "{}: a UNet2DConditionModel pipeline (Stable Diffusion 1.x) needs {}; this one lacks \
+             them or names other classes",
+            index.display(),
+            missing.join(", ")
+        ))),
+    }
+}
+
+/// The scheduler class a Stable Diffusion folder ships (`PNDMScheduler` for SD 1.5), which it
+/// samples with unless told otherwise; None for any other model or an unreadable folder.
+pub fn stable_diffusion_scheduler(path: &Path) -> Option<String> {
+    let index = path.join(MODEL_INDEX);
+    let components = read_index(&index).ok()?;
+    if components.get("unet").map(String::as_str) != Some(UNet2DConditionModel::ARCH) {
+        return None;
+    }
+    components.get("scheduler").cloned()
+}
+
+/// The parts of a Stable Diffusion folder beside its UNet: the text encoder, the tokenizer's
+/// files and the VAE.
+pub struct StableDiffusionParts {
+    pub text_encoder: WeightFile,
+    pub vocab: PathBuf,
+    pub merges: PathBuf,
+    pub vae: WeightFile,
+}
+
+/// The text encoder, tokenizer and VAE of `path` when it is a Stable Diffusion folder (None
+/// for any other model).
+pub fn stable_diffusion_parts(path: &Path) -> Result<Option<StableDiffusionParts>> {
+    let index = path.join(MODEL_INDEX);
+    if !path.is_dir() || !index.is_file() {
+        return Ok(None);
+    }
+    let components = read_index(&index)?;
+    if components.get("unet").map(String::as_str) != Some(UNet2DConditionModel::ARCH) {
+        return Ok(None);
+    }
+    check_stable_diffusion(&index, &components)?;
+    let text_dir = path.join("text_encoder");
+    let text_encoder = component(
+        &text_dir,
+        &["model.safetensors", "model.fp16.safetensors"],
+        "CLIPTextModel",
+    )?;
+    let vae = component(&path.join("vae"), &WEIGHT_FILES, "AutoencoderKL")?;
+    let tokenizer = path.join("tokenizer");
+    let (vocab, merges) = (tokenizer.join("vocab.json"), tokenizer.join("merges.txt"));
+    for file in [&vocab, &merges] {
+        if !file.is_file() {
+            return Err(Error::Weights(format!(
+                "{} is missing: the CLIP tokenizer reads vocab.json and merges.txt",
+                file.display()
+            )));
+        }
+    }
+    Ok(Some(StableDiffusionParts {
+        text_encoder,
+        vocab,
+        merges,
+        vae,
+    }))
+}
+
+/// A component folder's weights (the first of `files` present) with its config.json as the
+/// `config` metadata and `arch` named.
+fn component(dir: &Path, files: &[&str], arch: &str) -> Result<WeightFile> {
+    let config = read_json_object(&dir.join("config.json"))?;
+    let weights = files
+        .iter()
+        .map(|f| dir.join(f))
+        .find(|p| p.is_file())
+        .ok_or_else(|| no_weights(dir, files[0]))?;
+    let metadata = HashMap::from([
+        ("format".to_string(), FORMAT.to_string()),
+        ("format_version".to_string(), FORMAT_VERSION.to_string()),
+        ("arch".to_string(), arch.to_string()),
+        (
+            "config".to_string(),
+            without_private_keys(config).to_string(),
+        ),
+    ]);
+    Ok(WeightFile::open(&weights)?.with_metadata(metadata))
+}
+
+/// No safetensors weights in `dir`: a clear word for pickles, which are never loaded.
+fn no_weights(dir: &Path, expected: &str) -> Error {
+    let pickle = ["diffusion_pytorch_model.bin", "pytorch_model.bin"]
+        .iter()
+        .any(|f| dir.join(f).is_file());
+    Error::Weights(match pickle {
+        true => format!(
+            "{} holds PyTorch pickle weights, which wgsl-diff never loads: convert the \
+             folder with tools/convert.py (it reads them through PyTorch)",
+            dir.display()
+        ),
+        false => format!(
+            "{} holds no {expected} (or its fp16 variant)",
+            dir.display()
+        ),
+    })
 }
 
 /// The components of a `model_index.json`: name → class, for every component that is present
@@ -92,44 +234,36 @@ fn read_index(index: &Path) -> Result<HashMap<String, String>> {
 /// pipeline's scheduler config when there is one.
 fn open_unet_folder(dir: &Path, scheduler: Option<serde_json::Value>) -> Result<WeightFile> {
     let config = read_json_object(&dir.join("config.json"))?;
-    match config.get("_class_name").and_then(|c| c.as_str()) {
-        None | Some(UNet2DModel::ARCH) => {}
+    let arch = match config.get("_class_name").and_then(|c| c.as_str()) {
+        None | Some(UNet2DModel::ARCH) => UNet2DModel::ARCH,
+        Some(UNet2DConditionModel::ARCH) => UNet2DConditionModel::ARCH,
         Some(other) => {
             return Err(Error::Weights(format!(
-                "{}: a {other}; this version runs UNet2DModel folders",
+                "{}: a {other}; this version runs UNet2DModel and UNet2DConditionModel folders",
                 dir.join("config.json").display()
             )))
         }
-    }
+    };
     let Some(weights) = WEIGHT_FILES
         .iter()
         .map(|f| dir.join(f))
         .find(|p| p.is_file())
     else {
-        let pickle = dir.join("diffusion_pytorch_model.bin");
-        return Err(Error::Weights(match pickle.is_file() {
-            true => format!(
-                "{} holds PyTorch pickle weights, which wgsl-diff never loads: convert the \
-                 folder with tools/convert.py (it reads them through PyTorch)",
-                dir.display()
-            ),
-            false => format!(
-                "{} holds no {} (or its fp16 variant)",
-                dir.display(),
-                WEIGHT_FILES[0]
-            ),
-        }));
+        return Err(no_weights(dir, WEIGHT_FILES[0]));
     };
     let mut metadata = HashMap::from([
         ("format".to_string(), FORMAT.to_string()),
         ("format_version".to_string(), FORMAT_VERSION.to_string()),
-        ("arch".to_string(), UNet2DModel::ARCH.to_string()),
+        ("arch".to_string(), arch.to_string()),
         (
             "config".to_string(),
             without_private_keys(config).to_string(),
         ),
     ]);
     if let Some(scheduler) = scheduler {
+        if let Some(class) = scheduler.get("_class_name").and_then(|c| c.as_str()) {
+            metadata.insert(SCHEDULER_CLASS.into(), class.to_string());
+        }
         metadata.insert(
             "scheduler".into(),
             without_private_keys(scheduler).to_string(),

@@ -45,6 +45,14 @@ pub fn render_heatmaps(
         let plane: Vec<f32> = (0..h * w)
             .map(|p| (0..c).map(|k| data[k * h * w + p]).sum())
             .collect();
+        // A latent model's map covers its image at a coarser grid: shown over the image, each
+        // map element as the block of pixels it covers.
+        let (plane, h, w) = match images::png_size(&dir.join(&s.file))? {
+            (ih, iw) if (ih, iw) != (h, w) && ih % h == 0 && iw % w == 0 && ih / h == iw / w => {
+                (upsample_nearest(&plane, h, w, ih / h), ih, iw)
+            }
+            _ => (plane, h, w),
+        };
         planes.push((s.index, h, w, plane));
     }
     // Scales span finite values: one kept non-finite map must not blacken every other heatmap.
@@ -74,6 +82,14 @@ pub fn render_heatmaps(
             .then(|| heatmap_name(s.index));
     }
     Ok(())
+}
+
+/// Each value of an (h, w) plane repeated over a `factor` × `factor` block.
+fn upsample_nearest(plane: &[f32], h: usize, w: usize, factor: usize) -> Vec<f32> {
+    let (oh, ow) = (h * factor, w * factor);
+    (0..oh * ow)
+        .map(|p| plane[(p / ow / factor) * w + (p % ow) / factor])
+        .collect()
 }
 
 fn load(dir: &Path, file: &str) -> Result<Image8> {

@@ -47,13 +47,6 @@ impl BatchWriter {
             batch.first_index,
             batch.first_index + batch.len() - 1
         );
-        if uc.is_some() && !batch.map_space.is_image() {
-            return Err(Error::Invalid(format!(
-                "this run's uncertainty maps are {:?} maps; heatmaps over decoded images need \
-                 them upsampled, which this version does not do",
-                batch.map_space
-            )));
-        }
         let batch_shape = [&[batch.len()][..], &batch.map_shape[..]].concat();
         if let (Some(dir), Some(uc)) = (&self.save_maps, uc) {
             for (step, map) in &uc.maps {
@@ -88,9 +81,14 @@ impl BatchWriter {
             npy::write(&self.out.join(raw_name(index)), shape, raw)?;
         }
         if let Some(uc) = uc {
-            let len = batch.sample_len();
+            // The map lives in the model's space (the latents of a latent model).
+            let len: usize = batch.map_shape.iter().product();
             let total = &uc.total[k * len..(k + 1) * len];
-            npy::write(&self.out.join(total_map_name(index)), shape, total)?;
+            npy::write(
+                &self.out.join(total_map_name(index)),
+                &batch.map_shape,
+                total,
+            )?;
         }
         let mut text = vec![
             ("parameters", self.parameters.to_string()),

@@ -20,4 +20,4 @@ pub use pipeline::{
 pub use run::{contiguous_batches, BatchHook, FinishedBatch, InitNoise, Run};
 pub use schedule::{NoiseSchedule, ScheduleConfig, Spacing, VarianceType};
 pub use scheduler::{SamplerChoice, SamplerConfig, SamplerKind, SamplerState, Scheduler};
-pub use setup::{load_for_sampling, open_scheduler};
+pub use setup::{default_sampler, load_for_sampling, open_scheduler};

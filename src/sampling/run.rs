@@ -3,12 +3,12 @@
 //! index, so how the indices are batched never changes an image.
 
 use super::labels::ClassLabels;
-use super::pipeline::{sample_batch, BatchSpec, StepContext, StepHook};
+use super::pipeline::{sample_batch, sample_batch_conditioned, BatchSpec, StepContext, StepHook};
 use super::scheduler::Scheduler;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::limits;
-use crate::models::{Decoder, EpsModel, MapSpace};
+use crate::models::{Cond, Decoder, EpsModel, MapSpace};
 use crate::noise::{NoiseDraw, NoisePlan};
 use crate::ops;
 
@@ -138,6 +138,9 @@ pub struct Run<'a> {
     pub init_noise: Option<InitNoise>,
     /// Turns finished samples into images before they are read back.
     pub decoder: &'a dyn Decoder,
+    /// A condition given whole for every sample (a prompt's text states, one row, with its
+    /// classifier-free guidance); `labels` must then be unconditional.
+    pub prompt: Option<&'a Cond>,
 }
 
 impl Run<'_> {
@@ -171,15 +174,31 @@ impl Run<'_> {
             init_noise: self.init_tensor(first, size, sample_shape)?,
         };
         hook.start_batch();
-        let out = sample_batch(
-            gpu,
-            self.model,
-            self.scheduler,
-            self.noise,
-            spec,
-            &mut [hook as &mut dyn StepHook],
-            on_step,
-        )?;
+        let hooks = &mut [hook as &mut dyn StepHook];
+        let out = match self.prompt {
+            None => sample_batch(
+                gpu,
+                self.model,
+                self.scheduler,
+                self.noise,
+                spec,
+                hooks,
+                on_step,
+            )?,
+            Some(prompt) => {
+                let cond = prompt.repeat(gpu, size)?;
+                sample_batch_conditioned(
+                    gpu,
+                    self.model,
+                    self.scheduler,
+                    self.noise,
+                    spec,
+                    &cond,
+                    hooks,
+                    on_step,
+                )?
+            }
+        };
         let decoded = self.decoder.decode(gpu, &out.x)?;
         let [images, flags] =
             <[Vec<f32>; 2]>::try_from(gpu.read_many(&[&decoded, out.non_finite.tensor()])?)

@@ -1,11 +1,22 @@
 //! Opening a weight file for sampling: the network, and the scheduler its training schedule and
 //! the user's sampler choice imply.
 
-use super::{NoiseSchedule, SamplerChoice, ScheduleConfig, Scheduler};
+use super::{NoiseSchedule, SamplerChoice, SamplerKind, ScheduleConfig, Scheduler};
 use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::models::{load_eps_model, open_model, EpsModel, WeightFile};
 use std::path::Path;
+
+/// The sampler a model runs with when `--sampler` names none: a Stable Diffusion folder's own
+/// scheduler class (PNDM for SD 1.5), DDIM otherwise.
+pub fn default_sampler(path: &Path) -> SamplerKind {
+    match crate::models::pipeline::stable_diffusion_scheduler(path).as_deref() {
+        Some("PNDMScheduler") => SamplerKind::Pndm,
+        Some("DDPMScheduler") => SamplerKind::Ddpm,
+        Some("DPMSolverMultistepScheduler") => SamplerKind::Dpmpp2m,
+        _ => SamplerKind::Ddim,
+    }
+}
 
 /// Validates the sampler against the file's schedule before uploading any weight, so a bad
 /// choice fails fast.

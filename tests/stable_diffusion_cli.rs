@@ -1,0 +1,196 @@
+//! `wgsl-diff sample --prompt` on a Stable Diffusion folder as diffusers lays it out
+//! (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/), assembled from the tiny
+//! fixture networks (sd_unet_sd_tiny, vae_sd_tiny, clip_text_gelu) with SD 1.5's scheduler config
+//! and a letters-only tokenizer vocabulary inside the tiny text encoder's 300 tokens. The
+//! numbers are held to diffusers in tests/sd_pipeline.rs; this checks the command end to end.
+
+mod common;
+
+use common::weights_file::WeightsFile;
+use common::{assert_clean_failure, fixture, tmp_dir};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn component(dir: &Path, fixture_name: &str, weights: &str, class: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let file = WeightsFile::read(&fixture(&format!("{fixture_name}.safetensors")));
+    let mut config = file.meta_json("config");
+    config["_class_name"] = json!(class);
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let mut tensors = file.clone();
+    tensors
+        .header
+        .insert("__metadata__".into(), json!({"format": "pt"}));
+    tensors.write(&dir.join(weights));
+}
+
+/// A Stable Diffusion folder of the tiny networks.
+fn write_folder(dir: &Path) {
+    component(
+        &dir.join("unet"),
+        "sd_unet_sd_tiny",
+        "diffusion_pytorch_model.safetensors",
+        "UNet2DConditionModel",
+    );
+    component(
+        &dir.join("vae"),
+        "vae_sd_tiny",
+        "diffusion_pytorch_model.safetensors",
+        "AutoencoderKL",
+    );
+    component(
+        &dir.join("text_encoder"),
+        "clip_text_gelu",
+        "model.safetensors",
+        "CLIPTextModel",
+    );
+    // Letters and their word-final forms, then the special tokens: ids below 300.
+    let tokenizer = dir.join("tokenizer");
+    std::fs::create_dir_all(&tokenizer).unwrap();
+    let mut vocab = serde_json::Map::new();
+    for (i, c) in ('a'..='z').enumerate() {
+        vocab.insert(c.to_string(), json!(i));
+        vocab.insert(format!("{c}</w>"), json!(26 + i));
+    }
+    vocab.insert("<|startoftext|>".into(), json!(52));
+    vocab.insert("<|endoftext|>".into(), json!(53));
+    std::fs::write(
+        tokenizer.join("vocab.json"),
+        Value::Object(vocab).to_string(),
+    )
+    .unwrap();
+    std::fs::write(tokenizer.join("merges.txt"), "#version: 0.2\n").unwrap();
+    std::fs::create_dir_all(dir.join("scheduler")).unwrap();
+    let scheduler = json!({
+        "_class_name": "PNDMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085, "num_train_timesteps": 1000, "set_alpha_to_one": false,
+        "skip_prk_steps": true, "steps_offset": 1, "trained_betas": null, "clip_sample": false
+    });
+    std::fs::write(
+        dir.join("scheduler/scheduler_config.json"),
+        scheduler.to_string(),
+    )
+    .unwrap();
+    let index = json!({
+        "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.6.0",
+        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", "PNDMScheduler"], "safety_checker": [null, null],
+        "feature_extractor": [null, null]
+    });
+    std::fs::write(dir.join("model_index.json"), index.to_string()).unwrap();
+}
+
+fn sample(model: &Path, out: &Path, extra: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wgsl-diff"))
+        .args([
+            "sample", "--quiet", "--num", "2", "--steps", "3", "--seed", "3", "--model",
+        ])
+        .arg(model)
+        .args(extra)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_prompt_samples_a_stable_diffusion_folder() {
+    let dir = tmp_dir("sd-cli");
+    let model = dir.join("sd");
+    write_folder(&model);
+    let args = [
+        "--prompt",
+        "a red cat",
+        "--uncertainty",
+        "-M",
+        "2",
+        "--report",
+    ];
+    for (out, batch) in [("one", "1"), ("two", "2")] {
+        let run = sample(
+            &model,
+            &dir.join(out),
+            &[&args[..], &["--batch", batch]].concat(),
+        );
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+    }
+    for i in 0..2 {
+        let name = format!("sample_{i:06}.png");
+        let (a, b) = (
+            std::fs::read(dir.join("one").join(&name)).unwrap(),
+            std::fs::read(dir.join("two").join(&name)).unwrap(),
+        );
+        assert_eq!(a, b, "{name}: batches change a sample");
+        let img = image_size(&dir.join("one").join(&name));
+        assert_eq!(img, (64, 64, 3), "{name}: the VAE's 8x upsampled RGB image");
+        let heat = image_size(&dir.join("one").join(format!("heatmap_{i:06}.png")));
+        assert_eq!(heat, (64, 64, 3), "the latent map shown over the image");
+    }
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("one/samples.json")).unwrap()).unwrap();
+    let p = &manifest["parameters"];
+    assert_eq!(p["prompt"], "a red cat");
+    assert_eq!(p["negative_prompt"], "");
+    assert_eq!(p["cfg_scale"], 7.5);
+    assert_eq!(p["sampler"], "pndm", "the folder's own scheduler");
+    assert_eq!(
+        p["timesteps"],
+        json!([667, 334, 334, 1]),
+        "3 PNDM steps in 4 calls"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn image_size(path: &Path) -> (usize, usize, usize) {
+    let img = wgsl_diff::images::read_png(path).unwrap();
+    (img.height, img.width, img.channels)
+}
+
+#[test]
+fn prompts_and_models_are_checked() {
+    let dir = tmp_dir("sd-cli-bad");
+    let model = dir.join("sd");
+    write_folder(&model);
+    let pixel = fixture("unet_tiny_gray.safetensors");
+    let long = "word ".repeat(90);
+    for (name, model, extra, expected) in [
+        ("no prompt", &model, vec![], "--prompt"),
+        (
+            "pixel model",
+            &pixel,
+            vec!["--prompt", "a cat"],
+            "applies to Stable Diffusion",
+        ),
+        (
+            "gradient guidance",
+            &model,
+            vec!["--prompt", "a cat", "--guidance", "gradient"],
+            "backward pass",
+        ),
+        (
+            "cfg",
+            &model,
+            vec!["--prompt", "a cat", "--cfg-scale", "inf"],
+            "--cfg-scale",
+        ),
+    ] {
+        let out = dir.join(name.replace(' ', "-"));
+        assert_clean_failure(&sample(model, &out, &extra), name, expected);
+        assert!(
+            !out.join("sample_000000.png").exists(),
+            "{name}: wrote a sample"
+        );
+    }
+    let out = dir.join("long");
+    let run = sample(&model, &out, &["--prompt", &long]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(stderr.contains("past CLIP's 77 positions"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
