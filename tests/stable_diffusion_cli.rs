@@ -139,6 +139,7 @@ fn a_prompt_samples_a_stable_diffusion_folder() {
     assert_eq!(p["negative_prompt"], "");
     assert_eq!(p["cfg_scale"], 7.5);
     assert_eq!(p["sampler"], "pndm", "the folder's own scheduler");
+    assert_eq!(p["maps"], json!({"space": "latent", "factor": 8}));
     assert_eq!(
         p["timesteps"],
         json!([667, 334, 334, 1]),

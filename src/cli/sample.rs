@@ -212,6 +212,13 @@ impl SampleArgs {
         if guidance_flags && self.guidance.is_none() {
             bail!("--guidance-strength, --percentile, --guidance-start, --guidance-steps and --threshold-file need --guidance");
         }
+        // A flag a mode ignores is refused rather than recorded in the run's identity.
+        if self.guidance == Some(GuidanceRule::Posterior) && self.guidance_strength.is_some() {
+            bail!("--guidance-strength applies to --guidance gradient; Rule P (posterior) has no strength");
+        }
+        if self.threshold_file.is_some() && self.percentile.is_some() {
+            bail!("--threshold-file replaces --percentile: give one of them");
+        }
         let guidance = self.guidance.map(|rule| {
             let paper = GuidanceConfig::paper(rule);
             GuidanceConfig {

@@ -97,6 +97,11 @@ impl GuidanceConfig {
         if self.max_copies_per_forward == Some(0) {
             return invalid("max copies per forward must be at least 1".into());
         }
+        if self.steps == Some(0) {
+            return invalid(
+                "--guidance-steps 0 guides no step: give at least 1 (or drop --guidance)".into(),
+            );
+        }
         match &self.threshold {
             Threshold::Percentile(p) if !(*p > 0.0 && *p < 1.0) => {
                 invalid(format!("the percentile must be in (0, 1), got {p}"))

@@ -131,7 +131,7 @@ impl<'g> SampleJob<'g> {
         let guidance = guidance_config(&request, &scheduler, sample_shape)?;
         let folder = request.folder()?;
         folder.create()?;
-        let parameters = parameters(&request, &scheduler, guidance.as_ref());
+        let parameters = parameters(&request, &scheduler, guidance.as_ref(), decoder.map_space());
         let presence = folder.claim(&parameters)?;
         let writer = BatchWriter {
             out: request.out.clone(),

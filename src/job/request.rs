@@ -5,7 +5,7 @@
 use crate::error::{Error, Result};
 use crate::guidance::{CalibratedThreshold, GuidanceConfig, GuidanceRule, Threshold};
 use crate::limits::{self, MAX_BATCH};
-use crate::models::EpsModel;
+use crate::models::{EpsModel, MapSpace};
 use crate::npy;
 use crate::run_dir::{kept_count, FolderPlan, HeatmapScale, Shard};
 use crate::sampling::{ClassChoice, InitNoise, SamplerChoice, Scheduler};
@@ -181,6 +181,7 @@ pub(super) fn parameters(
     request: &SampleRequest,
     scheduler: &Scheduler,
     guidance: Option<&GuidanceConfig>,
+    map_space: MapSpace,
 ) -> serde_json::Value {
     let model = canonical(&request.model);
     let config = &scheduler.config;
@@ -201,6 +202,14 @@ pub(super) fn parameters(
     }
     if let (Some(g), Some(map)) = (guidance, parameters.as_object_mut()) {
         map.insert("guidance".into(), g.describe());
+    }
+    // Where the maps live, said only where they are not the images' own pixels (so pixel runs
+    // keep their identity).
+    if let (MapSpace::Latent { factor }, Some(map)) = (map_space, parameters.as_object_mut()) {
+        map.insert(
+            "maps".into(),
+            serde_json::json!({ "space": "latent", "factor": factor }),
+        );
     }
     // Only text-to-image runs carry a prompt, so pixel runs keep their identity.
     if let (Some(p), Some(map)) = (&request.prompt, parameters.as_object_mut()) {
