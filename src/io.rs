@@ -1,4 +1,5 @@
-//! File output that a killed run cannot leave half-written.
+//! File output that a killed run cannot leave half-written, and input read only once it is known
+//! to be a bounded regular file.
 
 use crate::error::{Error, Result};
 use std::io::Write;
@@ -37,4 +38,24 @@ pub(crate) fn process_token() -> &'static str {
 pub(crate) fn tmp_token(file_name: &str) -> Option<&str> {
     let stem = file_name.strip_suffix(".tmp")?;
     stem.rsplit_once('.').map(|(_, token)| token)
+}
+
+/// The bytes of the input file `path`: a regular file (not a folder, device or pipe, which could
+/// be read forever) of at most `max_bytes`, checked before anything is read.
+pub fn read_input(path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
+    let meta = std::fs::metadata(path).map_err(Error::file("read", path))?;
+    if !meta.is_file() {
+        return Err(Error::Invalid(format!(
+            "{} is not a regular file (a folder, device or pipe): refused",
+            path.display()
+        )));
+    }
+    if meta.len() > max_bytes {
+        return Err(Error::Invalid(format!(
+            "{} holds {} bytes, over the {max_bytes} this input may hold",
+            path.display(),
+            meta.len()
+        )));
+    }
+    std::fs::read(path).map_err(Error::file("read", path))
 }

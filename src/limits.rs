@@ -43,6 +43,10 @@ pub const MAX_CLASSES: usize = 100_000;
 /// output scale): beyond it f32 activations overflow in the first layers.
 pub const MAX_CONFIG_SCALE: f64 = 1e3;
 
+/// The largest array file (`.npy`, `.npz`) read: noise, thresholds, maps and statistics are far
+/// smaller; a device or a runaway file is refused before it is read.
+pub const MAX_INPUT_BYTES: u64 = 8 << 30;
+
 // The noise tag's fields (see `noise::NoisePlan::key`) must hold every copy and step.
 const _: () = assert!(MAX_COPIES <= 1 << 16 && MAX_TRAIN_TIMESTEPS as u64 <= 1 << 32);
 

@@ -41,7 +41,7 @@ pub(crate) fn encode(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
 
 /// Reads a float32 (little-endian, C-order) array: (shape, data).
 pub fn read(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
-    let bytes = std::fs::read(path).map_err(Error::file("read", path))?;
+    let bytes = crate::io::read_input(path, crate::limits::MAX_INPUT_BYTES)?;
     let what = path.display().to_string();
     let (descr, shape, payload) = parse(&bytes, &what)?;
     if descr != "<f4" {
@@ -73,6 +73,13 @@ pub(crate) fn parse<'a>(bytes: &'a [u8], what: &str) -> Result<(String, Vec<usiz
             .ok_or_else(|| bad("truncated header"))?,
     )
     .map_err(|_| bad("header is not text"))?;
+    // numpy keeps the last of a key given twice; refuse the ambiguity rather than read another
+    // array than numpy would.
+    for key in ["'descr'", "'fortran_order'", "'shape'"] {
+        if header.matches(key).count() > 1 {
+            return Err(bad(&format!("header key {key} appears twice")));
+        }
+    }
     if header.contains("'fortran_order': True") {
         return Err(bad("Fortran order is not supported"));
     }

@@ -59,7 +59,7 @@ struct Entry {
 
 /// Reads every member of the archive at `path`, keyed by name without `.npy`.
 pub fn read(path: &Path) -> Result<BTreeMap<String, NpzArray>> {
-    let bytes = std::fs::read(path).map_err(Error::file("read", path))?;
+    let bytes = crate::io::read_input(path, crate::limits::MAX_INPUT_BYTES)?;
     let in_file =
         |e: Error| Error::Invalid(format!("{} is not a valid .npz file: {e}", path.display()));
     let entries = central_directory(&Bytes(&bytes)).map_err(in_file)?;

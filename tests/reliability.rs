@@ -54,3 +54,40 @@ fn flags_a_mode_ignores_are_refused() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Array inputs are bounded regular files: a device is refused before it is read (it read until
+/// memory ran out), and a header key given twice is refused (numpy keeps the last, we kept the
+/// first).
+#[test]
+fn array_files_are_bounded_and_unambiguous() {
+    for device in ["/dev/zero", "/dev/urandom"] {
+        let err = wgsl_diff::npy::read(std::path::Path::new(device))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a regular file"), "{device}: {err}");
+    }
+    let dir = tmp_dir("npy-twice");
+    let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (1,), 'shape': (2,), }";
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((header.len() as u16).to_le_bytes());
+    bytes.extend(header.as_bytes());
+    bytes.extend([0u8; 8]);
+    let path = dir.join("twice.npy");
+    std::fs::write(&path, bytes).unwrap();
+    let err = wgsl_diff::npy::read(&path).unwrap_err().to_string();
+    assert!(err.contains("'shape' appears twice"), "{err}");
+    // Through the CLI: --init-noise /dev/zero fails at once, naming the file.
+    let run = Command::new(env!("CARGO_BIN_EXE_wgsl-diff"))
+        .args(["sample", "--quiet", "--num", "1", "--steps", "2", "--model"])
+        .arg(fixture("unet_tiny_gray.safetensors"))
+        .args(["--init-noise", "/dev/zero", "--out"])
+        .arg(dir.join("out"))
+        .output()
+        .unwrap();
+    assert_clean_failure(
+        &run,
+        "--init-noise /dev/zero",
+        "/dev/zero is not a regular file",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
