@@ -80,8 +80,38 @@ pub fn frechet_distance(a: &FeatureGaussian, b: &FeatureGaussian) -> Result<f64>
     let product = &sqrt_a * &b.covariance * &sqrt_a;
     let trace_sqrt: f64 = psd_eigenvalues(&product).iter().map(|l| l.sqrt()).sum();
     let distance = mean_term + a.covariance.trace() + b.covariance.trace() - 2.0 * trace_sqrt;
+    if !distance.is_finite() {
+        return Err(Error::Invalid(format!(
+            "the Fréchet distance overflows ({distance}): the means or covariances are out of \
+             any feature's range"
+        )));
+    }
     // A distance is ≥ 0; identical sets land a rounding error either side of it.
     Ok(distance.max(0.0))
+}
+
+/// Whether `m` is a covariance as pytorch-fid would take it: symmetric and positive
+/// semi-definite, each within rounding (relative 1e-6 of its largest entry or eigenvalue).
+pub fn check_covariance(m: &DMatrix<f64>) -> std::result::Result<(), String> {
+    let scale = m
+        .iter()
+        .fold(0f64, |a, v| a.max(v.abs()))
+        .max(f64::MIN_POSITIVE);
+    let asymmetry = (m - m.transpose()).iter().fold(0f64, |a, v| a.max(v.abs()));
+    if asymmetry > 1e-6 * scale {
+        return Err(format!(
+            "is not symmetric (entries differ from their transposes by up to {asymmetry:e})"
+        ));
+    }
+    let eigenvalues = symmetrised(m).symmetric_eigenvalues();
+    let top = eigenvalues.iter().fold(0f64, |a, v| a.max(v.abs()));
+    let lowest = eigenvalues.iter().fold(f64::INFINITY, |a, &v| a.min(v));
+    if lowest < -1e-6 * top.max(scale) {
+        return Err(format!(
+            "is not positive semi-definite (an eigenvalue of {lowest:e})"
+        ));
+    }
+    Ok(())
 }
 
 /// Eigenvalues of a symmetric positive semi-definite matrix, with the tiny negative values that

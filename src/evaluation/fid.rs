@@ -288,9 +288,11 @@ pub fn read_statistics(path: &Path) -> Result<FeatureGaussian> {
     if mu.data.iter().chain(&sigma.data).any(|v| !v.is_finite()) {
         return Err(bad("it holds non-finite values".into()));
     }
+    let sigma = DMatrix::from_row_slice(d, d, &sigma.data);
+    metrics::check_covariance(&sigma).map_err(|why| bad(format!("sigma {why}")))?;
     Ok(FeatureGaussian::from_moments(
         DVector::from_column_slice(&mu.data),
-        DMatrix::from_row_slice(d, d, &sigma.data),
+        sigma,
     ))
 }
 
