@@ -14,11 +14,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         path.extension().and_then(|e| e.to_str()).unwrap_or(""),
         process_token()
     ));
-    let fail = Error::file("write", path);
-    let mut f = std::fs::File::create(&tmp).map_err(fail)?;
-    f.write_all(bytes).map_err(fail)?;
-    f.sync_all().map_err(fail)?;
-    std::fs::rename(&tmp, path).map_err(fail)
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    // No temporary file outlives a failure (a full disk, a folder where the file should go).
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(Error::file("write", path))
 }
 
 /// A name for this process, unique across the machines sharing a folder: the process id alone
@@ -58,4 +64,29 @@ pub fn read_input(path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
         )));
     }
     std::fs::read(path).map_err(Error::file("read", path))
+}
+
+/// Checks that a file can be written at `path` before the work that makes it: not a folder, in a
+/// folder that exists and takes a file (probed with an empty file, removed again).
+pub fn check_output_file(path: &Path) -> Result<()> {
+    if path.is_dir() {
+        return Err(Error::Invalid(format!(
+            "{} is a folder: give a file to write",
+            path.display()
+        )));
+    }
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let probe = folder.join(format!(".wgsl-diff-write-test.{}", process_token()));
+    std::fs::write(&probe, b"").map_err(|e| {
+        Error::Invalid(format!(
+            "cannot write {} (its folder {} does not take a file: {e})",
+            path.display(),
+            folder.display()
+        ))
+    })?;
+    std::fs::remove_file(&probe).ok();
+    Ok(())
 }

@@ -43,6 +43,9 @@ pub const MAX_CLASSES: usize = 100_000;
 /// output scale): beyond it f32 activations overflow in the first layers.
 pub const MAX_CONFIG_SCALE: f64 = 1e3;
 
+/// The most host memory `calibrate` holds for its N samples' maps (steps × N × C·H·W floats).
+pub const MAX_CALIBRATION_BYTES: u64 = 16 << 30;
+
 /// The largest array file (`.npy`, `.npz`) read: noise, thresholds, maps and statistics are far
 /// smaller; a device or a runaway file is refused before it is read.
 pub const MAX_INPUT_BYTES: u64 = 8 << 30;

@@ -142,3 +142,49 @@ fn fid_statistics_are_checked() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `calibrate` states and checks its counts before it allocates (a huge --num panicked or tried
+/// to allocate terabytes), and checks its output before the sampling (a folder as --out failed
+/// only after all the work, leaving a .tmp file).
+#[test]
+fn calibrate_checks_counts_and_output_first() {
+    let dir = tmp_dir("calibrate-checks");
+    let model = fixture("unet_tiny_gray.safetensors");
+    let calibrate = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_wgsl-diff"))
+            .args(["calibrate", "--steps", "2", "--model"])
+            .arg(&model)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = dir.join("thr.npy");
+    let out = out.to_str().unwrap();
+    for (num, expected) in [
+        ("18446744073709551615", "go past the last sample index"),
+        ("4294967296", "bytes of maps"),
+        ("0", "count 0"),
+    ] {
+        let run = calibrate(&["--num", num, "--out", out]);
+        assert_clean_failure(&run, &format!("--num {num}"), expected);
+    }
+    let folder = dir.to_str().unwrap();
+    let run = calibrate(&["--num", "2", "--out", folder]);
+    assert_clean_failure(&run, "--out a folder", "is a folder");
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    let help = Command::new(env!("CARGO_BIN_EXE_wgsl-diff"))
+        .args(["calibrate", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("4294967296") && help.contains("1..=65536"),
+        "{help}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

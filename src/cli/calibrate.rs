@@ -7,6 +7,8 @@ use clap::Args;
 use std::path::PathBuf;
 use wgsl_diff::gpu::Gpu;
 use wgsl_diff::guidance::{calibrate, CalibrateRequest, GuidanceRule};
+use wgsl_diff::io::check_output_file;
+use wgsl_diff::limits::{MAX_BATCH, MAX_CALIBRATION_BYTES, SAMPLE_INDEX_END};
 use wgsl_diff::sampling::ClassChoice;
 
 #[derive(Args, Debug)]
@@ -22,11 +24,9 @@ pub struct CalibrateArgs {
     /// Each threshold is the value at sorted index ⌊N·p⌋ of the N calibration samples
     #[arg(long, default_value_t = 0.95)]
     pub percentile: f64,
-    /// Number of calibration samples N
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, help = format!("Number of calibration samples N; start-index + num ≤ {SAMPLE_INDEX_END}, and their maps at most {MAX_CALIBRATION_BYTES} bytes"))]
     pub num: usize,
-    /// Samples per GPU batch
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, help = format!("Samples per GPU batch (1..={MAX_BATCH})"))]
     pub batch: usize,
     /// Seed of the calibration samples (use another than the guided run's)
     #[arg(long, default_value_t = 0)]
@@ -44,6 +44,8 @@ pub struct CalibrateArgs {
 }
 
 pub fn run(gpu: &Gpu, args: &CalibrateArgs) -> Result<()> {
+    // The output is checked before the sampling, not after it.
+    check_output_file(&args.out)?;
     let request = CalibrateRequest {
         model: args.sampler.model(),
         sampler: args.sampler.choice(),

@@ -6,6 +6,7 @@
 use super::{GuidanceBatch, GuidanceConfig, GuidanceHook, GuidanceRule, Threshold};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
+use crate::limits;
 use crate::models::Identity;
 use crate::noise::NoisePlan;
 use crate::npy;
@@ -89,11 +90,8 @@ pub struct CalibrateRequest {
 /// Samples N unguided trajectories, measuring the rule's map at every step, and returns the
 /// per-element thresholds.
 pub fn calibrate(gpu: &Gpu, request: &CalibrateRequest) -> Result<CalibratedThreshold> {
-    if request.num == 0 || request.batch == 0 {
-        return Err(Error::Invalid(
-            "calibration needs at least one sample and a batch of at least 1".into(),
-        ));
-    }
+    limits::sample_range("--start-index/--num", request.start_index, request.num)?;
+    limits::count_in("--batch", request.batch, limits::MAX_BATCH)?;
     let (model, scheduler) = load_for_sampling(gpu, &request.model, &request.sampler)?;
     let mut config = GuidanceConfig::paper(request.rule);
     config.copies = request.copies;
@@ -114,6 +112,19 @@ pub fn calibrate(gpu: &Gpu, request: &CalibrateRequest) -> Result<CalibratedThre
     let steps = scheduler.timesteps.len();
     let sample = model.sample_shape()?;
     let len: usize = sample.iter().product();
+    // Checked before the maps are allocated: N samples' maps at every step stay in memory.
+    let bytes = [steps, request.num, len, 4]
+        .iter()
+        .try_fold(1u64, |n, &f| n.checked_mul(f as u64))
+        .filter(|&b| b <= limits::MAX_CALIBRATION_BYTES);
+    if bytes.is_none() {
+        return Err(Error::Invalid(format!(
+            "calibrating {} samples of {steps} steps × {len} values holds more than {} bytes of \
+             maps: use fewer samples (--num)",
+            request.num,
+            limits::MAX_CALIBRATION_BYTES
+        )));
+    }
     // values[step][element] holds the N samples' values, filled batch by batch.
     let mut values = vec![Vec::with_capacity(request.num * len); steps];
     let indices: Vec<usize> = (request.start_index..request.start_index + request.num).collect();
