@@ -188,3 +188,40 @@ fn calibrate_checks_counts_and_output_first() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `sample --num 4294967296` (the documented maximum) starts writing at once: what remains is
+/// found from the folder's files, not by checking each of the 2^32 indices (which never
+/// finished on 8301ccf).
+#[test]
+fn the_largest_run_starts_at_once() {
+    let dir = tmp_dir("largest-run");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wgsl-diff"))
+        .args([
+            "sample",
+            "--quiet",
+            "--num",
+            "4294967296",
+            "--batch",
+            "1",
+            "--steps",
+            "1",
+        ])
+        .arg("--model")
+        .arg(fixture("unet_tiny_gray.safetensors"))
+        .arg("--out")
+        .arg(&dir)
+        .spawn()
+        .unwrap();
+    let first = dir.join("sample_000000.png");
+    let started = std::time::Instant::now();
+    while !first.exists() && started.elapsed() < std::time::Duration::from_secs(120) {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the run ended early: {status}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(first.exists(), "no sample after {:?}", started.elapsed());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -21,11 +21,9 @@ use crate::models::{load_eps_model, Cond, Decoder, EpsModel, Identity};
 use crate::noise::NoisePlan;
 use crate::run_dir::shared::{FolderLock, Presence};
 use crate::run_dir::{
-    collect_folder, write_manifest, BatchWriter, FolderPlan, FolderSummary, SampleRecord,
+    collect_folder, write_manifest, BatchWriter, FolderPlan, FolderSummary, Pending, SampleRecord,
 };
-use crate::sampling::{
-    contiguous_batches, open_scheduler, ClassLabels, FinishedBatch, InitNoise, Run, Scheduler,
-};
+use crate::sampling::{open_scheduler, ClassLabels, FinishedBatch, InitNoise, Run, Scheduler};
 use crate::uncertainty::{UncertaintyBatch, UncertaintyEstimator};
 use request::{check_method, guidance_config, parameters, read_init_noise};
 use std::collections::BTreeMap;
@@ -60,7 +58,7 @@ pub struct SampleJob<'g> {
     guidance: Option<GuidanceConfig>,
     writer: BatchWriter,
     /// This request's samples not yet in the folder.
-    todo: Vec<usize>,
+    todo: Pending,
     /// Records read from the folder's PNGs, so each is read once per job.
     known: BTreeMap<usize, SampleRecord>,
     /// This process's presence in the folder, held while it may write there.
@@ -142,7 +140,7 @@ impl<'g> SampleJob<'g> {
             save_maps: request.save_maps.clone(),
             dump_noise: request.dump_noise.clone(),
         };
-        let todo = request.own_range()?.filter(|&i| !writer.done(i)).collect();
+        let todo = Pending::find(&request.out, request.own_range()?, |i| writer.done(i))?;
         let noise = match request.dump_noise {
             Some(_) => NoisePlan::recording(request.seed),
             None => NoisePlan::new(request.seed),
@@ -173,7 +171,7 @@ impl<'g> SampleJob<'g> {
     }
 
     /// Samples still to make.
-    pub fn todo(&self) -> &[usize] {
+    pub fn todo(&self) -> &Pending {
         &self.todo
     }
 
@@ -208,7 +206,7 @@ impl<'g> SampleJob<'g> {
             estimator.map(UncertaintyEstimator::new).transpose()?,
         );
         let (out, timesteps) = (&self.request.out, &self.scheduler.timesteps);
-        for batch in contiguous_batches(&self.todo, self.request.batch) {
+        for batch in self.todo.batches(self.request.batch) {
             progress.batch(batch.clone());
             let size = batch.len();
             let finished = run

@@ -11,6 +11,7 @@ use super::render::{
 use super::shared::{claim, remove_abandoned, FolderLock, Presence, RUN_FILE};
 use super::write::check_same_run;
 use crate::error::{Error, Result};
+use std::collections::BTreeSet;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -136,4 +137,66 @@ fn check_writable(dir: &Path) -> Result<()> {
     })?;
     std::fs::remove_file(&probe).ok();
     Ok(())
+}
+
+/// The samples of a range a folder still lacks, without listing them: the range minus the
+/// finished ones, which are found from the folder's files (so a range of 2^32 samples costs what
+/// the folder holds, not what the range spans).
+#[derive(Clone, Debug)]
+pub struct Pending {
+    own: Range<usize>,
+    done: BTreeSet<usize>,
+}
+
+impl Pending {
+    /// `own` minus the samples `dir` holds that `finished` accepts (a PNG and what else the run
+    /// writes per sample).
+    pub fn find(
+        dir: &Path,
+        own: Range<usize>,
+        finished: impl Fn(usize) -> bool,
+    ) -> Result<Pending> {
+        let done = sample_indices(dir)?
+            .into_iter()
+            .filter(|i| own.contains(i) && finished(*i))
+            .collect();
+        Ok(Pending { own, done })
+    }
+
+    pub fn len(&self) -> usize {
+        self.own.len() - self.done.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The pending indices, in order.
+    pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        self.own.clone().filter(|i| !self.done.contains(i))
+    }
+
+    /// Runs of consecutive pending indices, each at most `batch` long: the batches a job samples.
+    pub fn batches(&self, batch: usize) -> impl Iterator<Item = Range<usize>> + '_ {
+        let mut next = self.own.start;
+        std::iter::from_fn(move || {
+            while next < self.own.end && self.done.contains(&next) {
+                next += 1;
+            }
+            if next >= self.own.end {
+                return None;
+            }
+            let start = next;
+            while next < self.own.end && next - start < batch.max(1) && !self.done.contains(&next) {
+                next += 1;
+            }
+            Some(start..next)
+        })
+    }
+}
+
+impl<const N: usize> PartialEq<[usize; N]> for &Pending {
+    fn eq(&self, other: &[usize; N]) -> bool {
+        self.iter().eq(other.iter().copied())
+    }
 }

@@ -14,7 +14,7 @@ pub mod shared;
 mod write;
 
 pub use filter::{by_score, filter, filter_run, kept_count, Filtered};
-pub use folder::{FolderPlan, FolderSummary};
+pub use folder::{FolderPlan, FolderSummary, Pending};
 pub use manifest::{
     collect, collect_folder, read_manifest, sample_indices, write_manifest, write_scores_csv,
     Manifest, SampleRecord, NON_FINITE_KEY,
