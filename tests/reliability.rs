@@ -4,6 +4,7 @@
 mod common;
 
 use common::{assert_clean_failure, fixture, tmp_dir};
+use std::path::Path;
 use std::process::Command;
 
 #[test]
@@ -223,5 +224,83 @@ fn the_largest_run_starts_at_once() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(first.exists(), "no sample after {:?}", started.elapsed());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `filter` verifies what it keeps: a manifest listing a sample twice, a deleted PNG and a
+/// truncated one are errors naming them, and a fraction that would keep non-finite samples is
+/// refused (each was kept or skipped silently, exit 0, on 8301ccf).
+#[test]
+fn filter_verifies_what_it_keeps() {
+    let dir = tmp_dir("filter-verifies");
+    let make = |name: &str| {
+        let out = dir.join(name);
+        let run = Command::new(env!("CARGO_BIN_EXE_wgsl-diff"))
+            .args([
+                "sample",
+                "--quiet",
+                "--num",
+                "4",
+                "--steps",
+                "2",
+                "--uncertainty",
+                "-M",
+                "2",
+            ])
+            .arg("--model")
+            .arg(fixture("unet_tiny_gray.safetensors"))
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        out
+    };
+    let filter = |out: &Path, fraction: &str| {
+        Command::new(env!("CARGO_BIN_EXE_wgsl-diff"))
+            .arg("filter")
+            .arg(out)
+            .args(["--keep-fraction", fraction])
+            .output()
+            .unwrap()
+    };
+    let twice = make("twice");
+    let manifest = twice.join("samples.json");
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    let first = m["samples"][0].clone();
+    m["samples"].as_array_mut().unwrap().push(first);
+    std::fs::write(&manifest, m.to_string()).unwrap();
+    assert_clean_failure(&filter(&twice, "0.5"), "twice", "lists sample 0 twice");
+    let deleted = make("deleted");
+    std::fs::remove_file(deleted.join("sample_000002.png")).unwrap();
+    assert_clean_failure(&filter(&deleted, "0.5"), "deleted", "sample_000002.png");
+    let truncated = make("truncated");
+    let png = truncated.join("sample_000001.png");
+    let bytes = std::fs::read(&png).unwrap();
+    std::fs::write(&png, &bytes[..bytes.len() / 2]).unwrap();
+    assert_clean_failure(&filter(&truncated, "1"), "truncated", "sample_000001.png");
+    let broken = make("non-finite");
+    let manifest = broken.join("samples.json");
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    let _ = &mut m;
+    // Mark every sample non-finite in its PNG's text chunk, where the manifest is read from.
+    for i in 0..4 {
+        let path = broken.join(format!("sample_{i:06}.png"));
+        let img = wgsl_diff::images::read_png(&path).unwrap();
+        let mut text: Vec<(&str, String)> = wgsl_diff::images::read_png_text(&path)
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (Box::leak(k.into_boxed_str()) as &str, v))
+            .collect();
+        text.push(("non_finite_step", "0".into()));
+        wgsl_diff::images::write_png(&path, &img, &text).unwrap();
+    }
+    assert_clean_failure(&filter(&broken, "0.5"), "non-finite", "finite score");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -20,8 +20,38 @@ pub fn filter_run(dir: &Path, keep_fraction: f64, seed: u64) -> Result<Filtered>
     let manifest = read_manifest(dir)?;
     // Workers still sampling into the folder rewrite the filtered sets under this lock too.
     let _lock = super::shared::FolderLock::acquire(dir)?;
-    let indices: Vec<usize> = manifest.samples.iter().map(|s| s.index).collect();
-    filter(dir, &collect(dir, &indices)?, keep_fraction, seed)
+    let mut indices: Vec<usize> = manifest.samples.iter().map(|s| s.index).collect();
+    indices.sort_unstable();
+    if let Some(w) = indices.windows(2).find(|w| w[0] == w[1]) {
+        return Err(Error::Invalid(format!(
+            "{}: the manifest lists sample {} twice; rebuild it with `wgsl-diff sample` on the \
+             same folder",
+            dir.display(),
+            w[0]
+        )));
+    }
+    let records = collect(dir, &indices)?;
+    if records.len() != indices.len() {
+        let present: std::collections::BTreeSet<usize> = records.iter().map(|r| r.index).collect();
+        let missing: Vec<String> = indices
+            .iter()
+            .filter(|i| !present.contains(i))
+            .take(8)
+            .map(|&i| super::png_name(i))
+            .collect();
+        return Err(Error::Invalid(format!(
+            "{}: {} sample(s) the manifest lists are missing ({}{})",
+            dir.display(),
+            indices.len() - records.len(),
+            missing.join(", "),
+            if indices.len() - records.len() > 8 {
+                ", …"
+            } else {
+                ""
+            }
+        )));
+    }
+    filter(dir, &records, keep_fraction, seed)
 }
 
 /// Keeps the ⌊fraction·N⌋ lowest-scored samples in `filtered/kept/` and a seeded random subset
@@ -39,6 +69,19 @@ pub fn filter(
         ));
     }
     let count = kept_count(keep_fraction, scored.len())?;
+    // A kept set of certain samples holds no broken one: refuse a fraction that would reach
+    // the non-finite samples (ranked last).
+    let finite = scored
+        .iter()
+        .filter(|s| s.non_finite_step.is_none() && s.score.is_some_and(f64::is_finite))
+        .count();
+    if count > finite {
+        return Err(Error::Invalid(format!(
+            "only {finite} of {} samples have a finite score: keeping {count} would keep \
+             non-finite ones (keep a smaller fraction)",
+            scored.len()
+        )));
+    }
     let mut by_score = scored.clone();
     by_score.sort_by(|a, b| by_score_then_index(a, b));
     let kept: Vec<SampleRecord> = by_score[..count].iter().map(|s| (*s).clone()).collect();
@@ -101,6 +144,10 @@ fn write_subset(
     let fail = |what: &str, path: &Path, e: std::io::Error| {
         Error::Invalid(format!("cannot {what} {}: {e}", path.display()))
     };
+    // A truncated or damaged PNG is named before anything is replaced, not copied into a subset.
+    for s in set {
+        crate::images::read_png(&dir.join(&s.file))?;
+    }
     if sub.exists() {
         std::fs::remove_dir_all(sub).map_err(|e| fail("clear", sub, e))?;
     }
