@@ -93,7 +93,7 @@ fn check_sizes(images: &[Image8], files: &[PathBuf]) -> Result<()> {
 }
 
 fn read_idx(path: &Path) -> Result<Vec<Image8>> {
-    let raw = std::fs::read(path).map_err(Error::file("read", path))?;
+    let raw = crate::io::read_input(path, crate::limits::MAX_INPUT_BYTES)?;
     let (_, height, width, pixels) =
         parse_idx_images(&raw).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
     Ok(pixels

@@ -90,3 +90,9 @@ pub fn check_output_file(path: &Path) -> Result<()> {
     std::fs::remove_file(&probe).ok();
     Ok(())
 }
+
+/// [`read_input`] as UTF-8 text.
+pub fn read_text_input(path: &Path, max_bytes: u64) -> Result<String> {
+    String::from_utf8(read_input(path, max_bytes)?)
+        .map_err(|_| Error::Invalid(format!("{} is not UTF-8 text", path.display())))
+}

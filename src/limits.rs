@@ -46,6 +46,9 @@ pub const MAX_CONFIG_SCALE: f64 = 1e3;
 /// The most host memory `calibrate` holds for its N samples' maps (steps × N × C·H·W floats).
 pub const MAX_CALIBRATION_BYTES: u64 = 16 << 30;
 
+/// The largest JSON or text file read (configs, tokenizer files: CLIP's vocab.json is 1 MB).
+pub const MAX_CONFIG_BYTES: u64 = 64 << 20;
+
 /// The largest array file (`.npy`, `.npz`) read: noise, thresholds, maps and statistics are far
 /// smaller; a device or a runaway file is refused before it is read.
 pub const MAX_INPUT_BYTES: u64 = 8 << 30;

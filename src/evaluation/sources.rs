@@ -194,7 +194,7 @@ fn load_png_folder(dir: &Path, range: Option<Range<usize>>, side: usize) -> Resu
 }
 
 fn load_idx_file(path: &Path, range: Option<Range<usize>>, side: usize) -> Result<ImageSet> {
-    let raw = std::fs::read(path).map_err(Error::file("read", path))?;
+    let raw = crate::io::read_input(path, crate::limits::MAX_INPUT_BYTES)?;
     let (count, height, width, pixels) =
         parse_idx_images(&raw).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
     check_size(width, height, side, &path.display())?;

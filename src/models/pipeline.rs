@@ -308,7 +308,7 @@ fn check_attention_names(file: &WeightFile) -> Result<()> {
 }
 
 fn read_json_object(path: &Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).map_err(Error::file("read", path))?;
+    let text = crate::io::read_text_input(path, crate::limits::MAX_CONFIG_BYTES)?;
     let invalid =
         |e: serde_json::Error| Error::Weights(format!("{}: invalid JSON: {e}", path.display()));
     let value: serde_json::Value = serde_json::from_str(&text).map_err(invalid)?;

@@ -170,7 +170,7 @@ pub fn write_manifest(
 
 pub fn read_manifest(dir: &Path) -> Result<Manifest> {
     let path = dir.join("samples.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| {
+    let text = crate::io::read_text_input(&path, crate::limits::MAX_INPUT_BYTES).map_err(|e| {
         Error::Invalid(format!(
             "cannot read {} (is {} a sample folder?): {e}",
             path.display(),

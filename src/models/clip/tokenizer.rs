@@ -54,7 +54,7 @@ impl ClipTokenizer {
     /// Reads a checkpoint's `vocab.json` and `merges.txt` (its first line may be a
     /// `#version` header).
     pub fn from_files(vocab_json: &Path, merges_txt: &Path) -> Result<ClipTokenizer> {
-        let read = |p: &Path| std::fs::read_to_string(p).map_err(Error::file("read", p));
+        let read = |p: &Path| crate::io::read_text_input(p, crate::limits::MAX_CONFIG_BYTES);
         let vocab: HashMap<String, u32> =
             serde_json::from_str(&read(vocab_json)?).map_err(|e| {
                 Error::Invalid(format!("{}: not a vocabulary: {e}", vocab_json.display()))
