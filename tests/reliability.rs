@@ -304,3 +304,59 @@ fn filter_verifies_what_it_keeps() {
     assert_clean_failure(&filter(&broken, "0.5"), "non-finite", "finite score");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A run ends saying what it made, in how long, the score range and where the report is;
+/// `filter` says how many it kept of how many, with the fraction and seed (issue 27).
+#[test]
+fn summaries_say_what_was_made() {
+    let dir = tmp_dir("summaries");
+    let run = Command::new(env!("CARGO_BIN_EXE_wgsl-diff"))
+        .args([
+            "sample",
+            "--quiet",
+            "--num",
+            "4",
+            "--steps",
+            "2",
+            "--uncertainty",
+            "-M",
+            "2",
+        ])
+        .args(["--keep-fraction", "0.5", "--report", "--model"])
+        .arg(fixture("unet_tiny_gray.safetensors"))
+        .arg("--out")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    for expected in [
+        "4 samples in",
+        "(4 made in",
+        "uncertainty scores",
+        "report: ",
+        "report.html",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "{expected:?} missing from: {stdout}"
+        );
+    }
+    let filter = Command::new(env!("CARGO_BIN_EXE_wgsl-diff"))
+        .arg("filter")
+        .arg(&dir)
+        .args(["--keep-fraction", "0.75", "--seed", "9"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&filter.stdout);
+    assert!(
+        stdout
+            .contains("kept the 3 lowest-score of 4 samples (fraction 0.75, random subset seed 9)"),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -20,8 +20,14 @@ pub struct FilterArgs {
 pub fn run(args: &FilterArgs) -> Result<()> {
     let filtered = wgsl_diff::run_dir::filter_run(&args.dir, args.keep_fraction, args.seed)?;
     println!(
-        "kept set in {}, random subset in {}",
+        "kept the {} lowest-score of {} samples (fraction {}, random subset seed {}) in {}; a \
+         random subset of {} in {}",
+        filtered.count,
+        filtered.of,
+        args.keep_fraction,
+        args.seed,
         filtered.kept.display(),
+        filtered.count,
         filtered.random.display()
     );
     Ok(())

@@ -338,6 +338,7 @@ pub fn run(adapter: &AdapterChoice, args: &SampleArgs) -> Result<()> {
         ));
     }
     let mut progress = Bar(bar);
+    let started = std::time::Instant::now();
     let summary = match job.run(&mut progress) {
         Err(Error::BatchTooLarge { batch, why, fits }) => {
             bail!("batch {batch} {why}: use --batch {fits} or less")
@@ -353,7 +354,18 @@ pub fn run(adapter: &AdapterChoice, args: &SampleArgs) -> Result<()> {
             f.random.display()
         );
     }
-    println!("{} samples in {}", summary.samples, args.out.display());
+    println!(
+        "{} samples in {} ({todo} made in {:.1} s)",
+        summary.samples,
+        args.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    if let Some((lo, hi)) = summary.score_range {
+        println!("uncertainty scores {lo:.6e} .. {hi:.6e} (lower: more certain)");
+    }
+    if let Some(report) = &summary.report {
+        println!("report: {}", report.display());
+    }
     if let Some(profile) = gpu.finish_profile()? {
         profile.save(&profile_file)?;
         println!("{}", profile.table(PROFILE_TOP));

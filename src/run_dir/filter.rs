@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 pub struct Filtered {
     /// How many samples each subset holds.
     pub count: usize,
+    /// Of how many scored samples.
+    pub of: usize,
     pub kept: PathBuf,
     pub random: PathBuf,
 }
@@ -94,6 +96,7 @@ pub fn filter(
     let root = dir.join("filtered");
     Ok(Filtered {
         count,
+        of: scored.len(),
         kept: write_subset(&root.join("kept"), dir, &kept, &params("kept"))?,
         random: write_subset(&root.join("random"), dir, &random, &params("random"))?,
     })

@@ -43,6 +43,10 @@ pub struct FolderSummary {
     /// and the report are written only once none is missing.
     pub missing: usize,
     pub filtered: Option<Filtered>,
+    /// The lowest and highest finite uncertainty score in the folder.
+    pub score_range: Option<(f64, f64)>,
+    /// The report, when one was written.
+    pub report: Option<PathBuf>,
 }
 
 impl FolderPlan {
@@ -116,13 +120,26 @@ impl FolderPlan {
             Some(f) if complete => Some(filter(out, &records, f, self.seed)?),
             _ => None,
         };
-        if self.report && complete {
-            write_html_report(out, &records)?;
-        }
+        let report = match self.report && complete {
+            true => {
+                write_html_report(out, &records)?;
+                Some(out.join("report.html"))
+            }
+            false => None,
+        };
+        let scores = records
+            .iter()
+            .filter_map(|r| r.score)
+            .filter(|s| s.is_finite());
+        let score_range = scores.fold(None, |range: Option<(f64, f64)>, s| {
+            Some(range.map_or((s, s), |(lo, hi)| (lo.min(s), hi.max(s))))
+        });
         Ok(FolderSummary {
             samples: records.len(),
             missing,
             filtered,
+            score_range,
+            report,
         })
     }
 }
