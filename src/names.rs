@@ -1,8 +1,8 @@
 //! Enums the user names in text (sampler, spacing, uncertainty mode, heatmap scale): one table
 //! of names per enum gives parsing, display, serialisation and the list a front end offers.
 
-/// Implements `NAMES`, `name()`, `FromStr`, `Display` and `Serialize` for a fieldless enum from
-/// one `Variant = "name"` table.
+/// Implements `NAMES`, `name()`, `FromStr`, `Display`, `Serialize` and `Deserialize` for a
+/// fieldless enum from one `Variant = "name"` table.
 macro_rules! named_enum {
     ($ty:ident { $($variant:ident = $name:literal),+ $(,)? }) => {
         impl $ty {
@@ -39,6 +39,13 @@ macro_rules! named_enum {
         impl serde::Serialize for $ty {
             fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
                 s.serialize_str(self.name())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<$ty, D::Error> {
+                let name = <String as serde::Deserialize>::deserialize(d)?;
+                name.parse().map_err(serde::de::Error::custom)
             }
         }
     };

@@ -89,6 +89,7 @@ fn calibrated(st: &Fixture, key: &str) -> Threshold {
         source: key.into(),
         shape: [1, shape[0], shape[1], shape[2]],
         data,
+        calibration: None,
     })
 }
 

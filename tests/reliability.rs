@@ -360,3 +360,69 @@ fn summaries_say_what_was_made() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A threshold file records how it was calibrated (beside it as FILE.json) and a guided run with
+/// another rule, M or sampler is refused (on 8301ccf a Rule G, M = 5 file was taken for Rule P,
+/// M = 3); a file without a record is used with a warning.
+#[test]
+fn threshold_files_are_checked_against_the_run() {
+    let dir = tmp_dir("threshold-record");
+    let model = fixture("unet_tiny_gray.safetensors");
+    let thr = dir.join("thr.npy");
+    let calibrate = Command::new(env!("CARGO_BIN_EXE_wgsl-diff"))
+        .args([
+            "calibrate",
+            "--rule",
+            "posterior",
+            "-M",
+            "2",
+            "--num",
+            "2",
+            "--batch",
+            "2",
+        ])
+        .args(["--steps", "2", "--model"])
+        .arg(&model)
+        .arg("--out")
+        .arg(&thr)
+        .output()
+        .unwrap();
+    assert!(
+        calibrate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&calibrate.stderr)
+    );
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("thr.npy.json")).unwrap()).unwrap();
+    assert_eq!(record["rule"], "posterior");
+    assert_eq!(record["copies"], 2);
+    assert_eq!(record["timesteps"], serde_json::json!([500, 0]));
+    let guided = |name: &str, extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_wgsl-diff"))
+            .args(["sample", "--quiet", "--num", "1", "--steps", "2", "--model"])
+            .arg(&model)
+            .args(extra)
+            .arg("--threshold-file")
+            .arg(&thr)
+            .arg("--out")
+            .arg(dir.join(name))
+            .output()
+            .unwrap()
+    };
+    let other_rule = guided("g", &["--guidance", "gradient", "-M", "2"]);
+    assert_clean_failure(&other_rule, "other rule", "calibrated with rule posterior");
+    let other_m = guided("m", &["--guidance", "posterior", "-M", "3"]);
+    assert_clean_failure(&other_m, "other M", "M = 2");
+    let same = guided("same", &["--guidance", "posterior", "-M", "2"]);
+    assert!(
+        same.status.success(),
+        "{}",
+        String::from_utf8_lossy(&same.stderr)
+    );
+    std::fs::remove_file(dir.join("thr.npy.json")).unwrap();
+    let unrecorded = guided("unrecorded", &["--guidance", "posterior", "-M", "3"]);
+    let stderr = String::from_utf8_lossy(&unrecorded.stderr);
+    assert!(unrecorded.status.success(), "{stderr}");
+    assert!(stderr.contains("no calibration record"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

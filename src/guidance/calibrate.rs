@@ -22,6 +22,30 @@ pub struct CalibratedThreshold {
     /// (steps, C, H, W).
     pub shape: [usize; 4],
     pub data: Vec<f32>,
+    /// How it was made, where that is known (saved beside the file as `FILE.json`).
+    pub calibration: Option<Calibration>,
+}
+
+/// How a threshold file was calibrated: what a guided run must share with it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Calibration {
+    pub rule: GuidanceRule,
+    /// M, the copies per step.
+    pub copies: usize,
+    pub percentile: f64,
+    /// The sampler's timesteps, in sampling order.
+    pub timesteps: Vec<usize>,
+    pub model: String,
+    pub samples: usize,
+    pub seed: u64,
+}
+
+/// Where a threshold file's calibration record lives: beside it, `.json` appended.
+fn record_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".json");
+    PathBuf::from(name)
 }
 
 impl CalibratedThreshold {
@@ -47,15 +71,68 @@ impl CalibratedThreshold {
                 data[i]
             )));
         }
+        let record = record_path(path);
+        let calibration = match record.exists() {
+            true => {
+                let text = crate::io::read_text_input(&record, limits::MAX_CONFIG_BYTES)?;
+                Some(serde_json::from_str(&text).map_err(|e| {
+                    Error::Invalid(format!(
+                        "{}: not a calibration record: {e}",
+                        record.display()
+                    ))
+                })?)
+            }
+            false => None,
+        };
         Ok(CalibratedThreshold {
             source: path.display().to_string(),
             shape: want,
             data,
+            calibration,
         })
     }
 
+    /// The thresholds as .npy and, where known, their calibration beside them as `FILE.json`.
     pub fn save(&self, path: &Path) -> Result<()> {
+        if let Some(calibration) = &self.calibration {
+            let json = serde_json::to_string_pretty(calibration)
+                .map_err(|e| Error::Internal(format!("a calibration record: {e}")))?;
+            crate::io::write_atomic(&record_path(path), json.as_bytes())?;
+        }
         npy::write(path, &self.shape, &self.data)
+    }
+
+    /// Refuses thresholds calibrated for another rule, M or sampler than the guided run's;
+    /// Ok(false) where the file carries no record to check.
+    pub fn check_run(
+        &self,
+        rule: GuidanceRule,
+        copies: usize,
+        timesteps: &[usize],
+    ) -> Result<bool> {
+        let Some(c) = &self.calibration else {
+            return Ok(false);
+        };
+        let mismatch = if c.rule != rule {
+            Some(format!("rule {} (this run: {rule})", c.rule))
+        } else if c.copies != copies {
+            Some(format!("M = {} (this run: {copies})", c.copies))
+        } else if c.timesteps != timesteps {
+            Some(format!(
+                "timesteps {:?} (this run: {timesteps:?})",
+                c.timesteps
+            ))
+        } else {
+            None
+        };
+        match mismatch {
+            Some(what) => Err(Error::Invalid(format!(
+                "threshold file {} was calibrated with {what}: calibrate again with this run's \
+                 settings",
+                self.source
+            ))),
+            None => Ok(true),
+        }
     }
 
     /// One (C, H, W) tensor per step.
@@ -148,6 +225,15 @@ pub fn calibrate(gpu: &Gpu, request: &CalibrateRequest) -> Result<CalibratedThre
         source: format!("calibrated from {} samples", request.num),
         shape: [steps, sample[0], sample[1], sample[2]],
         data,
+        calibration: Some(Calibration {
+            rule: request.rule,
+            copies: request.copies,
+            percentile: request.percentile,
+            timesteps: scheduler.timesteps.clone(),
+            model: request.model.display().to_string(),
+            samples: request.num,
+            seed: request.seed,
+        }),
     })
 }
 

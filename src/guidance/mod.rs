@@ -15,7 +15,7 @@
 
 mod calibrate;
 
-pub use calibrate::{calibrate, CalibrateRequest, CalibratedThreshold};
+pub use calibrate::{calibrate, CalibrateRequest, CalibratedThreshold, Calibration};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};

@@ -15,7 +15,7 @@ pub use request::{SampleRequest, DEFAULT_MODEL};
 
 use crate::error::{Error, NonFiniteSample, Result};
 use crate::gpu::Gpu;
-use crate::guidance::{GuidanceConfig, GuidanceHook};
+use crate::guidance::{GuidanceConfig, GuidanceHook, Threshold};
 use crate::models::pipeline::stable_diffusion_parts;
 use crate::models::{load_eps_model, Cond, Decoder, EpsModel, Identity};
 use crate::noise::NoisePlan;
@@ -127,6 +127,21 @@ impl<'g> SampleJob<'g> {
         }
         let init_noise = read_init_noise(&request, sample_shape)?;
         let guidance = guidance_config(&request, &scheduler, sample_shape)?;
+        if let Some(GuidanceConfig {
+            threshold: Threshold::Calibrated(t),
+            rule,
+            copies,
+            ..
+        }) = &guidance
+        {
+            if !t.check_run(*rule, *copies, &scheduler.timesteps)? {
+                warnings.push(format!(
+                    "{} has no calibration record beside it (made before wgsl-diff wrote one): \
+                     its rule, M and timesteps cannot be checked against this run",
+                    t.source
+                ));
+            }
+        }
         let folder = request.folder()?;
         folder.create()?;
         let parameters = parameters(&request, &scheduler, guidance.as_ref(), decoder.map_space());
