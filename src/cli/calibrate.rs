@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
 use wgsl_diff::gpu::Gpu;
-use wgsl_diff::guidance::{calibrate, CalibrateRequest, GuidanceRule};
+use wgsl_diff::guidance::{calibrate_with_progress, CalibrateRequest, GuidanceRule};
 use wgsl_diff::io::check_output_file;
 use wgsl_diff::limits::{MAX_BATCH, MAX_CALIBRATION_BYTES, SAMPLE_INDEX_END};
 use wgsl_diff::sampling::ClassChoice;
@@ -58,7 +58,10 @@ pub fn run(gpu: &Gpu, args: &CalibrateArgs) -> Result<()> {
         batch: args.batch,
         class: args.class,
     };
-    let threshold = calibrate(gpu, &request)?;
+    let bar = super::progress_bar(args.num, "samples");
+    let threshold =
+        calibrate_with_progress(gpu, &request, |done, _| bar.set_position(done as u64))?;
+    bar.finish_and_clear();
     threshold.save(&args.out)?;
     println!(
         "thresholds {:?} (steps × C × H × W) from {} samples in {}",

@@ -18,3 +18,14 @@ where
 {
     PossibleValuesParser::new(names).try_map(|s| s.parse::<T>())
 }
+
+/// A progress bar over `len` units of `unit` on standard error (drawn only on a terminal).
+pub fn progress_bar(len: usize, unit: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len as u64);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(&format!(
+        "{{bar:40}} {{pos}}/{{len}} {unit}  [{{elapsed_precise}}<{{eta_precise}}]"
+    )) {
+        bar.set_style(style);
+    }
+    bar
+}

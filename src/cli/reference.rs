@@ -44,9 +44,12 @@ pub fn run(gpu: &Gpu, args: &ReferenceArgs) -> Result<()> {
         batch: args.batch,
         max_copies_per_forward: None,
     };
+    let bar = super::progress_bar(0, "images");
     let reference = build_reference(gpu, &request, |done, total| {
-        eprintln!("reference: {done}/{total} images");
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
     })?;
+    bar.finish_and_clear();
     reference.save(&args.out)?;
     println!(
         "reference of {} ({} steps, M = {}) in {}",

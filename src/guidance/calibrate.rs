@@ -167,6 +167,15 @@ pub struct CalibrateRequest {
 /// Samples N unguided trajectories, measuring the rule's map at every step, and returns the
 /// per-element thresholds.
 pub fn calibrate(gpu: &Gpu, request: &CalibrateRequest) -> Result<CalibratedThreshold> {
+    calibrate_with_progress(gpu, request, |_, _| {})
+}
+
+/// [`calibrate`], calling `progress(samples done, N)` after each batch.
+pub fn calibrate_with_progress(
+    gpu: &Gpu,
+    request: &CalibrateRequest,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<CalibratedThreshold> {
     limits::sample_range("--start-index/--num", request.start_index, request.num)?;
     limits::count_in("--batch", request.batch, limits::MAX_BATCH)?;
     let (model, scheduler) = load_for_sampling(gpu, &request.model, &request.sampler)?;
@@ -211,6 +220,7 @@ pub fn calibrate(gpu: &Gpu, request: &CalibrateRequest) -> Result<CalibratedThre
         for (step, map) in maps {
             values[step].extend(map);
         }
+        progress(batch.end - request.start_index, request.num);
     }
     let mut data = Vec::with_capacity(steps * len);
     for step_values in &values {

@@ -15,7 +15,9 @@
 
 mod calibrate;
 
-pub use calibrate::{calibrate, CalibrateRequest, CalibratedThreshold, Calibration};
+pub use calibrate::{
+    calibrate, calibrate_with_progress, CalibrateRequest, CalibratedThreshold, Calibration,
+};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
