@@ -426,3 +426,42 @@ fn threshold_files_are_checked_against_the_run() {
     assert!(stderr.contains("no calibration record"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `fid` and `reference` state the limits of their counts in `--help`, as `sample` does, and
+/// refuse counts past them.
+#[test]
+fn every_command_states_its_limits() {
+    let help = |command: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_wgsl-diff"))
+            .args([command, "--help"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    for (command, limits) in [
+        ("fid", &["1..=65536"][..]),
+        ("reference", &["1..=65536", "1..=1000000", "2..=1024"][..]),
+        ("calibrate", &["1..=65536", "4294967296"][..]),
+    ] {
+        let text = help(command);
+        for limit in limits {
+            assert!(
+                text.contains(limit),
+                "{command} --help lacks {limit}: {text}"
+            );
+        }
+    }
+    let run = Command::new(env!("CARGO_BIN_EXE_wgsl-diff"))
+        .args([
+            "reference",
+            "--images",
+            "nowhere",
+            "--batch",
+            "70000",
+            "--out",
+            "x.npz",
+        ])
+        .output()
+        .unwrap();
+    assert_clean_failure(&run, "reference --batch 70000", "--batch is 70000");
+}

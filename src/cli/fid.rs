@@ -6,6 +6,7 @@ use clap::Args;
 use std::path::PathBuf;
 use wgsl_diff::evaluation::fid::{self, FidOptions, FidSource, DEFAULT_BATCH, DEFAULT_WEIGHTS};
 use wgsl_diff::gpu::{AdapterChoice, Gpu};
+use wgsl_diff::limits::MAX_BATCH;
 
 const SOURCES_HELP: &str = "\
 Sources (--real, --fake, --save-stats SRC):
@@ -36,8 +37,7 @@ pub struct FidArgs {
     /// Converted FID Inception weights [default: weights/fid_inception.safetensors]
     #[arg(long)]
     pub weights: Option<PathBuf>,
-    /// Images per GPU batch
-    #[arg(long, default_value_t = DEFAULT_BATCH)]
+    #[arg(long, default_value_t = DEFAULT_BATCH, help = format!("Images per GPU batch (1..={MAX_BATCH})"))]
     pub batch: usize,
     /// Min-max rescale each batch to [0, 1] before Inception, as the paper's official FID code
     /// does (only to reproduce its numbers; the result depends on --batch)

@@ -5,6 +5,7 @@ use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
 use wgsl_diff::gpu::Gpu;
+use wgsl_diff::limits::{MAX_BATCH, MAX_COPIES, MAX_EVAL_IMAGES};
 use wgsl_diff::uncertainty::{build_reference, ReferenceRequest};
 
 #[derive(Args, Debug)]
@@ -16,17 +17,14 @@ pub struct ReferenceArgs {
     /// of PNGs; 28×28 images are padded to the model's 32×32 as in training
     #[arg(long)]
     pub images: PathBuf,
-    /// Use only the first N images [default: all]
-    #[arg(long)]
+    #[arg(long, help = format!("Use only the first N images (1..={MAX_EVAL_IMAGES}) [default: all]"))]
     pub count: Option<usize>,
-    /// M: re-noised copies per step, as the scored run will use
-    #[arg(short = 'M', long = "mc-samples", default_value_t = 5)]
+    #[arg(short = 'M', long = "mc-samples", default_value_t = 5, help = format!("M: re-noised copies per step, as the scored run will use (2..={MAX_COPIES})"))]
     pub mc_samples: usize,
     /// Seed of the noise that noises the images and re-noises x̂0
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Images per GPU batch
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, help = format!("Images per GPU batch (1..={MAX_BATCH})"))]
     pub batch: usize,
     /// The reference file to write (.npz, float64; README.md "Uncertainty modes")
     #[arg(long)]

@@ -194,6 +194,7 @@ pub fn features(
     if options.batch == 0 {
         return Err(Error::Invalid("--batch must be at least 1".into()));
     }
+    crate::limits::count_in("--batch", options.batch, crate::limits::MAX_BATCH)?;
     // `batch` is the logical batch (the min-max rescaling's); the GPU runs as much of it at once
     // as its buffer limit allows, which changes nothing else.
     let fits = (gpu.max_tensor_bytes() as usize / LARGEST_ACTIVATION_BYTES).max(1);

@@ -342,6 +342,11 @@ pub fn build_reference(
 impl ReferenceRequest {
     /// The counts the reference needs before anything is loaded.
     fn validate(&self) -> Result<()> {
+        use crate::limits::{count_in, MAX_BATCH, MAX_EVAL_IMAGES};
+        count_in("--batch", self.batch, MAX_BATCH)?;
+        if let Some(count) = self.count {
+            count_in("--count", count, MAX_EVAL_IMAGES)?;
+        }
         if self.batch == 0 || self.copies < 2 || self.copies > crate::limits::MAX_COPIES {
             return Err(Error::Invalid(format!(
                 "the reference needs a batch ≥ 1 and 2 ≤ M ≤ {} (got batch {}, M {})",
