@@ -209,6 +209,38 @@ struct Block {
     up: Option<Upsample2D>,
 }
 
+impl Block {
+    /// One resnet per entry of `inputs` (its input channels) to `c_out`, each followed by a
+    /// transformer when the block attends; no resampler yet.
+    fn load(
+        vb: &VarBuilder,
+        inputs: &[usize],
+        c_out: usize,
+        resnet: &ResnetConfig,
+        attention: Option<&TransformerConfig>,
+    ) -> Result<Block> {
+        let mut block = Block {
+            resnets: Vec::new(),
+            attentions: Vec::new(),
+            down: None,
+            up: None,
+        };
+        for (j, &c_in) in inputs.iter().enumerate() {
+            let vb_resnet = vb.pp("resnets").pp(j);
+            block
+                .resnets
+                .push(ResnetBlock2D::load(&vb_resnet, c_in, c_out, resnet)?);
+            if let Some(t) = attention {
+                let vb_attention = vb.pp("attentions").pp(j);
+                block
+                    .attentions
+                    .push(Transformer2DModel::load(&vb_attention, c_out, t)?);
+            }
+        }
+        Ok(block)
+    }
+}
+
 /// diffusers' `UNet2DConditionModel`.
 pub struct UNet2DConditionModel {
     pub config: UNet2DConditionConfig,
@@ -259,29 +291,11 @@ impl UNet2DConditionModel {
             let vb = vb.pp("down_blocks").pp(i);
             let (c_in, c_out) = (if i == 0 { ch[0] } else { ch[i - 1] }, ch[i]);
             let cross = config.down_block_types[i] == "CrossAttnDownBlock2D";
-            let mut block = Block {
-                resnets: Vec::new(),
-                attentions: Vec::new(),
-                down: None,
-                up: None,
-            };
-            for j in 0..config.layers_per_block {
-                let c = if j == 0 { c_in } else { c_out };
-                block.resnets.push(ResnetBlock2D::load(
-                    &vb.pp("resnets").pp(j),
-                    c,
-                    c_out,
-                    &resnet,
-                )?);
-                if cross {
-                    let t = transformer(heads[i]);
-                    block.attentions.push(Transformer2DModel::load(
-                        &vb.pp("attentions").pp(j),
-                        c_out,
-                        &t,
-                    )?);
-                }
-            }
+            let inputs: Vec<usize> = (0..config.layers_per_block)
+                .map(|j| if j == 0 { c_in } else { c_out })
+                .collect();
+            let attention = cross.then(|| transformer(heads[i]));
+            let mut block = Block::load(&vb, &inputs, c_out, &resnet, attention.as_ref())?;
             if i + 1 < levels {
                 let vb = vb.pp("downsamplers").pp(0);
                 block.down = Some(Downsample2D::load(&vb, c_out, config.downsample_padding)?);
@@ -312,34 +326,18 @@ impl UNet2DConditionModel {
             let c_out = reversed[i];
             let c_skip_last = reversed[(i + 1).min(levels - 1)];
             let cross = config.up_block_types[i] == "CrossAttnUpBlock2D";
-            let mut block = Block {
-                resnets: Vec::new(),
-                attentions: Vec::new(),
-                down: None,
-                up: None,
-            };
-            for j in 0..=config.layers_per_block {
-                let skip = if j == config.layers_per_block {
-                    c_skip_last
-                } else {
-                    c_out
-                };
-                let c_in = if j == 0 { prev } else { c_out } + skip;
-                block.resnets.push(ResnetBlock2D::load(
-                    &vb.pp("resnets").pp(j),
-                    c_in,
-                    c_out,
-                    &resnet,
-                )?);
-                if cross {
-                    let t = transformer(reversed_heads[i]);
-                    block.attentions.push(Transformer2DModel::load(
-                        &vb.pp("attentions").pp(j),
-                        c_out,
-                        &t,
-                    )?);
-                }
-            }
+            let inputs: Vec<usize> = (0..=config.layers_per_block)
+                .map(|j| {
+                    let skip = if j == config.layers_per_block {
+                        c_skip_last
+                    } else {
+                        c_out
+                    };
+                    (if j == 0 { prev } else { c_out }) + skip
+                })
+                .collect();
+            let attention = cross.then(|| transformer(reversed_heads[i]));
+            let mut block = Block::load(&vb, &inputs, c_out, &resnet, attention.as_ref())?;
             if i + 1 < levels {
                 block.up = Some(Upsample2D::load(&vb.pp("upsamplers").pp(0), c_out)?);
             }
