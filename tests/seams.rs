@@ -176,9 +176,6 @@ fn bad_conditions_are_errors() {
 struct Upsample2x;
 
 impl Decoder for Upsample2x {
-    fn name(&self) -> &'static str {
-        "upsample2x"
-    }
     fn image_shape(&self, [c, h, w]: [usize; 3]) -> [usize; 3] {
         [c, 2 * h, 2 * w]
     }

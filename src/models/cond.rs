@@ -129,20 +129,6 @@ impl Cond {
             })),
         })
     }
-
-    /// Rows `first .. first + n` of this condition.
-    pub fn rows_range(&self, gpu: &Gpu, first: usize, n: usize) -> Result<Cond> {
-        Ok(match self {
-            Cond::None => Cond::None,
-            Cond::Class(labels) => Cond::Class(row_range(gpu, labels, first, n)?),
-            Cond::Text(states) => Cond::Text(row_range(gpu, states, first, n)?),
-            Cond::Guided(g) => Cond::Guided(Box::new(Guided {
-                cond: g.cond.rows_range(gpu, first, n)?,
-                uncond: g.uncond.rows_range(gpu, first, n)?,
-                scale: g.scale,
-            })),
-        })
-    }
 }
 
 /// A network asked to resolve classifier-free guidance itself.

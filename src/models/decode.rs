@@ -18,17 +18,8 @@ pub enum MapSpace {
     Latent { factor: usize },
 }
 
-impl MapSpace {
-    pub fn is_image(&self) -> bool {
-        *self == MapSpace::Image
-    }
-}
-
 /// Turns finished samples into images in [−1, 1].
 pub trait Decoder {
-    /// What the run folder records: `identity`, or the decoder's name.
-    fn name(&self) -> &'static str;
-
     /// (C, H, W) of a decoded image for a sample of `sample` (C, H, W).
     fn image_shape(&self, sample: [usize; 3]) -> [usize; 3];
 
@@ -44,10 +35,6 @@ pub trait Decoder {
 pub struct Identity;
 
 impl Decoder for Identity {
-    fn name(&self) -> &'static str {
-        "identity"
-    }
-
     fn image_shape(&self, sample: [usize; 3]) -> [usize; 3] {
         sample
     }

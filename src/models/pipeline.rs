@@ -16,10 +16,6 @@ use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-/// The metadata key of the scheduler class a folder's `scheduler_config.json` names (a Stable
-/// Diffusion folder samples with it unless `--sampler` says otherwise).
-pub const SCHEDULER_CLASS: &str = "scheduler_class";
-
 /// The index file of a diffusers pipeline folder.
 pub const MODEL_INDEX: &str = "model_index.json";
 
@@ -261,9 +257,6 @@ fn open_unet_folder(dir: &Path, scheduler: Option<serde_json::Value>) -> Result<
         ),
     ]);
     if let Some(scheduler) = scheduler {
-        if let Some(class) = scheduler.get("_class_name").and_then(|c| c.as_str()) {
-            metadata.insert(SCHEDULER_CLASS.into(), class.to_string());
-        }
         metadata.insert(
             "scheduler".into(),
             without_private_keys(scheduler).to_string(),

@@ -206,10 +206,6 @@ impl AutoencoderKlDecoder {
 }
 
 impl Decoder for AutoencoderKlDecoder {
-    fn name(&self) -> &'static str {
-        "autoencoder_kl"
-    }
-
     fn image_shape(&self, [_, h, w]: [usize; 3]) -> [usize; 3] {
         let f = self.factor();
         [self.config.out_channels, h * f, w * f]
