@@ -20,8 +20,8 @@ Usage:
     # time a few steps without touching any checkpoint
     .venv/bin/python -m tools.train.train_demo --benchmark 10
     # export the newest checkpoint's EMA weights, then convert them
-    .venv/bin/python -m tools.train.train_demo --export /tmp/fmnist
-    .venv/bin/python tools/convert.py /tmp/fmnist weights/fashion_mnist_ddpm.safetensors
+    .venv/bin/python -m tools.train.train_demo --export checkpoints/fmnist
+    .venv/bin/python tools/convert.py checkpoints/fmnist weights/fashion_mnist_ddpm.safetensors
 """
 
 import argparse
@@ -40,8 +40,9 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 
 from tools.common.fashion_mnist import DEFAULT_DATA_DIR, IMAGE_SIZE, read_idx_images
+from tools.common.paths import REPO_ROOT
 
-DEFAULT_CKPT_DIR = "/work/main/checkpoints"
+DEFAULT_CKPT_DIR = str(REPO_ROOT / "checkpoints")  # git-ignored
 EXPORT_SUBDIR = "ddpm-fashion-mnist"
 CKPT_PATTERN = re.compile(r"^ckpt_(\d{8})\.pt$")
 CHECKPOINTS_KEPT = 2
