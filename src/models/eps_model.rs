@@ -103,10 +103,7 @@ impl EpsModel for UNet2DModel {
                 config.out_channels, config.in_channels
             )));
         }
-        let side = config
-            .sample_size
-            .ok_or_else(|| Error::Invalid("the model config has no sample_size".into()))?;
-        Ok([config.in_channels, side, side])
+        square_sample(config.in_channels, config.sample_size)
     }
 
     fn num_classes(&self) -> Option<usize> {
@@ -127,4 +124,11 @@ impl EpsModel for UNet2DModel {
     ) -> Result<Tensor> {
         UNet2DModel::vjp(self, gpu, x, timesteps, cond.class_labels()?, v)
     }
+}
+
+/// (C, side, side) of a diffusers model's samples, from its config's `sample_size`.
+pub(crate) fn square_sample(channels: usize, sample_size: Option<usize>) -> Result<[usize; 3]> {
+    let side =
+        sample_size.ok_or_else(|| Error::Invalid("the model config has no sample_size".into()))?;
+    Ok([channels, side, side])
 }

@@ -93,7 +93,8 @@ impl Conv2d {
 
 pub struct Linear {
     weight: LinearWeight,
-    bias: Tensor,
+    /// None for `Linear(bias=False)` (the attention projections of transformer blocks).
+    bias: Option<Tensor>,
 }
 
 impl Linear {
@@ -101,21 +102,21 @@ impl Linear {
         let weight = vb.get_weight("weight", &[d_out, d_in])?;
         Ok(Linear {
             weight: LinearWeight::new(vb.gpu(), weight)?,
-            bias: vb.get("bias", &[d_out])?,
+            bias: Some(vb.get("bias", &[d_out])?),
         })
     }
 
-    /// A `Linear(bias=False)`: the bias a zero vector.
+    /// A `Linear(bias=False)`: the product alone, no bias added.
     pub fn load_without_bias(vb: &VarBuilder, d_in: usize, d_out: usize) -> Result<Linear> {
         let weight = vb.get_weight("weight", &[d_out, d_in])?;
         Ok(Linear {
             weight: LinearWeight::new(vb.gpu(), weight)?,
-            bias: vb.gpu().zeros(&[d_out])?,
+            bias: None,
         })
     }
 
     pub fn forward(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
-        ops::linear_prepared(gpu, x, &self.weight, Some(&self.bias))
+        ops::linear_prepared(gpu, x, &self.weight, self.bias.as_ref())
     }
 
     /// ∂⟨linear(x), dy⟩/∂x = dy·W.

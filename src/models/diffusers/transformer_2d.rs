@@ -21,11 +21,6 @@ struct CrossAttention {
     scale: f32,
 }
 
-/// A `Linear` without bias, as the attention projections are: the bias a zero vector.
-fn unbiased(vb: &VarBuilder, d_in: usize, d_out: usize) -> Result<Linear> {
-    Linear::load_without_bias(vb, d_in, d_out)
-}
-
 impl CrossAttention {
     fn load(
         vb: &VarBuilder,
@@ -36,9 +31,9 @@ impl CrossAttention {
     ) -> Result<CrossAttention> {
         let inner = heads * head_dim;
         Ok(CrossAttention {
-            to_q: unbiased(&vb.pp("to_q"), dim, inner)?,
-            to_k: unbiased(&vb.pp("to_k"), context_dim, inner)?,
-            to_v: unbiased(&vb.pp("to_v"), context_dim, inner)?,
+            to_q: Linear::load_without_bias(&vb.pp("to_q"), dim, inner)?,
+            to_k: Linear::load_without_bias(&vb.pp("to_k"), context_dim, inner)?,
+            to_v: Linear::load_without_bias(&vb.pp("to_v"), context_dim, inner)?,
             to_out: Linear::load(&vb.pp("to_out").pp(0), inner, dim)?,
             heads,
             scale: (head_dim as f32).powf(-0.5),

@@ -10,6 +10,7 @@ use super::resnet::{Downsample2D, ResnetBlock2D, ResnetConfig, TimeEmbeddingNorm
 use super::transformer_2d::{Transformer2DModel, TransformerConfig};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
+use crate::models::eps_model::square_sample;
 use crate::models::layers::{Conv2d, GroupNorm};
 use crate::models::weights::{VarBuilder, WeightFile};
 use crate::models::{Cond, EpsModel};
@@ -450,11 +451,7 @@ impl EpsModel for UNet2DConditionModel {
     }
 
     fn sample_shape(&self) -> Result<[usize; 3]> {
-        let side = self
-            .config
-            .sample_size
-            .ok_or_else(|| Error::Invalid("the UNet config has no sample_size".into()))?;
-        Ok([self.config.in_channels, side, side])
+        square_sample(self.config.in_channels, self.config.sample_size)
     }
 
     fn num_classes(&self) -> Option<usize> {
