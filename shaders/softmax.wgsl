@@ -51,3 +51,27 @@ fn softmax_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     }
     row_lse[row] = m + log(sum);
 }
+
+// softmax_rows_grad: the row softmax's backward, one invocation per row. From the forward's
+// probabilities P and dP = ∂L/∂P it writes the gradient with respect to the unscaled scores,
+//   dS_ij = scale · P_ij · (dP_ij − Σ_k P_ik·dP_ik);
+// masked keys have P = 0 and get 0. Two passes over the row (within the forward's budget).
+@group(0) @binding(1) var<storage, read> grad_probs: array<f32>;
+@group(0) @binding(2) var<storage, read> grad_dprobs: array<f32>;
+@group(0) @binding(3) var<storage, read_write> grad_dscores: array<f32>;
+
+@compute @workgroup_size(WG)
+fn softmax_rows_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = gid.x + gid.y * nwg.x * WG;
+    if row >= p.rows {
+        return;
+    }
+    let base = row * p.cols;
+    var dot = 0.0;
+    for (var j = 0u; j < p.cols; j++) {
+        dot += grad_probs[base + j] * grad_dprobs[base + j];
+    }
+    for (var j = 0u; j < p.cols; j++) {
+        grad_dscores[base + j] = p.scale * grad_probs[base + j] * (grad_dprobs[base + j] - dot);
+    }
+}

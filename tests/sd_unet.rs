@@ -8,7 +8,7 @@ mod common;
 
 use common::{assert_close, fixture, gpu, read, read_safetensors, to_f64};
 use wgsl_diff::models::diffusers::unet_2d_condition::UNet2DConditionModel;
-use wgsl_diff::models::{denoise, row_range, Cond, EpsModel, WeightFile};
+use wgsl_diff::models::{denoise, denoise_vjp, row_range, Cond, EpsModel, WeightFile};
 
 fn load(name: &str) -> UNet2DConditionModel {
     let file = WeightFile::open(&fixture(&format!("sd_unet_{name}.safetensors"))).unwrap();
@@ -99,4 +99,62 @@ fn other_stable_diffusion_unets_are_refused() {
         let err = UNet2DConditionConfig::parse(json).unwrap_err().to_string();
         assert!(err.contains(key), "{json}: {err}");
     }
+}
+
+/// ∂⟨ε, v⟩/∂x against torch.autograd in float64 on every fixture config, whole and one sample
+/// per slice (the slicing large batches take).
+#[test]
+fn vjp_matches_autograd() {
+    let g = gpu();
+    for name in ["sd_tiny", "diffusers_test", "three_levels"] {
+        let model = load(name);
+        let io = read_safetensors(&fixture(&format!("sd_unet_{name}_io.safetensors")));
+        let up = |key: &str| g.upload(&io[key].0, &io[key].1).unwrap();
+        let (x, t, states, v) = (
+            up("sample"),
+            up("timestep"),
+            up("encoder_hidden_states"),
+            up("cotangent"),
+        );
+        let want = to_f64(&io["vjp"].1);
+        let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+        for per_call in [2, 1] {
+            let got = model.vjp_sliced(g, &x, &t, &states, &v, per_call).unwrap();
+            assert_eq!(got.shape(), x.shape());
+            assert_close(
+                &format!("sd_unet_{name} vjp, {per_call} per call"),
+                &read(&got),
+                &want,
+                1e-4 * scale.max(1.0),
+                1e-4,
+            );
+        }
+    }
+}
+
+/// The VJP under classifier-free guidance (cotangents (1 − w)·v and w·v through the two halves
+/// of one stacked call) against autograd through diffusers' combination.
+#[test]
+fn guided_vjp_matches_autograd() {
+    let g = gpu();
+    let model = load("sd_tiny");
+    let io = read_safetensors(&fixture("sd_unet_sd_tiny_io.safetensors"));
+    let up = |key: &str| g.upload(&io[key].0, &io[key].1).unwrap();
+    let (sample, states, cotangent) = (up("sample"), up("encoder_hidden_states"), up("cotangent"));
+    let x = row_range(g, &sample, 1, 1).unwrap();
+    let v = row_range(g, &cotangent, 1, 1).unwrap();
+    let t = g.upload(&[1], &[17.0]).unwrap();
+    let uncond = Cond::Text(row_range(g, &states, 0, 1).unwrap());
+    let cond = Cond::Text(row_range(g, &states, 1, 1).unwrap());
+    let guided = Cond::guided(cond, uncond, 7.5).unwrap();
+    let got = read(&denoise_vjp(&model, g, &x, &t, &guided, &v).unwrap());
+    let want = to_f64(&io["guided_vjp"].1);
+    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+    assert_close("guided vjp", &got, &want, 1e-4 * scale.max(1.0), 1e-4);
+    // A cotangent not shaped like ε is refused.
+    let err = model
+        .vjp(g, &x, &t, &row_range(g, &states, 1, 1).unwrap(), &sample)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cotangent"), "{err}");
 }

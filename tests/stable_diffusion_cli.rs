@@ -148,6 +148,62 @@ fn a_prompt_samples_a_stable_diffusion_folder() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Rule G through both halves of classifier-free guidance from the CLI: the guided run differs
+/// from the unguided one, and batching leaves every sample as it was.
+#[test]
+fn gradient_guidance_runs_on_stable_diffusion() {
+    let dir = tmp_dir("sd-cli-rule-g");
+    let model = dir.join("sd");
+    write_folder(&model);
+    let guided = [
+        "--prompt",
+        "a red cat",
+        "--guidance",
+        "gradient",
+        "-M",
+        "2",
+        "--guidance-steps",
+        "2",
+        "--guidance-strength",
+        "50",
+    ];
+    let runs = [
+        ("guided-1", &guided[..], "1"),
+        ("guided-2", &guided[..], "2"),
+        ("plain", &guided[..2], "2"),
+    ];
+    for (out, args, batch) in runs {
+        let run = sample(
+            &model,
+            &dir.join(out),
+            &[args, &["--batch", batch]].concat(),
+        );
+        assert!(
+            run.status.success(),
+            "{out}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+    }
+    for i in 0..2 {
+        let name = format!("sample_{i:06}.png");
+        let read = |run: &str| std::fs::read(dir.join(run).join(&name)).unwrap();
+        assert_eq!(
+            read("guided-1"),
+            read("guided-2"),
+            "{name}: batches change a sample"
+        );
+        assert_ne!(
+            read("guided-1"),
+            read("plain"),
+            "{name}: guidance changed nothing"
+        );
+    }
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("guided-1/samples.json")).unwrap()).unwrap();
+    assert_eq!(manifest["parameters"]["guidance"]["rule"], "gradient");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn image_size(path: &Path) -> (usize, usize, usize) {
     let img = wgsl_diff::images::read_png(path).unwrap();
     (img.height, img.width, img.channels)
@@ -169,10 +225,16 @@ fn prompts_and_models_are_checked() {
             "applies to Stable Diffusion",
         ),
         (
-            "gradient guidance",
+            "gradient guidance on f16 weights",
             &model,
-            vec!["--prompt", "a cat", "--guidance", "gradient"],
-            "backward pass",
+            vec![
+                "--prompt",
+                "a cat",
+                "--guidance",
+                "gradient",
+                "--f16-weights",
+            ],
+            "f16",
         ),
         (
             "cfg",

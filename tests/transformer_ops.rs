@@ -267,3 +267,112 @@ fn cross_and_causal_attention_match_f64_on_both_classes() {
         .to_string();
     assert!(err.contains("3 heads"), "{err}");
 }
+
+/// The GEGLU's input gradient against its closed form: the h half takes dy·GELU(gate), the gate
+/// half dy·h·GELU'(gate).
+#[test]
+fn geglu_gradient_matches_f64() {
+    let [g, _] = gpus();
+    let (rows, f) = (3 * 4, 9);
+    let x = spread(rows * 2 * f, 5);
+    let dy = Rng::new(6).vec(rows * f);
+    let got = ops::geglu_grad(
+        g,
+        &upload_to(g, &x, &[3, 4, 2 * f]),
+        &upload_to(g, &dy, &[3, 4, f]),
+    )
+    .unwrap();
+    assert_eq!(got.shape(), &[3, 4, 2 * f]);
+    let want: Vec<f64> = (0..rows)
+        .flat_map(|r| {
+            let (row, d) = (&x[r * 2 * f..(r + 1) * 2 * f], &dy[r * f..(r + 1) * f]);
+            let (h, gate) = row.split_at(f);
+            let d_h = (0..f).map(move |j| d[j] as f64 * gelu64(gate[j] as f64));
+            let d_gate =
+                (0..f).map(move |j| d[j] as f64 * h[j] as f64 * gelu_derivative64(gate[j] as f64));
+            d_h.chain(d_gate).collect::<Vec<_>>()
+        })
+        .collect();
+    assert_close("geglu gradient", &read_from(g, &got), &want, 1e-5, 1e-5);
+    let mismatched = ops::geglu_grad(
+        g,
+        &upload_to(g, &x, &[3, 4, 2 * f]),
+        &upload_to(g, &dy[..3 * 4 * (f - 1)], &[3, 4, f - 1]),
+    )
+    .unwrap_err();
+    assert!(mismatched.to_string().contains("differ"), "{mismatched}");
+}
+
+/// The queries' gradient of cross- and causal attention against a central difference of the f64
+/// attention (step 1e-6: its error ~1e-10, far below the tolerance), on both kernel classes.
+#[test]
+fn cross_attention_query_gradient_matches_f64_differences() {
+    use ops::AttentionMask;
+    for g in gpus() {
+        for (b, nq, nk, heads, d, causal) in [
+            (2, 5, 7, 3, 4, false),
+            (1, 9, 77, 2, 8, false),
+            (2, 6, 6, 2, 5, true),
+        ] {
+            let c = heads * d;
+            let mut rng = Rng::new((nq * 71 + nk) as u64);
+            let (q, k, v) = (
+                rng.vec(b * nq * c),
+                rng.vec(b * nk * c),
+                rng.vec(b * nk * c),
+            );
+            let d_out = rng.vec(b * nq * c);
+            let scale = 1.0 / (d as f32).sqrt();
+            let mask = if causal {
+                AttentionMask::Causal
+            } else {
+                AttentionMask::None
+            };
+            let (kt, vt) = (upload_to(g, &k, &[b, nk, c]), upload_to(g, &v, &[b, nk, c]));
+            let (out, probs) = ops::cross_attention_saving(
+                g,
+                &upload_to(g, &q, &[b, nq, c]),
+                &kt,
+                &vt,
+                heads,
+                scale,
+                mask,
+            )
+            .unwrap();
+            assert_eq!(
+                (out.shape(), probs.shape()),
+                (&[b, nq, c][..], &[b * heads, nq, nk][..])
+            );
+            let dq = ops::cross_attention_query_grad(
+                g,
+                &probs,
+                &kt,
+                &vt,
+                &upload_to(g, &d_out, &[b, nq, c]),
+                heads,
+                scale,
+            )
+            .unwrap();
+            assert_eq!(dq.shape(), &[b, nq, c]);
+            let (k64, v64, d64) = (to_f64(&k), to_f64(&v), to_f64(&d_out));
+            let loss = |q: &[f64]| -> f64 {
+                let out = attention64(q, &k64, &v64, (b, nq, nk, heads, d), scale as f64, causal);
+                out.iter().zip(&d64).map(|(o, g)| o * g).sum()
+            };
+            let step = 1e-6;
+            let want: Vec<f64> = (0..q.len())
+                .map(|i| {
+                    let (mut plus, mut minus) = (to_f64(&q), to_f64(&q));
+                    plus[i] += step;
+                    minus[i] -= step;
+                    (loss(&plus) - loss(&minus)) / (2.0 * step)
+                })
+                .collect();
+            let what = format!(
+                "{:?} dq B{b} Nq{nq} Nk{nk} h{heads} D{d} causal {causal}",
+                g.kernel_class()
+            );
+            assert_close(&what, &read_from(g, &dq), &want, 1e-5, 1e-4);
+        }
+    }
+}

@@ -105,14 +105,6 @@ impl<'g> SampleJob<'g> {
                     ));
                 }
             }
-            if matches!(&request.guidance, Some(g) if g.rule == crate::guidance::GuidanceRule::Gradient)
-            {
-                return Err(Error::Invalid(
-                    "gradient guidance needs the UNet's backward pass, which Stable Diffusion's \
-                     UNet does not have yet here: use --guidance posterior"
-                        .into(),
-                ));
-            }
         }
         let labels = ClassLabels::new(model.num_classes(), request.class)?;
         let (decoder, prompt): (Box<dyn Decoder>, _) = match text {

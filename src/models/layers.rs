@@ -199,6 +199,29 @@ impl LayerNorm {
     pub fn forward(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
         ops::layer_norm(gpu, x, self.eps, &self.gamma, &self.beta)
     }
+
+    /// [`Self::forward`] keeping what [`Self::backward`] needs.
+    pub fn forward_saving(&self, gpu: &Gpu, x: &Tensor) -> Result<(Tensor, LayerNormTape)> {
+        let (y, moments) = ops::layer_norm_saving(gpu, x, self.eps, &self.gamma, &self.beta)?;
+        Ok((
+            y,
+            LayerNormTape {
+                x: x.clone(),
+                moments,
+            },
+        ))
+    }
+
+    /// ∂⟨forward(x), dy⟩/∂x.
+    pub fn backward(&self, gpu: &Gpu, tape: &LayerNormTape, dy: &Tensor) -> Result<Tensor> {
+        ops::layer_norm_input_grad(gpu, &tape.x, &tape.moments, &self.gamma, &self.beta, dy)
+    }
+}
+
+/// What a [`LayerNorm`]'s backward needs: its input and per-row (mean, 1/std).
+pub struct LayerNormTape {
+    x: Tensor,
+    moments: Tensor,
 }
 
 /// What a [`GroupNorm`]'s backward needs: its input and per-group (mean, 1/std).

@@ -2,7 +2,9 @@
 //! of Stable Diffusion's transformer blocks (latent pixels attend to 77 text tokens) and the
 //! causal self-attention of CLIP's text encoder. It runs as matrix products around a row
 //! softmax (softmax.wgsl) on both kernel classes; the square unmasked case keeps
-//! [`super::attention`] (fused or products, grouped to the device's tensor limit).
+//! [`super::attention`] (fused or products, grouped to the device's tensor limit). The queries'
+//! gradient (what gradient guidance needs through Stable Diffusion's cross-attention) reuses
+//! the forward's probabilities.
 
 use super::attention::HeadLayout;
 use super::{dims, ensure};
@@ -38,6 +40,20 @@ pub fn cross_attention(
     scale: f32,
     mask: AttentionMask,
 ) -> Result<Tensor> {
+    Ok(cross_attention_saving(gpu, q, k, v, heads, scale, mask)?.0)
+}
+
+/// [`cross_attention`] and its probabilities (B·heads, Nq, Nk), which the forward forms anyway:
+/// what [`cross_attention_query_grad`] reads.
+pub fn cross_attention_saving(
+    gpu: &Gpu,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f32,
+    mask: AttentionMask,
+) -> Result<(Tensor, Tensor)> {
     const OP: &str = "cross_attention";
     let [b, nq, c] = dims::<3>(q, OP, "q")?;
     let [bk, nk, ck] = dims::<3>(k, OP, "k")?;
@@ -61,19 +77,7 @@ pub fn cross_attention(
         t.ensure_f32(OP)?;
     }
     let pairs = b * heads;
-    let score_bytes = (pairs * nq * nk * 4) as u64;
-    if score_bytes > gpu.max_tensor_bytes() {
-        return Err(Error::TooLarge {
-            what: format!("{OP}'s {pairs} × {nq} × {nk} scores"),
-            bytes: score_bytes,
-            limit: gpu.max_tensor_bytes(),
-        });
-    }
-    if let Some(budget) = gpu.max_loop_iterations() {
-        ensure(3 * (nk + 1) <= budget, OP, || {
-            format!("{nk} keys exceed this device's loop budget ({budget}) for the row softmax")
-        })?;
-    }
+    check_rows(gpu, OP, pairs, nq, nk)?;
     let (q_layout, k_layout) = (HeadLayout::of(q, heads), HeadLayout::of(k, heads));
     let (q_h, k_h, v_h) = (
         q_layout.split(gpu, q)?,
@@ -83,15 +87,9 @@ pub fn cross_attention(
     let scores = super::matmul::matmul_impl(gpu, &q_h, &k_h, None, true)?;
     let probs = gpu.empty_typed(&[pairs, nq, nk], DType::F32)?;
     let lse = gpu.empty(&[pairs, nq])?;
-    let u = |what, n| checked_u32(OP, what, n);
-    let p = SoftmaxParams {
-        rows: u("rows", pairs * nq)?,
-        cols: u("keys", nk)?,
-        queries: u("queries", nq)?,
-        scale,
-    };
     let kernel = Kernel::new(&shaders::SOFTMAX, "softmax_rows")
         .flag("CAUSAL", mask == AttentionMask::Causal);
+    let p = softmax_params(OP, pairs, nq, nk, scale)?;
     gpu.dispatch(
         &kernel,
         &p,
@@ -101,5 +99,103 @@ pub fn cross_attention(
     )?;
     drop(scores);
     let out = super::matmul::matmul_impl(gpu, &probs, &v_h, None, false)?;
-    q_layout.merge(gpu, &out)
+    Ok((q_layout.merge(gpu, &out)?, probs))
+}
+
+/// ∂⟨cross_attention(q, k, v), d_out⟩/∂q from the forward's probabilities P
+/// ([`cross_attention_saving`]): per (item, head) dP = d_out·Vᵀ, the softmax's backward
+/// dS = scale·P∘(dP − rowsum(P∘dP)) (softmax.wgsl), and dQ = dS·K. Only the queries' gradient is
+/// formed: in Stable Diffusion the keys and values come from the text states, which do not
+/// depend on the image.
+pub fn cross_attention_query_grad(
+    gpu: &Gpu,
+    probs: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    d_out: &Tensor,
+    heads: usize,
+    scale: f32,
+) -> Result<Tensor> {
+    const OP: &str = "cross_attention_query_grad";
+    let [b, nq, c] = dims::<3>(d_out, OP, "d_out")?;
+    let [bk, nk, ck] = dims::<3>(k, OP, "k")?;
+    let pairs = b * heads;
+    ensure(
+        bk == b
+            && ck == c
+            && v.shape() == k.shape()
+            && heads > 0
+            && c % heads == 0
+            && probs.shape() == [pairs, nq, nk],
+        OP,
+        || {
+            format!(
+                "d_out {:?}, k {:?}, v {:?}, probabilities {:?}: one batch and width, {heads} \
+                 heads dividing it, (B·heads, queries, keys) probabilities",
+                d_out.shape(),
+                k.shape(),
+                v.shape(),
+                probs.shape()
+            )
+        },
+    )?;
+    for t in [probs, k, v, d_out] {
+        t.ensure_f32(OP)?;
+    }
+    check_rows(gpu, OP, pairs, nq, nk)?;
+    let (q_layout, k_layout) = (HeadLayout::of(d_out, heads), HeadLayout::of(k, heads));
+    let (g_h, k_h, v_h) = (
+        q_layout.split(gpu, d_out)?,
+        k_layout.split(gpu, k)?,
+        k_layout.split(gpu, v)?,
+    );
+    let d_probs = super::matmul::matmul_impl(gpu, &g_h, &v_h, None, true)?;
+    let d_scores = gpu.empty(&[pairs, nq, nk])?;
+    let kernel = Kernel::new(&shaders::SOFTMAX, "softmax_rows_grad");
+    let p = softmax_params(OP, pairs, nq, nk, scale)?;
+    gpu.dispatch(
+        &kernel,
+        &p,
+        &[probs, &d_probs],
+        &[&d_scores],
+        gpu.grid_1d(pairs * nq),
+    )?;
+    drop(d_probs);
+    let dq = super::matmul::matmul_impl(gpu, &d_scores, &k_h, None, false)?;
+    q_layout.merge(gpu, &dq)
+}
+
+/// Refuses score matrices over a binding and rows over the device's loop budget (the row
+/// kernels make at most three passes).
+fn check_rows(gpu: &Gpu, op: &'static str, pairs: usize, nq: usize, nk: usize) -> Result<()> {
+    let score_bytes = (pairs * nq * nk * 4) as u64;
+    if score_bytes > gpu.max_tensor_bytes() {
+        return Err(Error::TooLarge {
+            what: format!("{op}'s {pairs} × {nq} × {nk} scores"),
+            bytes: score_bytes,
+            limit: gpu.max_tensor_bytes(),
+        });
+    }
+    if let Some(budget) = gpu.max_loop_iterations() {
+        ensure(3 * (nk + 1) <= budget, op, || {
+            format!("{nk} keys exceed this device's loop budget ({budget}) for the row softmax")
+        })?;
+    }
+    Ok(())
+}
+
+fn softmax_params(
+    op: &'static str,
+    pairs: usize,
+    nq: usize,
+    nk: usize,
+    scale: f32,
+) -> Result<SoftmaxParams> {
+    let u = |what, n| checked_u32(op, what, n);
+    Ok(SoftmaxParams {
+        rows: u("rows", pairs * nq)?,
+        cols: u("keys", nk)?,
+        queries: u("queries", nq)?,
+        scale,
+    })
 }

@@ -56,6 +56,32 @@ pub fn quick_gelu_grad(gpu: &Gpu, z: &Tensor, dy: &Tensor) -> Result<Tensor> {
     activation_grad(gpu, "quick_gelu_grad", Activation::QuickGelu, z, dy)
 }
 
+/// ∂⟨geglu(x), dy⟩/∂x for x (…, 2F) = [h | gate] and dy (…, F): the h half takes
+/// dy·GELU(gate), the gate half dy·h·GELU'(gate).
+pub fn geglu_grad(gpu: &Gpu, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    const OP: &str = "geglu_grad";
+    let shape = x.shape();
+    let width = *shape.last().unwrap_or(&0);
+    let half = width / 2;
+    let matches = width > 0
+        && width.is_multiple_of(2)
+        && dy.shape().split_last() == Some((&half, &shape[..shape.len() - 1]));
+    ensure(matches, OP, || {
+        format!(
+            "x {shape:?} (two halves) and dy {:?} (one) differ",
+            dy.shape()
+        )
+    })?;
+    let rows = x.numel() / width;
+    let planes = x.reshape(&[rows, width, 1, 1])?;
+    let h = super::slice_channels(gpu, &planes, 0, half)?;
+    let gate = super::slice_channels(gpu, &planes, half, half)?;
+    let dy = dy.reshape(&[rows, half, 1, 1])?;
+    let d_h = super::mul(gpu, &dy, &super::gelu(gpu, &gate)?)?;
+    let d_gate = gelu_grad(gpu, &gate, &super::mul(gpu, &dy, &h)?)?;
+    super::concat_channels(gpu, &[&d_h, &d_gate])?.reshape(shape)
+}
+
 /// ∂⟨upsample_nearest2x(x), dy⟩/∂x: each input pixel sums its 2×2 block of dy, which is
 /// 4·avg_pool2x(dy) exactly (scaling by a power of two does not round).
 pub fn upsample_nearest2x_grad(gpu: &Gpu, dy: &Tensor) -> Result<Tensor> {

@@ -30,13 +30,17 @@ pub use conv::{
     ConvWeight,
 };
 pub use conv_grad::{conv2d_input_grad, plan_conv2d_input_grad, ConvGradVariant};
-pub use cross_attention::{cross_attention, AttentionMask};
+pub use cross_attention::{
+    cross_attention, cross_attention_query_grad, cross_attention_saving, AttentionMask,
+};
 pub use elementwise::{
     add, add_channel_vec, affine, avg_pool2x, broadcast_lincomb, concat_channels, geglu, gelu,
     lincomb, mul, mul_channel_vec, quick_gelu, repeat_batch, scale_shift, silu, slice_channels,
     to_f32, to_half, transpose_last2, upsample_nearest2x,
 };
-pub use elementwise_grad::{gelu_grad, quick_gelu_grad, silu_grad, upsample_nearest2x_grad};
+pub use elementwise_grad::{
+    geglu_grad, gelu_grad, quick_gelu_grad, silu_grad, upsample_nearest2x_grad,
+};
 pub use embedding::{embedding_lookup, timestep_embedding, timestep_frequencies};
 pub use finite::{decode_first_steps, non_finite_flags, record_non_finite, NO_STEP};
 pub use guidance::{gradient_cotangent, masked_update, posterior, sum_copies, MaskedRule};

@@ -2,16 +2,18 @@
 //! `unet_2d_blocks.py`): `CrossAttnDownBlock2D` / `DownBlock2D` down the resolutions,
 //! `UNetMidBlock2DCrossAttn`, `UpBlock2D` / `CrossAttnUpBlock2D` back up, each cross-attention
 //! block a [`Transformer2DModel`] reading the text states. Built from the same `ResnetBlock2D`,
-//! `Downsample2D`, `Upsample2D` and time embedding as [`super::unet_2d`]. Forward only: the input
-//! gradient gradient guidance needs on this network is not written yet.
+//! `Downsample2D`, `Upsample2D` and time embedding as [`super::unet_2d`], with the input gradient
+//! gradient guidance (Rule G) needs, through both halves of classifier-free guidance.
 
 use super::embeddings::{TimestepEmbedding, Timesteps};
-use super::resnet::{Downsample2D, ResnetBlock2D, ResnetConfig, TimeEmbeddingNorm, Upsample2D};
-use super::transformer_2d::{Transformer2DModel, TransformerConfig};
+use super::resnet::{
+    Downsample2D, ResnetBlock2D, ResnetConfig, ResnetTape, TimeEmbeddingNorm, Upsample2D,
+};
+use super::transformer_2d::{Transformer2DModel, TransformerConfig, TransformerTape};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::models::eps_model::square_sample;
-use crate::models::layers::{Conv2d, GroupNorm};
+use crate::models::layers::{Conv2d, GroupNorm, GroupNormTape};
 use crate::models::weights::{VarBuilder, WeightFile};
 use crate::models::{Cond, EpsModel};
 use crate::ops;
@@ -372,6 +374,23 @@ impl UNet2DConditionModel {
         timesteps: &Tensor,
         context: &Tensor,
     ) -> Result<Tensor> {
+        self.run(gpu, sample, timesteps, context, None)
+    }
+
+    /// [`Self::forward`] and the tape [`Self::backward`] differentiates it with.
+    pub fn forward_saving(
+        &self,
+        gpu: &Gpu,
+        sample: &Tensor,
+        timesteps: &Tensor,
+        context: &Tensor,
+    ) -> Result<(Tensor, UNet2DConditionTape)> {
+        let mut tape = UNet2DConditionTape::default();
+        let eps = self.run(gpu, sample, timesteps, context, Some(&mut tape))?;
+        Ok((eps, tape))
+    }
+
+    fn check_inputs(&self, sample: &Tensor, timesteps: &Tensor, context: &Tensor) -> Result<()> {
         let levels = self.config.block_out_channels.len();
         let &[b, _, h, w] = sample.shape() else {
             return Err(Error::Invalid(format!(
@@ -398,6 +417,20 @@ impl UNet2DConditionModel {
                 self.config.cross_attention_dim
             )));
         }
+        Ok(())
+    }
+
+    /// The forward pass, recording every module's tape when given one.
+    fn run(
+        &self,
+        gpu: &Gpu,
+        sample: &Tensor,
+        timesteps: &Tensor,
+        context: &Tensor,
+        mut tape: Option<&mut UNet2DConditionTape>,
+    ) -> Result<Tensor> {
+        self.check_inputs(sample, timesteps, context)?;
+        // The time embedding does not depend on the sample: no gradient flows through it.
         let emb = self
             .time_embedding
             .forward(gpu, &self.time_proj.forward(gpu, timesteps)?)?;
@@ -406,37 +439,273 @@ impl UNet2DConditionModel {
         let mut skips = vec![x.clone()];
         for block in &self.down_blocks {
             for (j, resnet) in block.resnets.iter().enumerate() {
-                x = resnet.forward(gpu, &x, Some(&temb))?;
+                x = record_resnet(gpu, resnet, &x, &temb, tape.as_deref_mut())?;
                 if let Some(attention) = block.attentions.get(j) {
-                    x = attention.forward(gpu, &x, context)?;
+                    x = record_transformer(gpu, attention, &x, context, tape.as_deref_mut())?;
                 }
                 skips.push(x.clone());
             }
             if let Some(down) = &block.down {
+                if let Some(tape) = tape.as_deref_mut() {
+                    tape.down_input_hw.push((x.dim(2), x.dim(3)));
+                }
                 x = down.forward(gpu, &x)?;
                 skips.push(x.clone());
             }
         }
-        x = self.mid_resnets[0].forward(gpu, &x, Some(&temb))?;
-        x = self.mid_attention.forward(gpu, &x, context)?;
-        x = self.mid_resnets[1].forward(gpu, &x, Some(&temb))?;
+        x = record_resnet(gpu, &self.mid_resnets[0], &x, &temb, tape.as_deref_mut())?;
+        x = record_transformer(gpu, &self.mid_attention, &x, context, tape.as_deref_mut())?;
+        x = record_resnet(gpu, &self.mid_resnets[1], &x, &temb, tape.as_deref_mut())?;
         for block in &self.up_blocks {
             for (j, resnet) in block.resnets.iter().enumerate() {
                 let skip = skips.pop().ok_or_else(|| {
                     Error::Internal("the up path ran out of skip connections".into())
                 })?;
-                x = resnet.forward(gpu, &ops::concat_channels(gpu, &[&x, &skip])?, Some(&temb))?;
+                if let Some(tape) = tape.as_deref_mut() {
+                    tape.x_channels.push(x.dim(1));
+                }
+                let joined = ops::concat_channels(gpu, &[&x, &skip])?;
+                x = record_resnet(gpu, resnet, &joined, &temb, tape.as_deref_mut())?;
                 if let Some(attention) = block.attentions.get(j) {
-                    x = attention.forward(gpu, &x, context)?;
+                    x = record_transformer(gpu, attention, &x, context, tape.as_deref_mut())?;
                 }
             }
             if let Some(up) = &block.up {
                 x = up.forward(gpu, &x)?;
             }
         }
-        let normed = self.conv_norm_out.forward(gpu, &x, true)?;
+        let normed = match tape {
+            Some(tape) => {
+                let (y, norm_tape) = self.conv_norm_out.forward_saving(gpu, &x, true)?;
+                tape.norm_out = Some(norm_tape);
+                y
+            }
+            None => self.conv_norm_out.forward(gpu, &x, true)?,
+        };
         self.conv_out.forward(gpu, &normed)
     }
+
+    /// ∂⟨ε, v⟩/∂sample for the forward that recorded `tape`: the forward's steps in reverse,
+    /// the skips' gradients on a stack between the up and the down path. The text states and
+    /// timesteps are constants.
+    pub fn backward(&self, gpu: &Gpu, tape: &UNet2DConditionTape, v: &Tensor) -> Result<Tensor> {
+        let norm_tape = tape.norm_out.as_ref().ok_or_else(incomplete_tape)?;
+        let mut replay = Replay {
+            resnets: tape.resnets.iter().rev(),
+            transformers: tape.transformers.iter().rev(),
+            down_input_hw: tape.down_input_hw.iter().rev(),
+            x_channels: tape.x_channels.iter().rev(),
+        };
+        let d = self.conv_out.same_size_input_grad(gpu, v)?;
+        let mut d = self.conv_norm_out.backward(gpu, norm_tape, &d)?;
+        let mut skip_grads = Vec::new();
+        for block in self.up_blocks.iter().rev() {
+            if let Some(up) = &block.up {
+                d = up.backward(gpu, &d)?;
+            }
+            for (j, resnet) in block.resnets.iter().enumerate().rev() {
+                if let Some(attention) = block.attentions.get(j) {
+                    d = attention.backward(gpu, next(&mut replay.transformers)?, &d)?;
+                }
+                let d_joined = resnet.backward(gpu, next(&mut replay.resnets)?, &d)?;
+                let x_channels = *next(&mut replay.x_channels)?;
+                let skip_channels = d_joined.dim(1) - x_channels;
+                skip_grads.push(ops::slice_channels(
+                    gpu,
+                    &d_joined,
+                    x_channels,
+                    skip_channels,
+                )?);
+                d = ops::slice_channels(gpu, &d_joined, 0, x_channels)?;
+            }
+        }
+        d = self.mid_resnets[1].backward(gpu, next(&mut replay.resnets)?, &d)?;
+        d = self
+            .mid_attention
+            .backward(gpu, next(&mut replay.transformers)?, &d)?;
+        d = self.mid_resnets[0].backward(gpu, next(&mut replay.resnets)?, &d)?;
+        let mut pop_skip = || skip_grads.pop().ok_or_else(incomplete_tape);
+        for block in self.down_blocks.iter().rev() {
+            if let Some(down) = &block.down {
+                d = ops::add(gpu, &d, &pop_skip()?)?;
+                d = down.backward(gpu, &d, *next(&mut replay.down_input_hw)?)?;
+            }
+            for (j, resnet) in block.resnets.iter().enumerate().rev() {
+                d = ops::add(gpu, &d, &pop_skip()?)?;
+                if let Some(attention) = block.attentions.get(j) {
+                    d = attention.backward(gpu, next(&mut replay.transformers)?, &d)?;
+                }
+                d = resnet.backward(gpu, next(&mut replay.resnets)?, &d)?;
+            }
+        }
+        // What is left is conv_in's output as the first skip.
+        d = ops::add(gpu, &d, &pop_skip()?)?;
+        if !skip_grads.is_empty() || !replay.is_spent() {
+            return Err(incomplete_tape());
+        }
+        self.conv_in.same_size_input_grad(gpu, &d)
+    }
+
+    /// ∂⟨ε(x, t, text), v⟩/∂x for any batch, in slices of at most [`Self::vjp_max_batch`]
+    /// samples, each a saving forward and its backward.
+    pub fn vjp(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        timesteps: &Tensor,
+        context: &Tensor,
+        v: &Tensor,
+    ) -> Result<Tensor> {
+        self.vjp_sliced(gpu, x, timesteps, context, v, self.vjp_max_batch(gpu))
+    }
+
+    /// [`Self::vjp`] running at most `per_call` (≥ 1) samples at once.
+    pub fn vjp_sliced(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        timesteps: &Tensor,
+        context: &Tensor,
+        v: &Tensor,
+        per_call: usize,
+    ) -> Result<Tensor> {
+        self.check_inputs(x, timesteps, context)?;
+        if v.shape() != x.shape() {
+            return Err(Error::Invalid(format!(
+                "cotangent {:?} must be shaped like ε for x {:?}",
+                v.shape(),
+                x.shape()
+            )));
+        }
+        super::vjp::in_slices(gpu, x, v, per_call, |rows| {
+            let (_, tape) = self.forward_saving(
+                gpu,
+                &rows.of(gpu, x)?,
+                &rows.of(gpu, timesteps)?,
+                &rows.of(gpu, context)?,
+            )?;
+            self.backward(gpu, &tape, &rows.of(gpu, v)?)
+        })
+    }
+
+    /// The largest batch one backward runs at once: the forward's limit, and the tape within
+    /// the budget all backward passes share ([`super::vjp::tape_fit`]).
+    pub fn vjp_max_batch(&self, gpu: &Gpu) -> usize {
+        let fit = super::vjp::tape_fit(gpu, self.tape_values_per_sample());
+        EpsModel::max_batch(self, gpu).min(fit)
+    }
+
+    /// An upper bound on the values a tape holds per sample, level by level: each resnet's
+    /// maps at the width of an up block's concatenation, each transformer's
+    /// (`TRANSFORMER_MAPS` maps and its cross-attention probabilities over `TEXT_TOKENS`).
+    fn tape_values_per_sample(&self) -> usize {
+        let cfg = &self.config;
+        let side = cfg.sample_size.unwrap_or(DEFAULT_SIDE);
+        let levels = cfg.block_out_channels.len();
+        let heads = cfg.heads().unwrap_or_else(|_| vec![1; levels]);
+        let layers = cfg.layers_per_block;
+        let mut values = 0;
+        for (level, &c) in cfg.block_out_channels.iter().enumerate() {
+            let down_cross = cfg.down_block_types[level] == "CrossAttnDownBlock2D";
+            let up_cross = cfg.up_block_types[levels - 1 - level] == "CrossAttnUpBlock2D";
+            let mut resnets = layers + (layers + 1);
+            let mut transformers =
+                usize::from(down_cross) * layers + usize::from(up_cross) * (layers + 1);
+            if level + 1 == levels {
+                resnets += 2;
+                transformers += 1;
+            }
+            let level_side = side.div_ceil(1 << level);
+            let per_pixel = resnets * RESNET_MAPS * 2 * c
+                + transformers * (TRANSFORMER_MAPS * c + heads[level] * TEXT_TOKENS);
+            values += per_pixel * level_side * level_side;
+        }
+        values
+    }
+}
+
+/// The side assumed of a config without `sample_size` (Stable Diffusion 1.x's latent side).
+const DEFAULT_SIDE: usize = 64;
+/// Per resnet, the maps its tape keeps (its norms' inputs).
+const RESNET_MAPS: usize = 3;
+/// Per transformer, the channel-wide maps its tape keeps: the group norm's input, three layer
+/// norms' inputs, self-attention's q, k, v and output, and the GEGLU input (8 wide).
+const TRANSFORMER_MAPS: usize = 1 + 3 + 4 + 8;
+/// Text tokens a cross-attention's probabilities are counted for (CLIP's context length).
+const TEXT_TOKENS: usize = 77;
+
+/// `resnet` on x, recording its tape when given one.
+fn record_resnet(
+    gpu: &Gpu,
+    resnet: &ResnetBlock2D,
+    x: &Tensor,
+    temb: &Tensor,
+    tape: Option<&mut UNet2DConditionTape>,
+) -> Result<Tensor> {
+    match tape {
+        Some(tape) => {
+            let (y, resnet_tape) = resnet.forward_saving(gpu, x, Some(temb))?;
+            tape.resnets.push(resnet_tape);
+            Ok(y)
+        }
+        None => resnet.forward(gpu, x, Some(temb)),
+    }
+}
+
+/// `transformer` on x, recording its tape when given one.
+fn record_transformer(
+    gpu: &Gpu,
+    transformer: &Transformer2DModel,
+    x: &Tensor,
+    context: &Tensor,
+    tape: Option<&mut UNet2DConditionTape>,
+) -> Result<Tensor> {
+    match tape {
+        Some(tape) => {
+            let (y, transformer_tape) = transformer.forward_saving(gpu, x, context)?;
+            tape.transformers.push(transformer_tape);
+            Ok(y)
+        }
+        None => transformer.forward(gpu, x, context),
+    }
+}
+
+/// What [`UNet2DConditionModel::backward`] reads, in forward order: every resnet's and
+/// transformer's tape, the sizes entering the downsamplers, the widths the up path joined with
+/// its skips, and the output norm's tape. Tensors are shared with the forward, not copied.
+#[derive(Default)]
+pub struct UNet2DConditionTape {
+    resnets: Vec<ResnetTape>,
+    transformers: Vec<TransformerTape>,
+    down_input_hw: Vec<(usize, usize)>,
+    x_channels: Vec<usize>,
+    norm_out: Option<GroupNormTape>,
+}
+
+/// The tape read back to front.
+struct Replay<'a> {
+    resnets: std::iter::Rev<std::slice::Iter<'a, ResnetTape>>,
+    transformers: std::iter::Rev<std::slice::Iter<'a, TransformerTape>>,
+    down_input_hw: std::iter::Rev<std::slice::Iter<'a, (usize, usize)>>,
+    x_channels: std::iter::Rev<std::slice::Iter<'a, usize>>,
+}
+
+impl Replay<'_> {
+    fn is_spent(&mut self) -> bool {
+        self.resnets.next().is_none()
+            && self.transformers.next().is_none()
+            && self.down_input_hw.next().is_none()
+            && self.x_channels.next().is_none()
+    }
+}
+
+/// The next record back, or the error of a tape that is not this network's.
+fn next<T>(records: &mut impl Iterator<Item = T>) -> Result<T> {
+    records.next().ok_or_else(incomplete_tape)
+}
+
+fn incomplete_tape() -> Error {
+    Error::Internal("UNet2DConditionModel backward needs the tape of its forward_saving".into())
 }
 
 impl EpsModel for UNet2DConditionModel {
@@ -450,6 +719,17 @@ impl EpsModel for UNet2DConditionModel {
         self.forward(gpu, x, timesteps, cond.text_states()?)
     }
 
+    fn vjp(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        timesteps: &Tensor,
+        cond: &Cond,
+        v: &Tensor,
+    ) -> Result<Tensor> {
+        UNet2DConditionModel::vjp(self, gpu, x, timesteps, cond.text_states()?, v)
+    }
+
     fn sample_shape(&self) -> Result<[usize; 3]> {
         square_sample(self.config.in_channels, self.config.sample_size)
     }
@@ -461,7 +741,7 @@ impl EpsModel for UNet2DConditionModel {
     /// The widest activation is a transformer's (B, HW, 8·C) GEGLU projection at the first
     /// level; a batch fits while it fits one binding.
     fn max_batch(&self, gpu: &Gpu) -> usize {
-        let side = self.config.sample_size.unwrap_or(64);
+        let side = self.config.sample_size.unwrap_or(DEFAULT_SIDE);
         let per_sample = (8 * self.config.block_out_channels[0] * side * side * 4) as u64;
         (gpu.max_tensor_bytes() / per_sample.max(1)).max(1) as usize
     }

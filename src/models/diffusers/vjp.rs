@@ -1,11 +1,13 @@
-//! The UNet's vector-Jacobian product with respect to its input, ∂⟨ε_θ(x, t, y), v⟩/∂x, in
+//! The UNets' vector-Jacobian product with respect to their input, ∂⟨ε_θ(x, t, y), v⟩/∂x, in
 //! batches sized so that the forward's tape fits beside the backward (what gradient guidance
-//! needs, docs/method.md §3, Rule G).
+//! needs, docs/method.md §3, Rule G): UNet2DModel's here, and the slicing and tape budget
+//! UNet2DConditionModel's shares.
 
 use super::unet_2d::UNet2DModel;
 use super::unet_2d_blocks::{DownBlockType, UpBlockType};
 use crate::error::{ensure, Result};
 use crate::gpu::{Gpu, Tensor};
+use crate::models::row_range;
 use crate::ops::dims;
 
 /// The most memory one backward's tape may take, in maximal storage bindings. wgpu does not
@@ -61,31 +63,20 @@ impl UNet2DModel {
             OP,
             || format!("timesteps and labels need one entry per sample ({b})"),
         )?;
-        let per_call = per_call.max(1);
-        if b <= per_call {
-            let (_, tape) = self.forward_saving(gpu, x, timesteps, labels)?;
-            return self.backward(gpu, &tape, v);
-        }
-        let grad = gpu.empty(x.shape())?;
-        for first in (0..b).step_by(per_call) {
-            let n = per_call.min(b - first);
-            let labels = labels.map(|l| rows(gpu, l, first, n)).transpose()?;
-            let (x_part, t_part) = (rows(gpu, x, first, n)?, rows(gpu, timesteps, first, n)?);
-            let (_, tape) = self.forward_saving(gpu, &x_part, &t_part, labels.as_ref())?;
-            let part = self.backward(gpu, &tape, &rows(gpu, v, first, n)?)?;
-            gpu.copy_into(&part, &grad, (first * x.numel() / b * 4) as u64)?;
-        }
-        Ok(grad)
+        in_slices(gpu, x, v, per_call, |rows| {
+            let labels = labels.map(|l| rows.of(gpu, l)).transpose()?;
+            let (x, t) = (rows.of(gpu, x)?, rows.of(gpu, timesteps)?);
+            let (_, tape) = self.forward_saving(gpu, &x, &t, labels.as_ref())?;
+            self.backward(gpu, &tape, &rows.of(gpu, v)?)
+        })
     }
 
     /// The largest batch one backward runs at once: no tensor over a storage binding (as for
     /// the forward, [`Self::max_batch`]) and the tape within a few maximal bindings of memory
     /// (`TAPE_BUDGET_BINDINGS`).
     pub fn vjp_max_batch(&self, gpu: &Gpu) -> usize {
-        let tape_bytes = (self.tape_values_per_sample() * 4) as u64;
-        let budget = TAPE_BUDGET_BINDINGS * gpu.max_tensor_bytes();
-        let fit = (budget / tape_bytes.max(1)).max(1) as usize;
-        self.max_batch(gpu).min(fit)
+        self.max_batch(gpu)
+            .min(tape_fit(gpu, self.tape_values_per_sample()))
     }
 
     /// An upper bound on the values a backward holds per sample: per level, each resnet's and
@@ -115,12 +106,65 @@ impl UNet2DModel {
     }
 }
 
-/// Rows [first, first + n) of `t` along its leading axis, as a new tensor.
-fn rows(gpu: &Gpu, t: &Tensor, first: usize, n: usize) -> Result<Tensor> {
-    let mut shape = t.shape().to_vec();
-    let row_bytes = t.byte_len() / shape[0].max(1) as u64;
-    shape[0] = n;
-    let part = gpu.empty(&shape)?;
-    gpu.copy_range(t, first as u64 * row_bytes, &part)?;
-    Ok(part)
+/// How many samples' tapes of `values_per_sample` f32 values fit the budget (at least one).
+pub(super) fn tape_fit(gpu: &Gpu, values_per_sample: usize) -> usize {
+    let tape_bytes = (values_per_sample * 4) as u64;
+    let budget = TAPE_BUDGET_BINDINGS * gpu.max_tensor_bytes();
+    (budget / tape_bytes.max(1)).max(1) as usize
+}
+
+/// The samples one slice of a sliced VJP covers.
+pub(super) struct Rows {
+    first: usize,
+    n: usize,
+    whole: bool,
+}
+
+impl Rows {
+    /// This slice's rows of a per-sample tensor (the tensor itself when the slice is whole).
+    pub(super) fn of(&self, gpu: &Gpu, t: &Tensor) -> Result<Tensor> {
+        match self.whole {
+            true => Ok(t.clone()),
+            false => row_range(gpu, t, self.first, self.n),
+        }
+    }
+}
+
+/// A VJP with respect to `x` over slices of at most `per_call` (≥ 1) samples: `one` runs a
+/// saving forward and its backward on a slice, and the slices' gradients fill one tensor.
+pub(super) fn in_slices(
+    gpu: &Gpu,
+    x: &Tensor,
+    v: &Tensor,
+    per_call: usize,
+    mut one: impl FnMut(&Rows) -> Result<Tensor>,
+) -> Result<Tensor> {
+    const OP: &str = "vjp";
+    let b = x.dim(0);
+    ensure(v.dim(0) == b, OP, || {
+        format!(
+            "cotangent {:?} and x {:?} differ in batch",
+            v.shape(),
+            x.shape()
+        )
+    })?;
+    let per_call = per_call.max(1);
+    if b <= per_call {
+        return one(&Rows {
+            first: 0,
+            n: b,
+            whole: true,
+        });
+    }
+    let grad = gpu.empty(x.shape())?;
+    for first in (0..b).step_by(per_call) {
+        let n = per_call.min(b - first);
+        let part = one(&Rows {
+            first,
+            n,
+            whole: false,
+        })?;
+        gpu.copy_into(&part, &grad, (first * x.numel() / b * 4) as u64)?;
+    }
+    Ok(grad)
 }
