@@ -12,10 +12,12 @@ use wgsl_diff::gpu::{Gpu, Tensor};
 use wgsl_diff::guidance::{
     CalibratedThreshold, GuidanceConfig, GuidanceHook, GuidanceRule, Threshold,
 };
-use wgsl_diff::models::{Cond, EpsModel, UNet2DModel};
+use wgsl_diff::models::{denoise, Cond, EpsModel, UNet2DModel};
 use wgsl_diff::noise::{NoisePlan, NoisePurpose};
 use wgsl_diff::ops::{self, MaskedRule};
-use wgsl_diff::sampling::{sample_batch, BatchSpec, NonFiniteFlags, StepContext, StepHook};
+use wgsl_diff::sampling::{
+    sample_batch, BatchSpec, NonFiniteFlags, Scheduler, StepContext, StepHook,
+};
 
 type Fixture = HashMap<String, (Vec<usize>, Vec<f32>)>;
 
@@ -51,32 +53,48 @@ fn guided_step(
     name: &str,
     config: GuidanceConfig,
 ) -> Vec<f32> {
-    let s = settings();
-    let t = s["t"].as_u64().unwrap() as usize;
-    let x = tensor(st, &format!("step/{name}/x"));
-    let b = x.dim(0);
+    let t = settings()["t"].as_u64().unwrap() as usize;
     let labels = st
         .contains_key(&format!("step/{name}/labels"))
         .then(|| tensor(st, &format!("step/{name}/labels")));
-    let timesteps = g.upload(&[b], &vec![t as f32; b]).unwrap();
-    let eps = unet.forward(g, &x, &timesteps, labels.as_ref()).unwrap();
-    let noise = NoisePlan::new(0).with_replay(
-        NoisePurpose::Guidance,
-        vec![tensor(st, &format!("step/{name}/noise"))],
-    );
-    let scheduler = ddim(10);
-    let cond = Cond::from_labels(labels.clone());
+    let step = Step {
+        x: &tensor(st, &format!("step/{name}/x")),
+        t,
+        cond: &Cond::from_labels(labels),
+        noise: tensor(st, &format!("step/{name}/noise")),
+        scheduler: &ddim(10),
+    };
+    guided_eps(g, unet, step, config)
+}
+
+/// One step's inputs: the sample, its timestep and condition, the guidance noise to replay and
+/// the scheduler whose ᾱ the rule reads.
+struct Step<'a> {
+    x: &'a Tensor,
+    t: usize,
+    cond: &'a Cond,
+    noise: Tensor,
+    scheduler: &'a Scheduler,
+}
+
+/// The guidance hook's ε for one step, from the denoiser's ε (classifier-free guidance
+/// included), as the sampling loop calls it.
+fn guided_eps(g: &Gpu, model: &dyn EpsModel, step: Step, config: GuidanceConfig) -> Vec<f32> {
+    let b = step.x.dim(0);
+    let timesteps = g.upload(&[b], &vec![step.t as f32; b]).unwrap();
+    let eps = denoise(model, g, step.x, &timesteps, step.cond).unwrap();
+    let noise = NoisePlan::new(0).with_replay(NoisePurpose::Guidance, vec![step.noise]);
     let ctx = StepContext {
         gpu: g,
-        model: unet,
-        scheduler: &scheduler,
+        model,
+        scheduler: step.scheduler,
         noise: &noise,
         first_index: 0,
         step: 0,
-        timestep: t,
+        timestep: step.t,
         timesteps: &timesteps,
-        cond: &cond,
-        x: &x,
+        cond: step.cond,
+        x: step.x,
         non_finite: &NonFiniteFlags::new(g, b).unwrap(),
     };
     let mut hook = GuidanceHook::new(g, config).unwrap();
@@ -119,6 +137,76 @@ fn a_guided_step_matches_an_independent_pytorch_implementation() {
 }
 
 /// A whole DDIM run guided at its first steps ends where the PyTorch run ends.
+/// Both rules on Stable Diffusion's UNet with classifier-free guidance (the same noise for both
+/// halves of each copy, Rule G through both), against a float64 PyTorch implementation written
+/// from the official SD pipeline (tools/fixtures/sd_guidance.py), per image as the official code
+/// runs batch 1. The official Rule P is not the method's (it shrinks ε, docs/method.md): ours
+/// matches the method's and differs from the official one where it guides.
+#[test]
+fn a_guided_stable_diffusion_step_matches_the_official_rule() {
+    use wgsl_diff::models::diffusers::unet_2d_condition::UNet2DConditionModel;
+    use wgsl_diff::models::{row_range, WeightFile};
+    use wgsl_diff::sampling::{NoiseSchedule, SamplerConfig, ScheduleConfig};
+    let g = gpu();
+    let path = fixture("sd_guidance.safetensors");
+    let st = read_safetensors(&path);
+    let bytes = std::fs::read(&path).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let s: serde_json::Value =
+        serde_json::from_str(&meta.metadata().as_ref().unwrap()["settings"]).unwrap();
+    let file = WeightFile::open(&fixture("sd_unet_sd_tiny.safetensors")).unwrap();
+    let unet = UNet2DConditionModel::load(g, &file).unwrap();
+    let schedule = NoiseSchedule::from_config(&ScheduleConfig {
+        beta_schedule: "scaled_linear".into(),
+        beta_start: s["beta_start"].as_f64().unwrap(),
+        beta_end: s["beta_end"].as_f64().unwrap(),
+        ..ScheduleConfig::default()
+    })
+    .unwrap();
+    let scheduler = Scheduler::new(SamplerConfig::ddim(20), schedule).unwrap();
+    let x = tensor(&st, "x");
+    let b = x.dim(0);
+    let states = tensor(&st, "states");
+    let row = |i| ops::repeat_batch(g, &row_range(g, &states, i, 1).unwrap(), b).unwrap();
+    let cfg_scale = s["cfg_scale"].as_f64().unwrap() as f32;
+    let cond = Cond::guided(Cond::Text(row(1)), Cond::Text(row(0)), cfg_scale).unwrap();
+    let p = s["percentile"].as_f64().unwrap();
+    let mut apart_from_official = 0;
+    for t in s["timesteps"].as_array().unwrap() {
+        let t = t.as_u64().unwrap() as usize;
+        for rule in [GuidanceRule::Gradient, GuidanceRule::Posterior] {
+            let step = Step {
+                x: &x,
+                t,
+                cond: &cond,
+                noise: tensor(&st, "noise"),
+                scheduler: &scheduler,
+            };
+            let got = guided_eps(g, &unet, step, config(rule, Threshold::Percentile(p), &s));
+            let want = to_f64(&st[&format!("t{t}/{rule}")].1);
+            let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+            assert_close(&format!("SD t {t} {rule}"), &got, &want, 1e-4 * scale, 1e-4);
+            if rule == GuidanceRule::Posterior {
+                let official = to_f64(&st[&format!("t{t}/posterior_official")].1);
+                let apart = got
+                    .iter()
+                    .zip(&official)
+                    .filter(|(a, b)| (**a as f64 - **b).abs() > 1e-2 * scale)
+                    .count();
+                eprintln!(
+                    "SD t {t}: Rule P {apart} of {} elements apart from the official's",
+                    got.len()
+                );
+                apart_from_official += apart;
+            }
+        }
+    }
+    assert!(
+        apart_from_official > 0,
+        "the method's Rule P equals the official one"
+    );
+}
+
 #[test]
 fn a_guided_run_matches_an_independent_pytorch_implementation() {
     let (g, st, s) = (gpu(), fixture_file(), settings());
