@@ -269,12 +269,16 @@ fn fixture_forward(g: &Gpu, name: &str, half: bool) -> (Vec<f32>, Vec<f64>) {
     let (shape, sample) = input("sample");
     let (_, t) = input("timestep");
     let labels = tensors.get("class_labels").map(|(s, d)| upload_to(g, d, s));
+    let cond = match tensors.get("encoder_hidden_states") {
+        Some((s, d)) => Cond::Text(upload_to(g, d, s)),
+        None => Cond::from_labels(labels),
+    };
     let eps = model
         .predict_eps(
             g,
             &upload_to(g, sample, shape),
             &upload_to(g, t, &[t.len()]),
-            &Cond::from_labels(labels),
+            &cond,
         )
         .unwrap();
     (read_from(g, &eps), to_f64(&input("output").1))
@@ -282,7 +286,8 @@ fn fixture_forward(g: &Gpu, name: &str, half: bool) -> (Vec<f32>, Vec<f64>) {
 
 /// The fixture UNets with f16 activations against their float64 PyTorch outputs: f16's 2^-11
 /// rounding at every layer, stated and bounded relative to the output's size (measured on
-/// lavapipe: 1.7e-3 to 2.7e-3 over ε up to 1.4–2.2, where f32 activations give ≤ 2.9e-6).
+/// lavapipe: 1.7e-3 to 2.7e-3 over ε up to 1.4–2.2, where f32 activations give ≤ 2.9e-6), Stable
+/// Diffusion's text UNets (their text states entering as f16) among them.
 #[test]
 fn fixture_unets_with_f16_activations_stay_near_float64() {
     for g in gpus() {
@@ -292,6 +297,9 @@ fn fixture_unets_with_f16_activations_stay_near_float64() {
             "unet_tiny_class",
             "unet_tiny_scale_shift",
             "unet_tiny_odd",
+            "sd_unet_sd_tiny",
+            "sd_unet_diffusers_test",
+            "sd_unet_three_levels",
         ] {
             let (half, want) = fixture_forward(g, name, true);
             let (full, _) = fixture_forward(g, name, false);

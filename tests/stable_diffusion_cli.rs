@@ -204,6 +204,50 @@ fn gradient_guidance_runs_on_stable_diffusion() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `--f16-weights` (UNet and text encoder) and `--f16-activations` (UNet) on a Stable Diffusion
+/// folder: each run completes, says so in run.json, and its decoded images stay near the f32
+/// run's (the raw [−1, 1] outputs, the same x_T).
+#[test]
+fn f16_weights_and_activations_run_on_stable_diffusion() {
+    let dir = tmp_dir("sd-cli-f16");
+    let model = dir.join("sd");
+    write_folder(&model);
+    let base = ["--prompt", "a red cat", "--save-raw"];
+    let runs = [
+        ("f32", None),
+        ("weights", Some("--f16-weights")),
+        ("activations", Some("--f16-activations")),
+    ];
+    let mut raws = Vec::new();
+    for (out, flag) in runs {
+        let args: Vec<&str> = base.iter().copied().chain(flag).collect();
+        let run = sample(&model, &dir.join(out), &args);
+        assert!(
+            run.status.success(),
+            "{out}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let manifest = std::fs::read_to_string(dir.join(out).join("run.json")).unwrap();
+        if let Some(flag) = flag {
+            let key = flag.trim_start_matches("--").replace('-', "_");
+            assert!(manifest.contains(&format!("\"{key}\": true")), "{manifest}");
+        }
+        let raw = wgsl_diff::npy::read(&dir.join(out).join("sample_000000.npy")).unwrap();
+        raws.push(raw.1);
+    }
+    for (i, (name, _)) in runs.iter().enumerate().skip(1) {
+        let worst = raws[i]
+            .iter()
+            .zip(&raws[0])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        eprintln!("SD {name} in f16: max |image − f32 image| {worst:.2e} (of [−1, 1])");
+        assert!(worst > 0.0, "{name}: f16 changed nothing");
+        assert!(worst < 0.05, "{name}: f16 moved the image by {worst}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn image_size(path: &Path) -> (usize, usize, usize) {
     let img = wgsl_diff::images::read_png(path).unwrap();
     (img.height, img.width, img.channels)

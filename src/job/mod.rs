@@ -80,7 +80,9 @@ impl<'g> SampleJob<'g> {
         let model = load_eps_model(gpu, &file)?;
         check_method(&request, &*model)?;
         let text = match (stable_diffusion_parts(&request.model)?, &request.prompt) {
-            (Some(parts), Some(prompt)) => Some(prompt::prepare(gpu, &parts, prompt)?),
+            (Some(parts), Some(prompt)) => {
+                Some(prompt::prepare(gpu, parts, prompt, request.f16_weights)?)
+            }
             (Some(_), None) => {
                 return Err(Error::Invalid(format!(
                     "{} is a Stable Diffusion model: say what to draw with --prompt",

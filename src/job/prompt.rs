@@ -40,13 +40,17 @@ pub(super) struct TextToImage {
     pub truncated: [usize; 2],
 }
 
+/// Tokenizes and encodes the prompts; with `f16_weights` the text encoder's conv and linear
+/// weights are stored as f16, as the UNet's are (its activations stay f32: it runs once per
+/// job). The VAE stays f32, as diffusers upcasts it.
 pub(super) fn prepare(
     gpu: &Gpu,
-    parts: &StableDiffusionParts,
+    parts: StableDiffusionParts,
     request: &PromptRequest,
+    f16_weights: bool,
 ) -> Result<TextToImage> {
     let tokenizer = ClipTokenizer::from_files(&parts.vocab, &parts.merges)?;
-    let text = ClipTextModel::load(gpu, &parts.text_encoder)?;
+    let text = ClipTextModel::load(gpu, &parts.text_encoder.with_f16_weights(f16_weights))?;
     let negative = tokenizer.encode_prompt(&request.negative_prompt);
     let positive = tokenizer.encode_prompt(&request.prompt);
     let ids: Vec<f32> = negative

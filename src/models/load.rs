@@ -18,15 +18,12 @@ pub fn load_eps_model(gpu: &Gpu, file: &WeightFile) -> Result<Box<dyn EpsModel>>
             UNet2DModel::load(gpu, file)?.with_f16_activations(half),
         )),
         AdmModel::ARCH if half => Err(Error::Invalid(
-            "f16 activations are implemented for diffusers UNet2DModel files only, not ADM".into(),
+            "f16 activations are implemented for diffusers UNets only, not ADM".into(),
         )),
         AdmModel::ARCH => Ok(Box::new(AdmModel::load(gpu, file)?)),
-        UNet2DConditionModel::ARCH if half => Err(Error::Invalid(
-            "f16 activations are implemented for diffusers UNet2DModel files only, not Stable \
-             Diffusion's UNet yet"
-                .into(),
+        UNet2DConditionModel::ARCH => Ok(Box::new(
+            UNet2DConditionModel::load(gpu, file)?.with_f16_activations(half),
         )),
-        UNet2DConditionModel::ARCH => Ok(Box::new(UNet2DConditionModel::load(gpu, file)?)),
         other => Err(Error::Weights(format!(
             "{} holds a {other:?} model; sampling takes a {:?}, a {:?} or an {:?}",
             file.path().display(),

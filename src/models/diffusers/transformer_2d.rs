@@ -6,7 +6,7 @@
 //! needs (through the self-attention's queries, keys and values, the cross-attention's queries).
 
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, Tensor};
+use crate::gpu::{DType, Gpu, Tensor};
 use crate::models::layers::{Conv2d, GroupNorm, GroupNormTape, LayerNorm, LayerNormTape, Linear};
 use crate::models::weights::VarBuilder;
 use crate::ops::{self, AttentionMask};
@@ -69,6 +69,13 @@ impl CrossAttention {
                     lse,
                 };
                 (out, Some(tape))
+            }
+            (Some(_), _) if q.dtype() == DType::F16 => {
+                // The row softmax reads f32: f16 activations are widened around it.
+                let [q, k, v] = [&q, &k, &v].map(|t| ops::to_f32(gpu, t));
+                let mask = AttentionMask::None;
+                let out = ops::cross_attention(gpu, &q?, &k?, &v?, heads, scale, mask)?;
+                (ops::to_half(gpu, &out)?, None)
             }
             (Some(_), _) => {
                 let mask = AttentionMask::None;

@@ -256,10 +256,28 @@ pub struct UNet2DConditionModel {
     up_blocks: Vec<Block>,
     conv_norm_out: GroupNorm,
     conv_out: Conv2d,
+    /// Activations stored as f16 between kernels (sampling only; the backward reads f32).
+    f16_activations: bool,
 }
 
 impl UNet2DConditionModel {
     pub const ARCH: &'static str = "UNet2DConditionModel";
+
+    /// Stores activations as f16 between kernels: the sample, the time embedding's input and the
+    /// text states enter as f16, ε leaves as f32. Cross-attention's row softmax reads f32, so its
+    /// q, k and v are widened around it (small beside the convolutions).
+    pub fn with_f16_activations(mut self, on: bool) -> UNet2DConditionModel {
+        self.f16_activations = on;
+        self
+    }
+
+    /// An f32 tensor entering the network in the activations' storage.
+    fn to_act(&self, gpu: &Gpu, t: &Tensor) -> Result<Tensor> {
+        match self.f16_activations {
+            true => ops::to_half(gpu, t),
+            false => Ok(t.clone()),
+        }
+    }
 
     pub fn load(gpu: &Gpu, file: &WeightFile) -> Result<UNet2DConditionModel> {
         file.expect_arch(Self::ARCH)?;
@@ -362,6 +380,7 @@ impl UNet2DConditionModel {
             )?,
             conv_out: Conv2d::load(&vb.pp("conv_out"), ch[0], config.out_channels, 3, 1, 1)?,
             config,
+            f16_activations: false,
         })
     }
 
@@ -430,12 +449,18 @@ impl UNet2DConditionModel {
         mut tape: Option<&mut UNet2DConditionTape>,
     ) -> Result<Tensor> {
         self.check_inputs(sample, timesteps, context)?;
+        if self.f16_activations && tape.is_some() {
+            return Err(Error::Invalid(
+                "the UNet's backward pass reads f32 activations: f16 activations are for sampling \
+                 (not gradient guidance)"
+                    .into(),
+            ));
+        }
         // The time embedding does not depend on the sample: no gradient flows through it.
-        let emb = self
-            .time_embedding
-            .forward(gpu, &self.time_proj.forward(gpu, timesteps)?)?;
-        let temb = ops::silu(gpu, &emb)?;
-        let mut x = self.conv_in.forward(gpu, sample)?;
+        let sinusoid = self.to_act(gpu, &self.time_proj.forward(gpu, timesteps)?)?;
+        let temb = ops::silu(gpu, &self.time_embedding.forward(gpu, &sinusoid)?)?;
+        let context = &self.to_act(gpu, context)?;
+        let mut x = self.conv_in.forward(gpu, &self.to_act(gpu, sample)?)?;
         let mut skips = vec![x.clone()];
         for block in &self.down_blocks {
             for (j, resnet) in block.resnets.iter().enumerate() {
@@ -482,7 +507,7 @@ impl UNet2DConditionModel {
             }
             None => self.conv_norm_out.forward(gpu, &x, true)?,
         };
-        self.conv_out.forward(gpu, &normed)
+        ops::to_f32(gpu, &self.conv_out.forward(gpu, &normed)?)
     }
 
     /// ∂⟨ε, v⟩/∂sample for the forward that recorded `tape`: the forward's steps in reverse,
@@ -739,10 +764,11 @@ impl EpsModel for UNet2DConditionModel {
     }
 
     /// The widest activation is a transformer's (B, HW, 8·C) GEGLU projection at the first
-    /// level; a batch fits while it fits one binding.
+    /// level (or its self-attention's scores); a batch fits while it fits one binding.
     fn max_batch(&self, gpu: &Gpu) -> usize {
         let side = self.config.sample_size.unwrap_or(DEFAULT_SIDE);
-        let per_sample = (8 * self.config.block_out_channels[0] * side * side * 4) as u64;
+        let bytes = if self.f16_activations { 2 } else { 4 };
+        let per_sample = (8 * self.config.block_out_channels[0] * side * side * bytes) as u64;
         (gpu.max_tensor_bytes() / per_sample.max(1)).max(1) as usize
     }
 }
