@@ -248,6 +248,74 @@ fn f16_weights_and_activations_run_on_stable_diffusion() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `--height`/`--width` pick the image size (latent = pixels / the VAE's 8, each side halving
+/// through the UNet's levels), recorded in the run's parameters; sizes that do not divide are
+/// refused before anything is written.
+#[test]
+fn height_and_width_set_the_image_size() {
+    let dir = tmp_dir("sd-cli-size");
+    let model = dir.join("sd");
+    write_folder(&model);
+    let out = dir.join("wide");
+    let args = [
+        "--prompt",
+        "a red cat",
+        "--height",
+        "48",
+        "--width",
+        "80",
+        "--uncertainty",
+        "-M",
+        "2",
+    ];
+    let run = sample(&model, &out, &args);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(image_size(&out.join("sample_000001.png")), (48, 80, 3));
+    assert_eq!(image_size(&out.join("heatmap_000001.png")), (48, 80, 3));
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(out.join("samples.json")).unwrap()).unwrap();
+    assert_eq!(manifest["parameters"]["height"], 48);
+    assert_eq!(manifest["parameters"]["width"], 80);
+    // One side given: the other is the model's (8 latent elements, 64 pixels).
+    let tall = dir.join("tall");
+    let run = sample(&model, &tall, &["--prompt", "a cat", "--height", "96"]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(image_size(&tall.join("sample_000000.png")), (96, 64, 3));
+    for (name, extra, expected) in [
+        (
+            "not a multiple of 8",
+            vec!["--height", "44"],
+            "multiple of the VAE",
+        ),
+        ("odd latent", vec!["--width", "40"], "halve through"),
+        ("zero", vec!["--width", "0"], "--width must be between"),
+    ] {
+        let bad = dir.join(name.replace(' ', "-"));
+        let args: Vec<&str> = ["--prompt", "a cat"].into_iter().chain(extra).collect();
+        assert_clean_failure(&sample(&model, &bad, &args), name, expected);
+        assert!(
+            !bad.join("sample_000000.png").exists(),
+            "{name}: wrote a sample"
+        );
+    }
+    let pixel = fixture("unet_tiny_gray.safetensors");
+    let bad = dir.join("pixel");
+    assert_clean_failure(
+        &sample(&pixel, &bad, &["--height", "64"]),
+        "pixel model",
+        "--prompt",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn image_size(path: &Path) -> (usize, usize, usize) {
     let img = wgsl_diff::images::read_png(path).unwrap();
     (img.height, img.width, img.channels)

@@ -188,6 +188,13 @@ pub struct SampleArgs {
     /// Classifier-free guidance scale w: ε = ε_u + w·(ε_c − ε_u), none at w ≤ 1
     #[arg(long, default_value_t = 7.5, requires = "prompt")]
     pub cfg_scale: f64,
+    /// Image height in pixels (Stable Diffusion; default the model's, 512 for SD 1.5): a
+    /// multiple of the VAE's and the UNet's downsampling together (64 for SD 1.x)
+    #[arg(long, requires = "prompt")]
+    pub height: Option<usize>,
+    /// Image width in pixels (as --height)
+    #[arg(long, requires = "prompt")]
+    pub width: Option<usize>,
 }
 
 impl SampleArgs {
@@ -278,6 +285,8 @@ impl SampleArgs {
                 prompt,
                 negative_prompt: self.negative_prompt.clone(),
                 cfg_scale: self.cfg_scale,
+                height: self.height,
+                width: self.width,
             }),
         };
         request.validate()?;

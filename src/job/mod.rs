@@ -16,6 +16,7 @@ pub use request::{SampleRequest, DEFAULT_MODEL};
 use crate::error::{Error, NonFiniteSample, Result};
 use crate::gpu::Gpu;
 use crate::guidance::{GuidanceConfig, GuidanceHook, Threshold};
+use crate::models::diffusers::unet_2d_condition::UNet2DConditionConfig;
 use crate::models::pipeline::stable_diffusion_parts;
 use crate::models::{load_eps_model, Cond, Decoder, EpsModel, Identity};
 use crate::noise::NoisePlan;
@@ -74,11 +75,7 @@ impl<'g> SampleJob<'g> {
         if let Some(uc) = &request.uncertainty {
             uc.check_window(scheduler.timesteps.len())?;
         }
-        let file = file
-            .with_f16_weights(request.f16_weights)
-            .with_f16_activations(request.f16_activations);
-        let model = load_eps_model(gpu, &file)?;
-        check_method(&request, &*model)?;
+        // The text side first: its VAE decides the latent size an asked image size means.
         let text = match (stable_diffusion_parts(&request.model)?, &request.prompt) {
             (Some(parts), Some(prompt)) => {
                 Some(prompt::prepare(gpu, parts, prompt, request.f16_weights)?)
@@ -97,6 +94,19 @@ impl<'g> SampleJob<'g> {
             }
             (None, None) => None,
         };
+        let latent_size = match (&text, &request.prompt) {
+            (Some(t), Some(prompt)) => {
+                let default = UNet2DConditionConfig::parse(file.meta("config")?)?.sample_size;
+                prompt.latent_size(&*t.decoder, default)?
+            }
+            _ => None,
+        };
+        let file = file
+            .with_f16_weights(request.f16_weights)
+            .with_f16_activations(request.f16_activations)
+            .with_sample_size(latent_size);
+        let model = load_eps_model(gpu, &file)?;
+        check_method(&request, &*model)?;
         let mut warnings = Vec::new();
         if let Some(t) = &text {
             for (what, dropped) in ["--prompt", "--negative-prompt"].iter().zip(t.truncated) {

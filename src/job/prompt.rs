@@ -8,7 +8,7 @@ use crate::gpu::Gpu;
 use crate::models::clip::{ClipTextModel, ClipTokenizer};
 use crate::models::diffusers::autoencoder_kl::AutoencoderKlDecoder;
 use crate::models::pipeline::StableDiffusionParts;
-use crate::models::{row_range, Cond, Decoder};
+use crate::models::{row_range, Cond, Decoder, MapSpace};
 
 /// What a prompt asks of a text-to-image run.
 #[derive(Clone, Debug, PartialEq)]
@@ -18,6 +18,9 @@ pub struct PromptRequest {
     pub negative_prompt: String,
     /// Classifier-free guidance scale w (ε = ε_u + w·(ε_c − ε_u)); none at w ≤ 1.
     pub cfg_scale: f64,
+    /// The image's height and width in pixels (None: the model's default).
+    pub height: Option<usize>,
+    pub width: Option<usize>,
 }
 
 impl PromptRequest {
@@ -28,9 +31,53 @@ impl PromptRequest {
                 self.cfg_scale
             )));
         }
+        for (flag, side) in [("--height", self.height), ("--width", self.width)] {
+            if side.is_some_and(|s| s == 0 || s > MAX_IMAGE_SIDE) {
+                return Err(Error::Invalid(format!(
+                    "{flag} must be between 1 and {MAX_IMAGE_SIDE} pixels, got {}",
+                    side.unwrap_or(0)
+                )));
+            }
+        }
         Ok(())
     }
+
+    /// The latent (height, width) of an image of the asked size under `decoder` (which
+    /// upsamples by its factor), or None where neither side is given. An unset side takes
+    /// the model's `default` latent side.
+    pub(super) fn latent_size(
+        &self,
+        decoder: &dyn Decoder,
+        default: Option<usize>,
+    ) -> Result<Option<(usize, usize)>> {
+        if self.height.is_none() && self.width.is_none() {
+            return Ok(None);
+        }
+        let factor = match decoder.map_space() {
+            MapSpace::Latent { factor } => factor,
+            MapSpace::Image => 1,
+        };
+        let side = |flag: &str, pixels: Option<usize>| match (pixels, default) {
+            (Some(p), _) if p % factor == 0 => Ok(p / factor),
+            (Some(p), _) => Err(Error::Invalid(format!(
+                "{flag} {p}: the image side must be a multiple of the VAE's {factor}× upsampling"
+            ))),
+            (None, Some(d)) => Ok(d),
+            (None, None) => Err(Error::Invalid(format!(
+                "the UNet's config has no sample_size to take {flag} from: give both --height \
+                 and --width"
+            ))),
+        };
+        Ok(Some((
+            side("--height", self.height)?,
+            side("--width", self.width)?,
+        )))
+    }
 }
+
+/// The largest image side `--height`/`--width` take (SD 1.x is trained at 512; 8192 keeps
+/// every tensor index of a latent batch well inside u32).
+const MAX_IMAGE_SIDE: usize = 8192;
 
 /// The encoded prompt and the VAE of a Stable Diffusion folder.
 pub(super) struct TextToImage {

@@ -216,6 +216,12 @@ pub(super) fn parameters(
         map.insert("prompt".into(), p.prompt.clone().into());
         map.insert("negative_prompt".into(), p.negative_prompt.clone().into());
         map.insert("cfg_scale".into(), p.cfg_scale.into());
+        // The size only where asked, so default-size runs keep their identity.
+        for (key, side) in [("height", p.height), ("width", p.width)] {
+            if let Some(side) = side {
+                map.insert(key.into(), side.into());
+            }
+        }
     }
     // Only f16-weight and f16-activation runs say so, so f32 runs keep their identity (and
     // none resumes another).

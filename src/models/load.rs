@@ -13,7 +13,15 @@ pub fn load_eps_model(gpu: &Gpu, file: &WeightFile) -> Result<Box<dyn EpsModel>>
     if half && !gpu.caps.shader_f16 {
         return Err(Error::MissingFeature("SHADER_F16 (f16 activations)"));
     }
-    match file.meta("arch")? {
+    let arch = file.meta("arch")?;
+    if let (Some((h, w)), false) = (file.sample_size(), arch == UNet2DConditionModel::ARCH) {
+        return Err(Error::Invalid(format!(
+            "a {h} × {w} sample size applies to Stable Diffusion's UNet; {} holds a {arch:?}, \
+             which samples at its trained size",
+            file.path().display()
+        )));
+    }
+    match arch {
         UNet2DModel::ARCH => Ok(Box::new(
             UNet2DModel::load(gpu, file)?.with_f16_activations(half),
         )),
@@ -22,7 +30,9 @@ pub fn load_eps_model(gpu: &Gpu, file: &WeightFile) -> Result<Box<dyn EpsModel>>
         )),
         AdmModel::ARCH => Ok(Box::new(AdmModel::load(gpu, file)?)),
         UNet2DConditionModel::ARCH => Ok(Box::new(
-            UNet2DConditionModel::load(gpu, file)?.with_f16_activations(half),
+            UNet2DConditionModel::load(gpu, file)?
+                .with_f16_activations(half)
+                .with_sample_size(file.sample_size())?,
         )),
         other => Err(Error::Weights(format!(
             "{} holds a {other:?} model; sampling takes a {:?}, a {:?} or an {:?}",

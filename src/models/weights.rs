@@ -28,6 +28,9 @@ pub struct WeightFile {
     f16_weights: bool,
     /// The model built from this file stores its activations as f16 (see `load_eps_model`).
     f16_activations: bool,
+    /// The (height, width) the model built from this file samples at, in place of its
+    /// config's square `sample_size` (see `load_eps_model`).
+    sample_size: Option<(usize, usize)>,
 }
 
 impl WeightFile {
@@ -68,6 +71,7 @@ impl WeightFile {
             metadata,
             f16_weights: false,
             f16_activations: false,
+            sample_size: None,
         })
     }
 
@@ -85,6 +89,18 @@ impl WeightFile {
     pub fn with_f16_activations(mut self, on: bool) -> WeightFile {
         self.f16_activations = on;
         self
+    }
+
+    /// Builds the model from this file to sample at (height, width) in its own space (a latent
+    /// model's latent size); fully convolutional text-to-image UNets only.
+    pub fn with_sample_size(mut self, size: Option<(usize, usize)>) -> WeightFile {
+        self.sample_size = size;
+        self
+    }
+
+    /// What [`Self::with_sample_size`] asked for.
+    pub fn sample_size(&self) -> Option<(usize, usize)> {
+        self.sample_size
     }
 
     /// The same tensors with `metadata` in place of the file's own: a diffusers folder read in

@@ -258,6 +258,8 @@ pub struct UNet2DConditionModel {
     conv_out: Conv2d,
     /// Activations stored as f16 between kernels (sampling only; the backward reads f32).
     f16_activations: bool,
+    /// (height, width) of the samples it draws, in place of the config's square sample_size.
+    sample_hw: Option<(usize, usize)>,
 }
 
 impl UNet2DConditionModel {
@@ -269,6 +271,28 @@ impl UNet2DConditionModel {
     pub fn with_f16_activations(mut self, on: bool) -> UNet2DConditionModel {
         self.f16_activations = on;
         self
+    }
+
+    /// Samples at (height, width) latent elements instead of the config's square
+    /// `sample_size` (None keeps it); both sides must halve through every level.
+    pub fn with_sample_size(mut self, size: Option<(usize, usize)>) -> Result<Self> {
+        let factor = 1 << (self.config.block_out_channels.len() - 1);
+        if let Some((h, w)) = size {
+            if h == 0 || w == 0 || h % factor != 0 || w % factor != 0 {
+                return Err(Error::Invalid(format!(
+                    "a {h} × {w} latent does not halve through the UNet's levels: both sides \
+                     must be positive multiples of {factor}"
+                )));
+            }
+        }
+        self.sample_hw = size;
+        Ok(self)
+    }
+
+    /// (height, width) of one sample: the asked size, else the config's (or SD 1.x's).
+    fn sample_hw(&self) -> (usize, usize) {
+        let side = self.config.sample_size.unwrap_or(DEFAULT_SIDE);
+        self.sample_hw.unwrap_or((side, side))
     }
 
     /// An f32 tensor entering the network in the activations' storage.
@@ -381,6 +405,7 @@ impl UNet2DConditionModel {
             conv_out: Conv2d::load(&vb.pp("conv_out"), ch[0], config.out_channels, 3, 1, 1)?,
             config,
             f16_activations: false,
+            sample_hw: None,
         })
     }
 
@@ -625,7 +650,7 @@ impl UNet2DConditionModel {
     /// (`TRANSFORMER_MAPS` maps and its cross-attention probabilities over `TEXT_TOKENS`).
     fn tape_values_per_sample(&self) -> usize {
         let cfg = &self.config;
-        let side = cfg.sample_size.unwrap_or(DEFAULT_SIDE);
+        let (h, w) = self.sample_hw();
         let levels = cfg.block_out_channels.len();
         let heads = cfg.heads().unwrap_or_else(|_| vec![1; levels]);
         let layers = cfg.layers_per_block;
@@ -640,10 +665,10 @@ impl UNet2DConditionModel {
                 resnets += 2;
                 transformers += 1;
             }
-            let level_side = side.div_ceil(1 << level);
+            let pixels = h.div_ceil(1 << level) * w.div_ceil(1 << level);
             let per_pixel = resnets * RESNET_MAPS * 2 * c
                 + transformers * (TRANSFORMER_MAPS * c + heads[level] * TEXT_TOKENS);
-            values += per_pixel * level_side * level_side;
+            values += per_pixel * pixels;
         }
         values
     }
@@ -756,7 +781,10 @@ impl EpsModel for UNet2DConditionModel {
     }
 
     fn sample_shape(&self) -> Result<[usize; 3]> {
-        square_sample(self.config.in_channels, self.config.sample_size)
+        match self.sample_hw {
+            Some((h, w)) => Ok([self.config.in_channels, h, w]),
+            None => square_sample(self.config.in_channels, self.config.sample_size),
+        }
     }
 
     fn num_classes(&self) -> Option<usize> {
@@ -766,9 +794,9 @@ impl EpsModel for UNet2DConditionModel {
     /// The widest activation is a transformer's (B, HW, 8·C) GEGLU projection at the first
     /// level (or its self-attention's scores); a batch fits while it fits one binding.
     fn max_batch(&self, gpu: &Gpu) -> usize {
-        let side = self.config.sample_size.unwrap_or(DEFAULT_SIDE);
+        let (h, w) = self.sample_hw();
         let bytes = if self.f16_activations { 2 } else { 4 };
-        let per_sample = (8 * self.config.block_out_channels[0] * side * side * bytes) as u64;
+        let per_sample = (8 * self.config.block_out_channels[0] * h * w * bytes) as u64;
         (gpu.max_tensor_bytes() / per_sample.max(1)).max(1) as usize
     }
 }
