@@ -77,7 +77,7 @@ fn write_folder(dir: &Path) {
         "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
         "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
         "scheduler": ["diffusers", "PNDMScheduler"], "safety_checker": [null, null],
-        "feature_extractor": [null, null]
+        "feature_extractor": [null, null], "requires_safety_checker": false
     });
     std::fs::write(dir.join("model_index.json"), index.to_string()).unwrap();
 }

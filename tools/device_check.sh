@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One prepared run for a lent GPU (the session's `device` tool): kernel and pipeline benches beside
 # PyTorch on the same GPU (float32 and float16 autocast; plain, uncertainty and guided steps, also
-# on the CIFAR-10 architecture), profiles (one CIFAR-10 forward and one step per architecture from
+# on the CIFAR-10 architecture), Stable Diffusion 1.5's architecture at random weights at 512²
+# (plain, f16, M = 5 uncertainty, Rule G on the first two calls; peak GPU memory) beside diffusers
+# (tools/bench/sd15.py), profiles (one CIFAR-10 forward and one step per architecture from
 # the benches, a `sample --profile` run of the shipped model), PyTorch's activation peak of a
 # CIFAR-10 forward at B = 64, and the shipped model at scale: plain, with uncertainty and guided,
 # each against the PyTorch twin.
@@ -13,6 +15,8 @@
 #     run(command="tools/device_check.sh run", carry=[".device", ".gl", ".whl"], timeout_s=560)
 # A dry run here, on lavapipe, with tiny sizes (checks the script, not the GPU):
 #     OUT=/tmp/device_out QUICK=1 tools/device_check.sh run
+# The Stable Diffusion section alone (a few minutes on a GPU; its dry run here took 8 min):
+#     run(command="SECTIONS=sd15 tools/device_check.sh run", carry=[".device", ".gl", ".whl"], ...)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -54,9 +58,11 @@ for line in sys.stdin:
         (cd .gl && apt-get $o download libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2)
     fi
     if [ ! -d .whl ]; then
-        # Everything else diffusers needs is in the device image (torch, numpy, safetensors, ...).
+        # Everything else diffusers and transformers need is in the device image (torch, numpy,
+        # safetensors, huggingface_hub, ...). A .whl from before transformers was added: delete it.
         python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
-            --implementation cp --platform manylinux2014_x86_64 -d .whl diffusers importlib_metadata
+            --implementation cp --platform manylinux2014_x86_64 -d .whl diffusers importlib_metadata \
+            transformers tokenizers regex
     fi
     du -sh .device .gl .whl
 }
@@ -85,9 +91,9 @@ run() {
     [ -f "$test_set" ] || test_set=/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
     local num=1000 uc_num=256 batch=250 torch_device=cuda bench_filter="" memory_batch=64
     local tests=("$exes"/test-*) bench_time=(--warm-up-time 1 --measurement-time 3)
-    # A rerun can take only some sections (SECTIONS="tests torch"; all: tests benches torch ab
-    # samples) and some test executables (TESTS="cli guidance").
-    want() { [[ " ${SECTIONS:-tests benches torch ab samples} " == *" $1 "* ]]; }
+    # A rerun can take only some sections (SECTIONS="tests torch"; all: tests benches torch sd15
+    # ab samples) and some test executables (TESTS="cli guidance").
+    want() { [[ " ${SECTIONS:-tests benches torch sd15 ab samples} " == *" $1 "* ]]; }
     if [ -n "${QUICK:-}" ]; then
         num=8 uc_num=4 batch=4 torch_device=cpu bench_filter=group_norm memory_batch=2
         tests=("$exes"/test-select) bench_time=()
@@ -154,6 +160,39 @@ EOF
         timed python3 -m tools.bench.bench_torch --device "$torch_device" \
             --criterion-dir /tmp/target/criterion --json "$results/bench.json" \
             ${bench_filter:+--only kernels/$bench_filter} "${adm[@]}" --memory "$memory_batch"
+        save
+    fi
+    if want sd15; then
+        echo "== Stable Diffusion 1.5's architecture at random weights, batch 1, CFG 7.5, 20 PNDM steps (21 calls): wgsl-diff, then diffusers"
+        local sd=/tmp/sd15 side=512 tiny=""
+        [ -n "${QUICK:-}" ] && side=64 tiny=--tiny
+        timed python3 -m tools.bench.sd15 write "$sd" $tiny
+        # Peak GPU memory of a run: nvidia-smi's used memory every 100 ms, less what was in use before.
+        local idle=0 poll=""
+        command -v nvidia-smi >/dev/null &&
+            idle=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1)
+        for case in "plain" "plain_f16_weights --f16-weights" "plain_f16 --f16-weights --f16-activations" \
+            "uncertainty --uncertainty -M 5" \
+            "rule_g --guidance gradient -M 5 --guidance-steps 2 --guidance-strength 0.99 --percentile 0.95"; do
+            local name=${case%% *} args=""
+            [ "$case" != "$name" ] && args=${case#* }
+            if command -v nvidia-smi >/dev/null; then
+                nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"/tmp/mem_$name.txt" &
+                poll=$!
+            fi
+            # Two samples one at a time: the summary's "made in" covers both, the first with the
+            # pipelines' compilation.
+            timed "$bin" sample --model "$sd" --prompt "a photograph of an astronaut riding a horse" \
+                --num 2 --batch 1 --steps 20 --height "$side" --width "$side" --quiet \
+                --out "$results/sd15_$name" $args
+            if [ -n "$poll" ]; then
+                kill "$poll" 2>/dev/null || true
+                echo "sd15 $name: peak GPU memory $(( $(sort -n "/tmp/mem_$name.txt" | tail -1) - idle )) MiB above idle"
+            fi
+        done
+        rm -f "$results"/sd15_*/sample_*.png
+        timed python3 -m tools.bench.sd15 bench "$sd" --device "$torch_device" --height "$side" \
+            --width "$side" --fp16 --json "$results/sd15_torch.json"
         save
     fi
     if want ab && [ -z "${QUICK:-}" ]; then

@@ -214,7 +214,9 @@ fn read_index(index: &Path) -> Result<HashMap<String, String>> {
         let class = match value.as_array().map(Vec::as_slice) {
             Some([_, serde_json::Value::Null]) => continue,
             Some([_, serde_json::Value::String(class)]) => class.clone(),
-            _ => {
+            // A pipeline option, not a component (`requires_safety_checker`).
+            None => continue,
+            Some(_) => {
                 return Err(Error::Weights(format!(
                     "{}: component `{name}` is {value}, not [library, class]",
                     index.display()
