@@ -98,3 +98,62 @@ fn pipeline_matches_diffusers() {
     }
     assert_close("image", &got, &to_f64(&fx["image"].1), 1e-4, 1e-4);
 }
+
+/// A user's own Stable Diffusion 1.x folder (real weights, not in this repository) read in place
+/// and compared with diffusers and transformers: the tokenizer's ids, the text states, one CFG
+/// pair of ε at t = 901 and one decode. Make the references, then point the test at the folder:
+///     python -m tools.fixtures.sd_real /path/to/stable-diffusion-v1-5
+///     WGSL_DIFF_SD_FOLDER=/path/to/stable-diffusion-v1-5 cargo test --release --test sd_pipeline -- --ignored
+#[test]
+#[ignore]
+fn real_stable_diffusion_folder_matches_diffusers() {
+    use wgsl_diff::models::clip::ClipTokenizer;
+    use wgsl_diff::models::pipeline::{open_model, stable_diffusion_parts};
+    let folder = std::env::var("WGSL_DIFF_SD_FOLDER")
+        .expect("set WGSL_DIFF_SD_FOLDER to a Stable Diffusion 1.x folder");
+    let folder = std::path::Path::new(&folder);
+    let path = fixture("large/sd_real_io.safetensors");
+    let bytes = std::fs::read(&path).expect("run python -m tools.fixtures.sd_real FOLDER first");
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = meta.metadata().clone().unwrap();
+    let fx = read_safetensors(&path);
+    let g = gpu();
+    let up = |key: &str| g.upload(&fx[key].0, &fx[key].1).unwrap();
+    let parts = stable_diffusion_parts(folder)
+        .unwrap()
+        .expect("not a Stable Diffusion folder");
+    let tokenizer = ClipTokenizer::from_files(&parts.vocab, &parts.merges).unwrap();
+    let ids: Vec<f32> = ["", meta["prompt"].as_str()]
+        .iter()
+        .flat_map(|p| tokenizer.encode_prompt(p).ids)
+        .map(|id| id as f32)
+        .collect();
+    assert_eq!(ids, fx["ids"].1, "token ids");
+    // The tolerances are relative to each output's size: float32 here against float64 there (or
+    // float32, as the references' metadata says) through 12 or more layers of real weights.
+    let check = |what: &str, got: &[f32], key: &str| {
+        let want = to_f64(&fx[key].1);
+        let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+        assert_close(what, got, &want, 1e-4 * scale.max(1.0), 1e-3);
+    };
+    let text = ClipTextModel::load(g, &parts.text_encoder).unwrap();
+    let states = text.forward(g, &g.upload(&[2, 77], &ids).unwrap()).unwrap();
+    check("text states", &read(&states), "states");
+    let unet = UNet2DConditionModel::load(g, &open_model(folder).unwrap()).unwrap();
+    let x = up("sample");
+    let x2 = wgsl_diff::ops::repeat_batch(g, &x, 2).unwrap();
+    let t2 = g.upload(&[2], &[fx["timestep"].1[0]; 2]).unwrap();
+    let eps = unet.forward(g, &x2, &t2, &up("states")).unwrap();
+    check("ε", &read(&eps), "eps");
+    let vae = AutoencoderKlDecoder::load(g, &parts.vae).unwrap();
+    check(
+        "decode",
+        &read(&vae.decode(g, &up("latents")).unwrap()),
+        "image",
+    );
+    eprintln!(
+        "{} matches diffusers ({} references)",
+        folder.display(),
+        meta["dtype"]
+    );
+}
