@@ -51,23 +51,27 @@ fn blocked_iterations_per_channel(kh: usize, kw: usize) -> usize {
     1 + kh * (1 + kw)
 }
 
+/// The most input channels `conv2d_blocked`'s loop takes on this device (None: no budget). The
+/// deepest single convolution here (ADM-64's 1536 channels, 3×3) needs about 20,000 of
+/// llvmpipe's 32,768 iterations; deeper ones are split ([`ConvWeight`]).
+fn max_blocked_channels(gpu: &Gpu, kh: usize, kw: usize) -> Option<usize> {
+    gpu.max_loop_iterations()
+        .map(|budget| budget / blocked_iterations_per_channel(kh, kw))
+}
+
 /// Refuses an input-channel count whose loop would overrun the device's loop budget (llvmpipe
-/// would silently cut it short). The deepest convolution here (ADM-64's 1536 channels, 3×3)
-/// needs about 20,000 of the 32,768.
+/// would silently cut it short): a weight prepared for another device.
 fn check_depth(gpu: &Gpu, c_in: usize, kh: usize, kw: usize) -> Result<()> {
-    let Some(budget) = gpu.max_loop_iterations() else {
-        return Ok(());
-    };
-    let max_c_in = budget / blocked_iterations_per_channel(kh, kw);
-    if c_in > max_c_in {
-        return Err(Error::Invalid(format!(
+    match max_blocked_channels(gpu, kh, kw) {
+        Some(max_c_in) if c_in > max_c_in => Err(Error::Invalid(format!(
             "{OP}: {c_in} input channels with a {kh}x{kw} kernel exceed {max_c_in}, the most \
-             this device ({}) runs in one invocation's loop (its driver ends loops after \
-             {budget} counted iterations, with a margin)",
-            gpu.info.name
-        )));
+             this device ({}) runs in one invocation's loop (its driver ends loops after {} \
+             counted iterations, with a margin)",
+            gpu.info.name,
+            gpu.max_loop_iterations().unwrap_or(0)
+        ))),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// Geometry and fused epilogue of a [`conv2d`].
@@ -172,15 +176,41 @@ fn output_shape(
 /// are aligned vec4s. Layers make it at load, so the forward transposes nothing.
 #[derive(Clone, Debug)]
 pub struct ConvWeight {
-    tensor: Tensor,
     shape: [usize; 4],
-    transposed: bool,
+    layout: WeightLayout,
+}
+
+#[derive(Clone, Debug)]
+enum WeightLayout {
+    Whole {
+        tensor: Tensor,
+        transposed: bool,
+    },
+    /// Where the blocked kernel's channel loop cannot take every input channel within the
+    /// device's loop budget (Stable Diffusion's 2,560-channel joins on llvmpipe): runs of input
+    /// channels from their first, each a weight of its own, whose convolutions are summed
+    /// through the fused residual.
+    Split(Vec<(usize, ConvWeight)>),
 }
 
 impl ConvWeight {
     pub fn new(gpu: &Gpu, weight: Tensor) -> Result<ConvWeight> {
         let shape = dims::<4>(&weight, OP, "weight")?;
         let [c_out, c_in, kh, kw] = shape;
+        if gpu.kernel_class() == KernelClass::Blocked {
+            if let Some(max) = max_blocked_channels(gpu, kh, kw).filter(|&max| c_in > max) {
+                let per = c_in.div_ceil(c_in.div_ceil(max.max(1)));
+                let mut runs = Vec::new();
+                for first in (0..c_in).step_by(per) {
+                    let part = super::slice_channels(gpu, &weight, first, per.min(c_in - first))?;
+                    runs.push((first, ConvWeight::new(gpu, part)?));
+                }
+                return Ok(ConvWeight {
+                    shape,
+                    layout: WeightLayout::Split(runs),
+                });
+            }
+        }
         let transposed = gpu.kernel_class() == KernelClass::Blocked
             && c_out % 4 == 0
             && weight.dtype() != DType::F16;
@@ -193,9 +223,8 @@ impl ConvWeight {
             false => weight,
         };
         Ok(ConvWeight {
-            tensor,
             shape,
-            transposed,
+            layout: WeightLayout::Whole { tensor, transposed },
         })
     }
 
@@ -205,14 +234,24 @@ impl ConvWeight {
     }
 
     /// The weight as stored, (C_out, C_in, KH, KW), transposed back where it is held
-    /// transposed: the input gradient reads it so.
+    /// transposed and joined where it is held split: the input gradient reads it so.
     pub fn oihw(&self, gpu: &Gpu) -> Result<Tensor> {
-        if !self.transposed {
-            return Ok(self.tensor.clone());
+        let (tensor, transposed) = match &self.layout {
+            WeightLayout::Whole { tensor, transposed } => (tensor, *transposed),
+            WeightLayout::Split(runs) => {
+                let parts = runs
+                    .iter()
+                    .map(|(_, w)| w.oihw(gpu))
+                    .collect::<Result<Vec<_>>>()?;
+                return super::concat_channels(gpu, &parts.iter().collect::<Vec<_>>());
+            }
+        };
+        if !transposed {
+            return Ok(tensor.clone());
         }
         let [c_out, c_in, kh, kw] = self.shape;
         let k = c_in * kh * kw;
-        super::transpose_last2(gpu, &self.tensor.reshape(&[1, k, c_out])?)?.reshape(&self.shape)
+        super::transpose_last2(gpu, &tensor.reshape(&[1, k, c_out])?)?.reshape(&self.shape)
     }
 }
 
@@ -314,10 +353,12 @@ pub fn conv2d_prepared(
     args: Conv2dArgs,
 ) -> Result<Tensor> {
     let [b, c_out, h_out, w_out] = output_shape(x, weight.shape, bias, &args)?;
-    let [_, c_in, h, w] = dims::<4>(x, OP, "input")?;
     let [_, _, kh, kw] = weight.shape;
-    let weight_t = weight.transposed;
-    let weight = &weight.tensor;
+    let (weight, weight_t) = match &weight.layout {
+        WeightLayout::Whole { tensor, transposed } => (tensor, *transposed),
+        WeightLayout::Split(runs) => return conv2d_split(gpu, x, runs, bias, args),
+    };
+    let [_, c_in, h, w] = dims::<4>(x, OP, "input")?;
     let u = |what, v| checked_u32(OP, what, v);
     let f16 = weight.dtype() == DType::F16;
     let problem = ConvProblem {
@@ -384,4 +425,30 @@ pub fn conv2d_prepared(
         workgroups,
     )?;
     Ok(out)
+}
+
+/// A convolution over runs of input channels ([`WeightLayout::Split`]), summed through the fused
+/// residual: the first run adds the bias and the caller's residual, the last applies the scale
+/// and the ReLU, so the result is (Σ_runs conv + bias + residual)·out_scale as one call makes.
+fn conv2d_split(
+    gpu: &Gpu,
+    x: &Tensor,
+    runs: &[(usize, ConvWeight)],
+    bias: Option<&Tensor>,
+    args: Conv2dArgs,
+) -> Result<Tensor> {
+    let mut sum: Option<Tensor> = None;
+    for (i, (first, weight)) in runs.iter().enumerate() {
+        let last = i + 1 == runs.len();
+        let part = super::slice_channels(gpu, x, *first, weight.shape[1])?;
+        let run_args = Conv2dArgs {
+            residual: if i == 0 { args.residual } else { sum.as_ref() },
+            out_scale: if last { args.out_scale } else { 1.0 },
+            relu: last && args.relu,
+            ..args
+        };
+        let run_bias = if i == 0 { bias } else { None };
+        sum = Some(conv2d_prepared(gpu, &part, weight, run_bias, run_args)?);
+    }
+    sum.ok_or_else(|| Error::Internal("a split convolution weight with no runs".into()))
 }
