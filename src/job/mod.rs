@@ -74,13 +74,13 @@ impl<'g> SampleJob<'g> {
         if let Some(uc) = &request.uncertainty {
             uc.check_window(scheduler.timesteps.len())?;
         }
-        let file = file
-            .with_f16_weights(request.f16_weights)
-            .with_f16_activations(request.f16_activations);
-        let model = load_eps_model(gpu, &file)?;
-        check_method(&request, &*model)?;
+        // The text side's files are found before any network is uploaded, so a missing
+        // tokenizer or prompt is reported at once.
         let text = match (stable_diffusion_parts(&request.model)?, &request.prompt) {
-            (Some(parts), Some(prompt)) => Some(prompt::prepare(gpu, &parts, prompt)?),
+            (Some(parts), Some(prompt)) => {
+                let files = parts.tokenizer_files(prompt.tokenizer.as_deref())?;
+                Some((parts, files, prompt))
+            }
             (Some(_), None) => {
                 return Err(Error::Invalid(format!(
                     "{} is a Stable Diffusion model: say what to draw with --prompt",
@@ -95,6 +95,14 @@ impl<'g> SampleJob<'g> {
             }
             (None, None) => None,
         };
+        let file = file
+            .with_f16_weights(request.f16_weights)
+            .with_f16_activations(request.f16_activations);
+        let model = load_eps_model(gpu, &file)?;
+        check_method(&request, &*model)?;
+        let text = text
+            .map(|(parts, files, prompt)| prompt::prepare(gpu, &parts, &files, prompt))
+            .transpose()?;
         let mut warnings = Vec::new();
         if let Some(t) = &text {
             for (what, dropped) in ["--prompt", "--negative-prompt"].iter().zip(t.truncated) {

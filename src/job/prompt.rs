@@ -9,6 +9,7 @@ use crate::models::clip::{ClipTextModel, ClipTokenizer};
 use crate::models::diffusers::autoencoder_kl::AutoencoderKlDecoder;
 use crate::models::pipeline::StableDiffusionParts;
 use crate::models::{row_range, Cond, Decoder};
+use std::path::PathBuf;
 
 /// What a prompt asks of a text-to-image run.
 #[derive(Clone, Debug, PartialEq)]
@@ -18,6 +19,9 @@ pub struct PromptRequest {
     pub negative_prompt: String,
     /// Classifier-free guidance scale w (ε = ε_u + w·(ε_c − ε_u)); none at w ≤ 1.
     pub cfg_scale: f64,
+    /// The folder of CLIP's vocab.json and merges.txt, for a single-file checkpoint (which holds
+    /// no tokenizer; a diffusers folder has its own).
+    pub tokenizer: Option<PathBuf>,
 }
 
 impl PromptRequest {
@@ -40,12 +44,14 @@ pub(super) struct TextToImage {
     pub truncated: [usize; 2],
 }
 
+/// `tokenizer`: CLIP's vocab.json and merges.txt.
 pub(super) fn prepare(
     gpu: &Gpu,
     parts: &StableDiffusionParts,
+    tokenizer: &(PathBuf, PathBuf),
     request: &PromptRequest,
 ) -> Result<TextToImage> {
-    let tokenizer = ClipTokenizer::from_files(&parts.vocab, &parts.merges)?;
+    let tokenizer = ClipTokenizer::from_files(&tokenizer.0, &tokenizer.1)?;
     let text = ClipTextModel::load(gpu, &parts.text_encoder)?;
     let negative = tokenizer.encode_prompt(&request.negative_prompt);
     let positive = tokenizer.encode_prompt(&request.prompt);
