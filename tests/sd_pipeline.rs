@@ -122,7 +122,8 @@ fn real_stable_diffusion_folder_matches_diffusers() {
     let parts = stable_diffusion_parts(folder)
         .unwrap()
         .expect("not a Stable Diffusion folder");
-    let tokenizer = ClipTokenizer::from_files(&parts.vocab, &parts.merges).unwrap();
+    let (vocab, merges) = parts.tokenizer_files(None).unwrap();
+    let tokenizer = ClipTokenizer::from_files(&vocab, &merges).unwrap();
     let ids: Vec<f32> = ["", meta["prompt"].as_str()]
         .iter()
         .flat_map(|p| tokenizer.encode_prompt(p).ids)

@@ -20,7 +20,8 @@ use wgsl_diff::Error;
 /// The model and how to sample it; shared by `sample` and `calibrate`.
 #[derive(Args, Debug, Clone)]
 pub struct SamplerArgs {
-    /// Weight file written by tools/convert.py [default: the shipped Fashion-MNIST model]
+    /// Weight file written by tools/convert.py, diffusers folder, or Stable Diffusion 1.x
+    /// single-file .safetensors [default: the shipped Fashion-MNIST model]
     #[arg(long)]
     pub model: Option<PathBuf>,
     #[arg(long, help = format!("Sampling steps, at most the model's training timesteps (≤ {MAX_TRAIN_TIMESTEPS}) [default: 50; all of them for ddpm]"))]
@@ -179,9 +180,14 @@ pub struct SampleArgs {
     #[arg(long)]
     pub f16_activations: bool,
     /// What to draw (Stable Diffusion models: a diffusers folder with text_encoder/, tokenizer/,
-    /// unet/, vae/; at most 75 tokens are read, as diffusers reads them)
+    /// unet/, vae/, or a single file with --tokenizer; at most 75 tokens are read, as diffusers
+    /// reads them)
     #[arg(long)]
     pub prompt: Option<String>,
+    /// The CLIP tokenizer (a folder with vocab.json and merges.txt, such as a diffusers SD
+    /// folder's tokenizer/) for a single-file checkpoint, which holds none
+    #[arg(long, value_name = "DIR", requires = "prompt")]
+    pub tokenizer: Option<PathBuf>,
     /// What to steer away from: the unconditional side of classifier-free guidance
     #[arg(long, default_value = "", requires = "prompt")]
     pub negative_prompt: String,
@@ -287,6 +293,7 @@ impl SampleArgs {
                 cfg_scale: self.cfg_scale,
                 height: self.height,
                 width: self.width,
+                tokenizer: self.tokenizer.clone(),
             }),
         };
         request.validate()?;

@@ -75,10 +75,18 @@ impl<'g> SampleJob<'g> {
         if let Some(uc) = &request.uncertainty {
             uc.check_window(scheduler.timesteps.len())?;
         }
-        // The text side first: its VAE decides the latent size an asked image size means.
+        // The text side first: its VAE decides the latent size an asked image size means. A
+        // missing tokenizer or prompt is reported before any network is uploaded.
         let text = match (stable_diffusion_parts(&request.model)?, &request.prompt) {
             (Some(parts), Some(prompt)) => {
-                Some(prompt::prepare(gpu, parts, prompt, request.f16_weights)?)
+                let files = parts.tokenizer_files(prompt.tokenizer.as_deref())?;
+                Some(prompt::prepare(
+                    gpu,
+                    parts,
+                    &files,
+                    prompt,
+                    request.f16_weights,
+                )?)
             }
             (Some(_), None) => {
                 return Err(Error::Invalid(format!(

@@ -9,6 +9,7 @@ use crate::models::clip::{ClipTextModel, ClipTokenizer};
 use crate::models::diffusers::autoencoder_kl::AutoencoderKlDecoder;
 use crate::models::pipeline::StableDiffusionParts;
 use crate::models::{row_range, Cond, Decoder, MapSpace};
+use std::path::PathBuf;
 
 /// What a prompt asks of a text-to-image run.
 #[derive(Clone, Debug, PartialEq)]
@@ -21,6 +22,9 @@ pub struct PromptRequest {
     /// The image's height and width in pixels (None: the model's default).
     pub height: Option<usize>,
     pub width: Option<usize>,
+    /// The folder of CLIP's vocab.json and merges.txt, for a single-file checkpoint (which holds
+    /// no tokenizer; a diffusers folder has its own).
+    pub tokenizer: Option<PathBuf>,
 }
 
 impl PromptRequest {
@@ -87,16 +91,18 @@ pub(super) struct TextToImage {
     pub truncated: [usize; 2],
 }
 
-/// Tokenizes and encodes the prompts; with `f16_weights` the text encoder's conv and linear
-/// weights are stored as f16, as the UNet's are (its activations stay f32: it runs once per
-/// job). The VAE stays f32, as diffusers upcasts it.
+/// Tokenizes (with CLIP's vocab.json and merges.txt, `tokenizer`) and encodes the prompts;
+/// with `f16_weights` the text encoder's conv and linear weights are stored as f16, as the
+/// UNet's are (its activations stay f32: it runs once per job). The VAE stays f32, as diffusers
+/// upcasts it.
 pub(super) fn prepare(
     gpu: &Gpu,
     parts: StableDiffusionParts,
+    tokenizer: &(PathBuf, PathBuf),
     request: &PromptRequest,
     f16_weights: bool,
 ) -> Result<TextToImage> {
-    let tokenizer = ClipTokenizer::from_files(&parts.vocab, &parts.merges)?;
+    let tokenizer = ClipTokenizer::from_files(&tokenizer.0, &tokenizer.1)?;
     let text = ClipTextModel::load(gpu, &parts.text_encoder.with_f16_weights(f16_weights))?;
     let negative = tokenizer.encode_prompt(&request.negative_prompt);
     let positive = tokenizer.encode_prompt(&request.prompt);

@@ -7,7 +7,8 @@
 //! (openai/guided-diffusion's `UNetModel`, the paper's ImageNet models, mirroring that
 //! repository's `unet.py`) and [`evaluation`] (the networks `eval` and `fid` use), on the
 //! shared [`layers`] primitives (convolution, linear, group norm, embedding tables) and the
-//! [`weights`] loader. A new family (Stable Diffusion's conditional UNet, its VAE decoder, CLIP)
+//! [`weights`] loader; checkpoints as users have them are opened by [`pipeline`] (converted
+//! files, diffusers folders) and [`single_file`] (Stable Diffusion 1.x's original layout). A new family (Stable Diffusion's conditional UNet, its VAE decoder, CLIP)
 //! is a folder here that implements [`EpsModel`] or [`Decoder`].
 
 pub mod adm;
@@ -21,6 +22,7 @@ pub mod layers;
 pub mod load;
 pub mod mc_dropout;
 pub mod pipeline;
+pub mod single_file;
 pub mod weights;
 
 pub use adm::{AdmConfig, AdmModel};

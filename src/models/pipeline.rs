@@ -1,15 +1,17 @@
-//! A model as users have it: one weight file written by `tools/convert.py`, or a diffusers
+//! A model as users have it: one weight file written by `tools/convert.py`, a diffusers
 //! pipeline folder as `save_pretrained` writes it and the hub serves it — a `model_index.json`
 //! naming one folder per component (`unet/`, `scheduler/`, and for latent pipelines `vae/`,
 //! `text_encoder/`, `tokenizer/`), each with its own config and weights — read in place, with no
-//! conversion. Both become one [`WeightFile`] for the loaders: the UNet's tensors, with the
-//! metadata a converted file carries (architecture, model config, scheduler config).
+//! conversion, or a Stable Diffusion 1.x single file ([`super::single_file`]). Each becomes one
+//! [`WeightFile`] for the loaders: the UNet's tensors, with the metadata a converted file
+//! carries (architecture, model config, scheduler config).
 //!
 //! Components are checked by name against what this version runs: a pixel-space pipeline (a
-//! `UNet2DModel` and its scheduler). Any other component is refused by name, never skipped.
-//! Only safetensors weights are read, never pickles (`.bin`).
+//! `UNet2DModel` and its scheduler) or Stable Diffusion 1.x. Any other component is refused by
+//! name, never skipped. Only safetensors weights are read, never pickles (`.bin`, `.ckpt`).
 
 use super::diffusers::unet_2d_condition::UNet2DConditionModel;
+use super::single_file::{is_single_file, split, SingleFileConfigs};
 use super::weights::{UniqueKeys, WeightFile, FORMAT, FORMAT_VERSION};
 use super::UNet2DModel;
 use crate::error::{Error, Result};
@@ -26,11 +28,16 @@ const WEIGHT_FILES: [&str; 2] = [
     "diffusion_pytorch_model.fp16.safetensors",
 ];
 
-/// Opens `path`: a converted weight file, a diffusers pipeline folder (with `model_index.json`)
-/// or a bare diffusers model folder (`config.json` and its weights).
+/// Opens `path`: a converted weight file, a Stable Diffusion 1.x single file (its UNet, with SD
+/// 1.x's configs), a diffusers pipeline folder (with `model_index.json`) or a bare diffusers
+/// model folder (`config.json` and its weights).
 pub fn open_model(path: &Path) -> Result<WeightFile> {
     if !path.is_dir() {
-        return WeightFile::open(path);
+        let file = open_file(path)?;
+        return match is_single_file(&file) {
+            true => Ok(split(&file, &SingleFileConfigs::default())?.unet),
+            false => Ok(file),
+        };
     }
     let index = path.join(MODEL_INDEX);
     if !index.is_file() {
@@ -108,9 +115,32 @@ fn check_stable_diffusion(index: &Path, components: &HashMap<String, String>) ->
     }
 }
 
-/// The scheduler class a Stable Diffusion folder ships (`PNDMScheduler` for SD 1.5), which it
-/// samples with unless told otherwise; None for any other model or an unreadable folder.
+/// A weight file given as a path, refusing PyTorch pickles by their extension before reading a
+/// byte: unpickling runs code from the file, and wgsl-diff never does it.
+pub(super) fn open_file(path: &Path) -> Result<WeightFile> {
+    let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if ["ckpt", "pt", "pth", "bin", "pkl"].contains(&extension.to_ascii_lowercase().as_str()) {
+        return Err(Error::Weights(format!(
+            "{} is a PyTorch pickle (.{extension}), which wgsl-diff never loads (unpickling runs \
+             code from the file): use the checkpoint's .safetensors release (for SD 1.5, \
+             v1-5-pruned-emaonly.safetensors beside v1-5-pruned-emaonly.ckpt)",
+            path.display()
+        )));
+    }
+    WeightFile::open(path)
+}
+
+/// The scheduler class a Stable Diffusion folder ships (`PNDMScheduler` for SD 1.5), or SD 1.x's
+/// for a single file, which it samples with unless told otherwise; None for any other model or
+/// an unreadable one.
 pub fn stable_diffusion_scheduler(path: &Path) -> Option<String> {
+    if path.is_file() {
+        let configs = SingleFileConfigs::default();
+        return match is_single_file(&open_file(path).ok()?) {
+            true => configs.scheduler_class().map(String::from),
+            false => None,
+        };
+    }
     let index = path.join(MODEL_INDEX);
     let components = read_index(&index).ok()?;
     if components.get("unet").map(String::as_str) != Some(UNet2DConditionModel::ARCH) {
@@ -119,18 +149,65 @@ pub fn stable_diffusion_scheduler(path: &Path) -> Option<String> {
     components.get("scheduler").cloned()
 }
 
-/// The parts of a Stable Diffusion folder beside its UNet: the text encoder, the tokenizer's
-/// files and the VAE.
+/// The parts of a Stable Diffusion model beside its UNet: the text encoder, the VAE and where
+/// the tokenizer's files are.
 pub struct StableDiffusionParts {
     pub text_encoder: WeightFile,
-    pub vocab: PathBuf,
-    pub merges: PathBuf,
     pub vae: WeightFile,
+    /// A folder's `tokenizer/`; None for a single file, which holds no tokenizer.
+    pub tokenizer: Option<PathBuf>,
 }
 
-/// The text encoder, tokenizer and VAE of `path` when it is a Stable Diffusion folder (None
+impl StableDiffusionParts {
+    /// CLIP's vocab.json and merges.txt: in the folder's `tokenizer/`, or for a single file in
+    /// `given` (`--tokenizer`), which a folder does not take.
+    pub fn tokenizer_files(&self, given: Option<&Path>) -> Result<(PathBuf, PathBuf)> {
+        let dir = match (&self.tokenizer, given) {
+            (Some(own), None) => own,
+            (None, Some(given)) => given,
+            (Some(own), Some(_)) => {
+                return Err(Error::Invalid(format!(
+                    "--tokenizer is for single-file checkpoints; this model has its own {}",
+                    own.display()
+                )))
+            }
+            (None, None) => {
+                return Err(Error::Invalid(format!(
+                    "{} is a single-file Stable Diffusion checkpoint, which holds no tokenizer: \
+                     give --tokenizer DIR, a folder with CLIP's vocab.json and merges.txt (the \
+                     tokenizer/ folder of a diffusers Stable Diffusion 1.x download)",
+                    self.text_encoder.path().display()
+                )))
+            }
+        };
+        let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
+        for file in [&vocab, &merges] {
+            if !file.is_file() {
+                return Err(Error::Weights(format!(
+                    "{} is missing: the CLIP tokenizer reads vocab.json and merges.txt",
+                    file.display()
+                )));
+            }
+        }
+        Ok((vocab, merges))
+    }
+}
+
+/// The text encoder and VAE of `path` when it is a Stable Diffusion folder or single file (None
 /// for any other model).
 pub fn stable_diffusion_parts(path: &Path) -> Result<Option<StableDiffusionParts>> {
+    if path.is_file() {
+        let file = open_file(path)?;
+        if !is_single_file(&file) {
+            return Ok(None);
+        }
+        let networks = split(&file, &SingleFileConfigs::default())?;
+        return Ok(Some(StableDiffusionParts {
+            text_encoder: networks.text_encoder,
+            vae: networks.vae,
+            tokenizer: None,
+        }));
+    }
     let index = path.join(MODEL_INDEX);
     if !path.is_dir() || !index.is_file() {
         return Ok(None);
@@ -147,21 +224,10 @@ pub fn stable_diffusion_parts(path: &Path) -> Result<Option<StableDiffusionParts
         "CLIPTextModel",
     )?;
     let vae = component(&path.join("vae"), &WEIGHT_FILES, "AutoencoderKL")?;
-    let tokenizer = path.join("tokenizer");
-    let (vocab, merges) = (tokenizer.join("vocab.json"), tokenizer.join("merges.txt"));
-    for file in [&vocab, &merges] {
-        if !file.is_file() {
-            return Err(Error::Weights(format!(
-                "{} is missing: the CLIP tokenizer reads vocab.json and merges.txt",
-                file.display()
-            )));
-        }
-    }
     Ok(Some(StableDiffusionParts {
         text_encoder,
-        vocab,
-        merges,
         vae,
+        tokenizer: Some(path.join("tokenizer")),
     }))
 }
 
@@ -174,7 +240,18 @@ fn component(dir: &Path, files: &[&str], arch: &str) -> Result<WeightFile> {
         .map(|f| dir.join(f))
         .find(|p| p.is_file())
         .ok_or_else(|| no_weights(dir, files[0]))?;
-    let metadata = HashMap::from([
+    Ok(WeightFile::open(&weights)?.with_metadata(model_metadata(arch, config, None)))
+}
+
+/// The metadata of a converted file for a network read from elsewhere: the format marker,
+/// `arch`, its `config` and, for a UNet, its pipeline's `scheduler` (diffusers' bookkeeping keys
+/// dropped, as `tools/convert.py` drops them).
+pub(super) fn model_metadata(
+    arch: &str,
+    config: serde_json::Value,
+    scheduler: Option<serde_json::Value>,
+) -> HashMap<String, String> {
+    let mut metadata = HashMap::from([
         ("format".to_string(), FORMAT.to_string()),
         ("format_version".to_string(), FORMAT_VERSION.to_string()),
         ("arch".to_string(), arch.to_string()),
@@ -183,7 +260,13 @@ fn component(dir: &Path, files: &[&str], arch: &str) -> Result<WeightFile> {
             without_private_keys(config).to_string(),
         ),
     ]);
-    Ok(WeightFile::open(&weights)?.with_metadata(metadata))
+    if let Some(scheduler) = scheduler {
+        metadata.insert(
+            "scheduler".into(),
+            without_private_keys(scheduler).to_string(),
+        );
+    }
+    metadata
 }
 
 /// No safetensors weights in `dir`: a clear word for pickles, which are never loaded.
@@ -249,28 +332,12 @@ fn open_unet_folder(dir: &Path, scheduler: Option<serde_json::Value>) -> Result<
     else {
         return Err(no_weights(dir, WEIGHT_FILES[0]));
     };
-    let mut metadata = HashMap::from([
-        ("format".to_string(), FORMAT.to_string()),
-        ("format_version".to_string(), FORMAT_VERSION.to_string()),
-        ("arch".to_string(), arch.to_string()),
-        (
-            "config".to_string(),
-            without_private_keys(config).to_string(),
-        ),
-    ]);
-    if let Some(scheduler) = scheduler {
-        metadata.insert(
-            "scheduler".into(),
-            without_private_keys(scheduler).to_string(),
-        );
-    }
-    let file = WeightFile::open(&weights)?.with_metadata(metadata);
+    let file = WeightFile::open(&weights)?.with_metadata(model_metadata(arch, config, scheduler));
     check_attention_names(&file)?;
     Ok(file)
 }
 
-/// diffusers' bookkeeping keys (`_class_name`, `_diffusers_version`, `_name_or_path`) dropped,
-/// as `tools/convert.py` drops them.
+/// diffusers' bookkeeping keys (`_class_name`, `_diffusers_version`, `_name_or_path`) dropped.
 fn without_private_keys(mut value: serde_json::Value) -> serde_json::Value {
     if let Some(object) = value.as_object_mut() {
         object.retain(|key, _| !key.starts_with('_'));

@@ -8,10 +8,12 @@
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::splitmix::SplitMix64;
+use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use std::cell::RefCell;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub const FORMAT: &str = "wgsl-diff";
 pub const FORMAT_VERSION: &str = "1";
@@ -22,8 +24,12 @@ pub const MAX_PROBLEMS: usize = 64;
 /// A weight file held in memory (memory-mapped) with its metadata parsed.
 pub struct WeightFile {
     path: PathBuf,
-    mmap: memmap2::Mmap,
+    /// Shared by the views of one checkpoint ([`Self::renamed`]): the file is mapped once.
+    mmap: Arc<memmap2::Mmap>,
     pub metadata: HashMap<String, String>,
+    /// For a view of a checkpoint whose names are not the model's (a Stable Diffusion single
+    /// file): the tensors it shows, by the model's name. None: every tensor, under its own.
+    aliases: Option<BTreeMap<String, Alias>>,
     /// Conv and linear weights go to the GPU as f16 (see [`VarBuilder::get_weight`]).
     f16_weights: bool,
     /// The model built from this file stores its activations as f16 (see `load_eps_model`).
@@ -67,8 +73,9 @@ impl WeightFile {
         let metadata = header.metadata().clone().unwrap_or_default();
         Ok(WeightFile {
             path: path.to_path_buf(),
-            mmap,
+            mmap: Arc::new(mmap),
             metadata,
+            aliases: None,
             f16_weights: false,
             f16_activations: false,
             sample_size: None,
@@ -110,9 +117,55 @@ impl WeightFile {
         self
     }
 
-    /// The names of the file's tensors.
+    /// A view of the same mapped file with `metadata`, showing only the tensors of `aliases`
+    /// under their keys (`models::single_file`: one network of a checkpoint, in diffusers'
+    /// names). No tensor data is copied.
+    pub(crate) fn renamed(
+        &self,
+        aliases: BTreeMap<String, Alias>,
+        metadata: HashMap<String, String>,
+    ) -> WeightFile {
+        WeightFile {
+            path: self.path.clone(),
+            mmap: self.mmap.clone(),
+            metadata,
+            aliases: Some(aliases),
+            f16_weights: self.f16_weights,
+            f16_activations: self.f16_activations,
+            sample_size: self.sample_size,
+        }
+    }
+
+    /// The names of the file's tensors (a view's: the names it shows them under).
     pub fn tensor_names(&self) -> Vec<String> {
-        self.tensors().names().into_iter().cloned().collect()
+        match &self.aliases {
+            Some(aliases) => aliases.keys().cloned().collect(),
+            None => self.tensors().names().into_iter().cloned().collect(),
+        }
+    }
+
+    /// Every tensor the file stores, under its stored name, with its stored shape (a view's
+    /// aliases aside).
+    pub(crate) fn stored_shapes(&self) -> BTreeMap<String, Vec<usize>> {
+        self.tensors()
+            .tensors()
+            .into_iter()
+            .map(|(name, view)| (name, view.shape().to_vec()))
+            .collect()
+    }
+
+    /// The tensor a model asks for as `name`: stored under it, or under its alias's key and
+    /// shown in the alias's shape.
+    fn tensor<'t>(&self, tensors: &SafeTensors<'t>, name: &str) -> Option<TensorView<'t>> {
+        let Some(aliases) = &self.aliases else {
+            return tensors.tensor(name).ok();
+        };
+        let alias = aliases.get(name)?;
+        let view = tensors.tensor(&alias.key).ok()?;
+        match &alias.shape {
+            Some(shape) => TensorView::new(view.dtype(), shape.clone(), view.data()).ok(),
+            None => Some(view),
+        }
     }
 
     /// Whether [`Self::with_f16_activations`] was asked for.
@@ -359,8 +412,8 @@ impl<'a> VarBuilder<'a> {
             return self.get(name, shape);
         }
         let full = format!("{}{name}", self.prefix);
-        let data: Vec<half::f16> = match tensors.tensor(&full) {
-            Ok(view) if view.dtype() == Dtype::F16 && view.shape() == shape => {
+        let data: Vec<half::f16> = match file.tensor(tensors, &full) {
+            Some(view) if view.dtype() == Dtype::F16 && view.shape() == shape => {
                 self.shared.used.borrow_mut().insert(full.clone());
                 bytemuck::pod_collect_to_vec(view.data())
             }
@@ -387,7 +440,7 @@ impl<'a> VarBuilder<'a> {
         let full = format!("{}{name}", self.prefix);
         self.shared.used.borrow_mut().insert(full.clone());
         let data = match &self.shared.source {
-            Source::File { tensors, .. } => read_tensor(tensors, &full, shape),
+            Source::File { file, tensors } => read_tensor(file, tensors, &full, shape),
             Source::Random { rng } => Ok(random_tensor(rng, shape)),
         };
         let problem = match data {
@@ -414,25 +467,25 @@ impl<'a> VarBuilder<'a> {
         }
     }
 
-    /// Every problem found so far and, once the model is built, every tensor it did not ask
-    /// for. `stopped`: building gave up early, so unasked tensors say nothing.
     /// Marks every tensor under `prefix` (`encoder.` for a VAE that only decodes) as used: a
     /// part of the checkpoint this model does not run, not a tensor it failed to ask for.
     pub fn skip(&self, prefix: &str) {
-        if let Source::File { tensors, .. } = &self.shared.source {
+        if let Source::File { file, .. } = &self.shared.source {
             let full = format!("{}{prefix}", self.prefix);
             let mut used = self.shared.used.borrow_mut();
-            for name in tensors.names() {
+            for name in file.tensor_names() {
                 if name.starts_with(&full) {
-                    used.insert(name.clone());
+                    used.insert(name);
                 }
             }
         }
     }
 
+    /// Every problem found so far and, once the model is built, every tensor it did not ask
+    /// for. `stopped`: building gave up early, so unasked tensors say nothing.
     fn problems(&self, stopped: bool) -> Vec<String> {
         let s = &self.shared;
-        let Source::File { tensors, .. } = &s.source else {
+        let Source::File { file, .. } = &s.source else {
             return Vec::new();
         };
         let mut problems = s.problems.borrow().clone();
@@ -441,10 +494,10 @@ impl<'a> VarBuilder<'a> {
             return problems;
         }
         let used = s.used.borrow();
-        let mut unexpected: Vec<&String> = tensors
-            .names()
+        let mut unexpected: Vec<String> = file
+            .tensor_names()
             .into_iter()
-            .filter(|n| !used.contains(*n))
+            .filter(|n| !used.contains(n))
             .collect();
         unexpected.sort();
         problems.extend(
@@ -468,14 +521,22 @@ impl<'a> VarBuilder<'a> {
     }
 }
 
+/// Where a view's tensor is stored: its key in the file and, when the model sees another shape
+/// of the same elements (a 1×1 conv read as a linear weight), that shape.
+pub(crate) struct Alias {
+    pub key: String,
+    pub shape: Option<Vec<usize>>,
+}
+
 fn read_tensor(
+    file: &WeightFile,
     tensors: &SafeTensors,
     full: &str,
     shape: &[usize],
 ) -> std::result::Result<Vec<f32>, String> {
-    let view = tensors
-        .tensor(full)
-        .map_err(|_| format!("missing tensor `{full}` (expected shape {shape:?})"))?;
+    let view = file
+        .tensor(tensors, full)
+        .ok_or_else(|| format!("missing tensor `{full}` (expected shape {shape:?})"))?;
     if view.shape() != shape {
         return Err(format!(
             "`{full}` has shape {:?}, the config implies {shape:?}",
