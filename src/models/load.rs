@@ -2,7 +2,7 @@
 //! model family, so samplers, the estimator and guidance take whichever it is.
 
 use super::diffusers::unet_2d_condition::UNet2DConditionModel;
-use super::{AdmModel, EpsModel, UNet2DModel, WeightFile};
+use super::{AdmModel, EpsModel, UNet2DModel, UViT, WeightFile};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 
@@ -29,17 +29,22 @@ pub fn load_eps_model(gpu: &Gpu, file: &WeightFile) -> Result<Box<dyn EpsModel>>
             "f16 activations are implemented for diffusers UNets only, not ADM".into(),
         )),
         AdmModel::ARCH => Ok(Box::new(AdmModel::load(gpu, file)?)),
+        UViT::ARCH if half => Err(Error::Invalid(
+            "f16 activations are implemented for diffusers UNets only, not U-ViT".into(),
+        )),
+        UViT::ARCH => Ok(Box::new(UViT::load(gpu, file)?)),
         UNet2DConditionModel::ARCH => Ok(Box::new(
             UNet2DConditionModel::load(gpu, file)?
                 .with_f16_activations(half)
                 .with_sample_size(file.sample_size())?,
         )),
         other => Err(Error::Weights(format!(
-            "{} holds a {other:?} model; sampling takes a {:?}, a {:?} or an {:?}",
+            "{} holds a {other:?} model; sampling takes a {:?}, a {:?}, an {:?} or a {:?}",
             file.path().display(),
             UNet2DModel::ARCH,
             UNet2DConditionModel::ARCH,
-            AdmModel::ARCH
+            AdmModel::ARCH,
+            UViT::ARCH
         ))),
     }
 }

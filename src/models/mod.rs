@@ -23,6 +23,7 @@ pub mod load;
 pub mod mc_dropout;
 pub mod pipeline;
 pub mod single_file;
+pub mod uvit;
 pub mod weights;
 
 pub use adm::{AdmConfig, AdmModel};
@@ -33,4 +34,5 @@ pub use eps_model::EpsModel;
 pub use load::load_eps_model;
 pub use mc_dropout::DropoutMasks;
 pub use pipeline::open_model;
+pub use uvit::{UViT, UViTConfig};
 pub use weights::WeightFile;
