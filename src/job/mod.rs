@@ -24,7 +24,7 @@ use crate::run_dir::{
     collect_folder, write_manifest, BatchWriter, FolderPlan, FolderSummary, Pending, SampleRecord,
 };
 use crate::sampling::{open_scheduler, ClassLabels, FinishedBatch, InitNoise, Run, Scheduler};
-use crate::uncertainty::{UncertaintyBatch, UncertaintyEstimator};
+use crate::uncertainty::{known_misranking, UncertaintyBatch, UncertaintyEstimator};
 use request::{check_method, guidance_config, parameters, read_init_noise};
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -48,7 +48,8 @@ pub struct SampleJob<'g> {
     decoder: Box<dyn Decoder>,
     /// A text-to-image run's encoded prompt, every sample's condition.
     prompt: Option<Cond>,
-    /// What the caller should be told (a prompt cut at 77 tokens).
+    /// What the caller should be told (a prompt cut at 77 tokens, a score known to rank the
+    /// wrong way on this model).
     warnings: Vec<String>,
     scheduler: Scheduler,
     folder: FolderPlan,
@@ -104,6 +105,11 @@ impl<'g> SampleJob<'g> {
                          (as diffusers does)"
                     ));
                 }
+            }
+        }
+        if let Some(uc) = &request.uncertainty {
+            if let Some(known) = known_misranking(&request.model, uc.method, uc.mode)? {
+                warnings.push(known.to_string());
             }
         }
         let labels = ClassLabels::new(model.num_classes(), request.class)?;
@@ -172,7 +178,8 @@ impl<'g> SampleJob<'g> {
         })
     }
 
-    /// What the caller should tell the user before the run (a prompt cut at 77 tokens).
+    /// What the caller should tell the user before the run (a prompt cut at 77 tokens, a score
+    /// known to rank the wrong way on this model).
     pub fn warnings(&self) -> &[String] {
         &self.warnings
     }

@@ -13,6 +13,7 @@
 //! The MC-Dropout baseline ([`UncertaintyMethod::McDropout`], [`mc_dropout`]) replaces the
 //! re-noised copies with M dropout passes on x_t itself; its map is the unbiased variance.
 
+mod known;
 pub mod mc_dropout;
 pub mod reference;
 
@@ -22,6 +23,7 @@ use crate::limits::{self, MAX_COPIES};
 use crate::noise::NoisePurpose;
 use crate::ops::{self, UncertaintyMode};
 use crate::sampling::{BatchHook, StepContext, StepHook};
+pub use known::{known_misranking, Misranking};
 pub use reference::{build_reference, ReferenceRequest, UncertaintyReference};
 use std::collections::HashMap;
 use std::sync::Arc;
