@@ -247,7 +247,6 @@ impl SampleArgs {
             }),
             start: self.uc_start,
             steps: self.uc_steps,
-            keep_maps: self.save_maps.is_some(),
             reference,
             ..Default::default()
         });

@@ -42,3 +42,24 @@ pub fn total_map_name(index: usize) -> String {
 pub fn heatmap_name(index: usize) -> String {
     format!("heatmap_{index:06}.png")
 }
+
+/// U_t of each window step of one of the [`report_samples`], (steps, C, H, W).
+pub fn step_maps_name(index: usize) -> String {
+    format!("uncertainty_steps_{index:06}.npy")
+}
+
+/// The guidance mask of each guided step of one of the [`report_samples`], (steps, C, H, W):
+/// 1 where the element was guided.
+pub fn guidance_masks_name(index: usize) -> String {
+    format!("guidance_masks_{index:06}.npy")
+}
+
+/// How many samples the report shows step by step.
+pub const REPORT_SAMPLES: usize = 4;
+
+/// The samples of a run whose per-step maps and guidance masks are kept for the report (the
+/// first [`REPORT_SAMPLES`]): known before any score, so whichever process makes them keeps
+/// them, and cheap, since only the batches holding them read their maps back.
+pub fn report_samples(run: &std::ops::Range<usize>) -> std::ops::Range<usize> {
+    run.start..run.end.min(run.start.saturating_add(REPORT_SAMPLES))
+}
