@@ -354,7 +354,8 @@ fn run_scale(dir: &Path, samples: &[SampleRecord]) -> Result<(f32, f32)> {
 /// How the report's colour scales are chosen, said once under each.
 fn saturation_note() -> String {
     format!(
-        "A scale runs from 0 (or the lowest value) to the highest of the maps' {}th          percentiles: at most {} % of any map's pixels saturate at its top colour.",
+        "A scale runs from 0 (or the lowest value) to the highest of the maps' {:.0}th \
+         percentiles: at most {:.0} % of any map's pixels saturate at its top colour.",
         100.0 * (1.0 - SATURATED),
         100.0 * SATURATED
     )
