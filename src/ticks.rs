@@ -34,6 +34,13 @@ pub fn ticks(lo: f64, hi: f64, target: usize) -> Ticks {
     }
     let first = (lo / step - 1e-9).ceil() as i64;
     let last = (hi / step + 1e-9).floor() as i64;
+    // A span that overflowed to infinity falls back to a step of 1: no ticks rather than 10^308.
+    if last.saturating_sub(first) > 100 * target.max(1) as i64 {
+        return Ticks {
+            step,
+            values: Vec::new(),
+        };
+    }
     Ticks {
         step,
         values: (first..=last.max(first - 1))
@@ -103,5 +110,6 @@ mod tests {
         assert_eq!(nice_step(0.0, 4), 1.0);
         assert_eq!(ticks(5.0, 5.0, 4).values, [5.0]);
         assert!(ticks(f64::NEG_INFINITY, 1.0, 4).values.is_empty());
+        assert!(ticks(-1e308, 1e308, 4).values.is_empty());
     }
 }
