@@ -1,4 +1,9 @@
-//! Turning model outputs in [−1, 1] into 8-bit PNGs (with their parameters embedded) and grids.
+//! Turning model outputs in [−1, 1] into 8-bit PNGs (with their parameters embedded) and grids,
+//! and uncertainty maps into colours: alone, over their image, with a colour bar.
+
+mod colour_bar;
+
+pub use colour_bar::with_colour_bar;
 
 use crate::error::{Error, Result};
 use std::path::Path;
@@ -124,8 +129,9 @@ fn png_header(path: &Path) -> Result<png::Reader<std::io::BufReader<std::fs::Fil
         .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
 }
 
-/// Matplotlib's "inferno" sampled at nine points (perceptually uniform, dark = low).
-const INFERNO: [[f32; 3]; 9] = [
+/// Matplotlib's "inferno" sampled at nine points (perceptually uniform, dark = low); the
+/// report's colour bars use the same points as gradient stops.
+pub const INFERNO: [[f32; 3]; 9] = [
     [0.0, 0.0, 4.0],
     [31.0, 12.0, 72.0],
     [85.0, 15.0, 109.0],
@@ -161,6 +167,93 @@ pub fn heatmap(plane: &[f32], height: usize, width: usize, (lo, hi): (f32, f32))
         height,
         channels: 3,
         pixels,
+    }
+}
+
+/// How much of a colour an overlay lays over its image: enough to read the colour, little
+/// enough to see the garment through it.
+const OVERLAY_ALPHA: f32 = 0.6;
+
+/// The map over its image: the image in grey (so its own colours are not read as the map's),
+/// blended with the inferno colour of each value in [lo, hi]. `plane` has the image's size.
+pub fn overlay(image: &Image8, plane: &[f32], (lo, hi): (f32, f32)) -> Image8 {
+    let inv = if hi > lo { 1.0 / (hi - lo) } else { 0.0 };
+    blend_over_grey(image, |p| (inferno((plane[p] - lo) * inv), OVERLAY_ALPHA))
+}
+
+/// `colour` laid over the image in grey where `weight` (in [0, 1], the image's size) is
+/// positive, in proportion to it: a guidance mask, or the share of channels it covers.
+pub fn tint(image: &Image8, weight: &[f32], colour: [u8; 3]) -> Image8 {
+    blend_over_grey(image, |p| {
+        (colour, OVERLAY_ALPHA * weight[p].clamp(0.0, 1.0))
+    })
+}
+
+/// Each pixel's luma blended with `layer(pixel) = (colour, alpha)`.
+fn blend_over_grey(image: &Image8, layer: impl Fn(usize) -> ([u8; 3], f32)) -> Image8 {
+    let ch = image.channels;
+    let pixels = image
+        .pixels
+        .chunks_exact(ch)
+        .enumerate()
+        .flat_map(|(p, px)| {
+            let grey = match px {
+                [r, g, b] => 0.299 * *r as f32 + 0.587 * *g as f32 + 0.114 * *b as f32,
+                _ => px[0] as f32,
+            };
+            let (colour, alpha) = layer(p);
+            colour.map(|c| (grey * (1.0 - alpha) + c as f32 * alpha).round() as u8)
+        })
+        .collect();
+    Image8 {
+        channels: 3,
+        pixels,
+        ..*image
+    }
+}
+
+/// Averages `factor` × `factor` blocks of an (height, width) plane (the last row and column of
+/// blocks may be partial): the report's thumbnails of large images and their maps.
+pub fn shrink_plane(plane: &[f32], height: usize, width: usize, factor: usize) -> Vec<f32> {
+    let f = factor.max(1);
+    let (oh, ow) = (height.div_ceil(f), width.div_ceil(f));
+    let mut out = Vec::with_capacity(oh * ow);
+    for by in 0..oh {
+        for bx in 0..ow {
+            let (ys, xs) = (
+                by * f..((by + 1) * f).min(height),
+                bx * f..((bx + 1) * f).min(width),
+            );
+            let n = (ys.len() * xs.len()) as f32;
+            let sum: f32 = ys
+                .flat_map(|y| xs.clone().map(move |x| plane[y * width + x]))
+                .sum();
+            out.push(sum / n);
+        }
+    }
+    out
+}
+
+/// The image with each channel shrunk by [`shrink_plane`].
+pub fn shrink(image: &Image8, factor: usize) -> Image8 {
+    let (h, w, ch) = (image.height, image.width, image.channels);
+    let planes: Vec<Vec<f32>> = (0..ch)
+        .map(|c| {
+            let plane: Vec<f32> = (0..h * w)
+                .map(|p| image.pixels[p * ch + c] as f32)
+                .collect();
+            shrink_plane(&plane, h, w, factor)
+        })
+        .collect();
+    let f = factor.max(1);
+    let (oh, ow) = (h.div_ceil(f), w.div_ceil(f));
+    Image8 {
+        width: ow,
+        height: oh,
+        channels: ch,
+        pixels: (0..oh * ow)
+            .flat_map(|p| planes.iter().map(move |plane| plane[p].round() as u8))
+            .collect(),
     }
 }
 

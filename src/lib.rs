@@ -23,8 +23,8 @@
 //!   meet.
 //! - The `wgsl-diff` binary parses flags into these requests and prints what they did.
 //!
-//! [`images`], [`image_sets`], [`idx`], [`npy`], [`npz`], [`io`], [`metrics`] and [`splitmix`]
-//! are small utilities; [`limits`] holds every bound on a user-supplied number.
+//! [`images`], [`image_sets`], [`idx`], [`npy`], [`npz`], [`io`], [`metrics`], [`splitmix`] and
+//! [`ticks`] are small utilities; [`limits`] holds every bound on a user-supplied number.
 //!
 //! # The path of a sample
 //! 1. [`job::SampleJob::prepare`] loads the model and its schedule, resolves the sampler
@@ -67,6 +67,7 @@ pub mod ops;
 pub mod run_dir;
 pub mod sampling;
 pub mod splitmix;
+pub mod ticks;
 pub mod uncertainty;
 
 pub use error::{Error, NonFiniteSample, Result};

@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 use wgsl_diff::job::SampleRequest;
 use wgsl_diff::limits::{MAX_BATCH, MAX_COPIES, SAMPLE_INDEX_END};
 use wgsl_diff::ops::UncertaintyMode;
-use wgsl_diff::run_dir::{HeatmapScale, Shard};
+use wgsl_diff::run_dir::{HeatmapScale, HeatmapStyle, Shard};
 use wgsl_diff::sampling::{SamplerChoice, SamplerKind};
 use wgsl_diff::splitmix::SplitMix64;
 use wgsl_diff::uncertainty::UncertaintyConfig;
@@ -179,6 +179,7 @@ fn uncertainty_flags_need_uncertainty() {
         ("--uc-start", "1"),
         ("--uc-steps", "1"),
         ("--heatmap-scale", "shared"),
+        ("--heatmap-style", "map"),
         ("--save-maps", maps),
         ("--keep-fraction", "0.5"),
         ("--report", "true"),
@@ -227,6 +228,7 @@ fn request(start: usize, num: usize, batch: usize, shard: Option<Shard>) -> Samp
         guidance: None,
         threshold_file: None,
         heatmap_scale: HeatmapScale::Image,
+        heatmap_style: HeatmapStyle::Overlay,
         save_maps: None,
         dump_noise: None,
         keep_fraction: None,

@@ -10,7 +10,7 @@ use common::{gpu, read, tmp_dir, upload};
 use std::path::{Path, PathBuf};
 use wgsl_diff::job::{SampleJob, SampleRequest};
 use wgsl_diff::ops::{self, UncertaintyMode};
-use wgsl_diff::run_dir::{self, HeatmapScale};
+use wgsl_diff::run_dir::{self, HeatmapScale, HeatmapStyle};
 use wgsl_diff::sampling::{
     NoiseSchedule, SamplerChoice, SamplerConfig, SamplerKind, ScheduleConfig, Scheduler, Spacing,
 };
@@ -118,6 +118,7 @@ fn request(model: &Path, out: &Path) -> SampleRequest {
         guidance: None,
         threshold_file: None,
         heatmap_scale: HeatmapScale::Image,
+        heatmap_style: HeatmapStyle::Overlay,
         save_maps: None,
         dump_noise: None,
         keep_fraction: None,

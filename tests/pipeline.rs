@@ -123,7 +123,7 @@ fn uncertainty_maps_match_an_independent_pytorch_implementation() {
         let mut est = UncertaintyEstimator::new(UncertaintyConfig {
             copies,
             mode,
-            keep_maps: true,
+            keep_maps: 0..usize::MAX,
             reference: mode.needs_reference().then(|| reference.clone()),
             ..Default::default()
         })

@@ -9,7 +9,7 @@ use std::process::Command;
 use wgsl_diff::job::{SampleJob, SampleRequest};
 use wgsl_diff::noise::{NoisePlan, NoisePurpose};
 use wgsl_diff::ops::{self, UncertaintyMode};
-use wgsl_diff::run_dir::{self, HeatmapScale, SampleRecord};
+use wgsl_diff::run_dir::{self, HeatmapScale, HeatmapStyle, SampleRecord};
 use wgsl_diff::sampling::{
     contiguous_batches, ClassChoice, ClassLabels, SamplerChoice, SamplerKind,
 };
@@ -53,6 +53,7 @@ fn request(out: &Path) -> SampleRequest {
         guidance: None,
         threshold_file: None,
         heatmap_scale: HeatmapScale::Image,
+        heatmap_style: HeatmapStyle::Overlay,
         save_maps: None,
         dump_noise: None,
         keep_fraction: Some(0.67),

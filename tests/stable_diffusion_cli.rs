@@ -130,7 +130,12 @@ fn a_prompt_samples_a_stable_diffusion_folder() {
         let img = image_size(&dir.join("one").join(&name));
         assert_eq!(img, (64, 64, 3), "{name}: the VAE's 8x upsampled RGB image");
         let heat = image_size(&dir.join("one").join(format!("heatmap_{i:06}.png")));
-        assert_eq!(heat, (64, 64, 3), "the latent map shown over the image");
+        assert_eq!(
+            (heat.0, heat.2),
+            (64, 3),
+            "the latent map shown over the image"
+        );
+        assert!(heat.1 > 64, "with its colour bar beside it: {heat:?}");
     }
     let manifest: Value =
         serde_json::from_slice(&std::fs::read(dir.join("one/samples.json")).unwrap()).unwrap();

@@ -44,7 +44,7 @@ fn estimator(mode: UncertaintyMode, per_forward: Option<usize>) -> UncertaintyEs
         copies: 4,
         mode,
         max_copies_per_forward: per_forward,
-        keep_maps: true,
+        keep_maps: 0..usize::MAX,
         ..Default::default()
     })
     .unwrap()
@@ -154,7 +154,7 @@ fn window_limits_the_steps_that_are_scored() {
         copies: 2,
         start: 2,
         steps: Some(3),
-        keep_maps: true,
+        keep_maps: 0..usize::MAX,
         ..Default::default()
     })
     .unwrap();

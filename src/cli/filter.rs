@@ -30,5 +30,8 @@ pub fn run(args: &FilterArgs) -> Result<()> {
         filtered.count,
         filtered.random.display()
     );
+    if let Some(report) = &filtered.report {
+        println!("report updated: {}", report.display());
+    }
     Ok(())
 }

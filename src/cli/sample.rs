@@ -12,7 +12,7 @@ use wgsl_diff::guidance::{GuidanceConfig, GuidanceRule, Threshold};
 use wgsl_diff::job::{PromptRequest, SampleJob, SampleProgress, SampleRequest, DEFAULT_MODEL};
 use wgsl_diff::limits::{MAX_BATCH, MAX_COPIES, MAX_TRAIN_TIMESTEPS, SAMPLE_INDEX_END};
 use wgsl_diff::ops::UncertaintyMode;
-use wgsl_diff::run_dir::{HeatmapScale, Shard};
+use wgsl_diff::run_dir::{HeatmapScale, HeatmapStyle, Shard};
 use wgsl_diff::sampling::{default_sampler, ClassChoice, SamplerChoice, SamplerKind, Spacing};
 use wgsl_diff::uncertainty::{UncertaintyConfig, UncertaintyMethod, UncertaintyReference};
 use wgsl_diff::Error;
@@ -143,9 +143,14 @@ pub struct SampleArgs {
     /// place of --percentile
     #[arg(long)]
     pub threshold_file: Option<PathBuf>,
-    /// Heatmap colour scale: `image` (each its own maximum) or `shared` (the run's maximum)
+    /// Heatmap colour scale: `image` (each its own) or `shared` (one for the run); each runs to
+    /// the 99th percentile of its maps, so at most 1 % of a map's pixels saturate
     #[arg(long, default_value = "image", value_parser = named::<HeatmapScale>(HeatmapScale::NAMES), requires = "uncertainty")]
     pub heatmap_scale: HeatmapScale,
+    /// What heatmap_*.png shows, beside a labelled colour bar: `overlay` (the map over the
+    /// sample in grey) or `map` (the map alone)
+    #[arg(long, default_value = "overlay", value_parser = named::<HeatmapStyle>(HeatmapStyle::NAMES), requires = "uncertainty")]
+    pub heatmap_style: HeatmapStyle,
     /// Write each step's uncertainty map (B, C, H, W per batch) as .npy into this folder
     #[arg(long, requires = "uncertainty")]
     pub save_maps: Option<PathBuf>,
@@ -155,7 +160,8 @@ pub struct SampleArgs {
     /// After sampling, keep this fraction (0, 1] of lowest-uncertainty samples (and an equal random subset); it must keep at least one
     #[arg(long, requires = "uncertainty")]
     pub keep_fraction: Option<f64>,
-    /// Write report.html: samples sorted by score beside their heatmaps, and a histogram
+    /// Write report.html, one self-contained page: parameters, score histogram (the filtering
+    /// marked), a few samples' maps step by step, guidance masks, extremes, samples by score
     #[arg(long, requires = "uncertainty")]
     pub report: bool,
     /// Hide the progress bar
@@ -260,7 +266,6 @@ impl SampleArgs {
             }),
             start: self.uc_start,
             steps: self.uc_steps,
-            keep_maps: self.save_maps.is_some(),
             reference,
             ..Default::default()
         });
@@ -279,6 +284,7 @@ impl SampleArgs {
             guidance,
             threshold_file: self.threshold_file.clone(),
             heatmap_scale: self.heatmap_scale,
+            heatmap_style: self.heatmap_style,
             save_maps: self.save_maps.clone(),
             dump_noise: self.dump_noise.clone(),
             keep_fraction: self.keep_fraction,

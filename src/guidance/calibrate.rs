@@ -216,7 +216,7 @@ pub fn calibrate_with_progress(
     let indices: Vec<usize> = (request.start_index..request.start_index + request.num).collect();
     for batch in contiguous_batches(&indices, request.batch) {
         let finished = run.sample(batch.start, batch.len(), &mut hook, |_| {})?;
-        let GuidanceBatch { maps } = finished.hook;
+        let GuidanceBatch { maps, .. } = finished.hook;
         for (step, map) in maps {
             values[step].extend(map);
         }

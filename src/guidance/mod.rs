@@ -11,7 +11,8 @@
 //!   timestep and the sum over the M copies (the official code's bugs are not copied);
 //!
 //! where mask = U > thr: the image's p-quantile of U (torch.quantile's linear interpolation) or a
-//! calibrated per-element threshold of the step ([`calibrate`]).
+//! calibrated per-element threshold of the step ([`calibrate`]). The masks of chosen samples
+//! can be kept ([`GuidanceHook::keep_masks`]) for the report to show where guidance acted.
 
 mod calibrate;
 
@@ -24,6 +25,8 @@ use crate::gpu::{Gpu, Tensor};
 use crate::noise::NoisePurpose;
 use crate::ops::{self, MaskedRule};
 use crate::sampling::{BatchHook, StepContext, StepHook};
+use crate::uncertainty::overlaps;
+use std::ops::Range;
 
 /// How the uncertainty steers ε.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,12 +141,19 @@ pub struct GuidanceHook {
     calibrated: Vec<Tensor>,
     /// (step, the rule's uncertainty map) when observing.
     maps: Vec<(usize, Tensor)>,
+    /// The samples (run indices) whose masks are kept ([`keep_masks`](Self::keep_masks)).
+    keep_masks: Range<usize>,
+    /// (step, mask (B, C, H, W)) of a batch holding a sample of `keep_masks`.
+    masks: Vec<(usize, Tensor)>,
 }
 
-/// What a guided batch hands back: the observed maps (empty unless observing).
+/// What a guided batch hands back: the observed maps (empty unless observing) and the masks
+/// of the guided steps (empty unless the batch holds a sample whose masks are kept).
 #[derive(Clone, Debug, Default)]
 pub struct GuidanceBatch {
     pub maps: Vec<(usize, Vec<f32>)>,
+    /// (step, 1 where the element was guided and 0 elsewhere, (B, C, H, W)).
+    pub masks: Vec<(usize, Vec<f32>)>,
 }
 
 impl GuidanceHook {
@@ -158,7 +168,16 @@ impl GuidanceHook {
             observe_only: false,
             calibrated,
             maps: Vec::new(),
+            keep_masks: 0..0,
+            masks: Vec::new(),
         })
+    }
+
+    /// Keeps the mask of every guided step for the batches holding any of `samples` (run
+    /// indices), so a report can show where guidance acted.
+    pub fn keep_masks(mut self, samples: Range<usize>) -> GuidanceHook {
+        self.keep_masks = samples;
+        self
     }
 
     /// A hook that records the rule's uncertainty map at every window step without guiding
@@ -170,6 +189,8 @@ impl GuidanceHook {
             observe_only: true,
             calibrated: Vec::new(),
             maps: Vec::new(),
+            keep_masks: 0..0,
+            masks: Vec::new(),
         })
     }
 
@@ -188,7 +209,7 @@ impl GuidanceHook {
     }
 
     /// (the rule's uncertainty map, the guided ε) for one step.
-    fn guide(&self, ctx: &StepContext, eps: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
+    fn guide(&mut self, ctx: &StepContext, eps: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
         let (gpu, t, m) = (ctx.gpu, ctx.timestep, self.config.copies);
         let batch = eps.dim(0);
         let x0 = ctx.scheduler.predict_x0_unclipped(gpu, t, ctx.x, eps)?;
@@ -226,6 +247,20 @@ impl GuidanceHook {
         let strength = self.config.strength as f32;
         let guided =
             ops::masked_update(gpu, rule, eps, &uncertainty, &threshold, &update, strength)?;
+        if overlaps(&self.keep_masks, ctx.first_index, batch) {
+            // The mask is the update kernel's own test, U > threshold: replacing 0 by 1 there.
+            let (zeros, ones) = (gpu.zeros(eps.shape())?, ones(gpu, eps.shape())?);
+            let mask = ops::masked_update(
+                gpu,
+                MaskedRule::Replace,
+                &zeros,
+                &uncertainty,
+                &threshold,
+                &ones,
+                1.0,
+            )?;
+            self.masks.push((ctx.step, mask));
+        }
         Ok((uncertainty, Some(guided)))
     }
 }
@@ -248,14 +283,23 @@ impl BatchHook for GuidanceHook {
 
     fn start_batch(&mut self) {
         self.maps.clear();
+        self.masks.clear();
     }
 
     fn finish_batch(&mut self, gpu: &Gpu) -> Result<GuidanceBatch> {
-        let maps = self
-            .maps
-            .drain(..)
-            .map(|(step, map)| Ok((step, gpu.read(&map)?)))
-            .collect::<Result<_>>()?;
-        Ok(GuidanceBatch { maps })
+        let read = |tensors: &mut Vec<(usize, Tensor)>| {
+            tensors
+                .drain(..)
+                .map(|(step, t)| Ok((step, gpu.read(&t)?)))
+                .collect::<Result<_>>()
+        };
+        Ok(GuidanceBatch {
+            maps: read(&mut self.maps)?,
+            masks: read(&mut self.masks)?,
+        })
     }
+}
+
+fn ones(gpu: &Gpu, shape: &[usize]) -> Result<Tensor> {
+    gpu.upload(shape, &vec![1.0; shape.iter().product()])
 }

@@ -22,10 +22,13 @@ use crate::models::{load_eps_model, Cond, Decoder, EpsModel, Identity};
 use crate::noise::NoisePlan;
 use crate::run_dir::shared::{FolderLock, Presence};
 use crate::run_dir::{
-    collect_folder, write_manifest, BatchWriter, FolderPlan, FolderSummary, Pending, SampleRecord,
+    collect_folder, report_samples, write_manifest, BatchWriter, FolderPlan, FolderSummary,
+    Pending, SampleRecord,
 };
 use crate::sampling::{open_scheduler, ClassLabels, FinishedBatch, InitNoise, Run, Scheduler};
-use crate::uncertainty::{UncertaintyBatch, UncertaintyEstimator};
+use crate::uncertainty::{
+    known_misranking, UncertaintyBatch, UncertaintyConfig, UncertaintyEstimator,
+};
 use request::{check_method, guidance_config, parameters, read_init_noise};
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -49,7 +52,8 @@ pub struct SampleJob<'g> {
     decoder: Box<dyn Decoder>,
     /// A text-to-image run's encoded prompt, every sample's condition.
     prompt: Option<Cond>,
-    /// What the caller should be told (a prompt cut at 77 tokens).
+    /// What the caller should be told (a prompt cut at 77 tokens, a score known to rank the
+    /// wrong way on this model).
     warnings: Vec<String>,
     scheduler: Scheduler,
     folder: FolderPlan,
@@ -126,6 +130,11 @@ impl<'g> SampleJob<'g> {
                 }
             }
         }
+        if let Some(uc) = &request.uncertainty {
+            if let Some(known) = known_misranking(&request.model, uc.method, uc.mode)? {
+                warnings.push(known.to_string());
+            }
+        }
         let labels = ClassLabels::new(model.num_classes(), request.class)?;
         let (decoder, prompt): (Box<dyn Decoder>, _) = match text {
             Some(t) => (t.decoder, Some(t.cond)),
@@ -164,6 +173,8 @@ impl<'g> SampleJob<'g> {
             timesteps: scheduler.timesteps.clone(),
             save_raw: request.save_raw,
             uncertainty: request.uncertainty.is_some(),
+            guided: guidance.is_some(),
+            report_samples: report_samples(&folder.run),
             save_maps: request.save_maps.clone(),
             dump_noise: request.dump_noise.clone(),
         };
@@ -192,7 +203,8 @@ impl<'g> SampleJob<'g> {
         })
     }
 
-    /// What the caller should tell the user before the run (a prompt cut at 77 tokens).
+    /// What the caller should tell the user before the run (a prompt cut at 77 tokens, a score
+    /// known to rank the wrong way on this model).
     pub fn warnings(&self) -> &[String] {
         &self.warnings
     }
@@ -224,11 +236,22 @@ impl<'g> SampleJob<'g> {
             decoder: &*self.decoder,
             prompt: self.prompt.as_ref(),
         };
-        let estimator = self.request.uncertainty.clone();
+        // The report's samples keep their per-step maps and masks; --save-maps keeps every
+        // sample's maps.
+        let shown = report_samples(&self.folder.run);
+        let keep_maps = match self.request.save_maps {
+            Some(_) => self.folder.run.clone(),
+            None => shown.clone(),
+        };
+        let estimator = self
+            .request
+            .uncertainty
+            .clone()
+            .map(|uc| UncertaintyConfig { keep_maps, ..uc });
         let guidance = self.guidance.take();
         let mut hooks = (
             guidance
-                .map(|g| GuidanceHook::new(self.gpu, g))
+                .map(|g| GuidanceHook::new(self.gpu, g).map(|h| h.keep_masks(shown.clone())))
                 .transpose()?,
             estimator.map(UncertaintyEstimator::new).transpose()?,
         );
@@ -240,8 +263,9 @@ impl<'g> SampleJob<'g> {
                 .sample(batch.start, size, &mut hooks, |_| progress.step(size))
                 .map_err(|e| batch_too_large(e, size))?;
             let uc = finished.hook.1.as_ref().and_then(|u| u.as_ref());
+            let masks = finished.hook.0.as_ref().map_or(&[][..], |g| &g.masks[..]);
             let marks = non_finite_marks(&finished, uc, timesteps, self.request.keep_non_finite)?;
-            self.writer.write(&finished, uc, &marks)?;
+            self.writer.write(&finished, uc, masks, &marks)?;
             let _lock = FolderLock::acquire(out)?;
             let records = collect_folder(out, &mut self.known)?;
             write_manifest(out, &self.writer.parameters, &records)?;

@@ -7,7 +7,7 @@ use crate::guidance::{CalibratedThreshold, GuidanceConfig, GuidanceRule, Thresho
 use crate::limits::{self, MAX_BATCH};
 use crate::models::{EpsModel, MapSpace};
 use crate::npy;
-use crate::run_dir::{kept_count, FolderPlan, HeatmapScale, Shard};
+use crate::run_dir::{kept_count, FolderPlan, HeatmapScale, HeatmapStyle, Shard};
 use crate::sampling::{ClassChoice, InitNoise, SamplerChoice, Scheduler};
 use crate::uncertainty::{UncertaintyConfig, UncertaintyMethod};
 use std::ops::Range;
@@ -44,6 +44,7 @@ pub struct SampleRequest {
     /// A calibrated (steps, C, H, W) threshold file replacing the guidance's percentile.
     pub threshold_file: Option<PathBuf>,
     pub heatmap_scale: HeatmapScale,
+    pub heatmap_style: HeatmapStyle,
     /// Write each step's uncertainty map as .npy into this folder.
     pub save_maps: Option<PathBuf>,
     /// Write every noise tensor the run drew as .npy into this folder.
@@ -91,6 +92,7 @@ impl SampleRequest {
             run: self.run_range()?,
             uncertainty: self.uncertainty.is_some(),
             heatmap_scale: self.heatmap_scale,
+            heatmap_style: self.heatmap_style,
             keep_fraction: self.keep_fraction,
             seed: self.seed,
             report: self.report,

@@ -1,7 +1,8 @@
 //! The paper's filtering step: keep the ⌊f·N⌋ samples with the lowest uncertainty score, beside
 //! a seeded random subset of the same size to compare against.
 
-use super::manifest::{collect, read_manifest, write_manifest, SampleRecord};
+use super::manifest::{collect, read_manifest, write_manifest, Manifest, SampleRecord};
+use super::report::{write_html_report, REPORT_FILE};
 use crate::error::{Error, Result};
 use crate::splitmix::SplitMix64;
 use std::path::{Path, PathBuf};
@@ -15,9 +16,13 @@ pub struct Filtered {
     pub of: usize,
     pub kept: PathBuf,
     pub random: PathBuf,
+    /// The folder's report, rewritten to show this filtering (by [`filter_run`], when the
+    /// folder has one; `sample` writes its report after filtering).
+    pub report: Option<PathBuf>,
 }
 
-/// Filters the run in `dir` as listed by its manifest (`wgsl-diff filter`).
+/// Filters the run in `dir` as listed by its manifest (`wgsl-diff filter`), and rewrites the
+/// folder's report, if it has one, to mark the new filtering.
 pub fn filter_run(dir: &Path, keep_fraction: f64, seed: u64) -> Result<Filtered> {
     let manifest = read_manifest(dir)?;
     // Workers still sampling into the folder rewrite the filtered sets under this lock too.
@@ -53,7 +58,11 @@ pub fn filter_run(dir: &Path, keep_fraction: f64, seed: u64) -> Result<Filtered>
             }
         )));
     }
-    filter(dir, &records, keep_fraction, seed)
+    let mut filtered = filter(dir, &records, keep_fraction, seed)?;
+    if dir.join(REPORT_FILE).exists() {
+        filtered.report = Some(write_html_report(dir, &records, &manifest.parameters)?);
+    }
+    Ok(filtered)
 }
 
 /// Keeps the ⌊fraction·N⌋ lowest-scored samples in `filtered/kept/` and a seeded random subset
@@ -99,7 +108,49 @@ pub fn filter(
         of: scored.len(),
         kept: write_subset(&root.join("kept"), dir, &kept, &params("kept"))?,
         random: write_subset(&root.join("random"), dir, &random, &params("random"))?,
+        report: None,
     })
+}
+
+/// What a folder's `filtered/` holds: the last filtering of the run, read back from the two
+/// subsets' manifests.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FilteredSets {
+    pub keep_fraction: f64,
+    /// The seed of the random subset.
+    pub seed: u64,
+    /// Of how many scored samples.
+    pub of: usize,
+    /// The sample indices of each subset.
+    pub kept: Vec<usize>,
+    pub random: Vec<usize>,
+}
+
+/// The filtering recorded in `dir/filtered/`, None when the folder has not been filtered.
+pub fn read_filtered(dir: &Path) -> Result<Option<FilteredSets>> {
+    let root = dir.join("filtered");
+    if !root.join("kept").join("samples.json").exists() {
+        return Ok(None);
+    }
+    let (kept, random) = (
+        read_manifest(&root.join("kept"))?,
+        read_manifest(&root.join("random"))?,
+    );
+    let p = &kept.parameters;
+    let bad = || {
+        Error::Invalid(format!(
+            "{}: its parameters lack keep_fraction, seed or of",
+            root.join("kept").join("samples.json").display()
+        ))
+    };
+    let indices = |m: &Manifest| m.samples.iter().map(|s| s.index).collect();
+    Ok(Some(FilteredSets {
+        keep_fraction: p["keep_fraction"].as_f64().ok_or_else(bad)?,
+        seed: p["seed"].as_u64().ok_or_else(bad)?,
+        of: p["of"].as_u64().ok_or_else(bad)? as usize,
+        kept: indices(&kept),
+        random: indices(&random),
+    }))
 }
 
 /// ⌊fraction·n⌋, how many of `n` samples a filtering keeps; an error when the fraction is not

@@ -6,8 +6,9 @@
 use super::filter::{filter, kept_count, Filtered};
 use super::manifest::{collect, sample_indices, write_manifest, write_scores_csv};
 use super::render::{
-    render_heatmaps, write_grid, write_html_report, write_uncertainty_grids, HeatmapScale,
+    render_heatmaps, write_grid, write_uncertainty_grids, HeatmapScale, HeatmapStyle,
 };
+use super::report::write_html_report;
 use super::shared::{claim, remove_abandoned, FolderLock, Presence, RUN_FILE};
 use super::write::check_same_run;
 use crate::error::{Error, Result};
@@ -27,6 +28,7 @@ pub struct FolderPlan {
     /// Whether samples carry uncertainty scores (scores, heatmaps and grids are written).
     pub uncertainty: bool,
     pub heatmap_scale: HeatmapScale,
+    pub heatmap_style: HeatmapStyle,
     /// Filter the complete run, keeping this fraction (and a random subset from `seed`).
     pub keep_fraction: Option<f64>,
     pub seed: u64,
@@ -107,9 +109,9 @@ impl FolderPlan {
         let _lock = FolderLock::acquire(out)?;
         let mut records = collect(out, &sample_indices(out)?)?;
         if self.uncertainty {
-            render_heatmaps(out, &mut records, self.heatmap_scale)?;
+            let tiles = render_heatmaps(out, &mut records, self.heatmap_scale, self.heatmap_style)?;
             write_scores_csv(out, &records)?;
-            write_uncertainty_grids(out, &records)?;
+            write_uncertainty_grids(out, &records, &tiles)?;
         }
         write_manifest(out, parameters, &records)?;
         write_grid(out, &records)?;
@@ -121,10 +123,7 @@ impl FolderPlan {
             _ => None,
         };
         let report = match self.report && complete {
-            true => {
-                write_html_report(out, &records)?;
-                Some(out.join("report.html"))
-            }
+            true => Some(write_html_report(out, &records, parameters)?),
             false => None,
         };
         let scores = records

@@ -1,20 +1,24 @@
-//! What a run shows a person: heatmaps of the summed uncertainty maps, the sample grid, the
-//! score-ordered grids and the HTML report, all rendered from the files in the folder.
+//! What a run shows a person as PNGs, rendered from the files in the folder: a heatmap of each
+//! sample's summed uncertainty map (alone or over its image, with a labelled colour bar), the
+//! sample grid, and the samples in score order beside their heatmaps. The HTML report is
+//! [`super::report`].
 
 use super::filter::by_score;
+use super::heatmap_name;
 use super::manifest::SampleRecord;
-use super::{heatmap_name, total_map_name};
+use super::maps::{summed_map, Plane};
 use crate::error::{Error, Result};
 use crate::images::{self, Image8};
-use crate::npy;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// How heatmap colours are scaled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HeatmapScale {
-    /// Each heatmap spans its own range (from 0, or its minimum when negative, to its maximum).
+    /// Each heatmap spans its own range ([`robust_range`] of its map).
     Image,
-    /// One scale (the run's range) for all heatmaps, so they compare across samples.
+    /// One scale ([`robust_range`] of all the run's maps) for all heatmaps, so they compare
+    /// across samples.
     Shared,
 }
 
@@ -23,57 +27,86 @@ crate::names::named_enum!(HeatmapScale {
     Shared = "shared",
 });
 
-/// Renders heatmap_*.png from the channel-summed uncertainty maps.
+/// What a heatmap shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeatmapStyle {
+    /// The map's colours over the sample in grey: where on the garment the uncertainty sits.
+    Overlay,
+    /// The map's colours alone.
+    Map,
+}
+
+crate::names::named_enum!(HeatmapStyle {
+    Overlay = "overlay",
+    Map = "map",
+});
+
+impl HeatmapStyle {
+    /// `plane` (the image's size) coloured over [lo, hi], alone or over `image`.
+    pub fn render(self, image: &Image8, plane: &Plane, range: (f32, f32)) -> Image8 {
+        match self {
+            HeatmapStyle::Overlay => images::overlay(image, &plane.values, range),
+            HeatmapStyle::Map => images::heatmap(&plane.values, plane.height, plane.width, range),
+        }
+    }
+}
+
+/// The share of a plane's pixels that [`robust_range`] lets saturate.
+pub(super) const SATURATED: f64 = 0.01;
+
+/// A colour scale a few extreme pixels cannot wash out (the centred map is heavy-tailed): from
+/// 0, or the lowest finite value (typicality and the z-scored modes are signed), to the highest
+/// of the planes' 99th percentiles, so that at most 1 % of any plane's pixels saturate. Only
+/// finite values count: one kept non-finite map must not blacken every other heatmap.
+pub(super) fn robust_range<'a>(planes: impl Iterator<Item = &'a [f32]>) -> (f32, f32) {
+    let (mut lo, mut hi) = (0f32, f32::NEG_INFINITY);
+    for plane in planes {
+        let mut finite: Vec<f32> = plane.iter().copied().filter(|v| v.is_finite()).collect();
+        if finite.is_empty() {
+            continue;
+        }
+        let top = ((finite.len() - 1) as f64 * (1.0 - SATURATED)).round() as usize;
+        let (_, &mut p, _) = finite.select_nth_unstable_by(top, f32::total_cmp);
+        lo = finite.iter().copied().fold(lo, f32::min);
+        hi = hi.max(p);
+    }
+    (lo, hi.max(lo))
+}
+
+/// Renders heatmap_*.png from the summed maps, each with a colour bar labelled with its range
+/// (also in the PNG's `colour_scale` text chunk, "lo,hi"; values beyond it saturate), and
+/// records them in `samples`.
+/// Returns each sample's heatmap without the bar, for the grids.
 pub fn render_heatmaps(
     dir: &Path,
     samples: &mut [SampleRecord],
     scale: HeatmapScale,
-) -> Result<()> {
+    style: HeatmapStyle,
+) -> Result<BTreeMap<usize, Image8>> {
     let mut planes = Vec::new();
     for s in samples.iter() {
-        let path = dir.join(total_map_name(s.index));
-        if !path.exists() {
-            continue;
+        if let Some(plane) = summed_map(dir, s)? {
+            planes.push((s, plane));
         }
-        let (shape, data) = npy::read(&path)?;
-        let [c, h, w] = shape[..] else {
-            return Err(Error::Invalid(format!(
-                "{}: expected (C, H, W), got {shape:?}",
-                path.display()
-            )));
-        };
-        let plane: Vec<f32> = (0..h * w)
-            .map(|p| (0..c).map(|k| data[k * h * w + p]).sum())
-            .collect();
-        // A latent model's map covers its image at a coarser grid: shown over the image, each
-        // map element as the block of pixels it covers.
-        let (plane, h, w) = match images::png_size(&dir.join(&s.file))? {
-            (ih, iw) if (ih, iw) != (h, w) && ih % h == 0 && iw % w == 0 && ih / h == iw / w => {
-                (upsample_nearest(&plane, h, w, ih / h), ih, iw)
-            }
-            _ => (plane, h, w),
-        };
-        planes.push((s.index, h, w, plane));
     }
-    // Scales span finite values: one kept non-finite map must not blacken every other heatmap.
-    // They run from 0 (or the lowest value of a signed map: typicality, the z-scored modes) to
-    // the highest.
-    let finite_range = |values: &mut dyn Iterator<Item = &f32>| {
-        values
-            .filter(|v| v.is_finite())
-            .fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)))
-    };
-    let shared = finite_range(&mut planes.iter().flat_map(|p| p.3.iter()));
-    for (index, h, w, plane) in &planes {
+    let shared = robust_range(planes.iter().map(|(_, p)| &p.values[..]));
+    let mut tiles = BTreeMap::new();
+    for (s, plane) in &planes {
         let range = match scale {
-            HeatmapScale::Image => finite_range(&mut plane.iter()),
+            HeatmapScale::Image => robust_range(std::iter::once(&plane.values[..])),
             HeatmapScale::Shared => shared,
         };
+        let tile = style.render(&load(dir, &s.file)?, plane, range);
+        let text = [
+            ("colour_scale", format!("{},{}", range.0, range.1)),
+            ("heatmap_style", style.name().to_string()),
+        ];
         images::write_png(
-            &dir.join(heatmap_name(*index)),
-            &images::heatmap(plane, *h, *w, range),
-            &[],
+            &dir.join(heatmap_name(s.index)),
+            &images::with_colour_bar(&tile, range),
+            &text,
         )?;
+        tiles.insert(s.index, tile);
     }
     for s in samples.iter_mut() {
         s.heatmap = dir
@@ -81,15 +114,7 @@ pub fn render_heatmaps(
             .exists()
             .then(|| heatmap_name(s.index));
     }
-    Ok(())
-}
-
-/// Each value of an (h, w) plane repeated over a `factor` × `factor` block.
-fn upsample_nearest(plane: &[f32], h: usize, w: usize, factor: usize) -> Vec<f32> {
-    let (oh, ow) = (h * factor, w * factor);
-    (0..oh * ow)
-        .map(|p| plane[(p / ow / factor) * w + (p % ow) / factor])
-        .collect()
+    Ok(tiles)
 }
 
 fn load(dir: &Path, file: &str) -> Result<Image8> {
@@ -107,109 +132,122 @@ pub fn write_grid(dir: &Path, samples: &[SampleRecord]) -> Result<()> {
     Ok(())
 }
 
-/// Samples with their heatmaps, in score order: `uncertainty_grid.png` (all, lowest first)
-/// and, with at least 20 samples, `extremes.png` (10 lowest over 10 highest).
-pub fn write_uncertainty_grids(dir: &Path, samples: &[SampleRecord]) -> Result<()> {
-    let mut scored: Vec<&SampleRecord> = samples
+/// The scored samples, lowest score first (non-finite and unscored last).
+pub(super) fn ranked(samples: &[SampleRecord]) -> Vec<&SampleRecord> {
+    let mut scored: Vec<&SampleRecord> = samples.iter().filter(|s| s.score.is_some()).collect();
+    scored.sort_by(|a, b| by_score(a, b));
+    scored
+}
+
+/// How many samples each end of the extremes shows at most.
+const EXTREMES: usize = 10;
+
+/// The lowest- and highest-scored samples of `ranked` with a finite score: up to
+/// [`EXTREMES`] of each, half the samples when there are fewer, and at least one, so a run of
+/// one sample shows it in both rows.
+pub(super) fn extremes<'a>(
+    ranked: &[&'a SampleRecord],
+) -> (Vec<&'a SampleRecord>, Vec<&'a SampleRecord>) {
+    let finite: Vec<&SampleRecord> = ranked
         .iter()
-        .filter(|s| s.score.is_some() && s.heatmap.is_some())
+        .filter(|s| s.non_finite_step.is_none() && s.score.is_some_and(f64::is_finite))
+        .copied()
+        .collect();
+    let k = (finite.len() / 2).clamp(finite.len().min(1), EXTREMES);
+    let highest = finite[finite.len() - k..].iter().rev().copied().collect();
+    (finite[..k].to_vec(), highest)
+}
+
+/// Samples beside their heatmaps (`tiles`, from [`render_heatmaps`]), in score order:
+/// `uncertainty_grid.png` (all, lowest first) and `extremes.png` (the lowest on top, the
+/// highest below, highest first; [`extremes`]).
+pub fn write_uncertainty_grids(
+    dir: &Path,
+    samples: &[SampleRecord],
+    tiles: &BTreeMap<usize, Image8>,
+) -> Result<()> {
+    let scored: Vec<&SampleRecord> = ranked(samples)
+        .into_iter()
+        .filter(|s| tiles.contains_key(&s.index))
         .collect();
     if scored.is_empty() {
         return Ok(());
     }
-    scored.sort_by(|a, b| by_score(a, b));
     // Each sample beside its heatmap, `cols` images per row.
     let write_pairs = |name: &str, set: &[&SampleRecord], cols: usize| -> Result<()> {
-        let mut tiles = Vec::with_capacity(2 * set.len());
+        let mut pairs = Vec::with_capacity(2 * set.len());
         for s in set {
-            tiles.push(images::to_rgb(&load(dir, &s.file)?));
-            tiles.push(load(dir, s.heatmap.as_ref().unwrap())?);
+            pairs.push(images::to_rgb(&load(dir, &s.file)?));
+            pairs.push(tiles[&s.index].clone());
         }
-        images::write_png(
-            &dir.join(name),
-            &images::grid(&tiles, cols, 2).unwrap(),
-            &[],
-        )?;
-        Ok(())
+        let grid = images::grid(&pairs, cols, 2)
+            .ok_or_else(|| Error::Internal(format!("{name}: a grid of no images")))?;
+        images::write_png(&dir.join(name), &grid, &[])
     };
     write_pairs(
         "uncertainty_grid.png",
         &scored,
         2 * ((scored.len() as f64).sqrt().ceil() as usize),
     )?;
-    if scored.len() >= 20 {
-        let ends: Vec<&SampleRecord> = scored[..10]
-            .iter()
-            .chain(&scored[scored.len() - 10..])
-            .copied()
-            .collect();
-        write_pairs("extremes.png", &ends, 20)?;
+    let (lowest, highest) = extremes(&scored);
+    if !lowest.is_empty() {
+        let rows: Vec<&SampleRecord> = lowest.iter().chain(&highest).copied().collect();
+        write_pairs("extremes.png", &rows, 2 * lowest.len())?;
     }
     Ok(())
 }
 
-/// A static page: samples in score order beside their heatmaps, and a score histogram.
-pub fn write_html_report(dir: &Path, samples: &[SampleRecord]) -> Result<()> {
-    let mut scored: Vec<&SampleRecord> = samples.iter().filter(|s| s.score.is_some()).collect();
-    scored.sort_by(|a, b| by_score(a, b));
-    // The histogram spans the finite scores; NaN and ±Inf are counted apart.
-    let scores: Vec<f64> = scored
-        .iter()
-        .filter_map(|s| s.score.filter(|v| v.is_finite()))
-        .collect();
-    let broken = scored.len() - scores.len();
-    let (lo, hi) = scores
-        .iter()
-        .fold(None, |r: Option<(f64, f64)>, &v| {
-            Some(r.map_or((v, v), |(lo, hi)| (lo.min(v), hi.max(v))))
-        })
-        .unwrap_or((0.0, 1.0));
-    let bins = 20;
-    let mut counts = vec![0usize; bins];
-    for &s in &scores {
-        let b = if hi > lo {
-            (((s - lo) / (hi - lo)) * bins as f64) as usize
-        } else {
-            0
-        };
-        counts[b.min(bins - 1)] += 1;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(index: usize, score: f64) -> SampleRecord {
+        SampleRecord {
+            index,
+            file: super::super::png_name(index),
+            class: None,
+            score: Some(score),
+            step_scores: None,
+            heatmap: None,
+            non_finite_step: None,
+        }
     }
-    let top = counts.iter().copied().max().unwrap_or(1).max(1);
-    let bars: String = counts
-        .iter()
-        .enumerate()
-        .map(|(i, &c)| {
-            let h = 150.0 * c as f64 / top as f64;
-            format!("<rect x='{}' y='{:.1}' width='18' height='{:.1}' fill='#b5367a'><title>{c}</title></rect>", 10 + i * 20, 160.0 - h, h)
-        })
-        .collect();
-    let cards: String = scored
-        .iter()
-        .enumerate()
-        .map(|(rank, s)| {
-            let heat = s.heatmap.as_ref().map(|h| format!("<img src='{h}' alt='heatmap'>")).unwrap_or_default();
-            let score = s.score.unwrap_or(f64::NAN);
-            let mark = if s.non_finite_step.is_some() { " · non-finite" } else { "" };
-            format!("<figure><img src='{}' alt='sample'>{heat}<figcaption>#{} · rank {} · {score:.4}{mark}</figcaption></figure>", s.file, s.index, rank + 1)
-        })
-        .collect();
-    let html = format!(
-        "<!doctype html><html><head><meta charset='utf-8'><title>wgsl-diff uncertainty report</title><style>\
-         body{{font-family:sans-serif;margin:1.5em;background:#fafafa}}\
-         figure{{display:inline-block;margin:4px;text-align:center;background:#fff;padding:4px;border:1px solid #ddd}}\
-         figure img{{width:64px;height:64px;image-rendering:pixelated;margin:1px}}\
-         figcaption{{font-size:11px;color:#333}}</style></head><body>\
-         <h1>Uncertainty report</h1><p>{n} samples, scores from {lo:.4} to {hi:.4}; lowest (most certain) first{broken}.</p>\
-         <h2>Score histogram</h2><svg width='{w}' height='180' role='img' aria-label='score histogram'>{bars}\
-         <text x='10' y='176' font-size='11'>{lo:.3}</text><text x='{tx}' y='176' font-size='11' text-anchor='end'>{hi:.3}</text></svg>\
-         <h2>Samples and heatmaps</h2><div>{cards}</div></body></html>",
-        n = scored.len(),
-        broken = match broken {
-            0 => String::new(),
-            b => format!("; {b} non-finite (NaN or ±Inf) last, outside the histogram"),
-        },
-        w = 20 + bins * 20,
-        tx = 10 + bins * 20,
-    );
-    crate::io::write_atomic(&dir.join("report.html"), html.as_bytes())
+
+    #[test]
+    fn extremes_exist_at_every_sample_count() {
+        let ends = |n: usize| {
+            let records: Vec<SampleRecord> = (0..n).map(|i| record(i, (n - i) as f64)).collect();
+            let ranked = ranked(&records);
+            let (lo, hi) = extremes(&ranked);
+            let ids = |v: Vec<&SampleRecord>| v.iter().map(|s| s.index).collect::<Vec<_>>();
+            (ids(lo), ids(hi))
+        };
+        assert_eq!(ends(0), (vec![], vec![]));
+        assert_eq!(ends(1), (vec![0], vec![0]), "one sample is both ends");
+        assert_eq!(ends(3), (vec![2], vec![0]));
+        assert_eq!(ends(6), (vec![5, 4, 3], vec![0, 1, 2]));
+        let (lo, hi) = ends(50);
+        assert_eq!((lo.len(), hi.len()), (EXTREMES, EXTREMES));
+        assert_eq!((lo[0], hi[0]), (49, 0), "lowest first, highest first");
+    }
+
+    #[test]
+    fn a_robust_range_lets_one_outlier_saturate() {
+        let mut plane = vec![1.0f32; 200];
+        plane[7] = 1000.0;
+        plane[8] = f32::NAN;
+        let other = [-2.0f32, 3.0];
+        let (lo, hi) = robust_range([&plane[..], &other[..]].into_iter());
+        assert_eq!((lo, hi), (-2.0, 3.0));
+        assert_eq!(robust_range(std::iter::empty()), (0.0, 0.0));
+    }
+
+    #[test]
+    fn a_non_finite_sample_is_no_extreme() {
+        let mut records = vec![record(0, 1.0), record(1, f64::NAN), record(2, 3.0)];
+        records[2].non_finite_step = Some(1);
+        let ranked = ranked(&records);
+        let (lo, hi) = extremes(&ranked);
+        assert_eq!((lo[0].index, hi[0].index, lo.len()), (0, 0, 1));
+    }
 }

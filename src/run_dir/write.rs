@@ -1,13 +1,14 @@
 //! Writing finished batches into the folder, and telling which samples are already there.
 
 use super::manifest::{NON_FINITE_KEY, STEP_SCORES_KEY};
-use super::{png_name, raw_name, total_map_name};
+use super::{guidance_masks_name, png_name, raw_name, step_maps_name, total_map_name};
 use crate::error::{Error, Result};
 use crate::images;
 use crate::noise::{NoiseDraw, NoisePurpose};
 use crate::npy;
 use crate::sampling::FinishedBatch;
 use crate::uncertainty::UncertaintyBatch;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 /// What a run writes for each batch besides the PNGs.
@@ -20,6 +21,11 @@ pub struct BatchWriter {
     pub save_raw: bool,
     /// Whether the run estimates uncertainty (each sample then has a summed map).
     pub uncertainty: bool,
+    /// Whether the run is guided.
+    pub guided: bool,
+    /// The samples that also get their per-step maps and guidance masks
+    /// ([`super::report_samples`]).
+    pub report_samples: Range<usize>,
     pub save_maps: Option<PathBuf>,
     pub dump_noise: Option<PathBuf>,
 }
@@ -28,18 +34,23 @@ impl BatchWriter {
     /// Whether sample `index` is complete in the folder.
     pub fn done(&self, index: usize) -> bool {
         let exists = |name: String| self.out.join(name).exists();
+        let shown = self.report_samples.contains(&index);
         exists(png_name(index))
             && (!self.save_raw || exists(raw_name(index)))
             && (!self.uncertainty || exists(total_map_name(index)))
+            && (!(shown && self.uncertainty) || exists(step_maps_name(index)))
+            && (!(shown && self.guided) || exists(guidance_masks_name(index)))
     }
 
-    /// Writes a batch's files, with its uncertainty maps when it has them; each PNG last, once
-    /// its sample is complete. `non_finite` marks the samples kept although they went
-    /// non-finite (the first step, in the PNG and so in the manifest).
+    /// Writes a batch's files, with its uncertainty maps and guidance masks (`masks`, each
+    /// guided step's (B, C, H, W)) when it has them; each PNG last, once its sample is
+    /// complete. `non_finite` marks the samples kept although they went non-finite (the first
+    /// step, in the PNG and so in the manifest).
     pub fn write<T>(
         &self,
         batch: &FinishedBatch<T>,
         uc: Option<&UncertaintyBatch>,
+        masks: &[(usize, Vec<f32>)],
         non_finite: &[Option<usize>],
     ) -> Result<()> {
         let range = format!(
@@ -61,10 +72,38 @@ impl BatchWriter {
             }
         }
         for (k, index) in batch.indices().enumerate() {
+            if self.report_samples.contains(&index) {
+                let len: usize = batch.map_shape.iter().product();
+                let maps = uc.map_or(&[][..], |u| &u.maps[..]);
+                self.write_steps(&step_maps_name(index), maps, k, len, batch.map_shape)?;
+                self.write_steps(&guidance_masks_name(index), masks, k, len, batch.map_shape)?;
+            }
             let mark = non_finite.get(k).copied().flatten();
             self.write_sample(batch, uc, k, index, mark)?;
         }
         Ok(())
+    }
+
+    /// Sample `k`'s slice of each step's batch map, stacked as (steps, C, H, W); nothing when
+    /// there are no steps.
+    fn write_steps(
+        &self,
+        name: &str,
+        steps: &[(usize, Vec<f32>)],
+        k: usize,
+        len: usize,
+        shape: [usize; 3],
+    ) -> Result<()> {
+        if steps.is_empty() {
+            return Ok(());
+        }
+        let stacked: Vec<f32> = steps
+            .iter()
+            .flat_map(|(_, map)| &map[k * len..(k + 1) * len])
+            .copied()
+            .collect();
+        let shape = [steps.len(), shape[0], shape[1], shape[2]];
+        npy::write(&self.out.join(name), &shape, &stacked)
     }
 
     fn write_sample<T>(

@@ -13,6 +13,7 @@
 //! The MC-Dropout baseline ([`UncertaintyMethod::McDropout`], [`mc_dropout`]) replaces the
 //! re-noised copies with M dropout passes on x_t itself; its map is the unbiased variance.
 
+mod known;
 pub mod mc_dropout;
 pub mod reference;
 
@@ -22,8 +23,10 @@ use crate::limits::{self, MAX_COPIES};
 use crate::noise::NoisePurpose;
 use crate::ops::{self, UncertaintyMode};
 use crate::sampling::{BatchHook, StepContext, StepHook};
+pub use known::{known_misranking, Misranking};
 pub use reference::{build_reference, ReferenceRequest, UncertaintyReference};
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::Arc;
 
 /// Where the M predictions of a step come from.
@@ -52,8 +55,9 @@ pub struct UncertaintyConfig {
     pub steps: Option<usize>,
     /// Most copies per network call (None: as many as the device allows).
     pub max_copies_per_forward: Option<usize>,
-    /// Keep each step's map (B, C, H, W) for saving.
-    pub keep_maps: bool,
+    /// The samples (run indices) whose per-step maps are kept: a batch holding any of them
+    /// keeps each step's map (B, C, H, W) and hands it back (empty: none, the cheap default).
+    pub keep_maps: Range<usize>,
     /// The real-image statistics the z-scored modes need ([`UncertaintyMode::needs_reference`]).
     pub reference: Option<Arc<UncertaintyReference>>,
 }
@@ -67,7 +71,7 @@ impl Default for UncertaintyConfig {
             start: 0,
             steps: None,
             max_copies_per_forward: None,
-            keep_maps: false,
+            keep_maps: 0..0,
             reference: None,
         }
     }
@@ -147,7 +151,7 @@ pub struct UncertaintyEstimator {
     pub config: UncertaintyConfig,
     /// Σ over window steps of U_t, (B, C, H, W).
     total: Option<Tensor>,
-    /// (step, U_t) when `keep_maps`.
+    /// (step, U_t) when the batch holds a sample of `keep_maps`.
     pub maps: Vec<(usize, Tensor)>,
     /// (step, per-sample sum of U_t (B)) for every window step.
     pub step_sums: Vec<(usize, Tensor)>,
@@ -209,7 +213,7 @@ impl StepHook for UncertaintyEstimator {
         // The running sum holds every map's NaN or ±Inf, and an overflow of the sum itself.
         ctx.non_finite.record(gpu, &total, ctx.step)?;
         self.total = Some(total);
-        if self.config.keep_maps {
+        if overlaps(&self.config.keep_maps, ctx.first_index, eps.dim(0)) {
             self.maps.push((ctx.step, map));
         }
         Ok(eps)
@@ -251,6 +255,11 @@ impl UncertaintyEstimator {
     }
 }
 
+/// Whether the batch `first .. first + size` holds any sample of `samples`.
+pub(crate) fn overlaps(samples: &Range<usize>, first: usize, size: usize) -> bool {
+    samples.start < first.saturating_add(size) && first < samples.end
+}
+
 /// (n_m, ε_m): the M re-noise draws of x̂0 at the context's step (Algorithm 1) and ε_θ at the
 /// re-noised copies, both stacked copy-major (M·B, C, H, W).
 pub fn renoised_copies(
@@ -285,7 +294,8 @@ pub struct UncertaintyBatch {
     pub step_scores: Vec<(usize, Vec<f32>)>,
     /// Σ_t U_t (B, C, H, W).
     pub total: Vec<f32>,
-    /// (step, U_t) for each window step, when `keep_maps`.
+    /// (step, U_t (B, C, H, W)) for each window step, when the batch holds a sample of
+    /// `keep_maps`.
     pub maps: Vec<(usize, Vec<f32>)>,
 }
 

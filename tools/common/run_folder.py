@@ -4,16 +4,24 @@ A run folder (`wgsl-diff sample --out DIR`) holds:
 
     sample_NNNNNN.png        one 8-bit PNG per sample; its tEXt chunks carry `parameters` (the run's
                              JSON identity), `index`, `class` (class-conditional models),
-                             `uncertainty_score`, `score_steps` ("step:score,..."), `non_finite_step`
+                             `uncertainty_score`, `uncertainty_step_scores` ("step:score,..."),
+                             `non_finite_step`
     sample_NNNNNN.npy        with --save-raw: the float32 image in [-1, 1] before quantisation (C, H, W)
     uncertainty_NNNNNN.npy   with --uncertainty: the sample's map summed over the window's steps,
                              float32 (C, H, W) in the model's space (the latents of a latent model)
-    heatmap_NNNNNN.png       that map summed over channels, coloured (inferno), shown over the image
+    heatmap_NNNNNN.png       that map summed over channels, coloured (inferno) over the image in grey
+                             (--heatmap-style overlay) or alone (map), with a labelled colour bar;
+                             tEXt `colour_scale` ("lo,hi") and `heatmap_style`
+    uncertainty_steps_NNNNNN.npy  for the run's first 4 samples, with --uncertainty: each window
+                             step's map, float32 (steps, C, H, W), for the report
+    guidance_masks_NNNNNN.npy     for the run's first 4 samples of a guided run: each guided step's
+                             mask, float32 (steps, C, H, W), 1 where the element was guided
     samples.json             the manifest: {"parameters": {...}, "samples": [{"index", "file", "score",
                              "class", "step_scores", "non_finite_step", "heatmap"}, ...]}
     scores.csv               index,file,score,score_step_i...
     run.json                 the run's parameters, claimed by the first worker
-    grid.png, uncertainty_grid.png, extremes.png, report.html
+    grid.png, uncertainty_grid.png, extremes.png
+    report.html              with --report: one self-contained page (images embedded)
     filtered/kept, filtered/random   with --keep-fraction: subsets, each with its own samples.json
     MAPS/map_stepSSS_tTTTT_samplesA-B.npy     with --save-maps MAPS: every step's map of a batch
                                               (B, C, H, W)
@@ -125,6 +133,16 @@ class RunFolder:
     def uncertainty(self, index):
         """The map summed over the window (C, H, W) in the model's space, or None."""
         path = self.path / f"uncertainty_{index:06d}.npy"
+        return np.load(path) if path.exists() else None
+
+    def kept_step_maps(self, index):
+        """Each window step's map (steps, C, H, W) of one of the run's first 4 samples, or None."""
+        path = self.path / f"uncertainty_steps_{index:06d}.npy"
+        return np.load(path) if path.exists() else None
+
+    def guidance_masks(self, index):
+        """Each guided step's mask (steps, C, H, W) of one of a guided run's first 4 samples, or None."""
+        path = self.path / f"guidance_masks_{index:06d}.npy"
         return np.load(path) if path.exists() else None
 
     def step_maps(self, maps_dir):
