@@ -6,6 +6,8 @@ struct Params {
     batch: u32,
     dim: u32,
     flip: u32,          // flip_sin_to_cos: [cos | sin] instead of [sin | cos]
+    first: u32,         // lookup: the first row of the table block bound
+    rows: u32,          // lookup: the rows of that block
 }
 
 const WG: u32 = 64u;
@@ -54,13 +56,17 @@ fn timestep_embedding(@builtin(global_invocation_id) gid: vec3<u32>) {
 @group(0) @binding(2) var<storage, read> ids: array<f32>;
 @group(0) @binding(3) var<storage, read_write> rows: array<f32>;
 
-// rows[b, :] = table[ids[b], :]
+// rows[b, :] = table[ids[b], :] for the ids inside the bound block of rows [first, first +
+// rows); a table over one binding is bound a block at a time, each id's row written by its block.
 @compute @workgroup_size(WG)
 fn lookup(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.x;
     if i >= p.batch * p.dim {
         return;
     }
-    let b = i / p.dim;
-    rows[i] = table[u32(ids[b]) * p.dim + i % p.dim];
+    let id = u32(ids[i / p.dim]);
+    if id < p.first || id - p.first >= p.rows {
+        return;
+    }
+    rows[i] = table[(id - p.first) * p.dim + i % p.dim];
 }

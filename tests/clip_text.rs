@@ -64,3 +64,35 @@ fn prefixed_names_load_and_bad_configs_are_refused() {
     assert!(err.contains("hidden_act \"relu\""), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A token table larger than one storage binding (SD 1.5's is 49,408 × 768 = 145 MiB, over
+/// lavapipe's 128 MiB) is held in blocks of rows, each id's row gathered from its block: here
+/// the quick fixture's 512 × 32 table on a device limited to 100 rows a tensor (6 blocks), read
+/// back row for row against the file, ids at the blocks' edges included.
+#[test]
+fn a_token_table_over_one_binding_is_looked_up_in_blocks() {
+    use wgsl_diff::gpu::{AdapterChoice, Gpu};
+    use wgsl_diff::models::layers::Embedding;
+    let (vocab, width) = (512, 32);
+    let g = Gpu::new(&AdapterChoice::Default)
+        .unwrap()
+        .with_max_tensor_bytes((100 * width * 4) as u64);
+    let file = WeightFile::open(&fixture("clip_text_quick.safetensors")).unwrap();
+    let vb = file.var_builder(&g);
+    let table = Embedding::load(&vb.pp("embeddings").pp("token_embedding"), vocab, width).unwrap();
+    let ids = [0.0f32, 99.0, 100.0, 101.0, 399.0, 400.0, 511.0, 250.0];
+    let rows = table
+        .forward(&g, &g.upload(&[ids.len()], &ids).unwrap())
+        .unwrap();
+    let got = common::read_from(&g, &rows);
+    let all = read_safetensors(&fixture("clip_text_quick.safetensors"));
+    let data = &all["embeddings.token_embedding.weight"].1;
+    for (b, &id) in ids.iter().enumerate() {
+        let id = id as usize;
+        assert_eq!(
+            &got[b * width..(b + 1) * width],
+            &data[id * width..(id + 1) * width],
+            "row of id {id}"
+        );
+    }
+}

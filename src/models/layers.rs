@@ -231,20 +231,38 @@ pub struct GroupNormTape {
     silu: bool,
 }
 
-/// A lookup table of `num_embeddings` rows of width `dim`.
+/// A lookup table of `num_embeddings` rows of width `dim`, in blocks of rows that each fit one
+/// storage binding (one block unless the table is larger: CLIP's token table is 145 MiB).
 pub struct Embedding {
-    weight: Tensor,
+    blocks: Vec<(usize, Tensor)>,
 }
 
 impl Embedding {
     pub fn load(vb: &VarBuilder, num_embeddings: usize, dim: usize) -> Result<Embedding> {
-        Ok(Embedding {
-            weight: vb.get("weight", &[num_embeddings, dim])?,
-        })
+        let gpu = vb.gpu();
+        let row_bytes = (dim.max(1) * 4) as u64;
+        let rows_per_block = ((gpu.max_tensor_bytes() / row_bytes) as usize).max(1);
+        if num_embeddings <= rows_per_block {
+            let table = vb.get("weight", &[num_embeddings, dim])?;
+            return Ok(Embedding {
+                blocks: vec![(0, table)],
+            });
+        }
+        let data = vb.get_host("weight", &[num_embeddings, dim])?;
+        let blocks = (0..num_embeddings)
+            .step_by(rows_per_block)
+            .map(|first| {
+                let rows = rows_per_block.min(num_embeddings - first);
+                let values = &data[first * dim..(first + rows) * dim];
+                Ok((first, gpu.upload(&[rows, dim], values)?))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Embedding { blocks })
     }
 
     /// The rows of integer-valued f32 `ids` (B).
     pub fn forward(&self, gpu: &Gpu, ids: &Tensor) -> Result<Tensor> {
-        ops::embedding_lookup(gpu, &self.weight, ids)
+        let blocks: Vec<(usize, &Tensor)> = self.blocks.iter().map(|(f, t)| (*f, t)).collect();
+        ops::embedding_lookup_blocks(gpu, &blocks, ids)
     }
 }

@@ -9,6 +9,8 @@ kernel_params! {
         batch: u32,
         dim: u32,
         flip: u32,
+        first: u32,
+        rows: u32,
     }
 }
 
@@ -67,6 +69,7 @@ pub fn timestep_embedding(
         batch: checked_u32(OP, "batch", b)?,
         dim: checked_u32(OP, "dim", dim)?,
         flip: flip_sin_to_cos as u32,
+        ..Default::default()
     };
     let out = gpu.empty(&[b, dim])?;
     launch(gpu, "timestep_embedding", &p, &[timesteps, freqs], &out)?;
@@ -76,15 +79,37 @@ pub fn timestep_embedding(
 /// `rows[b] = table[ids[b]]` for a table (V, D) and integer-valued f32 ids (B). Ids must be < V
 /// (checked by the caller, which knows them on the CPU).
 pub fn embedding_lookup(gpu: &Gpu, table: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    embedding_lookup_blocks(gpu, &[(0, table)], ids)
+}
+
+/// [`embedding_lookup`] for a table held as blocks of consecutive rows, (first row, block (R, D)),
+/// covering every id: a table larger than one storage binding (CLIP's 49,408 × 768 tokens on a
+/// 128 MiB device).
+pub fn embedding_lookup_blocks(
+    gpu: &Gpu,
+    blocks: &[(usize, &Tensor)],
+    ids: &Tensor,
+) -> Result<Tensor> {
     const OP: &str = "embedding_lookup";
-    let [_, d] = dims::<2>(table, OP, "table")?;
     let [b] = dims::<1>(ids, OP, "ids")?;
-    let p = EmbeddingParams {
-        batch: checked_u32(OP, "batch", b)?,
-        dim: checked_u32(OP, "dim", d)?,
-        ..Default::default()
+    let d = match blocks.first() {
+        Some((_, table)) => dims::<2>(table, OP, "table")?[1],
+        None => return Err(super::shape_err(OP, "a table of no blocks".into())),
     };
     let out = gpu.empty(&[b, d])?;
-    launch(gpu, "lookup", &p, &[table, ids], &out)?;
+    for &(first, table) in blocks {
+        let [rows, block_d] = dims::<2>(table, OP, "table")?;
+        ensure(block_d == d, OP, || {
+            format!("table blocks of widths {d} and {block_d}")
+        })?;
+        let p = EmbeddingParams {
+            batch: checked_u32(OP, "batch", b)?,
+            dim: checked_u32(OP, "dim", d)?,
+            first: checked_u32(OP, "first row", first)?,
+            rows: checked_u32(OP, "rows", rows)?,
+            ..Default::default()
+        };
+        launch(gpu, "lookup", &p, &[table, ids], &out)?;
+    }
     Ok(out)
 }

@@ -41,7 +41,9 @@ pub use elementwise::{
 pub use elementwise_grad::{
     geglu_grad, gelu_grad, quick_gelu_grad, silu_grad, upsample_nearest2x_grad,
 };
-pub use embedding::{embedding_lookup, timestep_embedding, timestep_frequencies};
+pub use embedding::{
+    embedding_lookup, embedding_lookup_blocks, timestep_embedding, timestep_frequencies,
+};
 pub use finite::{decode_first_steps, non_finite_flags, record_non_finite, NO_STEP};
 pub use guidance::{gradient_cotangent, masked_update, posterior, sum_copies, MaskedRule};
 pub use matmul::{
