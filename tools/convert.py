@@ -5,6 +5,8 @@
         a diffusers UNet2DModel: tools/converters/unet2d.py (its docstring documents the format)
     python tools/convert.py --adm CHECKPOINT.pt OUT.safetensors [--preset NAME] [FLAGS]
         a guided-diffusion (ADM) checkpoint: tools/converters/adm.py
+    python tools/convert.py --uvit CHECKPOINT.pth OUT.safetensors --preset NAME [--autoencoder AE.pth]
+        a U-ViT checkpoint (and its autoencoder): tools/converters/uvit.py
 
 Unlike the rest of tools/ (run as ``python -m tools.GROUP.SCRIPT`` from the repository root), this
 script is run by its path, from any folder; `python -m tools.convert` works too.
@@ -24,6 +26,10 @@ def main():
         # guided-diffusion checkpoints: tools/converters/adm.py.
         from tools.converters.adm import main as convert_adm
         convert_adm([a for a in sys.argv[1:] if a != "--adm"])
+        return
+    if "--uvit" in sys.argv[1:]:
+        from tools.converters.uvit import main as convert_uvit
+        convert_uvit([a for a in sys.argv[1:] if a != "--uvit"])
         return
     from tools.converters.unet2d import main as convert_unet2d
     convert_unet2d()
