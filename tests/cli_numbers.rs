@@ -238,6 +238,8 @@ fn request(start: usize, num: usize, batch: usize, shard: Option<Shard>) -> Samp
         f16_weights: false,
         f16_activations: false,
         prompt: None,
+        class_cfg_scale: None,
+        vae: None,
     }
 }
 

@@ -128,6 +128,8 @@ fn request(model: &Path, out: &Path) -> SampleRequest {
         f16_weights: false,
         f16_activations: false,
         prompt: None,
+        class_cfg_scale: None,
+        vae: None,
     }
 }
 

@@ -63,6 +63,8 @@ fn request(out: &Path) -> SampleRequest {
         f16_weights: false,
         f16_activations: false,
         prompt: None,
+        class_cfg_scale: None,
+        vae: None,
     }
 }
 

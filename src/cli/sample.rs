@@ -190,6 +190,10 @@ pub struct SampleArgs {
     /// reads them)
     #[arg(long)]
     pub prompt: Option<String>,
+    /// The autoencoder that decodes a latent model's samples into images (an AutoencoderKL
+    /// weight file, e.g. U-ViT's from `tools/convert.py --uvit … --autoencoder`)
+    #[arg(long)]
+    pub vae: Option<PathBuf>,
     /// The CLIP tokenizer (a folder with vocab.json and merges.txt, such as a diffusers SD
     /// folder's tokenizer/) for a single-file checkpoint, which holds none
     #[arg(long, value_name = "DIR", requires = "prompt")]
@@ -197,9 +201,12 @@ pub struct SampleArgs {
     /// What to steer away from: the unconditional side of classifier-free guidance
     #[arg(long, default_value = "", requires = "prompt")]
     pub negative_prompt: String,
-    /// Classifier-free guidance scale w: ε = ε_u + w·(ε_c − ε_u), none at w ≤ 1
-    #[arg(long, default_value_t = 7.5, requires = "prompt")]
-    pub cfg_scale: f64,
+    /// Classifier-free guidance scale w: ε = ε_u + w·(ε_c − ε_u), none at w ≤ 1. Stable
+    /// Diffusion: prompt against negative prompt, default 7.5. Class-conditional models trained
+    /// with a null class (U-ViT): class against the null class, none unless given (U-ViT's
+    /// `scale` s is w = 1 + s: 1.4 for ImageNet 256, 1.7 for 512)
+    #[arg(long)]
+    pub cfg_scale: Option<f64>,
     /// Image height in pixels (Stable Diffusion; default the model's, 512 for SD 1.5): a
     /// multiple of the VAE's and the UNet's downsampling together (64 for SD 1.x)
     #[arg(long, requires = "prompt")]
@@ -293,10 +300,12 @@ impl SampleArgs {
             keep_non_finite: self.keep_non_finite,
             f16_weights: self.f16_weights,
             f16_activations: self.f16_activations,
+            class_cfg_scale: self.cfg_scale.filter(|_| self.prompt.is_none()),
+            vae: self.vae.clone(),
             prompt: self.prompt.clone().map(|prompt| PromptRequest {
                 prompt,
                 negative_prompt: self.negative_prompt.clone(),
-                cfg_scale: self.cfg_scale,
+                cfg_scale: self.cfg_scale.unwrap_or(DEFAULT_PROMPT_CFG_SCALE),
                 height: self.height,
                 width: self.width,
                 tokenizer: self.tokenizer.clone(),
@@ -306,6 +315,9 @@ impl SampleArgs {
         Ok(request)
     }
 }
+
+/// diffusers' default classifier-free guidance scale for Stable Diffusion.
+const DEFAULT_PROMPT_CFG_SCALE: f64 = 7.5;
 
 /// Rows of the module and kernel tables `--profile` prints (profile.json has them all).
 const PROFILE_TOP: usize = 20;

@@ -16,16 +16,19 @@ pub use request::{SampleRequest, DEFAULT_MODEL};
 use crate::error::{Error, NonFiniteSample, Result};
 use crate::gpu::Gpu;
 use crate::guidance::{GuidanceConfig, GuidanceHook, Threshold};
+use crate::models::diffusers::autoencoder_kl::AutoencoderKlDecoder;
 use crate::models::diffusers::unet_2d_condition::UNet2DConditionConfig;
 use crate::models::pipeline::stable_diffusion_parts;
-use crate::models::{load_eps_model, Cond, Decoder, EpsModel, Identity};
+use crate::models::{load_eps_model, Cond, Decoder, EpsModel, Identity, WeightFile};
 use crate::noise::NoisePlan;
 use crate::run_dir::shared::{FolderLock, Presence};
 use crate::run_dir::{
     collect_folder, report_samples, write_manifest, BatchWriter, FolderPlan, FolderSummary,
     Pending, SampleRecord,
 };
-use crate::sampling::{open_scheduler, ClassLabels, FinishedBatch, InitNoise, Run, Scheduler};
+use crate::sampling::{
+    open_scheduler, ClassGuidance, ClassLabels, FinishedBatch, InitNoise, Run, Scheduler,
+};
 use crate::uncertainty::{
     known_misranking, UncertaintyBatch, UncertaintyConfig, UncertaintyEstimator,
 };
@@ -135,10 +138,37 @@ impl<'g> SampleJob<'g> {
                 warnings.push(known.to_string());
             }
         }
-        let labels = ClassLabels::new(model.num_classes(), request.class)?;
-        let (decoder, prompt): (Box<dyn Decoder>, _) = match text {
-            Some(t) => (t.decoder, Some(t.cond)),
-            None => (Box::new(Identity), None),
+        let mut labels = ClassLabels::new(model.num_classes(), request.class)?;
+        if let Some(scale) = request.class_cfg_scale {
+            let null_class = model.null_class().ok_or_else(|| {
+                Error::Invalid(format!(
+                    "--cfg-scale applies to Stable Diffusion (with --prompt) and to \
+                     class-conditional models trained with a null class (U-ViT); {} is neither",
+                    request.model.display()
+                ))
+            })?;
+            // diffusers' rule: no guidance at a scale of 1 or below.
+            if scale > 1.0 {
+                labels = labels.with_guidance(ClassGuidance {
+                    null_class,
+                    scale: scale as f32,
+                });
+            }
+        }
+        let (decoder, prompt): (Box<dyn Decoder>, _) = match (text, &request.vae) {
+            (Some(_), Some(_)) => {
+                return Err(Error::Invalid(
+                    "--vae is for latent models without one of their own; a Stable Diffusion \
+                     folder or file brings its VAE"
+                        .into(),
+                ))
+            }
+            (Some(t), None) => (t.decoder, Some(t.cond)),
+            (None, Some(vae)) => {
+                let file = WeightFile::open(vae)?;
+                (Box::new(AutoencoderKlDecoder::load(gpu, &file)?), None)
+            }
+            (None, None) => (Box::new(Identity), None),
         };
         let sample_shape = model.sample_shape()?;
         if let Some(uc) = &request.uncertainty {

@@ -65,6 +65,12 @@ pub struct SampleRequest {
     pub f16_activations: bool,
     /// What to draw, for a Stable Diffusion model (required there, refused elsewhere).
     pub prompt: Option<super::PromptRequest>,
+    /// Classifier-free guidance scale between each sample's class and the model's null class
+    /// (class-conditional models trained with one; no guidance when None).
+    pub class_cfg_scale: Option<f64>,
+    /// The autoencoder (an AutoencoderKL weight file) that decodes a latent model's samples
+    /// (U-ViT's; a Stable Diffusion checkpoint brings its own).
+    pub vae: Option<PathBuf>,
 }
 
 impl SampleRequest {
@@ -106,6 +112,13 @@ impl SampleRequest {
         let run = self.own_range().and(self.run_range())?;
         if let Some(prompt) = &self.prompt {
             prompt.validate()?;
+        }
+        if let Some(scale) = self.class_cfg_scale {
+            if !(scale.is_finite() && scale.abs() <= 1e4) {
+                return Err(Error::Invalid(format!(
+                    "--cfg-scale must be finite and at most 1e4 in size, got {scale}"
+                )));
+            }
         }
         match &self.uncertainty {
             Some(uc) => uc.validate()?,
@@ -224,6 +237,14 @@ pub(super) fn parameters(
                 map.insert(key.into(), side.into());
             }
         }
+    }
+    // Only runs with an autoencoder of their own name it, so other runs keep their identity.
+    if let (Some(vae), Some(map)) = (&request.vae, parameters.as_object_mut()) {
+        map.insert("vae".into(), canonical(vae).display().to_string().into());
+    }
+    // Only class-guided runs carry a scale, so other runs keep their identity.
+    if let (Some(scale), Some(map)) = (request.class_cfg_scale, parameters.as_object_mut()) {
+        map.insert("cfg_scale".into(), scale.into());
     }
     // Only f16-weight and f16-activation runs say so, so f32 runs keep their identity (and
     // none resumes another).

@@ -20,8 +20,14 @@ pub trait EpsModel {
     /// (C, H, W) of one sample.
     fn sample_shape(&self) -> Result<[usize; 3]>;
 
-    /// The number of classes of a class-conditional model.
+    /// The number of classes of a class-conditional model (that a sample may be drawn from).
     fn num_classes(&self) -> Option<usize>;
+
+    /// The label a class-conditional model was trained to read as "no class", which
+    /// classifier-free guidance over classes needs (None: it has none).
+    fn null_class(&self) -> Option<usize> {
+        None
+    }
 
     /// Whether the network also predicts the variance (its extra output channels are not ε).
     fn learned_variance(&self) -> bool {

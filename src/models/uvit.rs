@@ -387,8 +387,14 @@ impl EpsModel for UViT {
         Ok([cfg.in_chans, cfg.img_size, cfg.img_size])
     }
 
+    /// U-ViT's class-conditional models are trained for classifier-free guidance with the last
+    /// label as the null class (ImageNet's 1000 of 1001): samples are drawn from the others.
     fn num_classes(&self) -> Option<usize> {
-        (self.config.num_classes > 0).then_some(self.config.num_classes as usize)
+        self.null_class()
+    }
+
+    fn null_class(&self) -> Option<usize> {
+        (self.config.num_classes > 1).then_some(self.config.num_classes as usize - 1)
     }
 
     /// The widest activation is the MLP's hidden layer or the fused q/k/v (B, N, ·D); a batch

@@ -37,11 +37,21 @@ impl std::fmt::Display for ClassChoice {
     }
 }
 
-/// The class of every sample of a run, or none for unconditional models.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The class of every sample of a run, or none for unconditional models; with classifier-free
+/// guidance toward it where the model was trained with a null class.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ClassLabels {
     classes: Option<usize>,
     choice: Option<ClassChoice>,
+    guidance: Option<ClassGuidance>,
+}
+
+/// Classifier-free guidance between a sample's class and the model's null class (U-ViT's ImageNet
+/// models: class 1000): ε = ε(null) + scale·(ε(class) − ε(null)).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ClassGuidance {
+    pub null_class: usize,
+    pub scale: f32,
 }
 
 impl ClassLabels {
@@ -60,7 +70,36 @@ impl ClassLabels {
             (None, Some(ClassChoice::Cycle)) => check_class(None, 0)?,
             (Some(_), Some(ClassChoice::Cycle)) | (None, None) => {}
         }
-        Ok(ClassLabels { classes, choice })
+        Ok(ClassLabels {
+            classes,
+            choice,
+            guidance: None,
+        })
+    }
+
+    /// These labels guided toward their class away from `guidance.null_class`.
+    pub fn with_guidance(self, guidance: ClassGuidance) -> ClassLabels {
+        ClassLabels {
+            guidance: Some(guidance),
+            ..self
+        }
+    }
+
+    /// The condition of samples `first .. first + size`: their labels (with classifier-free
+    /// guidance when asked), or none for an unconditional model.
+    pub fn condition(&self, gpu: &Gpu, first: usize, size: usize) -> Result<Cond> {
+        let labels = self.batch(first, size);
+        let cond = upload_labels(gpu, self.classes, labels.as_deref(), size)?;
+        match (self.guidance, cond) {
+            (None, cond) => Ok(cond),
+            (Some(g), cond @ Cond::Class(_)) => {
+                let null = gpu.upload(&[size], &vec![g.null_class as f32; size])?;
+                Cond::guided(cond, Cond::Class(null), g.scale)
+            }
+            (Some(_), _) => Err(Error::Invalid(
+                "classifier-free guidance over classes needs a class-conditional model".into(),
+            )),
+        }
     }
 
     /// The class of sample `index`.

@@ -12,7 +12,7 @@ pub mod schedule;
 pub mod scheduler;
 pub mod setup;
 
-pub use labels::{ClassChoice, ClassLabels};
+pub use labels::{ClassChoice, ClassGuidance, ClassLabels};
 pub use pipeline::{
     sample_batch, sample_batch_conditioned, BatchSpec, NonFiniteFlags, SampledBatch, StepContext,
     StepHook,

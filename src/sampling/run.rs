@@ -3,7 +3,7 @@
 //! index, so how the indices are batched never changes an image.
 
 use super::labels::ClassLabels;
-use super::pipeline::{sample_batch, sample_batch_conditioned, BatchSpec, StepContext, StepHook};
+use super::pipeline::{sample_batch_conditioned, BatchSpec, StepContext, StepHook};
 use super::scheduler::Scheduler;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
@@ -170,35 +170,25 @@ impl Run<'_> {
         let spec = BatchSpec {
             first_index: first,
             size,
-            labels: classes.as_deref(),
+            labels: None,
             init_noise: self.init_tensor(first, size, sample_shape)?,
+        };
+        let cond = match self.prompt {
+            None => self.labels.condition(gpu, first, size)?,
+            Some(prompt) => prompt.repeat(gpu, size)?,
         };
         hook.start_batch();
         let hooks = &mut [hook as &mut dyn StepHook];
-        let out = match self.prompt {
-            None => sample_batch(
-                gpu,
-                self.model,
-                self.scheduler,
-                self.noise,
-                spec,
-                hooks,
-                on_step,
-            )?,
-            Some(prompt) => {
-                let cond = prompt.repeat(gpu, size)?;
-                sample_batch_conditioned(
-                    gpu,
-                    self.model,
-                    self.scheduler,
-                    self.noise,
-                    spec,
-                    &cond,
-                    hooks,
-                    on_step,
-                )?
-            }
-        };
+        let out = sample_batch_conditioned(
+            gpu,
+            self.model,
+            self.scheduler,
+            self.noise,
+            spec,
+            &cond,
+            hooks,
+            on_step,
+        )?;
         let decoded = self.decoder.decode(gpu, &out.x)?;
         let [images, flags] =
             <[Vec<f32>; 2]>::try_from(gpu.read_many(&[&decoded, out.non_finite.tensor()])?)
