@@ -692,14 +692,11 @@ fn record_resnet(
     temb: &Tensor,
     tape: Option<&mut UNet2DConditionTape>,
 ) -> Result<Tensor> {
-    match tape {
-        Some(tape) => {
-            let (y, resnet_tape) = resnet.forward_saving(gpu, x, Some(temb))?;
-            tape.resnets.push(resnet_tape);
-            Ok(y)
-        }
-        None => resnet.forward(gpu, x, Some(temb)),
-    }
+    record(
+        tape.map(|t| &mut t.resnets),
+        || resnet.forward_saving(gpu, x, Some(temb)),
+        || resnet.forward(gpu, x, Some(temb)),
+    )
 }
 
 /// `transformer` on x, recording its tape when given one.
@@ -710,13 +707,27 @@ fn record_transformer(
     context: &Tensor,
     tape: Option<&mut UNet2DConditionTape>,
 ) -> Result<Tensor> {
-    match tape {
-        Some(tape) => {
-            let (y, transformer_tape) = transformer.forward_saving(gpu, x, context)?;
-            tape.transformers.push(transformer_tape);
+    record(
+        tape.map(|t| &mut t.transformers),
+        || transformer.forward_saving(gpu, x, context),
+        || transformer.forward(gpu, x, context),
+    )
+}
+
+/// A module's output from `saving` (pushing its tape onto `tapes`) when the forward records,
+/// else from `plain`.
+fn record<T>(
+    tapes: Option<&mut Vec<T>>,
+    saving: impl FnOnce() -> Result<(Tensor, T)>,
+    plain: impl FnOnce() -> Result<Tensor>,
+) -> Result<Tensor> {
+    match tapes {
+        Some(tapes) => {
+            let (y, tape) = saving()?;
+            tapes.push(tape);
             Ok(y)
         }
-        None => transformer.forward(gpu, x, context),
+        None => plain(),
     }
 }
 
