@@ -2,6 +2,7 @@
 //! the library did. No domain logic lives here.
 
 pub mod calibrate;
+pub mod compare;
 pub mod eval;
 pub mod fid;
 pub mod filter;
