@@ -32,6 +32,8 @@ enum Command {
     Reference(cli::reference::ReferenceArgs),
     /// Split a scored run into the lowest-uncertainty set and an equal random subset.
     Filter(cli::filter::FilterArgs),
+    /// Runs that share x_T (same seed and samples) side by side: grids and compare.html.
+    Compare(cli::compare::CompareArgs),
     /// Score generated images against real ones: Fréchet distance of classifier features, confidence.
     Eval(cli::eval::EvalArgs),
     /// FID with pytorch-fid's Inception-V3 between images or statistics, or save statistics.
@@ -67,6 +69,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Calibrate(args) => cli::calibrate::run(&Gpu::new(&choice)?, &args)?,
         Command::Reference(args) => cli::reference::run(&Gpu::new(&choice)?, &args)?,
         Command::Filter(args) => cli::filter::run(&args)?,
+        Command::Compare(args) => cli::compare::run(&args)?,
         Command::Eval(args) => cli::eval::run(&Gpu::new(&choice)?, &args)?,
         Command::Fid(args) => cli::fid::run(&choice, &args)?,
     }

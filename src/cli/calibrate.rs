@@ -41,6 +41,9 @@ pub struct CalibrateArgs {
     /// The threshold file to write: float32 .npy of shape (steps, C, H, W)
     #[arg(long)]
     pub out: PathBuf,
+    /// Hide the progress bar
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 pub fn run(gpu: &Gpu, args: &CalibrateArgs) -> Result<()> {
@@ -58,9 +61,10 @@ pub fn run(gpu: &Gpu, args: &CalibrateArgs) -> Result<()> {
         batch: args.batch,
         class: args.class,
     };
-    let bar = super::progress_bar(args.num, "samples");
-    let threshold =
-        calibrate_with_progress(gpu, &request, |done, _| bar.set_position(done as u64))?;
+    let bar = super::progress_bar(args.num, "samples", args.quiet);
+    let threshold = calibrate_with_progress(gpu, &request, |done, total| {
+        super::advance(&bar, done, total)
+    })?;
     bar.finish_and_clear();
     threshold.save(&args.out)?;
     println!(

@@ -47,6 +47,9 @@ pub struct EvalArgs {
     /// Also write the results to this JSON file
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Hide the progress bar
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 impl EvalArgs {
@@ -71,7 +74,11 @@ impl EvalArgs {
 }
 
 pub fn run(gpu: &Gpu, args: &EvalArgs) -> Result<()> {
-    let report = evaluation::evaluate(gpu, &args.options())?;
+    let bar = super::progress_bar(0, "images", args.quiet);
+    let report = evaluation::evaluate_with_progress(gpu, &args.options(), |done, total| {
+        super::advance(&bar, done, total)
+    })?;
+    bar.finish_and_clear();
     print_report(&report);
     if let Some(smallest) = report.undersized() {
         eprintln!(

@@ -46,6 +46,9 @@ pub struct FidArgs {
     /// Also write the result to this JSON file
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Hide the progress bar
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 pub fn run(choice: &AdapterChoice, args: &FidArgs) -> Result<()> {
@@ -58,10 +61,13 @@ pub fn run(choice: &AdapterChoice, args: &FidArgs) -> Result<()> {
         batch_minmax: args.batch_minmax,
     };
     let gpu = || Gpu::new(choice);
+    let bar = super::progress_bar(0, "images", args.quiet);
+    let progress = |done, total| super::advance(&bar, done, total);
     if let Some(paths) = &args.save_stats {
         let (src, out) = (&paths[0], &paths[1]);
-        let stats = fid::save_statistics(gpu, &FidSource::from_path(src), out, &options)
+        let stats = fid::save_statistics(gpu, &FidSource::from_path(src), out, &options, progress)
             .with_context(|| format!("--save-stats {}", src.display()))?;
+        bar.finish_and_clear();
         println!(
             "{}: statistics written to {}",
             stats.description,
@@ -78,7 +84,9 @@ pub fn run(choice: &AdapterChoice, args: &FidArgs) -> Result<()> {
         &FidSource::from_path(real),
         &FidSource::from_path(fake),
         &options,
+        progress,
     )?;
+    bar.finish_and_clear();
     println!("real: {}", report.real.description);
     println!("fake: {}", report.fake.description);
     println!("FID: {:.6}", report.fid);

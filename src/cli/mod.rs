@@ -2,6 +2,7 @@
 //! the library did. No domain logic lives here.
 
 pub mod calibrate;
+pub mod compare;
 pub mod eval;
 pub mod fid;
 pub mod filter;
@@ -19,13 +20,23 @@ where
     PossibleValuesParser::new(names).try_map(|s| s.parse::<T>())
 }
 
-/// A progress bar over `len` units of `unit` on standard error (drawn only on a terminal).
-pub fn progress_bar(len: usize, unit: &str) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(len as u64);
+/// A progress bar over `len` units of `unit` on standard error, drawn only on a terminal and
+/// never with `--quiet`, as `sample` draws its own.
+pub fn progress_bar(len: usize, unit: &str, quiet: bool) -> indicatif::ProgressBar {
+    let bar = match quiet {
+        true => indicatif::ProgressBar::hidden(),
+        false => indicatif::ProgressBar::new(len as u64),
+    };
     if let Ok(style) = indicatif::ProgressStyle::with_template(&format!(
         "{{bar:40}} {{pos}}/{{len}} {unit}  [{{elapsed_precise}}<{{eta_precise}}]"
     )) {
         bar.set_style(style);
     }
     bar
+}
+
+/// Moves `bar` to `done` of `total` (the total may grow, as when a second set is read).
+pub fn advance(bar: &indicatif::ProgressBar, done: usize, total: usize) {
+    bar.set_length(total as u64);
+    bar.set_position(done as u64);
 }

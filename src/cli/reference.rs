@@ -29,6 +29,9 @@ pub struct ReferenceArgs {
     /// The reference file to write (.npz, float64; README.md "Uncertainty modes")
     #[arg(long)]
     pub out: PathBuf,
+    /// Hide the progress bar
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 pub fn run(gpu: &Gpu, args: &ReferenceArgs) -> Result<()> {
@@ -42,10 +45,9 @@ pub fn run(gpu: &Gpu, args: &ReferenceArgs) -> Result<()> {
         batch: args.batch,
         max_copies_per_forward: None,
     };
-    let bar = super::progress_bar(0, "images");
+    let bar = super::progress_bar(0, "images", args.quiet);
     let reference = build_reference(gpu, &request, |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
+        super::advance(&bar, done, total)
     })?;
     bar.finish_and_clear();
     reference.save(&args.out)?;

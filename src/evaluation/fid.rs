@@ -110,14 +110,17 @@ impl FidReport {
     }
 }
 
-/// FID between two sources; the network is loaded only if one of them holds images.
+/// FID between two sources; the network is loaded only if one of them holds images. Calls
+/// `progress(images done, images read so far)` after each batch: the second source's images
+/// count once they are read, so the total grows when it starts.
 pub fn fid(
     gpu: impl Fn() -> Result<Gpu>,
     real: &FidSource,
     fake: &FidSource,
     options: &FidOptions,
+    mut progress: impl FnMut(usize, usize),
 ) -> Result<FidReport> {
-    let mut extractor = Extractor::new(gpu, options);
+    let mut extractor = Extractor::new(gpu, options, &mut progress);
     let real = extractor
         .statistics(real)
         .map_err(|e| Error::Invalid(format!("--real: {e}")))?;
@@ -131,31 +134,44 @@ pub fn fid(
     })
 }
 
-/// Computes the statistics of `source` and writes them where pytorch-fid's `--save-stats` would.
+/// Computes the statistics of `source` and writes them where pytorch-fid's `--save-stats` would,
+/// calling `progress(images done, images)` after each batch.
 pub fn save_statistics(
     gpu: impl Fn() -> Result<Gpu>,
     source: &FidSource,
     out: &Path,
     options: &FidOptions,
+    mut progress: impl FnMut(usize, usize),
 ) -> Result<FidStatistics> {
-    let stats = Extractor::new(gpu, options).statistics(source)?;
+    let stats = Extractor::new(gpu, options, &mut progress).statistics(source)?;
     write_statistics(out, &stats.gaussian)?;
     Ok(stats)
 }
 
-/// Loads the GPU and network on first use.
+/// Loads the GPU and network on first use; counts the images of every source it reads.
 struct Extractor<'a, G: Fn() -> Result<Gpu>> {
     make_gpu: G,
     options: &'a FidOptions,
     loaded: Option<(Gpu, FidInception)>,
+    progress: &'a mut dyn FnMut(usize, usize),
+    /// Images of earlier sources, and of every source read so far.
+    done: usize,
+    total: usize,
 }
 
 impl<'a, G: Fn() -> Result<Gpu>> Extractor<'a, G> {
-    fn new(make_gpu: G, options: &'a FidOptions) -> Self {
+    fn new(
+        make_gpu: G,
+        options: &'a FidOptions,
+        progress: &'a mut dyn FnMut(usize, usize),
+    ) -> Self {
         Extractor {
             make_gpu,
             options,
             loaded: None,
+            progress,
+            done: 0,
+            total: 0,
         }
     }
 
@@ -176,7 +192,12 @@ impl<'a, G: Fn() -> Result<Gpu>> Extractor<'a, G> {
             self.loaded = Some((gpu, net));
         }
         let (gpu, net) = self.loaded.as_ref().expect("loaded above");
-        let features = features(gpu, net, &images, self.options)?;
+        self.total += images.len();
+        let (before, total, progress) = (self.done, self.total, &mut self.progress);
+        let features = features(gpu, net, &images, self.options, &mut |done| {
+            progress(before + done, total)
+        })?;
+        self.done = total;
         Ok(FidStatistics {
             description,
             gaussian: FeatureGaussian::fit(&features, FEATURES)?,
@@ -184,12 +205,14 @@ impl<'a, G: Fn() -> Result<Gpu>> Extractor<'a, G> {
     }
 }
 
-/// pool3 features of `images` (rows of 2048), in batches of `options.batch`.
+/// pool3 features of `images` (rows of 2048), in batches of `options.batch`, calling
+/// `progress(images done)` after each.
 pub fn features(
     gpu: &Gpu,
     net: &FidInception,
     images: &[Image8],
     options: &FidOptions,
+    progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<f32>> {
     if options.batch == 0 {
         return Err(Error::Invalid("--batch must be at least 1".into()));
@@ -210,6 +233,7 @@ pub fn features(
             let x = gpu.upload(&[n, 3, height, width], part)?;
             out.extend(gpu.read(&net.forward(gpu, &inception_input(gpu, &x)?)?)?);
         }
+        progress(out.len() / FEATURES);
     }
     Ok(out)
 }

@@ -24,16 +24,18 @@ pub(super) fn check_size(
     Ok(())
 }
 
-/// Runs the classifier over `images` in batches; returns (features, logits), row per image.
+/// Runs the classifier over `images` in batches, calling `progress(images done)` after each;
+/// returns (features, logits), row per image.
 pub(super) fn classify(
     gpu: &Gpu,
     model: &FashionClassifier,
     images: &[Image8],
     batch: usize,
+    progress: &mut dyn FnMut(usize),
 ) -> Result<(Vec<f32>, Vec<f32>)> {
     let config = &model.config;
     let side = config.input_size;
-    let (mut features, mut logits) = (Vec::new(), Vec::new());
+    let (mut features, mut logits, mut done) = (Vec::new(), Vec::new(), 0);
     for chunk in images.chunks(batch) {
         let x = gpu.upload(
             &[chunk.len(), 1, side, side],
@@ -42,6 +44,8 @@ pub(super) fn classify(
         let out = model.forward(gpu, &x)?;
         features.extend(gpu.read(&out.features)?);
         logits.extend(gpu.read(&out.logits)?);
+        done += chunk.len();
+        progress(done);
     }
     Ok((features, logits))
 }

@@ -63,11 +63,25 @@ pub struct EvalReport {
 /// Loads the classifier and both sets, and compares them. A `noise` set without a range takes the
 /// other set's size.
 pub fn evaluate(gpu: &Gpu, options: &EvalOptions) -> Result<EvalReport> {
+    evaluate_with_progress(gpu, options, |_, _| {})
+}
+
+/// [`evaluate`], calling `progress(images classified, images in both sets)` after each batch.
+pub fn evaluate_with_progress(
+    gpu: &Gpu,
+    options: &EvalOptions,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<EvalReport> {
     limits::count_in("--batch", options.batch, MAX_BATCH)?;
     let model = FashionClassifier::load(gpu, &WeightFile::open(&options.classifier)?)?;
     let (real, fake) = load_sets(gpu, options, model.config.input_size)?;
-    let real = score(gpu, &model, options.batch, "real", real)?;
-    let fake = score(gpu, &model, options.batch, "fake", fake)?;
+    let (first, total) = (real.images.len(), real.images.len() + fake.images.len());
+    let real = score(gpu, &model, options.batch, "real", real, &mut |done| {
+        progress(done, total)
+    })?;
+    let fake = score(gpu, &model, options.batch, "fake", fake, &mut |done| {
+        progress(first + done, total)
+    })?;
     let config = &model.config;
     Ok(EvalReport {
         classifier: options.classifier.clone(),
@@ -101,15 +115,16 @@ fn load_sets(gpu: &Gpu, options: &EvalOptions, side: usize) -> Result<(ImageSet,
     }
 }
 
-/// Classifies `set` and summarises the features and predictions.
+/// Classifies `set` and summarises the features and predictions; `progress(images done)`.
 fn score(
     gpu: &Gpu,
     model: &FashionClassifier,
     batch: usize,
     which: &str,
     set: ImageSet,
+    progress: &mut dyn FnMut(usize),
 ) -> Result<SetReport> {
-    let (features, logits) = input::classify(gpu, model, &set.images, batch)?;
+    let (features, logits) = input::classify(gpu, model, &set.images, batch, progress)?;
     let gaussian = FeatureGaussian::fit(&features, model.config.hidden)
         .map_err(for_set(&format!("{which} ({})", set.description)))?;
     Ok(SetReport {

@@ -1,10 +1,12 @@
 //! A run's folder: one PNG per sample (its parameters, index, class and score in tEXt chunks),
 //! written last so that a killed run loses no finished sample, and everything derived from the
-//! PNGs — manifest, scores, heatmaps, grids, filtered subsets, report (one self-contained page). The folder holds one run:
+//! PNGs — manifest, scores, heatmaps, grids, filtered subsets, report (one self-contained page),
+//! and the comparison of runs that share x_T. The folder holds one run:
 //! resuming skips finished samples, shards of the run add to it — from one process after another
 //! or from many at once — and other parameters are refused. This module is the folder format;
 //! the `sample` job that fills it is [`crate::job`].
 
+mod compare;
 mod filter;
 mod folder;
 mod manifest;
@@ -15,6 +17,7 @@ mod shard;
 pub mod shared;
 mod write;
 
+pub use compare::{compare, ComparedRun, Comparison, PixelDifference, COMPARE_FILE, GRID_ROWS};
 pub use filter::{by_score, filter, filter_run, kept_count, read_filtered, Filtered, FilteredSets};
 pub use folder::{FolderPlan, FolderSummary, Pending};
 pub use manifest::{

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod attention_case;
+pub mod page;
 pub mod reference;
 pub mod weights_file;
 

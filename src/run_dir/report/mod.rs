@@ -6,8 +6,8 @@
 //! extremes, and every sample in score order beside its map.
 
 mod histogram;
-mod html;
-mod parameters;
+pub(in crate::run_dir) mod html;
+pub(in crate::run_dir) mod parameters;
 mod strips;
 
 use super::filter::{read_filtered, FilteredSets};
@@ -95,7 +95,8 @@ pub fn write_html_report(
     Ok(path)
 }
 
-const STYLE: &str = "body{font-family:sans-serif;margin:1.5em;background:#fafafa;color:#222}\
+pub(in crate::run_dir) const STYLE: &str =
+    "body{font-family:sans-serif;margin:1.5em;background:#fafafa;color:#222}\
     section{margin:1.5em 0}\
     figure{display:inline-block;margin:4px;text-align:center;background:#fff;padding:4px;\
     border:1px solid #ddd}\
@@ -108,7 +109,7 @@ const STYLE: &str = "body{font-family:sans-serif;margin:1.5em;background:#fafafa
     .caveat{border:2px solid #c0392b;background:#fdecea;padding:0.5em 1em}\
     .row-label{font-weight:bold;margin:0.5em 0 0}";
 
-fn section(id: &str, title: &str, content: &str) -> String {
+pub(in crate::run_dir) fn section(id: &str, title: &str, content: &str) -> String {
     format!("<section id='{id}'><h2>{title}</h2>{content}</section>")
 }
 
@@ -385,7 +386,7 @@ fn figure(dir: &Path, s: &SampleRecord, rank: usize, scale: (f32, f32)) -> Resul
 }
 
 /// The factor that brings an image's longer side to at most [`THUMBNAIL`] pixels.
-fn shrink_factor(image: &Image8) -> usize {
+pub(in crate::run_dir) fn shrink_factor(image: &Image8) -> usize {
     image.height.max(image.width).div_ceil(THUMBNAIL).max(1)
 }
 
