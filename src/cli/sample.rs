@@ -374,6 +374,12 @@ pub fn run(adapter: &AdapterChoice, args: &SampleArgs) -> Result<()> {
     let mut progress = Bar(bar);
     let started = std::time::Instant::now();
     let summary = match job.run(&mut progress) {
+        Err(Error::BatchTooLarge { batch, why, .. }) if batch <= 1 => {
+            bail!(
+                "one sample {why}: it is too large for this device (a latent model's image: a \
+                 smaller --height/--width; or a device with larger bindings)"
+            )
+        }
         Err(Error::BatchTooLarge { batch, why, fits }) => {
             bail!("batch {batch} {why}: use --batch {fits} or less")
         }
