@@ -181,7 +181,7 @@ pub fn check_same_run(
         let path = dir.join(png_name(i));
         let theirs: Option<serde_json::Value> = images::read_png_text(&path)?
             .get("parameters")
-            .and_then(|p| serde_json::from_str(p).ok());
+            .and_then(|p| crate::json::from_str(p).ok());
         if theirs.as_ref() == Some(parameters) {
             continue;
         }

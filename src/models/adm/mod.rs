@@ -23,9 +23,10 @@ pub const NORM_EPS: f32 = 1e-5;
 
 /// guided-diffusion's `UNetModel.__init__` arguments, as `tools/convert.py` stores them in the
 /// weight file's `config` metadata. Missing optional fields take `UNetModel`'s defaults; the
-/// required ones (sizes) must be present.
+/// required ones (sizes) must be present. Any other key is refused, so a misspelled one cannot
+/// silently fall back to a default.
 #[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct AdmConfig {
     pub image_size: usize,
     pub in_channels: usize,
