@@ -311,6 +311,33 @@ fn adm_configs_refuse_unknown_keys() {
     assert!(err.to_string().contains("num_heads_upsampel"), "{err}");
 }
 
+/// ADM sizes are bounded like every other model's: 65 levels passed validation (the level
+/// factor `1 << 64` overflowed — to 1 in a release build, a panic with overflow checks, where
+/// the harness found it) and in_channels 2^63 was taken.
+#[test]
+fn adm_configs_are_bounded() {
+    let config = |extra: &str| {
+        let text =
+            format!(r#"{{"image_size": 16, "model_channels": 32, "num_res_blocks": 1, {extra}}}"#);
+        let c: wgsl_diff::models::AdmConfig = serde_json::from_str(&text).unwrap();
+        c.validate().map_err(|e| e.to_string())
+    };
+    let ok = config(r#""in_channels": 3, "out_channels": 3, "channel_mult": [1.0, 2.0]"#);
+    assert!(ok.is_ok(), "{ok:?}");
+    let levels = vec!["1.0"; 65].join(", ");
+    let err = config(&format!(
+        r#""in_channels": 3, "out_channels": 3, "channel_mult": [{levels}]"#
+    ))
+    .unwrap_err();
+    assert!(err.contains("channel_mult levels is 65"), "{err}");
+    let huge = 1u64 << 63;
+    let err = config(&format!(
+        r#""in_channels": {huge}, "out_channels": {huge}, "channel_mult": [1.0]"#
+    ))
+    .unwrap_err();
+    assert!(err.contains("in_channels is 9223372036854775808"), "{err}");
+}
+
 fn idx(count: u32, rows: u32, cols: u32, pixels: &[u8]) -> Vec<u8> {
     let mut out = vec![0, 0, 8, 3];
     for v in [count, rows, cols] {
