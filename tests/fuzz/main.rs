@@ -9,7 +9,9 @@
 //! `cargo test --release --test fuzz` runs a fixed slice (seconds). Many more:
 //! `WGSL_DIFF_FUZZ_COUNT=1000000 cargo test --release --test fuzz -- --ignored --nocapture`
 //! (`WGSL_DIFF_FUZZ_SEED` picks another stream, `WGSL_DIFF_FUZZ_FIRST` the first input, so a
-//! finding `#i` is rerun alone with `WGSL_DIFF_FUZZ_FIRST=i WGSL_DIFF_FUZZ_COUNT=1`).
+//! finding `#i` is rerun alone with `WGSL_DIFF_FUZZ_FIRST=i WGSL_DIFF_FUZZ_COUNT=1`). With
+//! `CARGO_PROFILE_RELEASE_OVERFLOW_CHECKS=true` (and a `CARGO_TARGET_DIR` of its own) an
+//! arithmetic overflow, which a release build wraps silently, panics and is found too.
 
 mod driver;
 mod json;
