@@ -66,7 +66,8 @@ pub fn write_png(path: &Path, img: &Image8, text: &[(&str, String)]) -> Result<(
 }
 
 pub fn read_png(path: &Path) -> Result<Image8> {
-    let img = image::open(path)
+    let bytes = crate::io::read_input(path, crate::limits::MAX_INPUT_BYTES)?;
+    let img = image::load_from_memory(&bytes)
         .map_err(|e| Error::Invalid(format!("cannot read {}: {e}", path.display())))?;
     let (width, height) = (img.width() as usize, img.height() as usize);
     let (channels, pixels) = match img.color().channel_count() {
@@ -105,15 +106,33 @@ pub fn grid(images: &[Image8], cols: usize, gap: usize) -> Option<Image8> {
     })
 }
 
-/// The tEXt chunks of a PNG file (keyword → text).
+/// The text chunks of a PNG file (keyword → text): tEXt as wgsl-diff writes them, and zTXt and
+/// iTXt as other tools may rewrite them (each inflated to at most the png crate's 2 MiB). A
+/// keyword given twice is refused: which of the two values is the sample's?
 pub fn read_png_text(path: &Path) -> Result<std::collections::HashMap<String, String>> {
     let reader = png_header(path)?;
-    Ok(reader
-        .info()
+    let info = reader.info();
+    let bad = |e: &dyn std::fmt::Display| Error::Invalid(format!("{}: {e}", path.display()));
+    let mut chunks: Vec<(String, String)> = info
         .uncompressed_latin1_text
         .iter()
         .map(|c| (c.keyword.clone(), c.text.clone()))
-        .collect())
+        .collect();
+    for mut c in info.compressed_latin1_text.iter().cloned() {
+        c.decompress_text().map_err(|e| bad(&e))?;
+        chunks.push((c.keyword.clone(), c.get_text().map_err(|e| bad(&e))?));
+    }
+    for mut c in info.utf8_text.iter().cloned() {
+        c.decompress_text().map_err(|e| bad(&e))?;
+        chunks.push((c.keyword.clone(), c.get_text().map_err(|e| bad(&e))?));
+    }
+    let mut text = std::collections::HashMap::new();
+    for (keyword, value) in chunks {
+        if text.insert(keyword.clone(), value).is_some() {
+            return Err(bad(&format!("the text key {keyword:?} appears twice")));
+        }
+    }
+    Ok(text)
 }
 
 /// (height, width) of a PNG, from its header alone.
@@ -123,6 +142,7 @@ pub fn png_size(path: &Path) -> Result<(usize, usize)> {
 }
 
 fn png_header(path: &Path) -> Result<png::Reader<std::io::BufReader<std::fs::File>>> {
+    crate::io::check_input(path, crate::limits::MAX_INPUT_BYTES)?;
     let file = std::fs::File::open(path).map_err(Error::file("read", path))?;
     png::Decoder::new(std::io::BufReader::new(file))
         .read_info()

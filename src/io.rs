@@ -49,6 +49,12 @@ pub(crate) fn tmp_token(file_name: &str) -> Option<&str> {
 /// The bytes of the input file `path`: a regular file (not a folder, device or pipe, which could
 /// be read forever) of at most `max_bytes`, checked before anything is read.
 pub fn read_input(path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
+    check_input(path, max_bytes)?;
+    std::fs::read(path).map_err(Error::file("read", path))
+}
+
+/// Checks that `path` is a regular file of at most `max_bytes`, for readers that stream it.
+pub fn check_input(path: &Path, max_bytes: u64) -> Result<()> {
     let meta = std::fs::metadata(path).map_err(Error::file("read", path))?;
     if !meta.is_file() {
         return Err(Error::Invalid(format!(
@@ -63,7 +69,7 @@ pub fn read_input(path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
             meta.len()
         )));
     }
-    std::fs::read(path).map_err(Error::file("read", path))
+    Ok(())
 }
 
 /// Checks that a file can be written at `path` before the work that makes it: not a folder, in a

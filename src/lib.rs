@@ -23,8 +23,9 @@
 //!   meet.
 //! - The `wgsl-diff` binary parses flags into these requests and prints what they did.
 //!
-//! [`images`], [`image_sets`], [`idx`], [`npy`], [`npz`], [`io`], [`metrics`], [`splitmix`] and
-//! [`ticks`] are small utilities; [`limits`] holds every bound on a user-supplied number.
+//! [`images`], [`image_sets`], [`idx`], [`json`], [`npy`], [`npz`], [`io`], [`metrics`],
+//! [`splitmix`] and [`ticks`] are small utilities; [`limits`] holds every bound on a
+//! user-supplied number.
 //!
 //! # The path of a sample
 //! 1. [`job::SampleJob::prepare`] loads the model and its schedule, resolves the sampler
@@ -56,6 +57,7 @@ pub mod image_sets;
 pub mod images;
 pub mod io;
 pub mod job;
+pub mod json;
 pub mod limits;
 pub mod metrics;
 pub mod models;

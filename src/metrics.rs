@@ -76,9 +76,34 @@ pub fn frechet_distance(a: &FeatureGaussian, b: &FeatureGaussian) -> Result<f64>
         )));
     }
     let mean_term = (&a.mean - &b.mean).norm_squared();
-    let sqrt_a = psd_sqrt(&a.covariance);
-    let product = &sqrt_a * &b.covariance * &sqrt_a;
-    let trace_sqrt: f64 = psd_eigenvalues(&product).iter().map(|l| l.sqrt()).sum();
+    // Tr (Σ₁Σ₂)^½ is homogeneous of degree 1 in the pair's scale: computed on Σ/s and scaled
+    // back, the product cannot overflow for any finite covariances (unscaled, entries of 1e300
+    // overflowed to eigenvalues NaN, clamped to 0: a finite, wrong distance). s is an even power
+    // of two, so dividing by it and taking square roots are exact: distances that did not
+    // overflow are bit for bit what they were.
+    let largest = a
+        .covariance
+        .iter()
+        .chain(b.covariance.iter())
+        .fold(0f64, |m, v| m.max(v.abs()));
+    let scale = match largest > 0.0 {
+        true => {
+            let e = largest.log2().floor() as i32;
+            2f64.powi(e - e.rem_euclid(2))
+        }
+        false => 1.0,
+    };
+    let sqrt_a = psd_sqrt(&(&a.covariance / scale));
+    let product = &sqrt_a * (&b.covariance / scale) * &sqrt_a;
+    let eigenvalues = psd_eigenvalues(&product);
+    if eigenvalues.iter().any(|l| !l.is_finite()) {
+        return Err(Error::Invalid(
+            "the covariances' product has no finite eigenvalues: they are out of any feature's \
+             range"
+                .into(),
+        ));
+    }
+    let trace_sqrt: f64 = scale * eigenvalues.iter().map(|l| l.sqrt()).sum::<f64>();
     let distance = mean_term + a.covariance.trace() + b.covariance.trace() - 2.0 * trace_sqrt;
     if !distance.is_finite() {
         return Err(Error::Invalid(format!(
@@ -117,7 +142,10 @@ pub fn check_covariance(m: &DMatrix<f64>) -> std::result::Result<(), String> {
 /// Eigenvalues of a symmetric positive semi-definite matrix, with the tiny negative values that
 /// rounding produces for singular matrices (fewer samples than dimensions) clamped to 0.
 fn psd_eigenvalues(m: &DMatrix<f64>) -> DVector<f64> {
-    symmetrised(m).symmetric_eigenvalues().map(|l| l.max(0.0))
+    // `max` would turn a NaN into 0; it stays NaN for the caller to refuse.
+    symmetrised(m)
+        .symmetric_eigenvalues()
+        .map(|l| if l.is_nan() { l } else { l.max(0.0) })
 }
 
 /// The symmetric square root V·diag(√λ)·Vᵀ of a positive semi-definite matrix.

@@ -73,34 +73,10 @@ pub(crate) fn parse<'a>(bytes: &'a [u8], what: &str) -> Result<(String, Vec<usiz
             .ok_or_else(|| bad("truncated header"))?,
     )
     .map_err(|_| bad("header is not text"))?;
-    // numpy keeps the last of a key given twice; refuse the ambiguity rather than read another
-    // array than numpy would.
-    for key in ["'descr'", "'fortran_order'", "'shape'"] {
-        if header.matches(key).count() > 1 {
-            return Err(bad(&format!("header key {key} appears twice")));
-        }
-    }
-    if header.contains("'fortran_order': True") {
+    let (descr, fortran_order, shape) = parse_header(header).map_err(|why| bad(&why))?;
+    if fortran_order {
         return Err(bad("Fortran order is not supported"));
     }
-    let descr = header
-        .split("'descr':")
-        .nth(1)
-        .and_then(|s| s.split('\'').nth(1))
-        .ok_or_else(|| bad("no dtype"))?
-        .to_string();
-    let shape_txt = header
-        .split("'shape':")
-        .nth(1)
-        .and_then(|s| s.split('(').nth(1))
-        .and_then(|s| s.split(')').next())
-        .ok_or_else(|| bad("no shape"))?;
-    let shape = shape_txt
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<usize>().map_err(|_| bad("bad shape")))
-        .collect::<Result<Vec<_>>>()?;
     let item = match descr.as_str() {
         "<f4" => 4,
         "<f8" => 8,
@@ -122,6 +98,113 @@ pub(crate) fn parse<'a>(bytes: &'a [u8], what: &str) -> Result<(String, Vec<usiz
         )));
     }
     Ok((descr, shape, payload))
+}
+
+/// The header's dict, read as strictly as numpy writes it: `descr` (a quoted string),
+/// `fortran_order` (`True` or `False`) and `shape` (a tuple of non-negative integers), each
+/// exactly once — numpy keeps the last of a key given twice, so a repeat is refused rather than
+/// read as another array than numpy would — in any order and spacing, then only padding.
+fn parse_header(header: &str) -> std::result::Result<(String, bool, Vec<usize>), String> {
+    let mut rest = header.trim_start();
+    if !take(&mut rest, "{") {
+        return Err("the header is not a dict".into());
+    }
+    let (mut descr, mut fortran, mut shape) = (None, None, None);
+    while !take(&mut rest, "}") {
+        let key = quoted(&mut rest)?;
+        rest = rest.trim_start();
+        if !take(&mut rest, ":") {
+            return Err(format!("no ':' after header key '{key}'"));
+        }
+        let slot_taken = match key.as_str() {
+            "descr" => descr.replace(quoted(&mut rest)?).is_some(),
+            "fortran_order" => {
+                let value = match () {
+                    _ if take(&mut rest, "True") => true,
+                    _ if take(&mut rest, "False") => false,
+                    _ => return Err("fortran_order is neither True nor False".into()),
+                };
+                fortran.replace(value).is_some()
+            }
+            "shape" => shape.replace(tuple(&mut rest)?).is_some(),
+            other => return Err(format!("unknown header key '{other}'")),
+        };
+        if slot_taken {
+            return Err(format!("header key '{key}' appears twice"));
+        }
+        rest = rest.trim_start();
+        if !take(&mut rest, ",") && !rest.starts_with('}') {
+            return Err("header items are not separated by commas".into());
+        }
+    }
+    if !rest.trim().is_empty() {
+        return Err("text after the header's dict".into());
+    }
+    match (descr, fortran, shape) {
+        (Some(d), Some(f), Some(s)) => Ok((d, f, s)),
+        _ => Err("the header lacks descr, fortran_order or shape".into()),
+    }
+}
+
+/// Consumes `token` and the spaces after it when `rest` starts with it.
+fn take(rest: &mut &str, token: &str) -> bool {
+    match rest.strip_prefix(token) {
+        Some(after) => {
+            *rest = after.trim_start();
+            true
+        }
+        None => false,
+    }
+}
+
+/// A Python string literal in single or double quotes (no escapes: no dtype needs one).
+fn quoted(rest: &mut &str) -> std::result::Result<String, String> {
+    let text = *rest;
+    let quote = match text.chars().next() {
+        Some(q @ ('\'' | '"')) => q,
+        _ => return Err("a header key or dtype is not a quoted string".into()),
+    };
+    let end = text[1..]
+        .find(quote)
+        .ok_or("an unterminated string in the header")?;
+    let value = &text[1..1 + end];
+    if value.contains('\\') {
+        return Err("an escape in a header string".into());
+    }
+    *rest = &text[end + 2..];
+    Ok(value.to_string())
+}
+
+/// A Python tuple of non-negative integers, spelled as Python would read it (no leading zeros;
+/// one element needs its trailing comma).
+fn tuple(rest: &mut &str) -> std::result::Result<Vec<usize>, String> {
+    let bad = || "the shape is not a tuple of non-negative integers".to_string();
+    let text = rest.strip_prefix('(').ok_or_else(bad)?;
+    let close = text.find(')').ok_or_else(bad)?;
+    let inner = text[..close].trim();
+    *rest = &text[close + 1..];
+    if inner.is_empty() {
+        return Ok(Vec::new());
+    }
+    let items: Vec<&str> = inner.split(',').map(str::trim).collect();
+    let (last, dims) = items.split_last().ok_or_else(bad)?;
+    // "(3)" is 3, not a tuple; "(3,)" and "(2, 3)" are tuples.
+    let dims = match (last.is_empty(), dims.is_empty()) {
+        (true, _) => dims.to_vec(),
+        (false, false) => items.clone(),
+        (false, true) => return Err(bad()),
+    };
+    dims.iter()
+        .map(|d| {
+            let digits = !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit());
+            match digits && (*d == "0" || !d.starts_with('0')) {
+                true => d
+                    .parse::<usize>()
+                    .map_err(|_| format!("dimension {d} is too large")),
+                false => Err(bad()),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

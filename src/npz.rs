@@ -32,7 +32,7 @@ struct Bytes<'a>(&'a [u8]);
 impl Bytes<'_> {
     fn get<const N: usize>(&self, at: usize) -> Result<[u8; N]> {
         self.0
-            .get(at..at + N)
+            .get(at..at.saturating_add(N))
             .and_then(|s| s.try_into().ok())
             .ok_or_else(|| Error::Invalid("truncated zip structure".into()))
     }
@@ -44,6 +44,14 @@ impl Bytes<'_> {
     }
     fn u64(&self, at: usize) -> Result<u64> {
         Ok(u64::from_le_bytes(self.get(at)?))
+    }
+    /// An offset the archive states, checked to lie inside it (so that adding a structure's
+    /// field offsets to it cannot overflow).
+    fn offset(&self, value: u64) -> Result<usize> {
+        usize::try_from(value)
+            .ok()
+            .filter(|&at| at <= self.0.len())
+            .ok_or_else(|| Error::Invalid(format!("offset {value} lies past the archive's end")))
     }
 }
 
@@ -76,7 +84,15 @@ pub fn read(path: &Path) -> Result<BTreeMap<String, NpzArray>> {
                 .collect(),
         };
         let name = entry.name.strip_suffix(".npy").unwrap_or(&entry.name);
-        arrays.insert(name.to_string(), NpzArray { shape, data });
+        // Two members of one name (`x.npy` and `x` too): zip readers differ on which is meant.
+        if arrays
+            .insert(name.to_string(), NpzArray { shape, data })
+            .is_some()
+        {
+            return Err(in_file(Error::Invalid(format!(
+                "two members are named {name}"
+            ))));
+        }
     }
     Ok(arrays)
 }
@@ -94,15 +110,15 @@ fn central_directory(b: &Bytes) -> Result<Vec<Entry>> {
         let locator = end
             .checked_sub(20)
             .filter(|&at| b.u32(at).is_ok_and(|s| s == ZIP64_LOCATOR_SIG));
-        let record =
-            b.u64(locator.ok_or_else(|| Error::Invalid("no zip64 locator".into()))? + 8)? as usize;
+        let locator = locator.ok_or_else(|| Error::Invalid("no zip64 locator".into()))?;
+        let record = b.offset(b.u64(locator + 8)?)?;
         if b.u32(record)? != ZIP64_END_SIG {
             return Err(Error::Invalid("bad zip64 end record".into()));
         }
         (count, offset) = (b.u64(record + 32)?, b.u64(record + 48)?);
     }
     let mut entries = Vec::new();
-    let mut at = offset as usize;
+    let mut at = b.offset(offset)?;
     for _ in 0..count {
         if b.u32(at)? != CENTRAL_SIG {
             return Err(Error::Invalid("bad central directory entry".into()));
@@ -113,8 +129,9 @@ fn central_directory(b: &Bytes) -> Result<Vec<Entry>> {
             b.u16(at + 32)? as usize,
         );
         let name =
-            String::from_utf8_lossy(b.0.get(at + 46..at + 46 + name_len).unwrap_or_default())
-                .into_owned();
+            b.0.get(at + 46..at + 46 + name_len)
+                .ok_or_else(|| Error::Invalid("a member's name runs past the archive".into()))?;
+        let name = String::from_utf8_lossy(name).into_owned();
         let mut entry = Entry {
             name,
             method: b.u16(at + 10)?,
@@ -156,7 +173,7 @@ fn apply_zip64(b: &Bytes, extra: usize, extra_len: usize, entry: &mut Entry) -> 
 
 /// The uncompressed bytes of one member, checked against its size and CRC-32.
 fn extract(b: &Bytes, entry: &Entry) -> Result<Vec<u8>> {
-    let at = entry.local_offset as usize;
+    let at = b.offset(entry.local_offset)?;
     if b.u32(at)? != LOCAL_SIG {
         return Err(Error::Invalid(format!(
             "bad local header for {}",
@@ -164,14 +181,20 @@ fn extract(b: &Bytes, entry: &Entry) -> Result<Vec<u8>> {
         )));
     }
     let start = at + 30 + b.u16(at + 26)? as usize + b.u16(at + 28)? as usize;
-    let data =
-        b.0.get(start..start + entry.compressed as usize)
-            .ok_or_else(|| Error::Invalid(format!("{} is truncated", entry.name)))?;
+    let truncated = || Error::Invalid(format!("{} is truncated", entry.name));
+    let end = usize::try_from(entry.compressed)
+        .ok()
+        .and_then(|n| start.checked_add(n))
+        .ok_or_else(truncated)?;
+    let data = b.0.get(start..end).ok_or_else(truncated)?;
     let out = match entry.method {
         STORED => data.to_vec(),
         DEFLATED => {
-            let mut out = Vec::with_capacity(entry.size as usize);
+            // Inflated no further than one byte past the size the entry states, whatever the
+            // stream would make (a small member may inflate to gigabytes).
+            let mut out = Vec::new();
             flate2::read::DeflateDecoder::new(data)
+                .take(entry.size.saturating_add(1))
                 .read_to_end(&mut out)
                 .map_err(|e| Error::Invalid(format!("{}: {e}", entry.name)))?;
             out

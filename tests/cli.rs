@@ -341,7 +341,7 @@ fn uncertainty_run_scores_filters_and_reports_without_changing_samples() {
     ] {
         assert!(uc.join(f).exists(), "{f} missing");
     }
-    // Window steps 1..4 of 5: three maps per batch; M = 3 perturbation tensors per window step.
+    // Window steps 1..4 of 5: three maps per sample; M = 3 perturbation tensors per window step.
     let count = |dir: &Path, prefix: &str| {
         std::fs::read_dir(dir)
             .unwrap()
@@ -355,9 +355,9 @@ fn uncertainty_run_scores_filters_and_reports_without_changing_samples() {
             })
             .count()
     };
-    assert_eq!(count(&maps, "map_step"), 3 * 2);
-    assert_eq!(count(&noise, "noise_uncertainty_step"), 3 * 3 * 2);
-    assert_eq!(count(&noise, "noise_init"), 2);
+    assert_eq!(count(&maps, "map_step"), 3 * 6);
+    assert_eq!(count(&noise, "noise_uncertainty_step"), 3 * 3 * 6);
+    assert_eq!(count(&noise, "noise_init"), 6);
 }
 
 /// What the command does with numbers that went wrong: a model whose one finite weight (3e38)

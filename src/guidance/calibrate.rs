@@ -41,6 +41,43 @@ pub struct Calibration {
     pub seed: u64,
 }
 
+impl Calibration {
+    /// Refuses a record `calibrate` cannot have written for a threshold file of `steps` steps:
+    /// M outside the rule's range, a percentile outside (0, 1), no samples or more than a run
+    /// holds, other than one timestep per step or one past the schedule's limit.
+    fn check(&self, steps: usize) -> std::result::Result<(), String> {
+        let least = self.rule.min_copies();
+        if !(least..=limits::MAX_COPIES).contains(&self.copies) {
+            return Err(format!(
+                "M = {} for rule {} (it must be in {least}..={})",
+                self.copies,
+                self.rule,
+                limits::MAX_COPIES
+            ));
+        }
+        if !(self.percentile > 0.0 && self.percentile < 1.0) {
+            return Err(format!("percentile {} is outside (0, 1)", self.percentile));
+        }
+        if !(1..=limits::SAMPLE_INDEX_END).contains(&(self.samples as u64)) {
+            return Err(format!("{} samples", self.samples));
+        }
+        if self.timesteps.len() != steps {
+            return Err(format!(
+                "{} timesteps for a file of {steps} steps",
+                self.timesteps.len()
+            ));
+        }
+        match self
+            .timesteps
+            .iter()
+            .find(|&&t| t >= limits::MAX_TRAIN_TIMESTEPS)
+        {
+            Some(t) => Err(format!("timestep {t} is past any schedule")),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Where a threshold file's calibration record lives: beside it, `.json` appended.
 fn record_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
@@ -75,12 +112,15 @@ impl CalibratedThreshold {
         let calibration = match record.exists() {
             true => {
                 let text = crate::io::read_text_input(&record, limits::MAX_CONFIG_BYTES)?;
-                Some(serde_json::from_str(&text).map_err(|e| {
+                let not_a_record = |e: &dyn std::fmt::Display| {
                     Error::Invalid(format!(
                         "{}: not a calibration record: {e}",
                         record.display()
                     ))
-                })?)
+                };
+                let c: Calibration = crate::json::from_str(&text).map_err(|e| not_a_record(&e))?;
+                c.check(steps).map_err(|e| not_a_record(&e))?;
+                Some(c)
             }
             false => None,
         };

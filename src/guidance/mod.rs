@@ -42,6 +42,16 @@ crate::names::named_enum!(GuidanceRule {
     Posterior = "posterior",
 });
 
+impl GuidanceRule {
+    /// The fewest copies M the rule works with (Rule G's uncertainty is a spread over them).
+    pub fn min_copies(self) -> usize {
+        match self {
+            GuidanceRule::Gradient => 2,
+            GuidanceRule::Posterior => 1,
+        }
+    }
+}
+
 /// Which elements are guided.
 #[derive(Clone, Debug)]
 pub enum Threshold {
@@ -89,10 +99,7 @@ impl GuidanceConfig {
                 self.strength
             ));
         }
-        let min_copies = match self.rule {
-            GuidanceRule::Gradient => 2,
-            GuidanceRule::Posterior => 1,
-        };
+        let min_copies = self.rule.min_copies();
         if self.copies < min_copies {
             return invalid(format!(
                 "{} guidance needs at least {min_copies} copies, got {}",

@@ -12,7 +12,7 @@
 
 use super::diffusers::unet_2d_condition::UNet2DConditionModel;
 use super::single_file::{is_single_file, split, SingleFileConfigs};
-use super::weights::{UniqueKeys, WeightFile, FORMAT, FORMAT_VERSION};
+use super::weights::{WeightFile, FORMAT, FORMAT_VERSION};
 use super::UNet2DModel;
 use crate::error::{Error, Result};
 use std::collections::HashMap;
@@ -373,10 +373,7 @@ fn read_json_object(path: &Path) -> Result<serde_json::Value> {
     let text = crate::io::read_text_input(path, crate::limits::MAX_CONFIG_BYTES)?;
     let invalid =
         |e: serde_json::Error| Error::Weights(format!("{}: invalid JSON: {e}", path.display()));
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(invalid)?;
-    if value.is_object() {
-        serde_json::from_str::<UniqueKeys>(&text).map_err(invalid)?;
-    }
+    let value: serde_json::Value = crate::json::from_str(&text).map_err(invalid)?;
     match value.is_object() {
         true => Ok(value),
         false => Err(Error::Weights(format!(

@@ -64,7 +64,7 @@ impl WeightFile {
         let (header_len, header) = SafeTensors::read_metadata(&mmap).map_err(invalid)?;
         // Also validates every tensor's offsets against the file length.
         SafeTensors::deserialize(&mmap).map_err(invalid)?;
-        serde_json::from_slice::<UniqueKeys>(&mmap[8..8 + header_len]).map_err(|e| {
+        crate::json::check_unique_keys(&mmap[8..8 + header_len]).map_err(|e| {
             Error::Weights(format!(
                 "{}: invalid safetensors header: {e}",
                 path.display()
@@ -228,13 +228,14 @@ impl WeightFile {
     }
 }
 
-/// Parses a config held as JSON text in a weight file's metadata. serde names unknown and
-/// repeated keys itself but gives only a position for a value of the wrong type, so the key is
+/// Parses a config held as JSON text in a weight file's metadata ([`crate::json`]: a key given
+/// twice is refused). serde names unknown keys itself but gives only a position for a value of
+/// the wrong type, so the key is
 /// then found by parsing each key on its own (for configs whose keys all have defaults).
 pub(crate) fn parse_config<T: serde::de::DeserializeOwned>(
     json: &str,
 ) -> std::result::Result<T, ConfigError> {
-    serde_json::from_str(json).map_err(|e| ConfigError {
+    crate::json::from_str(json).map_err(|e| ConfigError {
         key: culprit::<T>(json),
         message: e.to_string(),
     })
@@ -280,42 +281,6 @@ fn culprit<T: serde::de::DeserializeOwned>(json: &str) -> Option<String> {
             serde_json::from_value::<T>(serde_json::Value::Object(alone)).is_err()
         })
         .map(|(key, _)| key)
-}
-
-/// A safetensors header (or its `__metadata__`, or a JSON config) read only to refuse a key that
-/// appears twice (serde_json would keep the last silently).
-pub(crate) struct UniqueKeys;
-
-impl<'de> serde::Deserialize<'de> for UniqueKeys {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        d.deserialize_map(UniqueKeys)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for UniqueKeys {
-    type Value = UniqueKeys;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(
-        self,
-        mut map: A,
-    ) -> std::result::Result<UniqueKeys, A::Error> {
-        let mut seen = std::collections::HashSet::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if key == "__metadata__" {
-                map.next_value::<UniqueKeys>()?;
-            } else {
-                map.next_value::<serde::de::IgnoredAny>()?;
-            }
-            if !seen.insert(key.clone()) {
-                return Err(serde::de::Error::custom(format!("`{key}` appears twice")));
-            }
-        }
-        Ok(UniqueKeys)
-    }
 }
 
 /// Where parameters come from.

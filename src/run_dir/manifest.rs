@@ -113,6 +113,15 @@ fn read_record(dir: &Path, index: usize) -> Result<Option<SampleRecord>> {
             .map(|v| v.parse::<usize>().map_err(|e| bad(key, &e)))
             .transpose()
     };
+    // A PNG renamed or copied under another sample's name would lend that sample its score.
+    if let Some(own) = count("index")? {
+        if own != index {
+            return Err(Error::Invalid(format!(
+                "{} holds sample {own}, not {index}",
+                path.display()
+            )));
+        }
+    }
     Ok(Some(SampleRecord {
         index,
         file: png_name(index),
@@ -143,15 +152,20 @@ where
     }))
 }
 
-/// `step:score,step:score,…` (empty: no steps).
+/// `step:score,step:score,…` (empty: no steps); None when a pair does not parse or a step is
+/// given twice.
 fn parse_step_scores(text: &str) -> Option<BTreeMap<usize, f64>> {
-    text.split(',')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (step, score) = pair.split_once(':')?;
-            Some((step.parse().ok()?, score.parse().ok()?))
-        })
-        .collect()
+    let mut scores = BTreeMap::new();
+    for pair in text.split(',').filter(|pair| !pair.is_empty()) {
+        let (step, score) = pair.split_once(':')?;
+        if scores
+            .insert(step.parse().ok()?, score.parse().ok()?)
+            .is_some()
+        {
+            return None;
+        }
+    }
+    Some(scores)
 }
 
 pub fn write_manifest(
@@ -177,7 +191,7 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
             dir.display()
         ))
     })?;
-    serde_json::from_str(&text).map_err(|e| {
+    crate::json::from_str(&text).map_err(|e| {
         Error::Invalid(format!(
             "{} is not a wgsl-diff manifest: {e}",
             path.display()

@@ -52,24 +52,27 @@ impl Drop for FolderLock {
 /// once into one folder cannot both go ahead.
 pub fn claim(dir: &Path, parameters: &serde_json::Value) -> Result<()> {
     let path = dir.join(RUN_FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let json = serde_json::to_string_pretty(parameters)
-                .map_err(|e| Error::Invalid(format!("cannot serialise the parameters: {e}")))?;
-            return crate::io::write_atomic(&path, json.as_bytes());
-        }
-        Err(e) => return Err(Error::file("read", &path)(e)),
-    };
-    let theirs: Option<serde_json::Value> = serde_json::from_str(&text).ok();
-    if theirs.as_ref() == Some(parameters) {
+    if !path.exists() {
+        let json = serde_json::to_string_pretty(parameters)
+            .map_err(|e| Error::Invalid(format!("cannot serialise the parameters: {e}")))?;
+        return crate::io::write_atomic(&path, json.as_bytes());
+    }
+    // Read as any input: a bounded regular file, strict JSON (a key twice is no run's record).
+    let text = crate::io::read_text_input(&path, crate::limits::MAX_CONFIG_BYTES)?;
+    let theirs: serde_json::Value = crate::json::from_str(&text).map_err(|e| {
+        Error::Invalid(format!(
+            "{} is not a run record ({e}): use another output folder or remove it",
+            path.display()
+        ))
+    })?;
+    if theirs == *parameters {
         return Ok(());
     }
     Err(Error::Invalid(format!(
         "{} holds a run made with other parameters ({}), recorded in its {RUN_FILE}; use another \
          output folder or remove it",
         dir.display(),
-        differences(theirs.as_ref(), parameters),
+        differences(Some(&theirs), parameters),
     )))
 }
 

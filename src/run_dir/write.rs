@@ -53,24 +53,6 @@ impl BatchWriter {
         masks: &[(usize, Vec<f32>)],
         non_finite: &[Option<usize>],
     ) -> Result<()> {
-        let range = format!(
-            "{:06}-{:06}",
-            batch.first_index,
-            batch.first_index + batch.len() - 1
-        );
-        let batch_shape = [&[batch.len()][..], &batch.map_shape[..]].concat();
-        if let (Some(dir), Some(uc)) = (&self.save_maps, uc) {
-            for (step, map) in &uc.maps {
-                let t = self.timesteps[*step];
-                let name = format!("map_step{step:03}_t{t:04}_samples{range}.npy");
-                npy::write(&dir.join(name), &batch_shape, map)?;
-            }
-        }
-        if let Some(dir) = &self.dump_noise {
-            for (draw, values) in &batch.noise {
-                self.write_noise(dir, draw, values, &range)?;
-            }
-        }
         for (k, index) in batch.indices().enumerate() {
             if self.report_samples.contains(&index) {
                 let len: usize = batch.map_shape.iter().product();
@@ -114,6 +96,23 @@ impl BatchWriter {
         index: usize,
         non_finite: Option<usize>,
     ) -> Result<()> {
+        // Maps and noise go into one file per sample, so that a resumed run (which samples the
+        // unfinished ones again, maybe in other batches) rewrites the same files with the same
+        // bytes and leaves what an uninterrupted run of any batch size or shard split leaves.
+        if let (Some(dir), Some(uc)) = (&self.save_maps, uc) {
+            let len: usize = batch.map_shape.iter().product();
+            let shape = [&[1][..], &batch.map_shape[..]].concat();
+            for (step, map) in &uc.maps {
+                let t = self.timesteps[*step];
+                let name = format!("map_step{step:03}_t{t:04}_{}.npy", sample_tag(index));
+                npy::write(&dir.join(name), &shape, &map[k * len..(k + 1) * len])?;
+            }
+        }
+        if let Some(dir) = &self.dump_noise {
+            for (draw, values) in &batch.noise {
+                self.write_noise(dir, draw, values, index)?;
+            }
+        }
         let raw = batch.image(k);
         let shape = &batch.sample_shape;
         if self.save_raw {
@@ -156,9 +155,30 @@ impl BatchWriter {
         )
     }
 
-    /// One file per copy: `noise_{purpose}[_step{i}_t{t}][_m{m}]_samples{range}.npy`.
-    fn write_noise(&self, dir: &Path, draw: &NoiseDraw, values: &[f32], range: &str) -> Result<()> {
+    /// Sample `index`'s row of a draw, one file per copy:
+    /// `noise_{purpose}[_step{i}_t{t}][_layer{l}][_m{m}]_sample{index}.npy`, of the draw's shape
+    /// with one sample (so an initial noise file is `--init-noise` for that sample alone).
+    fn write_noise(
+        &self,
+        dir: &Path,
+        draw: &NoiseDraw,
+        values: &[f32],
+        index: usize,
+    ) -> Result<()> {
+        let rows = draw.shape.first().copied().unwrap_or(0);
+        let row = index
+            .checked_sub(draw.first_index)
+            .filter(|r| *r < rows)
+            .ok_or_else(|| {
+                Error::Internal(format!(
+                    "sample {index} is not among the {rows} rows of a {} noise draw from {}",
+                    draw.purpose.name(),
+                    draw.first_index
+                ))
+            })?;
         let per_copy = values.len() / draw.copies;
+        let per_row = per_copy / rows;
+        let shape = [&[1][..], &draw.shape[1..]].concat();
         let step = match draw.purpose {
             NoisePurpose::Initial => String::new(),
             _ => format!("_step{:03}_t{:04}", draw.step, self.timesteps[draw.step]),
@@ -173,14 +193,20 @@ impl BatchWriter {
                 false => String::new(),
             };
             let name = format!(
-                "noise_{}{step}{copy}_samples{range}.npy",
-                draw.purpose.name()
+                "noise_{}{step}{copy}_{}.npy",
+                draw.purpose.name(),
+                sample_tag(index)
             );
-            let part = &values[m * per_copy..(m + 1) * per_copy];
-            npy::write(&dir.join(name), &draw.shape, part)?;
+            let start = m * per_copy + row * per_row;
+            npy::write(&dir.join(name), &shape, &values[start..start + per_row])?;
         }
         Ok(())
     }
+}
+
+/// The end of a per-sample map or noise file's name.
+fn sample_tag(index: usize) -> String {
+    format!("sample{index:06}")
 }
 
 /// Refuses a folder holding samples made with other parameters: resuming into it would keep
@@ -194,7 +220,7 @@ pub fn check_same_run(
         let path = dir.join(png_name(i));
         let theirs: Option<serde_json::Value> = images::read_png_text(&path)?
             .get("parameters")
-            .and_then(|p| serde_json::from_str(p).ok());
+            .and_then(|p| crate::json::from_str(p).ok());
         if theirs.as_ref() == Some(parameters) {
             continue;
         }

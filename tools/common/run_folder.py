@@ -23,10 +23,11 @@ A run folder (`wgsl-diff sample --out DIR`) holds:
     grid.png, uncertainty_grid.png, extremes.png
     report.html              with --report: one self-contained page (images embedded)
     filtered/kept, filtered/random   with --keep-fraction: subsets, each with its own samples.json
-    MAPS/map_stepSSS_tTTTT_samplesA-B.npy     with --save-maps MAPS: every step's map of a batch
-                                              (B, C, H, W)
-    NOISE/*.npy              with --dump-noise NOISE: every noise tensor drawn (see
-                             tools/common/wgsl_noise.py, which regenerates them)
+    MAPS/map_stepSSS_tTTTT_sampleNNNNNN.npy   with --save-maps MAPS: every step's map of each sample
+                                              (1, C, H, W)
+    NOISE/noise_*_sampleNNNNNN.npy             with --dump-noise NOISE: each sample's row of every
+                             noise tensor drawn, one file per copy (see tools/common/wgsl_noise.py,
+                             which regenerates them)
 
 Usage:
     from tools.common.run_folder import RunFolder
@@ -146,12 +147,11 @@ class RunFolder:
         return np.load(path) if path.exists() else None
 
     def step_maps(self, maps_dir):
-        """{(step, timestep): (first, last, array (B, C, H, W))} of a --save-maps folder."""
+        """{(step, timestep): {index: array (C, H, W)}} of a --save-maps folder."""
         out = {}
-        for path in sorted(Path(maps_dir).glob("map_step*_t*_samples*.npy")):
-            step, t, span = path.stem[len("map_step"):].split("_", 2)
-            first, last = span[len("samples"):].split("-")
-            out.setdefault((int(step), int(t[1:])), []).append((int(first), int(last), np.load(path)))
+        for path in sorted(Path(maps_dir).glob("map_step*_t*_sample*.npy")):
+            step, t, sample = path.stem[len("map_step"):].split("_", 2)
+            out.setdefault((int(step), int(t[1:])), {})[int(sample[len("sample"):])] = np.load(path)[0]
         return out
 
     def scores_frame(self):

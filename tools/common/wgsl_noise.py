@@ -71,14 +71,14 @@ def copies(seed, purpose, step, m, shape, first_index=0):
 def check_dump(folder, seed):
     """Compares every .npy a `wgsl-diff sample --dump-noise` run wrote with this generator."""
     names = {
-        "init": re.compile(r"noise_init_samples(\d+)-(\d+)\.npy$"),
-        "ancestral": re.compile(r"noise_ancestral_step(\d+)_t\d+_samples(\d+)-(\d+)\.npy$"),
-        "uncertainty": re.compile(r"noise_uncertainty_step(\d+)_t\d+_m(\d+)_samples(\d+)-(\d+)\.npy$"),
-        "guidance": re.compile(r"noise_guidance_step(\d+)_t\d+_m(\d+)_samples(\d+)-(\d+)\.npy$"),
+        "init": re.compile(r"noise_init_sample(\d+)\.npy$"),
+        "ancestral": re.compile(r"noise_ancestral_step(\d+)_t\d+_sample(\d+)\.npy$"),
+        "uncertainty": re.compile(r"noise_uncertainty_step(\d+)_t\d+_m(\d+)_sample(\d+)\.npy$"),
+        "guidance": re.compile(r"noise_guidance_step(\d+)_t\d+_m(\d+)_sample(\d+)\.npy$"),
     }
     worst, checked = 0.0, 0
     for path in sorted(Path(folder).glob("noise_*.npy")):
-        dumped = np.load(path)
+        dumped = np.load(path)  # one sample's row: (1, C, H, W)
         if m := names["init"].match(path.name):
             ours = normal(seed, INITIAL, 0, dumped.shape, int(m[1]))
         elif m := names["ancestral"].match(path.name):

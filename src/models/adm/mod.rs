@@ -14,6 +14,7 @@ pub mod unet;
 pub use unet::AdmModel;
 
 use crate::error::{Error, Result};
+use crate::limits::{MAX_BLOCKS, MAX_CHANNELS, MAX_CLASSES, MAX_LAYERS_PER_BLOCK, MAX_SAMPLE_SIZE};
 use serde::{Deserialize, Serialize};
 
 /// Groups of every `normalization(channels)` (guided-diffusion's `GroupNorm32`).
@@ -23,9 +24,10 @@ pub const NORM_EPS: f32 = 1e-5;
 
 /// guided-diffusion's `UNetModel.__init__` arguments, as `tools/convert.py` stores them in the
 /// weight file's `config` metadata. Missing optional fields take `UNetModel`'s defaults; the
-/// required ones (sizes) must be present.
+/// required ones (sizes) must be present. Any other key is refused, so a misspelled one cannot
+/// silently fall back to a default.
 #[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct AdmConfig {
     pub image_size: usize,
     pub in_channels: usize,
@@ -84,20 +86,22 @@ impl Default for AdmConfig {
 }
 
 impl AdmConfig {
-    /// Refuses sizes that cannot build the network, naming the field.
+    /// Refuses sizes that cannot build the network, or lie past their [limits], naming the
+    /// field (unbounded, `2 · in_channels` and the level factor overflowed).
     pub fn validate(&self) -> Result<()> {
         let invalid = |what: String| Err(Error::Invalid(format!("invalid ADM config: {what}")));
-        for (field, value) in [
-            ("image_size", self.image_size),
-            ("in_channels", self.in_channels),
-            ("model_channels", self.model_channels),
-            ("out_channels", self.out_channels),
-            ("num_res_blocks", self.num_res_blocks),
-            ("num_heads", self.num_heads),
-            ("num_classes", self.num_classes.unwrap_or(1)),
+        for (field, value, max) in [
+            ("image_size", self.image_size, MAX_SAMPLE_SIZE),
+            ("in_channels", self.in_channels, MAX_CHANNELS),
+            ("model_channels", self.model_channels, MAX_CHANNELS),
+            ("out_channels", self.out_channels, MAX_CHANNELS),
+            ("num_res_blocks", self.num_res_blocks, MAX_LAYERS_PER_BLOCK),
+            ("num_heads", self.num_heads, MAX_CHANNELS),
+            ("num_classes", self.num_classes.unwrap_or(1), MAX_CLASSES),
+            ("channel_mult levels", self.channel_mult.len(), MAX_BLOCKS),
         ] {
-            if value == 0 {
-                return invalid(format!("{field} is 0 (it must be positive)"));
+            if !(1..=max).contains(&value) {
+                return invalid(format!("{field} is {value}; it must be in 1..={max}"));
             }
         }
         if self.dims != 2 {
@@ -112,15 +116,12 @@ impl AdmConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             return invalid(format!("dropout {} is not in [0, 1)", self.dropout));
         }
-        if self.channel_mult.is_empty() {
-            return invalid("channel_mult is empty".into());
-        }
         for &mult in &self.channel_mult {
             let width = self.width(mult);
-            if width == 0 || !width.is_multiple_of(NORM_GROUPS) {
+            if width == 0 || width > MAX_CHANNELS || !width.is_multiple_of(NORM_GROUPS) {
                 return invalid(format!(
                     "channel_mult {mult} gives {width} channels, not a positive multiple of the \
-                     {NORM_GROUPS} norm groups"
+                     {NORM_GROUPS} norm groups up to {MAX_CHANNELS}"
                 ));
             }
         }

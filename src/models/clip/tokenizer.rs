@@ -56,7 +56,7 @@ impl ClipTokenizer {
     pub fn from_files(vocab_json: &Path, merges_txt: &Path) -> Result<ClipTokenizer> {
         let read = |p: &Path| crate::io::read_text_input(p, crate::limits::MAX_CONFIG_BYTES);
         let vocab: HashMap<String, u32> =
-            serde_json::from_str(&read(vocab_json)?).map_err(|e| {
+            crate::json::from_str(&read(vocab_json)?).map_err(|e| {
                 Error::Invalid(format!("{}: not a vocabulary: {e}", vocab_json.display()))
             })?;
         let merges = read(merges_txt)?;

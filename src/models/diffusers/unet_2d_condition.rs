@@ -115,7 +115,7 @@ const FIXED_OPTIONS: &[(&str, &[&str])] = &[
 impl UNet2DConditionConfig {
     /// Parses a config JSON, refusing the options this port does not run by name.
     pub fn parse(json: &str) -> Result<UNet2DConditionConfig> {
-        let raw: serde_json::Map<String, serde_json::Value> = serde_json::from_str(json)
+        let raw: serde_json::Map<String, serde_json::Value> = crate::json::from_str(json)
             .map_err(|e| Error::Invalid(format!("UNet2DConditionModel config: {e}")))?;
         for (key, allowed) in FIXED_OPTIONS {
             if let Some(value) = raw.get(*key) {
