@@ -169,7 +169,7 @@ fn chromium_loads_every_image(report: &Path, images: usize, sections: &[&str]) {
 }
 
 /// The per-step maps the report shows are each window step's U_t, the maps `--save-maps`
-/// writes, kept for the first 4 samples without it.
+/// writes (one file per sample and step), kept for the first 4 samples without it.
 fn check_step_maps(dir: &Path, saved: &Path) {
     for k in 0..4 {
         let (shape, maps) = npy::read(&dir.join(format!("uncertainty_steps_{k:06}.npy"))).unwrap();
@@ -178,12 +178,20 @@ fn check_step_maps(dir: &Path, saved: &Path) {
             let file = std::fs::read_dir(saved)
                 .unwrap()
                 .map(|e| e.unwrap().file_name().into_string().unwrap())
-                .find(|n| n.starts_with(&format!("map_step{step:03}_")))
-                .expect("--save-maps wrote each step");
-            let (_, batch) = npy::read(&saved.join(file)).unwrap();
+                .find(|n| {
+                    n.starts_with(&format!("map_step{step:03}_"))
+                        && n.ends_with(&format!("_sample{k:06}.npy"))
+                })
+                .expect("--save-maps wrote each sample's step");
+            let (shape, map) = npy::read(&saved.join(file)).unwrap();
+            assert_eq!(
+                shape,
+                [1, 1, 8, 8],
+                "sample {k}, step {step}: one sample's row"
+            );
             assert_eq!(
                 &maps[step * 64..(step + 1) * 64],
-                &batch[k * 64..(k + 1) * 64],
+                &map[..],
                 "sample {k}, step {step}"
             );
         }
