@@ -78,12 +78,7 @@ pub fn cross_attention_saving(
     }
     let pairs = b * heads;
     check_rows(gpu, OP, pairs, nq, nk)?;
-    let (q_layout, k_layout) = (HeadLayout::of(q, heads), HeadLayout::of(k, heads));
-    let (q_h, k_h, v_h) = (
-        q_layout.split(gpu, q)?,
-        k_layout.split(gpu, k)?,
-        k_layout.split(gpu, v)?,
-    );
+    let (q_layout, [q_h, k_h, v_h]) = split_heads(gpu, q, k, v, heads)?;
     let scores = super::matmul::matmul_impl(gpu, &q_h, &k_h, None, true)?;
     let probs = gpu.empty_typed(&[pairs, nq, nk], DType::F32)?;
     let lse = gpu.empty(&[pairs, nq])?;
@@ -143,12 +138,7 @@ pub fn cross_attention_query_grad(
         t.ensure_f32(OP)?;
     }
     check_rows(gpu, OP, pairs, nq, nk)?;
-    let (q_layout, k_layout) = (HeadLayout::of(d_out, heads), HeadLayout::of(k, heads));
-    let (g_h, k_h, v_h) = (
-        q_layout.split(gpu, d_out)?,
-        k_layout.split(gpu, k)?,
-        k_layout.split(gpu, v)?,
-    );
+    let (q_layout, [g_h, k_h, v_h]) = split_heads(gpu, d_out, k, v, heads)?;
     let d_probs = super::matmul::matmul_impl(gpu, &g_h, &v_h, None, true)?;
     let d_scores = gpu.empty(&[pairs, nq, nk])?;
     let kernel = Kernel::new(&shaders::SOFTMAX, "softmax_rows_grad");
@@ -163,6 +153,24 @@ pub fn cross_attention_query_grad(
     drop(d_probs);
     let dq = super::matmul::matmul_impl(gpu, &d_scores, &k_h, None, false)?;
     q_layout.merge(gpu, &dq)
+}
+
+/// Queries (or their gradient) and keys and values split into (B·heads, N, D), and the queries'
+/// layout to merge the result back with.
+fn split_heads(
+    gpu: &Gpu,
+    queries: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+) -> Result<(HeadLayout, [Tensor; 3])> {
+    let (q_layout, k_layout) = (HeadLayout::of(queries, heads), HeadLayout::of(k, heads));
+    let split = [
+        q_layout.split(gpu, queries)?,
+        k_layout.split(gpu, k)?,
+        k_layout.split(gpu, v)?,
+    ];
+    Ok((q_layout, split))
 }
 
 /// Refuses score matrices over a binding and rows over the device's loop budget (the row
