@@ -7,6 +7,10 @@ mod common;
 
 use common::{assert_close, fixture, gpu, read, read_safetensors, to_f64};
 use wgsl_diff::models::{load_eps_model, Cond, WeightFile};
+use wgsl_diff::noise::{NoisePlan, NoisePurpose};
+use wgsl_diff::ops::UncertaintyMode;
+use wgsl_diff::sampling::{load_for_sampling, sample_batch, BatchSpec, SamplerChoice, SamplerKind};
+use wgsl_diff::uncertainty::{UncertaintyConfig, UncertaintyEstimator};
 
 #[test]
 fn eps_matches_the_authors_module() {
@@ -130,5 +134,219 @@ fn the_cli_samples_a_latent_uvit_with_class_guidance() {
         "cfg on a model without a null class",
         "null class",
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The paper's ImageNet 256/512 setting at toy size: the latent U-ViT on the Stable Diffusion
+/// schedule, 3 DPM-Solver++(2M) steps, each with the uncertainty map from ε (ours) and the
+/// official DPM scheduler's estimate from the data prediction (`official-dpm`), against an
+/// independent float64 PyTorch implementation (tools/fixtures/uvit_dpm.py) with the same re-noise
+/// draws: every map, the sample after each step, the final latents.
+#[test]
+fn dpm_solver_uncertainty_matches_an_independent_pytorch_implementation() {
+    let st = read_safetensors(&fixture("uvit_dpm.safetensors"));
+    let g = gpu();
+    let (_, timesteps) = st["timesteps"].clone();
+    let steps = timesteps.len();
+    let choice = SamplerChoice {
+        kind: SamplerKind::Dpmpp2m,
+        steps: Some(steps),
+        eta: 0.0,
+        spacing: None,
+        steps_offset: None,
+        clip: true,
+    };
+    let (model, sched) =
+        load_for_sampling(g, &fixture("uvit_latent.safetensors"), &choice).unwrap();
+    let ours: Vec<f32> = sched.timesteps.iter().map(|&t| t as f32).collect();
+    assert_eq!(ours, timesteps, "linspace timesteps");
+    assert_eq!(
+        sched.config.clip_sample, None,
+        "the latent schedule clips nothing"
+    );
+    let (shape, init) = st["init_noise"].clone();
+    let labels: Vec<usize> = st["labels"].1.iter().map(|&l| l as usize).collect();
+    let draws: Vec<(Vec<usize>, Vec<f32>)> = (0..steps)
+        .map(|i| st[&format!("perturbation/{i}")].clone())
+        .collect();
+    for (mode, name) in [
+        (UncertaintyMode::Centred, "centred"),
+        (UncertaintyMode::OfficialDpm, "official_dpm"),
+    ] {
+        let replay = draws.iter().map(|(s, d)| g.upload(s, d).unwrap()).collect();
+        let config = UncertaintyConfig {
+            copies: draws[0].0[0] / shape[0],
+            mode,
+            keep_maps: 0..usize::MAX,
+            ..Default::default()
+        };
+        config.check_sampler(&sched.config).unwrap();
+        let mut est = UncertaintyEstimator::new(config).unwrap();
+        let spec = BatchSpec {
+            first_index: 0,
+            size: shape[0],
+            labels: Some(&labels),
+            init_noise: Some(g.upload(&shape, &init).unwrap()),
+        };
+        let x = read(
+            &sample_batch(
+                g,
+                model.as_ref(),
+                &sched,
+                &NoisePlan::new(0).with_replay(NoisePurpose::Uncertainty, replay),
+                spec,
+                &mut [&mut est],
+                |_| {},
+            )
+            .unwrap()
+            .x,
+        );
+        assert_eq!(est.maps.len(), steps);
+        for (i, (step, map)) in est.maps.iter().enumerate() {
+            assert_eq!(*step, i);
+            let (_, want) = st[&format!("maps/{name}/{i}")].clone();
+            let top = want.iter().fold(0f64, |m, &v| m.max(v.abs() as f64));
+            assert_close(
+                &format!("{name} map, step {i}"),
+                &read(map),
+                &to_f64(&want),
+                1e-4 * top,
+                1e-4,
+            );
+        }
+        let (_, want) = st["final"].clone();
+        let top = want.iter().fold(1f64, |m, &v| m.max(v.abs() as f64));
+        assert_close(
+            &format!("{name}: final latents"),
+            &x,
+            &to_f64(&want),
+            1e-4 * top,
+            0.0,
+        );
+    }
+}
+
+/// A checkpoint whose config flags contradict its tensors is refused at load, naming what does
+/// not fit, before any sampling.
+#[test]
+fn a_checkpoint_whose_flags_contradict_its_tensors_is_refused() {
+    for (edit, expected) in [
+        (("\"qkv_bias\":false", "\"qkv_bias\":true"), "qkv.bias"),
+        (
+            ("\"mlp_time_embed\":false", "\"mlp_time_embed\":true"),
+            "time_embed",
+        ),
+        (("\"conv\":false", "\"conv\":true"), "final_layer"),
+        (("\"depth\":4", "\"depth\":6"), "blocks"),
+        (("\"embed_dim\":32", "\"embed_dim\":48"), "shape"),
+        (("\"num_classes\":11", "\"num_classes\":12"), "label_emb"),
+    ] {
+        let path = common::with_config_edit("uvit_class.safetensors", edit, "uvit.safetensors");
+        let err = match load_eps_model(gpu(), &WeightFile::open(&path).unwrap()) {
+            Ok(_) => panic!("{edit:?}: a contradictory file loaded"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(expected), "{edit:?}: {err}");
+    }
+}
+
+/// From the command line on the latent U-ViT: DPM-Solver++ with the uncertainty from ε and with
+/// the official DPM estimate (recorded in the run, scoring differently), Rule P guidance; the
+/// null class as a class to draw, a latent model without a decoder and the official DPM estimate
+/// on DDIM are refused before any sampling.
+#[test]
+fn the_cli_runs_dpm_solver_uncertainty_and_refuses_what_does_not_fit() {
+    use std::process::Command;
+    let dir = common::tmp_dir("uvit-dpm-cli");
+    let run = |out: &str, extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_wgsl-diff"))
+            .args(["sample", "--quiet", "--num", "2", "--steps", "3"])
+            .arg("--model")
+            .arg(fixture("uvit_latent.safetensors"))
+            .args(extra)
+            .arg("--out")
+            .arg(dir.join(out))
+            .output()
+            .unwrap()
+    };
+    let vae = fixture("vae_sd_tiny.safetensors");
+    let vae = vae.to_str().unwrap();
+    let dpm = ["--vae", vae, "--class", "cycle", "--sampler", "dpmpp2m"];
+    let scores = |out: &str| -> Vec<f64> {
+        let text = std::fs::read_to_string(dir.join(out).join("samples.json")).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        json["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["score"].as_f64().unwrap())
+            .collect()
+    };
+    for (out, extra) in [
+        ("centred", vec!["--uncertainty"]),
+        (
+            "official",
+            vec!["--uncertainty", "--uc-mode", "official-dpm"],
+        ),
+        (
+            "posterior",
+            vec!["--uncertainty", "--guidance", "posterior"],
+        ),
+    ] {
+        let o = run(out, &[&dpm[..], &extra].concat());
+        assert!(
+            o.status.success(),
+            "{out}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let (centred, official) = (scores("centred"), scores("official"));
+    assert_eq!(centred.len(), 2);
+    for (c, o) in centred.iter().zip(&official) {
+        assert!(c.is_finite() && o.is_finite() && c != o, "{c} vs {o}");
+    }
+    let manifest = std::fs::read_to_string(dir.join("official/run.json")).unwrap();
+    assert!(manifest.contains("official-dpm"), "{manifest}");
+    let image = |run: &str| {
+        let path = dir.join(run).join("sample_000000.png");
+        wgsl_diff::images::read_png(&path).unwrap().pixels
+    };
+    assert_eq!(
+        image("centred"),
+        image("official"),
+        "the estimate moved the trajectory"
+    );
+    assert_ne!(
+        image("centred"),
+        image("posterior"),
+        "Rule P changed nothing"
+    );
+    for (what, extra, expected) in [
+        (
+            "the null class",
+            vec!["--vae", vae, "--class", "10"],
+            "null class",
+        ),
+        ("no decoder", vec!["--class", "1"], "--vae"),
+        (
+            "official-dpm on ddim",
+            vec![
+                "--vae",
+                vae,
+                "--class",
+                "1",
+                "--uncertainty",
+                "--uc-mode",
+                "official-dpm",
+            ],
+            "dpmpp2m",
+        ),
+    ] {
+        common::assert_clean_failure(&run("refused", &extra), what, expected);
+        assert!(
+            !dir.join("refused/sample_000000.png").exists(),
+            "{what}: sampled"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -27,7 +27,8 @@ use crate::run_dir::{
     Pending, SampleRecord,
 };
 use crate::sampling::{
-    open_scheduler, ClassGuidance, ClassLabels, FinishedBatch, InitNoise, Run, Scheduler,
+    open_scheduler, ClassChoice, ClassGuidance, ClassLabels, FinishedBatch, InitNoise, Run,
+    Scheduler,
 };
 use crate::uncertainty::{
     known_misranking, UncertaintyBatch, UncertaintyConfig, UncertaintyEstimator,
@@ -80,6 +81,7 @@ impl<'g> SampleJob<'g> {
         request.validate()?;
         let (file, scheduler) = open_scheduler(&request.model, &request.sampler)?;
         if let Some(uc) = &request.uncertainty {
+            uc.check_sampler(&scheduler.config)?;
             uc.check_window(scheduler.timesteps.len())?;
         }
         // The text side first: its VAE decides the latent size an asked image size means. A
@@ -138,6 +140,16 @@ impl<'g> SampleJob<'g> {
                 warnings.push(known.to_string());
             }
         }
+        if let (Some(ClassChoice::Fixed(class)), Some(null)) = (request.class, model.null_class()) {
+            if class == null {
+                return Err(Error::Invalid(format!(
+                    "class {class} is the model's null class, the unconditional row of \
+                     classifier-free guidance (--cfg-scale), not a class to draw: choose \
+                     0..{}",
+                    null.saturating_sub(1)
+                )));
+            }
+        }
         let mut labels = ClassLabels::new(model.num_classes(), request.class)?;
         if let Some(scale) = request.class_cfg_scale {
             let null_class = model.null_class().ok_or_else(|| {
@@ -171,6 +183,15 @@ impl<'g> SampleJob<'g> {
             (None, None) => (Box::new(Identity), None),
         };
         let sample_shape = model.sample_shape()?;
+        let image_channels = decoder.image_shape(sample_shape)[0];
+        if !matches!(image_channels, 1 | 3) {
+            return Err(Error::Invalid(format!(
+                "{} makes {image_channels}-channel samples, latents rather than images: give \
+                 the autoencoder that decodes them with --vae FILE (for U-ViT's ImageNet models \
+                 the one `tools/convert.py --uvit … --autoencoder` writes)",
+                request.model.display()
+            )));
+        }
         if let Some(uc) = &request.uncertainty {
             if let Some(r) = &uc.reference {
                 r.check_fits(&scheduler.timesteps, sample_shape, uc.copies)?;

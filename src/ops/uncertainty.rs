@@ -45,6 +45,11 @@ pub enum UncertaintyMode {
     /// The per-element residual (1/M) Σ_m (ε_m − n_m)², shifted and scaled so that it sums to
     /// the z-score of R_t = (1/M) Σ_m ‖ε_m − n_m‖² against a real-image reference.
     Residual,
+    /// The official DPM-Solver++ scheduler's estimate, a bug kept so that the paper's ImageNet
+    /// 256/512 numbers can be compared: `scheduling_dpm_2_uncertainty_centered.py` estimates after
+    /// `convert_model_output` replaced ε by the data prediction x̂0, so it re-noises
+    /// (x_t − √(1−ᾱ_t)·x̂0)/√ᾱ_t and centres Σ(ε_m − x̂0)²/M on x̂0. DPM-Solver++(2M) only.
+    OfficialDpm,
 }
 
 crate::names::named_enum!(UncertaintyMode {
@@ -54,6 +59,7 @@ crate::names::named_enum!(UncertaintyMode {
     Typicality = "typicality",
     PosteriorVariance = "posterior-variance",
     Residual = "residual",
+    OfficialDpm = "official-dpm",
 });
 
 impl UncertaintyMode {
@@ -81,7 +87,8 @@ impl UncertaintyMode {
 /// here rather than taken from the enum's declaration order.
 pub(super) fn mode_code(mode: UncertaintyMode) -> u32 {
     match mode {
-        UncertaintyMode::Centred => 0,
+        // The official DPM mode is the centred formula; its difference is what it is given.
+        UncertaintyMode::Centred | UncertaintyMode::OfficialDpm => 0,
         UncertaintyMode::Variance => 1,
         UncertaintyMode::VarianceBiased => 2,
         UncertaintyMode::Typicality => 3,

@@ -22,7 +22,7 @@ use crate::gpu::{Gpu, Tensor};
 use crate::limits::{self, MAX_COPIES};
 use crate::noise::NoisePurpose;
 use crate::ops::{self, UncertaintyMode};
-use crate::sampling::{BatchHook, StepContext, StepHook};
+use crate::sampling::{BatchHook, SamplerConfig, SamplerKind, StepContext, StepHook};
 pub use known::{known_misranking, Misranking};
 pub use reference::{build_reference, ReferenceRequest, UncertaintyReference};
 use std::collections::HashMap;
@@ -126,6 +126,22 @@ impl UncertaintyConfig {
         Ok(())
     }
 
+    /// The mode must suit the sampler: the official DPM-Solver++ estimate exists for DPM-Solver++
+    /// only, and with an unclipped x̂0 (the official scheduler has no clipping).
+    pub fn check_sampler(&self, sampler: &SamplerConfig) -> Result<()> {
+        if self.mode == UncertaintyMode::OfficialDpm
+            && (sampler.kind != SamplerKind::Dpmpp2m || sampler.clip_sample.is_some())
+        {
+            return Err(Error::Invalid(format!(
+                "--uc-mode official-dpm reproduces the official DPM-Solver++ scheduler's estimate: \
+                 it needs --sampler dpmpp2m without clipping of x̂0 (this run: {}{})",
+                sampler.kind,
+                if sampler.clip_sample.is_some() { ", clipped" } else { "" }
+            )));
+        }
+        Ok(())
+    }
+
     /// The window must start at a step the sampler takes and end by its last step.
     pub fn check_window(&self, steps: usize) -> Result<()> {
         let end = self.start.checked_add(self.steps.unwrap_or(0));
@@ -194,6 +210,16 @@ impl StepHook for UncertaintyEstimator {
         let copies = self.config.copies;
         let gpu = ctx.gpu;
         let map = match self.config.method {
+            UncertaintyMethod::Renoise if self.config.mode == UncertaintyMode::OfficialDpm => {
+                // The official DPM-Solver++ code estimates after ε was replaced by the data
+                // prediction, and so takes x̂0 for ε throughout (see the mode's documentation).
+                let x0 = ctx
+                    .scheduler
+                    .predict_x0_unclipped(gpu, ctx.timestep, ctx.x, &eps)?;
+                let (_, eps_copies) =
+                    renoised_copies(ctx, &x0, copies, self.config.max_copies_per_forward)?;
+                ops::uncertainty_map(gpu, &x0, &eps_copies, UncertaintyMode::OfficialDpm)?
+            }
             UncertaintyMethod::Renoise => {
                 let (noise, eps_copies) =
                     renoised_copies(ctx, &eps, copies, self.config.max_copies_per_forward)?;

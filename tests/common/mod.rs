@@ -296,3 +296,23 @@ pub fn conv_out_len(case: ConvCase) -> usize {
     let (ho, wo) = conv_out_hw(case);
     case.0 * case.4 * ho * wo
 }
+
+/// A copy of fixture `name` whose `config` metadata has `from` replaced by `to` (the tensors
+/// unchanged), written under the temporary folder as `out`: a file whose flags contradict its
+/// tensors.
+pub fn with_config_edit(name: &str, (from, to): (&str, &str), out: &str) -> std::path::PathBuf {
+    let bytes = std::fs::read(fixture(name)).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut meta = header.metadata().clone().unwrap();
+    assert!(meta["config"].contains(from), "{name}: no {from} to edit");
+    let config = meta["config"].replace(from, to);
+    meta.insert("config".into(), config);
+    let path = tmp_dir("config-edit").join(out);
+    std::fs::write(
+        &path,
+        safetensors::serialize(st.tensors(), &Some(meta)).unwrap(),
+    )
+    .unwrap();
+    path
+}

@@ -14,7 +14,8 @@ string metadata:
     config                  UViT's keyword arguments as JSON (less `name` and the training-only
                             `use_checkpoint`)
     scheduler               the latent models' discrete schedule (U-ViT's
-                            stable_diffusion_beta_schedule: scaled_linear 0.00085..0.012, 1000 steps)
+                            stable_diffusion_beta_schedule: scaled_linear 0.00085..0.012, 1000 steps;
+                            steps_offset 1, set_alpha_to_one false as the official code sets them)
 
 Checks before writing (exit status 2, every problem listed): the checkpoint has exactly the tensor
 names and shapes UViT builds for the config, no missing and no extra ones.
@@ -55,8 +56,11 @@ DEFAULTS = dict(img_size=224, patch_size=16, in_chans=3, embed_dim=768, depth=12
                 mlp_ratio=4.0, qkv_bias=False, qk_scale=None, mlp_time_embed=False, num_classes=-1,
                 conv=True, skip=True)
 # U-ViT's latent models' schedule (eval_ldm_discrete.py's stable_diffusion_beta_schedule).
+# The official uncertainty code's scheduler config for them (uvit/load_pretrained_models.py) adds
+# steps_offset 1 and set_alpha_to_one False, which DDIM reads (DPM-Solver++ ignores both).
 SCHEDULER = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                 beta_end=0.012, clip_sample=False, prediction_type="epsilon")
+                 beta_end=0.012, clip_sample=False, prediction_type="epsilon", steps_offset=1,
+                 set_alpha_to_one=False)
 # The KL-f8 autoencoder as diffusers configures Stable Diffusion's (U-ViT's libs/autoencoder.py).
 VAE_CONFIG = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
                   block_out_channels=[128, 256, 512, 512], sample_size=256, scaling_factor=0.18215,
