@@ -6,7 +6,7 @@
 mod common;
 
 use common::{assert_close, fixture, gpu, read, read_safetensors, to_f64};
-use wgsl_diff::models::{load_eps_model, Cond, WeightFile};
+use wgsl_diff::models::{load_eps_model, Cond, EpsModel, WeightFile};
 use wgsl_diff::noise::{NoisePlan, NoisePurpose};
 use wgsl_diff::ops::UncertaintyMode;
 use wgsl_diff::sampling::{load_for_sampling, sample_batch, BatchSpec, SamplerChoice, SamplerKind};
@@ -251,7 +251,8 @@ fn a_checkpoint_whose_flags_contradict_its_tensors_is_refused() {
 }
 
 /// From the command line on the latent U-ViT: DPM-Solver++ with the uncertainty from ε and with
-/// the official DPM estimate (recorded in the run, scoring differently), Rule P guidance; the
+/// the official DPM estimate (recorded in the run, scoring differently), Rule P and Rule G
+/// guidance; the
 /// null class as a class to draw, a latent model without a decoder and the official DPM estimate
 /// on DDIM are refused before any sampling.
 #[test]
@@ -292,6 +293,7 @@ fn the_cli_runs_dpm_solver_uncertainty_and_refuses_what_does_not_fit() {
             "posterior",
             vec!["--uncertainty", "--guidance", "posterior"],
         ),
+        ("gradient", vec!["--uncertainty", "--guidance", "gradient"]),
     ] {
         let o = run(out, &[&dpm[..], &extra].concat());
         assert!(
@@ -321,6 +323,11 @@ fn the_cli_runs_dpm_solver_uncertainty_and_refuses_what_does_not_fit() {
         image("posterior"),
         "Rule P changed nothing"
     );
+    assert_ne!(
+        image("centred"),
+        image("gradient"),
+        "Rule G changed nothing"
+    );
     for (what, extra, expected) in [
         (
             "the null class",
@@ -349,4 +356,34 @@ fn the_cli_runs_dpm_solver_uncertainty_and_refuses_what_does_not_fit() {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The input gradient gradient guidance needs, ∂⟨ε, v⟩/∂x, against torch.autograd through the
+/// authors' module in float64, for both configs (patch 2 with the long skips and a class token;
+/// patch 4 with qkv bias, the time MLP and the final conv), whole and one sample per slice; and
+/// through `EpsModel::vjp` with the labels as a condition.
+#[test]
+fn vjp_matches_torch_autograd() {
+    let g = gpu();
+    for name in ["class", "pixel"] {
+        let file = WeightFile::open(&fixture(&format!("uvit_{name}.safetensors"))).unwrap();
+        let model = wgsl_diff::models::UViT::load(g, &file).unwrap();
+        let io = read_safetensors(&fixture(&format!("uvit_{name}_io.safetensors")));
+        let up = |k: &str| g.upload(&io[k].0, &io[k].1).unwrap();
+        let (x, t, v) = (up("x"), up("timesteps"), up("v"));
+        let labels = io.contains_key("y").then(|| up("y"));
+        let want = to_f64(&io["grad"].1);
+        let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+        for per_call in [2, 1] {
+            let got = model
+                .vjp_sliced(g, &x, &t, labels.as_ref(), &v, per_call)
+                .unwrap();
+            let what = format!("{name} vjp, {per_call} per call (|grad| ≤ {scale:.2})");
+            assert_close(&what, &read(&got), &want, 1e-4 * scale.max(1.0), 1e-4);
+        }
+        let cond = labels.map_or(Cond::None, Cond::Class);
+        let got = EpsModel::vjp(&model, g, &x, &t, &cond, &v).unwrap();
+        let what = format!("{name} EpsModel::vjp");
+        assert_close(&what, &read(&got), &want, 1e-4 * scale.max(1.0), 1e-4);
+    }
 }

@@ -6,7 +6,8 @@
 //! Module names and shapes are U-ViT's state dict's, so its checkpoints load as they are.
 
 use super::diffusers::embeddings::Timesteps;
-use super::layers::{Conv2d, Embedding, LayerNorm, Linear};
+use super::diffusers::vjp::{in_slices, tape_fit};
+use super::layers::{Conv2d, Embedding, LayerNorm, LayerNormTape, Linear};
 use super::weights::{VarBuilder, WeightFile};
 use super::{Cond, EpsModel};
 use crate::error::{Error, Result};
@@ -124,6 +125,8 @@ struct Attention {
     qkv: Linear,
     proj: Linear,
     heads: usize,
+    /// head_dim^-1/2.
+    scale: f32,
 }
 
 impl Attention {
@@ -137,20 +140,54 @@ impl Attention {
             },
             proj: Linear::load(&vb.pp("proj"), d, d)?,
             heads: cfg.num_heads,
+            scale: ((d / cfg.num_heads) as f32).powf(-0.5),
         })
     }
 
-    /// x (B, N, D).
-    fn forward(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
+    /// x (B, N, D); with `save`, the tape of [`Self::backward`] too.
+    fn run(&self, gpu: &Gpu, x: &Tensor, save: bool) -> Result<(Tensor, Option<AttentionTape>)> {
         let [b, n, d] = [x.dim(0), x.dim(1), x.dim(2)];
         let qkv = self.qkv.forward(gpu, x)?.reshape(&[b * n, 3 * d, 1, 1])?;
         let part = |i: usize| -> Result<Tensor> {
             ops::slice_channels(gpu, &qkv, i * d, d)?.reshape(&[b, n, d])
         };
-        let scale = ((d / self.heads) as f32).powf(-0.5);
-        let attended = ops::attention(gpu, &part(0)?, &part(1)?, &part(2)?, self.heads, scale)?;
-        self.proj.forward(gpu, &attended)
+        let (q, k, v) = (part(0)?, part(1)?, part(2)?);
+        let (heads, scale) = (self.heads, self.scale);
+        let (attended, tape) = match save {
+            false => (ops::attention(gpu, &q, &k, &v, heads, scale)?, None),
+            true => {
+                let (out, lse) = ops::attention_saving(gpu, &q, &k, &v, heads, scale)?;
+                let tape = AttentionTape {
+                    q,
+                    k,
+                    v,
+                    out: out.clone(),
+                    lse,
+                };
+                (out, Some(tape))
+            }
+        };
+        Ok((self.proj.forward(gpu, &attended)?, tape))
     }
+
+    /// ∂⟨run(x), dy⟩/∂x through q, k and v, which share one projection: their gradients are
+    /// joined in its [q | k | v] layout and sent back through it at once.
+    fn backward(&self, gpu: &Gpu, tape: &AttentionTape, dy: &Tensor) -> Result<Tensor> {
+        let d_attended = self.proj.input_grad(gpu, dy)?;
+        let AttentionTape { q, k, v, out, lse } = tape;
+        let saved = ops::AttentionSaved { q, k, v, out, lse };
+        let (dq, dk, dv) = ops::attention_grad(gpu, saved, &d_attended, self.heads, self.scale)?;
+        self.qkv.input_grad(gpu, &join_last(gpu, &[&dq, &dk, &dv])?)
+    }
+}
+
+/// What an [`Attention`]'s backward reads: q, k, v, the output and the softmax log-sum-exp.
+struct AttentionTape {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
 }
 
 /// A pre-norm transformer block (timm's `Mlp` with exact GELU), with the skip linear of the
@@ -183,10 +220,17 @@ impl Block {
         })
     }
 
-    /// x (B, N, D), joined first with `skip` (an in block's output) where the block has a skip.
-    fn forward(&self, gpu: &Gpu, x: &Tensor, skip: Option<&Tensor>) -> Result<Tensor> {
+    /// x (B, N, D), joined first with `skip` (an in block's output) where the block has a skip;
+    /// with `save`, the tape of [`Self::backward`] too.
+    fn run(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        skip: Option<&Tensor>,
+        save: bool,
+    ) -> Result<(Tensor, Option<BlockTape>)> {
         let x = match (&self.skip_linear, skip) {
-            (Some(linear), Some(skip)) => linear.forward(gpu, &join_last(gpu, x, skip)?)?,
+            (Some(linear), Some(skip)) => linear.forward(gpu, &join_last(gpu, &[x, skip])?)?,
             (None, None) => x.clone(),
             _ => {
                 return Err(Error::Internal(
@@ -194,21 +238,76 @@ impl Block {
                 ))
             }
         };
-        let x = ops::add(
-            gpu,
-            &x,
-            &self.attn.forward(gpu, &self.norm1.forward(gpu, &x)?)?,
-        )?;
-        let h = ops::gelu(gpu, &self.fc1.forward(gpu, &self.norm2.forward(gpu, &x)?)?)?;
-        ops::add(gpu, &x, &self.fc2.forward(gpu, &h)?)
+        let norm = |n: &LayerNorm, x: &Tensor| -> Result<(Tensor, Option<LayerNormTape>)> {
+            match save {
+                true => n.forward_saving(gpu, x).map(|(y, t)| (y, Some(t))),
+                false => Ok((n.forward(gpu, x)?, None)),
+            }
+        };
+        let (n1, norm1) = norm(&self.norm1, &x)?;
+        let (a, attn) = self.attn.run(gpu, &n1, save)?;
+        let x = ops::add(gpu, &x, &a)?;
+        let (n2, norm2) = norm(&self.norm2, &x)?;
+        let hidden = self.fc1.forward(gpu, &n2)?;
+        let y = ops::add(gpu, &x, &self.fc2.forward(gpu, &ops::gelu(gpu, &hidden)?)?)?;
+        let tape = match (norm1, attn, norm2) {
+            (Some(norm1), Some(attn), Some(norm2)) => Some(BlockTape {
+                norm1,
+                attn,
+                norm2,
+                hidden,
+            }),
+            _ => None,
+        };
+        Ok((y, tape))
+    }
+
+    /// ∂⟨run(x, skip), dy⟩ with respect to x and, for a block with a skip, to the skip: the
+    /// MLP and attention residuals in reverse, then the skip linear's two halves.
+    fn backward(
+        &self,
+        gpu: &Gpu,
+        tape: &BlockTape,
+        dy: &Tensor,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let d_hidden = ops::gelu_grad(gpu, &tape.hidden, &self.fc2.input_grad(gpu, dy)?)?;
+        let d_n2 = self.fc1.input_grad(gpu, &d_hidden)?;
+        let dx = ops::add(gpu, dy, &self.norm2.backward(gpu, &tape.norm2, &d_n2)?)?;
+        let d_n1 = self.attn.backward(gpu, &tape.attn, &dx)?;
+        let dx = ops::add(gpu, &dx, &self.norm1.backward(gpu, &tape.norm1, &d_n1)?)?;
+        match &self.skip_linear {
+            None => Ok((dx, None)),
+            Some(linear) => {
+                let d_join = linear.input_grad(gpu, &dx)?;
+                let [b, n, d2] = [d_join.dim(0), d_join.dim(1), d_join.dim(2)];
+                let rows = d_join.reshape(&[b * n, d2, 1, 1])?;
+                let half = |i: usize| -> Result<Tensor> {
+                    ops::slice_channels(gpu, &rows, i * d2 / 2, d2 / 2)?.reshape(&[b, n, d2 / 2])
+                };
+                Ok((half(0)?, Some(half(1)?)))
+            }
+        }
     }
 }
 
-/// [a | b] along the last axis of two (B, N, D) tensors: torch.cat([a, b], dim=-1).
-fn join_last(gpu: &Gpu, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let [bt, n, d] = [a.dim(0), a.dim(1), a.dim(2)];
-    let rows = |t: &Tensor| t.reshape(&[bt * n, d, 1, 1]);
-    ops::concat_channels(gpu, &[&rows(a)?, &rows(b)?])?.reshape(&[bt, n, 2 * d])
+/// What a [`Block`]'s backward reads: its norms' and attention's tapes and the GELU's input.
+struct BlockTape {
+    norm1: LayerNormTape,
+    attn: AttentionTape,
+    norm2: LayerNormTape,
+    hidden: Tensor,
+}
+
+/// The parts (B, N, D_i) joined along the last axis: torch.cat(parts, dim=-1).
+fn join_last(gpu: &Gpu, parts: &[&Tensor]) -> Result<Tensor> {
+    let [b, n] = [parts[0].dim(0), parts[0].dim(1)];
+    let rows = parts
+        .iter()
+        .map(|t| t.reshape(&[b * n, t.dim(2), 1, 1]))
+        .collect::<Result<Vec<_>>>()?;
+    let joined = ops::concat_channels(gpu, &rows.iter().collect::<Vec<_>>())?;
+    let width = joined.dim(1);
+    joined.reshape(&[b, n, width])
 }
 
 /// U-ViT's `UViT`.
@@ -290,6 +389,29 @@ impl UViT {
         timesteps: &Tensor,
         labels: Option<&Tensor>,
     ) -> Result<Tensor> {
+        Ok(self.run(gpu, x, timesteps, labels, false)?.0)
+    }
+
+    /// [`Self::forward`] and what [`Self::backward`] needs.
+    pub fn forward_saving(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        timesteps: &Tensor,
+        labels: Option<&Tensor>,
+    ) -> Result<(Tensor, UViTTape)> {
+        let (eps, tape) = self.run(gpu, x, timesteps, labels, true)?;
+        Ok((eps, tape.expect("a saving run keeps its tape")))
+    }
+
+    fn run(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        timesteps: &Tensor,
+        labels: Option<&Tensor>,
+        save: bool,
+    ) -> Result<(Tensor, Option<UViTTape>)> {
         let cfg = &self.config;
         let (s, c, d) = (cfg.img_size, cfg.in_chans, cfg.embed_dim);
         let b = x.dim(0);
@@ -330,19 +452,31 @@ impl UViT {
         let joined = ops::concat_channels(gpu, &tokens.iter().collect::<Vec<_>>())?;
         let mut h =
             ops::broadcast_lincomb(gpu, 1.0, &self.pos_embed, 1.0, &joined.reshape(&[b, n, d])?)?;
+        let mut tapes = Vec::new();
         let mut skips = Vec::new();
         for block in &self.in_blocks {
-            h = block.forward(gpu, &h, None)?;
+            let (y, tape) = block.run(gpu, &h, None, save)?;
+            h = y;
+            tapes.extend(tape);
             skips.push(h.clone());
         }
-        h = self.mid_block.forward(gpu, &h, None)?;
+        let (y, tape) = self.mid_block.run(gpu, &h, None, save)?;
+        h = y;
+        tapes.extend(tape);
         for block in &self.out_blocks {
             let skip = skips.pop().filter(|_| cfg.skip);
-            h = block.forward(gpu, &h, skip.as_ref())?;
+            let (y, tape) = block.run(gpu, &h, skip.as_ref(), save)?;
+            h = y;
+            tapes.extend(tape);
         }
-        let pred = self
-            .decoder_pred
-            .forward(gpu, &self.norm.forward(gpu, &h)?)?;
+        let (normed, norm) = match save {
+            true => {
+                let (y, tape) = self.norm.forward_saving(gpu, &h)?;
+                (y, Some(tape))
+            }
+            false => (self.norm.forward(gpu, &h)?, None),
+        };
+        let pred = self.decoder_pred.forward(gpu, &normed)?;
         let patch_values = cfg.patch_size * cfg.patch_size * c;
         let pred = ops::slice_channels(
             gpu,
@@ -351,11 +485,132 @@ impl UViT {
             patches,
         )?;
         let image = unpatchify(gpu, &pred, b, cfg.side(), cfg.patch_size, c)?;
-        match &self.final_layer {
-            Some(conv) => conv.forward(gpu, &image),
-            None => Ok(image),
-        }
+        let eps = match &self.final_layer {
+            Some(conv) => conv.forward(gpu, &image)?,
+            None => image,
+        };
+        Ok((
+            eps,
+            norm.map(|norm| UViTTape {
+                blocks: tapes,
+                norm,
+            }),
+        ))
     }
+
+    /// ∂⟨forward(x), dy⟩/∂x from the tape of [`Self::forward_saving`]: back through the final
+    /// conv, unpatchify (patchify), the prediction head (the extra tokens get no gradient), the
+    /// out blocks (each handing its skip's gradient to the in block that made it), the middle
+    /// and in blocks, to the patch tokens and through the patch embedding. The time and class
+    /// tokens and the position embedding do not depend on x.
+    pub fn backward(&self, gpu: &Gpu, tape: &UViTTape, dy: &Tensor) -> Result<Tensor> {
+        let cfg = &self.config;
+        let (s, c, d) = (cfg.img_size, cfg.in_chans, cfg.embed_dim);
+        let b = dy.dim(0);
+        let half = cfg.depth / 2;
+        if dy.shape() != [b, c, s, s] || tape.blocks.len() != 2 * half + 1 {
+            return Err(Error::Internal(format!(
+                "U-ViT backward of {:?} needs ε's shape and the tape of its forward_saving",
+                dy.shape()
+            )));
+        }
+        let d_image = match &self.final_layer {
+            Some(conv) => conv.same_size_input_grad(gpu, dy)?,
+            None => dy.clone(),
+        };
+        let (side, p) = (cfg.side(), cfg.patch_size);
+        let patches = side * side;
+        let d_pred =
+            patchify(gpu, &d_image, b, side, p, c)?.reshape(&[b, patches, p * p * c, 1])?;
+        let extras = gpu.zeros(&[b, cfg.extras(), p * p * c, 1])?;
+        let n = cfg.extras() + patches;
+        let d_pred = ops::concat_channels(gpu, &[&extras, &d_pred])?.reshape(&[b, n, p * p * c])?;
+        let d_normed = self.decoder_pred.input_grad(gpu, &d_pred)?;
+        let mut dh = self.norm.backward(gpu, &tape.norm, &d_normed)?;
+        let (in_tapes, rest) = tape.blocks.split_at(half);
+        let (mid_tape, out_tapes) = (&rest[0], &rest[1..]);
+        // The last out block took the first in block's output: walking the out blocks backward
+        // collects the skips' gradients in the in blocks' order.
+        let mut d_skips = Vec::new();
+        for (block, block_tape) in self.out_blocks.iter().zip(out_tapes).rev() {
+            let (dx, d_skip) = block.backward(gpu, block_tape, &dh)?;
+            dh = dx;
+            d_skips.extend(d_skip);
+        }
+        dh = self.mid_block.backward(gpu, mid_tape, &dh)?.0;
+        for (i, (block, block_tape)) in self.in_blocks.iter().zip(in_tapes).enumerate().rev() {
+            if let Some(d_skip) = d_skips.get(i) {
+                dh = ops::add(gpu, &dh, d_skip)?;
+            }
+            dh = block.backward(gpu, block_tape, &dh)?.0;
+        }
+        let d_tokens =
+            ops::slice_channels(gpu, &dh.reshape(&[b, n, d, 1])?, cfg.extras(), patches)?;
+        let d_embedded = ops::transpose_last2(gpu, &d_tokens.reshape(&[b, patches, d])?)?;
+        self.patch_embed
+            .input_grad(gpu, &d_embedded.reshape(&[b, d, side, side])?, (s, s))
+    }
+
+    /// ∂⟨ε_θ(x, t, y), v⟩/∂x for `x` (B, C, S, S) and `v` shaped like ε, in slices whose tapes
+    /// fit the backward budget all models share.
+    pub fn vjp(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        timesteps: &Tensor,
+        labels: Option<&Tensor>,
+        v: &Tensor,
+    ) -> Result<Tensor> {
+        self.vjp_sliced(gpu, x, timesteps, labels, v, self.vjp_max_batch(gpu))
+    }
+
+    /// [`Self::vjp`] running at most `per_call` (≥ 1) samples at once.
+    pub fn vjp_sliced(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        timesteps: &Tensor,
+        labels: Option<&Tensor>,
+        v: &Tensor,
+        per_call: usize,
+    ) -> Result<Tensor> {
+        if v.shape() != x.shape() {
+            return Err(Error::Invalid(format!(
+                "cotangent {:?} must be shaped like ε for x {:?}",
+                v.shape(),
+                x.shape()
+            )));
+        }
+        in_slices(gpu, x, v, per_call, |rows| {
+            let labels = labels.map(|l| rows.of(gpu, l)).transpose()?;
+            let (x, t) = (rows.of(gpu, x)?, rows.of(gpu, timesteps)?);
+            let (_, tape) = self.forward_saving(gpu, &x, &t, labels.as_ref())?;
+            self.backward(gpu, &tape, &rows.of(gpu, v)?)
+        })
+    }
+
+    /// The largest batch one backward runs at once: the forward's limit, and the tape within
+    /// the shared budget ([`tape_fit`]).
+    pub fn vjp_max_batch(&self, gpu: &Gpu) -> usize {
+        EpsModel::max_batch(self, gpu).min(tape_fit(gpu, self.tape_values_per_sample()))
+    }
+
+    /// The values a tape holds per sample: per block, two norms' inputs, q, k, v, the attention
+    /// output and a skip (each a token of D), the MLP's hidden layer and the softmax
+    /// log-sum-exp per head; and the final norm's input.
+    fn tape_values_per_sample(&self) -> usize {
+        let cfg = &self.config;
+        let tokens = cfg.extras() + cfg.side() * cfg.side();
+        let per_token_per_block = 7 * cfg.embed_dim + cfg.mlp_hidden() + cfg.num_heads;
+        tokens * ((cfg.depth + 1) * per_token_per_block + cfg.embed_dim)
+    }
+}
+
+/// What [`UViT::backward`] reads: every block's tape (in blocks, middle, out blocks) and the
+/// final norm's.
+pub struct UViTTape {
+    blocks: Vec<BlockTape>,
+    norm: LayerNormTape,
 }
 
 /// U-ViT's `unpatchify`, 'B (h w) (p1 p2 C) -> B C (h p1) (w p2)' for `side` patches a side of
@@ -369,6 +624,18 @@ fn unpatchify(gpu: &Gpu, x: &Tensor, b: usize, side: usize, p: usize, c: usize) 
     // [B C h p1][p2][w] → [B C h p1][w][p2]
     let x = ops::transpose_last2(gpu, &x.reshape(&[b * c * side * p, p, side])?)?;
     x.reshape(&[b, c, side * p, side * p])
+}
+
+/// The inverse of [`unpatchify`], 'B C (h p1) (w p2) -> B (h w) (p1 p2 C)': its three
+/// transposes undone in reverse order (the gradient of unpatchify).
+fn patchify(gpu: &Gpu, x: &Tensor, b: usize, side: usize, p: usize, c: usize) -> Result<Tensor> {
+    // [B C h p1][w][p2] → [B C h p1][p2][w]
+    let x = ops::transpose_last2(gpu, &x.reshape(&[b * c * side * p, side, p])?)?;
+    // [B C h][p1 p2][w] → [B C h][w][p1 p2]
+    let x = ops::transpose_last2(gpu, &x.reshape(&[b * c * side, p * p, side])?)?;
+    // [B][C][h w p1 p2] → [B][h w p1 p2][C]
+    let x = ops::transpose_last2(gpu, &x.reshape(&[b, c, side * side * p * p])?)?;
+    x.reshape(&[b, side * side, p * p * c])
 }
 
 impl EpsModel for UViT {
@@ -395,6 +662,17 @@ impl EpsModel for UViT {
 
     fn null_class(&self) -> Option<usize> {
         (self.config.num_classes > 1).then_some(self.config.num_classes as usize - 1)
+    }
+
+    fn vjp(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        timesteps: &Tensor,
+        cond: &Cond,
+        v: &Tensor,
+    ) -> Result<Tensor> {
+        UViT::vjp(self, gpu, x, timesteps, cond.class_labels()?, v)
     }
 
     /// The widest activation is the MLP's hidden layer or the fused q/k/v (B, N, ·D); a batch

@@ -107,14 +107,14 @@ impl UNet2DModel {
 }
 
 /// How many samples' tapes of `values_per_sample` f32 values fit the budget (at least one).
-pub(super) fn tape_fit(gpu: &Gpu, values_per_sample: usize) -> usize {
+pub(in crate::models) fn tape_fit(gpu: &Gpu, values_per_sample: usize) -> usize {
     let tape_bytes = (values_per_sample * 4) as u64;
     let budget = TAPE_BUDGET_BINDINGS * gpu.max_tensor_bytes();
     (budget / tape_bytes.max(1)).max(1) as usize
 }
 
 /// The samples one slice of a sliced VJP covers.
-pub(super) struct Rows {
+pub(in crate::models) struct Rows {
     first: usize,
     n: usize,
     whole: bool,
@@ -122,7 +122,7 @@ pub(super) struct Rows {
 
 impl Rows {
     /// This slice's rows of a per-sample tensor (the tensor itself when the slice is whole).
-    pub(super) fn of(&self, gpu: &Gpu, t: &Tensor) -> Result<Tensor> {
+    pub(in crate::models) fn of(&self, gpu: &Gpu, t: &Tensor) -> Result<Tensor> {
         match self.whole {
             true => Ok(t.clone()),
             false => row_range(gpu, t, self.first, self.n),
@@ -132,7 +132,7 @@ impl Rows {
 
 /// A VJP with respect to `x` over slices of at most `per_call` (≥ 1) samples: `one` runs a
 /// saving forward and its backward on a slice, and the slices' gradients fill one tensor.
-pub(super) fn in_slices(
+pub(in crate::models) fn in_slices(
     gpu: &Gpu,
     x: &Tensor,
     v: &Tensor,
