@@ -4,6 +4,8 @@
 //! each with its peak GPU tensor memory printed.
 //! The CIFAR-10 forwards are also stated in GFLOP/s and as a fraction of the adapter's SGEMM
 //! ceiling, measured first in the same run.
+//! Opt-in (minutes a forward on a CPU rasteriser): ADM-64 (`WGSL_DIFF_BENCH_ADM64=1`) and
+//! U-ViT-H/2 at 256, U-ViT-H/4 at 512 (`WGSL_DIFF_BENCH_UVIT=1`), random weights.
 //! `tools/bench/bench_torch.py` runs the same work in PyTorch and prints both side by side.
 //!
 //! With `WGSL_DIFF_PROFILE_DIR=DIR`, one untimed run of each forward and of each plain sampling
@@ -20,7 +22,7 @@ use std::time::Duration;
 use wgsl_diff::gpu::{AdapterChoice, Gpu, Tensor};
 use wgsl_diff::guidance::{GuidanceConfig, GuidanceHook, GuidanceRule};
 use wgsl_diff::models::adm::{AdmConfig, AdmModel};
-use wgsl_diff::models::{Cond, EpsModel, UNet2DConfig, UNet2DModel};
+use wgsl_diff::models::{Cond, EpsModel, UNet2DConfig, UNet2DModel, UViT, UViTConfig};
 use wgsl_diff::noise::NoisePlan;
 use wgsl_diff::ops;
 use wgsl_diff::sampling::{
@@ -39,6 +41,22 @@ const ADM64: &str = r#"{"attention_resolutions":[2,4,8],"channel_mult":[1.0,2.0,
  "dims":2,"dropout":0.1,"image_size":64,"in_channels":3,"model_channels":192,"num_classes":1000,
  "num_head_channels":64,"num_heads":4,"num_heads_upsample":-1,"num_res_blocks":3,"out_channels":6,
  "resblock_updown":true,"use_fp16":true,"use_new_attention_order":true,"use_scale_shift_norm":true}"#;
+
+/// U-ViT-H/2 and U-ViT-H/4, the paper's ImageNet 256 and 512 networks (501 M parameters each),
+/// as `tools/convert.py --uvit --preset imagenet{256,512}_uvit_huge` writes their configs: the
+/// name and latent side of each.
+const UVIT_H: [(&str, &str); 2] = [
+    (
+        "uvit256",
+        r#"{"img_size":32,"patch_size":2,"in_chans":4,"embed_dim":1152,"depth":28,"num_heads":16,
+ "mlp_ratio":4,"qkv_bias":false,"mlp_time_embed":false,"num_classes":1001,"conv":false}"#,
+    ),
+    (
+        "uvit512",
+        r#"{"img_size":64,"patch_size":4,"in_chans":4,"embed_dim":1152,"depth":28,"num_heads":16,
+ "mlp_ratio":4,"qkv_bias":false,"mlp_time_embed":false,"num_classes":1001,"conv":false}"#,
+    ),
+];
 
 /// The architecture of the shipped model (tools/train/train_demo.py).
 const FASHION: &str = r#"{"sample_size":32,"in_channels":1,"out_channels":1,"block_out_channels":[32,64,64],
@@ -109,10 +127,43 @@ fn forward(c: &mut Criterion) {
     }
     group.finish();
     ceiling.finish();
-    // ADM-64 takes about a minute per forward on a CPU rasteriser: opt in.
+    // ADM-64 takes about a minute per forward on a CPU rasteriser, U-ViT-H minutes: opt in.
     if std::env::var("WGSL_DIFF_BENCH_ADM64").is_ok() {
         adm64_forward(c, &gpu, batches);
     }
+    if std::env::var("WGSL_DIFF_BENCH_UVIT").is_ok() {
+        uvit_forward(c, &gpu, batches);
+    }
+}
+
+/// One forward of U-ViT-H/2 (256) and U-ViT-H/4 (512) with random weights, class 207.
+fn uvit_forward(c: &mut Criterion, gpu: &Gpu, batches: &[usize]) {
+    let mut group = c.benchmark_group("unet_forward");
+    group.sample_size(10);
+    for (name, json) in UVIT_H {
+        let config: UViTConfig = serde_json::from_str(json).unwrap();
+        let side = config.img_size;
+        let uvit = UViT::random(gpu, config, 0).unwrap();
+        for &b in batches {
+            let x = NoisePlan::new(1)
+                .initial(gpu, &[b, 4, side, side], 0)
+                .unwrap();
+            let t = gpu.upload(&[b], &vec![500.0; b]).unwrap();
+            let y = gpu.upload(&[b], &vec![207.0; b]).unwrap();
+            let id = format!("{name}_b{b}");
+            profile(gpu, &format!("unet_forward/{id}"), || {
+                uvit.forward(gpu, &x, &t, Some(&y)).unwrap()
+            });
+            group.bench_function(id, |it| {
+                it.iter(|| {
+                    let out = uvit.forward(gpu, &x, &t, Some(&y)).unwrap();
+                    gpu.sync().unwrap();
+                    out
+                })
+            });
+        }
+    }
+    group.finish();
 }
 
 /// One forward of the ADM-64 architecture with random weights (ε and variance), class 207.

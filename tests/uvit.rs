@@ -387,3 +387,62 @@ fn vjp_matches_torch_autograd() {
         assert_close(&what, &read(&got), &want, 1e-4 * scale.max(1.0), 1e-4);
     }
 }
+
+/// U-ViT's autoencoder as `tools/convert.py --uvit --autoencoder` converts it from the authors'
+/// key names (their `libs/autoencoder.py`, toy width, random weights) decodes scaled latents of
+/// H ≠ W as the authors' `FrozenAutoencoderKL.decode` does in float64
+/// (tools/fixtures/uvit_autoencoder.py).
+#[test]
+fn the_converted_autoencoder_decodes_as_the_authors_module() {
+    use wgsl_diff::models::diffusers::autoencoder_kl::AutoencoderKlDecoder;
+    use wgsl_diff::models::Decoder;
+    let g = gpu();
+    let file = WeightFile::open(&fixture("uvit_autoencoder_vae.safetensors")).unwrap();
+    let vae = AutoencoderKlDecoder::load(g, &file).unwrap();
+    let io = read_safetensors(&fixture("uvit_autoencoder_io.safetensors"));
+    let z = g.upload(&io["z"].0, &io["z"].1).unwrap();
+    let images = vae.decode(g, &z).unwrap();
+    assert_eq!(images.shape(), &io["output"].0[..]);
+    let want = to_f64(&io["output"].1);
+    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+    assert_close(
+        "decoded",
+        &read(&images),
+        &want,
+        1e-4 * scale.max(1.0),
+        1e-4,
+    );
+}
+
+/// U-ViT-H/2, the paper's ImageNet 256 network (embedding 1152, depth 28, 16 heads, 501 M
+/// parameters), at random weights on a 4 × 32 × 32 latent, against the authors' module in float64:
+/// ε and the input gradient. The fixture is 2 GB, so it is made on demand (`python -m
+/// tools.fixtures.uvit --uvit CHECKOUT --full imagenet256_uvit_huge`, then `cargo test --release
+/// --test uvit -- --ignored`).
+#[test]
+#[ignore]
+fn full_uvit_h2_matches_the_authors_module() {
+    let g = gpu();
+    let name = "large/uvit_imagenet256_uvit_huge";
+    let file = WeightFile::open(&fixture(&format!("{name}.safetensors"))).unwrap();
+    let model = wgsl_diff::models::UViT::load(g, &file).unwrap();
+    let io = read_safetensors(&fixture(&format!("{name}_io.safetensors")));
+    let up = |k: &str| g.upload(&io[k].0, &io[k].1).unwrap();
+    let (x, t, y, v) = (up("x"), up("timesteps"), up("y"), up("v"));
+    let start = std::time::Instant::now();
+    let eps = model.forward(g, &x, &t, Some(&y)).unwrap();
+    let got = read(&eps);
+    eprintln!(
+        "U-ViT-H/2 forward, B 1: {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    let want = to_f64(&io["output"].1);
+    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+    assert_close("U-ViT-H/2 ε", &got, &want, 1e-4 * scale.max(1.0), 1e-4);
+    let start = std::time::Instant::now();
+    let grad = read(&model.vjp(g, &x, &t, Some(&y), &v).unwrap());
+    eprintln!("U-ViT-H/2 vjp, B 1: {:.1} s", start.elapsed().as_secs_f64());
+    let want = to_f64(&io["grad"].1);
+    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+    assert_close("U-ViT-H/2 vjp", &grad, &want, 1e-4 * scale.max(1.0), 1e-4);
+}

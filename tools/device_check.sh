@@ -3,7 +3,8 @@
 # PyTorch on the same GPU (float32 and float16 autocast; plain, uncertainty and guided steps, also
 # on the CIFAR-10 architecture), Stable Diffusion 1.5's architecture at random weights at 512²
 # (plain, f16, M = 5 uncertainty, Rule G on the first two calls; peak GPU memory) beside diffusers
-# (tools/bench/sd15.py), profiles (one CIFAR-10 forward and one step per architecture from
+# (tools/bench/sd15.py), U-ViT-H/2 and H/4 forwards beside the authors' module (with UVIT=CHECKOUT
+# at prepare; peak GPU memory), profiles (one CIFAR-10 forward and one step per architecture from
 # the benches, a `sample --profile` run of the shipped model), PyTorch's activation peak of a
 # CIFAR-10 forward at B = 64, and the shipped model at scale: plain, with uncertainty and guided,
 # each against the PyTorch twin.
@@ -49,6 +50,11 @@ for line in sys.stdin:
         rm -rf .device/guided-diffusion && mkdir -p .device/guided-diffusion
         cp -r "$GUIDED_DIFFUSION/guided_diffusion" .device/guided-diffusion/
     fi
+    # U-ViT's own code for the U-ViT-H benches: UVIT=CHECKOUT (baofff/U-ViT) tools/device_check.sh prepare
+    if [ -n "${UVIT:-}" ]; then
+        rm -rf .device/uvit && mkdir -p .device/uvit
+        cp -r "$UVIT/libs" .device/uvit/
+    fi
     cp /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz .device/
     if [ ! -d .gl ]; then
         local o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
@@ -59,10 +65,11 @@ for line in sys.stdin:
     fi
     if [ ! -d .whl ]; then
         # Everything else diffusers and transformers need is in the device image (torch, numpy,
-        # safetensors, huggingface_hub, ...). A .whl from before transformers was added: delete it.
+        # safetensors, huggingface_hub, ...; einops for U-ViT). A .whl from before transformers or
+        # einops was added: delete it.
         python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
             --implementation cp --platform manylinux2014_x86_64 -d .whl diffusers importlib_metadata \
-            transformers tokenizers regex
+            transformers tokenizers regex einops
     fi
     du -sh .device .gl .whl
 }
@@ -92,8 +99,8 @@ run() {
     local num=1000 uc_num=256 batch=250 torch_device=cuda bench_filter="" memory_batch=64
     local tests=("$exes"/test-*) bench_time=(--warm-up-time 1 --measurement-time 3)
     # A rerun can take only some sections (SECTIONS="tests torch"; all: tests benches torch sd15
-    # ab samples) and some test executables (TESTS="cli guidance").
-    want() { [[ " ${SECTIONS:-tests benches torch sd15 ab samples} " == *" $1 "* ]]; }
+    # uvit ab samples) and some test executables (TESTS="cli guidance").
+    want() { [[ " ${SECTIONS:-tests benches torch sd15 uvit ab samples} " == *" $1 "* ]]; }
     if [ -n "${QUICK:-}" ]; then
         num=8 uc_num=4 batch=4 torch_device=cpu bench_filter=group_norm memory_batch=2
         tests=("$exes"/test-select) bench_time=()
@@ -107,6 +114,19 @@ run() {
     local adm=()
     [ -d .device/guided-diffusion ] && adm=(--guided-diffusion .device/guided-diffusion)
     timed() { local t0=$SECONDS; "$@"; echo "[$(( SECONDS - t0 )) s] $*"; }
+    # `timed` with the peak GPU memory of the command: nvidia-smi's used memory every 100 ms, less
+    # what was in use before (where there is no nvidia-smi, just `timed`).
+    peak_memory() {
+        local what=$1 && shift
+        command -v nvidia-smi >/dev/null || { timed "$@"; return; }
+        local idle log=/tmp/mem_${what// /_}.txt
+        idle=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1)
+        nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"$log" &
+        local poll=$!
+        timed "$@"
+        kill "$poll" 2>/dev/null || true
+        echo "$what: peak GPU memory $(( $(sort -n "$log" | tail -1) - idle )) MiB above idle"
+    }
     # What is done so far comes back even if the call runs out of time.
     save() { tar -czf "$OUT/results.tar.gz" -C "$results" .; }
     compare_pngs() {
@@ -167,32 +187,30 @@ EOF
         local sd=/tmp/sd15 side=512 tiny=""
         [ -n "${QUICK:-}" ] && side=64 tiny=--tiny
         timed python3 -m tools.bench.sd15 write "$sd" $tiny
-        # Peak GPU memory of a run: nvidia-smi's used memory every 100 ms, less what was in use before.
-        local idle=0 poll=""
-        command -v nvidia-smi >/dev/null &&
-            idle=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1)
         for case in "plain" "plain_f16_weights --f16-weights" "plain_f16 --f16-weights --f16-activations" \
             "uncertainty --uncertainty -M 5" \
             "rule_g --guidance gradient -M 5 --guidance-steps 2 --guidance-strength 0.99 --percentile 0.95"; do
             local name=${case%% *} args=""
             [ "$case" != "$name" ] && args=${case#* }
-            if command -v nvidia-smi >/dev/null; then
-                nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"/tmp/mem_$name.txt" &
-                poll=$!
-            fi
             # Two samples one at a time: the summary's "made in" covers both, the first with the
             # pipelines' compilation.
-            timed "$bin" sample --model "$sd" --prompt "a photograph of an astronaut riding a horse" \
+            peak_memory "sd15 $name" "$bin" sample --model "$sd" \
+                --prompt "a photograph of an astronaut riding a horse" \
                 --num 2 --batch 1 --steps 20 --height "$side" --width "$side" --quiet \
                 --out "$results/sd15_$name" $args
-            if [ -n "$poll" ]; then
-                kill "$poll" 2>/dev/null || true
-                echo "sd15 $name: peak GPU memory $(( $(sort -n "/tmp/mem_$name.txt" | tail -1) - idle )) MiB above idle"
-            fi
         done
         rm -f "$results"/sd15_*/sample_*.png
         timed python3 -m tools.bench.sd15 bench "$sd" --device "$torch_device" --height "$side" \
             --width "$side" --fp16 --json "$results/sd15_torch.json"
+        save
+    fi
+    if want uvit && [ -d .device/uvit ] && [ -z "${QUICK:-}" ]; then
+        echo "== U-ViT-H/2 (256) and U-ViT-H/4 (512) forwards at random weights, B 1 and 8: wgsl-diff, then the authors' module"
+        WGSL_DIFF_BENCH_UVIT=1 peak_memory "uvit wgsl-diff" "$exes"/bench-pipeline \
+            --bench 'unet_forward/uvit' "${bench_time[@]}"
+        peak_memory "uvit torch" python3 -m tools.bench.bench_torch --device "$torch_device" \
+            --criterion-dir /tmp/target/criterion --uvit .device/uvit --only unet_forward/uvit \
+            --json "$results/uvit.json"
         save
     fi
     if want ab && [ -z "${QUICK:-}" ]; then

@@ -340,6 +340,13 @@ impl UViT {
         Ok(model)
     }
 
+    /// A model of `config` with random weights, for benchmarks (the cost does not depend on
+    /// the weights).
+    pub fn random(gpu: &Gpu, config: UViTConfig, seed: u64) -> Result<UViT> {
+        config.validate()?;
+        Self::build(gpu, &VarBuilder::random(gpu, seed), config)
+    }
+
     fn build(gpu: &Gpu, vb: &VarBuilder, config: UViTConfig) -> Result<UViT> {
         let (d, p, c) = (config.embed_dim, config.patch_size, config.in_chans);
         let tokens = config.extras() + config.side() * config.side();

@@ -17,6 +17,11 @@ shapes, float32 and the same semantics:
                                                    64x64 model (random weights, class 207, t = 500),
                                                    imported from --guided-diffusion CHECKOUT (skipped
                                                    without it; wgsl-diff's side: WGSL_DIFF_BENCH_ADM64=1)
+    unet_forward/uvit256_b1, …_b8, uvit512_b1, …_b8
+                                                   U-ViT-H/2 (256) and U-ViT-H/4 (512): the authors'
+                                                   libs/uvit.py from --uvit CHECKOUT (random weights,
+                                                   class 207, t = 500; skipped without it;
+                                                   wgsl-diff's side: WGSL_DIFF_BENCH_UVIT=1)
     sampling_step_b8/plain                         Fashion-MNIST-size UNet forward (B = 8) + one DDIM
                                                    update (50 leading steps, step 10, clipped x̂0)
     sampling_step_b8/uncertainty_m5                the same plus Algorithm 1 with M = 5: x̂0, 5
@@ -245,6 +250,28 @@ def adm_benches(device):
     return benches
 
 
+UVIT = None  # a checkout of baofff/U-ViT, from --uvit
+
+
+def uvit_benches(device):
+    import sys
+    sys.path.insert(0, str(Path(UVIT).resolve()))
+    from libs.uvit import UViT
+    from tools.converters.uvit import DEFAULTS, PRESETS
+    benches = {}
+    for name, preset in (("uvit256", "imagenet256_uvit_huge"), ("uvit512", "imagenet512_uvit_huge")):
+        cfg = {**DEFAULTS, **PRESETS[preset]}
+        model = UViT(**cfg).to(device).eval()
+        gen = torch.Generator(device=device).manual_seed(1)
+        side = cfg["img_size"]
+        for b in (1, 8):
+            x = torch.randn((b, 4, side, side), generator=gen, device=device)
+            t = torch.full((b,), MODEL_TIMESTEP, device=device)
+            y = torch.full((b,), 207, dtype=torch.long, device=device)
+            benches[f"unet_forward/{name}_b{b}"] = (lambda m=model, x=x, t=t, y=y: m(x, t, y))
+    return benches
+
+
 def step_benches(device):
     model = unet(FASHION, device)
     a, s, a_prev, s_prev = ddim_coefficients()
@@ -315,6 +342,10 @@ BENCHES = [
     ("unet_forward/cifar10_b8_f16act", forward_benches),
     ("unet_forward/adm64_b1", adm_benches),
     ("unet_forward/adm64_b8", adm_benches),
+    ("unet_forward/uvit256_b1", uvit_benches),
+    ("unet_forward/uvit256_b8", uvit_benches),
+    ("unet_forward/uvit512_b1", uvit_benches),
+    ("unet_forward/uvit512_b8", uvit_benches),
     ("sampling_step_b8/plain", step_benches),
     ("sampling_step_b8/uncertainty_m5", step_benches),
     (SEQUENTIAL, step_benches),
@@ -448,13 +479,15 @@ def main():
                    help="also write the results to this JSON file")
     p.add_argument("--guided-diffusion", metavar="CHECKOUT", type=Path, default=None,
                    help="openai/guided-diffusion checkout for the ADM-64 benchmarks")
+    p.add_argument("--uvit", metavar="CHECKOUT", type=Path, default=None,
+                   help="baofff/U-ViT checkout for the U-ViT-H benchmarks")
     p.add_argument("--fp16", choices=("auto", "on", "off"), default="auto",
                    help="also time every benchmark under float16 autocast (auto: on a GPU)")
     p.add_argument("--memory", metavar="B", type=int, default=None,
                    help="also measure the activation peak of one CIFAR-10 forward at batch B")
     args = p.parse_args()
-    global GUIDED_DIFFUSION
-    GUIDED_DIFFUSION = args.guided_diffusion
+    global GUIDED_DIFFUSION, UVIT
+    GUIDED_DIFFUSION, UVIT = args.guided_diffusion, args.uvit
     if args.repeat < 1 or args.warmup < 0:
         p.error("--repeat must be at least 1 and --warmup at least 0")
 
@@ -466,7 +499,8 @@ def main():
     fp16 = args.fp16 == "on" or (args.fp16 == "auto" and device.type == "cuda")
     selected = [(name, build) for name, build in BENCHES
                 if (args.only is None or name.startswith(args.only))
-                and (build is not adm_benches or GUIDED_DIFFUSION is not None)]
+                and (build is not adm_benches or GUIDED_DIFFUSION is not None)
+                and (build is not uvit_benches or UVIT is not None)]
     if not selected and args.memory is None:
         p.error(f"no benchmark id starts with {args.only!r}; ids: "
                 + ", ".join(name for name, _ in BENCHES))

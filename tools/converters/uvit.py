@@ -130,14 +130,15 @@ def config_from(args):
     return {**DEFAULTS, **given}
 
 
-def convert_autoencoder(path, out):
-    """The LDM KL-f8 autoencoder renamed to diffusers' AutoencoderKL by diffusers' converter."""
+def convert_autoencoder(path, out, config=VAE_CONFIG):
+    """The LDM KL autoencoder renamed to diffusers' AutoencoderKL by diffusers' converter (`config`:
+    its diffusers config; the released KL-f8 one by default)."""
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = state.get("state_dict", state)
-    renamed = convert_ldm_vae_checkpoint(state, VAE_CONFIG)
+    renamed = convert_ldm_vae_checkpoint(state, config)
     metadata = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "arch": "AutoencoderKL",
-                "config": compact_json(VAE_CONFIG)}
+                "config": compact_json(config)}
     save_file({k: v.float().contiguous() for k, v in renamed.items()}, str(out), metadata=metadata)
     return len(renamed)
 
