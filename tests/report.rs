@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::page::check_images;
+use common::page::{check_images, chromium_loads_every_image};
 use regex::Regex;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -94,78 +94,6 @@ fn check_parameters(dir: &Path, html: &str) {
     }
     let version = format!("<td>{}</td>", env!("CARGO_PKG_VERSION"));
     assert!(html.contains("wgsl-diff version") && html.contains(&version));
-}
-
-/// Renders the page copied alone into an empty folder in headless Chromium, with a script that
-/// counts the images the browser decoded; every one must have. Skipped (saying so) only where
-/// Chromium is not installed and `WGSL_DIFF_REQUIRE_CHROMIUM` is unset; CI sets it.
-fn chromium_loads_every_image(report: &Path, images: usize, sections: &[&str]) {
-    let browser = ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find(|b| {
-            Command::new(b)
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        });
-    let Some(browser) = browser else {
-        assert!(
-            std::env::var_os("WGSL_DIFF_REQUIRE_CHROMIUM").is_none(),
-            "WGSL_DIFF_REQUIRE_CHROMIUM is set but no chromium is installed"
-        );
-        eprintln!(
-            "SKIPPED the Chromium rendering check: no chromium here (apt-get install chromium)"
-        );
-        return;
-    };
-    let alone = tmp(&format!(
-        "alone-{}",
-        report
-            .parent()
-            .unwrap()
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-    ));
-    std::fs::create_dir_all(&alone).unwrap();
-    let page = alone.join("page.html");
-    let probe = "<script>window.addEventListener('load',()=>{const i=[...document.images];\
-                 document.body.setAttribute('data-images',i.filter(x=>x.complete&&\
-                 x.naturalWidth>0).length+'/'+i.length);});</script>";
-    let html = std::fs::read_to_string(report).unwrap();
-    std::fs::write(&page, html.replace("</body>", &format!("{probe}</body>"))).unwrap();
-    let out = Command::new(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--virtual-time-budget=10000",
-            "--dump-dom",
-        ])
-        .arg(format!("file://{}", page.display()))
-        .output()
-        .unwrap();
-    let dom = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let want = format!("data-images=\"{images}/{images}\"");
-    assert!(
-        dom.contains(&want),
-        "Chromium decoded fewer images than the page holds ({want}): {}",
-        Regex::new(r#"data-images="[^"]*""#)
-            .unwrap()
-            .find(&dom)
-            .map_or("no count", |m| m.as_str())
-    );
-    for id in sections {
-        assert!(
-            dom.contains(&format!("id=\"{id}\"")),
-            "rendered page lacks #{id}"
-        );
-    }
 }
 
 /// The per-step maps the report shows are each window step's U_t, the maps `--save-maps`

@@ -18,7 +18,10 @@ pub mod shared;
 mod step_heatmaps;
 mod write;
 
-pub use compare::{compare, ComparedRun, Comparison, PixelDifference, COMPARE_FILE, GRID_ROWS};
+pub use compare::{
+    compare, ComparedRun, Comparison, MetricKind, MetricValue, PixelDifference, COMPARE_FILE,
+    GRID_ROWS, METRICS,
+};
 pub use filter::{by_score, filter, filter_run, kept_count, read_filtered, Filtered, FilteredSets};
 pub use folder::{FolderPlan, FolderSummary, Pending};
 pub use manifest::{
