@@ -27,6 +27,13 @@ pub(super) fn label(i: usize) -> String {
     }
 }
 
+/// A table head cell per run: A, B, …
+fn run_heads(count: usize) -> String {
+    (0..count)
+        .map(|r| format!("<th>{}</th>", label(r)))
+        .collect()
+}
+
 /// Writes `comparison.page`; `shown` holds the thumbnails of the first samples, one per run.
 pub(super) fn write(comparison: &Comparison, shown: &[Vec<Image8>]) -> Result<()> {
     let runs = &comparison.runs;
@@ -146,12 +153,10 @@ fn metrics(runs: &[ComparedRun]) -> String {
     if rows.is_empty() {
         return format!("<p>No run folder holds a metric.</p>{how}");
     }
-    let head: String = (0..runs.len())
-        .map(|r| format!("<th>{}</th>", label(r)))
-        .collect();
     format!(
         "{how}<p>A highlighted metric was measured against different real sets in different \
-         runs: its values do not compare.</p><table><tr><th>metric</th>{head}</tr>{rows}</table>"
+         runs: its values do not compare.</p><table><tr><th>metric</th>{}</tr>{rows}</table>",
+        run_heads(runs.len())
     )
 }
 
@@ -173,9 +178,7 @@ fn parameters(runs: &[ComparedRun]) -> String {
     let mut html = String::from(
         "<p>Rows that differ between the runs are highlighted.</p><table><tr><th>parameter</th>",
     );
-    html += &(0..runs.len())
-        .map(|r| format!("<th>{}</th>", label(r)))
-        .collect::<String>();
+    html += &run_heads(runs.len());
     html += "</tr>";
     for key in keys {
         let values: Vec<&str> = tables
@@ -208,9 +211,7 @@ fn samples(comparison: &Comparison, shown: &[Vec<Image8>]) -> Result<String> {
         false => String::new(),
     };
     let mut html = note + "<table><tr><th>sample</th>";
-    html += &(0..runs.len())
-        .map(|r| format!("<th>{}</th>", label(r)))
-        .collect::<String>();
+    html += &run_heads(runs.len());
     html += "</tr>";
     for (i, &index) in comparison.indices.iter().enumerate() {
         html += &format!("<tr><th>{index}</th>");
