@@ -230,6 +230,7 @@ fn request(start: usize, num: usize, batch: usize, shard: Option<Shard>) -> Samp
         heatmap_scale: HeatmapScale::Image,
         heatmap_style: HeatmapStyle::Overlay,
         save_maps: None,
+        step_heatmaps: false,
         dump_noise: None,
         keep_fraction: None,
         report: false,

@@ -1,11 +1,14 @@
 //! `wgsl-diff compare`: two tiny runs of the shipped model from one x_T — guided (Rule P) and
 //! plain — side by side. The page holds its own images, its differences are those computed
-//! here from the PNGs with the `image` crate, the grid is the samples in rows, and runs that do
-//! not share x_T, missing folders and an output inside a run are refused with a non-zero exit.
+//! here from the PNGs with the `image` crate, it shows the values `eval` and `fid` wrote into
+//! the runs' folders (pytorch-fid's FID of its fixtures, and what `eval` printed), it renders in
+//! headless Chromium with every image loaded, the grid is the samples in rows, and runs that do
+//! not share x_T, missing folders, an output inside a run and a broken metric file are refused
+//! with a non-zero exit.
 
 mod common;
 
-use common::page::check_images;
+use common::page::{check_images, chromium_loads_every_image};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -100,12 +103,108 @@ fn copy_run(from: &Path, to: &Path) {
     }
 }
 
+/// The metric values each run's folder holds, as their commands computed them.
+struct Metrics {
+    /// What `eval` printed for each run, against real sets that differ (other noise images).
+    classifier: [String; 2],
+    /// pytorch-fid's FID of the two statistics fixtures, which `fid` wrote for the second run.
+    fid: f64,
+}
+
+/// `eval` of each run against two noise images (other ones for each), into RUN/eval.json, and
+/// `fid` of pytorch-fid's two statistics fixtures into the second run's fid.json.
+fn write_metrics(first: &Path, second: &Path) -> Metrics {
+    let printed = |run: &Path, real_range: &str| {
+        let json = run.join("eval.json");
+        let out = wgsl_diff(&[
+            "eval".as_ref(),
+            "--quiet".as_ref(),
+            "--real".as_ref(),
+            "noise".as_ref(),
+            "--real-range".as_ref(),
+            real_range.as_ref(),
+            "--fake".as_ref(),
+            run.as_os_str(),
+            "--json".as_ref(),
+            json.as_os_str(),
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with("Fréchet distance"))
+            .unwrap_or_else(|| panic!("eval printed its distance: {stdout}"));
+        line.rsplit(": ").next().unwrap().to_string()
+    };
+    let classifier = [printed(first, "0..2"), printed(second, "2..4")];
+    let fixture = |name: &str| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name)
+    };
+    let json = second.join("fid.json");
+    let out = wgsl_diff(&[
+        "fid".as_ref(),
+        "--real".as_ref(),
+        fixture("fid_stats_full_a.npz").as_os_str(),
+        "--fake".as_ref(),
+        fixture("fid_stats_full_b.npz").as_os_str(),
+        "--json".as_ref(),
+        json.as_os_str(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("fid_frechet.json")).unwrap())
+            .unwrap();
+    Metrics {
+        classifier,
+        fid: expected["full"].as_f64().unwrap(),
+    }
+}
+
+/// The page and the output show each run's values; the classifier distance was measured
+/// against different real sets, so its row is marked; the first run has no FID.
+fn check_metrics(html: &str, stdout: &str, metrics: &Metrics) {
+    let section = &html[html.find("<section id='metrics'").unwrap()..];
+    let section = &section[..section.find("</section>").unwrap()];
+    let [a, b] = &metrics.classifier;
+    let value = |v: &str| format!("<td><span class='metric'>{v}</span>");
+    let row = format!(
+        "<tr class='differs'><th>classifier Fréchet distance</th>{}",
+        value(a)
+    );
+    assert!(section.contains(&row), "{section}");
+    assert!(section.contains(&value(b)), "{section}");
+    let fid = format!("{:.6}", metrics.fid);
+    assert!(
+        section.contains(&format!("<tr><th>FID</th><td>—</td>{}", value(&fid))),
+        "{section}"
+    );
+    assert!(section.contains("real: 2 images from N(0, 1) noise, seed 0 [2..4]"));
+    for line in [
+        format!("plain: classifier Fréchet distance {a} (real: "),
+        format!("guided: classifier Fréchet distance {b} (real: "),
+        format!("guided: FID {fid} (real: statistics "),
+    ] {
+        assert!(stdout.contains(&line), "{line:?} in {stdout}");
+    }
+}
+
 #[test]
 fn guided_and_plain_runs_side_by_side_and_bad_inputs_refused() {
     let root = tmp("runs");
     let (plain, guided, out) = (root.join("plain"), root.join("guided"), root.join("cmp"));
     sample(&plain, &[]);
     sample(&guided, &["--guidance", "posterior"]);
+    let metrics = write_metrics(&plain, &guided);
 
     let run = compare(&[&plain, &guided], &out);
     assert!(
@@ -114,13 +213,17 @@ fn guided_and_plain_runs_side_by_side_and_bad_inputs_refused() {
         String::from_utf8_lossy(&run.stderr)
     );
     let html = std::fs::read_to_string(out.join("compare.html")).unwrap();
-    assert_eq!(check_images(&html), 4, "two samples of two runs");
-    for section in ["runs", "parameters", "samples", "files"] {
+    let images = check_images(&html);
+    assert_eq!(images, 4, "two samples of two runs");
+    let sections = ["runs", "metrics", "parameters", "samples", "files"];
+    for section in sections {
         assert!(
             html.contains(&format!("<section id='{section}'")),
             "{section}"
         );
     }
+    check_metrics(&html, &String::from_utf8_lossy(&run.stdout), &metrics);
+    chromium_loads_every_image(&out.join("compare.html"), images, &sections);
     // The guidance rows differ (only the guided run has them); the seed does not.
     assert!(html.contains("<tr class='differs'><th>guidance.rule</th><td>—</td><td>posterior</td>"));
     assert!(html.contains("<tr><th>seed</th><td>0</td><td>0</td></tr>"));
@@ -207,8 +310,14 @@ fn guided_and_plain_runs_side_by_side_and_bad_inputs_refused() {
         &["is inside the run folder"],
     );
     refused(compare(&[&plain], &root.join("o4")), &["2"]);
+    // A metric file that is not what `fid --json` writes.
+    std::fs::write(guided.join("fid.json"), r#"{"fid": "low"}"#).unwrap();
+    refused(
+        compare(&[&plain, &guided], &root.join("o5")),
+        &["guided/fid.json", "wgsl-diff fid --json", "no number `fid`"],
+    );
     assert!(
-        !root.join("o1").exists() && !root.join("o2").exists(),
+        ["o1", "o2", "o5"].iter().all(|o| !root.join(o).exists()),
         "nothing written when refused"
     );
     let _ = std::fs::remove_dir_all(&root);

@@ -120,6 +120,7 @@ fn request(model: &Path, out: &Path) -> SampleRequest {
         heatmap_scale: HeatmapScale::Image,
         heatmap_style: HeatmapStyle::Overlay,
         save_maps: None,
+        step_heatmaps: false,
         dump_noise: None,
         keep_fraction: None,
         report: false,

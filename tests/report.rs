@@ -2,12 +2,12 @@
 //! `data:` URI), every recorded parameter, the score histogram with axes and the filtering
 //! marked, per-step maps kept without `--save-maps`, a guided run's settings and masks, and the
 //! extremes at any sample count — checked by parsing the page, and by rendering it copied alone
-//! in headless Chromium. Also the heatmap PNGs' styles and colour bars, and the known caveat of
-//! the default score on the shipped model.
+//! in headless Chromium. Also the heatmap PNGs' styles and colour bars, per-step heatmaps on
+//! request, and the known caveat of the default score on the shipped model.
 
 mod common;
 
-use common::page::check_images;
+use common::page::{check_images, chromium_loads_every_image};
 use regex::Regex;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -94,78 +94,6 @@ fn check_parameters(dir: &Path, html: &str) {
     }
     let version = format!("<td>{}</td>", env!("CARGO_PKG_VERSION"));
     assert!(html.contains("wgsl-diff version") && html.contains(&version));
-}
-
-/// Renders the page copied alone into an empty folder in headless Chromium, with a script that
-/// counts the images the browser decoded; every one must have. Skipped (saying so) only where
-/// Chromium is not installed and `WGSL_DIFF_REQUIRE_CHROMIUM` is unset; CI sets it.
-fn chromium_loads_every_image(report: &Path, images: usize, sections: &[&str]) {
-    let browser = ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find(|b| {
-            Command::new(b)
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        });
-    let Some(browser) = browser else {
-        assert!(
-            std::env::var_os("WGSL_DIFF_REQUIRE_CHROMIUM").is_none(),
-            "WGSL_DIFF_REQUIRE_CHROMIUM is set but no chromium is installed"
-        );
-        eprintln!(
-            "SKIPPED the Chromium rendering check: no chromium here (apt-get install chromium)"
-        );
-        return;
-    };
-    let alone = tmp(&format!(
-        "alone-{}",
-        report
-            .parent()
-            .unwrap()
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-    ));
-    std::fs::create_dir_all(&alone).unwrap();
-    let page = alone.join("page.html");
-    let probe = "<script>window.addEventListener('load',()=>{const i=[...document.images];\
-                 document.body.setAttribute('data-images',i.filter(x=>x.complete&&\
-                 x.naturalWidth>0).length+'/'+i.length);});</script>";
-    let html = std::fs::read_to_string(report).unwrap();
-    std::fs::write(&page, html.replace("</body>", &format!("{probe}</body>"))).unwrap();
-    let out = Command::new(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--virtual-time-budget=10000",
-            "--dump-dom",
-        ])
-        .arg(format!("file://{}", page.display()))
-        .output()
-        .unwrap();
-    let dom = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let want = format!("data-images=\"{images}/{images}\"");
-    assert!(
-        dom.contains(&want),
-        "Chromium decoded fewer images than the page holds ({want}): {}",
-        Regex::new(r#"data-images="[^"]*""#)
-            .unwrap()
-            .find(&dom)
-            .map_or("no count", |m| m.as_str())
-    );
-    for id in sections {
-        assert!(
-            dom.contains(&format!("id=\"{id}\"")),
-            "rendered page lacks #{id}"
-        );
-    }
 }
 
 /// The per-step maps the report shows are each window step's U_t, the maps `--save-maps`
@@ -355,6 +283,102 @@ fn heatmaps_come_as_overlays_or_maps_with_a_colour_bar() {
     );
     let text = wgsl_diff::images::read_png_text(&heatmap).unwrap();
     assert_eq!(text["heatmap_style"], "overlay");
+}
+
+/// A colour scale as the heatmaps' is documented: from 0 or the lowest finite value to the
+/// highest of the maps' 99th percentiles (the value at rank round(0.99 (n − 1)) of each).
+fn documented_range(maps: &[&[f32]]) -> (f32, f32) {
+    let mut lo = 0f32;
+    let mut hi = f32::NEG_INFINITY;
+    for map in maps {
+        let mut sorted: Vec<f32> = map.iter().copied().filter(|v| v.is_finite()).collect();
+        sorted.sort_by(f32::total_cmp);
+        lo = lo.min(sorted[0]);
+        hi = hi.max(sorted[((sorted.len() - 1) as f64 * 0.99).round() as usize]);
+    }
+    (lo, hi.max(lo))
+}
+
+/// `--step-heatmaps`: every map `--save-maps` wrote, drawn beside it on its own scale or, with
+/// `--heatmap-scale shared`, on one scale per step over all samples; refused without
+/// `--save-maps`.
+#[test]
+fn per_step_heatmaps_draw_each_saved_map() {
+    let name = Regex::new(r"^map_step(\d{3})_t(\d{4})_sample(\d{6})\.npy$").unwrap();
+    for scale in ["image", "shared"] {
+        let dir = tmp(&format!("steps-{scale}"));
+        let maps = dir.join("maps");
+        let out = sample(
+            &dir,
+            &[
+                "--num",
+                "3",
+                "--save-maps",
+                maps.to_str().unwrap(),
+                "--step-heatmaps",
+                "--heatmap-style",
+                "map",
+                "--heatmap-scale",
+                scale,
+            ],
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("12 per-step heatmaps in"), "{stdout}");
+        // (step, t, sample) → the saved map, read back as the test reads .npy.
+        let mut saved = std::collections::BTreeMap::new();
+        for entry in std::fs::read_dir(&maps).unwrap() {
+            let file = entry.unwrap().file_name().into_string().unwrap();
+            if let Some(c) = name.captures(&file) {
+                let key = (c[1].to_string(), c[2].to_string(), c[3].to_string());
+                let (shape, map) = npy::read(&maps.join(&file)).unwrap();
+                assert_eq!(shape, [1, 1, 8, 8]);
+                saved.insert(key, map);
+            }
+        }
+        assert_eq!(saved.len(), 12, "4 steps of 3 samples");
+        for ((step, t, index), map) in &saved {
+            let png = maps.join(format!("heatmap_step{step}_t{t}_sample{index}.png"));
+            let range = match scale {
+                "image" => documented_range(&[&map[..]]),
+                _ => {
+                    let step_maps: Vec<&[f32]> = saved
+                        .iter()
+                        .filter(|((s, ..), _)| s == step)
+                        .map(|(_, m)| &m[..])
+                        .collect();
+                    documented_range(&step_maps)
+                }
+            };
+            let text = wgsl_diff::images::read_png_text(&png).unwrap();
+            assert_eq!(text["heatmap_style"], "map");
+            assert_eq!(text["colour_scale"], format!("{},{}", range.0, range.1));
+            // The map's colours on that scale, left of the colour bar.
+            let drawn = wgsl_diff::images::read_png(&png).unwrap();
+            let want = wgsl_diff::images::heatmap(map, 8, 8, range);
+            assert!(drawn.width > 8, "a colour bar beside the map");
+            for y in 0..8 {
+                assert_eq!(
+                    drawn.pixels[y * drawn.width * 3..(y * drawn.width + 8) * 3],
+                    want.pixels[y * 24..(y + 1) * 24],
+                    "{png:?} row {y}"
+                );
+            }
+        }
+    }
+    let refused = Command::new(env!("CARGO_BIN_EXE_wgsl-diff"))
+        .args([
+            "sample",
+            "--model",
+            MODEL,
+            "--uncertainty",
+            "--step-heatmaps",
+        ])
+        .args(["--out"])
+        .arg(tmp("steps-refused"))
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--save-maps"));
 }
 
 /// On the shipped model the default score is known to rank the wrong way: `sample` warns and

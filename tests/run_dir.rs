@@ -55,6 +55,7 @@ fn request(out: &Path) -> SampleRequest {
         heatmap_scale: HeatmapScale::Image,
         heatmap_style: HeatmapStyle::Overlay,
         save_maps: None,
+        step_heatmaps: false,
         dump_noise: None,
         keep_fraction: Some(0.67),
         report: true,

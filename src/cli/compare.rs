@@ -1,11 +1,26 @@
 //! `wgsl-diff compare RUN_A RUN_B [...] --out DIR`: flags → [`wgsl_diff::run_dir::compare`],
-//! and each run's distance from the first printed.
+//! and each run's distance from the first and metric values printed.
 
 use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
+use wgsl_diff::run_dir::METRICS;
+
+/// The metric files `compare` reads, and the commands that write them.
+fn metrics_help() -> String {
+    let commands: Vec<String> = METRICS
+        .iter()
+        .map(|kind| format!("  {:<30}{}", kind.name, kind.how_to_write()))
+        .collect();
+    format!(
+        "Metrics: where a run folder holds the JSON of `eval` or `fid` (written there with \
+         --json), the page and the output show its value and the sets it compared:\n{}",
+        commands.join("\n")
+    )
+}
 
 #[derive(Args, Debug)]
+#[command(after_help = metrics_help())]
 pub struct CompareArgs {
     /// Run folders of `wgsl-diff sample` that share x_T (the same --seed and sample indices),
     /// e.g. guided and unguided; differences are taken against the first
@@ -27,6 +42,20 @@ pub fn run(args: &CompareArgs) -> Result<()> {
             d.max,
             d.mean
         );
+    }
+    for run in &c.runs {
+        for (kind, value) in METRICS.iter().zip(&run.metrics) {
+            if let Some(v) = value {
+                println!(
+                    "{}: {} {} (real: {}; fake: {})",
+                    run.dir.display(),
+                    kind.name,
+                    kind.format(v.value),
+                    v.real,
+                    v.fake
+                );
+            }
+        }
     }
     println!(
         "{} samples of {} runs: {} grid(s) and the page {}",

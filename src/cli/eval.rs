@@ -44,7 +44,8 @@ pub struct EvalArgs {
     /// Seed of `noise` images
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Also write the results to this JSON file
+    /// Also write the results to this JSON file; written as RUN/eval.json into the run folder
+    /// of --fake, `wgsl-diff compare` shows it beside the run
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// Hide the progress bar

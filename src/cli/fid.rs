@@ -43,7 +43,8 @@ pub struct FidArgs {
     /// does (only to reproduce its numbers; the result depends on --batch)
     #[arg(long)]
     pub batch_minmax: bool,
-    /// Also write the result to this JSON file
+    /// Also write the result to this JSON file; written as RUN/fid.json into the run folder
+    /// of --fake, `wgsl-diff compare` shows it beside the run
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// Hide the progress bar

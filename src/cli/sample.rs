@@ -154,6 +154,11 @@ pub struct SampleArgs {
     /// Write each step's uncertainty map (B, C, H, W per batch) as .npy into this folder
     #[arg(long, requires = "uncertainty")]
     pub save_maps: Option<PathBuf>,
+    /// Also draw each map of --save-maps as heatmap_stepSSS_tTTTT_sampleNNNNNN.png beside its
+    /// .npy, as heatmap_*.png are drawn (--heatmap-style, a colour bar); with --heatmap-scale
+    /// shared each step has one scale for all samples
+    #[arg(long, requires = "save_maps")]
+    pub step_heatmaps: bool,
     /// Write every noise tensor the run drew as .npy into this folder (for replay elsewhere)
     #[arg(long)]
     pub dump_noise: Option<PathBuf>,
@@ -293,6 +298,7 @@ impl SampleArgs {
             heatmap_scale: self.heatmap_scale,
             heatmap_style: self.heatmap_style,
             save_maps: self.save_maps.clone(),
+            step_heatmaps: self.step_heatmaps,
             dump_noise: self.dump_noise.clone(),
             keep_fraction: self.keep_fraction,
             report: self.report,
@@ -405,6 +411,9 @@ pub fn run(adapter: &AdapterChoice, args: &SampleArgs) -> Result<()> {
     }
     if let Some(report) = &summary.report {
         println!("report: {}", report.display());
+    }
+    if let (Some(maps), n @ 1..) = (&args.save_maps, summary.step_heatmaps) {
+        println!("{n} per-step heatmaps in {}", maps.display());
     }
     if let Some(profile) = gpu.finish_profile()? {
         profile.save(&profile_file)?;

@@ -47,6 +47,8 @@ pub struct SampleRequest {
     pub heatmap_style: HeatmapStyle,
     /// Write each step's uncertainty map as .npy into this folder.
     pub save_maps: Option<PathBuf>,
+    /// Draw each map of `save_maps` as a heatmap PNG beside it.
+    pub step_heatmaps: bool,
     /// Write every noise tensor the run drew as .npy into this folder.
     pub dump_noise: Option<PathBuf>,
     /// Filter the run afterwards, keeping this fraction.
@@ -99,6 +101,7 @@ impl SampleRequest {
             uncertainty: self.uncertainty.is_some(),
             heatmap_scale: self.heatmap_scale,
             heatmap_style: self.heatmap_style,
+            step_heatmaps: self.step_heatmaps,
             keep_fraction: self.keep_fraction,
             seed: self.seed,
             report: self.report,
@@ -119,6 +122,11 @@ impl SampleRequest {
                     "--cfg-scale must be finite and at most 1e4 in size, got {scale}"
                 )));
             }
+        }
+        if self.step_heatmaps && self.save_maps.is_none() {
+            return Err(Error::Invalid(
+                "--step-heatmaps draws the maps of --save-maps: give --save-maps DIR".into(),
+            ));
         }
         match &self.uncertainty {
             Some(uc) => uc.validate()?,

@@ -10,6 +10,7 @@ use super::render::{
 };
 use super::report::write_html_report;
 use super::shared::{claim, remove_abandoned, FolderLock, Presence, RUN_FILE};
+use super::step_heatmaps::render_step_heatmaps;
 use super::write::check_same_run;
 use crate::error::{Error, Result};
 use std::collections::BTreeSet;
@@ -29,6 +30,8 @@ pub struct FolderPlan {
     pub uncertainty: bool,
     pub heatmap_scale: HeatmapScale,
     pub heatmap_style: HeatmapStyle,
+    /// Draw every map in `save_maps` as a heatmap beside it ([`render_step_heatmaps`]).
+    pub step_heatmaps: bool,
     /// Filter the complete run, keeping this fraction (and a random subset from `seed`).
     pub keep_fraction: Option<f64>,
     pub seed: u64,
@@ -49,6 +52,8 @@ pub struct FolderSummary {
     pub score_range: Option<(f64, f64)>,
     /// The report, when one was written.
     pub report: Option<PathBuf>,
+    /// How many per-step heatmaps were drawn into the `--save-maps` folder.
+    pub step_heatmaps: usize,
 }
 
 impl FolderPlan {
@@ -113,6 +118,12 @@ impl FolderPlan {
             write_scores_csv(out, &records)?;
             write_uncertainty_grids(out, &records, &tiles)?;
         }
+        let step_heatmaps = match (&self.save_maps, self.step_heatmaps && self.uncertainty) {
+            (Some(maps), true) => {
+                render_step_heatmaps(maps, out, &records, self.heatmap_scale, self.heatmap_style)?
+            }
+            _ => 0,
+        };
         write_manifest(out, parameters, &records)?;
         write_grid(out, &records)?;
         let present = |i: &usize| records.binary_search_by_key(i, |r| r.index).is_ok();
@@ -139,6 +150,7 @@ impl FolderPlan {
             filtered,
             score_range,
             report,
+            step_heatmaps,
         })
     }
 }

@@ -1,5 +1,6 @@
 //! The maps a run folder holds, read back over their image: each sample's summed map, and the
-//! per-step maps and guidance masks of the report's samples. Each becomes a plane of the
+//! per-step maps and guidance masks of the report's samples, and the maps `--save-maps` wrote.
+//! Each becomes a plane of the
 //! image's size — channels reduced, and a latent model's map element repeated over the block of
 //! pixels it covers — so it can be drawn over the image.
 
@@ -29,40 +30,51 @@ enum Channels {
 
 /// The sample's Σ_t U_t over its image, None when the folder has no summed map for it.
 pub fn summed_map(dir: &Path, sample: &SampleRecord) -> Result<Option<Plane>> {
-    let planes = read_planes(dir, sample, &total_map_name(sample.index), 3, Channels::Sum)?;
+    let map = dir.join(total_map_name(sample.index));
+    let planes = read_planes(&map, &dir.join(&sample.file), 3, Channels::Sum)?;
     Ok(planes.and_then(|mut p| p.pop()))
 }
 
 /// U_t of each window step of the sample, in step order (None: not kept for it).
 pub fn step_maps(dir: &Path, sample: &SampleRecord) -> Result<Option<Vec<Plane>>> {
-    read_planes(dir, sample, &step_maps_name(sample.index), 4, Channels::Sum)
+    let maps = dir.join(step_maps_name(sample.index));
+    read_planes(&maps, &dir.join(&sample.file), 4, Channels::Sum)
+}
+
+/// One step's map as `--save-maps` writes it ((1, C, H, W) at `path`) over the sample's
+/// image at `image`.
+pub fn saved_step_map(path: &Path, image: &Path) -> Result<Plane> {
+    let planes = read_planes(path, image, 4, Channels::Sum)?.unwrap_or_default();
+    <[Plane; 1]>::try_from(planes)
+        .map(|[plane]| plane)
+        .map_err(|planes| {
+            Error::Invalid(format!(
+                "{}: expected one step's map (1, C, H, W), got {} steps",
+                path.display(),
+                planes.len()
+            ))
+        })
 }
 
 /// Each guided step's mask as the share of the sample's channels guided at each pixel, in step
 /// order (None: not kept for it).
 pub fn guidance_masks(dir: &Path, sample: &SampleRecord) -> Result<Option<Vec<Plane>>> {
-    read_planes(
-        dir,
-        sample,
-        &guidance_masks_name(sample.index),
-        4,
-        Channels::Mean,
-    )
+    let masks = dir.join(guidance_masks_name(sample.index));
+    read_planes(&masks, &dir.join(&sample.file), 4, Channels::Mean)
 }
 
-/// The planes of `name`, a (C, H, W) map (`rank` 3) or a stack of them (`rank` 4).
+/// The planes of the file at `path`, a (C, H, W) map (`rank` 3) or a stack of them (`rank` 4),
+/// over the image at `image`; None when there is no such file.
 fn read_planes(
-    dir: &Path,
-    sample: &SampleRecord,
-    name: &str,
+    path: &Path,
+    image: &Path,
     rank: usize,
     channels: Channels,
 ) -> Result<Option<Vec<Plane>>> {
-    let path = dir.join(name);
     if !path.exists() {
         return Ok(None);
     }
-    let (shape, data) = npy::read(&path)?;
+    let (shape, data) = npy::read(path)?;
     let (count, [c, h, w]) = match shape[..] {
         [c, h, w] if rank == 3 => (1, [c, h, w]),
         [n, c, h, w] if rank == 4 => (n, [c, h, w]),
@@ -74,7 +86,7 @@ fn read_planes(
             )))
         }
     };
-    let image = images::png_size(&dir.join(&sample.file))?;
+    let image = images::png_size(image)?;
     let len = c * h * w;
     (0..count)
         .map(|i| {

@@ -15,9 +15,13 @@ mod render;
 mod report;
 mod shard;
 pub mod shared;
+mod step_heatmaps;
 mod write;
 
-pub use compare::{compare, ComparedRun, Comparison, PixelDifference, COMPARE_FILE, GRID_ROWS};
+pub use compare::{
+    compare, ComparedRun, Comparison, MetricKind, MetricValue, PixelDifference, COMPARE_FILE,
+    GRID_ROWS, METRICS,
+};
 pub use filter::{by_score, filter, filter_run, kept_count, read_filtered, Filtered, FilteredSets};
 pub use folder::{FolderPlan, FolderSummary, Pending};
 pub use manifest::{
@@ -29,6 +33,7 @@ pub use render::{
 };
 pub use report::{write_html_report, REPORT_FILE};
 pub use shard::Shard;
+pub use step_heatmaps::render_step_heatmaps;
 pub use write::{check_same_run, BatchWriter};
 
 pub fn png_name(index: usize) -> String {
@@ -47,6 +52,17 @@ pub fn total_map_name(index: usize) -> String {
 
 pub fn heatmap_name(index: usize) -> String {
     format!("heatmap_{index:06}.png")
+}
+
+/// U_t of one sample at window step `step` (timestep `t`), (1, C, H, W): what `--save-maps`
+/// writes for every sample.
+pub fn saved_map_name(step: usize, t: usize, index: usize) -> String {
+    format!("map_step{step:03}_t{t:04}_sample{index:06}.npy")
+}
+
+/// The heatmap of [`saved_map_name`]'s map, beside it (`--step-heatmaps`).
+pub fn step_heatmap_name(step: usize, t: usize, index: usize) -> String {
+    format!("heatmap_step{step:03}_t{t:04}_sample{index:06}.png")
 }
 
 /// U_t of each window step of one of the [`report_samples`], (steps, C, H, W).

@@ -73,9 +73,8 @@ pub(super) fn robust_range<'a>(planes: impl Iterator<Item = &'a [f32]>) -> (f32,
     (lo, hi.max(lo))
 }
 
-/// Renders heatmap_*.png from the summed maps, each with a colour bar labelled with its range
-/// (also in the PNG's `colour_scale` text chunk, "lo,hi"; values beyond it saturate), and
-/// records them in `samples`.
+/// Renders heatmap_*.png from the summed maps ([`write_heatmap`]) and records them in
+/// `samples`.
 /// Returns each sample's heatmap without the bar, for the grids.
 pub fn render_heatmaps(
     dir: &Path,
@@ -96,15 +95,12 @@ pub fn render_heatmaps(
             HeatmapScale::Image => robust_range(std::iter::once(&plane.values[..])),
             HeatmapScale::Shared => shared,
         };
-        let tile = style.render(&load(dir, &s.file)?, plane, range);
-        let text = [
-            ("colour_scale", format!("{},{}", range.0, range.1)),
-            ("heatmap_style", style.name().to_string()),
-        ];
-        images::write_png(
+        let tile = write_heatmap(
             &dir.join(heatmap_name(s.index)),
-            &images::with_colour_bar(&tile, range),
-            &text,
+            &load(dir, &s.file)?,
+            plane,
+            range,
+            style,
         )?;
         tiles.insert(s.index, tile);
     }
@@ -117,7 +113,26 @@ pub fn render_heatmaps(
     Ok(tiles)
 }
 
-fn load(dir: &Path, file: &str) -> Result<Image8> {
+/// `plane` drawn in `style` (over `image`) on the colour scale `range`, written to `path` beside
+/// a colour bar labelled with the range, which is also in the PNG's `colour_scale` text chunk
+/// ("lo,hi"; values beyond it saturate). Returns the heatmap without the bar.
+pub(super) fn write_heatmap(
+    path: &Path,
+    image: &Image8,
+    plane: &Plane,
+    range: (f32, f32),
+    style: HeatmapStyle,
+) -> Result<Image8> {
+    let tile = style.render(image, plane, range);
+    let text = [
+        ("colour_scale", format!("{},{}", range.0, range.1)),
+        ("heatmap_style", style.name().to_string()),
+    ];
+    images::write_png(path, &images::with_colour_bar(&tile, range), &text)?;
+    Ok(tile)
+}
+
+pub(super) fn load(dir: &Path, file: &str) -> Result<Image8> {
     images::read_png(&dir.join(file))
 }
 

@@ -1,7 +1,9 @@
 //! Writing finished batches into the folder, and telling which samples are already there.
 
 use super::manifest::{NON_FINITE_KEY, STEP_SCORES_KEY};
-use super::{guidance_masks_name, png_name, raw_name, step_maps_name, total_map_name};
+use super::{
+    guidance_masks_name, png_name, raw_name, saved_map_name, step_maps_name, total_map_name,
+};
 use crate::error::{Error, Result};
 use crate::images;
 use crate::noise::{NoiseDraw, NoisePurpose};
@@ -104,7 +106,7 @@ impl BatchWriter {
             let shape = [&[1][..], &batch.map_shape[..]].concat();
             for (step, map) in &uc.maps {
                 let t = self.timesteps[*step];
-                let name = format!("map_step{step:03}_t{t:04}_{}.npy", sample_tag(index));
+                let name = saved_map_name(*step, t, index);
                 npy::write(&dir.join(name), &shape, &map[k * len..(k + 1) * len])?;
             }
         }
@@ -204,7 +206,7 @@ impl BatchWriter {
     }
 }
 
-/// The end of a per-sample map or noise file's name.
+/// The end of a per-sample noise file's name.
 fn sample_tag(index: usize) -> String {
     format!("sample{index:06}")
 }

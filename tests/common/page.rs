@@ -1,6 +1,9 @@
-//! A self-contained HTML page as the tests read it: every image embedded, nothing loaded.
+//! A self-contained HTML page as the tests read it: every image embedded, nothing loaded —
+//! parsed, and rendered alone in headless Chromium.
 
 use regex::Regex;
+use std::path::Path;
+use std::process::Command;
 
 /// RFC 4648 base64, decoded independently of the library's encoder.
 pub fn base64_decode(text: &str) -> Vec<u8> {
@@ -49,4 +52,79 @@ pub fn check_images(html: &str) -> usize {
     }
     assert!(count > 0, "the page shows images");
     count
+}
+
+/// Renders the page copied alone into an empty folder in headless Chromium, with a script that
+/// counts the images the browser decoded; every one must have. Skipped (saying so) only where
+/// Chromium is not installed and `WGSL_DIFF_REQUIRE_CHROMIUM` is unset; CI sets it.
+pub fn chromium_loads_every_image(page_file: &Path, images: usize, sections: &[&str]) {
+    let browser = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| {
+            Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    let Some(browser) = browser else {
+        assert!(
+            std::env::var_os("WGSL_DIFF_REQUIRE_CHROMIUM").is_none(),
+            "WGSL_DIFF_REQUIRE_CHROMIUM is set but no chromium is installed"
+        );
+        eprintln!(
+            "SKIPPED the Chromium rendering check: no chromium here (apt-get install chromium)"
+        );
+        return;
+    };
+    // An empty folder of its own: nothing beside the page that it could load.
+    let alone = std::env::temp_dir().join(format!(
+        "wgsl-diff-chromium-{}-{}",
+        std::process::id(),
+        page_file
+            .parent()
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+    ));
+    let _ = std::fs::remove_dir_all(&alone);
+    std::fs::create_dir_all(&alone).unwrap();
+    let page = alone.join("page.html");
+    let probe = "<script>window.addEventListener('load',()=>{const i=[...document.images];\
+                 document.body.setAttribute('data-images',i.filter(x=>x.complete&&\
+                 x.naturalWidth>0).length+'/'+i.length);});</script>";
+    let html = std::fs::read_to_string(page_file).unwrap();
+    std::fs::write(&page, html.replace("</body>", &format!("{probe}</body>"))).unwrap();
+    let out = Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+        ])
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = format!("data-images=\"{images}/{images}\"");
+    assert!(
+        dom.contains(&want),
+        "Chromium decoded fewer images than the page holds ({want}): {}",
+        Regex::new(r#"data-images="[^"]*""#)
+            .unwrap()
+            .find(&dom)
+            .map_or("no count", |m| m.as_str())
+    );
+    for id in sections {
+        assert!(
+            dom.contains(&format!("id=\"{id}\"")),
+            "rendered page lacks #{id}"
+        );
+    }
 }

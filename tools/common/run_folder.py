@@ -25,6 +25,8 @@ A run folder (`wgsl-diff sample --out DIR`) holds:
     filtered/kept, filtered/random   with --keep-fraction: subsets, each with its own samples.json
     MAPS/map_stepSSS_tTTTT_sampleNNNNNN.npy   with --save-maps MAPS: every step's map of each sample
                                               (1, C, H, W)
+    MAPS/heatmap_stepSSS_tTTTT_sampleNNNNNN.png   with --step-heatmaps too: that map drawn as
+                                              heatmap_NNNNNN.png is (style, colour bar, tEXt)
     NOISE/noise_*_sampleNNNNNN.npy             with --dump-noise NOISE: each sample's row of every
                              noise tensor drawn, one file per copy (see tools/common/wgsl_noise.py,
                              which regenerates them)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The README's Slurm recipe ("Many workers, one folder") on a real Slurm: sets up a single-node
+# The Slurm recipe of docs/cluster.md on a real Slurm: sets up a single-node
 # cluster on this host from Debian's slurm-wlm and munge (installed when missing; needs root),
 # with its own munge key and socket, config, state, logs and ports under WORK_DIR (nothing under
-# /etc is touched), starts munged, slurmctld and slurmd, and submits the README's job array
+# /etc is touched), starts munged, slurmctld and slurmd, and submits that job array
 # (`sbatch --array`, each task `srun wgsl-diff sample ... --shard-from-env`) and then its
 # `--dependency=afterok` job without the shard, scaled down to a few samples of the shipped
 # model. The folder they leave is compared byte for byte with one `wgsl-diff sample` process's
@@ -15,7 +15,7 @@
 # Environment: WORK_DIR (default /tmp/wgsl-diff-slurm, emptied first), TASKS (array tasks,
 # default 3), NUM (samples, default 6), STEPS (default 5), SLURM_PORT (slurmctld's; slurmd
 # takes the next, default 6817). `.ci/run` runs it after the tests where it runs as root; the
-# measured result is in the README ("Many workers, one folder").
+# measured result is in docs/cluster.md.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 bin=$(realpath "${1:-$root/target/release/wgsl-diff}")
@@ -99,7 +99,7 @@ done
 [ "$state" = idle ] || { echo "node $host never became idle (state: $state); logs in $work/logs" >&2; exit 1; }
 echo "slurm: node $host idle with $cpus CPUs ($(sinfo --version))"
 
-# The README's command, scaled down; every run goes to the same path (see above).
+# docs/cluster.md's command, scaled down; every run goes to the same path (see above).
 out=$work/fmnist
 sample_args=(sample --quiet --num "$num" --seed 0 --steps "$steps" --uncertainty
     --keep-fraction 0.5 --out "$out")

@@ -1,7 +1,9 @@
 //! What `compare` refuses before it reads an image: fewer than two runs, a missing folder or
 //! one that is no run, an output inside a run folder (it would write into the run), and runs
-//! that do not share x_T — another seed, or other sample indices.
+//! that do not share x_T — another seed, or other sample indices — and metric files that are
+//! not what `eval`/`fid` write.
 
+use super::metrics::read_metrics;
 use super::ComparedRun;
 use crate::error::{Error, Result};
 use crate::run_dir::manifest::{collect, read_manifest, sample_indices};
@@ -47,6 +49,7 @@ pub(super) fn read_runs(dirs: &[PathBuf], out: &Path) -> Result<Vec<ComparedRun>
             dir: dir.clone(),
             parameters,
             samples,
+            metrics: read_metrics(dir)?,
         });
     }
     same_seed(&runs)?;

@@ -1,11 +1,15 @@
 //! `compare`: runs that started from the same x_T (the same seed and sample indices) side by
 //! side — guided against unguided, two uncertainty modes, two M. It writes grids (one row per
 //! sample, one column per run) and one self-contained page, `compare.html`, with each run's
-//! parameters (the differing ones marked), every sample's pixel difference from the first run
-//! and the runs' scores. The runs' folders are only read.
+//! parameters (the differing ones marked), every sample's pixel difference from the first run,
+//! the runs' scores and the metric values `eval`/`fid` left in their folders
+//! ([`metrics::METRICS`]). The runs' folders are only read.
 
 mod checks;
+mod metrics;
 mod page;
+
+pub use metrics::{MetricKind, MetricValue, METRICS};
 
 use super::manifest::SampleRecord;
 use super::png_name;
@@ -21,11 +25,14 @@ pub const COMPARE_FILE: &str = "compare.html";
 /// would be too tall to open or to hold in memory.
 pub const GRID_ROWS: usize = 32;
 
-/// One compared run: its folder, recorded parameters and samples (from its PNGs).
+/// One compared run: its folder, recorded parameters, samples (from its PNGs) and metric
+/// values.
 pub struct ComparedRun {
     pub dir: PathBuf,
     pub parameters: Value,
     pub samples: Vec<SampleRecord>,
+    /// One entry per [`METRICS`] kind, None where the folder holds no such file.
+    pub metrics: Vec<Option<MetricValue>>,
 }
 
 /// How far one sample of a run is from the same sample of the first run, in 8-bit levels over

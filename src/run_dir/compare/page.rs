@@ -1,15 +1,15 @@
 //! `compare.html`: the comparison as one page that holds its own images (the report's
-//! `data:` URIs), so it opens anywhere: the runs, their parameters side by side with the
-//! differing ones marked, and every sample of every run with its difference from the first
-//! run and its score.
+//! `data:` URIs), so it opens anywhere: the runs, the metric values their folders hold, their
+//! parameters side by side with the differing ones marked, and every sample of every run with
+//! its difference from the first run and its score.
 
-use super::{ComparedRun, Comparison, PixelDifference};
+use super::{ComparedRun, Comparison, MetricValue, PixelDifference, METRICS};
 use crate::error::Result;
 use crate::images::{self, Image8};
 use crate::run_dir::report::html::{escape, img_of};
 use crate::run_dir::report::parameters::rows;
 use crate::run_dir::report::{section, shrink_factor, STYLE};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Most samples shown as images; the grids and the table of differences hold every one.
 pub(super) const MAX_ROWS: usize = 200;
@@ -27,6 +27,13 @@ pub(super) fn label(i: usize) -> String {
     }
 }
 
+/// A table head cell per run: A, B, …
+fn run_heads(count: usize) -> String {
+    (0..count)
+        .map(|r| format!("<th>{}</th>", label(r)))
+        .collect()
+}
+
 /// Writes `comparison.page`; `shown` holds the thumbnails of the first samples, one per run.
 pub(super) fn write(comparison: &Comparison, shown: &[Vec<Image8>]) -> Result<()> {
     let runs = &comparison.runs;
@@ -39,6 +46,7 @@ pub(super) fn write(comparison: &Comparison, shown: &[Vec<Image8>]) -> Result<()
         comparison.indices.len()
     );
     body += &section("runs", "Runs", &legend(comparison));
+    body += &section("metrics", "Metrics", &metrics(runs));
     body += &section("parameters", "Parameters", &parameters(runs));
     body += &section("samples", "Samples", &samples(comparison, shown)?);
     let files: String = comparison
@@ -104,6 +112,54 @@ fn score_range(run: &ComparedRun) -> String {
     }
 }
 
+/// Each metric some run's folder holds, one column per run with the sets it compared; a
+/// metric measured against different real sets is marked, since its values do not compare.
+fn metrics(runs: &[ComparedRun]) -> String {
+    let mut rows = String::new();
+    for (k, kind) in METRICS.iter().enumerate() {
+        let values: Vec<Option<&MetricValue>> =
+            runs.iter().map(|r| r.metrics[k].as_ref()).collect();
+        if values.iter().all(Option::is_none) {
+            continue;
+        }
+        let reals: BTreeSet<&str> = values.iter().flatten().map(|v| v.real.as_str()).collect();
+        let class = match reals.len() {
+            1 => "",
+            _ => " class='differs'",
+        };
+        rows += &format!("<tr{class}><th>{}</th>", escape(kind.name));
+        for value in values {
+            rows += &match value {
+                Some(v) => format!(
+                    "<td><span class='metric'>{}</span><br><small>real: {}<br>fake: {}</small>\
+                     </td>",
+                    kind.format(v.value),
+                    escape(&v.real),
+                    escape(&v.fake)
+                ),
+                None => "<td>—</td>".into(),
+            };
+        }
+        rows += "</tr>";
+    }
+    let commands: String = METRICS
+        .iter()
+        .map(|kind| format!("<li><code>{}</code></li>", escape(&kind.how_to_write())))
+        .collect();
+    let how = format!(
+        "<p>Values are read from each run folder, where these commands write them (lower: \
+         closer to the real set):</p><ul>{commands}</ul>"
+    );
+    if rows.is_empty() {
+        return format!("<p>No run folder holds a metric.</p>{how}");
+    }
+    format!(
+        "{how}<p>A highlighted metric was measured against different real sets in different \
+         runs: its values do not compare.</p><table><tr><th>metric</th>{}</tr>{rows}</table>",
+        run_heads(runs.len())
+    )
+}
+
 /// Every parameter any run recorded, one column per run; rows whose values differ are marked.
 fn parameters(runs: &[ComparedRun]) -> String {
     let tables: Vec<BTreeMap<String, String>> = runs
@@ -122,9 +178,7 @@ fn parameters(runs: &[ComparedRun]) -> String {
     let mut html = String::from(
         "<p>Rows that differ between the runs are highlighted.</p><table><tr><th>parameter</th>",
     );
-    html += &(0..runs.len())
-        .map(|r| format!("<th>{}</th>", label(r)))
-        .collect::<String>();
+    html += &run_heads(runs.len());
     html += "</tr>";
     for key in keys {
         let values: Vec<&str> = tables
@@ -157,9 +211,7 @@ fn samples(comparison: &Comparison, shown: &[Vec<Image8>]) -> Result<String> {
         false => String::new(),
     };
     let mut html = note + "<table><tr><th>sample</th>";
-    html += &(0..runs.len())
-        .map(|r| format!("<th>{}</th>", label(r)))
-        .collect::<String>();
+    html += &run_heads(runs.len());
     html += "</tr>";
     for (i, &index) in comparison.indices.iter().enumerate() {
         html += &format!("<tr><th>{index}</th>");
