@@ -181,13 +181,13 @@ pub struct SampleArgs {
     /// Store the network's conv and linear weights in f16 on the GPU (half their memory; an f16
     /// checkpoint from `tools/convert.py --half` is uploaded as stored). Products still
     /// accumulate in f32; activations stay f32. Not with --guidance gradient (it differentiates the network, which needs f32
-    /// weights). README.md ("f16 weights") states the error against f32
+    /// weights). docs/precision.md ("f16 weights") states the error against f32
     #[arg(long)]
     pub f16_weights: bool,
     /// Store the network's activations in f16 between kernels (half their memory and traffic;
     /// needs the adapter's SHADER_F16). Products and sums stay f32, and so do the sample and ε
     /// the sampler sees. diffusers UNets only; not with --guidance gradient (its backward
-    /// pass reads f32 activations). README.md ("f16 activations") states the error against f32
+    /// pass reads f32 activations). docs/precision.md ("f16 activations") states the error against f32
     #[arg(long)]
     pub f16_activations: bool,
     /// What to draw (Stable Diffusion models: a diffusers folder with text_encoder/, tokenizer/,

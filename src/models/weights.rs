@@ -84,7 +84,7 @@ impl WeightFile {
 
     /// Stores the conv and linear weights of the model built from this file as f16 on the GPU
     /// (half their memory; the kernels still accumulate in f32). Biases, norms, embeddings and
-    /// activations stay f32. The error this costs is stated in README.md ("f16 weights").
+    /// activations stay f32. The error this costs is stated in docs/precision.md ("f16 weights").
     pub fn with_f16_weights(mut self, on: bool) -> WeightFile {
         self.f16_weights = on;
         self
@@ -92,7 +92,7 @@ impl WeightFile {
 
     /// Builds the model from this file with its activations stored as f16 between kernels
     /// (`UNet2DModel::with_f16_activations`; diffusers UNets only). The error this costs is
-    /// stated in README.md ("f16 activations").
+    /// stated in docs/precision.md ("f16 activations").
     pub fn with_f16_activations(mut self, on: bool) -> WeightFile {
         self.f16_activations = on;
         self
