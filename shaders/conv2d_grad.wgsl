@@ -6,7 +6,7 @@
 // over the taps with oy·STRIDE + ky − PAD = iy and ox·STRIDE + kx − PAD = ix inside dy. Taps that
 // fall between strided outputs or off dy contribute nothing, so no transposed or flipped weight is
 // materialised. The forward's extra bottom/right padding only shapes dy (h_out, w_out): the zeros
-// it adds have no gradient. The tiled kernel is tiled_gemm.wgsl's (appended by the host) with
+// it adds have no gradient. The GEMM is tiled_gemm.wgsl's (appended by the host), staged from
 // this file's `gemm_a` (the transposed weight) and `gemm_b` (the output gradient).
 
 struct Params {
@@ -39,7 +39,7 @@ fn gemm_a(ci: u32, k: u32, k_total: u32) -> f32 {
 }
 
 // The dy value that tap k = (co, ky, kx) of input pixel `col` reads, or 0 where none does.
-fn gemm_b(k: u32, k_total: u32, col: GemmColumn) -> f32 {
+fn gemm_b(k: u32, k_total: u32, col: GemmStage) -> f32 {
     if !col.valid || k >= k_total {
         return 0.0;
     }
@@ -58,17 +58,47 @@ fn gemm_b(k: u32, k_total: u32, col: GemmColumn) -> f32 {
     return dy[((col.b * p.c_out + co) * p.h_out + oy) * p.w_out + ox];
 }
 
-@compute @workgroup_size(TILE / 4u, TILE / 4u, 1)
+// The staging state: this invocation's B column (input pixel), decoded once.
+struct GemmStage {
+    valid: bool,
+    b: u32,
+    y: u32,
+    x: u32,
+}
+
+fn gemm_stage_init(tid: u32, m0: u32, n0: u32, k_begin: u32) -> GemmStage {
+    let hw = p.h * p.w;
+    let n = n0 + tid % TILE_N;
+    return GemmStage(n < p.batch * hw, n / hw, (n % hw) / p.w, n % p.w);
+}
+
+// Stages scalars: A along K (consecutive invocations read consecutive taps), B down its column.
+fn gemm_stage(tid: u32, m0: u32, n0: u32, k0: u32, s: ptr<function, GemmStage>) {
+    let k_total = p.c_out * KH * KW;
+    for (var r = 0u; r < 4u * A_QUADS_EACH; r++) {
+        let e = tid + r * THREADS;
+        let row = e / TILE_K;
+        let ka = e % TILE_K;
+        put_a(ka, row, gemm_a(m0 + row, k0 + ka, k_total));
+    }
+    let col = tid % TILE_N;
+    for (var r = 0u; r < B_ROWS_EACH; r++) {
+        let kb = tid / TILE_N + r * (THREADS / TILE_N);
+        put_b(kb, col, gemm_b(k0 + kb, k_total, *s));
+    }
+}
+
+@compute @workgroup_size(TILE_N / BLOCK, TILE_M / BLOCK, 1)
 fn conv2d_input_grad(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let hw = p.h * p.w;
     let n_total = p.batch * hw;
-    let acc = gemm_patch(lid, wid, p.c_out * KH * KW, n_total, p.w, hw);
-    let ci = wid.y * TILE + lid.y * 4u;
-    let n0 = wid.x * TILE + lid.x * 4u;
-    store_input_channel(ci, n0, hw, n_total, acc.r0);
-    store_input_channel(ci + 1u, n0, hw, n_total, acc.r1);
-    store_input_channel(ci + 2u, n0, hw, n_total, acc.r2);
-    store_input_channel(ci + 3u, n0, hw, n_total, acc.r3);
+    let m0 = wid.y * TILE_M;
+    let n0 = wid.x * TILE_N;
+    let acc = gemm_tile(lid, m0, n0, 0u, p.c_out * KH * KW);
+    for (var r = 0u; r < GEMM_ROWS; r++) {
+        let o = gemm_row(lid, m0, n0, acc, r);
+        store_input_channel(o.row, o.col, hw, n_total, o.v);
+    }
 }
 
 // Input channel `ci` of dx at columns n0 .. n0 + 3 (batch, pixel); columns past the end skipped.

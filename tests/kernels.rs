@@ -4,7 +4,7 @@ mod common;
 
 use common::{
     assert_close, attention_gpus, attention_path, gpu, gpus, read, read_from, reference as r,
-    to_f64, upload, upload_to, Rng, CONV_CASES,
+    tiled_variant, tiled_variants, to_f64, upload, upload_to, Rng, CONV_CASES,
 };
 use wgsl_diff::gpu::{AdapterChoice, Gpu, KernelClass};
 use wgsl_diff::ops::{self, Conv2dArgs};
@@ -113,6 +113,74 @@ fn conv2d_fused_residual_and_no_bias() {
     }
 }
 
+/// Every tiled variant (tile shape, split-K, checks) on the awkward cases that reach its paths:
+/// output channels off the vec4 padding and the tile, input channels off and past one K tile
+/// (padded per tap), strides, extra padding, 1×1 and 5×5 kernels, batches; with the whole
+/// epilogue (bias, residual, scale, ReLU) on every other case, so split-K's reduce carries it.
+#[test]
+fn conv2d_tiled_variants_match_reference() {
+    let mut rng = Rng::new(21);
+    for (i, &(b, ci, h, w, co, k, stride, pad, extra)) in [1, 2, 3, 6, 9, 13, 14, 15]
+        .iter()
+        .map(|&i| &CONV_CASES[i])
+        .enumerate()
+    {
+        let x = rng.vec(b * ci * h * w);
+        let wt = rng.vec(co * ci * k * k);
+        let bias = rng.vec(co);
+        let (conv, ho, wo) = r::conv2d(
+            &to_f64(&x),
+            (b, ci, h, w),
+            &to_f64(&wt),
+            (co, k, k),
+            Some(&to_f64(&bias)),
+            stride,
+            pad,
+            extra,
+        );
+        let fused = i % 2 == 1;
+        let res = rng.vec(b * co * ho * wo);
+        let want: Vec<f64> = match fused {
+            true => conv
+                .iter()
+                .zip(&res)
+                .map(|(c, r)| ((c + *r as f64) * 0.5).max(0.0))
+                .collect(),
+            false => conv,
+        };
+        for g in tiled_variants() {
+            let residual = upload_to(g, &res, &[b, co, ho, wo]);
+            let args = Conv2dArgs {
+                stride,
+                padding: pad,
+                pad_bottom_right: extra,
+                residual: fused.then_some(&residual),
+                out_scale: if fused { 0.5 } else { 1.0 },
+                relu: fused,
+                ..Default::default()
+            };
+            let wt = upload_to(g, &wt, &[co, ci, k, k]);
+            let prepared = ops::ConvWeight::new(g, wt.clone()).unwrap();
+            // The tap-major layout gives the weight back as stored.
+            assert_eq!(read_from(g, &prepared.oihw(g).unwrap()), read_from(g, &wt));
+            let y = ops::conv2d_prepared(
+                g,
+                &upload_to(g, &x, &[b, ci, h, w]),
+                &prepared,
+                Some(&upload_to(g, &bias, &[co])),
+                args,
+            )
+            .unwrap();
+            let what = format!(
+                "conv2d {} {:?} fused {fused}",
+                tiled_variant(g),
+                (b, ci, h, w, co, k, stride, pad, extra)
+            );
+            assert_close(&what, &read_from(g, &y), &want, 1e-5, 1e-4);
+        }
+    }
+}
+
 #[test]
 fn conv2d_rejects_bad_shapes() {
     let x = upload(&[0.0; 2 * 3 * 4 * 4], &[2, 3, 4, 4]);
@@ -179,6 +247,50 @@ fn matmul_and_linear_match_reference() {
             let dx = ops::linear_input_grad_prepared(g, &dy, &prepared).unwrap();
             let what_dx = what("linear_input_grad_prepared");
             assert_close(&what_dx, &read_from(g, &dx), &want_dx, 1e-5, 1e-4);
+        }
+    }
+}
+
+/// Every tiled variant on products that reach its staging paths: vec4 and scalar, B as (K, N)
+/// and as (N, K), batches, K off and past the K tile (split in uneven slices), bias through
+/// split-K's reduce.
+#[test]
+fn matmul_tiled_variants_match_reference() {
+    let mut rng = Rng::new(22);
+    for (batch, m, k, n) in [
+        (2, 7, 13, 5),
+        (3, 65, 36, 70),
+        (1, 130, 68, 132),
+        (2, 33, 100, 40),
+    ] {
+        let a = rng.vec(batch * m * k);
+        let b = rng.vec(k * n);
+        let want_mm = r::matmul(&to_f64(&a), &to_f64(&b), batch, m, k, n, false, None);
+        let wt = rng.vec(n * k);
+        let bias = rng.vec(n);
+        let want_linear = r::matmul(
+            &to_f64(&a),
+            &to_f64(&wt),
+            batch,
+            m,
+            k,
+            n,
+            true,
+            Some(&to_f64(&bias)),
+        );
+        for g in tiled_variants() {
+            let what = |op| format!("{op} {} {:?}", tiled_variant(g), (batch, m, k, n));
+            let a = upload_to(g, &a, &[batch, m, k]);
+            let y = ops::matmul(g, &a, &upload_to(g, &b, &[k, n])).unwrap();
+            assert_close(&what("matmul"), &read_from(g, &y), &want_mm, 1e-5, 1e-4);
+            let y = ops::linear(
+                g,
+                &a,
+                &upload_to(g, &wt, &[n, k]),
+                Some(&upload_to(g, &bias, &[n])),
+            )
+            .unwrap();
+            assert_close(&what("linear"), &read_from(g, &y), &want_linear, 1e-5, 1e-4);
         }
     }
 }

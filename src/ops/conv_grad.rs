@@ -1,6 +1,6 @@
 //! The input gradient of [`conv2d`](super::conv2d) (conv2d_grad.wgsl).
 
-use super::conv::{tile_for, Conv2dArgs};
+use super::conv::Conv2dArgs;
 use super::{dims, ensure};
 use crate::error::Result;
 use crate::gpu::{checked_u32, kernel_params, shaders, DType, Gpu, Kernel, KernelClass, Tensor};
@@ -39,6 +39,21 @@ kernel_params! {
 }
 
 const OP: &str = "conv2d_input_grad";
+
+/// conv2d_grad.wgsl's square tile (its `TILE_M` = `TILE_N`, 4 × 4 outputs per invocation): input
+/// channels and pixels per workgroup.
+pub(super) const WIDE_TILE: u32 = 64;
+/// The tile for gradients of at most this many input channels, so fewer tile rows sit idle.
+pub(super) const NARROW_TILE: u32 = 32;
+
+/// The tile for an input gradient of `rows` input channels.
+fn tile_for(rows: usize) -> u32 {
+    if rows <= NARROW_TILE as usize {
+        NARROW_TILE
+    } else {
+        WIDE_TILE
+    }
+}
 
 /// dy' of conv2d_grad.wgsl's `dilate_pad`: dy (B, C_out, H_out, W_out) spread `stride` apart
 /// from (KH − 1 − pad, KW − 1 − pad) in zeros of (B, C_out, H + KH − 1, W + KW − 1).
@@ -192,7 +207,8 @@ pub fn conv2d_input_grad(
     };
     let u = |what, v| checked_u32(OP, what, v);
     let kernel = Kernel::new(&shaders::CONV2D_GRAD, "conv2d_input_grad")
-        .with("TILE", tile)
+        .with("TILE_M", tile)
+        .with("TILE_N", tile)
         .with("KH", u("kernel height", kh)?)
         .with("KW", u("kernel width", kw)?)
         .with("STRIDE", u("stride", args.stride)?)
