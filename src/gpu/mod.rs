@@ -253,9 +253,10 @@ impl Gpu {
     }
 
     /// This device with every tiled-class GEMM (convolutions, products) in `tiling` rather than
-    /// the one [`choose_tiling`] picks: tests check each variant, the sweep times each.
-    pub fn with_tiling(mut self, tiling: GemmTiling) -> Gpu {
-        self.forced_tiling = Some(tiling);
+    /// the one [`choose_tiling`] picks (`None`: the chooser's again): tests check each variant,
+    /// the sweep times each.
+    pub fn with_tiling(mut self, tiling: Option<GemmTiling>) -> Gpu {
+        self.forced_tiling = tiling;
         self
     }
 

@@ -63,7 +63,7 @@ pub fn tiled_variants() -> &'static [Gpu] {
                 let g = Gpu::new(&AdapterChoice::Default)
                     .expect("the adapter opens again")
                     .with_kernel_class(KernelClass::Tiled)
-                    .with_tiling(tiling);
+                    .with_tiling(Some(tiling));
                 variants.push(match splits {
                     1 => g,
                     _ => g.with_unchecked_kernels(true),
