@@ -17,6 +17,9 @@ struct Params {
     c_out: u32,
     h_out: u32,
     w_out: u32,
+    // Split-K: the depth of one slice (a multiple of TILE_K) and the number of slices.
+    k_chunk: u32,
+    splits: u32,
 }
 
 override KH: u32 = 3u;
@@ -28,6 +31,9 @@ override PAD: u32 = 1u;
 @group(0) @binding(1) var<storage, read> dy: array<f32>;
 @group(0) @binding(2) var<storage, read> weight: array<f32>;
 @group(0) @binding(3) var<storage, read_write> dx: array<f32>;
+// Split-K's slice sums (split, C_in, N): written by conv2d_input_grad_partial in dx's place,
+// read by conv2d_input_grad_reduce in dy's.
+@group(0) @binding(1) var<storage, read> partial_in: array<f32>;
 
 // Weight entry (row ci, depth k = (co, tap)) of the transposed weight matrix.
 fn gemm_a(ci: u32, k: u32, k_total: u32) -> f32 {
@@ -97,22 +103,55 @@ fn conv2d_input_grad(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(work
     let acc = gemm_tile(lid, m0, n0, 0u, p.c_out * KH * KW);
     for (var r = 0u; r < GEMM_ROWS; r++) {
         let o = gemm_row(lid, m0, n0, acc, r);
-        store_input_channel(o.row, o.col, hw, n_total, o.v);
+        if o.row < p.c_in {
+            for (var j = 0u; j < 4u; j++) {
+                let n = o.col + j;
+                if n < n_total {
+                    dx[((n / hw) * p.c_in + o.row) * hw + n % hw] = o.v[j];
+                }
+            }
+        }
     }
 }
 
-// Input channel `ci` of dx at columns n0 .. n0 + 3 (batch, pixel); columns past the end skipped.
-fn store_input_channel(ci: u32, n0: u32, hw: u32, n_total: u32, v: vec4<f32>) {
-    if ci >= p.c_in {
+// Split-K: slice wid.z of K into its sums, rows of N per input channel, in dx's binding.
+@compute @workgroup_size(TILE_N / BLOCK, TILE_M / BLOCK, 1)
+fn conv2d_input_grad_partial(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let n_total = p.batch * p.h * p.w;
+    let m0 = wid.y * TILE_M;
+    let n0 = wid.x * TILE_N;
+    let k = k_slice(wid.z, p.k_chunk, p.c_out * KH * KW);
+    let acc = gemm_tile(lid, m0, n0, k.x, k.y);
+    for (var r = 0u; r < GEMM_ROWS; r++) {
+        let o = gemm_row(lid, m0, n0, acc, r);
+        if o.row < p.c_in {
+            let base = (wid.z * p.c_in + o.row) * n_total;
+            for (var j = 0u; j < 4u; j++) {
+                if o.col + j < n_total {
+                    dx[base + o.col + j] = o.v[j];
+                }
+            }
+        }
+    }
+}
+
+// Split-K's second pass: each element of dx is the sum of its slices.
+@compute @workgroup_size(LINEAR_WG)
+fn conv2d_input_grad_reduce(@builtin(global_invocation_id) gid: vec3<u32>,
+                            @builtin(num_workgroups) nwg: vec3<u32>) {
+    let idx = gid.x + gid.y * nwg.x * LINEAR_WG;
+    let hw = p.h * p.w;
+    let n_total = p.batch * hw;
+    if idx >= n_total * p.c_in {
         return;
     }
-    for (var j = 0u; j < 4u; j++) {
-        let n = n0 + j;
-        if n >= n_total {
-            return;
-        }
-        dx[((n / hw) * p.c_in + ci) * hw + n % hw] = v[j];
+    let ci = (idx / hw) % p.c_in;
+    let n = (idx / (p.c_in * hw)) * hw + idx % hw;
+    var sum = 0.0;
+    for (var s = 0u; s < p.splits; s++) {
+        sum += partial_in[(s * p.c_in + ci) * n_total + n];
     }
+    dx[idx] = sum;
 }
 
 // ---- The input gradient as a forward convolution (the host's path on the blocked class) ----

@@ -260,25 +260,68 @@ fn tiling_follows_the_adapter() {
 
 #[test]
 fn conv2d_input_gradient_plans_per_class() {
-    use wgsl_diff::ops::{plan_conv2d_input_grad as plan, ConvGradVariant::*};
-    // (class, c_in, kernel, padding, stride, extra bottom/right padding) → variant.
+    use wgsl_diff::ops::{plan_conv2d_input_grad as plan, ConvGradProblem, ConvGradVariant::*};
+    // (class, batch, c_in, side, c_out, kernel, padding, stride, extra bottom/right padding).
     let table = [
         // CPU class: a forward convolution with the flipped weight, of dy spread out when strided.
-        (Blocked, 64, (3, 3), 1, 1, 0, FlippedConv),
-        (Blocked, 64, (3, 3), 1, 2, 0, FlippedConvOfSpread),
-        (Blocked, 64, (3, 3), 0, 1, 1, FlippedConvOfSpread),
-        (Blocked, 8, (1, 1), 0, 1, 0, FlippedConv),
-        // Padding as large as the kernel leaves the tiled gradient.
-        (Blocked, 8, (1, 1), 1, 1, 0, Tiled { tile: 32 }),
-        // GPU class: the tiled gradient, 32-wide tiles for at most 32 input channels.
-        (Tiled, 32, (3, 3), 1, 1, 0, Tiled { tile: 32 }),
-        (Tiled, 33, (3, 3), 1, 2, 0, Tiled { tile: 64 }),
+        (Blocked, 1, 64, 8, 64, 3, 1, 1, 0, FlippedConv),
+        (Blocked, 1, 64, 8, 64, 3, 1, 2, 0, FlippedConvOfSpread),
+        (Blocked, 1, 64, 8, 64, 3, 0, 1, 1, FlippedConvOfSpread),
+        (Blocked, 1, 8, 8, 8, 1, 0, 1, 0, FlippedConv),
+        // Padding as large as the kernel leaves the tiled gradient, in square 4 × 4 tiles.
+        (Blocked, 1, 8, 8, 8, 1, 1, 1, 0, Tiled(tiling(32, 32, 4, 1))),
+        (
+            Blocked,
+            1,
+            40,
+            8,
+            8,
+            1,
+            1,
+            1,
+            0,
+            Tiled(tiling(64, 64, 4, 1)),
+        ),
+        // GPU class (H200): the chooser's tiling of C_in × B·H·W × C_out·KH·KW; at B 1, 32²,
+        // 128 → 128 the same split as the forward's (72 K tiles in 3 slices).
+        (
+            KernelClass::Tiled,
+            1,
+            128,
+            32,
+            128,
+            3,
+            1,
+            1,
+            0,
+            Tiled(tiling(32, 32, 4, 3)),
+        ),
+        (
+            KernelClass::Tiled,
+            8,
+            128,
+            32,
+            128,
+            3,
+            1,
+            1,
+            0,
+            Tiled(tiling(64, 32, 4, 1)),
+        ),
     ];
-    for (class, c_in, kernel, pad, stride, extra, want) in table {
-        assert_eq!(
-            plan(class, c_in, kernel, pad, stride, extra),
-            want,
-            "{class:?} c_in {c_in} kernel {kernel:?} pad {pad} stride {stride} extra {extra}"
-        );
+    for (class, batch, c_in, side, c_out, kernel, pad, stride, extra, want) in table {
+        let problem = ConvGradProblem {
+            batch,
+            c_in,
+            h: side,
+            w: side,
+            c_out,
+            kh: kernel,
+            kw: kernel,
+            pad,
+            stride,
+            pad_bottom_right: extra,
+        };
+        assert_eq!(plan(&h200(class), &problem), want, "{class:?} {problem:?}");
     }
 }

@@ -212,7 +212,7 @@ impl ConvWeight {
         if gpu.kernel_class() == KernelClass::Tiled {
             let (c_in_pad, m_pad) = (c_in.next_multiple_of(TILE_K), c_out.next_multiple_of(4));
             let stored = Stored::TapMajor { c_in_pad, m_pad };
-            let staged = restage(gpu, &weight, shape, stored, &[kh * kw * c_in_pad, m_pad])?;
+            let staged = restage(gpu, &weight, shape, stored, false)?;
             return Ok(ConvWeight {
                 shape,
                 layout: WeightLayout::Whole {
@@ -272,27 +272,30 @@ impl ConvWeight {
                 let k = c_in * kh * kw;
                 super::transpose_last2(gpu, &tensor.reshape(&[1, k, c_out])?)?.reshape(&self.shape)
             }
-            Stored::TapMajor { .. } => restage(gpu, tensor, self.shape, stored, &self.shape),
+            Stored::TapMajor { .. } => restage(gpu, tensor, self.shape, stored, true),
         }
     }
 }
 
-/// conv2d.wgsl's `restage_weight`: an OIHW weight of `shape` into the tap-major layout `stored`
-/// (an `out_shape` tensor), or with `out_shape` the OIHW shape the way back.
+/// conv2d.wgsl's `restage_weight`: an OIHW weight of `shape` into the tap-major layout `stored`,
+/// or with `unstage` the way back. An f16 weight stays f16 (the kernel's half variant, which
+/// needs the device's SHADER_F16).
 fn restage(
     gpu: &Gpu,
     from: &Tensor,
     shape: [usize; 4],
     stored: Stored,
-    out_shape: &[usize],
+    unstage: bool,
 ) -> Result<Tensor> {
     let Stored::TapMajor { c_in_pad, m_pad } = stored else {
         return Err(Error::Internal("restage: not a tap-major layout".into()));
     };
     let [c_out, c_in, kh, kw] = shape;
-    let unstage = out_shape == shape;
     let u = |what, v| checked_u32(OP, what, v);
-    let out = gpu.empty_typed(out_shape, from.dtype())?;
+    let out = match unstage {
+        true => gpu.empty_typed(&shape, from.dtype())?,
+        false => gpu.empty_typed(&[kh * kw * c_in_pad, m_pad], from.dtype())?,
+    };
     let params = StageParams {
         c_out: u("c_out", c_out)?,
         c_in: u("c_in", c_in)?,

@@ -29,7 +29,7 @@ pub use conv::{
     conv2d, conv2d_prepared, plan_conv2d, Conv2dArgs, ConvLaunch, ConvProblem, ConvVariant,
     ConvWeight,
 };
-pub use conv_grad::{conv2d_input_grad, plan_conv2d_input_grad, ConvGradVariant};
+pub use conv_grad::{conv2d_input_grad, plan_conv2d_input_grad, ConvGradProblem, ConvGradVariant};
 pub use cross_attention::{
     cross_attention, cross_attention_query_grad, cross_attention_saving, AttentionMask,
 };
