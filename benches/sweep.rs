@@ -22,7 +22,8 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::time::Instant;
 use wgsl_diff::gpu::{
-    AdapterChoice, GemmTiling, Gpu, KernelClass, Tensor, SPLITS, TILE_SHAPES, WORKGROUPS_PER_CU,
+    AdapterChoice, GemmTiling, Gpu, KernelClass, PlanTarget, Tensor, SPLITS, TILE_SHAPES,
+    WORKGROUPS_PER_CU,
 };
 use wgsl_diff::ops::{self, Conv2dArgs, ConvWeight};
 
@@ -38,50 +39,109 @@ struct Problem {
 
 #[derive(Clone, Copy)]
 enum Shape {
+    /// C (M × N) = A (M × K) · B (K × N).
     Gemm {
         m: usize,
         n: usize,
         k: usize,
     },
-    Conv {
-        batch: usize,
-        c_in: usize,
-        c_out: usize,
-        side: usize,
-        kernel: usize,
-        stride: usize,
-    },
+    Conv(Conv),
 }
 
-impl Shape {
-    /// The arguments of a convolution: diffusers' Downsample2D (padding 0) pads one row and
-    /// column below and right before its stride-2 3×3 convolution; the others keep the size.
-    fn conv_args(kernel: usize, stride: usize) -> Conv2dArgs<'static> {
-        match stride {
-            1 => Conv2dArgs::padded(kernel / 2),
+/// A square convolution with bias, `kernel` × `kernel`, of `side` × `side` inputs.
+#[derive(Clone, Copy)]
+struct Conv {
+    batch: usize,
+    c_in: usize,
+    c_out: usize,
+    side: usize,
+    kernel: usize,
+    stride: usize,
+}
+
+/// A convolution's (batch, c_in, c_out, side, kernel, stride).
+type ConvDims = (usize, usize, usize, usize, usize, usize);
+
+impl From<ConvDims> for Shape {
+    fn from((batch, c_in, c_out, side, kernel, stride): ConvDims) -> Shape {
+        Shape::Conv(Conv {
+            batch,
+            c_in,
+            c_out,
+            side,
+            kernel,
+            stride,
+        })
+    }
+}
+
+impl Conv {
+    /// Its arguments: diffusers' Downsample2D (padding 0) pads one row and column below and
+    /// right before its stride-2 3×3 convolution; the others keep the size.
+    fn args(&self) -> Conv2dArgs<'static> {
+        match self.stride {
+            1 => Conv2dArgs::padded(self.kernel / 2),
             _ => Conv2dArgs {
-                stride,
+                stride: self.stride,
                 pad_bottom_right: 1,
                 ..Default::default()
             },
         }
     }
 
+    fn problem(&self) -> ops::ConvProblem {
+        let out = self.side / self.stride;
+        ops::ConvProblem {
+            batch: self.batch,
+            c_in: self.c_in,
+            w: self.side,
+            c_out: self.c_out,
+            h_out: out,
+            w_out: out,
+            kh: self.kernel,
+            kw: self.kernel,
+            stride: self.stride,
+            pad_x: self.args().padding,
+        }
+    }
+}
+
+impl Shape {
     /// (M, N, K) of the GEMM it is.
     fn gemm(&self) -> (usize, usize, usize) {
         match *self {
             Shape::Gemm { m, n, k } => (m, n, k),
-            Shape::Conv {
-                batch,
-                c_in,
-                c_out,
-                side,
-                kernel,
-                stride,
-            } => {
-                let out = side / stride;
-                (c_out, batch * out * out, c_in * kernel * kernel)
+            Shape::Conv(c) => {
+                let p = c.problem();
+                (
+                    c.c_out,
+                    c.batch * p.h_out * p.w_out,
+                    c.c_in * c.kernel * c.kernel,
+                )
             }
+        }
+    }
+
+    /// The tiling the ops' planners give this shape for `target` (forced or chosen), its splits
+    /// clamped to the K tiles there are.
+    fn planned(&self, target: &PlanTarget) -> GemmTiling {
+        match *self {
+            Shape::Gemm { m, n, k } => {
+                let problem = ops::MatmulProblem {
+                    batch: 1,
+                    m,
+                    n,
+                    k,
+                    trans_b: false,
+                };
+                ops::plan_matmul(target, &problem)
+                    .tiling
+                    .expect("the tiled class plans a tiling")
+            }
+            Shape::Conv(c) => match ops::plan_conv2d(target, &c.problem()).variant {
+                ops::ConvVariant::Tiled(tiling) => tiling,
+                other => panic!("the tiled class planned {other:?}"),
+            },
         }
     }
 
@@ -143,14 +203,7 @@ fn cifar10_convs(batch: usize) -> Vec<Problem> {
             None => distinct.push(Problem {
                 name,
                 model: Some(format!("cifar10_b{batch}")),
-                shape: Shape::Conv {
-                    batch,
-                    c_in,
-                    c_out,
-                    side,
-                    kernel,
-                    stride,
-                },
+                shape: Shape::from((batch, c_in, c_out, side, kernel, stride)),
                 count: 1,
             }),
         }
@@ -165,14 +218,6 @@ fn problems(quick: bool) -> Vec<Problem> {
         count: 1,
         model: None,
     };
-    let conv = |batch, c_in, c_out, side, kernel, stride| Shape::Conv {
-        batch,
-        c_in,
-        c_out,
-        side,
-        kernel,
-        stride,
-    };
     if quick {
         return vec![
             one(
@@ -183,9 +228,9 @@ fn problems(quick: bool) -> Vec<Problem> {
                     k: 96,
                 },
             ),
-            one("conv_b2_16to24_8x8", conv(2, 16, 24, 8, 3, 1)),
-            one("conv_b1_20to8_8x8_s2", conv(1, 20, 8, 8, 3, 2)),
-            one("conv_b1_24to16_4x4_k1", conv(1, 24, 16, 4, 1, 1)),
+            one("conv_b2_16to24_8x8", Shape::from((2, 16, 24, 8, 3, 1))),
+            one("conv_b1_20to8_8x8_s2", Shape::from((1, 20, 8, 8, 3, 2))),
+            one("conv_b1_24to16_4x4_k1", Shape::from((1, 24, 16, 4, 1, 1))),
         ];
     }
     let mut all = vec![
@@ -205,7 +250,10 @@ fn problems(quick: bool) -> Vec<Problem> {
                 k: 4096,
             },
         ),
-        one("conv2d_3x3_b8_128to128_32x32", conv(8, 128, 128, 32, 3, 1)),
+        one(
+            "conv2d_3x3_b8_128to128_32x32",
+            Shape::from((8, 128, 128, 32, 3, 1)),
+        ),
     ];
     all.extend(cifar10_convs(1));
     all.extend(cifar10_convs(8));
@@ -229,18 +277,12 @@ impl Operands {
             Shape::Gemm { m, n, k } => {
                 Operands::Gemm(filled(gpu, &[1, m, k]), filled(gpu, &[k, n]))
             }
-            Shape::Conv {
-                batch,
-                c_in,
-                c_out,
-                side,
-                kernel,
-                stride,
-            } => Operands::Conv {
-                x: filled(gpu, &[batch, c_in, side, side]),
-                weight: ConvWeight::new(gpu, filled(gpu, &[c_out, c_in, kernel, kernel])).unwrap(),
-                bias: filled(gpu, &[c_out]),
-                args: Shape::conv_args(kernel, stride),
+            Shape::Conv(c) => Operands::Conv {
+                x: filled(gpu, &[c.batch, c.c_in, c.side, c.side]),
+                weight: ConvWeight::new(gpu, filled(gpu, &[c.c_out, c.c_in, c.kernel, c.kernel]))
+                    .unwrap(),
+                bias: filled(gpu, &[c.c_out]),
+                args: c.args(),
             },
         }
     }
@@ -283,24 +325,28 @@ fn time(gpu: &Gpu, ops: &Operands, runs: usize) -> wgsl_diff::error::Result<f64>
 }
 
 /// The tilings timed on a problem: the chooser's (None), then every shape whole and split by
-/// each factor that leaves a distinct number of K slices and a grid of at most 16 workgroups
-/// per compute unit (more slices than that only add reduce traffic).
+/// each factor that the problem's K tiles keep distinct and that leaves a grid of at most 16
+/// workgroups per compute unit (more slices than that only add reduce traffic).
 fn variants(shape: &Shape, compute_units: usize) -> Vec<Option<GemmTiling>> {
-    let (m, n, k) = shape.gemm();
+    let (m, n, _) = shape.gemm();
     let mut out = vec![None];
+    let mut seen = Vec::new();
     for tile in TILE_SHAPES {
-        let whole = GemmTiling::shape(tile);
-        let [x, y] = whole.tiles(m, n);
-        let mut seen = Vec::new();
         for splits in SPLITS {
-            let tiling = GemmTiling { splits, ..whole };
-            let slices = tiling.k_slices(k).1;
-            if seen.contains(&slices)
-                || (splits > 1 && x * y * splits as usize > 16 * compute_units)
-            {
+            let tiling = GemmTiling {
+                splits,
+                ..GemmTiling::shape(tile)
+            };
+            let [x, y] = tiling.tiles(m, n);
+            let planned = shape.planned(&PlanTarget {
+                forced_tiling: Some(tiling),
+                ..PlanTarget::new(KernelClass::Tiled, compute_units)
+            });
+            let too_many = splits > 1 && x * y * splits as usize > 16 * compute_units;
+            if seen.contains(&planned) || too_many {
                 continue;
             }
-            seen.push(slices);
+            seen.push(planned);
             out.push(Some(tiling));
         }
     }
@@ -346,13 +392,7 @@ fn main() {
             let ops = Operands::new(&gpu, &problem.shape);
             for tiling in variants(&problem.shape, compute_units) {
                 gpu = gpu.with_tiling(tiling);
-                let (m, n, k) = problem.shape.gemm();
-                let effective = gpu.plan_target().tiling(1, m, n, k);
-                let label = GemmTiling {
-                    splits: effective.k_slices(k).1 as u32,
-                    ..effective
-                }
-                .label();
+                let label = problem.shape.planned(&gpu.plan_target()).label();
                 let us = match time(&gpu, &ops, runs) {
                     Ok(us) => Some(us),
                     Err(e) => {

@@ -56,9 +56,8 @@ override RELU: bool = false;
 // a binding; buffers are padded to whole vec4s).
 @group(0) @binding(1) var<storage, read> x4: array<act4>;
 // Split-K's f32 slice sums (split, C_out, N): written by conv2d_partial in the output's place,
-// read by conv2d_reduce in the input's.
+// read by conv2d_reduce in the input's (tiled_gemm.wgsl's `partial_in`).
 @group(0) @binding(5) var<storage, read_write> partial_out: array<f32>;
-@group(0) @binding(1) var<storage, read> partial_in: array<f32>;
 
 // Set by the host for an f16 weight tensor: IEEE half values packed two to a word (element i
 // in the low half of word i / 2 when i is even), else f32. Either way the products accumulate
@@ -192,10 +191,7 @@ fn conv2d_reduce(@builtin(global_invocation_id) gid: vec3<u32>,
     let b = idx / (p.c_out * hw_out);
     let co = (idx / hw_out) % p.c_out;
     let n = b * hw_out + idx % hw_out;
-    var sum = 0.0;
-    for (var s = 0u; s < p.splits; s++) {
-        sum += partial_in[(s * p.c_out + co) * n_total + n];
-    }
+    let sum = slice_sum(co * n_total + n, p.c_out * n_total, p.splits);
     out[idx] = act(epilogue(sum, co, idx));
 }
 

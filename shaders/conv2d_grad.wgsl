@@ -31,9 +31,8 @@ override PAD: u32 = 1u;
 @group(0) @binding(1) var<storage, read> dy: array<f32>;
 @group(0) @binding(2) var<storage, read> weight: array<f32>;
 @group(0) @binding(3) var<storage, read_write> dx: array<f32>;
-// Split-K's slice sums (split, C_in, N): written by conv2d_input_grad_partial in dx's place,
-// read by conv2d_input_grad_reduce in dy's.
-@group(0) @binding(1) var<storage, read> partial_in: array<f32>;
+// Split-K's slice sums (split, C_in, N) are written by conv2d_input_grad_partial in dx's place
+// and read by conv2d_input_grad_reduce in dy's (tiled_gemm.wgsl's `partial_in`).
 
 // Weight entry (row ci, depth k = (co, tap)) of the transposed weight matrix.
 fn gemm_a(ci: u32, k: u32, k_total: u32) -> f32 {
@@ -147,11 +146,7 @@ fn conv2d_input_grad_reduce(@builtin(global_invocation_id) gid: vec3<u32>,
     }
     let ci = (idx / hw) % p.c_in;
     let n = (idx / (p.c_in * hw)) * hw + idx % hw;
-    var sum = 0.0;
-    for (var s = 0u; s < p.splits; s++) {
-        sum += partial_in[(s * p.c_in + ci) * n_total + n];
-    }
-    dx[idx] = sum;
+    dx[idx] = slice_sum(ci * n_total + n, p.c_in * n_total, p.splits);
 }
 
 // ---- The input gradient as a forward convolution (the host's path on the blocked class) ----

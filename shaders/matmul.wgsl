@@ -38,9 +38,8 @@ override VEC4: bool = false;
 @group(0) @binding(1) var<storage, read> a4: array<act4>;
 @group(0) @binding(2) var<storage, read> b4: array<vec4<u32>>;
 // Split-K's f32 slice sums (batch, split, M, N): written by matmul_partial in C's place, read by
-// matmul_reduce in A's.
+// matmul_reduce in A's (tiled_gemm.wgsl's `partial_in`).
 @group(0) @binding(4) var<storage, read_write> partial_out: array<f32>;
-@group(0) @binding(1) var<storage, read> partial_in: array<f32>;
 
 // Set by the host for an f16 B (a weight): IEEE half values packed two to a word (element i in
 // the low half of word i / 2 when i is even), else f32. The products accumulate in f32 either
@@ -225,10 +224,7 @@ fn matmul_reduce(@builtin(global_invocation_id) gid: vec3<u32>,
     }
     let item = idx / mn;
     let at = idx % mn;
-    var sum = 0.0;
-    for (var s = 0u; s < p.splits; s++) {
-        sum += partial_in[(item * p.splits + s) * mn + at];
-    }
+    let sum = slice_sum(item * p.splits * mn + at, mn, p.splits);
     c[item * p.batch_stride_c + at] = act(with_bias(sum, at % p.n));
 }
 

@@ -27,7 +27,7 @@ override A_STRIDE: u32 = TILE_M / 4u + 1u;
 override B_STRIDE: u32 = TILE_N / 4u + 1u;
 // The staging lanes every shape gives each invocation: A as vec4 quads of rows (TILE_K rows of
 // TILE_M / 4 quads), B as single columns (TILE_K rows of TILE_N), spread evenly; the host only
-// picks shapes where these divide exactly (`gpu::GemmTiling`).
+// picks shapes where these divide exactly (`gpu::TILE_SHAPES`, tested there).
 override A_QUADS_EACH: u32 = TILE_K * TILE_M / 4u / THREADS;
 override B_ROWS_EACH: u32 = TILE_K * TILE_N / THREADS;
 // Output rows per invocation (4 per patch).
@@ -140,6 +140,18 @@ fn gemm_row(lid: vec3<u32>, m0: u32, n0: u32, acc: Acc, r: u32) -> GemmRow {
     let row = m0 + lid.y * 4u + (q / 2u) * (TILE_M / 2u) + r % 4u;
     let col = n0 + lid.x * 4u + (q % 2u) * (TILE_N / 2u);
     return GemmRow(row, col, patch_row(patch_q, r % 4u));
+}
+
+// Split-K's slice sums as the reduce passes read them: binding 1, each family's first input.
+@group(0) @binding(1) var<storage, read> partial_in: array<f32>;
+
+// The sum of element `at` of the first slice and its counterparts in the next, `stride` apart.
+fn slice_sum(at: u32, stride: u32, splits: u32) -> f32 {
+    var sum = 0.0;
+    for (var s = 0u; s < splits; s++) {
+        sum += partial_in[at + s * stride];
+    }
+    return sum;
 }
 
 // The K range of split `s` of K: slices of k_chunk (a multiple of TILE_K).

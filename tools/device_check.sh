@@ -18,7 +18,7 @@
 # The tiled GEMM sweep alone (every tile shape, split-K factor and checked/unchecked build on
 # SGEMM 1024³/4096³, the bench conv and the CIFAR-10 UNet's convolutions at B1 and B8; the
 # winners land in $OUT/sweep/sweep.md, every timing in sweep.tsv; a few minutes on a GPU):
-#     run(command="SECTIONS=sweep tools/device_check.sh run", carry=[".device", ".gl", ".whl"], timeout_s=420)
+#     run(command="SECTIONS=sweep tools/device_check.sh run", carry=[".device", ".gl"], timeout_s=420)
 # its dry run here (tiny shapes, ~1 min on lavapipe):
 #     OUT=/tmp/device_out QUICK=1 SECTIONS=sweep tools/device_check.sh run
 # The Stable Diffusion section alone (a few minutes on a GPU; its dry run here took 8 min):

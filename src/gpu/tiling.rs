@@ -22,7 +22,8 @@ pub struct GemmTiling {
 }
 
 /// The tile shapes (rows, columns, outputs per invocation per axis), largest first. Each keeps
-/// tiled_gemm.wgsl's staging exact: whole vec4 quads of A and whole rows of B per invocation.
+/// tiled_gemm.wgsl's staging exact: whole vec4 quads of A and whole rows of B per invocation
+/// (tested below).
 pub const TILE_SHAPES: [(u32, u32, u32); 6] = [
     (128, 128, 8),
     (64, 128, 8),
@@ -165,5 +166,49 @@ impl PlanTarget {
     pub fn tiling(&self, batch: usize, m: usize, n: usize, k: usize) -> GemmTiling {
         self.forced_tiling
             .unwrap_or_else(|| choose_tiling(self.compute_units, batch, m, n, k))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// tiled_gemm.wgsl's staging lanes divide evenly for every shape: each invocation stages
+    /// whole vec4 quads of A (A_QUADS_EACH) and the same column of B on whole rows
+    /// (B_ROWS_EACH, a multiple of 4 for matmul's vec4 B rows), and the 8 × 8 blocks' halves
+    /// start on vec4s.
+    #[test]
+    fn every_tile_shape_stages_exactly() {
+        for (m, n, block) in TILE_SHAPES {
+            let (m, n, block) = (m as usize, n as usize, block as usize);
+            let threads = (m / block) * (n / block);
+            assert!(block == 4 || (block == 8 && m % 16 == 0 && n % 16 == 0));
+            assert!(threads <= 256 && threads % n == 0 && threads % (m / 4) == 0);
+            assert_eq!((TILE_K * m / 4) % threads, 0, "{m}x{n}/{block}: A quads");
+            let b_rows = TILE_K * n / threads;
+            assert!(
+                b_rows * threads == TILE_K * n && b_rows.is_multiple_of(4),
+                "{m}x{n}/{block}: B rows"
+            );
+        }
+    }
+
+    #[test]
+    fn k_slices_cover_k_with_none_empty() {
+        for k in [1, 15, 16, 17, 100, 1152] {
+            for splits in SPLITS {
+                let t = GemmTiling {
+                    splits,
+                    ..GemmTiling::shape(TILE_SHAPES[0])
+                };
+                let (chunk, slices) = t.k_slices(k);
+                assert_eq!(chunk % TILE_K, 0);
+                assert!(
+                    chunk * slices >= k && chunk * (slices - 1) < k,
+                    "{k} {splits}"
+                );
+                assert!(slices <= splits as usize);
+            }
+        }
     }
 }
