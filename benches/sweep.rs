@@ -9,7 +9,8 @@
 //! the mean over the timed runs after one untimed run that builds the pipelines; on an adapter
 //! without timestamps, the fastest wall-clock run. Results go to stdout and, with
 //! `WGSL_DIFF_SWEEP_OUT=DIR`, to DIR/sweep.md (the winners) and DIR/sweep.tsv (every timing).
-//! `WGSL_DIFF_BENCH_QUICK=1` takes small shapes, so a CPU adapter checks the sweep end to end.
+//! `WGSL_DIFF_BENCH_QUICK=1` takes small shapes, so a CPU adapter checks the sweep end to end;
+//! `WGSL_DIFF_SWEEP_ONLY=PREFIX` only the shapes whose name starts with PREFIX (`cifar10_b1`).
 //!
 //! Register and spill counts per pipeline (VK_KHR_pipeline_executable_properties) are not
 //! reported: wgpu 30 neither enables that extension nor asks for pipeline statistics.
@@ -364,7 +365,11 @@ struct Timing {
 fn main() {
     let quick = std::env::var("WGSL_DIFF_BENCH_QUICK").is_ok();
     let runs = if quick { 2 } else { 10 };
-    let problems = problems(quick);
+    let only = std::env::var("WGSL_DIFF_SWEEP_ONLY").unwrap_or_default();
+    let problems: Vec<Problem> = problems(quick)
+        .into_iter()
+        .filter(|p| p.name.starts_with(&only))
+        .collect();
     let mut timings: Vec<Timing> = Vec::new();
     let mut adapter = String::new();
     let mut compute_units = 0;

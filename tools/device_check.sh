@@ -78,6 +78,9 @@ run() {
     local results=/tmp/device_results
     rm -rf "$results" && mkdir -p "$results"
     exec > >(tee "$OUT/log.txt") 2>&1
+    # A rerun can take only some sections (SECTIONS="tests torch"; all: sweep tests benches torch
+    # sd15 ab samples) and some test executables (TESTS="cli guidance").
+    want() { [[ " ${SECTIONS:-sweep tests benches torch sd15 ab samples} " == *" $1 "* ]]; }
     if [ -d .gl ]; then
         for f in .gl/*.deb; do dpkg -x "$f" /; done
         ldconfig
@@ -85,7 +88,8 @@ run() {
         [ -f "$icd" ] && export VK_DRIVER_FILES=$icd \
             __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
     fi
-    if [ -d .whl ]; then
+    # The wheels serve the Python sections only (diffusers and transformers beside torch).
+    if [ -d .whl ] && { want torch || want sd15 || want samples; }; then
         python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
             --target /tmp/site .whl/*.whl
         export PYTHONPATH=/tmp/site
@@ -97,9 +101,6 @@ run() {
     [ -f "$test_set" ] || test_set=/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
     local num=1000 uc_num=256 batch=250 torch_device=cuda bench_filter="" memory_batch=64
     local tests=("$exes"/test-*) bench_time=(--warm-up-time 1 --measurement-time 3)
-    # A rerun can take only some sections (SECTIONS="tests torch"; all: sweep tests benches torch
-    # sd15 ab samples) and some test executables (TESTS="cli guidance").
-    want() { [[ " ${SECTIONS:-sweep tests benches torch sd15 ab samples} " == *" $1 "* ]]; }
     if [ -n "${QUICK:-}" ]; then
         num=8 uc_num=4 batch=4 torch_device=cpu bench_filter=group_norm memory_batch=2
         tests=("$exes"/test-select) bench_time=()
