@@ -147,8 +147,10 @@ impl Kernel {
 /// the blocked nor the tiled bench conv.
 pub const LOOP_BOUNDING_ENV: &str = "WGSL_DIFF_LOOP_BOUNDING";
 
-/// The kernel families built without naga's runtime checks where [`super::UNCHECKED_ENV`] asks:
-/// the tiled GEMMs and the register-blocked kernels beside them in the same files.
+/// The kernel families built without naga's runtime checks where [`super::UNCHECKED_ENV`] asks,
+/// on a device of the tiled class (whose entry points in them are the tiled GEMMs, the split-K
+/// reduces and the weight staging); the register-blocked kernels keep their checks (conv2d_blocked
+/// may read weights past the last tap for rows it does not store, which a check clamps).
 pub const UNCHECKED_SHADERS: [&str; 3] = ["conv2d", "conv2d_grad", "matmul"];
 
 /// The bool `override` of conv2d.wgsl and matmul.wgsl that makes them read their weight
@@ -322,7 +324,9 @@ impl Gpu {
                     label: Some(k.shader.name),
                     source: wgpu::ShaderSource::Wgsl(k.shader.module_source(k.half).into()),
                 };
-                let unchecked = self.unchecked && UNCHECKED_SHADERS.contains(&k.shader.name);
+                let unchecked = self.unchecked
+                    && self.kernel_class == super::KernelClass::Tiled
+                    && UNCHECKED_SHADERS.contains(&k.shader.name);
                 let unbounded = std::env::var(LOOP_BOUNDING_ENV).is_ok_and(|v| v == "0");
                 match (unchecked, unbounded) {
                     // SAFETY: UNCHECKED_ENV's argument: these families' indices are in range

@@ -92,12 +92,13 @@ impl KernelClass {
     }
 }
 
-/// Environment variable that, set to `1`, builds the GEMM kernel families (conv2d, its input
-/// gradient, matmul: [`kernel::UNCHECKED_SHADERS`]) with `ShaderRuntimeChecks::unchecked()`: no
-/// clamped workgroup-array indices, no loop-bounding counters, no wrapped divisions. Their
-/// indices are in range by construction (tiles sized by the overrides, storage reads behind
-/// the shaders' own bounds tests, divisors from nonzero shapes), which the test suite checks by
-/// passing with and without it. Off by default until a GPU measures what it gains.
+/// Environment variable that, set to `1`, builds the tiled class's GEMM kernel families
+/// (conv2d, its input gradient, matmul: [`kernel::UNCHECKED_SHADERS`]) with
+/// `ShaderRuntimeChecks::unchecked()`: no clamped workgroup-array indices, no loop-bounding
+/// counters, no wrapped divisions, no clamped storage indices. Their indices are in range by
+/// construction (tiles sized by the overrides, storage reads behind the shaders' own bounds
+/// tests, divisors from nonzero shapes), which the test suite checks by passing with and without
+/// it. Off by default until a GPU measures what it gains.
 pub const UNCHECKED_ENV: &str = "WGSL_DIFF_UNCHECKED";
 
 /// Environment variable that, set to `1`, makes every device attend through the fused kernels
@@ -128,7 +129,7 @@ pub struct Gpu {
     compute_units: usize,
     /// A GEMM tiling every tiled-class product and convolution takes ([`Gpu::with_tiling`]).
     forced_tiling: Option<GemmTiling>,
-    /// Build the GEMM families without naga's runtime checks ([`UNCHECKED_ENV`]).
+    /// Build the tiled class's GEMM families without naga's runtime checks ([`UNCHECKED_ENV`]).
     unchecked: bool,
     /// Attention through attention.wgsl's fused kernel even where the products path fits
     /// ([`Gpu::with_fused_attention`]).
