@@ -1,13 +1,17 @@
 // 2-D convolution (NCHW, OIHW weights, groups = 1) as an implicit GEMM:
 //   rows    m = output channel              (M = C_out)
 //   columns n = (batch, output pixel)       (N = B * H_out * W_out)
-//   depth   k = (input channel, ky, kx)     (K = C_in * KH * KW)
-// The weight matrix is read as is; the input patch matrix is gathered on the fly
-// (no im2col buffer). The tiled kernel is tiled_gemm.wgsl's (appended by the host) with this
-// file's `gemm_a` (weights) and `gemm_b` (input patches). Optional fused epilogue:
+//   depth   k = (tap, input channel)        (K = KH * KW * C_in_pad)
+// The tiled kernels (GPU class) read the weight staged tap-major by `restage_weight` (once, at
+// load): K × M_pad with input channels padded with zeros to a multiple of TILE_K, so that a K tile
+// lies under one tap (ky, kx) and the K loop has no division, and output channels padded to a
+// multiple of 4, so that an A tile row is read as aligned, coalesced vec4s. The input patch matrix
+// is gathered on the fly (no im2col buffer); the GEMM is tiled_gemm.wgsl's (appended by the host).
+// Optional fused epilogue:
 //   out = (conv + bias + residual) * out_scale
 // which is a diffusers ResnetBlock2D's `(shortcut + h) / output_scale_factor`, then optionally
-// max(out, 0) (Inception's conv + folded batch norm + ReLU).
+// max(out, 0) (Inception's conv + folded batch norm + ReLU). With split-K, `conv2d_partial`
+// writes each K slice's sums and `conv2d_reduce` adds them up through the epilogue.
 // Padding is PAD_Y rows above and PAD_X columns left (and as much below and right, plus any
 // extra the host counted into H_out/W_out: taps past the input read zeros), so 1x7 and 7x1
 // kernels pad only along their long axis.
@@ -21,6 +25,12 @@ struct Params {
     h_out: u32,
     w_out: u32,
     out_scale: f32,
+    // The tiled kernels' staged weight: input channels per tap and rows (output channels), padded.
+    c_in_pad: u32,
+    m_pad: u32,
+    // Split-K: the depth of one slice (a multiple of TILE_K) and the number of slices.
+    k_chunk: u32,
+    splits: u32,
 }
 
 override KH: u32 = 3u;
@@ -45,13 +55,16 @@ override RELU: bool = false;
 // The input seen as vec4s, conv2d_blocked's only view of it (an entry point may use one view of
 // a binding; buffers are padded to whole vec4s).
 @group(0) @binding(1) var<storage, read> x4: array<act4>;
+// Split-K's f32 slice sums (split, C_out, N): written by conv2d_partial in the output's place,
+// read by conv2d_reduce in the input's (tiled_gemm.wgsl's `partial_in`).
+@group(0) @binding(5) var<storage, read_write> partial_out: array<f32>;
 
 // Set by the host for an f16 weight tensor: IEEE half values packed two to a word (element i
 // in the low half of word i / 2 when i is even), else f32. Either way the products accumulate
 // in f32; only the weight loads differ.
 override F16_WEIGHTS: bool = false;
 
-// Weight element i through the scalar view (the tiled kernel's).
+// Weight element i through the scalar view (restage_weight's).
 fn weight_at(i: u32) -> f32 {
     if F16_WEIGHTS {
         return unpack2x16float(weight[i / 2u])[i % 2u];
@@ -59,39 +72,169 @@ fn weight_at(i: u32) -> f32 {
     return bitcast<f32>(weight[i]);
 }
 
-fn gemm_a(row: u32, k: u32, k_total: u32) -> f32 {
-    if row < p.c_out && k < k_total {
-        return weight_at(row * k_total + k);
-    }
-    return 0.0;
+// The tiled kernels' staging state: the input pixel this invocation stages for its B column, and
+// the tap and first input channel of the next K tile.
+struct GemmStage {
+    valid: bool,
+    // Offset of the pixel's image (batch item) in x, and its window's top left corner.
+    image: u32,
+    iy0: i32,
+    ix0: i32,
+    ky: u32,
+    kx: u32,
+    ci0: u32,
 }
 
-// One element of the virtual patch matrix: the input pixel under tap k for output pixel `col`.
-fn gemm_b(k: u32, k_total: u32, col: GemmColumn) -> f32 {
-    if !col.valid || k >= k_total {
-        return 0.0;
-    }
-    let ci = k / (KH * KW);
-    let tap = k % (KH * KW);
-    let iy = i32(col.y * STRIDE + tap / KW) - i32(PAD_Y);
-    let ix = i32(col.x * STRIDE + tap % KW) - i32(PAD_X);
-    if iy < 0 || ix < 0 || iy >= i32(p.h) || ix >= i32(p.w) {
-        return 0.0;
-    }
-    return f32(x[((col.b * p.c_in + ci) * p.h + u32(iy)) * p.w + u32(ix)]);
+fn gemm_stage_init(tid: u32, m0: u32, n0: u32, k_begin: u32) -> GemmStage {
+    let hw_out = p.h_out * p.w_out;
+    let n = n0 + tid % TILE_N;
+    let pixel = n % hw_out;
+    let tap = k_begin / p.c_in_pad;
+    return GemmStage(
+        n < p.batch * hw_out,
+        (n / hw_out) * p.c_in * p.h * p.w,
+        i32((pixel / p.w_out) * STRIDE) - i32(PAD_Y),
+        i32((pixel % p.w_out) * STRIDE) - i32(PAD_X),
+        tap / KW,
+        tap % KW,
+        k_begin - tap * p.c_in_pad,
+    );
 }
 
-@compute @workgroup_size(TILE / 4u, TILE / 4u, 1)
+fn gemm_stage(tid: u32, m0: u32, n0: u32, k0: u32, s: ptr<function, GemmStage>) {
+    // A: TILE_K rows of the staged weight, TILE_M / 4 aligned quads each.
+    let quads = TILE_M / 4u;
+    for (var r = 0u; r < A_QUADS_EACH; r++) {
+        let e = tid + r * THREADS;
+        let kk = e / quads;
+        let m = m0 + 4u * (e % quads);
+        var v = vec4<f32>(0.0);
+        if m < p.m_pad {
+            v = weight4_quad(((k0 + kk) * p.m_pad + m) / 4u);
+        }
+        put_a4(kk, e % quads, v);
+    }
+    // B: this invocation's pixel under tap (ky, kx), input channels ci0 + kb.
+    let iy = (*s).iy0 + i32((*s).ky);
+    let ix = (*s).ix0 + i32((*s).kx);
+    let inside = (*s).valid && iy >= 0 && ix >= 0 && iy < i32(p.h) && ix < i32(p.w);
+    let hw = p.h * p.w;
+    let at = (*s).image + select(0u, u32(iy) * p.w + u32(ix), inside);
+    let col = tid % TILE_N;
+    for (var r = 0u; r < B_ROWS_EACH; r++) {
+        let kb = tid / TILE_N + r * (THREADS / TILE_N);
+        let ci = (*s).ci0 + kb;
+        var v = 0.0;
+        if inside && ci < p.c_in {
+            v = f32(x[at + ci * hw]);
+        }
+        put_b(kb, col, v);
+    }
+    (*s).ci0 += TILE_K;
+    if (*s).ci0 == p.c_in_pad {
+        (*s).ci0 = 0u;
+        (*s).kx += 1u;
+        if (*s).kx == KW {
+            (*s).kx = 0u;
+            (*s).ky += 1u;
+        }
+    }
+}
+
+@compute @workgroup_size(TILE_N / BLOCK, TILE_M / BLOCK, 1)
 fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let hw_out = p.h_out * p.w_out;
     let n_total = p.batch * hw_out;
-    let acc = gemm_patch(lid, wid, p.c_in * KH * KW, n_total, p.w_out, hw_out);
-    let co = wid.y * TILE + lid.y * 4u;
-    let n0 = wid.x * TILE + lid.x * 4u;
-    store_channel(co, n0, hw_out, n_total, acc.r0);
-    store_channel(co + 1u, n0, hw_out, n_total, acc.r1);
-    store_channel(co + 2u, n0, hw_out, n_total, acc.r2);
-    store_channel(co + 3u, n0, hw_out, n_total, acc.r3);
+    let m0 = wid.y * TILE_M;
+    let n0 = wid.x * TILE_N;
+    let acc = gemm_tile(lid, m0, n0, 0u, KH * KW * p.c_in_pad);
+    for (var r = 0u; r < GEMM_ROWS; r++) {
+        let o = gemm_row(lid, m0, n0, acc, r);
+        store_channel(o.row, o.col, hw_out, n_total, o.v);
+    }
+}
+
+// Split-K: slice wid.z of K into the f32 slice sums (C_out rows of N per slice).
+@compute @workgroup_size(TILE_N / BLOCK, TILE_M / BLOCK, 1)
+fn conv2d_partial(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let n_total = p.batch * p.h_out * p.w_out;
+    let m0 = wid.y * TILE_M;
+    let n0 = wid.x * TILE_N;
+    let k = k_slice(wid.z, p.k_chunk, KH * KW * p.c_in_pad);
+    let acc = gemm_tile(lid, m0, n0, k.x, k.y);
+    for (var r = 0u; r < GEMM_ROWS; r++) {
+        let o = gemm_row(lid, m0, n0, acc, r);
+        if o.row < p.c_out {
+            let base = (wid.z * p.c_out + o.row) * n_total;
+            for (var j = 0u; j < 4u; j++) {
+                if o.col + j < n_total {
+                    partial_out[base + o.col + j] = o.v[j];
+                }
+            }
+        }
+    }
+}
+
+// Invocations per workgroup of the one-element-per-invocation kernels (`Gpu::grid_1d`).
+const WG: u32 = 256u;
+
+// Split-K's second pass: each output element is the sum of its slices through the epilogue.
+@compute @workgroup_size(WG)
+fn conv2d_reduce(@builtin(global_invocation_id) gid: vec3<u32>,
+                 @builtin(num_workgroups) nwg: vec3<u32>) {
+    let idx = gid.x + gid.y * nwg.x * WG;
+    let hw_out = p.h_out * p.w_out;
+    let n_total = p.batch * hw_out;
+    if idx >= n_total * p.c_out {
+        return;
+    }
+    let b = idx / (p.c_out * hw_out);
+    let co = (idx / hw_out) % p.c_out;
+    let n = b * hw_out + idx % hw_out;
+    let sum = slice_sum(co * n_total + n, p.c_out * n_total, p.splits);
+    out[idx] = act(epilogue(sum, co, idx));
+}
+
+// The staged weight's geometry (restage_weight).
+struct StageParams {
+    c_out: u32,
+    c_in: u32,
+    taps: u32,
+    c_in_pad: u32,
+    m_pad: u32,
+    // Elements written: of the staged weight, or of the OIHW weight with UNSTAGE.
+    total: u32,
+}
+
+@group(0) @binding(0) var<uniform> sp: StageParams;
+// Set by the host to turn a staged weight back into OIHW (the input gradient reads it so).
+override UNSTAGE: bool = false;
+
+// The tiled kernels' weight layout: OIHW (C_out, C_in, KH·KW) into tap-major (KH·KW, C_in_pad,
+// M_pad), zeros in the padding; with UNSTAGE the way back. Reads `weight` (binding 2) and writes
+// `out` (binding 5), in the weight's storage type (the half variant for f16).
+@compute @workgroup_size(WG)
+fn restage_weight(@builtin(global_invocation_id) gid: vec3<u32>,
+                  @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * WG;
+    if i >= sp.total {
+        return;
+    }
+    if UNSTAGE {
+        let co = i / (sp.c_in * sp.taps);
+        let ci = (i / sp.taps) % sp.c_in;
+        let tap = i % sp.taps;
+        out[i] = act(weight_at((tap * sp.c_in_pad + ci) * sp.m_pad + co));
+        return;
+    }
+    let co = i % sp.m_pad;
+    let ci = (i / sp.m_pad) % sp.c_in_pad;
+    let tap = i / (sp.m_pad * sp.c_in_pad);
+    var v = 0.0;
+    if co < sp.c_out && ci < sp.c_in {
+        v = weight_at((co * sp.c_in + ci) * sp.taps + tap);
+    }
+    out[i] = act(v);
 }
 
 // Output channel `co` at columns n0 .. n0 + 3 (batch, pixel) through the fused epilogue; columns

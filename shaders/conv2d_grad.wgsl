@@ -6,7 +6,7 @@
 // over the taps with oy·STRIDE + ky − PAD = iy and ox·STRIDE + kx − PAD = ix inside dy. Taps that
 // fall between strided outputs or off dy contribute nothing, so no transposed or flipped weight is
 // materialised. The forward's extra bottom/right padding only shapes dy (h_out, w_out): the zeros
-// it adds have no gradient. The tiled kernel is tiled_gemm.wgsl's (appended by the host) with
+// it adds have no gradient. The GEMM is tiled_gemm.wgsl's (appended by the host), staged from
 // this file's `gemm_a` (the transposed weight) and `gemm_b` (the output gradient).
 
 struct Params {
@@ -17,6 +17,9 @@ struct Params {
     c_out: u32,
     h_out: u32,
     w_out: u32,
+    // Split-K: the depth of one slice (a multiple of TILE_K) and the number of slices.
+    k_chunk: u32,
+    splits: u32,
 }
 
 override KH: u32 = 3u;
@@ -28,6 +31,8 @@ override PAD: u32 = 1u;
 @group(0) @binding(1) var<storage, read> dy: array<f32>;
 @group(0) @binding(2) var<storage, read> weight: array<f32>;
 @group(0) @binding(3) var<storage, read_write> dx: array<f32>;
+// Split-K's slice sums (split, C_in, N) are written by conv2d_input_grad_partial in dx's place
+// and read by conv2d_input_grad_reduce in dy's (tiled_gemm.wgsl's `partial_in`).
 
 // Weight entry (row ci, depth k = (co, tap)) of the transposed weight matrix.
 fn gemm_a(ci: u32, k: u32, k_total: u32) -> f32 {
@@ -39,7 +44,7 @@ fn gemm_a(ci: u32, k: u32, k_total: u32) -> f32 {
 }
 
 // The dy value that tap k = (co, ky, kx) of input pixel `col` reads, or 0 where none does.
-fn gemm_b(k: u32, k_total: u32, col: GemmColumn) -> f32 {
+fn gemm_b(k: u32, k_total: u32, col: GemmStage) -> f32 {
     if !col.valid || k >= k_total {
         return 0.0;
     }
@@ -58,31 +63,90 @@ fn gemm_b(k: u32, k_total: u32, col: GemmColumn) -> f32 {
     return dy[((col.b * p.c_out + co) * p.h_out + oy) * p.w_out + ox];
 }
 
-@compute @workgroup_size(TILE / 4u, TILE / 4u, 1)
+// The staging state: this invocation's B column (input pixel), decoded once.
+struct GemmStage {
+    valid: bool,
+    b: u32,
+    y: u32,
+    x: u32,
+}
+
+fn gemm_stage_init(tid: u32, m0: u32, n0: u32, k_begin: u32) -> GemmStage {
+    let hw = p.h * p.w;
+    let n = n0 + tid % TILE_N;
+    return GemmStage(n < p.batch * hw, n / hw, (n % hw) / p.w, n % p.w);
+}
+
+// Stages scalars: A along K (consecutive invocations read consecutive taps), B down its column.
+fn gemm_stage(tid: u32, m0: u32, n0: u32, k0: u32, s: ptr<function, GemmStage>) {
+    let k_total = p.c_out * KH * KW;
+    for (var r = 0u; r < 4u * A_QUADS_EACH; r++) {
+        let e = tid + r * THREADS;
+        let row = e / TILE_K;
+        let ka = e % TILE_K;
+        put_a(ka, row, gemm_a(m0 + row, k0 + ka, k_total));
+    }
+    let col = tid % TILE_N;
+    for (var r = 0u; r < B_ROWS_EACH; r++) {
+        let kb = tid / TILE_N + r * (THREADS / TILE_N);
+        put_b(kb, col, gemm_b(k0 + kb, k_total, *s));
+    }
+}
+
+@compute @workgroup_size(TILE_N / BLOCK, TILE_M / BLOCK, 1)
 fn conv2d_input_grad(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let hw = p.h * p.w;
     let n_total = p.batch * hw;
-    let acc = gemm_patch(lid, wid, p.c_out * KH * KW, n_total, p.w, hw);
-    let ci = wid.y * TILE + lid.y * 4u;
-    let n0 = wid.x * TILE + lid.x * 4u;
-    store_input_channel(ci, n0, hw, n_total, acc.r0);
-    store_input_channel(ci + 1u, n0, hw, n_total, acc.r1);
-    store_input_channel(ci + 2u, n0, hw, n_total, acc.r2);
-    store_input_channel(ci + 3u, n0, hw, n_total, acc.r3);
+    let m0 = wid.y * TILE_M;
+    let n0 = wid.x * TILE_N;
+    let acc = gemm_tile(lid, m0, n0, 0u, p.c_out * KH * KW);
+    for (var r = 0u; r < GEMM_ROWS; r++) {
+        let o = gemm_row(lid, m0, n0, acc, r);
+        if o.row < p.c_in {
+            for (var j = 0u; j < 4u; j++) {
+                let n = o.col + j;
+                if n < n_total {
+                    dx[((n / hw) * p.c_in + o.row) * hw + n % hw] = o.v[j];
+                }
+            }
+        }
+    }
 }
 
-// Input channel `ci` of dx at columns n0 .. n0 + 3 (batch, pixel); columns past the end skipped.
-fn store_input_channel(ci: u32, n0: u32, hw: u32, n_total: u32, v: vec4<f32>) {
-    if ci >= p.c_in {
+// Split-K: slice wid.z of K into its sums, rows of N per input channel, in dx's binding.
+@compute @workgroup_size(TILE_N / BLOCK, TILE_M / BLOCK, 1)
+fn conv2d_input_grad_partial(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let n_total = p.batch * p.h * p.w;
+    let m0 = wid.y * TILE_M;
+    let n0 = wid.x * TILE_N;
+    let k = k_slice(wid.z, p.k_chunk, p.c_out * KH * KW);
+    let acc = gemm_tile(lid, m0, n0, k.x, k.y);
+    for (var r = 0u; r < GEMM_ROWS; r++) {
+        let o = gemm_row(lid, m0, n0, acc, r);
+        if o.row < p.c_in {
+            let base = (wid.z * p.c_in + o.row) * n_total;
+            for (var j = 0u; j < 4u; j++) {
+                if o.col + j < n_total {
+                    dx[base + o.col + j] = o.v[j];
+                }
+            }
+        }
+    }
+}
+
+// Split-K's second pass: each element of dx is the sum of its slices.
+@compute @workgroup_size(LINEAR_WG)
+fn conv2d_input_grad_reduce(@builtin(global_invocation_id) gid: vec3<u32>,
+                            @builtin(num_workgroups) nwg: vec3<u32>) {
+    let idx = gid.x + gid.y * nwg.x * LINEAR_WG;
+    let hw = p.h * p.w;
+    let n_total = p.batch * hw;
+    if idx >= n_total * p.c_in {
         return;
     }
-    for (var j = 0u; j < 4u; j++) {
-        let n = n0 + j;
-        if n >= n_total {
-            return;
-        }
-        dx[((n / hw) * p.c_in + ci) * hw + n % hw] = v[j];
-    }
+    let ci = (idx / hw) % p.c_in;
+    let n = (idx / (p.c_in * hw)) * hw + idx % hw;
+    dx[idx] = slice_sum(ci * n_total + n, p.c_in * n_total, p.splits);
 }
 
 // ---- The input gradient as a forward convolution (the host's path on the blocked class) ----

@@ -1,12 +1,10 @@
-// Tiled matrix multiply with optional bias: C[b] = A[b] · op(B[b]) (+ bias), f32 (B f32 or f16).
+// Matrix multiply with optional bias: C[b] = A[b] · op(B[b]) (+ bias), f32 (B f32 or f16).
 // A is (M, K) row-major; B is (N, K) when TRANS_B (a PyTorch Linear weight) else (K, N).
-// Each 16x16 workgroup computes a TILE x TILE block of C, each thread a 4x4 patch held
-// in four named vec4 accumulators (`Patch`: an array indexed by a loop variable may live in
-// memory where the driver does not unroll the loop); operand tiles are staged through
-// workgroup memory TILE_K at a time, both as vec4s so a thread reads its 4 rows and its 4
-// columns with one load each.
-// `matmul` loads scalars with bounds checks (any M, N, K); `matmul_vec4` loads both operands
-// as vec4 along K and needs TRANS_B and K % 4 == 0 (the host picks it when that holds).
+// The tiled kernels (GPU class) are tiled_gemm.wgsl's GEMM (appended by the host) staged from
+// here: with VEC4 (K % 4 = 0, and N % 4 = 0 unless TRANS_B) each operand is loaded as vec4s
+// along its contiguous axis, else as scalars with bounds checks (any M, N, K). `matmul` writes C
+// (+ bias); with split-K `matmul_partial` writes each K slice's sums and `matmul_reduce` adds
+// them up (+ bias). The blocked kernels (CPU class) follow below.
 
 struct Params {
     m: u32,
@@ -15,14 +13,16 @@ struct Params {
     batch_stride_a: u32,
     batch_stride_b: u32,
     batch_stride_c: u32,
+    // Split-K: the depth of one slice (a multiple of TILE_K), the number of slices, and the
+    // batch (matmul_reduce's extent).
+    k_chunk: u32,
+    splits: u32,
+    batch: u32,
 }
 
 override TRANS_B: bool = true;
 override HAS_BIAS: bool = false;
-
-const TILE: u32 = 64u;
-const TILE_K: u32 = 16u;
-const THREADS: u32 = 256u;
+override VEC4: bool = false;
 
 // A and C are activations, `act`: f32, or f16 in the half variant; B is a weight (f32 or packed
 // f16 pairs) or, in attention's products, an activation read as packed f16 pairs; sums are f32.
@@ -34,16 +34,19 @@ const THREADS: u32 = 256u;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> c: array<act>;
 
-// The same operands seen as vec4 rows, for matmul_vec4.
+// The same operands seen as vec4 rows: the tiled kernels' and matmul_blocked_vec4's views.
 @group(0) @binding(1) var<storage, read> a4: array<act4>;
 @group(0) @binding(2) var<storage, read> b4: array<vec4<u32>>;
+// Split-K's f32 slice sums (batch, split, M, N): written by matmul_partial in C's place, read by
+// matmul_reduce in A's (tiled_gemm.wgsl's `partial_in`).
+@group(0) @binding(4) var<storage, read_write> partial_out: array<f32>;
 
 // Set by the host for an f16 B (a weight): IEEE half values packed two to a word (element i in
 // the low half of word i / 2 when i is even), else f32. The products accumulate in f32 either
 // way; only B's loads differ.
 override F16_WEIGHTS: bool = false;
 
-// B element i through the scalar view (matmul, matmul_blocked).
+// B element i through the scalar view (matmul_blocked).
 fn b_elem(i: u32) -> f32 {
     if F16_WEIGHTS {
         return unpack2x16float(b[i / 2u])[i % 2u];
@@ -51,7 +54,17 @@ fn b_elem(i: u32) -> f32 {
     return bitcast<f32>(b[i]);
 }
 
-// B elements 4q .. 4q + 3 through the vec4 view (matmul_vec4, matmul_blocked_vec4).
+// B element i through the vec4 view (the tiled kernels' scalar staging).
+fn b4_elem(i: u32) -> f32 {
+    let word = select(i, i / 2u, F16_WEIGHTS);
+    let bits = b4[word / 4u][word % 4u];
+    if F16_WEIGHTS {
+        return unpack2x16float(bits)[i % 2u];
+    }
+    return bitcast<f32>(bits);
+}
+
+// B elements 4q .. 4q + 3 through the vec4 view.
 fn b_quad(q: u32) -> vec4<f32> {
     if F16_WEIGHTS {
         let w = b4[q / 2u];
@@ -61,138 +74,158 @@ fn b_quad(q: u32) -> vec4<f32> {
     return bitcast<vec4<f32>>(b4[q]);
 }
 
-var<workgroup> tile_a: array<array<vec4<f32>, 16>, TILE_K>;
-var<workgroup> tile_b: array<array<vec4<f32>, 16>, TILE_K>;
-
-fn load_a(base: u32, row: u32, col: u32) -> f32 {
-    if row < p.m && col < p.k {
-        return f32(a[base + row * p.k + col]);
-    }
-    return 0.0;
+// The tiled kernels' staging state: where this workgroup's batch item starts in A and B.
+struct GemmStage {
+    base_a: u32,
+    base_b: u32,
 }
 
-fn load_b(base: u32, kk: u32, col: u32) -> f32 {
-    if kk < p.k && col < p.n {
-        if TRANS_B {
-            return b_elem(base + col * p.k + kk);
+// The batch item a tiled workgroup stages, set by its entry point before gemm_tile (the core
+// passes the staging functions no workgroup id): wid.z, or wid.z / splits with split-K, whose
+// wid.z is batch item · splits + slice.
+var<private> stage_batch: u32;
+
+fn gemm_stage_init(tid: u32, m0: u32, n0: u32, k_begin: u32) -> GemmStage {
+    return GemmStage(stage_batch * p.batch_stride_a, stage_batch * p.batch_stride_b);
+}
+
+fn gemm_stage(tid: u32, m0: u32, n0: u32, k0: u32, s: ptr<function, GemmStage>) {
+    let base_a = (*s).base_a;
+    let base_b = (*s).base_b;
+    if VEC4 {
+        // A: TILE_M rows of 4 quads along K, scattered into the K-major tile.
+        for (var r = 0u; r < A_QUADS_EACH; r++) {
+            let e = tid + r * THREADS;
+            let row = e / 4u;
+            let k = k0 + 4u * (e % 4u);
+            var v = vec4<f32>(0.0);
+            if m0 + row < p.m && k < p.k {
+                v = vec4<f32>(a4[(base_a + (m0 + row) * p.k + k) / 4u]);
+            }
+            for (var j = 0u; j < 4u; j++) {
+                put_a(4u * (e % 4u) + j, row, v[j]);
+            }
         }
-        return b_elem(base + kk * p.n + col);
+        // B: as (N, K) the same way; as (K, N) whole quads of a K row.
+        for (var r = 0u; r < B_ROWS_EACH / 4u; r++) {
+            let e = tid + r * THREADS;
+            if TRANS_B {
+                let col = e / 4u;
+                let k = k0 + 4u * (e % 4u);
+                var v = vec4<f32>(0.0);
+                if n0 + col < p.n && k < p.k {
+                    v = b_quad((base_b + (n0 + col) * p.k + k) / 4u);
+                }
+                for (var j = 0u; j < 4u; j++) {
+                    put_b(4u * (e % 4u) + j, col, v[j]);
+                }
+            } else {
+                let kb = e / (TILE_N / 4u);
+                let q = e % (TILE_N / 4u);
+                var v = vec4<f32>(0.0);
+                if n0 + 4u * q < p.n && k0 + kb < p.k {
+                    v = b_quad((base_b + (k0 + kb) * p.n + n0 + 4u * q) / 4u);
+                }
+                put_b4(kb, q, v);
+            }
+        }
+        return;
     }
-    return 0.0;
-}
-
-// Stages the TILE_K-deep slices of A and B starting at k0, one scalar at a time.
-fn stage_scalar(tid: u32, wid: vec3<u32>, k0: u32) {
-    let base_a = wid.z * p.batch_stride_a;
-    let base_b = wid.z * p.batch_stride_b;
-    for (var r = 0u; r < TILE * TILE_K / THREADS; r++) {
+    // Scalars: consecutive invocations walk A's K (contiguous) and B's contiguous axis.
+    for (var r = 0u; r < 4u * A_QUADS_EACH; r++) {
         let e = tid + r * THREADS;
-        // A: consecutive threads walk K so global reads are contiguous.
         let row = e / TILE_K;
         let ka = e % TILE_K;
-        tile_a[ka][row / 4u][row % 4u] = load_a(base_a, wid.y * TILE + row, k0 + ka);
+        var v = 0.0;
+        if m0 + row < p.m && k0 + ka < p.k {
+            let i = base_a + (m0 + row) * p.k + k0 + ka;
+            v = f32(a4[i / 4u][i % 4u]);
+        }
+        put_a(ka, row, v);
+    }
+    for (var r = 0u; r < B_ROWS_EACH; r++) {
+        let e = tid + r * THREADS;
         var kb: u32;
         var col: u32;
         if TRANS_B {
             col = e / TILE_K;
             kb = e % TILE_K;
         } else {
-            kb = e / TILE;
-            col = e % TILE;
+            kb = e / TILE_N;
+            col = e % TILE_N;
         }
-        tile_b[kb][col / 4u][col % 4u] = load_b(base_b, k0 + kb, wid.x * TILE + col);
+        var v = 0.0;
+        if k0 + kb < p.k && n0 + col < p.n {
+            v = b4_elem(base_b + select((k0 + kb) * p.n + n0 + col, (n0 + col) * p.k + k0 + kb, TRANS_B));
+        }
+        put_b(kb, col, v);
     }
 }
 
-// The same slices as one vec4 of A and one of B per thread (TILE·TILE_K / 4 = THREADS).
-fn stage_vec4(tid: u32, wid: vec3<u32>, k0: u32) {
-    let row = tid / 4u;
-    let quad = tid % 4u;
-    let k = k0 + quad * 4u;
-    let m_row = wid.y * TILE + row;
-    var va = vec4<f32>(0.0);
-    if m_row < p.m && k < p.k {
-        va = vec4<f32>(a4[(wid.z * p.batch_stride_a + m_row * p.k + k) / 4u]);
-    }
-    let n_row = wid.x * TILE + row;
-    var vb = vec4<f32>(0.0);
-    if n_row < p.n && k < p.k {
-        vb = b_quad((wid.z * p.batch_stride_b + n_row * p.k + k) / 4u);
-    }
-    for (var e = 0u; e < 4u; e++) {
-        tile_a[quad * 4u + e][row / 4u][row % 4u] = va[e];
-        tile_b[quad * 4u + e][row / 4u][row % 4u] = vb[e];
-    }
-}
-
-// One thread's 4x4 patch of C: row i of the patch in r<i>, its 4 columns in the lanes.
-struct Patch {
-    r0: vec4<f32>,
-    r1: vec4<f32>,
-    r2: vec4<f32>,
-    r3: vec4<f32>,
-}
-
-// The patch += the staged slice's contribution.
-fn accumulate(lid: vec3<u32>, acc: ptr<function, Patch>) {
-    for (var kk = 0u; kk < TILE_K; kk++) {
-        let av = tile_a[kk][lid.y];
-        let bv = tile_b[kk][lid.x];
-        (*acc).r0 += av.x * bv;
-        (*acc).r1 += av.y * bv;
-        (*acc).r2 += av.z * bv;
-        (*acc).r3 += av.w * bv;
+@compute @workgroup_size(TILE_N / BLOCK, TILE_M / BLOCK, 1)
+fn matmul(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    stage_batch = wid.z;
+    let m0 = wid.y * TILE_M;
+    let n0 = wid.x * TILE_N;
+    let acc = gemm_tile(lid, m0, n0, 0u, p.k);
+    let base = wid.z * p.batch_stride_c;
+    for (var r = 0u; r < GEMM_ROWS; r++) {
+        let o = gemm_row(lid, m0, n0, acc, r);
+        if o.row < p.m {
+            for (var j = 0u; j < 4u; j++) {
+                let col = o.col + j;
+                if col < p.n {
+                    c[base + o.row * p.n + col] = act(with_bias(o.v[j], col));
+                }
+            }
+        }
     }
 }
 
-// Row `i` of the patch (+ bias) into C, the columns past N skipped.
-fn store_patch_row(lid: vec3<u32>, wid: vec3<u32>, i: u32, v: vec4<f32>) {
-    let row = wid.y * TILE + lid.y * 4u + i;
-    if row >= p.m {
+fn with_bias(v: f32, col: u32) -> f32 {
+    if HAS_BIAS {
+        return v + bias[col];
+    }
+    return v;
+}
+
+// Split-K: slice wid.z % splits of K of batch item wid.z / splits into its slice sums.
+@compute @workgroup_size(TILE_N / BLOCK, TILE_M / BLOCK, 1)
+fn matmul_partial(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    stage_batch = wid.z / p.splits;
+    let m0 = wid.y * TILE_M;
+    let n0 = wid.x * TILE_N;
+    let k = k_slice(wid.z % p.splits, p.k_chunk, p.k);
+    let acc = gemm_tile(lid, m0, n0, k.x, k.y);
+    let base = wid.z * p.m * p.n;
+    for (var r = 0u; r < GEMM_ROWS; r++) {
+        let o = gemm_row(lid, m0, n0, acc, r);
+        if o.row < p.m {
+            for (var j = 0u; j < 4u; j++) {
+                if o.col + j < p.n {
+                    partial_out[base + o.row * p.n + o.col + j] = o.v[j];
+                }
+            }
+        }
+    }
+}
+
+// Invocations per workgroup of matmul_reduce (`Gpu::grid_1d`).
+const WG: u32 = 256u;
+
+// Split-K's second pass: each element of C is the sum of its slices (+ bias).
+@compute @workgroup_size(WG)
+fn matmul_reduce(@builtin(global_invocation_id) gid: vec3<u32>,
+                 @builtin(num_workgroups) nwg: vec3<u32>) {
+    let idx = gid.x + gid.y * nwg.x * WG;
+    let mn = p.m * p.n;
+    if idx >= p.batch * mn {
         return;
     }
-    let base = wid.z * p.batch_stride_c + row * p.n;
-    for (var j = 0u; j < 4u; j++) {
-        let col = wid.x * TILE + lid.x * 4u + j;
-        if col < p.n {
-            var value = v[j];
-            if HAS_BIAS {
-                value += bias[col];
-            }
-            c[base + col] = act(value);
-        }
-    }
-}
-
-fn store(lid: vec3<u32>, wid: vec3<u32>, acc: Patch) {
-    store_patch_row(lid, wid, 0u, acc.r0);
-    store_patch_row(lid, wid, 1u, acc.r1);
-    store_patch_row(lid, wid, 2u, acc.r2);
-    store_patch_row(lid, wid, 3u, acc.r3);
-}
-
-@compute @workgroup_size(16, 16, 1)
-fn matmul(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    var acc = Patch(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-    for (var k0 = 0u; k0 < p.k; k0 += TILE_K) {
-        stage_scalar(lid.y * 16u + lid.x, wid, k0);
-        workgroupBarrier();
-        accumulate(lid, &acc);
-        workgroupBarrier();
-    }
-    store(lid, wid, acc);
-}
-
-@compute @workgroup_size(16, 16, 1)
-fn matmul_vec4(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    var acc = Patch(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-    for (var k0 = 0u; k0 < p.k; k0 += TILE_K) {
-        stage_vec4(lid.y * 16u + lid.x, wid, k0);
-        workgroupBarrier();
-        accumulate(lid, &acc);
-        workgroupBarrier();
-    }
-    store(lid, wid, acc);
+    let item = idx / mn;
+    let at = idx % mn;
+    let sum = slice_sum(item * p.splits * mn + at, mn, p.splits);
+    c[item * p.batch_stride_c + at] = act(with_bias(sum, at % p.n));
 }
 
 // ---- matmul_blocked: the variant for CPU adapters (see `KernelClass`) ----

@@ -8,7 +8,8 @@ mod common;
 use common::attention_case::AttentionCase;
 use common::{
     assert_close, attention_gpus, conv_out_hw, conv_out_len, gpu, gpus, read, read_from,
-    reference as r, to_f64, upload, upload_to, ConvCase, Rng, CONV_CASES,
+    reference as r, tiled_variant, tiled_variants, to_f64, upload, upload_to, ConvCase, Rng,
+    CONV_CASES,
 };
 use wgsl_diff::gpu::{AdapterChoice, Gpu, KernelClass};
 use wgsl_diff::ops::{self, Conv2dArgs};
@@ -174,7 +175,7 @@ fn conv2d_input_grad_matches_reference() {
     // On the blocked class every case runs as a forward convolution with the flipped weight (C_in
     // is then its output channels: 64 takes the 32-row blocks), of dy spread out in zeros where
     // the stride is 2 or there is extra bottom/right padding; on the tiled class through
-    // conv2d_input_grad.
+    // conv2d_input_grad, and every third case in each tiled variant (tile shape, split-K).
     // The last: padding plus extra padding beyond K − 1, so some of dy meets only padding.
     let extra_cases: [ConvCase; 3] = [
         (2, 64, 6, 8, 5, 3, 1, 1, 0),
@@ -182,7 +183,7 @@ fn conv2d_input_grad_matches_reference() {
         (1, 3, 7, 6, 4, 3, 2, 2, 1),
     ];
     let cases = CONV_CASES.iter().chain(&extra_cases).copied();
-    for case in cases {
+    for (i, case) in cases.enumerate() {
         let (b, ci, h, w, co, k, stride, pad, extra) = case;
         let wt = rng.vec(co * ci * k * k);
         let dy = rng.vec(conv_out_len(case));
@@ -202,13 +203,15 @@ fn conv2d_input_grad_matches_reference() {
             ..Default::default()
         };
         let (ho, wo) = conv_out_hw(case);
-        for g in gpus() {
+        let variants = if i % 3 == 0 { tiled_variants() } else { &[] };
+        for g in gpus().into_iter().chain(variants) {
             let dy_t = upload_to(g, &dy, &[b, co, ho, wo]);
             let wt_t = upload_to(g, &wt, &[co, ci, k, k]);
             let dx = ops::conv2d_input_grad(g, &dy_t, &wt_t, (h, w), args).unwrap();
             assert_eq!(dx.shape(), [b, ci, h, w]);
+            let class = g.kernel_class();
             assert_close(
-                &format!("conv2d_input_grad {:?} {case:?}", g.kernel_class()),
+                &format!("conv2d_input_grad {class:?} {} {case:?}", tiled_variant(g)),
                 &read_from(g, &dx),
                 &want,
                 1e-5,

@@ -4,7 +4,7 @@ mod common;
 
 use common::{
     assert_close, attention_gpus, attention_path, gpu, gpus, read, read_from, reference as r,
-    to_f64, upload, upload_to, Rng, CONV_CASES,
+    tiled_variant, tiled_variants, to_f64, upload, upload_to, Rng, CONV_CASES,
 };
 use wgsl_diff::gpu::{AdapterChoice, Gpu, KernelClass};
 use wgsl_diff::ops::{self, Conv2dArgs};
@@ -18,10 +18,17 @@ fn adapter_is_vulkan_when_requested() {
     }
 }
 
+/// The cases of `CONV_CASES` each tiled variant (tile shape, split-K, checks: `tiled_variants`)
+/// also meets: stride 2 with 67 output channels (off the vec4 padding and every tile), 70 output
+/// channels, a 5×5 kernel, stride 2 with extra bottom/right padding, a 1×1 kernel, 64 output
+/// channels, 70 input channels (K tiles walking channels within each tap) and a 1×1 kernel on 33.
+const VARIANT_CASES: [usize; 8] = [2, 4, 5, 6, 9, 11, 13, 14];
+
+/// Both kernel classes on every case, and each tiled variant on [`VARIANT_CASES`].
 #[test]
 fn conv2d_matches_reference() {
     let mut rng = Rng::new(1);
-    for (b, ci, h, w, co, k, stride, pad, extra) in CONV_CASES {
+    for (i, (b, ci, h, w, co, k, stride, pad, extra)) in CONV_CASES.into_iter().enumerate() {
         let x = rng.vec(b * ci * h * w);
         let wt = rng.vec(co * ci * k * k);
         let bias = rng.vec(co);
@@ -41,7 +48,11 @@ fn conv2d_matches_reference() {
             pad_bottom_right: extra,
             ..Default::default()
         };
-        for g in gpus() {
+        let variants = match VARIANT_CASES.contains(&i) {
+            true => tiled_variants(),
+            false => &[],
+        };
+        for g in gpus().into_iter().chain(variants) {
             let (x, wt, bias) = (
                 upload_to(g, &x, &[b, ci, h, w]),
                 upload_to(g, &wt, &[co, ci, k, k]),
@@ -57,8 +68,9 @@ fn conv2d_matches_reference() {
             assert_eq!(read_from(g, &prepared.oihw(g).unwrap()), read_from(g, &wt));
             assert_close(
                 &format!(
-                    "conv2d {:?} {:?}",
+                    "conv2d {:?} {} {:?}",
                     g.kernel_class(),
+                    tiled_variant(g),
                     (b, ci, h, w, co, k, stride, pad, extra)
                 ),
                 &read_from(g, &y),
@@ -70,6 +82,8 @@ fn conv2d_matches_reference() {
     }
 }
 
+/// The fused epilogue (residual, scale, and ReLU on every other device) on both classes and in
+/// each tiled variant, so split-K's reduce carries it.
 #[test]
 fn conv2d_fused_residual_and_no_bias() {
     let mut rng = Rng::new(2);
@@ -87,17 +101,19 @@ fn conv2d_fused_residual_and_no_bias() {
         1,
         0,
     );
-    let want: Vec<f64> = conv
+    let fused: Vec<f64> = conv
         .iter()
         .zip(&res)
         .map(|(c, r)| (c + *r as f64) * 0.5)
         .collect();
-    for g in gpus() {
+    for (i, g) in gpus().into_iter().chain(tiled_variants()).enumerate() {
+        let relu = i % 2 == 1;
         let residual = upload_to(g, &res, &[b, co, h, w]);
         let args = Conv2dArgs {
             padding: 1,
             residual: Some(&residual),
             out_scale: 0.5,
+            relu,
             ..Default::default()
         };
         let y = ops::conv2d(
@@ -108,7 +124,15 @@ fn conv2d_fused_residual_and_no_bias() {
             args,
         )
         .unwrap();
-        let what = format!("conv2d residual {:?}", g.kernel_class());
+        let want: Vec<f64> = fused
+            .iter()
+            .map(|&v| if relu { v.max(0.0) } else { v })
+            .collect();
+        let what = format!(
+            "conv2d residual {:?} {} relu {relu}",
+            g.kernel_class(),
+            tiled_variant(g)
+        );
         assert_close(&what, &read_from(g, &y), &want, 1e-5, 1e-4);
     }
 }
@@ -124,19 +148,27 @@ fn conv2d_rejects_bad_shapes() {
 #[test]
 fn matmul_and_linear_match_reference() {
     let mut rng = Rng::new(3);
-    // K = 4, 64, 128 take the vec4 paths (tiled: linear layers; blocked: plain products with
-    // N % 4 = 0 too); odd K the scalar ones.
-    for (batch, m, k, n) in [
+    // K % 4 = 0 takes the vec4 paths (tiled: both operands along their contiguous axis, so N %
+    // 4 = 0 too for a plain product; blocked: plain products with N % 4 = 0), odd K the scalar
+    // ones. Every other case also runs in each tiled variant (`tiled_variants`): K of 36 and 100
+    // split in 3 uneven slices, bias through split-K's reduce.
+    for (i, (batch, m, k, n)) in [
         (1, 1, 1, 1),
         (2, 7, 13, 5),
         (3, 65, 33, 70),
-        (1, 130, 17, 64),
+        (3, 65, 36, 70),
         (1, 3, 4, 2),
-        (2, 37, 64, 45),
+        (1, 130, 68, 132),
+        (1, 130, 17, 64),
+        (2, 33, 100, 40),
         (1, 70, 128, 66),
+        (2, 37, 64, 45),
         // K, N multiples of 4: the blocked class's linear from a transposed weight.
         (2, 9, 12, 20),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let a = rng.vec(batch * m * k);
         let b = rng.vec(k * n);
         let want_mm = r::matmul(&to_f64(&a), &to_f64(&b), batch, m, k, n, false, None);
@@ -152,8 +184,10 @@ fn matmul_and_linear_match_reference() {
             true,
             Some(&to_f64(&bias)),
         );
-        for g in gpus() {
-            let what = |op| format!("{op} {:?} {:?}", g.kernel_class(), (batch, m, k, n));
+        let variants = if i % 2 == 1 { tiled_variants() } else { &[] };
+        for g in gpus().into_iter().chain(variants) {
+            let class = g.kernel_class();
+            let what = |op| format!("{op} {class:?} {} {:?}", tiled_variant(g), (batch, m, k, n));
             let a_gpu = upload_to(g, &a, &[batch, m, k]);
             let y = ops::matmul(g, &a_gpu, &upload_to(g, &b, &[k, n])).unwrap();
             assert_close(&what("matmul"), &read_from(g, &y), &want_mm, 1e-5, 1e-4);

@@ -3,10 +3,26 @@
 //! are held to f64 references in kernels.rs and kernel_properties.rs on both classes; these
 //! tables pin which of them a shape reaches, with no GPU needed.
 
-use wgsl_diff::gpu::KernelClass::{Blocked, Tiled};
+use wgsl_diff::gpu::KernelClass::{self, Blocked, Tiled};
+use wgsl_diff::gpu::{choose_tiling, compute_units, GemmTiling, PlanTarget};
 use wgsl_diff::ops::{
     plan_conv2d, plan_matmul, ConvLaunch, ConvProblem, ConvVariant, MatmulLaunch, MatmulProblem,
 };
+
+/// The plan target of `class` on an H200 (132 SMs): the tiled class aims at 264 workgroups.
+fn h200(class: KernelClass) -> PlanTarget {
+    PlanTarget::new(class, compute_units("NVIDIA H200"))
+}
+
+/// A tiling of `TILE_SHAPES`' form.
+fn tiling(tile_m: u32, tile_n: u32, block: u32, splits: u32) -> GemmTiling {
+    GemmTiling {
+        tile_m,
+        tile_n,
+        block,
+        splits,
+    }
+}
 
 /// A 3×3 (or `kw`-wide) convolution of `c_in` → `c_out` channels on `h`×`w`, stride and padding
 /// as given, at batch `b`.
@@ -27,6 +43,7 @@ fn conv(
         c_out,
         h_out: w_out,
         w_out,
+        kh: kw,
         kw,
         stride,
         pad_x: pad,
@@ -42,24 +59,36 @@ fn conv2d_plans_per_class() {
         ConvVariant,
         [usize; 3],
     )] = &[
-        // GPU class: 32-wide tiles for at most 32 output channels, 64 otherwise; pixels × channels.
+        // GPU class (H200): the largest tile reaching 264 workgroups; B8 128→128 at 32² has
+        // 8192 pixels: 64 × 32 tiles, 128 × 2.
         (
-            Tiled,
+            KernelClass::Tiled,
             conv(8, 128, 128, 32, 3, 1, 1),
-            Tiled { tile: 64 },
-            [128, 2, 1],
+            Tiled(tiling(64, 32, 4, 1)),
+            [256, 2, 1],
         ),
+        // At batch 1 no tile reaches it: 32 × 32 tiles (32 × 4 of them) split K (9 · 128 = 72 K
+        // tiles) in 3, slices of 24 K tiles.
         (
-            Tiled,
-            conv(1, 3, 32, 32, 3, 1, 1),
-            Tiled { tile: 32 },
-            [32, 1, 1],
+            KernelClass::Tiled,
+            conv(1, 128, 128, 32, 3, 1, 1),
+            Tiled(tiling(32, 32, 4, 3)),
+            [32, 4, 3],
         ),
+        // 3 output channels take 32-row tiles; K = 9 · 16 (3 channels padded) is 9 K tiles,
+        // split at most in 2 (slices of at least 4 K tiles).
         (
-            Tiled,
-            conv(2, 16, 33, 9, 3, 2, 1),
-            Tiled { tile: 64 },
-            [1, 1, 1],
+            KernelClass::Tiled,
+            conv(1, 3, 3, 32, 3, 1, 1),
+            Tiled(tiling(32, 32, 4, 2)),
+            [32, 1, 2],
+        ),
+        // Slices of at least 4 K tiles: 18 K tiles (32 channels) split at most 4 ways.
+        (
+            KernelClass::Tiled,
+            conv(2, 32, 33, 9, 3, 2, 1),
+            Tiled(tiling(32, 32, 4, 4)),
+            [2, 2, 4],
         ),
         // CPU class: rows of whole 16-pixel blocks take row16.
         (Blocked, conv(8, 128, 128, 32, 3, 1, 1), Row16, [32, 8, 1]),
@@ -114,7 +143,7 @@ fn conv2d_plans_per_class() {
     ];
     for (class, problem, variant, workgroups) in table {
         assert_eq!(
-            plan_conv2d(*class, problem),
+            plan_conv2d(&h200(*class), problem),
             ConvLaunch {
                 variant: *variant,
                 workgroups: *workgroups
@@ -133,67 +162,166 @@ fn matmul_plans_per_class() {
         k,
         trans_b,
     };
+    let tiled = |entry, workgroups, tiling, vec4| MatmulLaunch {
+        entry,
+        workgroups,
+        tiling: Some(tiling),
+        vec4,
+    };
+    let blocked = |entry, workgroups| MatmulLaunch {
+        entry,
+        workgroups,
+        tiling: None,
+        vec4: false,
+    };
     let table = [
-        // GPU class: vec4 loads when both operands run along K (B transposed, K % 4 = 0).
+        // GPU class (H200): SGEMM 1024³ in 64 × 32 tiles (512 ≥ 264), vec4 staging when each
+        // operand's contiguous axis is a multiple of 4.
         (
             Tiled,
             p(1, 1024, 1024, 1024, true),
-            "matmul_vec4",
-            [16, 16, 1],
+            tiled("matmul", [32, 16, 1], tiling(64, 32, 4, 1), true),
         ),
-        (Tiled, p(1, 1024, 1024, 1024, false), "matmul", [16, 16, 1]),
-        (Tiled, p(3, 65, 10, 6, true), "matmul", [1, 2, 3]),
+        (
+            Tiled,
+            p(1, 1024, 1024, 1024, false),
+            tiled("matmul", [32, 16, 1], tiling(64, 32, 4, 1), true),
+        ),
+        // 4096³: 128 × 128 tiles reach 1024 workgroups.
+        (
+            Tiled,
+            p(1, 4096, 4096, 4096, false),
+            tiled("matmul", [32, 32, 1], tiling(128, 128, 8, 1), true),
+        ),
+        // Small and odd: 32 × 32 tiles, K = 6 is one K tile (no split), scalar staging.
+        (
+            Tiled,
+            p(3, 65, 10, 6, true),
+            tiled("matmul", [1, 3, 3], tiling(32, 32, 4, 1), false),
+        ),
+        // A deep, narrow product splits K: 2 tiles × batch 2, 64 K tiles → 16 slices of 4.
+        (
+            Tiled,
+            p(2, 32, 64, 1024, false),
+            tiled("matmul_partial", [2, 1, 32], tiling(32, 32, 4, 16), true),
+        ),
         // CPU class: 16 rows × (4 vec4 or 8 scalar columns) per invocation, 16 per workgroup.
         (
             Blocked,
             p(1, 1024, 1024, 1024, false),
-            "matmul_blocked_vec4",
-            [4, 64, 1],
+            blocked("matmul_blocked_vec4", [4, 64, 1]),
         ),
         (
             Blocked,
             p(2, 17, 12, 8, false),
-            "matmul_blocked_vec4",
-            [1, 2, 2],
+            blocked("matmul_blocked_vec4", [1, 2, 2]),
         ),
-        (Blocked, p(1, 64, 300, 8, true), "matmul_blocked", [3, 4, 1]),
+        (
+            Blocked,
+            p(1, 64, 300, 8, true),
+            blocked("matmul_blocked", [3, 4, 1]),
+        ),
         (
             Blocked,
             p(1, 64, 258, 8, false),
-            "matmul_blocked",
-            [3, 4, 1],
+            blocked("matmul_blocked", [3, 4, 1]),
         ),
     ];
-    for (class, problem, entry, workgroups) in table {
+    for (class, problem, launch) in table {
         assert_eq!(
-            plan_matmul(class, &problem),
-            MatmulLaunch { entry, workgroups },
+            plan_matmul(&h200(class), &problem),
+            launch,
             "{class:?} {problem:?}"
         );
     }
 }
 
+/// The tiled class's choice per adapter: a forced tiling wins; an adapter not in the table is
+/// taken for 32 compute units (64 workgroups aimed at), a smaller chip splits less.
+#[test]
+fn tiling_follows_the_adapter() {
+    assert_eq!(compute_units("NVIDIA GeForce RTX 4090"), 128);
+    assert_eq!(compute_units("NVIDIA H100 PCIe"), 114);
+    assert_eq!(compute_units("Some future GPU"), 32);
+    // B1 128→128 at 32²: 72 K tiles; 1024 pixels.
+    let (m, n, k) = (128, 1024, 9 * 128);
+    assert_eq!(choose_tiling(132, 1, m, n, k), tiling(32, 32, 4, 3));
+    assert_eq!(choose_tiling(32, 1, m, n, k), tiling(64, 32, 4, 1));
+    let forced = tiling(128, 128, 8, 2);
+    let target = PlanTarget {
+        forced_tiling: Some(forced),
+        ..h200(Tiled)
+    };
+    assert_eq!(target.tiling(1, m, n, k), forced);
+    // Forced splits are clamped to the K tiles there are: 2 K tiles, at most 2 slices.
+    assert_eq!(tiling(32, 32, 4, 8).k_slices(20), (16, 2));
+    assert_eq!(tiling(32, 32, 4, 3).k_slices(72 * 16), (24 * 16, 3));
+}
+
 #[test]
 fn conv2d_input_gradient_plans_per_class() {
-    use wgsl_diff::ops::{plan_conv2d_input_grad as plan, ConvGradVariant::*};
-    // (class, c_in, kernel, padding, stride, extra bottom/right padding) → variant.
+    use wgsl_diff::ops::{plan_conv2d_input_grad as plan, ConvGradProblem, ConvGradVariant::*};
+    // (class, batch, c_in, side, c_out, kernel, padding, stride, extra bottom/right padding).
     let table = [
         // CPU class: a forward convolution with the flipped weight, of dy spread out when strided.
-        (Blocked, 64, (3, 3), 1, 1, 0, FlippedConv),
-        (Blocked, 64, (3, 3), 1, 2, 0, FlippedConvOfSpread),
-        (Blocked, 64, (3, 3), 0, 1, 1, FlippedConvOfSpread),
-        (Blocked, 8, (1, 1), 0, 1, 0, FlippedConv),
-        // Padding as large as the kernel leaves the tiled gradient.
-        (Blocked, 8, (1, 1), 1, 1, 0, Tiled { tile: 32 }),
-        // GPU class: the tiled gradient, 32-wide tiles for at most 32 input channels.
-        (Tiled, 32, (3, 3), 1, 1, 0, Tiled { tile: 32 }),
-        (Tiled, 33, (3, 3), 1, 2, 0, Tiled { tile: 64 }),
+        (Blocked, 1, 64, 8, 64, 3, 1, 1, 0, FlippedConv),
+        (Blocked, 1, 64, 8, 64, 3, 1, 2, 0, FlippedConvOfSpread),
+        (Blocked, 1, 64, 8, 64, 3, 0, 1, 1, FlippedConvOfSpread),
+        (Blocked, 1, 8, 8, 8, 1, 0, 1, 0, FlippedConv),
+        // Padding as large as the kernel leaves the tiled gradient, in square 4 × 4 tiles.
+        (Blocked, 1, 8, 8, 8, 1, 1, 1, 0, Tiled(tiling(32, 32, 4, 1))),
+        (
+            Blocked,
+            1,
+            40,
+            8,
+            8,
+            1,
+            1,
+            1,
+            0,
+            Tiled(tiling(64, 64, 4, 1)),
+        ),
+        // GPU class (H200): the chooser's tiling of C_in × B·H·W × C_out·KH·KW; at B 1, 32²,
+        // 128 → 128 the same split as the forward's (72 K tiles in 3 slices).
+        (
+            KernelClass::Tiled,
+            1,
+            128,
+            32,
+            128,
+            3,
+            1,
+            1,
+            0,
+            Tiled(tiling(32, 32, 4, 3)),
+        ),
+        (
+            KernelClass::Tiled,
+            8,
+            128,
+            32,
+            128,
+            3,
+            1,
+            1,
+            0,
+            Tiled(tiling(64, 32, 4, 1)),
+        ),
     ];
-    for (class, c_in, kernel, pad, stride, extra, want) in table {
-        assert_eq!(
-            plan(class, c_in, kernel, pad, stride, extra),
-            want,
-            "{class:?} c_in {c_in} kernel {kernel:?} pad {pad} stride {stride} extra {extra}"
-        );
+    for (class, batch, c_in, side, c_out, kernel, pad, stride, extra, want) in table {
+        let problem = ConvGradProblem {
+            batch,
+            c_in,
+            h: side,
+            w: side,
+            c_out,
+            kh: kernel,
+            kw: kernel,
+            pad,
+            stride,
+            pad_bottom_right: extra,
+        };
+        assert_eq!(plan(&h200(class), &problem), want, "{class:?} {problem:?}");
     }
 }

@@ -16,6 +16,12 @@
 #     run(command="tools/device_check.sh run", carry=[".device", ".gl", ".whl"], timeout_s=560)
 # A dry run here, on lavapipe, with tiny sizes (checks the script, not the GPU):
 #     OUT=/tmp/device_out QUICK=1 tools/device_check.sh run
+# The tiled GEMM sweep alone (every tile shape, split-K factor and checked/unchecked build on
+# SGEMM 1024³/4096³, the bench conv and the CIFAR-10 UNet's convolutions at B1 and B8; the
+# winners land in $OUT/sweep/sweep.md, every timing in sweep.tsv; a few minutes on a GPU):
+#     run(command="SECTIONS=sweep tools/device_check.sh run", carry=[".device", ".gl"], timeout_s=420)
+# its dry run here (tiny shapes, ~1 min on lavapipe):
+#     OUT=/tmp/device_out QUICK=1 SECTIONS=sweep tools/device_check.sh run
 # The Stable Diffusion section alone (a few minutes on a GPU; its dry run here took 8 min):
 #     run(command="SECTIONS=sd15 tools/device_check.sh run", carry=[".device", ".gl", ".whl"], ...)
 set -euo pipefail
@@ -79,6 +85,9 @@ run() {
     local results=/tmp/device_results
     rm -rf "$results" && mkdir -p "$results"
     exec > >(tee "$OUT/log.txt") 2>&1
+    # A rerun can take only some sections (SECTIONS="tests torch"; all: sweep tests benches torch
+    # sd15 uvit ab samples) and some test executables (TESTS="cli guidance").
+    want() { [[ " ${SECTIONS:-sweep tests benches torch sd15 uvit ab samples} " == *" $1 "* ]]; }
     if [ -d .gl ]; then
         for f in .gl/*.deb; do dpkg -x "$f" /; done
         ldconfig
@@ -86,7 +95,8 @@ run() {
         [ -f "$icd" ] && export VK_DRIVER_FILES=$icd \
             __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
     fi
-    if [ -d .whl ]; then
+    # The wheels serve the Python sections only (diffusers and transformers beside torch).
+    if [ -d .whl ] && { want torch || want sd15 || want uvit || want samples; }; then
         python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
             --target /tmp/site .whl/*.whl
         export PYTHONPATH=/tmp/site
@@ -98,9 +108,6 @@ run() {
     [ -f "$test_set" ] || test_set=/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
     local num=1000 uc_num=256 batch=250 torch_device=cuda bench_filter="" memory_batch=64
     local tests=("$exes"/test-*) bench_time=(--warm-up-time 1 --measurement-time 3)
-    # A rerun can take only some sections (SECTIONS="tests torch"; all: tests benches torch sd15
-    # uvit ab samples) and some test executables (TESTS="cli guidance").
-    want() { [[ " ${SECTIONS:-tests benches torch sd15 uvit ab samples} " == *" $1 "* ]]; }
     if [ -n "${QUICK:-}" ]; then
         num=8 uc_num=4 batch=4 torch_device=cpu bench_filter=group_norm memory_batch=2
         tests=("$exes"/test-select) bench_time=()
@@ -149,6 +156,19 @@ EOF
         trap "kill $! 2>/dev/null || true" EXIT
     fi
 
+    if want sweep; then
+        echo "== tiled GEMM sweep: every variant on every bench shape (winners in $OUT/sweep/sweep.md)"
+        # Register and spill counts would need VK_KHR_pipeline_executable_properties, which wgpu 30
+        # does not enable: whether the driver offers it is all this records.
+        command -v vulkaninfo >/dev/null &&
+            echo "VK_KHR_pipeline_executable_properties offered: $(vulkaninfo 2>/dev/null |
+                grep -c VK_KHR_pipeline_executable_properties) (wgpu 30 does not use it)"
+        mkdir -p "$OUT/sweep"
+        # The table is printed (and written to sweep.md) at the end; sweep.tsv fills as it goes.
+        WGSL_DIFF_SWEEP_OUT="$OUT/sweep" timed "$exes/bench-sweep" --bench ||
+            echo "sweep: exit status $?"
+    fi
+
     if want tests; then
         echo "== the test suite on this adapter (both kernel classes meet the f64 references)"
         local manifest compiled_bin
@@ -169,6 +189,7 @@ EOF
     if want benches; then
         echo "== criterion benches (wgsl-diff), each forward and plain step profiled first"
         for b in "$exes"/bench-*; do
+            [ "${b##*/}" = bench-sweep ] && continue  # its own section
             WGSL_DIFF_PROFILE_DIR="$results/profiles" timed "$b" --bench $bench_filter "${bench_time[@]}"
         done
         save

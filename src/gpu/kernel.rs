@@ -50,7 +50,7 @@ macro_rules! shader {
 /// The kernel families.
 pub mod shaders {
     use super::Shader;
-    shader!(MATMUL, "matmul");
+    shader!(MATMUL, "matmul", with["tiled_gemm"]);
     shader!(CONV2D, "conv2d", with["tiled_gemm"]);
     shader!(GROUP_NORM, "group_norm", with ["group_norm_planes", "prelude"]);
     shader!(ELEMENTWISE, "elementwise", with["prelude"]);
@@ -146,6 +146,12 @@ impl Kernel {
 /// unrolling). A diagnostic for measuring their cost on a GPU: on lavapipe it changed neither
 /// the blocked nor the tiled bench conv.
 pub const LOOP_BOUNDING_ENV: &str = "WGSL_DIFF_LOOP_BOUNDING";
+
+/// The kernel families built without naga's runtime checks where [`super::UNCHECKED_ENV`] asks,
+/// on a device of the tiled class (whose entry points in them are the tiled GEMMs, the split-K
+/// reduces and the weight staging); the register-blocked kernels keep their checks (conv2d_blocked
+/// may read weights past the last tap for rows it does not store, which a check clamps).
+pub const UNCHECKED_SHADERS: [&str; 3] = ["conv2d", "conv2d_grad", "matmul"];
 
 /// The bool `override` of conv2d.wgsl and matmul.wgsl that makes them read their weight
 /// operand as packed f16 pairs (set by the op from the weight's [`DType`]).
@@ -318,17 +324,29 @@ impl Gpu {
                     label: Some(k.shader.name),
                     source: wgpu::ShaderSource::Wgsl(k.shader.module_source(k.half).into()),
                 };
-                match std::env::var(LOOP_BOUNDING_ENV).is_ok_and(|v| v == "0") {
+                let unchecked = self.unchecked
+                    && self.kernel_class == super::KernelClass::Tiled
+                    && UNCHECKED_SHADERS.contains(&k.shader.name);
+                let unbounded = std::env::var(LOOP_BOUNDING_ENV).is_ok_and(|v| v == "0");
+                match (unchecked, unbounded) {
+                    // SAFETY: UNCHECKED_ENV's argument: these families' indices are in range
+                    // by construction, which the suite checks by passing with them unchecked.
+                    (true, _) => unsafe {
+                        self.device.create_shader_module_trusted(
+                            desc,
+                            wgpu::ShaderRuntimeChecks::unchecked(),
+                        )
+                    },
                     // SAFETY: the one check dropped is naga's counter on every loop, which
                     // guards against loops that never end; every loop in shaders/ ends, its bound
                     // and step coming from shapes the ops check (the attention tiles' steps are
                     // clamped to at least 1).
-                    true => unsafe {
+                    (false, true) => unsafe {
                         let mut checks = wgpu::ShaderRuntimeChecks::checked();
                         checks.force_loop_bounding = false;
                         self.device.create_shader_module_trusted(desc, checks)
                     },
-                    false => self.device.create_shader_module(desc),
+                    (false, false) => self.device.create_shader_module(desc),
                 }
             })
             .clone();

@@ -9,15 +9,21 @@
 mod kernel;
 mod profile;
 mod tensor;
+mod tiling;
 
 pub(crate) use kernel::kernel_params;
 #[cfg(test)]
 pub(crate) use kernel::wgsl;
 pub use kernel::{
     checked_u32, shaders, Kernel, KernelParams, Shader, F16_WEIGHTS, LINEAR_WORKGROUP,
+    UNCHECKED_SHADERS,
 };
 pub use profile::{Profile, ProfileMemory, Row, Scope, Step, StepRow, NO_TIMESTAMPS, UNSCOPED};
 pub use tensor::{DType, MemoryStats, Shape, Tensor};
+pub use tiling::{
+    choose_tiling, compute_units, GemmTiling, PlanTarget, FALLBACK_COMPUTE_UNITS, SPLITS, TILE_K,
+    TILE_SHAPES, WORKGROUPS_PER_CU,
+};
 
 use crate::error::{Error, Result};
 use kernel::{ParamArena, PipelineCache};
@@ -86,18 +92,27 @@ impl KernelClass {
     }
 }
 
+/// Environment variable that, set to `1`, builds the tiled class's GEMM kernel families
+/// (conv2d, its input gradient, matmul: [`kernel::UNCHECKED_SHADERS`]) with
+/// `ShaderRuntimeChecks::unchecked()`: no clamped workgroup-array indices, no loop-bounding
+/// counters, no wrapped divisions, no clamped storage indices. Their indices are in range by
+/// construction (tiles sized by the overrides, storage reads behind the shaders' own bounds
+/// tests, divisors from nonzero shapes), which the test suite checks by passing with and without
+/// it. Off by default until a GPU measures what it gains.
+pub const UNCHECKED_ENV: &str = "WGSL_DIFF_UNCHECKED";
+
 /// Environment variable that, set to `1`, makes every device attend through the fused kernels
 /// ([`Gpu::with_fused_attention`]), so benches can set the two paths side by side.
 pub const FUSED_ATTENTION_ENV: &str = "WGSL_DIFF_FUSED_ATTENTION";
 
-/// [`FUSED_ATTENTION_ENV`]: `1` forces the fused kernels, `0` or unset leaves the choice to the
-/// ops; anything else is an error, as a misspelt [`KernelClass::ENV`] is.
-fn fused_attention_from_env() -> Result<bool> {
-    match std::env::var(FUSED_ATTENTION_ENV).ok().as_deref() {
+/// An on/off environment variable ([`FUSED_ATTENTION_ENV`], [`UNCHECKED_ENV`]): `1` on, `0` or
+/// unset off; anything else is an error, as a misspelt [`KernelClass::ENV`] is.
+fn flag_from_env(name: &str) -> Result<bool> {
+    match std::env::var(name).ok().as_deref() {
         None | Some("") | Some("0") => Ok(false),
         Some("1") => Ok(true),
         Some(other) => Err(Error::Invalid(format!(
-            "{FUSED_ATTENTION_ENV}={other:?}: expected \"1\" or \"0\""
+            "{name}={other:?}: expected \"1\" or \"0\""
         ))),
     }
 }
@@ -109,6 +124,13 @@ pub struct Gpu {
     pub limits: wgpu::Limits,
     pub caps: Capabilities,
     kernel_class: KernelClass,
+    /// Compute units by the adapter's name ([`compute_units`]): what the tiled class sizes its
+    /// grids for.
+    compute_units: usize,
+    /// A GEMM tiling every tiled-class product and convolution takes ([`Gpu::with_tiling`]).
+    forced_tiling: Option<GemmTiling>,
+    /// Build the tiled class's GEMM families without naga's runtime checks ([`UNCHECKED_ENV`]).
+    unchecked: bool,
     /// Attention through attention.wgsl's fused kernel even where the products path fits
     /// ([`Gpu::with_fused_attention`]).
     fused_attention: bool,
@@ -187,6 +209,7 @@ impl Gpu {
         };
         let params = ParamArena::new(limits.min_uniform_buffer_offset_alignment);
         let kernel_class = KernelClass::for_adapter(&info)?;
+        let compute_units = compute_units(&info.name);
         Ok(Gpu {
             device,
             queue,
@@ -194,7 +217,10 @@ impl Gpu {
             limits,
             caps,
             kernel_class,
-            fused_attention: fused_attention_from_env()?,
+            compute_units,
+            forced_tiling: None,
+            unchecked: flag_from_env(UNCHECKED_ENV)?,
+            fused_attention: flag_from_env(FUSED_ATTENTION_ENV)?,
             pool: Arc::new(BufferPool::default()),
             pipelines: PipelineCache::default(),
             state: Mutex::new(Recording {
@@ -216,6 +242,35 @@ impl Gpu {
     pub fn with_kernel_class(mut self, class: KernelClass) -> Gpu {
         self.kernel_class = class;
         self
+    }
+
+    /// What this device's launch plans depend on besides the problem.
+    pub fn plan_target(&self) -> PlanTarget {
+        PlanTarget {
+            class: self.kernel_class,
+            compute_units: self.compute_units,
+            forced_tiling: self.forced_tiling,
+        }
+    }
+
+    /// This device with every tiled-class GEMM (convolutions, products) in `tiling` rather than
+    /// the one [`choose_tiling`] picks (`None`: the chooser's again): tests check each variant,
+    /// the sweep times each.
+    pub fn with_tiling(mut self, tiling: Option<GemmTiling>) -> Gpu {
+        self.forced_tiling = tiling;
+        self
+    }
+
+    /// This device with the GEMM families built with or without naga's runtime checks (see
+    /// [`UNCHECKED_ENV`]); the default comes from that variable.
+    pub fn with_unchecked_kernels(mut self, on: bool) -> Gpu {
+        self.unchecked = on;
+        self
+    }
+
+    /// Whether the GEMM families are built without runtime checks.
+    pub fn unchecked_kernels(&self) -> bool {
+        self.unchecked
     }
 
     /// This device with attention (and its gradient) always through the fused flash-style

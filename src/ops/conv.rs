@@ -3,7 +3,8 @@
 use super::{dims, ensure};
 use crate::error::{Error, Result};
 use crate::gpu::{
-    checked_u32, kernel_params, shaders, DType, Gpu, Kernel, KernelClass, Tensor, F16_WEIGHTS,
+    checked_u32, kernel_params, shaders, DType, GemmTiling, Gpu, Kernel, KernelClass, PlanTarget,
+    Tensor, F16_WEIGHTS, TILE_K,
 };
 
 kernel_params! {
@@ -16,21 +17,21 @@ kernel_params! {
         h_out: u32,
         w_out: u32,
         out_scale: f32,
+        c_in_pad: u32,
+        m_pad: u32,
+        k_chunk: u32,
+        splits: u32,
     }
 }
 
-/// conv2d.wgsl's (and conv2d_grad.wgsl's) `TILE` override: output rows and columns per
-/// workgroup.
-pub(super) const WIDE_TILE: u32 = 64;
-/// The tile for GEMMs of at most this many rows (channels written), so fewer tile rows sit idle.
-pub(super) const NARROW_TILE: u32 = 32;
-
-/// The tile for a convolution GEMM writing `rows` channels.
-pub(super) fn tile_for(rows: usize) -> u32 {
-    if rows <= NARROW_TILE as usize {
-        NARROW_TILE
-    } else {
-        WIDE_TILE
+kernel_params! {
+    pub(super) struct StageParams for CONV2D::StageParams {
+        c_out: u32,
+        c_in: u32,
+        taps: u32,
+        c_in_pad: u32,
+        m_pad: u32,
+        total: u32,
     }
 }
 
@@ -171,9 +172,7 @@ fn output_shape(
 }
 
 /// A convolution weight (C_out, C_in, KH, KW) held once, in the layout this device's forward
-/// kernel reads: as stored, or on the blocked class (f32, C_out % 4 = 0) transposed to
-/// (C_in·KH·KW, C_out), conv2d_blocked's WEIGHT_T layout, so that a block's rows under one tap
-/// are aligned vec4s. Layers make it at load, so the forward transposes nothing.
+/// kernel reads. Layers make it at load, so the forward rearranges nothing.
 #[derive(Clone, Debug)]
 pub struct ConvWeight {
     shape: [usize; 4],
@@ -184,7 +183,7 @@ pub struct ConvWeight {
 enum WeightLayout {
     Whole {
         tensor: Tensor,
-        transposed: bool,
+        stored: Stored,
     },
     /// Where the blocked kernel's channel loop cannot take every input channel within the
     /// device's loop budget (Stable Diffusion's 2,560-channel joins on llvmpipe): runs of input
@@ -193,38 +192,58 @@ enum WeightLayout {
     Split(Vec<(usize, ConvWeight)>),
 }
 
+/// How a whole weight's elements are arranged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stored {
+    /// As given, (C_out, C_in, KH, KW).
+    Oihw,
+    /// The blocked class (f32, C_out % 4 = 0): (C_in·KH·KW, C_out), conv2d_blocked's WEIGHT_T
+    /// layout, so that a block's rows under one tap are aligned vec4s.
+    Transposed,
+    /// The tiled class: tap-major (KH·KW, C_in_pad, M_pad) from conv2d.wgsl's `restage_weight`,
+    /// input channels padded to a multiple of [`TILE_K`] and output channels to one of 4.
+    TapMajor { c_in_pad: usize, m_pad: usize },
+}
+
 impl ConvWeight {
     pub fn new(gpu: &Gpu, weight: Tensor) -> Result<ConvWeight> {
         let shape = dims::<4>(&weight, OP, "weight")?;
         let [c_out, c_in, kh, kw] = shape;
-        if gpu.kernel_class() == KernelClass::Blocked {
-            if let Some(max) = max_blocked_channels(gpu, kh, kw).filter(|&max| c_in > max) {
-                let per = c_in.div_ceil(c_in.div_ceil(max.max(1)));
-                let mut runs = Vec::new();
-                for first in (0..c_in).step_by(per) {
-                    let part = super::slice_channels(gpu, &weight, first, per.min(c_in - first))?;
-                    runs.push((first, ConvWeight::new(gpu, part)?));
-                }
-                return Ok(ConvWeight {
-                    shape,
-                    layout: WeightLayout::Split(runs),
-                });
-            }
+        if gpu.kernel_class() == KernelClass::Tiled {
+            let (c_in_pad, m_pad) = (c_in.next_multiple_of(TILE_K), c_out.next_multiple_of(4));
+            let stored = Stored::TapMajor { c_in_pad, m_pad };
+            let staged = restage(gpu, &weight, shape, stored, false)?;
+            return Ok(ConvWeight {
+                shape,
+                layout: WeightLayout::Whole {
+                    tensor: staged,
+                    stored,
+                },
+            });
         }
-        let transposed = gpu.kernel_class() == KernelClass::Blocked
-            && c_out % 4 == 0
-            && weight.dtype() != DType::F16;
-        let tensor = match transposed {
+        if let Some(max) = max_blocked_channels(gpu, kh, kw).filter(|&max| c_in > max) {
+            let per = c_in.div_ceil(c_in.div_ceil(max.max(1)));
+            let mut runs = Vec::new();
+            for first in (0..c_in).step_by(per) {
+                let part = super::slice_channels(gpu, &weight, first, per.min(c_in - first))?;
+                runs.push((first, ConvWeight::new(gpu, part)?));
+            }
+            return Ok(ConvWeight {
+                shape,
+                layout: WeightLayout::Split(runs),
+            });
+        }
+        let (tensor, stored) = match c_out % 4 == 0 && weight.dtype() != DType::F16 {
             true => {
                 let k = c_in * kh * kw;
-                super::transpose_last2(gpu, &weight.reshape(&[1, c_out, k])?)?
-                    .reshape(&[k, c_out])?
+                let t = super::transpose_last2(gpu, &weight.reshape(&[1, c_out, k])?)?;
+                (t.reshape(&[k, c_out])?, Stored::Transposed)
             }
-            false => weight,
+            false => (weight, Stored::Oihw),
         };
         Ok(ConvWeight {
             shape,
-            layout: WeightLayout::Whole { tensor, transposed },
+            layout: WeightLayout::Whole { tensor, stored },
         })
     }
 
@@ -233,11 +252,11 @@ impl ConvWeight {
         self.shape
     }
 
-    /// The weight as stored, (C_out, C_in, KH, KW), transposed back where it is held
-    /// transposed and joined where it is held split: the input gradient reads it so.
+    /// The weight as stored, (C_out, C_in, KH, KW), rearranged back where it is held otherwise
+    /// and joined where it is held split: the input gradient reads it so.
     pub fn oihw(&self, gpu: &Gpu) -> Result<Tensor> {
-        let (tensor, transposed) = match &self.layout {
-            WeightLayout::Whole { tensor, transposed } => (tensor, *transposed),
+        let (tensor, stored) = match &self.layout {
+            WeightLayout::Whole { tensor, stored } => (tensor, *stored),
             WeightLayout::Split(runs) => {
                 let parts = runs
                     .iter()
@@ -246,13 +265,54 @@ impl ConvWeight {
                 return super::concat_channels(gpu, &parts.iter().collect::<Vec<_>>());
             }
         };
-        if !transposed {
-            return Ok(tensor.clone());
-        }
         let [c_out, c_in, kh, kw] = self.shape;
-        let k = c_in * kh * kw;
-        super::transpose_last2(gpu, &tensor.reshape(&[1, k, c_out])?)?.reshape(&self.shape)
+        match stored {
+            Stored::Oihw => Ok(tensor.clone()),
+            Stored::Transposed => {
+                let k = c_in * kh * kw;
+                super::transpose_last2(gpu, &tensor.reshape(&[1, k, c_out])?)?.reshape(&self.shape)
+            }
+            Stored::TapMajor { .. } => restage(gpu, tensor, self.shape, stored, true),
+        }
     }
+}
+
+/// conv2d.wgsl's `restage_weight`: an OIHW weight of `shape` into the tap-major layout `stored`,
+/// or with `unstage` the way back. An f16 weight stays f16 (the kernel's half variant, which
+/// needs the device's SHADER_F16).
+fn restage(
+    gpu: &Gpu,
+    from: &Tensor,
+    shape: [usize; 4],
+    stored: Stored,
+    unstage: bool,
+) -> Result<Tensor> {
+    let Stored::TapMajor { c_in_pad, m_pad } = stored else {
+        return Err(Error::Internal("restage: not a tap-major layout".into()));
+    };
+    let [c_out, c_in, kh, kw] = shape;
+    let u = |what, v| checked_u32(OP, what, v);
+    let out = match unstage {
+        true => gpu.empty_typed(&shape, from.dtype())?,
+        false => gpu.empty_typed(&[kh * kw * c_in_pad, m_pad], from.dtype())?,
+    };
+    let params = StageParams {
+        c_out: u("c_out", c_out)?,
+        c_in: u("c_in", c_in)?,
+        taps: u("taps", kh * kw)?,
+        c_in_pad: u("c_in_pad", c_in_pad)?,
+        m_pad: u("m_pad", m_pad)?,
+        total: u("weight elements", out.numel())?,
+    };
+    let f16 = from.dtype() == DType::F16;
+    let kernel = Kernel::new(&shaders::CONV2D, "restage_weight")
+        .flag("UNSTAGE", unstage)
+        .flag(F16_WEIGHTS, f16)
+        .half(f16);
+    // The input slot and the bias and residual slots take stand-ins: only the weight is read.
+    let grid = gpu.grid_1d(out.numel());
+    gpu.dispatch(&kernel, &params, &[from, from, from, from], &[&out], grid)?;
+    Ok(out)
 }
 
 /// A convolution as the planner sees it: what decides the kernel variant and its grid.
@@ -264,6 +324,7 @@ pub struct ConvProblem {
     pub c_out: usize,
     pub h_out: usize,
     pub w_out: usize,
+    pub kh: usize,
     pub kw: usize,
     pub stride: usize,
     pub pad_x: usize,
@@ -272,8 +333,9 @@ pub struct ConvProblem {
 /// Which conv2d.wgsl entry runs a problem.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvVariant {
-    /// The tiled implicit GEMM (GPU class): `tile` output channels and pixels per workgroup.
-    Tiled { tile: u32 },
+    /// The tiled implicit GEMM (GPU class) in this tiling; with split-K, `conv2d_partial` then
+    /// `conv2d_reduce`.
+    Tiled(GemmTiling),
     /// Register blocks (CPU class): 16 channels (32 when `wide`) × 8 pixels per invocation;
     /// `aligned` reads the input row window as vec4s.
     Blocked { aligned: bool, wide: bool },
@@ -281,27 +343,30 @@ pub enum ConvVariant {
     Row16,
 }
 
-/// A planned launch: the variant and its workgroup grid.
+/// A planned launch: the variant and its workgroup grid (split-K's first pass for a split
+/// tiling; its reduce covers the output one element per invocation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvLaunch {
     pub variant: ConvVariant,
     pub workgroups: [usize; 3],
 }
 
-/// The one place a convolution's kernel variant and grid are chosen, from the device's kernel
-/// class and the problem's shape alone (so it is tested on its own, per class).
-pub fn plan_conv2d(class: KernelClass, p: &ConvProblem) -> ConvLaunch {
+/// The one place a convolution's kernel variant and grid are chosen, from the device's plan
+/// target and the problem's shape alone (so it is tested on its own, per class).
+pub fn plan_conv2d(target: &PlanTarget, p: &ConvProblem) -> ConvLaunch {
     let pixels = p.batch * p.h_out * p.w_out;
-    match class {
+    match target.class {
         KernelClass::Tiled => {
-            let tile = tile_for(p.c_out);
+            let k = p.kh * p.kw * p.c_in.next_multiple_of(TILE_K);
+            let tiling = target.tiling(1, p.c_out, pixels, k);
+            let [x, y] = tiling.tiles(p.c_out, pixels);
+            let (_, splits) = tiling.k_slices(k);
             ConvLaunch {
-                variant: ConvVariant::Tiled { tile },
-                workgroups: [
-                    pixels.div_ceil(tile as usize),
-                    p.c_out.div_ceil(tile as usize),
-                    1,
-                ],
+                variant: ConvVariant::Tiled(GemmTiling {
+                    splits: splits as u32,
+                    ..tiling
+                }),
+                workgroups: [x, y, splits],
             }
         }
         KernelClass::Blocked => {
@@ -354,8 +419,8 @@ pub fn conv2d_prepared(
 ) -> Result<Tensor> {
     let [b, c_out, h_out, w_out] = output_shape(x, weight.shape, bias, &args)?;
     let [_, _, kh, kw] = weight.shape;
-    let (weight, weight_t) = match &weight.layout {
-        WeightLayout::Whole { tensor, transposed } => (tensor, *transposed),
+    let (weight, stored) = match &weight.layout {
+        WeightLayout::Whole { tensor, stored } => (tensor, *stored),
         WeightLayout::Split(runs) => return conv2d_split(gpu, x, runs, bias, args),
     };
     let [_, c_in, h, w] = dims::<4>(x, OP, "input")?;
@@ -368,28 +433,47 @@ pub fn conv2d_prepared(
         c_out,
         h_out,
         w_out,
+        kh,
         kw,
         stride: args.stride,
         pad_x: args.pad_hw().1,
     };
-    let launch = plan_conv2d(gpu.kernel_class(), &problem);
-    if matches!(
-        launch.variant,
-        ConvVariant::Blocked { .. } | ConvVariant::Row16
-    ) {
-        check_depth(gpu, c_in, kh, kw)?;
-    }
-    let kernel = match launch.variant {
-        ConvVariant::Tiled { tile } => Kernel::new(&shaders::CONV2D, "conv2d").with("TILE", tile),
-        ConvVariant::Row16 => {
-            Kernel::new(&shaders::CONV2D, "conv2d_blocked_row16").flag("WEIGHT_T", weight_t)
+    let launch = plan_conv2d(&gpu.plan_target(), &problem);
+    let weight_t = stored == Stored::Transposed;
+    let (kernel, (c_in_pad, m_pad), tiling) = match (launch.variant, stored) {
+        (ConvVariant::Tiled(tiling), Stored::TapMajor { c_in_pad, m_pad }) => {
+            let entry = match tiling.splits {
+                1 => "conv2d",
+                _ => "conv2d_partial",
+            };
+            let kernel = Kernel::new(&shaders::CONV2D, entry)
+                .with("TILE_M", tiling.tile_m)
+                .with("TILE_N", tiling.tile_n)
+                .with("BLOCK", tiling.block);
+            (kernel, (c_in_pad, m_pad), Some(tiling))
         }
-        ConvVariant::Blocked { aligned, wide } => Kernel::new(&shaders::CONV2D, "conv2d_blocked")
-            .flag("ALIGNED_ROWS", aligned)
-            .flag("WEIGHT_T", weight_t)
-            .flag("WIDE_BLOCK", wide),
+        (ConvVariant::Row16, _) => {
+            check_depth(gpu, c_in, kh, kw)?;
+            let kernel =
+                Kernel::new(&shaders::CONV2D, "conv2d_blocked_row16").flag("WEIGHT_T", weight_t);
+            (kernel, (c_in, c_out), None)
+        }
+        (ConvVariant::Blocked { aligned, wide }, _) => {
+            check_depth(gpu, c_in, kh, kw)?;
+            let kernel = Kernel::new(&shaders::CONV2D, "conv2d_blocked")
+                .flag("ALIGNED_ROWS", aligned)
+                .flag("WEIGHT_T", weight_t)
+                .flag("WIDE_BLOCK", wide);
+            (kernel, (c_in, c_out), None)
+        }
+        (ConvVariant::Tiled(_), _) => {
+            return Err(Error::Internal(format!(
+                "{OP}: a {stored:?} weight on the tiled class (made for another device)"
+            )))
+        }
     };
-    let workgroups = launch.workgroups;
+    let k_total = kh * kw * c_in_pad;
+    let (k_chunk, splits) = tiling.map_or((k_total, 1), |t| t.k_slices(k_total));
     let kernel = kernel
         .with("KH", u("kernel height", kh)?)
         .with("KW", u("kernel width", kw)?)
@@ -410,20 +494,29 @@ pub fn conv2d_prepared(
         h_out: u("h_out", h_out)?,
         w_out: u("w_out", w_out)?,
         out_scale: args.out_scale,
+        c_in_pad: u("c_in_pad", c_in_pad)?,
+        m_pad: u("m_pad", m_pad)?,
+        k_chunk: u("k_chunk", k_chunk)?,
+        splits: u("splits", splits)?,
     };
     let out = gpu.empty_typed(&[b, c_out, h_out, w_out], x.dtype())?;
-    gpu.dispatch(
-        &kernel,
-        &params,
-        &[
-            x,
-            weight,
-            bias.unwrap_or(weight),
-            args.residual.unwrap_or(x),
-        ],
-        &[&out],
-        workgroups,
-    )?;
+    let bias = bias.unwrap_or(weight);
+    let residual = args.residual.unwrap_or(x);
+    if splits == 1 {
+        let inputs = [x, weight, bias, residual];
+        gpu.dispatch(&kernel, &params, &inputs, &[&out], launch.workgroups)?;
+        return Ok(out);
+    }
+    // Split-K: the slices' f32 sums, then their sum through the epilogue.
+    let sums = gpu.empty(&[splits, c_out, b * h_out * w_out])?;
+    let inputs = [x, weight, bias, residual];
+    gpu.dispatch(&kernel, &params, &inputs, &[&sums], launch.workgroups)?;
+    let reduce = Kernel {
+        entry: "conv2d_reduce",
+        ..kernel
+    };
+    let inputs = [&sums, weight, bias, residual];
+    gpu.dispatch(&reduce, &params, &inputs, &[&out], gpu.grid_1d(out.numel()))?;
     Ok(out)
 }
 

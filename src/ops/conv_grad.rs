@@ -1,9 +1,12 @@
 //! The input gradient of [`conv2d`](super::conv2d) (conv2d_grad.wgsl).
 
-use super::conv::{tile_for, Conv2dArgs};
+use super::conv::Conv2dArgs;
 use super::{dims, ensure};
 use crate::error::Result;
-use crate::gpu::{checked_u32, kernel_params, shaders, DType, Gpu, Kernel, KernelClass, Tensor};
+use crate::gpu::{
+    checked_u32, kernel_params, shaders, DType, GemmTiling, Gpu, Kernel, KernelClass, PlanTarget,
+    Tensor,
+};
 
 kernel_params! {
     pub(super) struct ConvGradParams for CONV2D_GRAD::Params {
@@ -14,6 +17,8 @@ kernel_params! {
         c_out: u32,
         h_out: u32,
         w_out: u32,
+        k_chunk: u32,
+        splits: u32,
     }
 }
 
@@ -39,6 +44,13 @@ kernel_params! {
 }
 
 const OP: &str = "conv2d_input_grad";
+
+/// The square tile (input channels and pixels per workgroup, 4 × 4 per invocation) the tiled
+/// gradient takes on the blocked class, which reaches it only where the padding is as large as
+/// the kernel; conv2d_grad.wgsl's default `TILE_M`.
+pub(super) const WIDE_TILE: u32 = 64;
+/// That tile for gradients of at most this many input channels, so fewer tile rows sit idle.
+const NARROW_TILE: u32 = 32;
 
 /// dy' of conv2d_grad.wgsl's `dilate_pad`: dy (B, C_out, H_out, W_out) spread `stride` apart
 /// from (KH − 1 − pad, KW − 1 − pad) in zeros of (B, C_out, H + KH − 1, W + KW − 1).
@@ -93,31 +105,52 @@ pub enum ConvGradVariant {
     FlippedConv,
     /// The same of dy spread out in zeros (`dilate_pad`), for strided convolutions.
     FlippedConvOfSpread,
-    /// conv2d_grad.wgsl's tiled kernel, `tile` input channels and pixels per workgroup.
-    Tiled { tile: u32 },
+    /// conv2d_grad.wgsl's tiled GEMM in this tiling; with split-K, `conv2d_input_grad_partial`
+    /// then `conv2d_input_grad_reduce`.
+    Tiled(GemmTiling),
 }
 
-/// The one place the input gradient's variant is chosen: for a convolution with `c_in` input
-/// channels, kernel (KH, KW), padding, stride and extra bottom/right padding.
-pub fn plan_conv2d_input_grad(
-    class: KernelClass,
-    c_in: usize,
-    (kh, kw): (usize, usize),
-    pad: usize,
-    stride: usize,
-    pad_bottom_right: usize,
-) -> ConvGradVariant {
-    match class {
-        KernelClass::Blocked if pad < kh && pad < kw => {
-            match stride == 1 && pad_bottom_right == 0 {
+/// An input gradient as the planner sees it: the forward convolution's geometry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGradProblem {
+    pub batch: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub pad: usize,
+    pub stride: usize,
+    /// Extra bottom/right padding of the forward.
+    pub pad_bottom_right: usize,
+}
+
+/// The one place the input gradient's variant is chosen, from the device's plan target and the
+/// problem: a GEMM of C_in rows, B·H·W columns and C_out·KH·KW deep on the tiled class.
+pub fn plan_conv2d_input_grad(target: &PlanTarget, p: &ConvGradProblem) -> ConvGradVariant {
+    let k = p.c_out * p.kh * p.kw;
+    let tiling = match target.class {
+        KernelClass::Blocked if p.pad < p.kh && p.pad < p.kw => {
+            return match p.stride == 1 && p.pad_bottom_right == 0 {
                 true => ConvGradVariant::FlippedConv,
                 false => ConvGradVariant::FlippedConvOfSpread,
-            }
+            };
         }
-        _ => ConvGradVariant::Tiled {
-            tile: tile_for(c_in),
-        },
-    }
+        KernelClass::Blocked => {
+            let tile = if p.c_in <= NARROW_TILE as usize {
+                NARROW_TILE
+            } else {
+                WIDE_TILE
+            };
+            GemmTiling::shape((tile, tile, 4))
+        }
+        KernelClass::Tiled => target.tiling(1, p.c_in, p.batch * p.h * p.w, k),
+    };
+    ConvGradVariant::Tiled(GemmTiling {
+        splits: tiling.k_slices(k).1 as u32,
+        ..tiling
+    })
 }
 
 /// ∂⟨conv2d(x, weight, args), dy⟩/∂x for an input x of spatial size `input_hw`: dy (B, C_out,
@@ -166,15 +199,19 @@ pub fn conv2d_input_grad(
         )
     })?;
     let pad = args.padding;
-    let variant = plan_conv2d_input_grad(
-        gpu.kernel_class(),
+    let problem = ConvGradProblem {
+        batch: b,
         c_in,
-        (kh, kw),
+        h,
+        w,
+        c_out,
+        kh,
+        kw,
         pad,
-        args.stride,
-        args.pad_bottom_right,
-    );
-    let tile = match variant {
+        stride: args.stride,
+        pad_bottom_right: args.pad_bottom_right,
+    };
+    let tiling = match plan_conv2d_input_grad(&gpu.plan_target(), &problem) {
         ConvGradVariant::FlippedConv => {
             let as_conv = Conv2dArgs {
                 padding: kh - 1 - pad,
@@ -188,11 +225,18 @@ pub fn conv2d_input_grad(
             let spread = dilate_pad(gpu, dy, (h, w), (kh, kw), args.stride, pad)?;
             return super::conv2d(gpu, &spread, &flipped, None, Conv2dArgs::default());
         }
-        ConvGradVariant::Tiled { tile } => tile,
+        ConvGradVariant::Tiled(tiling) => tiling,
     };
+    let (k_chunk, splits) = tiling.k_slices(c_out * kh * kw);
     let u = |what, v| checked_u32(OP, what, v);
-    let kernel = Kernel::new(&shaders::CONV2D_GRAD, "conv2d_input_grad")
-        .with("TILE", tile)
+    let entry = match splits {
+        1 => "conv2d_input_grad",
+        _ => "conv2d_input_grad_partial",
+    };
+    let kernel = Kernel::new(&shaders::CONV2D_GRAD, entry)
+        .with("TILE_M", tiling.tile_m)
+        .with("TILE_N", tiling.tile_n)
+        .with("BLOCK", tiling.block)
         .with("KH", u("kernel height", kh)?)
         .with("KW", u("kernel width", kw)?)
         .with("STRIDE", u("stride", args.stride)?)
@@ -205,15 +249,23 @@ pub fn conv2d_input_grad(
         c_out: u("c_out", c_out)?,
         h_out: u("h_out", h_out)?,
         w_out: u("w_out", w_out)?,
+        k_chunk: u("k_chunk", k_chunk)?,
+        splits: u("splits", splits)?,
     };
     let dx = gpu.empty(&[b, c_in, h, w])?;
-    let n = b * h * w;
-    gpu.dispatch(
-        &kernel,
-        &params,
-        &[dy, weight],
-        &[&dx],
-        [n.div_ceil(tile as usize), c_in.div_ceil(tile as usize), 1],
-    )?;
+    let [x, y] = tiling.tiles(c_in, b * h * w);
+    if splits == 1 {
+        gpu.dispatch(&kernel, &params, &[dy, weight], &[&dx], [x, y, 1])?;
+        return Ok(dx);
+    }
+    // Split-K: the slices' sums, then their sum.
+    let sums = gpu.empty(&[splits, c_in, b * h * w])?;
+    gpu.dispatch(&kernel, &params, &[dy, weight], &[&sums], [x, y, splits])?;
+    let reduce = Kernel {
+        entry: "conv2d_input_grad_reduce",
+        ..kernel
+    };
+    let grid = gpu.grid_1d(dx.numel());
+    gpu.dispatch(&reduce, &params, &[&sums, weight], &[&dx], grid)?;
     Ok(dx)
 }

@@ -3,7 +3,8 @@
 use super::{dims, ensure};
 use crate::error::{Error, Result};
 use crate::gpu::{
-    checked_u32, kernel_params, shaders, DType, Gpu, Kernel, KernelClass, Tensor, F16_WEIGHTS,
+    checked_u32, kernel_params, shaders, DType, GemmTiling, Gpu, Kernel, KernelClass, PlanTarget,
+    Tensor, F16_WEIGHTS, TILE_K,
 };
 
 kernel_params! {
@@ -14,13 +15,11 @@ kernel_params! {
         batch_stride_a: u32,
         batch_stride_b: u32,
         batch_stride_c: u32,
+        k_chunk: u32,
+        splits: u32,
+        batch: u32,
     }
 }
-
-/// matmul.wgsl's `TILE`: rows and columns of C per workgroup.
-pub(super) const TILE: usize = 64;
-/// matmul.wgsl's `TILE_K`: depth of K staged per pass of its K loop.
-pub(super) const TILE_K: usize = 16;
 /// matmul.wgsl's `BLOCK_ROWS` and `BLOCK_COLS`: the block of C one invocation of
 /// `matmul_blocked` computes.
 pub(super) const BLOCK_ROWS: usize = 16;
@@ -68,16 +67,20 @@ pub struct MatmulProblem {
     pub trans_b: bool,
 }
 
-/// A planned launch: the matmul.wgsl entry point and its workgroup grid.
+/// A planned launch: the matmul.wgsl entry point, its workgroup grid, and for the tiled class
+/// its tiling (split-K's first pass when split; its reduce covers C one element per invocation)
+/// and whether it stages vec4s (`VEC4`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MatmulLaunch {
     pub entry: &'static str,
     pub workgroups: [usize; 3],
+    pub tiling: Option<GemmTiling>,
+    pub vec4: bool,
 }
 
-/// The one place a matrix product's kernel variant and grid are chosen, from the device's
-/// kernel class and the problem's shape alone.
-pub fn plan_matmul(class: KernelClass, p: &MatmulProblem) -> MatmulLaunch {
+/// The one place a matrix product's kernel variant and grid are chosen, from the device's plan
+/// target and the problem's shape alone.
+pub fn plan_matmul(target: &PlanTarget, p: &MatmulProblem) -> MatmulLaunch {
     let MatmulProblem {
         batch,
         m,
@@ -85,30 +88,37 @@ pub fn plan_matmul(class: KernelClass, p: &MatmulProblem) -> MatmulLaunch {
         k,
         trans_b,
     } = *p;
-    let (entry, workgroups) = match class {
-        // Both operands are contiguous along K when B is transposed: vec4 loads if K allows.
-        KernelClass::Tiled if trans_b && k % 4 == 0 => {
-            ("matmul_vec4", [n.div_ceil(TILE), m.div_ceil(TILE), batch])
-        }
-        KernelClass::Tiled => ("matmul", [n.div_ceil(TILE), m.div_ceil(TILE), batch]),
-        KernelClass::Blocked if !trans_b && k % 4 == 0 && n % 4 == 0 => (
-            "matmul_blocked_vec4",
-            [
-                n.div_ceil(VEC4_COLS * BLOCKED_WG),
-                m.div_ceil(BLOCK_ROWS),
-                batch,
-            ],
-        ),
-        KernelClass::Blocked => (
-            "matmul_blocked",
-            [
-                n.div_ceil(BLOCK_COLS * BLOCKED_WG),
-                m.div_ceil(BLOCK_ROWS),
-                batch,
-            ],
-        ),
+    let blocked = |entry, cols| MatmulLaunch {
+        entry,
+        workgroups: [n.div_ceil(cols * BLOCKED_WG), m.div_ceil(BLOCK_ROWS), batch],
+        tiling: None,
+        vec4: false,
     };
-    MatmulLaunch { entry, workgroups }
+    match target.class {
+        KernelClass::Tiled => {
+            let tiling = target.tiling(batch, m, n, k);
+            let [x, y] = tiling.tiles(m, n);
+            let (_, splits) = tiling.k_slices(k);
+            MatmulLaunch {
+                entry: if splits == 1 {
+                    "matmul"
+                } else {
+                    "matmul_partial"
+                },
+                workgroups: [x, y, batch * splits],
+                tiling: Some(GemmTiling {
+                    splits: splits as u32,
+                    ..tiling
+                }),
+                // Both operands along their contiguous axis in whole vec4s.
+                vec4: k % 4 == 0 && (trans_b || n % 4 == 0),
+            }
+        }
+        KernelClass::Blocked if !trans_b && k % 4 == 0 && n % 4 == 0 => {
+            blocked("matmul_blocked_vec4", VEC4_COLS)
+        }
+        KernelClass::Blocked => blocked("matmul_blocked", BLOCK_COLS),
+    }
 }
 
 /// C = A · op(B) (+ bias) over a batch: A (batch, M, K); B (N, K) when `trans_b` else (K, N),
@@ -155,7 +165,7 @@ pub(super) fn matmul_impl(
     }
     check_depth(gpu, k)?;
     let launch = plan_matmul(
-        gpu.kernel_class(),
+        &gpu.plan_target(),
         &MatmulProblem {
             batch,
             m,
@@ -164,12 +174,19 @@ pub(super) fn matmul_impl(
             trans_b,
         },
     );
-    let (entry, workgroups) = (launch.entry, launch.workgroups);
-    let kernel = Kernel::new(&shaders::MATMUL, entry)
+    let mut kernel = Kernel::new(&shaders::MATMUL, launch.entry)
         .flag("TRANS_B", trans_b)
         .flag("HAS_BIAS", bias.is_some())
         .flag(F16_WEIGHTS, b.dtype() == DType::F16)
         .half(a.dtype() == DType::F16);
+    if let Some(t) = launch.tiling {
+        kernel = kernel
+            .with("TILE_M", t.tile_m)
+            .with("TILE_N", t.tile_n)
+            .with("BLOCK", t.block)
+            .flag("VEC4", launch.vec4);
+    }
+    let (k_chunk, splits) = launch.tiling.map_or((k, 1), |t| t.k_slices(k));
     let u = |what, v| checked_u32(OP, what, v);
     let params = MatmulParams {
         m: u("m", m)?,
@@ -178,15 +195,25 @@ pub(super) fn matmul_impl(
         batch_stride_a: u("batch_stride_a", m * k)?,
         batch_stride_b: u("batch_stride_b", if b_batched { n * k } else { 0 })?,
         batch_stride_c: u("batch_stride_c", m * n)?,
+        k_chunk: u("k_chunk", k_chunk)?,
+        splits: u("splits", splits)?,
+        batch: u("batch", batch)?,
     };
     let out = gpu.empty_typed(&[batch, m, n], a.dtype())?;
-    gpu.dispatch(
-        &kernel,
-        &params,
-        &[a, b, bias.unwrap_or(b)],
-        &[&out],
-        workgroups,
-    )?;
+    let bias = bias.unwrap_or(b);
+    if splits == 1 {
+        gpu.dispatch(&kernel, &params, &[a, b, bias], &[&out], launch.workgroups)?;
+        return Ok(out);
+    }
+    // Split-K: the slices' f32 sums, then their sum (+ bias).
+    let sums = gpu.empty(&[batch * splits, m, n])?;
+    gpu.dispatch(&kernel, &params, &[a, b, bias], &[&sums], launch.workgroups)?;
+    let reduce = Kernel {
+        entry: "matmul_reduce",
+        ..kernel
+    };
+    let grid = gpu.grid_1d(out.numel());
+    gpu.dispatch(&reduce, &params, &[&sums, b, bias], &[&out], grid)?;
     Ok(out)
 }
 

@@ -29,7 +29,7 @@ pub use conv::{
     conv2d, conv2d_prepared, plan_conv2d, Conv2dArgs, ConvLaunch, ConvProblem, ConvVariant,
     ConvWeight,
 };
-pub use conv_grad::{conv2d_input_grad, plan_conv2d_input_grad, ConvGradVariant};
+pub use conv_grad::{conv2d_input_grad, plan_conv2d_input_grad, ConvGradProblem, ConvGradVariant};
 pub use cross_attention::{
     cross_attention, cross_attention_query_grad, cross_attention_saving, AttentionMask,
 };
@@ -107,6 +107,7 @@ mod tests {
     fn parameter_structs_mirror_the_wgsl_structs() {
         wgsl::assert_params_mirror::<attention::AttentionParams>();
         wgsl::assert_params_mirror::<conv::ConvParams>();
+        wgsl::assert_params_mirror::<conv::StageParams>();
         wgsl::assert_params_mirror::<elementwise::ElementwiseParams>();
         wgsl::assert_params_mirror::<elementwise::ResampleParams>();
         wgsl::assert_params_mirror::<embedding::EmbeddingParams>();
@@ -214,8 +215,8 @@ mod tests {
             (
                 &shaders::MATMUL,
                 &[
-                    ("TILE", matmul::TILE as u64),
-                    ("TILE_K", matmul::TILE_K as u64),
+                    ("TILE_K", crate::gpu::TILE_K as u64),
+                    ("WG", wg),
                     ("BLOCK_ROWS", matmul::BLOCK_ROWS as u64),
                     ("BLOCK_COLS", matmul::BLOCK_COLS as u64),
                     ("VEC4_COLS", matmul::VEC4_COLS as u64),
@@ -245,12 +246,17 @@ mod tests {
             ),
             (
                 &shaders::CONV2D_GRAD,
-                &[("TILE", conv::WIDE_TILE as u64), ("LINEAR_WG", wg)],
+                &[
+                    ("TILE_M", conv_grad::WIDE_TILE as u64),
+                    ("TILE_K", crate::gpu::TILE_K as u64),
+                    ("LINEAR_WG", wg),
+                ],
             ),
             (
                 &shaders::CONV2D,
                 &[
-                    ("TILE", conv::WIDE_TILE as u64),
+                    ("TILE_K", crate::gpu::TILE_K as u64),
+                    ("WG", wg),
                     ("BLOCK_ROWS", conv::BLOCK_ROWS as u64),
                     ("BLOCK_PIXELS", conv::BLOCK_PIXELS as u64),
                     ("ROW16_PIXELS", conv::ROW16_PIXELS as u64),

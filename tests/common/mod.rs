@@ -46,6 +46,44 @@ pub fn gpus() -> [&'static Gpu; 2] {
     [own, other]
 }
 
+/// The adapter under test with the tiled (GPU) class forced in each tiling the chooser may pick
+/// and the device sweep times (`gpu::TILE_SHAPES`), each whole and with K split 3 ways (uneven
+/// slices), the split ones built without naga's runtime checks (`Gpu::with_unchecked_kernels`):
+/// every variant meets the same references on whatever adapter runs the tests.
+pub fn tiled_variants() -> &'static [Gpu] {
+    static VARIANTS: OnceLock<Vec<Gpu>> = OnceLock::new();
+    VARIANTS.get_or_init(|| {
+        let mut variants = Vec::new();
+        for shape in wgsl_diff::gpu::TILE_SHAPES {
+            for splits in [1, 3] {
+                let tiling = wgsl_diff::gpu::GemmTiling {
+                    splits,
+                    ..wgsl_diff::gpu::GemmTiling::shape(shape)
+                };
+                let g = Gpu::new(&AdapterChoice::Default)
+                    .expect("the adapter opens again")
+                    .with_kernel_class(KernelClass::Tiled)
+                    .with_tiling(Some(tiling));
+                variants.push(match splits {
+                    1 => g,
+                    _ => g.with_unchecked_kernels(true),
+                });
+            }
+        }
+        variants
+    })
+}
+
+/// How a test names a device of [`tiled_variants`].
+pub fn tiled_variant(g: &Gpu) -> String {
+    let tiling = g.plan_target().forced_tiling.map(|t| t.label());
+    let checks = match g.unchecked_kernels() {
+        true => "unchecked",
+        false => "checked",
+    };
+    format!("{} {checks}", tiling.unwrap_or_default())
+}
+
 /// The adapter under test three ways for attention: both kernel classes (which run it as
 /// matmul, softmax, matmul where the scores fit) and the fused flash-style kernels forced
 /// ([`Gpu::with_fused_attention`]), so each path meets the same references.

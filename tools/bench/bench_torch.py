@@ -37,7 +37,10 @@ shapes, float32 and the same semantics:
 Each torch benchmark is warmed up, then timed --repeat times (time.perf_counter, with
 torch.cuda.synchronize on a GPU) and the median is reported, in float32 and (with --fp16, on by
 default on a GPU) again under torch.autocast(dtype=float16), the mixed precision the official
-code samples with. wgsl-diff's figure is the mean point
+code samples with. On CUDA the float32 figure is taken twice: with PyTorch's defaults (cuDNN
+convolutions in TF32, the official code's setting) and with TF32 off
+(torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False: float32
+throughout, as wgsl-diff computes); each ratio column says which it is against. wgsl-diff's figure is the mean point
 estimate from <criterion-dir>/<group>/<bench>/new/estimates.json (criterion writes it during
 `cargo bench`); a benchmark missing there is shown as "not run". The last column is
 torch time / wgsl-diff time, so a value above 1 means wgsl-diff is faster.
@@ -361,6 +364,18 @@ def precision(device, fp16):
     return torch.autocast(device_type=device.type, dtype=torch.float16)
 
 
+@contextlib.contextmanager
+def tf32_off():
+    """float32 as float32 on CUDA: cuDNN convolutions and cuBLAS matmuls without TF32 (PyTorch's
+    defaults run convolutions in TF32, a 10-bit mantissa), restoring the defaults after."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def time_it(fn, device, warmup, repeat, fp16=False):
     """Per-run wall times in ns of fn() after `warmup` untimed runs."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -435,7 +450,13 @@ def fmt_time(ns):
 
 def print_table(rows, header):
     fp16 = any(r.get("torch_fp16_ns") is not None for r in rows)
-    cols = ("benchmark", "wgsl-diff", "torch", "torch/wgsl-diff")
+    strict = any(r.get("torch_tf32_off_ns") is not None for r in rows)
+    # On CUDA each ratio says which PyTorch it is against: its defaults (TF32 convolutions) or
+    # float32 throughout (TF32 off).
+    cols = ("benchmark", "wgsl-diff", "torch defaults" if strict else "torch",
+            "defaults/wgsl-diff" if strict else "torch/wgsl-diff")
+    if strict:
+        cols += ("torch TF32 off", "TF32-off/wgsl-diff")
     if fp16:
         cols += ("torch fp16", "fp16/wgsl-diff")
     cells = []
@@ -446,9 +467,13 @@ def print_table(rows, header):
             wgsl = fmt_time(r["wgsl_diff_ns"])
             ratio = f"{r['ratio']:.3g}x" if r["ratio"] is not None else "-"
         cell = (r["name"], wgsl, fmt_time(r["torch_ns"]), ratio)
+        wgsl_ns = None if r["torch_only"] else r["wgsl_diff_ns"]
+        if strict:
+            off = r.get("torch_tf32_off_ns")
+            cell += (fmt_time(off) if off is not None else "-",
+                     f"{off / wgsl_ns:.3g}x" if off is not None and wgsl_ns else "-")
         if fp16:
             half = r.get("torch_fp16_ns")
-            wgsl_ns = None if r["torch_only"] else r["wgsl_diff_ns"]
             cell += (fmt_time(half) if half is not None else "-",
                      f"{half / wgsl_ns:.3g}x" if half is not None and wgsl_ns else "-")
         cells.append(cell)
@@ -507,9 +532,11 @@ def main():
 
     found = read_criterion(args.criterion_dir)
     if device.type == "cuda":
-        # PyTorch's defaults, as the official code runs: cuDNN convolutions in TF32.
-        where = (f"cuda ({torch.cuda.get_device_name(device)}; TF32 convolutions "
-                 f"{torch.backends.cudnn.allow_tf32}, matmuls {torch.backends.cuda.matmul.allow_tf32})")
+        # PyTorch's defaults, as the official code runs: cuDNN convolutions in TF32; every
+        # benchmark is timed again with TF32 off (float32 throughout, like wgsl-diff).
+        where = (f"cuda ({torch.cuda.get_device_name(device)}; defaults: TF32 convolutions "
+                 f"{torch.backends.cudnn.allow_tf32}, matmuls {torch.backends.cuda.matmul.allow_tf32}; "
+                 f"also timed with TF32 off)")
     else:
         where = f"cpu ({cpu_name()})"
     header = (f"torch {torch.__version__} on {where}, {torch.get_num_threads()} threads; "
@@ -524,12 +551,21 @@ def main():
         torch_ns = statistics.median(times)
         torch_only = name == SEQUENTIAL
         wgsl_ns = None if torch_only else criterion_mean_ns(args.criterion_dir, found, name)
+        strict = None
+        if device.type == "cuda":
+            with tf32_off():
+                strict = time_it(built[build][name], device, args.warmup, args.repeat)
+        strict_ns = statistics.median(strict) if strict else None
         half = time_it(built[build][name], device, args.warmup, args.repeat, True) if fp16 else None
         half_ns = statistics.median(half) if half else None
         rows.append(dict(name=name, torch_only=torch_only, wgsl_diff_ns=wgsl_ns, torch_ns=torch_ns,
                          ratio=torch_ns / wgsl_ns if wgsl_ns else None, torch_runs_ns=times,
+                         torch_tf32_off_ns=strict_ns,
+                         ratio_tf32_off=strict_ns / wgsl_ns if strict_ns and wgsl_ns else None,
+                         torch_tf32_off_runs_ns=strict,
                          torch_fp16_ns=half_ns, torch_fp16_runs_ns=half))
-        print(f"  {name}: torch {fmt_time(torch_ns)}"
+        print(f"  {name}: torch {'defaults ' if strict else ''}{fmt_time(torch_ns)}"
+              + (f", TF32 off {fmt_time(strict_ns)}" if strict else "")
               + (f", fp16 autocast {fmt_time(half_ns)}" if half else ""), flush=True)
     print()
     if rows:
