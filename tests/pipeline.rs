@@ -147,18 +147,7 @@ fn uncertainty_maps_match_an_independent_pytorch_implementation() {
             .unwrap()
             .x,
         );
-        for (i, (step, map)) in est.maps.iter().enumerate() {
-            assert_eq!(*step, i);
-            let (_, want) = st[&format!("maps/{name}/{i}")].clone();
-            let top = want.iter().fold(0f64, |m, &v| m.max(v.abs() as f64));
-            assert_close(
-                &format!("{name} map, step {i}"),
-                &read(map),
-                &to_f64(&want),
-                1e-4 * top,
-                1e-4,
-            );
-        }
+        common::assert_step_maps(&st, name, &est.maps);
         let batch = est.finish_batch(g).unwrap().unwrap();
         let (_, want_steps) = st[&format!("step_scores/{name}")].clone();
         for (i, (step, got)) in batch.step_scores.iter().enumerate() {

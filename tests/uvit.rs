@@ -202,18 +202,7 @@ fn dpm_solver_uncertainty_matches_an_independent_pytorch_implementation() {
             .x,
         );
         assert_eq!(est.maps.len(), steps);
-        for (i, (step, map)) in est.maps.iter().enumerate() {
-            assert_eq!(*step, i);
-            let (_, want) = st[&format!("maps/{name}/{i}")].clone();
-            let top = want.iter().fold(0f64, |m, &v| m.max(v.abs() as f64));
-            assert_close(
-                &format!("{name} map, step {i}"),
-                &read(map),
-                &to_f64(&want),
-                1e-4 * top,
-                1e-4,
-            );
-        }
+        common::assert_step_maps(&st, name, &est.maps);
         let (_, want) = st["final"].clone();
         let top = want.iter().fold(1f64, |m, &v| m.max(v.abs() as f64));
         assert_close(

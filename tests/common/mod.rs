@@ -354,3 +354,19 @@ pub fn with_config_edit(name: &str, (from, to): (&str, &str), out: &str) -> std:
     .unwrap();
     path
 }
+
+/// An uncertainty estimator's kept maps, one per step from step 0, against a fixture's
+/// `maps/{name}/{step}` within 1e-4 of the largest value (and 1e-4 relative).
+pub fn assert_step_maps(
+    st: &std::collections::HashMap<String, (Vec<usize>, Vec<f32>)>,
+    name: &str,
+    maps: &[(usize, wgsl_diff::gpu::Tensor)],
+) {
+    for (i, (step, map)) in maps.iter().enumerate() {
+        assert_eq!(*step, i);
+        let (_, want) = st[&format!("maps/{name}/{i}")].clone();
+        let top = want.iter().fold(0f64, |m, &v| m.max(v.abs() as f64));
+        let what = format!("{name} map, step {i}");
+        assert_close(&what, &read(map), &to_f64(&want), 1e-4 * top, 1e-4);
+    }
+}
