@@ -230,7 +230,7 @@ pub fn calibrate_with_progress(
         model: &*model,
         scheduler: &scheduler,
         noise: &noise,
-        labels: ClassLabels::new(model.num_classes(), request.class)?,
+        labels: ClassLabels::for_model(&*model, request.class)?,
         init_noise: None,
         decoder: &Identity,
         prompt: None,

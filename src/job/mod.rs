@@ -27,8 +27,7 @@ use crate::run_dir::{
     Pending, SampleRecord,
 };
 use crate::sampling::{
-    open_scheduler, ClassChoice, ClassGuidance, ClassLabels, FinishedBatch, InitNoise, Run,
-    Scheduler,
+    open_scheduler, ClassGuidance, ClassLabels, FinishedBatch, InitNoise, Run, Scheduler,
 };
 use crate::uncertainty::{
     known_misranking, UncertaintyBatch, UncertaintyConfig, UncertaintyEstimator,
@@ -140,17 +139,7 @@ impl<'g> SampleJob<'g> {
                 warnings.push(known.to_string());
             }
         }
-        if let (Some(ClassChoice::Fixed(class)), Some(null)) = (request.class, model.null_class()) {
-            if class == null {
-                return Err(Error::Invalid(format!(
-                    "class {class} is the model's null class, the unconditional row of \
-                     classifier-free guidance (--cfg-scale), not a class to draw: choose \
-                     0..{}",
-                    null.saturating_sub(1)
-                )));
-            }
-        }
-        let mut labels = ClassLabels::new(model.num_classes(), request.class)?;
+        let mut labels = ClassLabels::for_model(&*model, request.class)?;
         if let Some(scale) = request.class_cfg_scale {
             let null_class = model.null_class().ok_or_else(|| {
                 Error::Invalid(format!(

@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::models::Cond;
+use crate::models::{Cond, EpsModel};
 
 /// How a user chose the classes of a class-conditional run (`--class N` or `--class cycle`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,6 +75,22 @@ impl ClassLabels {
             choice,
             guidance: None,
         })
+    }
+
+    /// Labels for `model`'s classes ([`Self::new`]); a fixed class that is the model's null
+    /// class (the unconditional row of classifier-free guidance) is refused by name.
+    pub fn for_model(model: &dyn EpsModel, choice: Option<ClassChoice>) -> Result<ClassLabels> {
+        if let (Some(ClassChoice::Fixed(class)), Some(null)) = (choice, model.null_class()) {
+            if class == null {
+                return Err(Error::Invalid(format!(
+                    "class {class} is the model's null class, the unconditional row of \
+                     classifier-free guidance (--cfg-scale), not a class to draw: choose \
+                     0..{}",
+                    null.saturating_sub(1)
+                )));
+            }
+        }
+        ClassLabels::new(model.num_classes(), choice)
     }
 
     /// These labels guided toward their class away from `guidance.null_class`.
