@@ -102,6 +102,7 @@ impl Conv {
             kh: self.kernel,
             kw: self.kernel,
             stride: self.stride,
+            pad_y: self.args().padding,
             pad_x: self.args().padding,
         }
     }

@@ -46,7 +46,7 @@ override RELU: bool = false;
 // products and sums are f32 either way.
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<act>;
-// The weights as raw 32-bit words, decoded by `weight_at` (and `weight4_at`, `weight4_quad`).
+// The weights as raw 32-bit words, decoded by `weight_at` (and `weight4_quad`).
 @group(0) @binding(2) var<storage, read> weight: array<u32>;
 // Bindings 3 and 4 are only read when their flag is set; the host binds a stand-in otherwise.
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
@@ -64,12 +64,26 @@ override RELU: bool = false;
 // in f32; only the weight loads differ.
 override F16_WEIGHTS: bool = false;
 
-// Weight element i through the scalar view (restage_weight's).
+// Weight element i through the scalar view (restage_weight's and the blocked kernels').
 fn weight_at(i: u32) -> f32 {
     if F16_WEIGHTS {
         return unpack2x16float(weight[i / 2u])[i % 2u];
     }
     return bitcast<f32>(weight[i]);
+}
+
+// The weights seen as vec4s: the tiled kernels' view (an entry point may use one view of a
+// binding; buffers are padded to whole vec4s).
+@group(0) @binding(2) var<storage, read> weight4: array<vec4<u32>>;
+
+// Weight elements 4q .. 4q + 3 through the vec4 view.
+fn weight4_quad(q: u32) -> vec4<f32> {
+    if F16_WEIGHTS {
+        let w = weight4[q / 2u];
+        let pair = select(w.xy, w.zw, q % 2u == 1u);
+        return vec4<f32>(unpack2x16float(pair.x), unpack2x16float(pair.y));
+    }
+    return bitcast<vec4<f32>>(weight4[q]);
 }
 
 // The tiled kernels' staging state: the input pixel this invocation stages for its B column, and
@@ -272,13 +286,20 @@ fn epilogue(conv: f32, co: u32, idx: u32) -> f32 {
 // ---- conv2d_blocked: the variant for CPU adapters (see `KernelClass`) ----
 // No workgroup memory and no barriers (a CPU rasteriser runs a workgroup's invocations as SIMD
 // lanes of one thread, and a barrier is a coroutine switch). Each invocation computes a 16 x 8
-// block of the output held in registers: 16 output channels shared by the whole workgroup (so a
-// weight load has one address for all lanes, which the driver turns into one scalar load and a
-// broadcast) times 8 consecutive output pixels of one row (read per lane straight from
-// storage). 16 x 8 beat 8 x 8 by 1.4x on lavapipe. The block is written out rather than looped over: a loop, or an accumulator array
-// indexed by anything but literals, puts the accumulators in memory (measured 3x slower on
-// lavapipe). Only the input-channel and tap loops remain; the host checks them against the
-// device's loop budget.
+// block of the output held in registers: 16 output channels shared by the whole workgroup times
+// 8 consecutive output pixels of one row (read per lane straight from storage). 16 x 8 beat
+// 8 x 8 by 1.4x on lavapipe. The block is written out rather than looped over: a loop, or an
+// accumulator array indexed by anything but literals, puts the accumulators in memory (measured
+// 3x slower on lavapipe). Only the input-channel and tap loops remain; the host checks them
+// against the device's loop budget.
+//
+// The block's weights under a tap are the same for every lane, but lavapipe turns a storage
+// load inside a loop into a loop over the lanes, one scalar at a time, whether or not the
+// address is the same on all of them: a load costs per lane and component. So the lanes of a
+// subgroup share the loading (`tap_rows`): lane l loads rows l, l + LANES, ... and `lane_share`
+// hands each row to every lane (a subgroup shuffle by a constant lane: one vector permute).
+// LANES is the subgroup size (lanes_subgroup.wgsl, the `*_lanes` entry points), or 1 where the
+// device has no subgroups (lanes_off.wgsl: each invocation loads all its rows).
 const BLOCK_ROWS: u32 = 16u;
 // Set by the host: 32 output channels per invocation instead of 16 (twice the FMAs per input
 // load).
@@ -308,46 +329,30 @@ fn gather4(plane: u32, iy: i32, ix0: i32) -> vec4<f32> {
     );
 }
 
-// conv2d_blocked reads the weights through this view only. With WEIGHT_T the host passes them
-// transposed to (C_in·KH·KW, C_out) with C_out % 4 = 0, so a block's 16 rows under one tap are
-// four aligned vec4s with one address for all lanes (half the kernel's time went to 16 scalar
-// weight loads before); rows past C_out then read the next tap's weights, which are not stored.
-// With F16_WEIGHTS the host passes them as stored (WEIGHT_T off).
-@group(0) @binding(2) var<storage, read> weight4: array<vec4<u32>>;
+// Weight row `co` (clamped into C_out: rows past it are not stored) under tap k. With WEIGHT_T
+// the host passes the weights transposed to (C_in·KH·KW, C_out), so the rows a subgroup loads
+// under one tap are adjacent; with F16_WEIGHTS it passes them as stored (WEIGHT_T off).
 override WEIGHT_T: bool = false;
 
-// Weight element i through the vec4 view.
-fn weight4_at(i: u32) -> f32 {
-    if F16_WEIGHTS {
-        let word = i / 2u;
-        return unpack2x16float(weight4[word / 4u][word % 4u])[i % 2u];
-    }
-    return bitcast<f32>(weight4[i / 4u][i % 4u]);
-}
-
-// Weight elements 4q .. 4q + 3 through the vec4 view.
-fn weight4_quad(q: u32) -> vec4<f32> {
-    if F16_WEIGHTS {
-        let w = weight4[q / 2u];
-        let pair = select(w.xy, w.zw, q % 2u == 1u);
-        return vec4<f32>(unpack2x16float(pair.x), unpack2x16float(pair.y));
-    }
-    return bitcast<vec4<f32>>(weight4[q]);
-}
-
-// The 4 rows co .. co + 3 (co % 4 = 0) of the block under tap k.
-fn weights4(k: u32, co: u32, k_total: u32) -> vec4<f32> {
+fn weight_row(k: u32, co: u32, k_total: u32) -> f32 {
+    let c = min(co, p.c_out - 1u);
     if WEIGHT_T {
-        return weight4_quad((k * p.c_out + co) / 4u);
+        return weight_at(k * p.c_out + c);
     }
-    // Row-major (C_out, K): rows past C_out repeat the last one.
-    let last = p.c_out - 1u;
-    return vec4<f32>(
-        weight4_at(min(co, last) * k_total + k),
-        weight4_at(min(co + 1u, last) * k_total + k),
-        weight4_at(min(co + 2u, last) * k_total + k),
-        weight4_at(min(co + 3u, last) * k_total + k),
-    );
+    return weight_at(c * k_total + k);
+}
+
+// The 16 rows co0 .. co0 + 15 under tap k as this lane loads them for its subgroup: element j
+// is row co0 + lane + LANES·j, loaded for j < 16 / LANES (the others are never read). Row r
+// of the block is then `lane_share(w[r / LANES], r % LANES)`.
+fn tap_rows(k: u32, co0: u32, k_total: u32, lane: u32) -> array<f32, 16> {
+    var w: array<f32, 16>;
+//#for j in 0..16
+    if ${j}u < BLOCK_ROWS / LANES {
+        w[${j}] = weight_row(k, co0 + lane + LANES * ${j}u, k_total);
+    }
+//#end
+    return w;
 }
 
 // conv2d_blocked's fast path, set by the host when STRIDE = 1, W % 4 = 0, PAD_X ≤ 4 and
@@ -431,6 +436,54 @@ struct PixelBlock {
     valid: bool,
 }
 
+// Set by the host on row16 with KH = 3, PAD_Y = 1, STRIDE = 1, sharing input rows across the
+// subgroup: consecutive invocations take consecutive output rows of one column of blocks
+// (`column_block`), each loads only the input row under its own output row, and takes the rows
+// above and below from its neighbours in the subgroup where they hold them (`shared_rows`): a
+// third of the input loads.
+override SHARE_ROWS: bool = false;
+
+// pixel_block's blocks in column order: output rows fastest, then blocks along the row, then
+// images.
+fn column_block(wid: vec3<u32>, lid: vec3<u32>, pixels: u32) -> PixelBlock {
+    let x_blocks = (p.w_out + pixels - 1u) / pixels;
+    let n = wid.x * BLOCKED_WG + lid.x;
+    let column = n / p.h_out;
+    return PixelBlock(
+        min(column / x_blocks, p.batch - 1u),
+        n % p.h_out,
+        (column % x_blocks) * pixels,
+        n < p.batch * p.h_out * x_blocks,
+    );
+}
+
+// The windows (row_window6) of input rows iy0, iy0 + 1 and iy0 + 2 of `plane` for a lane whose
+// output row is iy0 + 1 (SHARE_ROWS): the middle one loaded, the outer ones from the lanes before
+// and after where `above` and `below` say they hold them (their output rows are this one's
+// neighbours in the same column), else loaded.
+struct SharedRows {
+    up: array<vec4<f32>, 6>,
+    mid: array<vec4<f32>, 6>,
+    down: array<vec4<f32>, 6>,
+}
+
+fn shared_rows(plane: u32, iy0: i32, ox0: u32, above: bool, below: bool) -> SharedRows {
+    let mid = row_window6(plane, iy0 + 1, ox0);
+    var up: array<vec4<f32>, 6>;
+    var down: array<vec4<f32>, 6>;
+//#for q in 0..6
+    up[${q}] = lane_before(mid[${q}]);
+    down[${q}] = lane_after(mid[${q}]);
+//#end
+    if !above {
+        up = row_window6(plane, iy0, ox0);
+    }
+    if !below {
+        down = row_window6(plane, iy0 + 2, ox0);
+    }
+    return SharedRows(up, mid, down);
+}
+
 fn pixel_block(wid: vec3<u32>, lid: vec3<u32>, pixels: u32) -> PixelBlock {
     let x_blocks = (p.w_out + pixels - 1u) / pixels;
     let n = wid.x * BLOCKED_WG + lid.x;
@@ -444,6 +497,11 @@ fn pixel_block(wid: vec3<u32>, lid: vec3<u32>, pixels: u32) -> PixelBlock {
 
 @compute @workgroup_size(BLOCKED_WG, 1, 1)
 fn conv2d_blocked(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    blocked_conv(lid, wid, 0u);
+}
+
+// conv2d_blocked's body; `lane` is the invocation's lane in its subgroup (0 without LANES).
+fn blocked_conv(lid: vec3<u32>, wid: vec3<u32>, lane: u32) {
     let co0 = wid.y * select(BLOCK_ROWS, 2u * BLOCK_ROWS, WIDE_BLOCK);
     let block = pixel_block(wid, lid, BLOCK_PIXELS);
     let b = block.b;
@@ -480,20 +538,18 @@ fn conv2d_blocked(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgro
                     xh = gather4(plane, iy0 + i32(ky), ix0 + i32(kx + 4u * STRIDE));
                 }
                 let k = ci * taps + ky * KW + kx;
-//#for q in 0..4
-                let wq${q} = weights4(k, co0 + ${4*q}u, k_total);
-//#for i in 0..4
-                lo${4*q+i} += wq${q}.${xyzw i} * xl;
-                hi${4*q+i} += wq${q}.${xyzw i} * xh;
-//#end
+                let w = tap_rows(k, co0, k_total, lane);
+//#for r in 0..16
+                let w${r} = lane_share(w[${r}u / LANES], ${r}u % LANES);
+                lo${r} += w${r} * xl;
+                hi${r} += w${r} * xh;
 //#end
                 if WIDE_BLOCK {
-//#for q in 4..8
-                    let wq${q} = weights4(k, co0 + ${4*q}u, k_total);
-//#for i in 0..4
-                    lo${4*q+i} += wq${q}.${xyzw i} * xl;
-                    hi${4*q+i} += wq${q}.${xyzw i} * xh;
-//#end
+                    let v = tap_rows(k, co0 + BLOCK_ROWS, k_total, lane);
+//#for r in 0..16
+                    let v${r} = lane_share(v[${r}u / LANES], ${r}u % LANES);
+                    lo${r + 16} += v${r} * xl;
+                    hi${r + 16} += v${r} * xh;
 //#end
                 }
             }
@@ -512,13 +568,13 @@ fn conv2d_blocked(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgro
     }
 }
 
-// ---- conv2d_blocked_row16: 16 output channels x 16 pixels per invocation ----
-// conv2d_blocked's aligned-row path with W % 16 = 0 (stride 1, PAD_X <= 4, KW <= PAD_X + 5): per
-// tap row six vec4s of input (columns ox0 - 4 .. ox0 + 19, ox0 a multiple of 16) feed 16 x 16
-// multiply-adds per tap. As many accumulators as WIDE_BLOCK's 32 x 8, but half the weight loads
-// per multiply-add and fewer window loads: 16 % faster on the 128 -> 128 bench conv (90 % of the
-// SGEMM ceiling against 73 %).
+// ---- conv2d_blocked_row16: 16 output channels (32 with WIDE_BLOCK) x 16 pixels per invocation ----
+// conv2d_blocked's aligned-row path with W % 16 = 0 (stride 1, PAD_X <= 4, KW <= PAD_X + 5) and
+// at most ROW16_TAPS taps per kernel row: per kernel row six vec4s of input (columns ox0 - 4 ..
+// ox0 + 19, ox0 a multiple of 16) feed 16 x 16 multiply-adds per tap, and each accumulator takes
+// the row's taps in one update (`row_taps`). With SHARE_ROWS the rows come from the subgroup.
 const ROW16_PIXELS: u32 = 16u;
+const ROW16_TAPS: u32 = 3u;
 
 // Input row `iy` of `plane`: the six vec4s from column ox0 - 4 (ox0 a multiple of 16).
 fn row_window6(plane: u32, iy: i32, ox0: u32) -> array<vec4<f32>, 6> {
@@ -528,16 +584,47 @@ fn row_window6(plane: u32, iy: i32, ox0: u32) -> array<vec4<f32>, 6> {
                                row_quad(row, q + 3), row_quad(row, q + 4), row_quad(row, q + 5));
 }
 
+// `acc` plus the products of a kernel row's taps 0 .. KW - 1 (KW ≤ 3), (weight wt, input
+// quad xt) for tap t, as fused multiply-adds. An accumulator is written back once per kernel
+// row, not once per tap: lavapipe writes a value carried around a loop back under the lanes'
+// mask (a load, a blend and a store of a spilled register), which cost more than the products
+// when it followed every tap.
+fn row_taps(acc: vec4<f32>, w0: f32, x0: vec4<f32>, w1: f32, x1: vec4<f32>, w2: f32,
+            x2: vec4<f32>) -> vec4<f32> {
+    var sum = fma(vec4<f32>(w0), x0, acc);
+    if KW > 1u {
+        sum = fma(vec4<f32>(w1), x1, sum);
+    }
+    if KW > 2u {
+        sum = fma(vec4<f32>(w2), x2, sum);
+    }
+    return sum;
+}
+
 @compute @workgroup_size(BLOCKED_WG, 1, 1)
 fn conv2d_blocked_row16(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    let co0 = wid.y * BLOCK_ROWS;
-    let block = pixel_block(wid, lid, ROW16_PIXELS);
+    row16_conv(lid, wid, 0u);
+}
+
+// conv2d_blocked_row16's body; `lane` as in `blocked_conv`.
+fn row16_conv(lid: vec3<u32>, wid: vec3<u32>, lane: u32) {
+    let co0 = wid.y * select(BLOCK_ROWS, 2u * BLOCK_ROWS, WIDE_BLOCK);
+    var block = pixel_block(wid, lid, ROW16_PIXELS);
+    if SHARE_ROWS {
+        block = column_block(wid, lid, ROW16_PIXELS);
+    }
+    // With SHARE_ROWS: whether the lanes before and after hold the output rows above and below
+    // in this column (the subgroup's first and last lanes, and columns' ends, load their own).
+    let column = (block.b * p.w_out + block.ox0) * p.h_out;
+    let here = column + block.oy;
+    let above = lane > 0u && lane_before_u32(here) + 1u == here && block.oy > 0u;
+    let below = lane + 1u < LANES && lane_after_u32(here) == here + 1u && block.oy + 1u < p.h_out;
     let b = block.b;
     let oy = block.oy;
     let ox0 = block.ox0;
     let taps = KH * KW;
     let k_total = p.c_in * taps;
-//#for r in 0..16
+//#for r in 0..32
 //#for j in 0..4
     var a${r}_${j} = vec4<f32>(0.0);
 //#end
@@ -545,27 +632,57 @@ fn conv2d_blocked_row16(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(w
     let iy0 = i32(oy * STRIDE) - i32(PAD_Y);
     for (var ci = 0u; ci < p.c_in; ci++) {
         let plane = (b * p.c_in + ci) * p.h * p.w;
+        var rows: SharedRows;
+        if SHARE_ROWS {
+            rows = shared_rows(plane, iy0, ox0, above, below);
+        }
         for (var ky = 0u; ky < KH; ky++) {
-            let win = row_window6(plane, iy0 + i32(ky), ox0);
+            var win: array<vec4<f32>, 6>;
+            if SHARE_ROWS {
+                win = rows.mid;
+                if ky == 0u {
+                    win = rows.up;
+                }
+                if ky == 2u {
+                    win = rows.down;
+                }
+            } else {
+                win = row_window6(plane, iy0 + i32(ky), ox0);
+            }
             let in0 = win[0];
             let in1 = win[1];
             let in2 = win[2];
             let in3 = win[3];
             let in4 = win[4];
             let in5 = win[5];
-            for (var kx = 0u; kx < KW; kx++) {
-                let s = kx + 4u - PAD_X;
-                let x0 = window4(in0, in1, in2, s);
-                let x1 = window4(in1, in2, in3, s);
-                let x2 = window4(in2, in3, in4, s);
-                let x3 = window4(in3, in4, in5, s);
-                let k = ci * taps + ky * KW + kx;
-//#for q in 0..4
-                let wq${q} = weights4(k, co0 + ${4*q}u, k_total);
-//#for i in 0..4
-//#for j in 0..4
-                a${4*q+i}_${j} += wq${q}.${xyzw i} * x${j};
+            // The row's taps kx = t < KW, written out: tap t's input quads and weight rows.
+            let k = ci * taps + ky * KW;
+//#for t in 0..3
+            let s${t} = ${t}u + 4u - PAD_X;
+            let x${t}_0 = window4(in0, in1, in2, s${t});
+            let x${t}_1 = window4(in1, in2, in3, s${t});
+            let x${t}_2 = window4(in2, in3, in4, s${t});
+            let x${t}_3 = window4(in3, in4, in5, s${t});
+            let w${t} = tap_rows(min(k + ${t}u, k_total - 1u), co0, k_total, lane);
 //#end
+//#for r in 0..16
+//#for t in 0..3
+            let w${t}_${r} = lane_share(w${t}[${r}u / LANES], ${r}u % LANES);
+//#end
+//#for j in 0..4
+            a${r}_${j} = row_taps(a${r}_${j}, w0_${r}, x0_${j}, w1_${r}, x1_${j}, w2_${r}, x2_${j});
+//#end
+//#end
+            if WIDE_BLOCK {
+//#for t in 0..3
+                let v${t} = tap_rows(min(k + ${t}u, k_total - 1u), co0 + BLOCK_ROWS, k_total, lane);
+//#end
+//#for r in 0..16
+//#for t in 0..3
+                let v${t}_${r} = lane_share(v${t}[${r}u / LANES], ${r}u % LANES);
+//#end
+//#for j in 0..4
+                a${r + 16}_${j} = row_taps(a${r + 16}_${j}, v0_${r}, x0_${j}, v1_${r}, x1_${j}, v2_${r}, x2_${j});
 //#end
 //#end
             }
@@ -578,4 +695,10 @@ fn conv2d_blocked_row16(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(w
     store_row(b, co0 + ${r}u, oy, ox0, a${r}_0, a${r}_1);
     store_row(b, co0 + ${r}u, oy, ox0 + 8u, a${r}_2, a${r}_3);
 //#end
+    if WIDE_BLOCK {
+//#for r in 16..32
+        store_row(b, co0 + ${r}u, oy, ox0, a${r}_0, a${r}_1);
+        store_row(b, co0 + ${r}u, oy, ox0 + 8u, a${r}_2, a${r}_3);
+//#end
+    }
 }

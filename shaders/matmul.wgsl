@@ -230,9 +230,8 @@ fn matmul_reduce(@builtin(global_invocation_id) gid: vec3<u32>,
 
 // ---- matmul_blocked: the variant for CPU adapters (see `KernelClass`) ----
 // No workgroup memory and no barriers; each invocation computes a 16 x 8 block of C in
-// registers: 16 rows shared by the whole workgroup (an A load has one address for all lanes:
-// one scalar load and a broadcast on a CPU rasteriser) times 8 consecutive columns of its own
-// (gathered per lane from B). The block is written out: a loop over it, or an accumulator array
+// registers: 16 rows shared by the whole workgroup (loaded across the subgroup, see `a_rows`)
+// times 8 consecutive columns of its own (gathered per lane from B). The block is written out: a loop over it, or an accumulator array
 // indexed by anything but literals, would keep the accumulators in memory. Any M, N, K and
 // either B layout; one K loop, checked by the host against the device's loop budget.
 const BLOCK_ROWS: u32 = 16u;
@@ -266,17 +265,41 @@ fn store_row(base: u32, row: u32, col0: u32, lo: vec4<f32>, hi: vec4<f32>) {
     }
 }
 
+// Rows of A this lane loads for its subgroup under column kk: element j is row m0 + lane +
+// LANES·j (offset `rows[j]` into A), loaded for j < 16 / LANES; row r of the block is then
+// `lane_share(v[r / LANES], r % LANES)` (see conv2d.wgsl's conv2d_blocked).
+fn a_rows(rows: array<u32, 16>, kk: u32) -> array<f32, 16> {
+    var v: array<f32, 16>;
+//#for j in 0..16
+    if ${j}u < BLOCK_ROWS / LANES {
+        v[${j}] = f32(a[rows[${j}] + kk]);
+    }
+//#end
+    return v;
+}
+
+// The offsets in A (in elements of the view read, whose rows are `row_len` long) of the rows
+// this lane loads: rows past M repeat the last one and are not stored.
+fn lane_rows(base: u32, m0: u32, lane: u32, row_len: u32) -> array<u32, 16> {
+    let last = p.m - 1u;
+    var rows: array<u32, 16>;
+//#for j in 0..16
+    rows[${j}] = base + min(m0 + lane + LANES * ${j}u, last) * row_len;
+//#end
+    return rows;
+}
+
 @compute @workgroup_size(BLOCKED_WG, 1, 1)
 fn matmul_blocked(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    blocked_matmul(lid, wid, 0u);
+}
+
+// matmul_blocked's body; `lane` is the invocation's lane in its subgroup (0 without LANES).
+fn blocked_matmul(lid: vec3<u32>, wid: vec3<u32>, lane: u32) {
     let m0 = wid.y * BLOCK_ROWS;
     let col0 = (wid.x * BLOCKED_WG + lid.x) * BLOCK_COLS;
-    let base_a = wid.z * p.batch_stride_a;
     let base_b = wid.z * p.batch_stride_b;
-    // Rows of A; rows past M repeat the last one and are not stored.
-    let last = p.m - 1u;
-//#for r in 0..16
-    let a${r} = base_a + min(m0 + ${r}u, last) * p.k;
-//#end
+    let rows = lane_rows(wid.z * p.batch_stride_a, m0, lane, p.k);
 //#for r in 0..16
     var lo${r} = vec4<f32>(0.0);
     var hi${r} = vec4<f32>(0.0);
@@ -286,8 +309,9 @@ fn matmul_blocked(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgro
                            b_at(base_b, kk, col0 + 2u), b_at(base_b, kk, col0 + 3u));
         let bh = vec4<f32>(b_at(base_b, kk, col0 + 4u), b_at(base_b, kk, col0 + 5u),
                            b_at(base_b, kk, col0 + 6u), b_at(base_b, kk, col0 + 7u));
+        let own = a_rows(rows, kk);
 //#for r in 0..16
-        let v${r} = f32(a[a${r} + kk]);
+        let v${r} = lane_share(own[${r}u / LANES], ${r}u % LANES);
         lo${r} += v${r} * bl;
         hi${r} += v${r} * bh;
 //#end
@@ -300,7 +324,7 @@ fn matmul_blocked(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgro
 
 // ---- matmul_blocked_vec4: matmul_blocked's fast path (B as (K, N), K and N multiples of 4) ----
 // Each invocation computes 16 rows x 16 columns as four vec4s per row: per 4 steps of K, 16
-// uniform vec4 loads of A and 16 vec4 loads of B feed 1024 multiply-adds. Row r's accumulator
+// vec4s of A (16 / LANES loads per lane) and 16 vec4 loads of B feed 1024 multiply-adds. Row r's accumulator
 // is a mat4x4 whose column j holds columns 4j .. 4j + 3 of the invocation's 16; with
 // Bj = (B[k], .., B[k + 3]) restricted to those columns, it gains Bj · A[r, k .. k + 3].
 // The B-side vec4 view is declared above (`b4`); C is written as scalars.
@@ -333,18 +357,30 @@ fn store_vec4_row(base: u32, row: u32, col0: u32, acc: mat4x4<f32>) {
     }
 }
 
+// a_rows through the vec4 view: four steps of K from quad k4.
+fn a_rows4(rows: array<u32, 16>, k4: u32) -> array<vec4<f32>, 16> {
+    var v: array<vec4<f32>, 16>;
+//#for j in 0..16
+    if ${j}u < BLOCK_ROWS / LANES {
+        v[${j}] = vec4<f32>(a4[rows[${j}] + k4]);
+    }
+//#end
+    return v;
+}
+
 @compute @workgroup_size(BLOCKED_WG, 1, 1)
 fn matmul_blocked_vec4(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    blocked_matmul_vec4(lid, wid, 0u);
+}
+
+// matmul_blocked_vec4's body; `lane` as in `blocked_matmul`.
+fn blocked_matmul_vec4(lid: vec3<u32>, wid: vec3<u32>, lane: u32) {
     let m0 = wid.y * BLOCK_ROWS;
     let col0 = (wid.x * BLOCKED_WG + lid.x) * VEC4_COLS;
     let k4s = p.k / 4u;
-    let base_a4 = wid.z * p.batch_stride_a / 4u;
     let base_b4 = wid.z * p.batch_stride_b / 4u;
     let base_c = wid.z * p.batch_stride_c;
-    let last = p.m - 1u;
-//#for r in 0..16
-    let ra${r} = base_a4 + min(m0 + ${r}u, last) * k4s;
-//#end
+    let rows = lane_rows(wid.z * p.batch_stride_a / 4u, m0, lane, k4s);
 //#for r in 0..16
     var c${r} = mat4x4<f32>();
 //#end
@@ -353,8 +389,9 @@ fn matmul_blocked_vec4(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(wo
         let b1 = b_rows(base_b4, 4u * k4, col0 / 4u + 1u);
         let b2 = b_rows(base_b4, 4u * k4, col0 / 4u + 2u);
         let b3 = b_rows(base_b4, 4u * k4, col0 / 4u + 3u);
+        let own = a_rows4(rows, k4);
 //#for r in 0..16
-        let v${r} = vec4<f32>(a4[ra${r} + k4]);
+        let v${r} = lane_share4(own[${r}u / LANES], ${r}u % LANES);
         c${r} += mat4x4<f32>(b0 * v${r}, b1 * v${r}, b2 * v${r}, b3 * v${r});
 //#end
     }

@@ -7,8 +7,8 @@ mod common;
 
 use common::attention_case::AttentionCase;
 use common::{
-    assert_close, attention_gpus, conv_out_hw, conv_out_len, gpu, gpus, read, read_from,
-    reference as r, tiled_variant, tiled_variants, to_f64, upload, upload_to, ConvCase, Rng,
+    assert_close, attention_gpus, conv_out_hw, conv_out_len, gemm_gpu, gemm_gpus, gpu, gpus, read,
+    read_from, reference as r, tiled_variants, to_f64, upload, upload_to, ConvCase, Rng,
     CONV_CASES,
 };
 use wgsl_diff::gpu::{AdapterChoice, Gpu, KernelClass};
@@ -204,14 +204,13 @@ fn conv2d_input_grad_matches_reference() {
         };
         let (ho, wo) = conv_out_hw(case);
         let variants = if i % 3 == 0 { tiled_variants() } else { &[] };
-        for g in gpus().into_iter().chain(variants) {
+        for g in gemm_gpus().into_iter().chain(variants) {
             let dy_t = upload_to(g, &dy, &[b, co, ho, wo]);
             let wt_t = upload_to(g, &wt, &[co, ci, k, k]);
             let dx = ops::conv2d_input_grad(g, &dy_t, &wt_t, (h, w), args).unwrap();
             assert_eq!(dx.shape(), [b, ci, h, w]);
-            let class = g.kernel_class();
             assert_close(
-                &format!("conv2d_input_grad {class:?} {} {case:?}", tiled_variant(g)),
+                &format!("conv2d_input_grad {} {case:?}", gemm_gpu(g)),
                 &read_from(g, &dx),
                 &want,
                 1e-5,

@@ -6,8 +6,8 @@
 mod common;
 
 use common::{
-    assert_close, fixture, gpu, gpus, read_from, read_safetensors, reference as r, to_f64,
-    upload_to, Rng, CONV_CASES,
+    assert_close, fixture, gemm_gpu, gemm_gpus, gpu, read_from, read_safetensors, reference as r,
+    to_f64, upload_to, Rng, CONV_CASES,
 };
 use half::f16;
 use std::path::Path;
@@ -37,7 +37,7 @@ fn conv2d_with_f16_weights_matches_reference() {
             pad_bottom_right: extra,
             ..Default::default()
         };
-        for g in gpus() {
+        for g in gemm_gpus() {
             let (w16, w64) = halves(g, &wt, &[co, ci, k, k]);
             let (want, ho, wo) = r::conv2d(
                 &to_f64(&x),
@@ -59,8 +59,8 @@ fn conv2d_with_f16_weights_matches_reference() {
             .unwrap();
             assert_eq!(y.shape(), [b, co, ho, wo]);
             let what = format!(
-                "f16-weight conv2d {:?} {:?}",
-                g.kernel_class(),
+                "f16-weight conv2d {} {:?}",
+                gemm_gpu(g),
                 (b, ci, h, w, co, k, stride, pad, extra)
             );
             assert_close(&what, &read_from(g, &y), &want, 1e-5, 1e-4);
@@ -94,8 +94,8 @@ fn matmul_and_linear_with_f16_weights_match_reference() {
                 vec![r, c]
             }
         };
-        for g in gpus() {
-            let what = |op| format!("f16 {op} {:?} {:?}", g.kernel_class(), (batch, m, k, n));
+        for g in gemm_gpus() {
+            let what = |op| format!("f16 {op} {} {:?}", gemm_gpu(g), (batch, m, k, n));
             let a_gpu = upload_to(g, &a, &[batch, m, k]);
             let (b16, b64) = halves(g, &b, &b_shape(k, n));
             let (w16, w64) = halves(g, &wt, &b_shape(n, k));

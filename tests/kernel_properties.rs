@@ -6,7 +6,8 @@
 mod common;
 
 use common::{
-    assert_close, gpu, gpus, read, read_from, reference as r, to_f64, upload, upload_to, Rng,
+    assert_close, gemm_gpu, gemm_gpus, gpu, read, read_from, reference as r, to_f64, upload,
+    upload_to, Rng,
 };
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use wgsl_diff::ops::{self, Conv2dArgs, NoiseKey, StepCoeffs, UncertaintyMode};
@@ -107,7 +108,7 @@ fn conv2d_on_random_shapes() {
                 *v = (*v + *r as f64) * out_scale as f64;
             }
         }
-        for g in gpus() {
+        for g in gemm_gpus() {
             let residual = upload_to(g, &res, &[b, co, ho, wo]);
             let args = Conv2dArgs {
                 stride,
@@ -125,7 +126,7 @@ fn conv2d_on_random_shapes() {
                 args,
             )
             .unwrap();
-            let what = format!("conv2d {:?} {shape:?}", g.kernel_class());
+            let what = format!("conv2d {} {shape:?}", gemm_gpu(g));
             assert_eq!(y.shape(), [b, co, ho, wo], "{what}");
             assert_close(&what, &read_from(g, &y), &want, 1e-5, 1e-4);
         }
@@ -165,8 +166,8 @@ fn matmul_and_linear_on_random_shapes() {
         let bias = d.coin().then(|| rng.vec(n));
         let bias64 = bias.as_deref().map(to_f64);
         let want_linear = r::matmul(&a64, &to_f64(&wt), batch, m, k, n, true, bias64.as_deref());
-        for g in gpus() {
-            let what = |op| format!("{op} {:?} {shape:?}", g.kernel_class());
+        for g in gemm_gpus() {
+            let what = |op| format!("{op} {} {shape:?}", gemm_gpu(g));
             let a_gpu = upload_to(g, &a, &[batch, m, k]);
             let y = ops::matmul(g, &a_gpu, &upload_to(g, &b, b_shape)).unwrap();
             assert_close(&what("matmul"), &read_from(g, &y), &want_mm, 1e-5, 1e-4);

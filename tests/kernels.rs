@@ -3,8 +3,8 @@
 mod common;
 
 use common::{
-    assert_close, attention_gpus, attention_path, gpu, gpus, read, read_from, reference as r,
-    tiled_variant, tiled_variants, to_f64, upload, upload_to, Rng, CONV_CASES,
+    assert_close, attention_gpus, attention_path, gemm_gpu, gemm_gpus, gpu, read, read_from,
+    reference as r, tiled_variants, to_f64, upload, upload_to, Rng, CONV_CASES,
 };
 use wgsl_diff::gpu::{AdapterChoice, Gpu, KernelClass};
 use wgsl_diff::ops::{self, Conv2dArgs};
@@ -15,6 +15,68 @@ fn adapter_is_vulkan_when_requested() {
     eprintln!("{}", g.describe());
     if std::env::var("WGPU_BACKEND").is_ok_and(|b| b.eq_ignore_ascii_case("vulkan")) {
         assert_eq!(g.info.backend, wgpu::Backend::Vulkan);
+    }
+}
+
+/// lavapipe runs a subgroup as its SIMD lanes, 32 bits each ("llvmpipe (LLVM 15.0.6, 256 bits)":
+/// 8), and the blocked kernels share their weight rows across all of them (4, 8 or 16 divide
+/// the blocks' 16 rows); other counts are refused.
+#[test]
+fn lavapipe_lanes_are_its_simd_width() {
+    let g = gpu();
+    let Some(bits) = llvmpipe_bits(g) else {
+        return;
+    };
+    if g.kernel_class() == KernelClass::Blocked {
+        assert_eq!(g.lanes() * 32, bits, "{}", g.describe());
+    }
+    let again = || Gpu::new(&AdapterChoice::Default).expect("the adapter opens again");
+    assert!(again().with_lanes(3).is_err());
+    assert_eq!(again().with_lanes(1).unwrap().lanes(), 1);
+}
+
+/// The vector width in an llvmpipe adapter's name, `None` for other adapters.
+fn llvmpipe_bits(g: &Gpu) -> Option<u32> {
+    let rest = g.info.name.strip_prefix("llvmpipe")?;
+    let (head, _) = rest.split_once(" bits")?;
+    head.rsplit(' ').next()?.parse().ok()
+}
+
+/// The tests of the kernels that share rows across a subgroup, run again by
+/// [`gemm_kernels_at_every_llvmpipe_width`] at lavapipe's other widths.
+const LANE_TESTS: [&str; 4] = [
+    "lavapipe_lanes_are_its_simd_width",
+    "conv2d_matches_reference",
+    "conv2d_fused_residual_and_no_bias",
+    "matmul_and_linear_match_reference",
+];
+
+/// `LANE_TESTS` in a child of this test binary at each llvmpipe vector width other than the
+/// host's (LP_NATIVE_VECTOR_WIDTH 128, 256, 512: subgroups of 4, 8 and 16 lanes), so the row
+/// sharing meets the f64 references at every subgroup size lavapipe has, on any host.
+#[test]
+fn gemm_kernels_at_every_llvmpipe_width() {
+    const WIDTH: &str = "LP_NATIVE_VECTOR_WIDTH";
+    let g = gpu();
+    let Some(own) = llvmpipe_bits(g) else {
+        return;
+    };
+    if std::env::var_os(WIDTH).is_some() {
+        return; // a child, or a run at a chosen width
+    }
+    for bits in [128, 256, 512].into_iter().filter(|&b| b != own) {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "--test-threads", "1"])
+            .args(LANE_TESTS)
+            .env(WIDTH, bits.to_string())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains(&format!("{} passed", LANE_TESTS.len())),
+            "at {bits} bits:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -52,7 +114,7 @@ fn conv2d_matches_reference() {
             true => tiled_variants(),
             false => &[],
         };
-        for g in gpus().into_iter().chain(variants) {
+        for g in gemm_gpus().into_iter().chain(variants) {
             let (x, wt, bias) = (
                 upload_to(g, &x, &[b, ci, h, w]),
                 upload_to(g, &wt, &[co, ci, k, k]),
@@ -68,9 +130,8 @@ fn conv2d_matches_reference() {
             assert_eq!(read_from(g, &prepared.oihw(g).unwrap()), read_from(g, &wt));
             assert_close(
                 &format!(
-                    "conv2d {:?} {} {:?}",
-                    g.kernel_class(),
-                    tiled_variant(g),
+                    "conv2d {} {:?}",
+                    gemm_gpu(g),
                     (b, ci, h, w, co, k, stride, pad, extra)
                 ),
                 &read_from(g, &y),
@@ -106,7 +167,7 @@ fn conv2d_fused_residual_and_no_bias() {
         .zip(&res)
         .map(|(c, r)| (c + *r as f64) * 0.5)
         .collect();
-    for (i, g) in gpus().into_iter().chain(tiled_variants()).enumerate() {
+    for (i, g) in gemm_gpus().into_iter().chain(tiled_variants()).enumerate() {
         let relu = i % 2 == 1;
         let residual = upload_to(g, &res, &[b, co, h, w]);
         let args = Conv2dArgs {
@@ -128,11 +189,7 @@ fn conv2d_fused_residual_and_no_bias() {
             .iter()
             .map(|&v| if relu { v.max(0.0) } else { v })
             .collect();
-        let what = format!(
-            "conv2d residual {:?} {} relu {relu}",
-            g.kernel_class(),
-            tiled_variant(g)
-        );
+        let what = format!("conv2d residual {} relu {relu}", gemm_gpu(g));
         assert_close(&what, &read_from(g, &y), &want, 1e-5, 1e-4);
     }
 }
@@ -185,9 +242,8 @@ fn matmul_and_linear_match_reference() {
             Some(&to_f64(&bias)),
         );
         let variants = if i % 2 == 1 { tiled_variants() } else { &[] };
-        for g in gpus().into_iter().chain(variants) {
-            let class = g.kernel_class();
-            let what = |op| format!("{op} {class:?} {} {:?}", tiled_variant(g), (batch, m, k, n));
+        for g in gemm_gpus().into_iter().chain(variants) {
+            let what = |op| format!("{op} {} {:?}", gemm_gpu(g), (batch, m, k, n));
             let a_gpu = upload_to(g, &a, &[batch, m, k]);
             let y = ops::matmul(g, &a_gpu, &upload_to(g, &b, &[k, n])).unwrap();
             assert_close(&what("matmul"), &read_from(g, &y), &want_mm, 1e-5, 1e-4);

@@ -46,6 +46,7 @@ fn conv(
         kh: kw,
         kw,
         stride,
+        pad_y: pad,
         pad_x: pad,
     }
 }
@@ -90,8 +91,26 @@ fn conv2d_plans_per_class() {
             Tiled(tiling(32, 32, 4, 4)),
             [2, 2, 4],
         ),
-        // CPU class: rows of whole 16-pixel blocks take row16.
-        (Blocked, conv(8, 128, 128, 32, 3, 1, 1), Row16, [32, 8, 1]),
+        // CPU class: rows of whole 16-pixel blocks take row16, 32 channels where they divide
+        // C_out.
+        (
+            Blocked,
+            conv(8, 128, 128, 32, 3, 1, 1),
+            Row16 {
+                wide: true,
+                share_rows: false,
+            },
+            [32, 4, 1],
+        ),
+        (
+            Blocked,
+            conv(1, 48, 48, 16, 3, 1, 1),
+            Row16 {
+                wide: false,
+                share_rows: false,
+            },
+            [1, 3, 1],
+        ),
         // Aligned rows of 8: 8-pixel blocks, 32 channels where they divide C_out.
         (
             Blocked,
@@ -139,14 +158,23 @@ fn conv2d_plans_per_class() {
             },
             [30, 1, 1],
         ),
-        (Blocked, conv(4, 8, 16, 64, 1, 1, 0), Row16, [64, 1, 1]),
+        (
+            Blocked,
+            conv(4, 8, 16, 64, 1, 1, 0),
+            Row16 {
+                wide: false,
+                share_rows: false,
+            },
+            [64, 1, 1],
+        ),
     ];
     for (class, problem, variant, workgroups) in table {
         assert_eq!(
             plan_conv2d(&h200(*class), problem),
             ConvLaunch {
                 variant: *variant,
-                workgroups: *workgroups
+                workgroups: *workgroups,
+                lanes: 1,
             },
             "{class:?} {problem:?}"
         );
@@ -167,12 +195,14 @@ fn matmul_plans_per_class() {
         workgroups,
         tiling: Some(tiling),
         vec4,
+        lanes: 1,
     };
     let blocked = |entry, workgroups| MatmulLaunch {
         entry,
         workgroups,
         tiling: None,
         vec4: false,
+        lanes: 1,
     };
     let table = [
         // GPU class (H200): SGEMM 1024³ in 64 × 32 tiles (512 ≥ 264), vec4 staging when each
@@ -233,6 +263,76 @@ fn matmul_plans_per_class() {
             launch,
             "{class:?} {problem:?}"
         );
+    }
+}
+
+/// On an adapter whose subgroups share the blocked kernels' weight rows (lavapipe: 4, 8 or 16
+/// lanes by its vector width), the blocked plans keep their variants and grids and take the
+/// entry points that share rows, and at 8 lanes a 3 × 3 row16 convolution padded by 1 shares its
+/// input rows too; the tiled class's plans ignore the lanes.
+#[test]
+fn blocked_plans_share_rows_across_the_lanes() {
+    for lanes in [4, 8, 16] {
+        let shared = |class| PlanTarget {
+            lanes,
+            ..h200(class)
+        };
+        let convs = [
+            conv(8, 128, 128, 32, 3, 1, 1),
+            conv(2, 4, 64, 8, 3, 1, 1),
+            conv(3, 4, 32, 16, 3, 2, 1),
+        ];
+        for problem in convs {
+            let own = plan_conv2d(&h200(Blocked), &problem);
+            let variant = match own.variant {
+                ConvVariant::Row16 { wide, .. } => ConvVariant::Row16 {
+                    wide,
+                    share_rows: lanes == 8,
+                },
+                other => other,
+            };
+            let want = ConvLaunch {
+                variant,
+                lanes,
+                ..own
+            };
+            assert_eq!(plan_conv2d(&shared(Blocked), &problem), want);
+            let tiled = plan_conv2d(&h200(Tiled), &problem);
+            assert_eq!(plan_conv2d(&shared(Tiled), &problem), tiled);
+        }
+        let products = [
+            (
+                MatmulProblem {
+                    batch: 1,
+                    m: 1024,
+                    n: 1024,
+                    k: 1024,
+                    trans_b: false,
+                },
+                "matmul_blocked_vec4_lanes",
+            ),
+            (
+                MatmulProblem {
+                    batch: 1,
+                    m: 64,
+                    n: 300,
+                    k: 8,
+                    trans_b: true,
+                },
+                "matmul_blocked_lanes",
+            ),
+        ];
+        for (problem, entry) in products {
+            let own = plan_matmul(&h200(Blocked), &problem);
+            let want = MatmulLaunch {
+                entry,
+                lanes,
+                ..own
+            };
+            assert_eq!(plan_matmul(&shared(Blocked), &problem), want);
+            let tiled = plan_matmul(&h200(Tiled), &problem);
+            assert_eq!(plan_matmul(&shared(Tiled), &problem), tiled);
+        }
     }
 }
 

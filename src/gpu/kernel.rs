@@ -13,6 +13,10 @@ use std::sync::{Arc, Mutex};
 #[derive(Debug)]
 pub struct Shader {
     pub name: &'static str,
+    /// The kernel family it belongs to: its own name, or for a module that adds entry points to
+    /// a family's file (`conv2d_lanes`), that file's. Profiles count dispatches per family, and
+    /// a kernel's parameter struct is its family's.
+    pub family: &'static str,
     pub source: &'static str,
 }
 
@@ -29,6 +33,7 @@ macro_rules! shader {
     ($ident:ident, $file:literal) => {
         pub const $ident: Shader = Shader {
             name: $file,
+            family: $file,
             source: include_str!(concat!(env!("OUT_DIR"), "/shaders/", $file, ".wgsl")),
         };
     };
@@ -37,8 +42,12 @@ macro_rules! shader {
     // to call ones declared later. Appended, not prepended: with shared overrides declared
     // before the file's own, naga 30's override processing panicked.
     ($ident:ident, $file:literal, with [$($shared:literal),+]) => {
+        shader!($ident, $file, family $file, with [$($shared),+]);
+    };
+    ($ident:ident, $file:literal, family $family:literal, with [$($shared:literal),+]) => {
         pub const $ident: Shader = Shader {
             name: $file,
+            family: $family,
             source: concat!(
                 include_str!(concat!(env!("OUT_DIR"), "/shaders/", $file, ".wgsl")),
                 $(include_str!(concat!(env!("OUT_DIR"), "/shaders/", $shared, ".wgsl"))),+
@@ -50,8 +59,14 @@ macro_rules! shader {
 /// The kernel families.
 pub mod shaders {
     use super::Shader;
-    shader!(MATMUL, "matmul", with["tiled_gemm"]);
-    shader!(CONV2D, "conv2d", with["tiled_gemm"]);
+    shader!(MATMUL, "matmul", with["tiled_gemm", "lanes_off"]);
+    shader!(CONV2D, "conv2d", with["tiled_gemm", "lanes_off"]);
+    // The blocked entry points that share weight rows across a subgroup: only for devices with
+    // subgroups (a module using them is invalid elsewhere), each with its family's file.
+    shader!(MATMUL_LANES, "matmul_lanes", family "matmul",
+        with["matmul", "tiled_gemm", "lanes_subgroup"]);
+    shader!(CONV2D_LANES, "conv2d_lanes", family "conv2d",
+        with["conv2d", "tiled_gemm", "lanes_subgroup"]);
     shader!(GROUP_NORM, "group_norm", with ["group_norm_planes", "prelude"]);
     shader!(ELEMENTWISE, "elementwise", with["prelude"]);
     shader!(RESAMPLE, "resample");
@@ -76,6 +91,8 @@ pub mod shaders {
     pub const ALL: &[&Shader] = &[
         &MATMUL,
         &CONV2D,
+        &MATMUL_LANES,
+        &CONV2D_LANES,
         &GROUP_NORM,
         &ELEMENTWISE,
         &RESAMPLE,
@@ -407,7 +424,7 @@ impl Gpu {
         outputs: &[&Tensor],
         workgroups: [usize; 3],
     ) -> Result<()> {
-        debug_assert_eq!(kernel.shader.name, P::SHADER.name, "{}", kernel.entry);
+        debug_assert_eq!(kernel.shader.family, P::SHADER.name, "{}", kernel.entry);
         let max = self.limits.max_compute_workgroups_per_dimension;
         if workgroups.iter().any(|&w| w > max as usize) {
             return Err(Error::TooManyWorkgroups {
@@ -442,7 +459,7 @@ impl Gpu {
         let cached = self.pipeline(kernel, inputs.len(), outputs.len());
         self.record(|encoder, arena, profiler| {
             let timed =
-                profiler.and_then(|p| p.dispatch(&self.device, kernel.shader.name, kernel.entry));
+                profiler.and_then(|p| p.dispatch(&self.device, kernel.shader.family, kernel.entry));
             let (chunk, offset) = arena.push(&self.device, params);
             let mut entries = vec![wgpu::BindGroupEntry {
                 binding: 0,

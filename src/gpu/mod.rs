@@ -66,7 +66,7 @@ pub enum KernelClass {
     Tiled,
     /// Register blocks read straight from storage, no workgroup memory or barriers: CPU adapters
     /// (lavapipe runs a workgroup as SIMD lanes of one thread, where a barrier is a coroutine
-    /// switch and loads with one address for all lanes are one scalar load).
+    /// switch; rows every lane needs are loaded once per subgroup, [`shared_row_lanes`]).
     Blocked,
 }
 
@@ -101,6 +101,30 @@ impl KernelClass {
 /// it. Off by default until a GPU measures what it gains.
 pub const UNCHECKED_ENV: &str = "WGSL_DIFF_UNCHECKED";
 
+/// Environment variable that, set to `1`, makes the blocked kernels load every weight row in
+/// each invocation rather than across the subgroup ([`shared_row_lanes`]): for measuring what
+/// the sharing gains.
+pub const PRIVATE_ROWS_ENV: &str = "WGSL_DIFF_PRIVATE_ROWS";
+
+/// The rows of a blocked kernel's register block and the invocations of its workgroup
+/// (conv2d.wgsl's and matmul.wgsl's `BLOCK_ROWS` and `BLOCKED_WG`): a subgroup that shares rows
+/// must divide both.
+pub const BLOCKED_ROWS: u32 = 16;
+
+/// The subgroup lanes across which the blocked kernels load the weight rows all their lanes
+/// use (lanes_subgroup.wgsl): the subgroup size where the device has subgroups of one fixed size
+/// that divides [`BLOCKED_ROWS`] (lavapipe: its SIMD width, 8 lanes of f32 on AVX2, 16 on
+/// AVX-512), else 1. lavapipe loads from storage inside a loop one lane and one component at a
+/// time, even where the address is the same on every lane, so a row loaded once per subgroup and
+/// shuffled to the others costs 1 / lanes of a row loaded by each.
+pub fn shared_row_lanes(caps: &Capabilities, info: &wgpu::AdapterInfo) -> u32 {
+    let size = info.subgroup_min_size;
+    match caps.subgroups && size == info.subgroup_max_size && size > 1 {
+        true if BLOCKED_ROWS.is_multiple_of(size) => size,
+        _ => 1,
+    }
+}
+
 /// Environment variable that, set to `1`, makes every device attend through the fused kernels
 /// ([`Gpu::with_fused_attention`]), so benches can set the two paths side by side.
 pub const FUSED_ATTENTION_ENV: &str = "WGSL_DIFF_FUSED_ATTENTION";
@@ -134,6 +158,9 @@ pub struct Gpu {
     /// Attention through attention.wgsl's fused kernel even where the products path fits
     /// ([`Gpu::with_fused_attention`]).
     fused_attention: bool,
+    /// The subgroup lanes the blocked kernels load their shared rows across
+    /// ([`shared_row_lanes`]; 1: each invocation loads its own).
+    lanes: u32,
     pool: Arc<BufferPool>,
     pipelines: PipelineCache,
     state: Mutex<Recording>,
@@ -210,6 +237,10 @@ impl Gpu {
         let params = ParamArena::new(limits.min_uniform_buffer_offset_alignment);
         let kernel_class = KernelClass::for_adapter(&info)?;
         let compute_units = compute_units(&info.name);
+        let lanes = match flag_from_env(PRIVATE_ROWS_ENV)? {
+            true => 1,
+            false => shared_row_lanes(&caps, &info),
+        };
         Ok(Gpu {
             device,
             queue,
@@ -221,6 +252,7 @@ impl Gpu {
             forced_tiling: None,
             unchecked: flag_from_env(UNCHECKED_ENV)?,
             fused_attention: flag_from_env(FUSED_ATTENTION_ENV)?,
+            lanes,
             pool: Arc::new(BufferPool::default()),
             pipelines: PipelineCache::default(),
             state: Mutex::new(Recording {
@@ -250,7 +282,27 @@ impl Gpu {
             class: self.kernel_class,
             compute_units: self.compute_units,
             forced_tiling: self.forced_tiling,
+            lanes: self.lanes,
         }
+    }
+
+    /// This device with the blocked kernels' rows shared across `lanes` lanes of a subgroup, or
+    /// loaded by each invocation (`lanes` 1): tests run both. Other counts than 1 and the
+    /// device's own ([`shared_row_lanes`]) are refused.
+    pub fn with_lanes(mut self, lanes: u32) -> Result<Gpu> {
+        let own = shared_row_lanes(&self.caps, &self.info);
+        if lanes != 1 && lanes != own {
+            return Err(Error::Invalid(format!(
+                "{lanes} lanes: this device's blocked kernels share rows across {own}"
+            )));
+        }
+        self.lanes = lanes;
+        Ok(self)
+    }
+
+    /// The subgroup lanes the blocked kernels share their rows across (1: none).
+    pub fn lanes(&self) -> u32 {
+        self.lanes
     }
 
     /// This device with every tiled-class GEMM (convolutions, products) in `tiling` rather than
@@ -439,7 +491,7 @@ impl Gpu {
     pub fn describe(&self) -> String {
         let l = &self.limits;
         format!(
-            "{} ({:?}, {:?}, driver {} {}, {:?} kernels)\n  features: shader-f16={} subgroups={} timestamps={}\n  \
+            "{} ({:?}, {:?}, driver {} {}, {:?} kernels{})\n  features: shader-f16={} subgroups={} timestamps={}\n  \
              limits: max_storage_buffer_binding_size={} max_buffer_size={} \
              max_compute_workgroup_storage_size={} max_compute_invocations_per_workgroup={} \
              max_compute_workgroups_per_dimension={} subgroup_size={}..={}",
@@ -449,6 +501,10 @@ impl Gpu {
             self.info.driver,
             self.info.driver_info,
             self.kernel_class,
+            match (self.kernel_class, self.lanes) {
+                (KernelClass::Blocked, lanes @ 2..) => format!(", rows shared across {lanes} lanes"),
+                _ => String::new(),
+            },
             self.caps.shader_f16,
             self.caps.subgroups,
             self.caps.timestamps,

@@ -142,23 +142,26 @@ pub fn choose_tiling(
     }
 }
 
-/// What a launch plan depends on besides the problem: the kernel class and, for the tiled
-/// class, the adapter's compute units and any tiling forced on it (tests and the sweep force
-/// each variant with [`super::Gpu::with_tiling`]).
+/// What a launch plan depends on besides the problem: the kernel class; for the tiled class,
+/// the adapter's compute units and any tiling forced on it (tests and the sweep force each
+/// variant with [`super::Gpu::with_tiling`]); for the blocked class, the subgroup lanes its
+/// kernels share their weight rows across ([`super::shared_row_lanes`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PlanTarget {
     pub class: super::KernelClass,
     pub compute_units: usize,
     pub forced_tiling: Option<GemmTiling>,
+    pub lanes: u32,
 }
 
 impl PlanTarget {
-    /// The target of `class` on an adapter with `compute_units`, nothing forced.
+    /// The target of `class` on an adapter with `compute_units`, nothing forced, no subgroups.
     pub fn new(class: super::KernelClass, compute_units: usize) -> PlanTarget {
         PlanTarget {
             class,
             compute_units,
             forced_tiling: None,
+            lanes: 1,
         }
     }
 

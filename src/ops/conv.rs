@@ -42,6 +42,8 @@ pub(super) const BLOCK_PIXELS: usize = 8;
 /// conv2d.wgsl's `ROW16_PIXELS`: pixels along a row one invocation of `conv2d_blocked_row16`
 /// computes.
 pub(super) const ROW16_PIXELS: usize = 16;
+/// conv2d.wgsl's `ROW16_TAPS`: the taps of a kernel row `conv2d_blocked_row16` writes out.
+pub(super) const ROW16_TAPS: usize = 3;
 /// conv2d.wgsl's `BLOCKED_WG`: invocations per workgroup of `conv2d_blocked`.
 pub(super) const BLOCKED_WG: usize = 16;
 
@@ -327,6 +329,7 @@ pub struct ConvProblem {
     pub kh: usize,
     pub kw: usize,
     pub stride: usize,
+    pub pad_y: usize,
     pub pad_x: usize,
 }
 
@@ -339,8 +342,9 @@ pub enum ConvVariant {
     /// Register blocks (CPU class): 16 channels (32 when `wide`) × 8 pixels per invocation;
     /// `aligned` reads the input row window as vec4s.
     Blocked { aligned: bool, wide: bool },
-    /// 16 channels × 16 pixels per invocation, where every row holds whole blocks.
-    Row16,
+    /// 16 channels (32 when `wide`) × 16 pixels per invocation, where every row holds whole
+    /// blocks; `share_rows`: input rows shared across the subgroup (conv2d.wgsl's SHARE_ROWS).
+    Row16 { wide: bool, share_rows: bool },
 }
 
 /// A planned launch: the variant and its workgroup grid (split-K's first pass for a split
@@ -349,6 +353,9 @@ pub enum ConvVariant {
 pub struct ConvLaunch {
     pub variant: ConvVariant,
     pub workgroups: [usize; 3],
+    /// Subgroup lanes a blocked variant shares its weight rows across (its `_lanes` entry, in
+    /// conv2d_lanes.wgsl); 1 otherwise.
+    pub lanes: u32,
 }
 
 /// The one place a convolution's kernel variant and grid are chosen, from the device's plan
@@ -367,27 +374,32 @@ pub fn plan_conv2d(target: &PlanTarget, p: &ConvProblem) -> ConvLaunch {
                     ..tiling
                 }),
                 workgroups: [x, y, splits],
+                lanes: 1,
             }
         }
         KernelClass::Blocked => {
             // The vec4 window path (see conv2d.wgsl's ALIGNED_ROWS).
             let aligned =
                 p.stride == 1 && p.w.is_multiple_of(4) && p.pad_x <= 4 && p.kw <= p.pad_x + 5;
-            if aligned && p.w.is_multiple_of(ROW16_PIXELS) {
-                let lanes = p.batch * p.h_out * p.w_out.div_ceil(ROW16_PIXELS);
-                return ConvLaunch {
-                    variant: ConvVariant::Row16,
-                    workgroups: [lanes.div_ceil(BLOCKED_WG), p.c_out.div_ceil(BLOCK_ROWS), 1],
-                };
-            }
-            // 32 channels per invocation where they divide C_out: 9 % faster on the 128→128
-            // bench conv than 16.
+            // 32 channels per invocation where they divide C_out (see conv2d.wgsl's WIDE_BLOCK).
             let wide = p.c_out.is_multiple_of(2 * BLOCK_ROWS);
             let rows = if wide { 2 * BLOCK_ROWS } else { BLOCK_ROWS };
-            let lanes = p.batch * p.h_out * p.w_out.div_ceil(BLOCK_PIXELS);
+            if aligned && p.w.is_multiple_of(ROW16_PIXELS) && p.kw <= ROW16_TAPS {
+                let blocks = p.batch * p.h_out * p.w_out.div_ceil(ROW16_PIXELS);
+                // Only at 8 lanes: lavapipe shuffles by lanes that differ per lane in one
+                // permute there (lanes_subgroup.wgsl's lane_before), elsewhere one lane at a time.
+                let share_rows = target.lanes == 8 && p.kh == 3 && p.pad_y == 1;
+                return ConvLaunch {
+                    variant: ConvVariant::Row16 { wide, share_rows },
+                    workgroups: [blocks.div_ceil(BLOCKED_WG), p.c_out.div_ceil(rows), 1],
+                    lanes: target.lanes,
+                };
+            }
+            let blocks = p.batch * p.h_out * p.w_out.div_ceil(BLOCK_PIXELS);
             ConvLaunch {
                 variant: ConvVariant::Blocked { aligned, wide },
-                workgroups: [lanes.div_ceil(BLOCKED_WG), p.c_out.div_ceil(rows), 1],
+                workgroups: [blocks.div_ceil(BLOCKED_WG), p.c_out.div_ceil(rows), 1],
+                lanes: target.lanes,
             }
         }
     }
@@ -436,6 +448,7 @@ pub fn conv2d_prepared(
         kh,
         kw,
         stride: args.stride,
+        pad_y: args.pad_hw().0,
         pad_x: args.pad_hw().1,
     };
     let launch = plan_conv2d(&gpu.plan_target(), &problem);
@@ -452,15 +465,19 @@ pub fn conv2d_prepared(
                 .with("BLOCK", tiling.block);
             (kernel, (c_in_pad, m_pad), Some(tiling))
         }
-        (ConvVariant::Row16, _) => {
+        (ConvVariant::Row16 { wide, share_rows }, _) => {
             check_depth(gpu, c_in, kh, kw)?;
-            let kernel =
-                Kernel::new(&shaders::CONV2D, "conv2d_blocked_row16").flag("WEIGHT_T", weight_t);
+            let entry = ["conv2d_blocked_row16", "conv2d_blocked_row16_lanes"];
+            let kernel = blocked_kernel(entry, launch.lanes)
+                .flag("WEIGHT_T", weight_t)
+                .flag("WIDE_BLOCK", wide)
+                .flag("SHARE_ROWS", share_rows);
             (kernel, (c_in, c_out), None)
         }
         (ConvVariant::Blocked { aligned, wide }, _) => {
             check_depth(gpu, c_in, kh, kw)?;
-            let kernel = Kernel::new(&shaders::CONV2D, "conv2d_blocked")
+            let entry = ["conv2d_blocked", "conv2d_blocked_lanes"];
+            let kernel = blocked_kernel(entry, launch.lanes)
                 .flag("ALIGNED_ROWS", aligned)
                 .flag("WEIGHT_T", weight_t)
                 .flag("WIDE_BLOCK", wide);
@@ -518,6 +535,15 @@ pub fn conv2d_prepared(
     let inputs = [&sums, weight, bias, residual];
     gpu.dispatch(&reduce, &params, &inputs, &[&out], gpu.grid_1d(out.numel()))?;
     Ok(out)
+}
+
+/// A blocked entry point (`entries`: its own form and the form sharing weight rows across the
+/// subgroup, in conv2d_lanes.wgsl) for `lanes` lanes.
+fn blocked_kernel(entries: [&'static str; 2], lanes: u32) -> Kernel {
+    match lanes {
+        1 => Kernel::new(&shaders::CONV2D, entries[0]),
+        _ => Kernel::new(&shaders::CONV2D_LANES, entries[1]).with("LANES", lanes),
+    }
 }
 
 /// A convolution over runs of input channels ([`WeightLayout::Split`]), summed through the fused

@@ -76,6 +76,9 @@ pub struct MatmulLaunch {
     pub workgroups: [usize; 3],
     pub tiling: Option<GemmTiling>,
     pub vec4: bool,
+    /// Subgroup lanes the blocked entry shares A's rows across (its `_lanes` form, in
+    /// matmul_lanes.wgsl); 1 otherwise.
+    pub lanes: u32,
 }
 
 /// The one place a matrix product's kernel variant and grid are chosen, from the device's plan
@@ -88,11 +91,17 @@ pub fn plan_matmul(target: &PlanTarget, p: &MatmulProblem) -> MatmulLaunch {
         k,
         trans_b,
     } = *p;
-    let blocked = |entry, cols| MatmulLaunch {
-        entry,
+    // The blocked entry, or its form sharing A's rows across the subgroup.
+    let blocked = |entry, shared_entry, cols| MatmulLaunch {
+        entry: if target.lanes > 1 {
+            shared_entry
+        } else {
+            entry
+        },
         workgroups: [n.div_ceil(cols * BLOCKED_WG), m.div_ceil(BLOCK_ROWS), batch],
         tiling: None,
         vec4: false,
+        lanes: target.lanes,
     };
     match target.class {
         KernelClass::Tiled => {
@@ -112,12 +121,15 @@ pub fn plan_matmul(target: &PlanTarget, p: &MatmulProblem) -> MatmulLaunch {
                 }),
                 // Both operands along their contiguous axis in whole vec4s.
                 vec4: k % 4 == 0 && (trans_b || n % 4 == 0),
+                lanes: 1,
             }
         }
-        KernelClass::Blocked if !trans_b && k % 4 == 0 && n % 4 == 0 => {
-            blocked("matmul_blocked_vec4", VEC4_COLS)
-        }
-        KernelClass::Blocked => blocked("matmul_blocked", BLOCK_COLS),
+        KernelClass::Blocked if !trans_b && k % 4 == 0 && n % 4 == 0 => blocked(
+            "matmul_blocked_vec4",
+            "matmul_blocked_vec4_lanes",
+            VEC4_COLS,
+        ),
+        KernelClass::Blocked => blocked("matmul_blocked", "matmul_blocked_lanes", BLOCK_COLS),
     }
 }
 
@@ -174,7 +186,11 @@ pub(super) fn matmul_impl(
             trans_b,
         },
     );
-    let mut kernel = Kernel::new(&shaders::MATMUL, launch.entry)
+    let shader = match launch.lanes {
+        1 => &shaders::MATMUL,
+        _ => &shaders::MATMUL_LANES,
+    };
+    let mut kernel = Kernel::new(shader, launch.entry)
         .flag("TRANS_B", trans_b)
         .flag("HAS_BIAS", bias.is_some())
         .flag(F16_WEIGHTS, b.dtype() == DType::F16)
@@ -185,6 +201,9 @@ pub(super) fn matmul_impl(
             .with("TILE_N", t.tile_n)
             .with("BLOCK", t.block)
             .flag("VEC4", launch.vec4);
+    }
+    if launch.lanes > 1 {
+        kernel = kernel.with("LANES", launch.lanes);
     }
     let (k_chunk, splits) = launch.tiling.map_or((k, 1), |t| t.k_slices(k));
     let u = |what, v| checked_u32(OP, what, v);

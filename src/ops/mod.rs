@@ -258,6 +258,7 @@ mod tests {
                     ("TILE_K", crate::gpu::TILE_K as u64),
                     ("WG", wg),
                     ("BLOCK_ROWS", conv::BLOCK_ROWS as u64),
+                    ("ROW16_TAPS", conv::ROW16_TAPS as u64),
                     ("BLOCK_PIXELS", conv::BLOCK_PIXELS as u64),
                     ("ROW16_PIXELS", conv::ROW16_PIXELS as u64),
                     ("BLOCKED_WG", conv::BLOCKED_WG as u64),

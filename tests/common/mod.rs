@@ -46,6 +46,34 @@ pub fn gpus() -> [&'static Gpu; 2] {
     [own, other]
 }
 
+/// [`gpus`], and where the adapter's blocked kernels share their weight rows across a subgroup
+/// (`Gpu::lanes`), the blocked class once more with every invocation loading its own rows (as on
+/// a device without subgroups): the convolution and product tests hold both to one reference.
+pub fn gemm_gpus() -> Vec<&'static Gpu> {
+    static PRIVATE_ROWS: OnceLock<Option<Gpu>> = OnceLock::new();
+    let private = PRIVATE_ROWS.get_or_init(|| {
+        let blocked = gpus()
+            .into_iter()
+            .find(|g| g.kernel_class() == KernelClass::Blocked)?;
+        (blocked.lanes() > 1).then(|| {
+            Gpu::new(&AdapterChoice::Default)
+                .expect("the adapter opens again")
+                .with_kernel_class(KernelClass::Blocked)
+                .with_lanes(1)
+                .expect("one lane is always allowed")
+        })
+    });
+    gpus().into_iter().chain(private.as_ref()).collect()
+}
+
+/// How a test names a device of [`gemm_gpus`].
+pub fn gemm_gpu(g: &Gpu) -> String {
+    match g.kernel_class() {
+        KernelClass::Tiled => format!("Tiled {}", tiled_variant(g)),
+        KernelClass::Blocked => format!("Blocked, {} lanes", g.lanes()),
+    }
+}
+
 /// The adapter under test with the tiled (GPU) class forced in each tiling the chooser may pick
 /// and the device sweep times (`gpu::TILE_SHAPES`), each whole and with K split 3 ways (uneven
 /// slices), the split ones built without naga's runtime checks (`Gpu::with_unchecked_kernels`):
