@@ -130,25 +130,34 @@ fn apply(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
 }
 
 // apply4: `apply` four elements per invocation, for a plane size HW % 4 = 0 (the four then share
-// one channel and group). On a CPU rasteriser the per-invocation index divisions, not the
-// memory traffic, bound `apply`: this quarters them.
+// one channel and group), or QUADS · 4 where HW % (QUADS · 4) = 0 (set by the host: 4 on CPU
+// adapters, where each invocation's loads of the moments, gamma and beta cost as much as its
+// elements' and are shared by four times as many). On a CPU rasteriser the per-invocation index
+// divisions, not the memory traffic, bound `apply`: this quarters them at least.
 @group(0) @binding(1) var<storage, read> src4: array<act4>;
 @group(0) @binding(5) var<storage, read_write> dst4: array<act4>;
+override QUADS: u32 = 1u;
 
 @compute @workgroup_size(WG)
 fn apply4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let q = gid.x + gid.y * nwg.x * WG;
-    if q >= p.total / 4u {
+    let q0 = (gid.x + gid.y * nwg.x * WG) * QUADS;
+    if q0 >= p.total / 4u {
         return;
     }
-    let plane = 4u * q / p.hw;
+    let plane = 4u * q0 / p.hw;
     let cg = channel_and_group(plane);
     let c = cg.x;
     let group = cg.y;
     let mr = moments_in[group];
-    var y = (vec4<f32>(src4[q]) - mr.x) * mr.y * gamma[c] + beta[c];
-    if FUSE_SILU {
-        y = silu4(y);
+    let scale = mr.y * gamma[c];
+    let shift = beta[c];
+//#for j in 0..4
+    if ${j}u < QUADS {
+        var y = (vec4<f32>(src4[q0 + ${j}u]) - mr.x) * scale + shift;
+        if FUSE_SILU {
+            y = silu4(y);
+        }
+        dst4[q0 + ${j}u] = act4(y);
     }
-    dst4[q] = act4(y);
+//#end
 }

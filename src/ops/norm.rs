@@ -116,13 +116,21 @@ pub fn group_norm_saving(
     )?;
 
     let out = gpu.empty_typed(x.shape(), x.dtype())?;
-    // Four elements per invocation where a plane holds whole vec4s.
-    let (entry, invocations) = match (h * w) % 4 {
-        0 => ("apply4", x.numel() / 4),
-        _ => ("apply", x.numel()),
+    // Four elements per invocation where a plane holds whole vec4s, sixteen on the blocked
+    // class where it holds whole groups of four vec4s (group_norm.wgsl's QUADS).
+    let blocked = gpu.kernel_class() == KernelClass::Blocked;
+    let (entry, quads) = match (h * w) % 16 {
+        0 if blocked => ("apply4", 4),
+        _ if (h * w) % 4 == 0 => ("apply4", 1),
+        _ => ("apply", 0),
+    };
+    let invocations = match quads {
+        0 => x.numel(),
+        _ => x.numel() / (4 * quads),
     };
     let apply = Kernel::new(&shaders::GROUP_NORM, entry)
         .flag("FUSE_SILU", silu)
+        .with("QUADS", quads.max(1) as u32)
         .half(half);
     let p = GroupNormParams {
         total: u("total", x.numel())?,
