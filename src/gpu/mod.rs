@@ -107,8 +107,8 @@ pub const UNCHECKED_ENV: &str = "WGSL_DIFF_UNCHECKED";
 pub const PRIVATE_ROWS_ENV: &str = "WGSL_DIFF_PRIVATE_ROWS";
 
 /// The rows of a blocked kernel's register block and the invocations of its workgroup
-/// (conv2d.wgsl's and matmul.wgsl's `BLOCK_ROWS` and `BLOCKED_WG`): a subgroup that shares rows
-/// must divide both.
+/// (conv2d.wgsl's and matmul.wgsl's `BLOCK_ROWS` and `BLOCKED_WG`, which the ops' constants take
+/// from here and the shaders are checked against): a subgroup that shares rows must divide both.
 pub const BLOCKED_ROWS: u32 = 16;
 
 /// The subgroup lanes across which the blocked kernels load the weight rows all their lanes

@@ -36,8 +36,9 @@ kernel_params! {
 }
 
 /// conv2d.wgsl's `BLOCK_ROWS` and `BLOCK_PIXELS`: output channels and pixels (along a row) one
-/// invocation of `conv2d_blocked` computes.
-pub(super) const BLOCK_ROWS: usize = 16;
+/// invocation of `conv2d_blocked` computes (the channels: [`crate::gpu::BLOCKED_ROWS`], which
+/// row sharing divides).
+pub(super) const BLOCK_ROWS: usize = crate::gpu::BLOCKED_ROWS as usize;
 pub(super) const BLOCK_PIXELS: usize = 8;
 /// conv2d.wgsl's `ROW16_PIXELS`: pixels along a row one invocation of `conv2d_blocked_row16`
 /// computes.
@@ -45,7 +46,7 @@ pub(super) const ROW16_PIXELS: usize = 16;
 /// conv2d.wgsl's `ROW16_TAPS`: the taps of a kernel row `conv2d_blocked_row16` writes out.
 pub(super) const ROW16_TAPS: usize = 3;
 /// conv2d.wgsl's `BLOCKED_WG`: invocations per workgroup of `conv2d_blocked`.
-pub(super) const BLOCKED_WG: usize = 16;
+pub(super) const BLOCKED_WG: usize = crate::gpu::BLOCKED_ROWS as usize;
 
 /// Loop iterations `conv2d_blocked` counts per input channel against
 /// [`Gpu::max_loop_iterations`]: the channel loop, the tap-row loop and its tap-column loops

@@ -21,13 +21,13 @@ kernel_params! {
     }
 }
 /// matmul.wgsl's `BLOCK_ROWS` and `BLOCK_COLS`: the block of C one invocation of
-/// `matmul_blocked` computes.
-pub(super) const BLOCK_ROWS: usize = 16;
+/// `matmul_blocked` computes (the rows: [`crate::gpu::BLOCKED_ROWS`], which row sharing divides).
+pub(super) const BLOCK_ROWS: usize = crate::gpu::BLOCKED_ROWS as usize;
 pub(super) const BLOCK_COLS: usize = 8;
 /// matmul.wgsl's `VEC4_COLS`: columns of C one invocation of `matmul_blocked_vec4` computes.
 pub(super) const VEC4_COLS: usize = 16;
 /// matmul.wgsl's `BLOCKED_WG`: invocations per workgroup of `matmul_blocked`.
-pub(super) const BLOCKED_WG: usize = 16;
+pub(super) const BLOCKED_WG: usize = crate::gpu::BLOCKED_ROWS as usize;
 
 /// Loop iterations one pass of matmul.wgsl's K loop costs against
 /// [`Gpu::max_loop_iterations`]: the pass itself and `accumulate`'s 16 K steps + 1 (llvmpipe

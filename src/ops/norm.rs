@@ -116,21 +116,18 @@ pub fn group_norm_saving(
     )?;
 
     let out = gpu.empty_typed(x.shape(), x.dtype())?;
-    // Four elements per invocation where a plane holds whole vec4s, sixteen on the blocked
-    // class where it holds whole groups of four vec4s (group_norm.wgsl's QUADS).
+    // Elements per invocation: four where a plane holds whole vec4s (apply4), sixteen on the
+    // blocked class where it holds whole groups of four (group_norm.wgsl's QUADS), else one.
     let blocked = gpu.kernel_class() == KernelClass::Blocked;
-    let (entry, quads) = match (h * w) % 16 {
-        0 if blocked => ("apply4", 4),
-        _ if (h * w) % 4 == 0 => ("apply4", 1),
-        _ => ("apply", 0),
+    let each = match h * w {
+        hw if blocked && hw % 16 == 0 => 16,
+        hw if hw % 4 == 0 => 4,
+        _ => 1,
     };
-    let invocations = match quads {
-        0 => x.numel(),
-        _ => x.numel() / (4 * quads),
-    };
+    let entry = if each == 1 { "apply" } else { "apply4" };
     let apply = Kernel::new(&shaders::GROUP_NORM, entry)
         .flag("FUSE_SILU", silu)
-        .with("QUADS", quads.max(1) as u32)
+        .with("QUADS", (each / 4).max(1) as u32)
         .half(half);
     let p = GroupNormParams {
         total: u("total", x.numel())?,
@@ -141,7 +138,7 @@ pub fn group_norm_saving(
         &p,
         &[x, &moments, gamma, beta],
         &[&out],
-        gpu.grid_1d(invocations),
+        gpu.grid_1d(x.numel() / each),
     )?;
     Ok((out, moments))
 }
