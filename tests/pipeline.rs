@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use wgsl_diff::models::{UNet2DModel, WeightFile};
-use wgsl_diff::noise::{NoisePlan, NoisePurpose};
+use wgsl_diff::noise::NoisePlan;
 use wgsl_diff::ops::UncertaintyMode;
 use wgsl_diff::sampling::{sample_batch, BatchHook, BatchSpec, SamplerChoice, SamplerKind};
 use wgsl_diff::uncertainty::{
@@ -128,24 +128,14 @@ fn uncertainty_maps_match_an_independent_pytorch_implementation() {
             ..Default::default()
         })
         .unwrap();
-        let spec = BatchSpec {
-            first_index: 0,
-            size: shape[0],
-            labels: None,
-            init_noise: Some(g.upload(&shape, &noise).unwrap()),
-        };
-        let x = read(
-            &sample_batch(
-                g,
-                &unet,
-                &sched,
-                &NoisePlan::new(0).with_replay(NoisePurpose::Uncertainty, replay),
-                spec,
-                &mut [&mut est],
-                |_| {},
-            )
-            .unwrap()
-            .x,
+        let x = common::sample_replaying_draws(
+            g,
+            &unet,
+            &sched,
+            (&shape, &noise),
+            None,
+            replay,
+            &mut est,
         );
         common::assert_step_maps(&st, name, &est.maps);
         let batch = est.finish_batch(g).unwrap().unwrap();

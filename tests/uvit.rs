@@ -7,9 +7,8 @@ mod common;
 
 use common::{assert_close, fixture, gpu, read, read_safetensors, to_f64};
 use wgsl_diff::models::{load_eps_model, Cond, EpsModel, WeightFile};
-use wgsl_diff::noise::{NoisePlan, NoisePurpose};
 use wgsl_diff::ops::UncertaintyMode;
-use wgsl_diff::sampling::{load_for_sampling, sample_batch, BatchSpec, SamplerChoice, SamplerKind};
+use wgsl_diff::sampling::{load_for_sampling, SamplerChoice, SamplerKind};
 use wgsl_diff::uncertainty::{UncertaintyConfig, UncertaintyEstimator};
 
 #[test]
@@ -182,24 +181,14 @@ fn dpm_solver_uncertainty_matches_an_independent_pytorch_implementation() {
         };
         config.check_sampler(&sched.config).unwrap();
         let mut est = UncertaintyEstimator::new(config).unwrap();
-        let spec = BatchSpec {
-            first_index: 0,
-            size: shape[0],
-            labels: Some(&labels),
-            init_noise: Some(g.upload(&shape, &init).unwrap()),
-        };
-        let x = read(
-            &sample_batch(
-                g,
-                model.as_ref(),
-                &sched,
-                &NoisePlan::new(0).with_replay(NoisePurpose::Uncertainty, replay),
-                spec,
-                &mut [&mut est],
-                |_| {},
-            )
-            .unwrap()
-            .x,
+        let x = common::sample_replaying_draws(
+            g,
+            model.as_ref(),
+            &sched,
+            (&shape, &init),
+            Some(&labels),
+            replay,
+            &mut est,
         );
         assert_eq!(est.maps.len(), steps);
         common::assert_step_maps(&st, name, &est.maps);

@@ -398,3 +398,28 @@ pub fn assert_step_maps(
         assert_close(&what, &read(map), &to_f64(&want), 1e-4 * top, 1e-4);
     }
 }
+
+/// The final x of one batch of `model` sampled by `sched` from a fixture's initial noise
+/// (`init`: shape and values) and `labels`, with `est` estimating at every step from the
+/// fixture's re-noise draws (`replay`, one tensor per step) in place of the run's own.
+pub fn sample_replaying_draws(
+    g: &Gpu,
+    model: &dyn wgsl_diff::models::EpsModel,
+    sched: &wgsl_diff::sampling::Scheduler,
+    (shape, init): (&[usize], &[f32]),
+    labels: Option<&[usize]>,
+    replay: Vec<Tensor>,
+    est: &mut wgsl_diff::uncertainty::UncertaintyEstimator,
+) -> Vec<f32> {
+    use wgsl_diff::noise::{NoisePlan, NoisePurpose};
+    use wgsl_diff::sampling::{sample_batch, BatchSpec};
+    let spec = BatchSpec {
+        first_index: 0,
+        size: shape[0],
+        labels,
+        init_noise: Some(g.upload(shape, init).unwrap()),
+    };
+    let noise = NoisePlan::new(0).with_replay(NoisePurpose::Uncertainty, replay);
+    let batch = sample_batch(g, model, sched, &noise, spec, &mut [est], |_| {}).unwrap();
+    read_from(g, &batch.x)
+}
